@@ -1,0 +1,140 @@
+"""Builds the concrete objects and runs them: the only place that does either.
+
+Like uvicorn's server module: the configuration is already validated when it
+gets here; this module wires the store, connection factories, engines and
+listeners together, installs the signal handlers (which only set an event) and
+waits for the listeners to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from .clock import Clock, SystemClock
+from .config import Config, ImapListenerConfig
+from .engine import CaseEngine, EngineSettings
+from .errors import EngageError
+from .imap import ImapEndpoint, ImapSession
+from .listener import Listener, ListenerSettings
+from .logs import get_logger, register_secret
+from .protolog import ProtocolLog, expand_path
+from .sqlite_store import SqliteStore
+from .store import CaseSummary, Store
+
+SHUTDOWN_GRACE = 8.0  # seconds for listeners to finish the mail in hand
+
+
+def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
+    """The IMAP endpoint of a listener, with its protocol log if configured."""
+    pattern = cfg.protocol_log_file
+
+    def protolog() -> ProtocolLog | None:
+        return ProtocolLog(expand_path(pattern, cfg.id)) if pattern else None
+
+    return ImapEndpoint(
+        host=cfg.host,
+        port=cfg.port,
+        use_ssl=cfg.use_ssl,
+        username=cfg.username,
+        password=cfg.password.reveal(),
+        ca_file=str(cfg.ca_file) if cfg.ca_file else None,
+        protolog_factory=protolog,
+    )
+
+
+def build_listener(
+    cfg: ImapListenerConfig, store: Store, clock: Clock, stop: asyncio.Event
+) -> Listener:
+    """One listener with its real IMAP connection factory and case engine."""
+    register_secret(cfg.password.reveal())
+    endpoint = endpoint_for(cfg)
+    engine = CaseEngine(store, EngineSettings(cfg.id, cfg.extract_attachments))
+
+    async def connect() -> ImapSession:
+        return await ImapSession.open(endpoint)
+
+    settings = ListenerSettings(
+        id=cfg.id,
+        input_folder=cfg.input_folder,
+        output_folder=cfg.output_folder,
+        max_wait=float(cfg.sync_max_wait_time),
+        max_changes=cfg.sync_max_changes_count,
+    )
+    return Listener(settings, connect=connect, store=store, ingest=engine.ingest, clock=clock,
+                    stop=stop, log=get_logger(listener=cfg.id))
+
+
+async def run(config: Config, *, once: bool = False) -> int:
+    """The daemon (or one pass with `once`); returns the process exit code."""
+    log = get_logger()
+    listeners_cfg = config.enabled_listeners()
+    for warning in config.warnings():
+        log.warning("config_warning", message=warning)
+    if not listeners_cfg:
+        log.error("no_listeners", message="no enabled listener: nothing to do", config=str(config.path))
+        return 1
+    store = SqliteStore(config.store.path)
+    try:
+        await store.open()
+    except EngageError as exc:
+        log.error("store_error", error=str(exc))
+        return 1
+    stop = asyncio.Event()
+    try:
+        listeners = [build_listener(c, store, SystemClock(), stop) for c in listeners_cfg]
+        log.info("starting", listeners=[c.id for c in listeners_cfg], once=once,
+                 store=str(config.store.path))
+        if once:
+            return await _run_once(listeners, log)
+        _install_signal_handlers(stop, log)
+        await _run_forever(listeners, stop, log)
+        return 0
+    finally:
+        await store.close()
+
+
+async def _run_once(listeners: Sequence[Listener], log: Any) -> int:
+    results = await asyncio.gather(*(lst.run_once() for lst in listeners), return_exceptions=True)
+    failed = 0
+    for lst, result in zip(listeners, results, strict=True):
+        if isinstance(result, BaseException):
+            failed += 1
+            lst.log.error("listener_error", error=str(result), error_type=type(result).__name__)
+    log.info("once_done", listeners=len(listeners), failed=failed)
+    return 1 if failed else 0
+
+
+async def _run_forever(listeners: Sequence[Listener], stop: asyncio.Event, log: Any) -> None:
+    tasks = [asyncio.create_task(lst.run(), name=f"listener:{lst.settings.id}") for lst in listeners]
+    await stop.wait()
+    log.info("stopping", grace_seconds=SHUTDOWN_GRACE)
+    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("stopped", cancelled=len(pending))
+
+
+def _install_signal_handlers(stop: asyncio.Event, log: Any) -> None:
+    """SIGTERM/SIGINT only set the stop event; the listeners do the rest."""
+    loop = asyncio.get_running_loop()
+
+    def handler(sig: signal.Signals) -> None:
+        log.info("signal", signal=sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler, sig)
+
+
+async def list_cases(config: Config) -> list[CaseSummary]:
+    """Cases in the store, for `engage-listener cases`."""
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        return await store.list_cases()
+    finally:
+        await store.close()

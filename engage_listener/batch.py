@@ -1,0 +1,158 @@
+"""One batch: take every mail in the input folder, commit each, then move them all.
+
+The order is the exactly-once guarantee: a mail is moved (or deleted) on the
+server only after its transaction committed, and a mail already in the ledger is
+never ingested again, just moved on. A crash anywhere therefore leaves each mail
+either still in the input folder (and in the ledger or not) or moved after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StoreError
+from .imap import FolderState, ImapSession
+from .store import LedgerKey, Store
+
+CHUNK_COUNT = 100
+CHUNK_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What ingesting one mail produced (for the log)."""
+
+    case_id: int
+    case_number: str
+    new_case: bool
+    duplicate: bool
+
+
+Ingest = Callable[[LedgerKey, bytes], Awaitable[Ingested]]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where processed mail goes: a folder, or None to delete it."""
+
+    output_folder: str | None
+
+
+@dataclass
+class BatchResult:
+    found: int = 0
+    ingested: int = 0
+    already_known: int = 0
+    failed: int = 0
+    done: int = 0
+    seconds: float = 0.0
+    max_uid: int = 0
+    failed_uids: list[int] = field(default_factory=list)
+
+
+def chunks(uids: Sequence[int], sizes: dict[int, int]) -> Iterator[list[int]]:
+    """Group UIDs so one fetch holds at most CHUNK_COUNT mails or CHUNK_BYTES (one big mail alone)."""
+    chunk: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if chunk and (len(chunk) >= CHUNK_COUNT or total + size > CHUNK_BYTES):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(uid)
+        total += size
+    if chunk:
+        yield chunk
+
+
+class Batch:
+    """Processes the selected folder once; see the module docstring for the order."""
+
+    def __init__(
+        self,
+        session: ImapSession,
+        folder: FolderState,
+        listener: str,
+        store: Store,
+        ingest: Ingest,
+        destination: Destination,
+        stop: asyncio.Event,
+        log: Any,
+    ) -> None:
+        self.session = session
+        self.folder = folder
+        self.listener = listener
+        self.store = store
+        self.ingest = ingest
+        self.destination = destination
+        self.stop = stop
+        self.log = log
+        self.result = BatchResult()
+        self._committed: list[int] = []
+
+    async def run(self) -> BatchResult:
+        started = time.monotonic()
+        uids = await self.session.search_all()
+        self.result.found = len(uids)
+        self.result.max_uid = max(uids, default=0)
+        try:
+            if uids:
+                sizes = await self.session.fetch_sizes(uids)
+                for chunk in chunks(uids, sizes):
+                    if self.stop.is_set():
+                        break
+                    await self._process_chunk(chunk)
+        finally:
+            # Even when the store failed mid-batch, what did commit is moved on.
+            await self._finish()
+            self.result.seconds = time.monotonic() - started
+        return self.result
+
+    async def _process_chunk(self, chunk: list[int]) -> None:
+        known = await self.store.known_uids(
+            self.listener, self.folder.name, self.folder.uidvalidity, chunk
+        )
+        self._committed.extend(uid for uid in chunk if uid in known)
+        self.result.already_known += len(known)
+        todo = [uid for uid in chunk if uid not in known]
+        for uid, raw in await self.session.fetch_bodies(todo):
+            if self.stop.is_set():
+                return
+            await self._process_one(uid, raw)
+
+    async def _process_one(self, uid: int, raw: bytes) -> None:
+        key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)
+        try:
+            done = await self.ingest(key, raw)
+        except StoreError:
+            raise
+        except Exception as exc:  # one bad message never stops the batch
+            self.result.failed += 1
+            self.result.failed_uids.append(uid)
+            self.log.error("message_failed", uid=uid, size=len(raw), error=str(exc),
+                           error_type=type(exc).__name__)
+            return
+        self._committed.append(uid)
+        self.result.ingested += 1
+        self.log.info("message", uid=uid, case_id=done.case_id, case_number=done.case_number,
+                      new_case=done.new_case, duplicate=done.duplicate, size=len(raw))
+
+    async def _finish(self) -> None:
+        """Move (or delete) every committed mail, then note it in the ledger."""
+        uids = sorted(set(self._committed))
+        if not uids:
+            return
+        if self.destination.output_folder is not None:
+            await self.session.move(uids, self.destination.output_folder)
+            state = "moved"
+        else:
+            await self.session.delete(uids)
+            state = "deleted"
+        self.result.done = len(uids)
+        await self.store.mark_done(
+            self.listener, self.folder.name, self.folder.uidvalidity, uids, state
+        )

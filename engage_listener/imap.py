@@ -1,0 +1,536 @@
+"""The one module that talks to aioimaplib, and owns every workaround for it.
+
+aioimaplib gaps handled here, so nothing else touches the library:
+- no STARTTLS: we send it ourselves and upgrade the transport with loop.start_tls;
+- capabilities are not refreshed after TLS or login: we ask again;
+- user names and mailbox names are sent unquoted and not UTF-7 encoded: we do both;
+- UID STORE/MOVE/COPY and others have no timeout: every call goes through `_call`;
+- a RecursionError on long responses (recursive line parser): replaced by a loop;
+- a dropped connection leaves commands waiting forever: we fail them at once and a
+  session is never reused after any error (a new one is built on reconnect);
+- XOAUTH2 failures hang on the server's error continuation (handled with OAuth2 later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioimaplib import aioimaplib as lib
+
+from . import imap_utf7
+from .errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    FolderMissingError,
+    ProtocolError,
+    TlsError,
+)
+from .protolog import ProtocolLog
+
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_EXISTS = re.compile(rb"^(\d+) EXISTS")
+_EXPUNGE = re.compile(rb"^(\d+) EXPUNGE")
+_FETCH_HEAD = re.compile(rb"^\d+ FETCH \(")
+_UID = re.compile(rb"UID (\d+)")
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+MAX_SET_LENGTH = 4000  # characters of one UID set, well under server line limits
+
+
+def quote_mailbox(name: str) -> str:
+    """Mailbox name as an IMAP quoted string in modified UTF-7."""
+    return str(lib.quoted(imap_utf7.encode(name)))
+
+
+def uid_sets(uids: Iterable[int]) -> list[str]:
+    """Compress UIDs into IMAP sets ("1:4,7"), split so no command line gets too long."""
+    ranges: list[tuple[int, int]] = []
+    for uid in sorted(set(uids)):
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], uid)
+        else:
+            ranges.append((uid, uid))
+    sets: list[str] = []
+    current: list[str] = []
+    length = 0
+    for low, high in ranges:
+        item = str(low) if low == high else f"{low}:{high}"
+        if current and length + len(item) + 1 > MAX_SET_LENGTH:
+            sets.append(",".join(current))
+            current, length = [], 0
+        current.append(item)
+        length += len(item) + 1
+    if current:
+        sets.append(",".join(current))
+    return sets
+
+
+class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol with a loop instead of recursion, a protocol log, fail-fast loss."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protolog: ProtocolLog | None) -> None:
+        super().__init__(loop, self._on_lost)
+        self.protolog = protolog
+        self.lost = asyncio.Event()
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+        error = ConnectionLostError(f"connection lost: {exc or 'closed by server'}")
+        commands = [self.pending_sync_command, *self.pending_async_commands.values()]
+        for command in commands:
+            if command is not None and not command._event.is_set():
+                command._exception = error
+                command.close(b"connection lost", "KO")
+        if self.protolog is not None:
+            self.protolog.note("connection closed")
+            self.protolog.flush()
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        if self.protolog is not None:
+            self.protolog.sent(line)
+        self.transport.write(f"{line}\r\n".encode())
+
+    def data_received(self, d: bytes) -> None:
+        super().data_received(d)
+        if self.protolog is not None:
+            self.protolog.flush()
+
+    def _handle_responses(
+        self,
+        data: bytes,
+        line_handler: Callable[[bytes, Any], Any],
+        current_cmd: Any = None,
+    ) -> None:
+        """Same logic as aioimaplib's, iterative: long responses cannot overflow the stack."""
+        pos = 0
+        while True:
+            if pos >= len(data):
+                if self.pending_sync_command is not None:
+                    self.pending_sync_command.flush()
+                if current_cmd is not None and current_cmd.wait_data():
+                    raise lib.IncompleteRead(current_cmd)
+                return
+            if current_cmd is not None and current_cmd.wait_literal_data():
+                rest = current_cmd.append_literal_data(data[pos:] if pos else data)
+                data, pos = rest, 0
+                if current_cmd.wait_literal_data():
+                    raise lib.IncompleteRead(current_cmd)
+                continue
+            end = data.find(lib.CRLF, pos)
+            if end < 0:
+                raise lib.IncompleteRead(current_cmd, data[pos:])
+            line = data[pos:end]
+            pos = end + 2
+            if self.protolog is not None:
+                self.protolog.received(line)
+            cmd = line_handler(line, current_cmd)
+            literal = lib.literal_data_re.match(line)
+            if literal:
+                size = int(literal.group("size"))
+                if self.protolog is not None:
+                    self.protolog.literal(size)
+                if cmd is None:
+                    cmd = lib.Command("NIL", "unused")
+                cmd.begin_literal_data(size)
+                current_cmd = cmd
+            elif cmd is not None and cmd.wait_data():
+                current_cmd = cmd
+            else:
+                current_cmd = None
+
+
+@dataclass(frozen=True)
+class ImapEndpoint:
+    """Where and how to connect; built from a listener's configuration by the app."""
+
+    host: str
+    port: int
+    use_ssl: bool
+    username: str
+    password: str = field(repr=False)
+    ca_file: str | None = None
+    timeout: float = 30.0
+    protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifying context: certificates are always checked (system CAs or CaFile)."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+@dataclass
+class FolderState:
+    """What SELECT told us about the input folder."""
+
+    name: str
+    uidvalidity: int
+    exists: int
+
+
+class ImapSession:
+    """One logged-in IMAP connection. Any error leaves it unusable: build a new one."""
+
+    def __init__(self, endpoint: ImapEndpoint, protocol: _Protocol) -> None:
+        self.endpoint = endpoint
+        self._proto = protocol
+        self.selected: FolderState | None = None
+        self._idle_task: asyncio.Future[Any] | None = None
+        self._idle_cmd: Any = None
+        self.tls = "implicit" if endpoint.use_ssl else "none"
+
+    # ----- connection -------------------------------------------------------------
+    @classmethod
+    async def open(cls, endpoint: ImapEndpoint) -> ImapSession:
+        """Connect (TLS, or STARTTLS when offered), log in, refresh capabilities."""
+        loop = asyncio.get_running_loop()
+        protolog = endpoint.protolog_factory()
+        proto = _Protocol(loop, protolog)
+        session = cls(endpoint, proto)
+        try:
+            await session._connect(loop)
+            await session._login()
+        except BaseException:
+            session.abort()
+            raise
+        return session
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        ep = self.endpoint
+        context = ep.ssl_context() if ep.use_ssl else None
+        self._note(f"connecting to {ep.host}:{ep.port} tls={ep.use_ssl}")
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self._proto, ep.host, ep.port, ssl=context),
+                ep.timeout,
+            )
+            await asyncio.wait_for(self._proto.wait("AUTH|NONAUTH"), ep.timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsError(f"TLS certificate of {ep.host}:{ep.port} not trusted: {exc}") from exc
+        except ssl.SSLError as exc:
+            raise TlsError(f"TLS handshake with {ep.host}:{ep.port} failed: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLostError(
+                f"cannot connect to {ep.host}:{ep.port}: {exc or 'timed out'}"
+            ) from exc
+        _keepalive(self._proto.transport.get_extra_info("socket"))
+        if not ep.use_ssl and self.has_capability("STARTTLS"):
+            await self._starttls(loop)
+
+    async def _starttls(self, loop: asyncio.AbstractEventLoop) -> None:
+        ep = self.endpoint
+        response = await self._call("STARTTLS", self._proto.execute(self._command("STARTTLS")))
+        self._require_ok(response, "STARTTLS")
+        try:
+            transport = await asyncio.wait_for(
+                loop.start_tls(
+                    self._proto.transport, self._proto, ep.ssl_context(), server_hostname=ep.host
+                ),
+                ep.timeout,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsError(f"TLS certificate of {ep.host}:{ep.port} not trusted: {exc}") from exc
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            raise TlsError(f"STARTTLS with {ep.host}:{ep.port} failed: {exc}") from exc
+        self._proto.transport = transport
+        self.tls = "starttls"
+        self._note("STARTTLS done")
+        await self._call("CAPABILITY", self._proto.capability())
+
+    async def _login(self) -> None:
+        ep = self.endpoint
+        if "LOGINDISABLED" in self._proto.capabilities:
+            raise AuthenticationError(
+                f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED); "
+                "use UseSsl True or a server offering STARTTLS"
+            )
+        command = self._command("LOGIN", lib.quoted(ep.username), lib.quoted(ep.password))
+        proto = self._proto
+        async with proto.state_condition:
+            response = await self._call("LOGIN", proto.execute(command))
+            if response.result == "OK":
+                proto.state = lib.AUTH
+            proto.state_condition.notify_all()
+        if response.result != "OK":
+            raise AuthenticationError(
+                f"login refused for user {ep.username!r} at {ep.host}: {_text(response)}"
+            )
+        await self._call("CAPABILITY", proto.capability())
+
+    async def logout(self) -> None:
+        """Polite LOGOUT, bounded in time; the connection is closed either way."""
+        try:
+            if not self._proto.lost.is_set():
+                await asyncio.wait_for(self._proto.logout(), 5)
+        except Exception:  # noqa: S110 - logging out is best effort by design
+            pass
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close the transport at once (no LOGOUT)."""
+        transport = self._proto.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        if self._proto.protolog is not None:
+            self._proto.protolog.close()
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """Set when the server closed the connection or it dropped."""
+        ev: asyncio.Event = self._proto.lost
+        return ev
+
+    def has_capability(self, name: str) -> bool:
+        return name.upper() in {c.upper() for c in self._proto.capabilities}
+
+    # ----- folders ------------------------------------------------------------------
+    async def folder_exists(self, name: str) -> bool:
+        """STATUS the folder: OK means it exists (works whether selected or not)."""
+        response = await self._call(
+            "STATUS", self._proto.simple_command("STATUS", quote_mailbox(name), "(UIDNEXT)")
+        )
+        return bool(response.result == "OK")
+
+    async def create_folder(self, name: str) -> None:
+        response = await self._call(
+            "CREATE", self._proto.simple_command("CREATE", quote_mailbox(name))
+        )
+        if response.result != "OK" and not await self.folder_exists(name):
+            raise ProtocolError(f"cannot create folder {name!r}: {_text(response)}")
+
+    async def select(self, name: str) -> FolderState:
+        """SELECT the folder; a NO is reported as a missing folder."""
+        response = await self._call("SELECT", self._proto.select(quote_mailbox(name)))
+        if response.result != "OK":
+            raise FolderMissingError(f"cannot select folder {name!r}: {_text(response)}")
+        uidvalidity, exists = 0, 0
+        for line in response.lines:
+            if isinstance(line, bytes):
+                if m := _UIDVALIDITY.search(line):
+                    uidvalidity = int(m.group(1))
+                elif m := _EXISTS.match(line):
+                    exists = int(m.group(1))
+        self.selected = FolderState(name, uidvalidity, exists)
+        return self.selected
+
+    # ----- messages -----------------------------------------------------------------
+    async def search_all(self) -> list[int]:
+        """UIDs of every message in the selected folder, ascending."""
+        response = await self._call(
+            "UID SEARCH", self._proto.search("ALL", charset=None, by_uid=True)
+        )
+        self._require_ok(response, "UID SEARCH")
+        uids: list[int] = []
+        for line in response.lines[:-1]:  # aioimaplib strips the "SEARCH" keyword
+            if isinstance(line, bytes):
+                uids.extend(int(tok) for tok in line.split() if tok.isdigit())
+        return sorted(uids)
+
+    async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID, to plan fetch chunks without loading bodies."""
+        sizes: dict[int, int] = {}
+        for uid_set in uid_sets(uids):
+            response = await self._fetch(uid_set, "(UID RFC822.SIZE)")
+            for line in response.lines:
+                if isinstance(line, bytes) and _FETCH_HEAD.match(line):
+                    uid, size = _UID.search(line), _SIZE.search(line)
+                    if uid and size:
+                        sizes[int(uid.group(1))] = int(size.group(1))
+        return sizes
+
+    async def fetch_bodies(self, uids: Sequence[int]) -> list[tuple[int, bytes]]:
+        """Raw bytes of the given messages (BODY.PEEK[]: the \\Seen flag is left alone)."""
+        if not uids:
+            return []
+        result: list[tuple[int, bytes]] = []
+        for uid_set in uid_sets(uids):
+            response = await self._fetch(uid_set, "(UID BODY.PEEK[])")
+            result.extend(_parse_bodies(response.lines))
+        return result
+
+    async def _fetch(self, uid_set: str, items: str) -> Any:
+        proto = self._proto
+        command = lib.FetchCommand(
+            proto.new_tag(), uid_set, items, prefix="UID", loop=proto.loop,
+            timeout=self.endpoint.timeout,
+        )
+        response = await self._call("UID FETCH", proto.execute(command), inactivity=True)
+        self._require_ok(response, "UID FETCH")
+        return response
+
+    async def move(self, uids: Sequence[int], folder: str) -> None:
+        """Move to `folder`: UID MOVE, else UID COPY + \\Deleted + UID EXPUNGE of our UIDs."""
+        target = quote_mailbox(folder)
+        for uid_set in uid_sets(uids):
+            if self.has_capability("MOVE"):
+                command = self._command("MOVE", uid_set, target, prefix="UID")
+                self._require_ok(await self._call("UID MOVE", self._proto.execute(command)), "UID MOVE")
+            else:
+                command = self._command("COPY", uid_set, target, prefix="UID")
+                self._require_ok(await self._call("UID COPY", self._proto.execute(command)), "UID COPY")
+                await self._delete_set(uid_set)
+
+    async def delete(self, uids: Sequence[int]) -> None:
+        """Flag \\Deleted and expunge only these UIDs."""
+        for uid_set in uid_sets(uids):
+            await self._delete_set(uid_set)
+
+    async def _delete_set(self, uid_set: str) -> None:
+        store = self._command(
+            "STORE", uid_set, "+FLAGS.SILENT", r"(\Deleted)", prefix="UID", untagged="FETCH"
+        )
+        self._require_ok(await self._call("UID STORE", self._proto.execute(store)), "UID STORE")
+        if self.has_capability("UIDPLUS"):
+            expunge = self._command("EXPUNGE", uid_set, prefix="UID")
+        else:  # without UIDPLUS a plain EXPUNGE is all there is
+            expunge = self._command("EXPUNGE")
+        self._require_ok(await self._call("EXPUNGE", self._proto.execute(expunge)), "EXPUNGE")
+
+    # ----- waiting for changes ---------------------------------------------------
+    async def noop(self) -> list[bytes]:
+        """NOOP; returns the untagged lines the server sent with it."""
+        response = await self._call("NOOP", self._proto.simple_command("NOOP"))
+        self._require_ok(response, "NOOP")
+        return [line for line in response.lines[:-1] if isinstance(line, bytes)]
+
+    async def idle_start(self) -> None:
+        """Enter IDLE and wait for the server's continuation."""
+        proto = self._proto
+        if not self.has_capability("IDLE"):
+            raise ProtocolError("the server does not offer IDLE")
+        proto._idle_event.clear()
+        self._idle_cmd = lib.IdleCommand(proto.new_tag(), proto.idle_queue, loop=proto.loop)
+        self._idle_task = asyncio.ensure_future(proto.execute(self._idle_cmd))
+        ack = asyncio.ensure_future(proto.wait_for_idle_response())
+        done, _ = await asyncio.wait(
+            {self._idle_task, ack}, timeout=self.endpoint.timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        ack.cancel()
+        if self._idle_task in done or not done:
+            raise ProtocolError("the server did not accept IDLE")
+
+    async def idle_push(self) -> list[bytes]:
+        """Wait for the next untagged lines pushed during IDLE (cancel to stop waiting)."""
+        get = asyncio.ensure_future(self._proto.idle_queue.get())
+        lost = asyncio.ensure_future(self._proto.lost.wait())
+        try:
+            await asyncio.wait({get, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not get.done():
+                get.cancel()
+        if not get.done() or get.cancelled():
+            raise ConnectionLostError("connection lost during IDLE")
+        return [line for line in get.result() if isinstance(line, bytes)]
+
+    async def idle_done(self) -> list[bytes]:
+        """Leave IDLE; returns lines the server pushed that were not read yet."""
+        task, self._idle_task = self._idle_task, None
+        if task is None:
+            return []
+        self._proto.idle_done()
+        await self._call("IDLE", task)
+        lines: list[bytes] = []
+        while not self._proto.idle_queue.empty():
+            lines.extend(x for x in self._proto.idle_queue.get_nowait() if isinstance(x, bytes))
+        # Lines that arrived just before the tagged OK stay in the command's buffer.
+        lines.extend(x for x in self._idle_cmd.buffer if isinstance(x, bytes))
+        self._idle_cmd.buffer.clear()
+        return lines
+
+    # ----- plumbing -----------------------------------------------------------------
+    def _command(
+        self, name: str, *args: str, prefix: str | None = None, untagged: str | None = None
+    ) -> Any:
+        proto = self._proto
+        return lib.Command(
+            name, proto.new_tag(), *args, prefix=prefix, untagged_resp_name=untagged,
+            loop=proto.loop,
+        )
+
+    async def _call(self, what: str, awaitable: Any, *, inactivity: bool = False) -> Any:
+        """Await an aioimaplib call with a timeout; map its failures to our errors."""
+        if self._proto.lost.is_set():
+            _close(awaitable)
+            raise ConnectionLostError(f"connection lost before {what}")
+        try:
+            if inactivity:  # the command has its own inactivity timer (FETCH)
+                return await awaitable
+            return await asyncio.wait_for(awaitable, self.endpoint.timeout)
+        except (TimeoutError, lib.CommandTimeout) as exc:
+            self.abort()
+            raise ConnectionLostError(f"{what} timed out after {self.endpoint.timeout:.0f} s") from exc
+        except (lib.Abort, lib.Error) as exc:
+            self.abort()
+            raise ProtocolError(f"{what} failed: {exc}") from exc
+        except OSError as exc:
+            self.abort()
+            raise ConnectionLostError(f"{what} failed: {exc}") from exc
+
+    def _require_ok(self, response: Any, what: str) -> None:
+        if response.result != "OK":
+            raise ProtocolError(f"{what} refused by the server: {_text(response)}")
+
+    def _note(self, text: str) -> None:
+        if self._proto.protolog is not None:
+            self._proto.protolog.note(text)
+
+
+def track_exists(exists: int, lines: Iterable[bytes]) -> int:
+    """The folder's message count after the untagged EXISTS/EXPUNGE lines, in order."""
+    for line in lines:
+        if m := _EXISTS.match(line):
+            exists = int(m.group(1))
+        elif _EXPUNGE.match(line):
+            exists = max(0, exists - 1)
+    return exists
+
+
+def _parse_bodies(lines: Sequence[Any]) -> list[tuple[int, bytes]]:
+    """Pair each FETCH line with its literal; the UID may stand before or after the literal."""
+    result: list[tuple[int, bytes]] = []
+    uid: int | None = None
+    body: bytes | None = None
+    look_for_uid = False
+    for item in lines:
+        if isinstance(item, bytearray):
+            body, look_for_uid = bytes(item), uid is None
+            continue
+        if _FETCH_HEAD.match(item):
+            if uid is not None and body is not None:
+                result.append((uid, body))
+            uid, body, look_for_uid = None, None, True
+        if look_for_uid and (m := _UID.search(item)):
+            uid, look_for_uid = int(m.group(1)), False
+    if uid is not None and body is not None:
+        result.append((uid, body))
+    return result
+
+
+def _text(response: Any) -> str:
+    lines = [x for x in response.lines if isinstance(x, bytes)]
+    return lines[-1].decode("utf-8", "replace") if lines else response.result
+
+
+def _close(awaitable: Any) -> None:
+    if asyncio.iscoroutine(awaitable):
+        awaitable.close()
+    elif isinstance(awaitable, asyncio.Future):
+        awaitable.cancel()
+
+
+def _keepalive(sock: socket.socket | None) -> None:
+    """TCP keepalive so a silently dead peer is noticed within minutes, even in IDLE."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)

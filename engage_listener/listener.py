@@ -1,0 +1,231 @@
+"""One IMAP listener: connect, take the backlog, then batch new mail as it arrives.
+
+A batch starts when pending changes reach SyncMaxChangesCount, or when
+SyncMaxWaitTime has passed since the first pending change. Changes are counted
+from the server's EXISTS/EXPUNGE pushes (IDLE, or NOOP polling where there is no
+IDLE). Errors never escape `run`: transient ones back off with jitter, permanent
+ones (login refused, folder missing) are reported and retried slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .batch import Batch, BatchResult, Destination, Ingest
+from .clock import Clock
+from .errors import FolderMissingError, PermanentError, TransientError
+from .imap import FolderState, ImapSession, track_exists
+from .store import Store
+
+IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes
+POLL_INTERVAL = 15.0  # NOOP polling where the server has no IDLE
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 300.0
+PERMANENT_RETRY = 300.0
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """What the loop needs from the listener's configuration."""
+
+    id: str
+    input_folder: str
+    output_folder: str | None
+    max_wait: float
+    max_changes: int
+
+
+class Listener:
+    """The batching loop of one listener; `run` for the daemon, `run_once` for cron/tests."""
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        *,
+        connect: Callable[[], Awaitable[ImapSession]],
+        store: Store,
+        ingest: Ingest,
+        clock: Clock,
+        stop: asyncio.Event,
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.connect = connect
+        self.store = store
+        self.ingest = ingest
+        self.clock = clock
+        self.stop = stop
+        self.log = log
+        self.state = "starting"
+        self.pending = 0
+        self.batches = 0
+        self.last_error: str | None = None
+
+    # ----- public ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until `stop` is set; never raises (except cancellation)."""
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                session = await self._open()
+            except Exception as exc:
+                failures += 1
+                await self._back_off(exc, failures)
+                continue
+            try:
+                failures = 0
+                await self._serve(session)
+            except Exception as exc:
+                failures += 1
+                await self._back_off(exc, failures)
+            finally:
+                await session.logout()
+        self.state = "stopped"
+        self.log.info("listener_stopped")
+
+    async def run_once(self) -> BatchResult:
+        """Process the current backlog once and log out; errors propagate to the caller."""
+        session = await self._open()
+        try:
+            folder = await self._select(session)
+            return await self._batch(session, folder, "once")
+        finally:
+            await session.logout()
+
+    # ----- connection -----------------------------------------------------------------
+    async def _open(self) -> ImapSession:
+        self.state = "connecting"
+        session = await self.connect()
+        ep = session.endpoint
+        self.log.info("connected", host=ep.host, port=ep.port, tls=session.tls,
+                      idle=session.has_capability("IDLE"), move=session.has_capability("MOVE"))
+        return session
+
+    async def _select(self, session: ImapSession) -> FolderState:
+        folder = await session.select(self.settings.input_folder)
+        out = self.settings.output_folder
+        if out is not None and not await session.folder_exists(out):
+            raise FolderMissingError(f"output folder {out!r} does not exist")
+        return folder
+
+    async def _serve(self, session: ImapSession) -> None:
+        folder = await self._select(session)
+        result = await self._batch(session, folder, "startup backlog")
+        while not self.stop.is_set():
+            reason = await self._wait_for_trigger(session, folder, result)
+            if reason is None:
+                return
+            result = await self._batch(session, folder, reason)
+
+    # ----- batches --------------------------------------------------------------------
+    async def _batch(self, session: ImapSession, folder: FolderState, reason: str) -> BatchResult:
+        self.state = "processing"
+        self.log.info("batch_start", reason=reason, exists=folder.exists, pending=self.pending)
+        batch = Batch(session, folder, self.settings.id, self.store, self.ingest,
+                      Destination(self.settings.output_folder), self.stop, self.log)
+        result = await batch.run()
+        self.batches += 1
+        self.pending = 0
+        self.last_error = None
+        self.log.info("batch_end", reason=reason, found=result.found, ingested=result.ingested,
+                      already_known=result.already_known, failed=result.failed,
+                      moved=result.done if self.settings.output_folder else 0,
+                      deleted=0 if self.settings.output_folder else result.done,
+                      seconds=round(result.seconds, 3))
+        return result
+
+    async def _leftover(self, session: ImapSession, last: BatchResult) -> tuple[int, int]:
+        """(mails left from the last batch, mails that arrived after it started)."""
+        uids = await session.search_all()
+        new = sum(1 for uid in uids if uid > last.max_uid)
+        return len(uids) - new, new
+
+    async def _wait_for_trigger(
+        self, session: ImapSession, folder: FolderState, last: BatchResult
+    ) -> str | None:
+        """Wait until the count or the time trigger fires; None when stopping."""
+        baseline, self.pending = await self._leftover(session, last)
+        exists = baseline + self.pending
+        first_change = self.clock.now() if self.pending else None
+        idle = session.has_capability("IDLE")
+        self.state = "idle"
+        while True:
+            if self.pending >= self.settings.max_changes:
+                return "count"
+            if first_change is not None and (
+                self.clock.now() - first_change >= self.settings.max_wait
+            ):
+                return "timeout"
+            lines = await self._next_changes(session, idle, first_change)
+            if lines is None:
+                return None
+            exists = track_exists(exists, lines)
+            baseline = min(baseline, exists)
+            self.pending = exists - baseline
+            folder.exists = exists
+            if self.pending and first_change is None:
+                first_change = self.clock.now()
+                self.log.info("change_pending", pending=self.pending)
+
+    async def _next_changes(
+        self, session: ImapSession, idle: bool, first_change: float | None
+    ) -> list[bytes] | None:
+        """One wait: lines pushed by the server ([] on a timer), or None when stopping."""
+        timeout = IDLE_REFRESH if idle else POLL_INTERVAL
+        if first_change is not None:
+            deadline = first_change + self.settings.max_wait - self.clock.now()
+            timeout = max(0.0, min(timeout, deadline))
+        if not idle:
+            if await self._sleep(timeout):
+                return None
+            return await session.noop()
+        await session.idle_start()
+        try:
+            lines = await self._race_push(session, timeout)
+        finally:
+            tail = await session.idle_done()
+        return None if lines is None else lines + tail
+
+    async def _race_push(self, session: ImapSession, timeout: float) -> list[bytes] | None:
+        push = asyncio.ensure_future(session.idle_push())
+        timer = asyncio.ensure_future(self.clock.sleep(timeout))
+        stop = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({push, timer, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (push, timer, stop):
+                if not task.done():
+                    task.cancel()
+        if push.done() and not push.cancelled():
+            return push.result()  # raises ConnectionLostError if the connection dropped
+        if stop.done():
+            return None
+        return []
+
+    # ----- waiting --------------------------------------------------------------------
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep on the clock; True when `stop` was set meanwhile."""
+        timer = asyncio.ensure_future(self.clock.sleep(seconds))
+        stop = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({timer, stop}, return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        stop.cancel()
+        return self.stop.is_set()
+
+    async def _back_off(self, exc: Exception, failures: int) -> None:
+        if isinstance(exc, PermanentError):
+            delay, kind = PERMANENT_RETRY, "permanent"
+        else:
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+            kind = "transient" if isinstance(exc, TransientError) else "unexpected"
+        self.state = "failing" if kind == "permanent" else "backing off"
+        self.last_error = str(exc)
+        self.log.error("listener_error", kind=kind, error=str(exc), error_type=type(exc).__name__,
+                       retry_in=round(delay, 1), failures=failures,
+                       **({"exc_info": exc} if kind == "unexpected" else {}))
+        await self._sleep(delay)

@@ -1,0 +1,489 @@
+"""A throwaway Dovecot on loopback for the tests, the demo and the benchmarks.
+
+A real server catches what mocks cannot (capabilities, UIDVALIDITY, IDLE timing,
+TLS, dropped sessions), so everything here drives stock Dovecot 2.3 from a
+config written into a directory the sandbox owns; the system service is never
+touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import grp
+import imaplib
+import ipaddress
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from engage_listener import imap_utf7
+
+__all__ = ["DovecotSandbox", "free_port", "sample_messages"]
+
+DOVECOT_BIN = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVEADM_BIN = shutil.which("doveadm") or "/usr/bin/doveadm"
+
+# Dovecot 2.3's built-in post-login capability list. `imap_capability` can only
+# replace the list, not subtract from it, so hiding IDLE/MOVE means restating it.
+_IMAP_CAPS = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES"
+    " THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN"
+    " NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES"
+    " WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW"
+    " STATUS=SIZE SAVEDATE LITERAL+ NOTIFY"
+)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (racy, but fine for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _issue(
+    cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey],
+    *extensions: tuple[x509.ExtensionType, bool],
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(issuer[0])
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=3))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical)
+    return builder.sign(issuer[1], hashes.SHA256())
+
+
+def _usage(*allowed: str) -> x509.KeyUsage:
+    names = "digital_signature content_commitment key_encipherment data_encipherment"
+    names += " key_agreement key_cert_sign crl_sign encipher_only decipher_only"
+    return x509.KeyUsage(**{name: name in allowed for name in names.split()})
+
+
+def _write_certs(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate, so clients verify TLS for real."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "engage-listener sandbox CA")])
+    ca_cert = _issue(
+        "engage-listener sandbox CA", ca_key, (ca_name, ca_key),
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (_usage("key_cert_sign", "crl_sign"), True),
+    )  # fmt: skip
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    cert = _issue(
+        "localhost", key, (ca_name, ca_key),
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (_usage("digital_signature"), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectAlternativeName(san), False),
+        (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), False),
+    )  # fmt: skip
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "server.key"))
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.touch(mode=0o600)
+    pkcs8, plain = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, plain))
+    return ca_file, cert_file, key_file
+
+
+def _quote(name: str) -> str:
+    """An IMAP quoted string of the modified-UTF-7 name (imaplib quotes nothing itself)."""
+    wire = imap_utf7.encode(name)
+    return '"' + wire.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+class DovecotSandbox:
+    """One private Dovecot instance (IMAP, IMAPS, POP3, POP3S on 127.0.0.1).
+
+    Any user name logs in with :attr:`PASSWORD`, so tests isolate themselves
+    simply by inventing a fresh user.
+    """
+
+    PASSWORD = "sandbox-secret"  # noqa: S105 - a throwaway test server
+    host = "127.0.0.1"
+
+    def __init__(
+        self, root: Path, *, idle: bool = True, move: bool = True, extra_config: str = ""
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        ports: set[int] = set()
+        while len(ports) < 4:
+            ports.add(free_port())
+        self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = sorted(ports)
+        self.config_file = self.root / "dovecot.conf"
+        self.log_file = self.root / "dovecot.log"
+        self._stderr_file = self.root / "dovecot.stderr"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopper: weakref.finalize[..., object] | None = None
+        self.ca_file, cert_file, key_file = _write_certs(self.root)
+
+        # Dovecot refuses uid 0 for mail, so as root mail belongs to an unprivileged
+        # system user; that user cannot traverse a private tmp_path (0700 parents),
+        # so homes and sockets then live in a /tmp directory it can reach.
+        # Socket paths are also limited to ~107 bytes, hence the short fallback.
+        runtime = self.root
+        if os.getuid() == 0 or len(str(self.root)) > 60:
+            runtime = Path(tempfile.mkdtemp(prefix="dovecot-sb-"))
+            runtime.chmod(0o755)
+            weakref.finalize(self, shutil.rmtree, runtime, True)
+        self.home_dir = runtime / "home"
+        self.home_dir.mkdir(exist_ok=True)
+        if os.getuid() == 0:
+            mail = pwd.getpwnam("mail")
+            internal, login, group = "dovecot", "dovenull", "dovecot"
+            os.chown(self.home_dir, mail.pw_uid, mail.pw_gid)
+            if not (self.root / "home").exists():
+                (self.root / "home").symlink_to(self.home_dir)
+        else:
+            mail = pwd.getpwuid(os.getuid())
+            internal = login = mail.pw_name
+            group = grp.getgrgid(os.getgid()).gr_name
+        self.mail_uid, self.mail_gid = mail.pw_uid, mail.pw_gid
+
+        hidden = {c for c, keep in (("IDLE", idle), ("MOVE", move)) if not keep}
+        caps = [c for c in _IMAP_CAPS.split() if c not in hidden]
+        cap_line = f"imap_capability = {' '.join(caps)}" if hidden else ""
+
+        def listener(name: str, port: int, ssl: str) -> str:
+            return f"  inet_listener {name} {{\n    port = {port}\n    ssl = {ssl}\n  }}"
+
+        # Chroots need root, and the sandbox has nothing to protect anyway.
+        chroots = "\n".join(
+            f"service {s} {{\n  chroot =\n}}"
+            for s in ("imap-login", "pop3-login", "imap-urlauth-login")
+        )
+        self.config_file.write_text(
+            f"""# Written by engage_listener.sandbox; do not edit.
+instance_name = engage-sandbox-{self.imap_port}
+protocols = imap pop3
+listen = {self.host}
+base_dir = {runtime / "run"}
+state_dir = {self.root / "state"}
+log_path = {self.log_file}
+default_internal_user = {internal}
+default_login_user = {login}
+default_internal_group = {group}
+default_process_limit = 500
+default_client_limit = 2000
+first_valid_uid = {mail.pw_uid}
+ssl = yes
+ssl_cert = <{cert_file}
+ssl_key = <{key_file}
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_cache_size = 0
+auth_failure_delay = 0
+auth_verbose = yes
+passdb {{
+  driver = static
+  args = password={self.PASSWORD}
+}}
+userdb {{
+  driver = static
+  args = uid={mail.pw_uid} gid={mail.pw_gid} home={self.home_dir}/%u
+}}
+mail_location = maildir:~/Maildir:LAYOUT=fs
+mail_plugins =
+namespace inbox {{
+  separator = /
+  inbox = yes
+}}
+mailbox_idle_check_interval = 1 secs
+pop3_uidl_format = %08Xu%08Xv
+{cap_line}
+protocol imap {{
+  mail_max_userip_connections = 100
+}}
+service imap-login {{
+{listener("imap", self.imap_port, "no")}
+{listener("imaps", self.imaps_port, "yes")}
+}}
+service pop3-login {{
+{listener("pop3", self.pop3_port, "no")}
+{listener("pop3s", self.pop3s_port, "yes")}
+}}
+service auth-worker {{
+  user = $default_internal_user
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  chroot =
+  # No per-IP auth penalty: one wrong-password test would slow every later login.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+{chroots}
+{extra_config}
+"""
+        )
+
+    @property
+    def ports(self) -> tuple[int, int, int, int]:
+        return self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port
+
+    def _log_tail(self, lines: int = 30) -> str:
+        text = ""
+        for path in (self._stderr_file, self.log_file):
+            if path.exists():
+                text += "".join(path.read_text(errors="replace").splitlines(True)[-lines:])
+        return text
+
+    def start(self) -> None:
+        """Start Dovecot and wait until every listener answers."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        (self.root / "state").mkdir(exist_ok=True)
+        with self._stderr_file.open("ab") as err:
+            proc = subprocess.Popen(
+                [DOVECOT_BIN, "-F", "-c", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C aimed at pytest must not kill it mid-test
+            )
+        self._proc, self._stopper = proc, weakref.finalize(self, _stop_process, proc)
+        deadline = time.monotonic() + 15
+        pending = list(self.ports)
+        while pending:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"dovecot did not come up (exit code {proc.returncode}) on ports "
+                    f"{pending}; log tail:\n{self._log_tail()}"
+                )
+            try:
+                socket.create_connection((self.host, pending[0]), timeout=1).close()
+                pending.pop(0)
+            except OSError:
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop Dovecot (all sessions drop); a no-op when not running."""
+        if self._stopper is not None:
+            self._stopper()  # a finalizer runs at most once, and at exit if never called
+        self._proc = self._stopper = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def kill_connections(self, user: str) -> None:
+        """Drop every IMAP/POP3 session of ``user``, like a server-side disconnect."""
+        result = subprocess.run(
+            [DOVEADM_BIN, "-c", str(self.config_file), "kick", user],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0 and "no users" not in (result.stdout + result.stderr).lower():
+            raise RuntimeError(f"doveadm kick {user} failed: {result.stdout}{result.stderr}")
+
+    def __enter__(self) -> DovecotSandbox:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- seeding and inspection (plain IMAP, synchronous, stdlib only) --
+
+    @contextmanager
+    def _imap(self, user: str) -> Iterator[imaplib.IMAP4]:
+        conn = imaplib.IMAP4(self.host, self.imap_port, timeout=30)
+        try:
+            conn.login(user, self.PASSWORD)
+            yield conn
+        finally:
+            with suppress(imaplib.IMAP4.error, OSError):
+                conn.logout()
+
+    @staticmethod
+    def _check(typ: str, data: Sequence[object], what: str) -> None:
+        if typ != "OK":
+            raise RuntimeError(f"{what} failed: {typ} {data!r}")
+
+    def folder_exists(self, user: str, folder: str) -> bool:
+        with self._imap(user) as conn:
+            typ, _ = conn.status(_quote(folder), "(MESSAGES)")
+        return typ == "OK"
+
+    def create_folder(self, user: str, folder: str) -> None:
+        with self._imap(user) as conn:
+            self._create(conn, folder)
+
+    def _create(self, conn: imaplib.IMAP4, folder: str) -> None:
+        if conn.status(_quote(folder), "(MESSAGES)")[0] != "OK":
+            typ, data = conn.create(_quote(folder))
+            self._check(typ, data, f"CREATE {folder!r}")
+
+    def delete_folder(self, user: str, folder: str) -> None:
+        with self._imap(user) as conn:
+            typ, data = conn.delete(_quote(folder))
+        self._check(typ, data, f"DELETE {folder!r}")
+
+    def append(self, user: str, folder: str, raw: bytes, date: dt.datetime | None = None) -> None:
+        with self._imap(user) as conn:
+            self._create(conn, folder)
+            when = imaplib.Time2Internaldate(date) if date is not None else None
+            typ, data = conn.append(_quote(folder), "", when, raw)
+        self._check(typ, data, f"APPEND to {folder!r}")
+
+    def append_many(self, user: str, folder: str, raws: Iterable[bytes]) -> None:
+        with self._imap(user) as conn:
+            self._create(conn, folder)
+            for raw in raws:
+                typ, data = conn.append(_quote(folder), "", None, raw)
+                self._check(typ, data, f"APPEND to {folder!r}")
+
+    def count(self, user: str, folder: str) -> int:
+        """Number of messages; raises RuntimeError if the folder does not exist."""
+        with self._imap(user) as conn:
+            typ, data = conn.status(_quote(folder), "(MESSAGES)")
+        self._check(typ, data, f"STATUS {folder!r}")
+        match = re.search(rb"MESSAGES (\d+)", data[0] if isinstance(data[0], bytes) else b"")
+        if match is None:
+            raise RuntimeError(f"unexpected STATUS reply {data!r}")
+        return int(match.group(1))
+
+    def _select(self, conn: imaplib.IMAP4, folder: str) -> list[int]:
+        typ, data = conn.select(_quote(folder), readonly=True)
+        self._check(typ, data, f"SELECT {folder!r}")
+        typ, data = conn.uid("SEARCH", "ALL")
+        self._check(typ, data, f"UID SEARCH in {folder!r}")
+        return sorted(int(u) for u in b" ".join(d for d in data if isinstance(d, bytes)).split())
+
+    def uids(self, user: str, folder: str) -> list[int]:
+        with self._imap(user) as conn:
+            return self._select(conn, folder)
+
+    def messages(self, user: str, folder: str) -> list[bytes]:
+        """Raw bytes of every message in UID order (BODY.PEEK: leaves \\Seen alone)."""
+        found: dict[int, bytes] = {}
+        with self._imap(user) as conn:
+            if not self._select(conn, folder):
+                return []
+            typ, data = conn.uid("FETCH", "1:*", "(UID BODY.PEEK[])")
+            self._check(typ, data, f"UID FETCH in {folder!r}")
+        for item in data:
+            if isinstance(item, tuple):
+                match = re.search(rb"UID (\d+)", item[0])
+                if match is None:
+                    raise RuntimeError(f"FETCH reply without UID: {item[0]!r}")
+                found[int(match.group(1))] = item[1]
+        return [found[uid] for uid in sorted(found)]
+
+
+# -- realistic customer mail for the demo --
+
+_JOSE = ("José Pérez", "jose.perez@cliente.example")
+_ANA = ("Ana López", "ana.lopez@cliente.example")
+_MARIA = ("Maria Conceição", "maria@loja.com.br")
+_JOHN = ("John Smith", "john.smith@example.org")
+
+
+def _legacy(tag: str) -> Message:
+    """An old mailer: iso-8859-1, quoted-printable body, encoded-word headers."""
+    msg = MIMEText("Olá,\n\nO produto chegou danificado. Quero o reembolso.\n", "plain", "latin-1")
+    msg["Subject"] = Header(f"Reclamação urgente{tag}", "iso-8859-1").encode()
+    msg["From"] = formataddr(_MARIA, charset="iso-8859-1")
+    return msg
+
+
+def _sample(i: int, seed: int, date: dt.datetime) -> bytes:
+    kind, tag = i % 8, (f" (#{i})" if i >= 8 else "")
+    # A thread keeps its customer: the sender depends on the thread's first message.
+    rng = random.Random(f"{seed}.{i - kind}")  # noqa: S311 - test data, not crypto
+    sender = {1: _MARIA, 2: _JOHN, 7: _JOHN}.get(kind) or rng.choice([_JOSE, _ANA])
+    msg = EmailMessage()
+    if kind in (0, 3):
+        order = 1000 + i - kind
+        msg["Subject"] = ("RE: " if kind else "") + f"Consulta sobre mi pedido nº {order}{tag}"
+        msg.set_content(f"Hola,\n\n¿Cuándo llegará mi pedido nº {order}?\n\n{sender[0]}\n")
+    elif kind == 1:
+        msg["Subject"] = f"Solicitação de orçamento{tag}"
+        msg.set_content("Bom dia,\n\nGostaria de receber um orçamento para 20 licenças.\n")
+    elif kind in (2, 7):
+        msg["Subject"] = ("Re: " if kind == 7 else "") + f"Invoice question{tag}"
+        msg.set_content("Hello,\n\nI was charged twice for invoice 2024-117. Please refund.\n")
+    elif kind == 4:
+        msg["Subject"] = f"Factura adjunta{tag}"
+        msg.set_content("Adjunto la factura con el error en el importe.\n")
+        pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+        msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="factura.pdf")
+        msg.set_boundary(f"=_sample{seed}.{i}")  # the default one is random
+    elif kind == 5:  # HTML only, as web forms send it
+        msg["Subject"] = f"Formulario web: cambio de dirección{tag}"
+        html = "<html><body><p>Nueva dirección: <b>Calle Mayor 5, Madrid</b></p></body></html>\n"
+        msg.set_content(html, subtype="html")
+    out: Message = _legacy(tag) if kind == 6 else msg
+    if "From" not in out:
+        out["From"] = formataddr(sender)
+    out["To"] = "soporte@empresa.example"
+    out["Date"] = format_datetime(date)
+    out["Message-ID"] = f"<sample{seed}.{i}@cliente.example>"
+    if kind in (3, 7):  # replies to kinds 0 and 2
+        parent = f"<sample{seed}.{i - (3 if kind == 3 else 5)}@cliente.example>"
+        out["In-Reply-To"] = out["References"] = parent
+    # CRLF line ends, so the bytes come back from IMAP unchanged.
+    return out.as_bytes(policy=out.policy.clone(linesep="\r\n"))
+
+
+def sample_messages(n: int = 8, seed: int = 0) -> list[bytes]:
+    """Deterministic customer mail covering the encodings real mailboxes contain."""
+    start = dt.datetime(2024, 3, 1, 9, 0, tzinfo=dt.UTC) + dt.timedelta(days=seed)
+    return [_sample(i, seed, start + dt.timedelta(minutes=37 * i)) for i in range(n)]
