@@ -13,16 +13,18 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from . import admin
 from .clock import Clock, SystemClock
 from .config import Config, ImapListenerConfig
-from .engine import CaseEngine, EngineSettings
-from .errors import EngageError
+from .engine import REPLAY_FOLDER, CaseEngine, EngineSettings
+from .hooks import RoutingHook, load_hook
+from .errors import ConfigError, ConfigProblem, EngageError, HookError
 from .imap import ImapEndpoint, ImapSession
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
 from .protolog import ProtocolLog, expand_path
 from .sqlite_store import SqliteStore
-from .store import CaseSummary, Store
+from .store import CaseSummary, LedgerKey, Store
 
 SHUTDOWN_GRACE = 8.0  # seconds for listeners to finish the mail in hand
 
@@ -45,13 +47,41 @@ def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
     )
 
 
+def load_hooks(config: Config) -> dict[str, RoutingHook]:
+    """Load every listener's routing hook now: a wrong path is a configuration error."""
+    hooks: dict[str, RoutingHook] = {}
+    problems: list[ConfigProblem] = []
+    for cfg in config.imap_listeners:
+        if cfg.routing_hook is None:
+            continue
+        try:
+            hooks[cfg.id] = load_hook(cfg.routing_hook, config.path.absolute().parent,
+                                      float(cfg.routing_timeout))
+        except HookError as exc:
+            problems.append(ConfigProblem(str(config.path), cfg.routing_hook_line,
+                                          "RoutingHook", str(exc)))
+    if problems:
+        raise ConfigError(problems)
+    return hooks
+
+
+def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> EngineSettings:
+    return EngineSettings(
+        listener=cfg.id, extract_attachments=cfg.extract_attachments,
+        process=cfg.case_process, unknown_sender=cfg.unknown_sender,
+        default_customer_id=cfg.default_customer_id, automatic_mail=cfg.automatic_mail,
+        subject_prefixes=cfg.subject_prefixes, hook=hook,
+    )
+
+
 def build_listener(
-    cfg: ImapListenerConfig, store: Store, clock: Clock, stop: asyncio.Event
+    cfg: ImapListenerConfig, store: Store, clock: Clock, stop: asyncio.Event,
+    hook: RoutingHook | None = None,
 ) -> Listener:
     """One listener with its real IMAP connection factory and case engine."""
     register_secret(cfg.password.reveal())
     endpoint = endpoint_for(cfg)
-    engine = CaseEngine(store, EngineSettings(cfg.id, cfg.extract_attachments))
+    engine = CaseEngine(store, engine_settings(cfg, hook))
 
     async def connect() -> ImapSession:
         return await ImapSession.open(endpoint)
@@ -62,8 +92,10 @@ def build_listener(
         output_folder=cfg.output_folder,
         max_wait=float(cfg.sync_max_wait_time),
         max_changes=cfg.sync_max_changes_count,
+        error_folder=cfg.error_folder,
+        max_attempts=cfg.max_attempts,
     )
-    return Listener(settings, connect=connect, store=store, ingest=engine.ingest, clock=clock,
+    return Listener(settings, connect=connect, store=store, handler=engine, clock=clock,
                     stop=stop, log=get_logger(listener=cfg.id))
 
 
@@ -73,6 +105,7 @@ async def run(config: Config, *, once: bool = False) -> int:
     listeners_cfg = config.enabled_listeners()
     for warning in config.warnings():
         log.warning("config_warning", message=warning)
+    hooks = load_hooks(config)
     if not listeners_cfg:
         log.error("no_listeners", message="no enabled listener: nothing to do", config=str(config.path))
         return 1
@@ -84,7 +117,8 @@ async def run(config: Config, *, once: bool = False) -> int:
         return 1
     stop = asyncio.Event()
     try:
-        listeners = [build_listener(c, store, SystemClock(), stop) for c in listeners_cfg]
+        listeners = [build_listener(c, store, SystemClock(), stop, hooks.get(c.id))
+                     for c in listeners_cfg]
         log.info("starting", listeners=[c.id for c in listeners_cfg], once=once,
                  store=str(config.store.path))
         if once:
@@ -138,3 +172,39 @@ async def list_cases(config: Config) -> list[CaseSummary]:
         return await store.list_cases()
     finally:
         await store.close()
+
+
+async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[str]:
+    """Run quarantined mails through their listener's engine again; one line per mail."""
+    hooks = load_hooks(config)
+    listeners = {c.id: c for c in config.imap_listeners}
+    store = SqliteStore(config.store.path)
+    await store.open()
+    lines: list[str] = []
+    try:
+        for entry_id in entry_ids:
+            lines.append(await _replay_one(store, listeners, hooks, entry_id))
+    finally:
+        await store.close()
+    return lines
+
+
+async def _replay_one(
+    store: SqliteStore, listeners: dict[str, ImapListenerConfig],
+    hooks: dict[str, RoutingHook], entry_id: int,
+) -> str:
+    found = await admin.get_quarantine(store, entry_id)
+    if found is None:
+        raise EngageError(f"no quarantine entry {entry_id}")
+    entry, raw = found
+    if entry.state != "held":
+        return f"{entry_id}: already {entry.state} (case {entry.case_id})"
+    cfg = listeners.get(entry.listener)
+    if cfg is None:
+        raise EngageError(f"quarantine entry {entry_id}: listener {entry.listener!r} is no "
+                          "longer in the configuration")
+    engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
+    key = LedgerKey(cfg.id, REPLAY_FOLDER, 0, entry_id)
+    done = await engine.ingest(key, raw)
+    await admin.mark_replayed(store, entry_id, done.case_id)
+    return f"{entry_id}: replayed into case {done.case_number or '(ignored)'}"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from .errors import StoreError
+from .errors import QuarantineNow, StoreError
 from .imap import FolderState, ImapSession
 from .store import LedgerKey, Store
 
@@ -26,20 +26,28 @@ CHUNK_BYTES = 16 * 1024 * 1024
 class Ingested:
     """What ingesting one mail produced (for the log)."""
 
-    case_id: int
-    case_number: str
+    case_id: int | None
+    case_number: str | None
     new_case: bool
     duplicate: bool
+    ignored: bool = False
 
 
-Ingest = Callable[[LedgerKey, bytes], Awaitable[Ingested]]
+class Handler(Protocol):
+    """Turns one mail into a case (the case engine), or keeps it in quarantine."""
+
+    async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested: ...
+
+    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int: ...
 
 
 @dataclass(frozen=True)
 class Destination:
-    """Where processed mail goes: a folder, or None to delete it."""
+    """Where mail goes: processed to a folder (None: deleted), failed to the error folder."""
 
     output_folder: str | None
+    error_folder: str
+    max_attempts: int = 3
 
 
 @dataclass
@@ -48,6 +56,7 @@ class BatchResult:
     ingested: int = 0
     already_known: int = 0
     failed: int = 0
+    quarantined: int = 0
     done: int = 0
     seconds: float = 0.0
     max_uid: int = 0
@@ -78,7 +87,7 @@ class Batch:
         folder: FolderState,
         listener: str,
         store: Store,
-        ingest: Ingest,
+        handler: Handler,
         destination: Destination,
         stop: asyncio.Event,
         log: Any,
@@ -87,12 +96,13 @@ class Batch:
         self.folder = folder
         self.listener = listener
         self.store = store
-        self.ingest = ingest
+        self.handler = handler
         self.destination = destination
         self.stop = stop
         self.log = log
         self.result = BatchResult()
         self._committed: list[int] = []
+        self._quarantined: list[int] = []
 
     async def run(self) -> BatchResult:
         started = time.monotonic()
@@ -113,10 +123,11 @@ class Batch:
         return self.result
 
     async def _process_chunk(self, chunk: list[int]) -> None:
-        known = await self.store.known_uids(
+        known = await self.store.known_states(
             self.listener, self.folder.name, self.folder.uidvalidity, chunk
         )
-        self._committed.extend(uid for uid in chunk if uid in known)
+        for uid, state in known.items():
+            (self._quarantined if state == "quarantined" else self._committed).append(uid)
         self.result.already_known += len(known)
         todo = [uid for uid in chunk if uid not in known]
         for uid, raw in await self.session.fetch_bodies(todo):
@@ -127,22 +138,44 @@ class Batch:
     async def _process_one(self, uid: int, raw: bytes) -> None:
         key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)
         try:
-            done = await self.ingest(key, raw)
+            done = await self.handler.ingest(key, raw)
         except StoreError:
             raise
+        except QuarantineNow as exc:
+            await self._quarantine(key, raw, str(exc), 1)
+            return
         except Exception as exc:  # one bad message never stops the batch
-            self.result.failed += 1
-            self.result.failed_uids.append(uid)
-            self.log.error("message_failed", uid=uid, size=len(raw), error=str(exc),
-                           error_type=type(exc).__name__)
+            await self._failed(key, raw, exc)
             return
         self._committed.append(uid)
         self.result.ingested += 1
         self.log.info("message", uid=uid, case_id=done.case_id, case_number=done.case_number,
-                      new_case=done.new_case, duplicate=done.duplicate, size=len(raw))
+                      new_case=done.new_case, duplicate=done.duplicate, ignored=done.ignored,
+                      size=len(raw))
+
+    async def _failed(self, key: LedgerKey, raw: bytes, exc: Exception) -> None:
+        """Count the attempt; at MaxAttempts the mail goes to quarantine."""
+        reason = f"{type(exc).__name__}: {exc}"
+        attempts = await self.store.record_failure(key, reason)
+        self.log.error("message_failed", uid=key.uid, size=len(raw), error=reason,
+                       attempts=attempts, max_attempts=self.destination.max_attempts)
+        if attempts >= self.destination.max_attempts:
+            await self._quarantine(key, raw, reason, attempts)
+        else:
+            self.result.failed += 1
+            self.result.failed_uids.append(key.uid)
+
+    async def _quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> None:
+        entry = await self.handler.quarantine(key, raw, reason, attempts)
+        self._quarantined.append(key.uid)
+        self.result.quarantined += 1
+        self.log.warning("message_quarantined", uid=key.uid, quarantine_id=entry, reason=reason,
+                         attempts=attempts, error_folder=self.destination.error_folder)
 
     async def _finish(self) -> None:
-        """Move (or delete) every committed mail, then note it in the ledger."""
+        """Move (or delete) every committed mail, quarantined ones to the error folder."""
+        if self._quarantined:
+            await self._move_quarantined(sorted(set(self._quarantined)))
         uids = sorted(set(self._committed))
         if not uids:
             return
@@ -155,4 +188,14 @@ class Batch:
         self.result.done = len(uids)
         await self.store.mark_done(
             self.listener, self.folder.name, self.folder.uidvalidity, uids, state
+        )
+
+    async def _move_quarantined(self, uids: list[int]) -> None:
+        folder = self.destination.error_folder
+        if not await self.session.folder_exists(folder):
+            await self.session.create_folder(folder)
+            self.log.info("folder_created", folder=folder)
+        await self.session.move(uids, folder)
+        await self.store.mark_done(
+            self.listener, self.folder.name, self.folder.uidvalidity, uids, "quarantined"
         )

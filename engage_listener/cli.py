@@ -11,14 +11,18 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
-from . import __version__, app
+from . import __version__, admin, app
 from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
+from .sqlite_store import SqliteStore
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/engage-listener/engage-listener.xml")
@@ -54,6 +58,30 @@ def _parser() -> argparse.ArgumentParser:
     cases = sub.add_parser("cases", help="list cases and their messages from the store")
     _config_arg(cases)
     cases.add_argument("--json", action="store_true", help="one JSON document")
+
+    customers = sub.add_parser("customers", help="import or list customers")
+    csub = customers.add_subparsers(dest="action", required=True)
+    imp = csub.add_parser("import", help="create/update customers from CSV: name, addresses"
+                          "[, external_id]; several addresses separated by ; or spaces")
+    imp.add_argument("file", type=Path)
+    _config_arg(imp)
+    lst = csub.add_parser("list", help="list customers and their addresses")
+    _config_arg(lst)
+    lst.add_argument("--json", action="store_true")
+
+    quarantine = sub.add_parser("quarantine", help="mail that could not be processed")
+    qsub = quarantine.add_subparsers(dest="action", required=True)
+    qlist = qsub.add_parser("list", help="held mails with their reasons")
+    qlist.add_argument("--all", action="store_true", help="replayed ones too")
+    qlist.add_argument("--json", action="store_true")
+    _config_arg(qlist)
+    show = qsub.add_parser("show", help="one entry; --raw prints the mail itself")
+    show.add_argument("id", type=int)
+    show.add_argument("--raw", action="store_true")
+    _config_arg(show)
+    replay = qsub.add_parser("replay", help="process held mails again (after fixing the cause)")
+    replay.add_argument("ids", type=int, nargs="+")
+    _config_arg(replay)
     return root
 
 
@@ -75,6 +103,7 @@ def _report_config_error(exc: ConfigError) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.path or args.config)
+    app.load_hooks(config)
     print(f"{config.path}: OK, {len(config.imap_listeners)} IMAP listener(s), "
           f"store {config.store.path}")
     for listener in config.imap_listeners:
@@ -107,7 +136,69 @@ def cmd_cases(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "cases": cmd_cases}
+async def _with_store(config: Config, work: Callable[[SqliteStore], Awaitable[T]]) -> T:
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def cmd_customers(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.action == "import":
+        if not args.file.is_file():
+            print(f"engage-listener: cannot read {args.file}", file=sys.stderr)
+            return EXIT_FAILURE
+        result = asyncio.run(_with_store(config, lambda s: admin.import_customers(s, args.file)))
+        for problem in result.problems:
+            print(problem, file=sys.stderr)
+        print(f"{result.created} created, {result.updated} updated, {result.addresses} "
+              f"addresses, {len(result.problems)} problem(s)")
+        return EXIT_FAILURE if result.problems else EXIT_OK
+    customers = asyncio.run(_with_store(config, admin.list_customers))
+    if args.json:
+        print(json.dumps([asdict(c) for c in customers], ensure_ascii=False, indent=2))
+    else:
+        for c in customers:
+            print(f"{c.id:>6}  {c.name}  <{', '.join(c.addresses)}>")
+        print(f"{len(customers)} customer(s)")
+    return EXIT_OK
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.action == "replay":
+        for line in asyncio.run(app.replay_quarantine(config, args.ids)):
+            print(line)
+        return EXIT_OK
+    if args.action == "show":
+        found = asyncio.run(_with_store(config, lambda s: admin.get_quarantine(s, args.id)))
+        if found is None:
+            print(f"engage-listener: no quarantine entry {args.id}", file=sys.stderr)
+            return EXIT_FAILURE
+        entry, raw = found
+        if args.raw:
+            sys.stdout.buffer.write(raw)
+        else:
+            for key, value in asdict(entry).items():
+                print(f"{key:>11}: {value}")
+        return EXIT_OK
+    entries = asyncio.run(_with_store(
+        config, lambda s: admin.list_quarantine(s, include_replayed=args.all)))
+    if args.json:
+        print(json.dumps([asdict(e) for e in entries], ensure_ascii=False, indent=2))
+        return EXIT_OK
+    for e in entries:
+        print(f"{e.id:>5} {e.listener[:12]:<12} {e.state:<8} tries={e.attempts} "
+              f"{e.sender} / {e.subject}\n      reason: {e.reason}")
+    print(f"{len(entries)} quarantined mail(s)")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "cases": cmd_cases,
+            "customers": cmd_customers, "quarantine": cmd_quarantine}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from lxml import etree
 
@@ -65,6 +65,16 @@ class ImapListenerConfig:
     ca_file: Path | None
     enabled: bool
     source_line: int
+    case_process: str | None = None
+    unknown_sender: str = "CreateCustomer"
+    default_customer_id: int | None = None
+    automatic_mail: str = "Ignore"
+    subject_prefixes: tuple[str, ...] = ()
+    routing_hook: str | None = None
+    routing_hook_line: int = 0
+    routing_timeout: int = 10
+    max_attempts: int = 3
+    error_folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,19 +127,20 @@ def describe(listener: ImapListenerConfig) -> str:
     """One line for check-config; shows no secret."""
     lst = listener
     target = f"{lst.output_folder} (move)" if lst.output_folder else "(delete)"
-    parts = [
-        f"{lst.id}: {lst.host}:{lst.port} {'TLS' if lst.use_ssl else 'plain'}",
-        f"user={lst.username} {lst.input_folder} -> {target},",
-        f"batch {lst.sync_max_changes_count} mails or {lst.sync_max_wait_time} s,",
+    extras = [
+        "attachments extracted," if lst.extract_attachments else "",
+        f"CA {lst.ca_file}," if lst.ca_file else "",
+        f"protocol log {lst.protocol_log_file}," if lst.protocol_log_file else "",
     ]
-    if lst.extract_attachments:
-        parts.append("attachments extracted,")
-    if lst.ca_file is not None:
-        parts.append(f"CA {lst.ca_file},")
-    if lst.protocol_log_file is not None:
-        parts.append(f"protocol log {lst.protocol_log_file},")
-    parts.append("enabled" if lst.enabled else "disabled")
-    return " ".join(parts)
+    return " ".join(
+        [
+            f"{lst.id}: {lst.host}:{lst.port} {'TLS' if lst.use_ssl else 'plain'}",
+            f"user={lst.username} {lst.input_folder} -> {target},",
+            f"batch {lst.sync_max_changes_count} mails or {lst.sync_max_wait_time} s,",
+            *filter(None, extras),
+            "enabled" if lst.enabled else "disabled",
+        ]
+    )
 
 
 def schema_path() -> Path:
@@ -159,9 +170,6 @@ def parse_config(data: bytes, path: Path) -> Config:
     return _build_config(root, path)
 
 
-# ---------------------------------------------------------------- XML parsing
-
-
 def _safe_parser() -> etree.XMLParser:
     """No entities, no DTD, no network: a config file must not read anything else."""
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
@@ -170,13 +178,14 @@ def _safe_parser() -> etree.XMLParser:
 def _parse_xml(data: bytes, file: str) -> tuple[etree._Element | None, list[ConfigProblem]]:
     """Parse, refusing any DOCTYPE (entity expansion and external entities are attacks)."""
     parser = _safe_parser()
+    doctype = ConfigProblem(file, _doctype_line(data), "DOCTYPE", "a DOCTYPE is not allowed")
     try:
         root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:
-        return None, _syntax_problems(parser, exc, file)
+    except etree.XMLSyntaxError as exc:  # libxml2 may refuse the DTD itself (amplification)
+        found = [doctype] if b"<!DOCTYPE" in data else []
+        return None, found + _syntax_problems(parser, exc, file)
     if root.getroottree().docinfo.internalDTD is not None:
-        message = "a DOCTYPE is not allowed (no DTDs or entities in the configuration)"
-        return None, [ConfigProblem(file, _doctype_line(data), "DOCTYPE", message)]
+        return None, [doctype]
     return root, []
 
 
@@ -212,9 +221,6 @@ def _entries(log: object) -> list[_LogEntry]:
     return list(cast(Iterable[_LogEntry], log))
 
 
-# ---------------------------------------------------------------- schema validation
-
-
 @dataclass(frozen=True)
 class _Model:
     """What the XSD allows under each element, read from the XSD itself."""
@@ -226,6 +232,7 @@ class _Model:
 
 @lru_cache(maxsize=1)
 def _xsd_root() -> etree._Element:
+    """The shipped XSD, parsed once; read through importlib so zipped installs work."""
     data = resources.files("engage_listener").joinpath(_SCHEMA_FILE).read_bytes()
     return etree.fromstring(data, _safe_parser())
 
@@ -239,7 +246,8 @@ def _model() -> _Model:
     allowed: dict[str, tuple[str, ...]] = {}
     required: dict[str, tuple[tuple[str, ...], ...]] = {}
     for decl in xsd.iterfind(".//xs:element[@name]", _XS):
-        ctype = types.get(decl.get("type")) or decl.find("xs:complexType", _XS)
+        ctype = types.get(decl.get("type"))
+        ctype = ctype if ctype is not None else decl.find("xs:complexType", _XS)
         if ctype is not None:
             allowed[decl.get("name", "")] = _names_under(ctype, groups)
             required[decl.get("name", "")] = _required_under(ctype, groups)
@@ -253,7 +261,7 @@ def _model() -> _Model:
 def _names_under(node: etree._Element, groups: dict[str, etree._Element]) -> tuple[str, ...]:
     """Element names declared under node, following group references."""
     names: list[str] = []
-    for item in node.iter("{*}element", "{*}group"):
+    for item in node.iterdescendants("{*}element", "{*}group"):
         ref = groups.get(item.get("ref", ""))
         found = _names_under(ref, groups) if ref is not None else (item.get("name"),)
         names.extend(n for n in found if n and n not in names)
@@ -265,7 +273,8 @@ def _required_under(
 ) -> tuple[tuple[str, ...], ...]:
     """Mandatory children: xs:all members and sequence groups without minOccurs=0."""
     found: list[tuple[str, ...]] = []
-    for item in ctype.iterfind("xs:all/xs:element|xs:sequence/xs:group", _XS):
+    paths = ("xs:all/xs:element", "xs:sequence/xs:group")
+    for item in (it for path in paths for it in ctype.iterfind(path, _XS)):
         if item.get("minOccurs") == "0":
             continue
         ref = groups.get(item.get("ref", ""))
@@ -286,39 +295,31 @@ def _schema_problems(root: etree._Element, file: str) -> list[ConfigProblem]:
         schema.validate(work)
         unexpected: list[etree._Element] = []
         for entry in _entries(schema.error_log):
-            node = _node_at(work, entry.path)
+            node = _node_at(work, entry)
             problem = _schema_problem(file, entry, node)
             if problem is not None:
                 found.setdefault((problem.line, problem.element, problem.message), problem)
             if node is not None and "This element is not expected" in entry.message:
                 unexpected.append(node)
-        if not _remove_all(unexpected):
+        if not unexpected:
             break
+        for node in unexpected:  # never the root: a wrong root is another message
+            cast(etree._Element, node.getparent()).remove(node)
     return list(found.values())
 
 
-def _remove_all(nodes: list[etree._Element]) -> bool:
-    """Detach nodes from their parents; False when there was nothing to remove."""
-    removed = False
-    for node in nodes:
-        parent = node.getparent()
-        if parent is not None:
-            parent.remove(node)
-            removed = True
-    return removed
-
-
-def _node_at(root: etree._Element, path: str | None) -> etree._Element | None:
-    """The element a log entry is about, from the XPath libxml2 gives."""
-    if not path:
-        return None
+def _node_at(root: etree._Element, entry: _LogEntry) -> etree._Element | None:
+    """The element a log entry is about: by libxml2's XPath, else by line and name."""
     try:
-        hits = root.getroottree().xpath(path)
-    except etree.XPathError:
-        return None
+        hits = root.getroottree().xpath(entry.path or "/..")
+    except etree.XPathError:  # e.g. a namespace prefix the XPath cannot resolve
+        hits = []
     if isinstance(hits, list) and hits and isinstance(hits[0], etree._Element):
         return hits[0]
-    return None
+    match = _PREFIX.match(entry.message)
+    name = _local(match.group("el")) if match else None
+    nodes = (n for n in root.iter("*") if _line(n) == entry.line and _local(n.tag) == name)
+    return next(nodes, None)
 
 
 _PREFIX = re.compile(
@@ -334,20 +335,12 @@ def _schema_problem(
     rest = match.group("rest") if match else entry.message
     if "No precomputed value available" in rest:
         return None  # follows an invalid attribute already reported
-    name = _local(node.tag) if node is not None else _name_from(match, entry.path)
+    name = _local(node.tag) if node is not None else _local(match.group("el") if match else "-")
     text = _reword(rest.strip(), node)
     attr = match.group("attr") if match else None
     if attr and f"'{attr}'" not in text:
         text = f"attribute '{attr}' {text}"
-    return ConfigProblem(file, entry.line, name, _strip_ns(text))
-
-
-def _name_from(match: re.Match[str] | None, path: str | None) -> str:
-    """Element name when the node could not be found: from the message, else the path."""
-    if match:
-        return _local(match.group("el"))
-    step = (path or "").rstrip("/").rsplit("/", 1)[-1]
-    return re.sub(r"\[\d+\]$", "", step) or "-"
+    return ConfigProblem(file, entry.line, name, re.sub(r"\{[^}]*\}", "", text))
 
 
 def _local(tag: object) -> str:
@@ -355,28 +348,20 @@ def _local(tag: object) -> str:
     return str(tag).rsplit("}", 1)[-1]
 
 
-def _strip_ns(text: str) -> str:
-    return re.sub(r"\{[^}]*\}", "", text)
-
-
-_FACETS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\[facet 'minInclusive'\] The value '(.*)' is less than the minimum value "
-                r"allowed \('(.*)'\)"), r"value \1 is too small; the minimum is \2"),
-    (re.compile(r"\[facet 'maxInclusive'\] The value '(.*)' is greater than the maximum value "
-                r"allowed \('(.*)'\)"), r"value \1 is too large; the maximum is \2"),
-    (re.compile(r"\[facet 'minLength'\] The value.*underruns the allowed minimum length of "
-                r"'1'"), "must not be empty"),
-    (re.compile(r"\[facet 'pattern'\] The value '(.*)' is not accepted by the pattern "
-                r"'\[Tt\]\[Rr\]\[Uu\]\[Ee\]\|.*'"), r"'\1' is not a boolean; write True or False"),
-    (re.compile(r"The attribute '(.*)' is required but missing"), r"attribute '\1' is required"),
-    (re.compile(r"The attribute '(.*)' is not allowed"), r"unknown attribute '\1'"),
-    (re.compile(r"Duplicate key-sequence \['(.*)'\] in unique identity-constraint.*"),
-     r"duplicate ID '\1'; each listener needs its own ID"),
-    (re.compile(r"Character content other than whitespace is not allowed.*"),
-     "text is not allowed here, only elements"),
-    (re.compile(r"No matching global declaration available for the validation root"),
-     f"the root element must be {_ROOT}"),
-]
+_FACETS: tuple[tuple[str, str], ...] = (  # libxml2 wording -> ours
+    (r"\[facet 'minInclusive'\].*'(.*)' is less.*\('(.*)'\)", r"\1 is below the minimum \2"),
+    (r"\[facet 'maxInclusive'\].*'(.*)' is greater.*\('(.*)'\)", r"\1 is above the maximum \2"),
+    (r"\[facet 'minLength'\].*minimum length of '1'", "must not be empty"),
+    (
+        r"\[facet 'pattern'\] The value '(.*)' is not accepted .*\[Tt\]\[Rr\]",
+        r"'\1' is not True or False",
+    ),
+    (r"The attribute '(.*)' is required but missing", r"attribute '\1' is required"),
+    (r"The attribute '(.*)' is not allowed", r"unknown attribute '\1'"),
+    (r"Duplicate key-sequence \['(.*)'\] in unique.*", r"duplicate ID '\1'; IDs must be unique"),
+    (r"Character content other than whitespace .*", "text is not allowed here, only elements"),
+    (r"No matching global declaration .*", f"the root element must be {_ROOT}"),
+)
 
 
 def _reword(rest: str, node: etree._Element | None) -> str:
@@ -388,10 +373,12 @@ def _reword(rest: str, node: etree._Element | None) -> str:
     atomic = re.match(r"'(.*)' is not a valid value of the atomic type '(.*)'", rest, re.S)
     if atomic:
         wording = _model().type_docs.get(atomic.group(2)) or atomic.group(2)
-        return f"'{atomic.group(1)}' is not valid; expected: {wording}"
-    for pattern, replacement in _FACETS:
-        if pattern.match(rest):
-            return pattern.sub(replacement, rest, count=1).rstrip(".")
+        wording = wording[:1].lower() + wording[1:].rstrip(".")
+        return f"'{atomic.group(1)}' is not valid; expected {wording}"
+    for pattern, template in _FACETS:
+        found = re.match(pattern, rest, re.S)
+        if found:
+            return found.expand(template)
     return rest.rstrip(".")
 
 
@@ -403,18 +390,20 @@ def _unexpected(node: etree._Element) -> str:
     name = _local(node.tag)
     if name in allowed:
         return f"'{name}' appears more than once in {parent_name}"
-    return f"unknown element '{name}'; expected one of {', '.join(allowed)}"
+    known = any(name in names for names in _model().allowed.values())
+    kind = "misplaced" if known else "unknown"
+    return f"{kind} element '{name}'; expected one of {', '.join(allowed)}"
 
 
 def _missing(node: etree._Element) -> str:
     """Which mandatory children are absent (libxml2 lists optional ones too)."""
     present = {_local(c.tag) for c in _children(node)}
-    absent = [" or ".join(alts) for alts in _model().required.get(_local(node.tag), ())
-              if not present.intersection(alts)]
-    return f"missing required element(s): {', '.join(absent) or '?'}"
-
-
-# ---------------------------------------------------------------- semantic checks
+    absent = [
+        " or ".join(alts)
+        for alts in _model().required.get(_local(node.tag), ())
+        if not present.intersection(alts)
+    ]
+    return f"missing required element(s): {', '.join(absent) or 'see the schema'}"
 
 
 def _children(node: etree._Element) -> Iterator[etree._Element]:
@@ -463,6 +452,10 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
     if target is not None and _same_folder(source, _text(target)):
         message = f"same as InputFolder '{source}'; processed mail would be read again"
         problems.append(ConfigProblem(file, _line(target), "OutputFolder", message))
+    policy = values.get("UnknownSender")
+    if policy is not None and _text(policy) == "DefaultCustomer" and "DefaultCustomerId" not in values:
+        problems.append(ConfigProblem(file, _line(policy), "UnknownSender",
+                                      "DefaultCustomer needs a DefaultCustomerId"))
     ca = values.get("CaFile")
     if ca is not None and _text(ca) and not _relative_to(path, _text(ca)).is_file():
         message = f"CA file {_relative_to(path, _text(ca))} does not exist"
@@ -478,9 +471,6 @@ def _same_folder(a: str, b: str) -> bool:
 def _relative_to(config_path: Path, value: str) -> Path:
     """A path from the file, relative ones taken from the configuration's directory."""
     return config_path.absolute().parent / Path(value).expanduser()
-
-
-# ---------------------------------------------------------------- building
 
 
 def _flag(values: dict[str, etree._Element], name: str, default: bool) -> bool:
@@ -515,7 +505,27 @@ def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
         ca_file=_relative_to(config_path, ca_file) if ca_file is not None else None,
         enabled=_flag(values, "Enabled", True),
         source_line=_line(block),
+        **_case_settings(values),
     )
+
+
+def _case_settings(values: dict[str, etree._Element]) -> dict[str, Any]:
+    """The case-engine elements of a listener, defaults applied."""
+    customer = _optional(values, "DefaultCustomerId")
+    prefixes = _optional(values, "SubjectPrefixes") or ""
+    hook = values.get("RoutingHook")
+    return {
+        "case_process": _optional(values, "CaseProcess"),
+        "unknown_sender": _optional(values, "UnknownSender") or "CreateCustomer",
+        "default_customer_id": int(customer) if customer else None,
+        "automatic_mail": _optional(values, "AutomaticMail") or "Ignore",
+        "subject_prefixes": tuple(p.strip() for p in prefixes.split(",") if p.strip()),
+        "routing_hook": _text(hook) if hook is not None else None,
+        "routing_hook_line": _line(hook) if hook is not None else 0,
+        "routing_timeout": int(_optional(values, "RoutingTimeout") or 10),
+        "max_attempts": int(_optional(values, "MaxAttempts") or 3),
+        "error_folder": _optional(values, "ErrorFolder"),
+    }
 
 
 def _build_config(root: etree._Element, path: Path) -> Config:

@@ -1,90 +1,174 @@
 """The case engine: one raw mail becomes a case (or joins one), in one transaction.
 
-Everything for a mail (its case, message, attachments and ledger row) commits
-together or not at all, which is what lets the listener move the mail on the
-server afterwards without ever losing it or making a second case of it.
+Everything for a mail (customer, case, message, attachments, the routing
+procedure's changes and the ledger row) commits together or not at all, which is
+what lets the listener move the mail on the server afterwards without ever losing
+it or making a second case of it. A routing hook that fails rolls it all back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
 
 from . import parser
+from .automail import automatic_reason
 from .batch import Ingested
-from .store import LedgerKey, NewAttachment, NewCase, NewMessage, Store, Transaction
+from .errors import QuarantineNow
+from .hooks import CaseView, CustomerView, HookContext, MessageView, RoutingHook
+from .store import (
+    CaseRef,
+    Customer,
+    LedgerKey,
+    NewAttachment,
+    NewCase,
+    NewMessage,
+    Store,
+    Transaction,
+)
+from .subjects import find_case_token, normalize_subject
 
 BIG_MAIL = 1024 * 1024  # parse mails larger than this in a worker thread
+REPLAY_FOLDER = "#quarantine"  # ledger folder of mails replayed from quarantine
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Per-listener case rules (more arrive with the case-engine issue)."""
+    """Per-listener case rules, from the listener's configuration."""
 
     listener: str
     extract_attachments: bool
     process: str | None = None
+    unknown_sender: str = "CreateCustomer"  # CreateCustomer | DefaultCustomer | Quarantine
+    default_customer_id: int | None = None
+    automatic_mail: str = "Ignore"  # Ignore: never opens a case | OpenCase: like any mail
+    subject_prefixes: tuple[str, ...] = ()
+    hook: RoutingHook | None = None
 
 
 class CaseEngine:
-    """Ingests mails of one listener into the store."""
+    """Ingests mails of one listener into the store (see `batch.Handler`)."""
 
     def __init__(self, store: Store, settings: EngineSettings) -> None:
         self.store = store
         self.settings = settings
 
     async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested:
-        """Parse, then commit case + message + attachments + ledger row together."""
-        if len(raw) > BIG_MAIL:
-            mail = await asyncio.to_thread(parser.parse, raw)
-        else:
-            mail = parser.parse(raw)
-        message = self._message(raw, mail)
+        """Parse, then commit customer, case, message, attachments, routing and ledger."""
+        mail = await _parse(raw)
+        sender = mail.sender.address if mail.sender else ""
+        automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
+        message = self._message(raw, mail, automatic)
         async with self.store.transaction() as tx:
             duplicate = await tx.find_duplicate(key.listener, message.sha256, message.message_id)
             if duplicate is not None:
-                case = await tx.case_of_message(duplicate)
                 await tx.add_ledger(key, duplicate, message)
-                return Ingested(case.id, case.case_number, new_case=False, duplicate=True)
-            case = await tx.create_case(self._case(mail))
+                case = await tx.case_of_message(duplicate)
+                if case is None:  # the first copy was automatic mail, kept without a case
+                    return Ingested(None, None, False, True, ignored=True)
+                return Ingested(case.id, case.case_number, False, True)
+            customer = await self._customer(tx, mail)
+            case, is_new = await self._find_or_open(tx, mail, customer, automatic)
+            if case is None:  # automatic mail that matches no case: kept, ignored
+                row = await tx.add_message(None, dataclasses.replace(message, ignored=True))
+                await tx.add_ledger(key, row, message)
+                return Ingested(None, None, False, False, ignored=True)
             row = await tx.add_message(case.id, message)
             await self._attach(tx, row, raw, mail)
+            if self.settings.hook is not None:
+                await self._route(tx, case, is_new, row, mail, customer, automatic)
             await tx.add_ledger(key, row, message)
-        return Ingested(case.id, case.case_number, new_case=True, duplicate=False)
+        return Ingested(case.id, case.case_number, is_new, False)
 
-    def _message(self, raw: bytes, mail: parser.ParsedMail) -> NewMessage:
+    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
+        """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
+        mail = await _parse(raw)
+        message = self._message(raw, mail, None)
+        async with self.store.transaction() as tx:
+            return await tx.add_quarantine(key, raw, message, reason, attempts)
+
+    # ----- steps ----------------------------------------------------------------------
+    async def _customer(self, tx: Transaction, mail: parser.ParsedMail) -> Customer | None:
+        """The sender's customer, or what UnknownSender says to do without one."""
+        address = mail.sender.normalized if mail.sender else ""
+        found = await tx.find_customer(address) if address else None
+        if found is not None:
+            return found
+        policy = self.settings.unknown_sender
+        if policy == "Quarantine":
+            raise QuarantineNow(f"unknown sender {address or '(none)'} (UnknownSender=Quarantine)")
+        if policy == "DefaultCustomer" and self.settings.default_customer_id is not None:
+            default = await tx.get_customer(self.settings.default_customer_id)
+            if default is None:
+                raise LookupError(f"DefaultCustomer {self.settings.default_customer_id} not found")
+            return default
+        if not address:
+            return None
+        name = mail.sender.name if mail.sender else ""
+        return await tx.create_customer(name, address, "auto")
+
+    async def _find_or_open(
+        self, tx: Transaction, mail: parser.ParsedMail, customer: Customer | None,
+        automatic: str | None,
+    ) -> tuple[CaseRef | None, bool]:
+        """Join an open case by headers, case token or subject; else open one."""
+        refs = [r for r in (mail.in_reply_to, *mail.references) if r]
+        normalized = normalize_subject(mail.subject, self.settings.subject_prefixes)
+        case = await tx.open_case_by_message_ids(refs)
+        token = find_case_token(mail.subject)
+        if case is None and token:
+            case = await tx.open_case_by_number(token)
+        if case is None:
+            customer_id = customer.id if customer else None
+            case = await tx.open_case_by_subject(customer_id, self.settings.process, normalized)
+        if case is not None:
+            return case, False
+        if automatic and self.settings.automatic_mail == "Ignore":
+            return None, False
+        sender = mail.sender or parser.Address("", "")
+        new = NewCase(
+            listener=self.settings.listener, process=self.settings.process,
+            sender=sender.address, sender_name=sender.name, subject=mail.subject,
+            normalized_subject=normalized, customer_id=customer.id if customer else None,
+        )
+        return await tx.create_case(new), True
+
+    async def _route(
+        self, tx: Transaction, case: CaseRef, is_new: bool, row: int, mail: parser.ParsedMail,
+        customer: Customer | None, automatic: str | None,
+    ) -> None:
+        """Run the installation's routing procedure in this transaction, then apply it."""
+        assert self.settings.hook is not None
+        info = await tx.case_info(case.id)
+        sender = mail.sender or parser.Address("", "")
+        context = HookContext(
+            listener=self.settings.listener,
+            case=CaseView(info.id, info.case_number, info.process, info.status, info.inbox,
+                          info.subject, is_new),
+            message=MessageView(row, mail.message_id, sender.address, sender.name, mail.subject,
+                                mail.text, tuple(a.filename for a in mail.attachments),
+                                automatic),
+            customer=CustomerView(customer.id, customer.name, customer.addresses)
+            if customer else None,
+        )
+        decision = await self.settings.hook.run(context, tx)
+        await tx.apply_decision(case.id, row, decision.inbox, decision.priority, decision.tags,
+                                decision.acknowledge)
+
+    def _message(self, raw: bytes, mail: parser.ParsedMail, automatic: str | None) -> NewMessage:
         sender = mail.sender or parser.Address("", "")
         stored = parser.strip_attachments(raw) if self.settings.extract_attachments else None
         return NewMessage(
-            listener=self.settings.listener,
-            message_id=mail.message_id,
-            in_reply_to=mail.in_reply_to,
-            sender=sender.address,
-            sender_name=sender.name,
-            subject=mail.subject,
-            sent_at=mail.date,
-            received_at=dt.datetime.now(dt.UTC),
-            sha256=hashlib.sha256(raw).hexdigest(),
-            raw=raw,
-            parsed=mail.parsed,
-            body_text=mail.text,
-            body_html=mail.html,
-            defects="\n".join(mail.defects),
-            stored_mime=stored,
-        )
-
-    def _case(self, mail: parser.ParsedMail) -> NewCase:
-        sender = mail.sender or parser.Address("", "")
-        return NewCase(
-            listener=self.settings.listener,
-            process=self.settings.process,
-            sender=sender.address,
-            sender_name=sender.name,
-            subject=mail.subject,
-            normalized_subject=" ".join(mail.subject.casefold().split()),
+            listener=self.settings.listener, message_id=mail.message_id,
+            in_reply_to=mail.in_reply_to, sender=sender.address, sender_name=sender.name,
+            subject=mail.subject, sent_at=mail.date, received_at=dt.datetime.now(dt.UTC),
+            sha256=hashlib.sha256(raw).hexdigest(), raw=raw, parsed=mail.parsed,
+            body_text=mail.text, body_html=mail.html, defects="\n".join(mail.defects),
+            automatic=automatic, stored_mime=stored,
         )
 
     async def _attach(
@@ -100,6 +184,12 @@ class CaseEngine:
                 NewAttachment(item.filename, item.content_type, item.payload,
                               item.content_id, item.inline),
             )
+
+
+async def _parse(raw: bytes) -> parser.ParsedMail:
+    if len(raw) > BIG_MAIL:
+        return await asyncio.to_thread(parser.parse, raw)
+    return parser.parse(raw)
 
 
 def _eml_name(subject: str) -> str:

@@ -66,3 +66,7 @@ class ProtocolError(TransientError):
 
 class StoreError(TransientError):
     """The case store could not commit; nothing is moved on the server until it can."""
+
+
+class QuarantineNow(EngageError):
+    """This mail must be quarantined at once (e.g. unknown sender with policy Quarantine)."""

@@ -39,6 +39,7 @@ _EXPUNGE = re.compile(rb"^(\d+) EXPUNGE")
 _FETCH_HEAD = re.compile(rb"^\d+ FETCH \(")
 _UID = re.compile(rb"UID (\d+)")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+_LIST_DELIM = re.compile(rb'\) (?:"\\?(.)"|NIL) ')
 MAX_SET_LENGTH = 4000  # characters of one UID set, well under server line limits
 
 
@@ -296,6 +297,14 @@ class ImapSession:
             "STATUS", self._proto.simple_command("STATUS", quote_mailbox(name), "(UIDNEXT)")
         )
         return bool(response.result == "OK")
+
+    async def delimiter(self) -> str | None:
+        """The hierarchy delimiter (LIST "" ""), None for a flat namespace."""
+        response = await self._call("LIST", self._proto.simple_command("LIST", '""', '""'))
+        for line in response.lines[:-1]:
+            if isinstance(line, bytes) and (m := _LIST_DELIM.search(line)):
+                return m.group(1).decode() if m.group(1) else None
+        return None
 
     async def create_folder(self, name: str) -> None:
         response = await self._call(

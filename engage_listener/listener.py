@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .batch import Batch, BatchResult, Destination, Ingest
+from .batch import Batch, BatchResult, Destination, Handler
 from .clock import Clock
 from .errors import FolderMissingError, PermanentError, TransientError
 from .imap import FolderState, ImapSession, track_exists
@@ -37,6 +37,8 @@ class ListenerSettings:
     output_folder: str | None
     max_wait: float
     max_changes: int
+    error_folder: str | None = None  # None: "Error" beside the input folder
+    max_attempts: int = 3
 
 
 class Listener:
@@ -48,7 +50,7 @@ class Listener:
         *,
         connect: Callable[[], Awaitable[ImapSession]],
         store: Store,
-        ingest: Ingest,
+        handler: Handler,
         clock: Clock,
         stop: asyncio.Event,
         log: Any,
@@ -56,7 +58,7 @@ class Listener:
         self.settings = settings
         self.connect = connect
         self.store = store
-        self.ingest = ingest
+        self.handler = handler
         self.clock = clock
         self.stop = stop
         self.log = log
@@ -64,6 +66,7 @@ class Listener:
         self.pending = 0
         self.batches = 0
         self.last_error: str | None = None
+        self.error_folder = settings.error_folder or "Error"
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -107,6 +110,9 @@ class Listener:
 
     async def _select(self, session: ImapSession) -> FolderState:
         folder = await session.select(self.settings.input_folder)
+        if self.settings.error_folder is None:
+            self.error_folder = sibling(self.settings.input_folder, await session.delimiter(),
+                                        "Error")
         out = self.settings.output_folder
         if out is not None and not await session.folder_exists(out):
             raise FolderMissingError(f"output folder {out!r} does not exist")
@@ -125,14 +131,17 @@ class Listener:
     async def _batch(self, session: ImapSession, folder: FolderState, reason: str) -> BatchResult:
         self.state = "processing"
         self.log.info("batch_start", reason=reason, exists=folder.exists, pending=self.pending)
-        batch = Batch(session, folder, self.settings.id, self.store, self.ingest,
-                      Destination(self.settings.output_folder), self.stop, self.log)
+        destination = Destination(self.settings.output_folder, self.error_folder,
+                                  self.settings.max_attempts)
+        batch = Batch(session, folder, self.settings.id, self.store, self.handler, destination,
+                      self.stop, self.log)
         result = await batch.run()
         self.batches += 1
         self.pending = 0
         self.last_error = None
         self.log.info("batch_end", reason=reason, found=result.found, ingested=result.ingested,
                       already_known=result.already_known, failed=result.failed,
+                      quarantined=result.quarantined,
                       moved=result.done if self.settings.output_folder else 0,
                       deleted=0 if self.settings.output_folder else result.done,
                       seconds=round(result.seconds, 3))
@@ -229,3 +238,10 @@ class Listener:
                        retry_in=round(delay, 1), failures=failures,
                        **({"exc_info": exc} if kind == "unexpected" else {}))
         await self._sleep(delay)
+
+
+def sibling(folder: str, delimiter: str | None, name: str) -> str:
+    """`name` beside `folder` in the hierarchy ("IMAP/New" -> "IMAP/Error")."""
+    if not delimiter or delimiter not in folder:
+        return name
+    return folder.rsplit(delimiter, 1)[0] + delimiter + name

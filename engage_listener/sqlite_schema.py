@@ -23,7 +23,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE messages (
         id INTEGER PRIMARY KEY,
-        case_id INTEGER NOT NULL REFERENCES cases(id),
+        case_id INTEGER REFERENCES cases(id),  -- NULL: automatic mail stored and ignored
         listener TEXT NOT NULL,
         message_id TEXT,
         in_reply_to TEXT,
@@ -36,6 +36,8 @@ MIGRATIONS: tuple[str, ...] = (
         size INTEGER NOT NULL,
         parsed INTEGER NOT NULL,
         automatic TEXT,
+        ignored INTEGER NOT NULL DEFAULT 0,
+        acknowledge INTEGER,  -- the routing hook's say on acknowledging: NULL, 0 or 1
         body_text TEXT NOT NULL DEFAULT '',
         body_html TEXT,
         defects TEXT NOT NULL DEFAULT '',
@@ -60,14 +62,63 @@ MIGRATIONS: tuple[str, ...] = (
         folder TEXT NOT NULL,
         uidvalidity INTEGER NOT NULL,
         uid INTEGER NOT NULL,
-        message_row INTEGER NOT NULL REFERENCES messages(id),
+        message_row INTEGER REFERENCES messages(id),  -- NULL when quarantined
+        quarantine_id INTEGER REFERENCES quarantine(id),
         message_id TEXT,
         sha256 TEXT NOT NULL,
-        state TEXT NOT NULL,
+        state TEXT NOT NULL,  -- committed, moved, deleted, quarantined
         created_at TEXT NOT NULL,
         done_at TEXT,
         PRIMARY KEY (listener, folder, uidvalidity, uid)
     );
     CREATE INDEX ledger_hash ON ledger(listener, sha256);
+    CREATE INDEX cases_open ON cases(customer_id, process, normalized_subject)
+        WHERE status = 'open';
+    CREATE TABLE case_tags (
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        tag TEXT NOT NULL,
+        PRIMARY KEY (case_id, tag)
+    );
+    CREATE TABLE customers (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        external_id TEXT UNIQUE,
+        source TEXT NOT NULL DEFAULT 'import',  -- import, auto (unknown sender)
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE customer_addresses (
+        address TEXT PRIMARY KEY,  -- lower-cased
+        customer_id INTEGER NOT NULL REFERENCES customers(id) ON DELETE CASCADE
+    );
+    CREATE INDEX customer_addresses_customer ON customer_addresses(customer_id);
+    -- Failed attempts at a mail still in the input folder, until MaxAttempts.
+    CREATE TABLE attempts (
+        listener TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (listener, folder, uidvalidity, uid)
+    );
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        listener TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        message_id TEXT,
+        sender TEXT NOT NULL DEFAULT '',
+        subject TEXT NOT NULL DEFAULT '',
+        sha256 TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'held',  -- held, replayed
+        case_id INTEGER REFERENCES cases(id),  -- set by a successful replay
+        created_at TEXT NOT NULL,
+        replayed_at TEXT,
+        raw BLOB NOT NULL
+    );
     """,
 )

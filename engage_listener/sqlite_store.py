@@ -20,101 +20,8 @@ import aiosqlite
 
 from .errors import StoreError
 from .sqlite_schema import MIGRATIONS
-from .store import (
-    CaseRef,
-    CaseSummary,
-    LedgerKey,
-    NewAttachment,
-    NewCase,
-    NewMessage,
-)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None
-
-
-class SqliteTransaction:
-    """The writes of one message; see `store.Transaction`."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def execute(self, sql: str, params: Any = ()) -> aiosqlite.Cursor:
-        """Raw access for SQL routing procedures that run inside the same transaction."""
-        return await self._db.execute(sql, params)
-
-    async def find_duplicate(self, listener: str, sha256: str, message_id: str | None) -> int | None:
-        async with self._db.execute(
-            "SELECT message_row FROM ledger WHERE listener = ? AND sha256 = ?"
-            " AND message_id IS ? LIMIT 1",
-            (listener, sha256, message_id),
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else None
-
-    async def case_of_message(self, message_row: int) -> CaseRef:
-        async with self._db.execute(
-            "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"
-            " WHERE m.id = ?",
-            (message_row,),
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            raise StoreError(f"message row {message_row} has no case")
-        return CaseRef(int(row[0]), str(row[1]))
-
-    async def create_case(self, case: NewCase) -> CaseRef:
-        now = _now()
-        cur = await self._db.execute(
-            "INSERT INTO cases (case_number, listener, process, customer_id, sender, sender_name,"
-            " subject, normalized_subject, status, created_at, updated_at)"
-            " VALUES (hex(randomblob(8)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (case.listener, case.process, case.customer_id, case.sender, case.sender_name,
-             case.subject, case.normalized_subject, case.status, now, now),
-        )
-        case_id = int(cur.lastrowid or 0)
-        number = f"{case_id:06d}"
-        await self._db.execute("UPDATE cases SET case_number = ? WHERE id = ?", (number, case_id))
-        return CaseRef(case_id, number)
-
-    async def add_message(self, case_id: int, message: NewMessage) -> int:
-        m = message
-        cur = await self._db.execute(
-            "INSERT INTO messages (case_id, listener, message_id, in_reply_to, sender, sender_name,"
-            " subject, sent_at, received_at, sha256, size, parsed, automatic, body_text,"
-            " body_html, defects, stored_mime, raw)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (case_id, m.listener, m.message_id, m.in_reply_to, m.sender, m.sender_name,
-             m.subject, _iso(m.sent_at), _iso(m.received_at), m.sha256, len(m.raw),
-             int(m.parsed), m.automatic, m.body_text, m.body_html, m.defects, m.stored_mime,
-             m.raw),
-        )
-        await self._db.execute(
-            "UPDATE cases SET updated_at = ? WHERE id = ?", (_now(), case_id)
-        )
-        return int(cur.lastrowid or 0)
-
-    async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:
-        a = attachment
-        await self._db.execute(
-            "INSERT INTO attachments (message_row, filename, content_type, size, content_id,"
-            " inline, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (message_row, a.filename, a.content_type, len(a.content), a.content_id,
-             int(a.inline), a.content),
-        )
-
-    async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None:
-        await self._db.execute(
-            "INSERT INTO ledger (listener, folder, uidvalidity, uid, message_row, message_id,"
-            " sha256, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'committed', ?)",
-            (key.listener, key.folder, key.uidvalidity, key.uid, message_row,
-             message.message_id, message.sha256, _now()),
-        )
+from .sqlite_tx import SqliteTransaction, now_iso
+from .store import CaseSummary, LedgerKey
 
 
 class SqliteStore:
@@ -183,29 +90,44 @@ class SqliteStore:
                 await _rollback(db)
                 raise
 
-    async def known_uids(
+    async def known_states(
         self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int]
-    ) -> set[int]:
-        if not uids:
-            return set()
-        found: set[int] = set()
+    ) -> dict[int, str]:
+        found: dict[int, str] = {}
         async with self._lock:
             db = self._conn()
             for start in range(0, len(uids), 500):
                 chunk = list(uids[start : start + 500])
                 marks = ",".join("?" * len(chunk))
                 async with db.execute(
-                    f"SELECT uid FROM ledger WHERE listener = ? AND folder = ? "  # noqa: S608
+                    f"SELECT uid, state FROM ledger WHERE listener = ? AND folder = ? "  # noqa: S608
                     f"AND uidvalidity = ? AND uid IN ({marks})",
                     (listener, folder, uidvalidity, *chunk),
                 ) as cur:
-                    found.update(int(r[0]) for r in await cur.fetchall())
+                    found.update((int(r[0]), str(r[1])) for r in await cur.fetchall())
         return found
+
+    async def record_failure(self, key: LedgerKey, error: str) -> int:
+        async with self.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO attempts (listener, folder, uidvalidity, uid, attempts, last_error,"
+                " updated_at) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
+                " attempts = attempts + 1, last_error = excluded.last_error,"
+                " updated_at = excluded.updated_at",
+                (key.listener, key.folder, key.uidvalidity, key.uid, error[:2000], now_iso()),
+            )
+            cur = await tx.execute(
+                "SELECT attempts FROM attempts WHERE listener = ? AND folder = ?"
+                " AND uidvalidity = ? AND uid = ?",
+                (key.listener, key.folder, key.uidvalidity, key.uid),
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 1
 
     async def mark_done(
         self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int], state: str
     ) -> None:
-        now = _now()
+        now = now_iso()
         async with self.transaction() as tx:
             for uid in uids:
                 await tx.execute(
@@ -213,6 +135,11 @@ class SqliteStore:
                     " AND uidvalidity = ? AND uid = ?",
                     (state, now, listener, folder, uidvalidity, uid),
                 )
+
+    async def query(self, sql: str, params: Any = ()) -> list[Any]:
+        """Read-only rows for operator commands (cases, customers, quarantine)."""
+        async with self._lock, self._conn().execute(sql, params) as cur:
+            return list(await cur.fetchall())
 
     async def list_cases(self) -> list[CaseSummary]:
         sql = (

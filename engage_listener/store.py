@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class NewMessage:
     defects: str
     automatic: str | None = None
     stored_mime: bytes | None = None  # the mail without its attachments (ExtractAttachments)
+    ignored: bool = False  # automatic mail stored without a case
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,45 @@ class NewAttachment:
     content: bytes
     content_id: str | None = None
     inline: bool = False
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: int
+    name: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """A case as routing hooks see it."""
+
+    id: int
+    case_number: str
+    process: str | None
+    status: str
+    inbox: str | None
+    subject: str
+    customer_id: int | None
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A mail that could not be processed, kept with the reason (`quarantine list`)."""
+
+    id: int
+    listener: str
+    folder: str
+    uid: int
+    message_id: str | None
+    sender: str
+    subject: str
+    reason: str
+    attempts: int
+    state: str
+    case_id: int | None
+    created_at: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -89,19 +129,56 @@ class CaseSummary:
 class Transaction(Protocol):
     """Writes of one message, committed together or not at all."""
 
-    async def find_duplicate(self, listener: str, sha256: str, message_id: str | None) -> int | None:
+    async def execute(self, sql: str, params: Any = ()) -> Any:
+        """Raw SQL in this transaction (SQL routing procedures)."""
+        ...
+
+    def interrupt(self) -> None:
+        """Abort the statement running now (a routing procedure past its timeout)."""
+        ...
+
+    async def find_duplicate(
+        self, listener: str, sha256: str, message_id: str | None
+    ) -> int | None:
         """Message row of the same mail (same bytes and Message-ID) seen under another key."""
         ...
 
-    async def case_of_message(self, message_row: int) -> CaseRef: ...
+    async def case_of_message(self, message_row: int) -> CaseRef | None: ...
+
+    async def find_customer(self, address: str) -> Customer | None: ...
+
+    async def get_customer(self, customer_id: int) -> Customer | None: ...
+
+    async def create_customer(self, name: str, address: str, source: str) -> Customer: ...
+
+    async def open_case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None: ...
+
+    async def open_case_by_number(self, case_number: str) -> CaseRef | None: ...
+
+    async def open_case_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> CaseRef | None: ...
+
+    async def case_info(self, case_id: int) -> CaseInfo: ...
 
     async def create_case(self, case: NewCase) -> CaseRef: ...
 
-    async def add_message(self, case_id: int, message: NewMessage) -> int: ...
+    async def add_message(self, case_id: int | None, message: NewMessage) -> int: ...
 
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None: ...
 
+    async def apply_decision(
+        self, case_id: int, message_row: int, inbox: str | None, priority: int | None,
+        tags: Sequence[str], acknowledge: bool | None,
+    ) -> None: ...
+
     async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None: ...
+
+    async def add_quarantine(
+        self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int
+    ) -> int:
+        """Keep the mail with its reason, and a ledger row so it is never taken again."""
+        ...
 
 
 class Store(Protocol):
@@ -113,10 +190,14 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
-    async def known_uids(
+    async def known_states(
         self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int]
-    ) -> set[int]:
-        """Which of these UIDs are already committed in the ledger."""
+    ) -> dict[int, str]:
+        """Ledger state of those UIDs already in the ledger (committed, quarantined, ...)."""
+        ...
+
+    async def record_failure(self, key: LedgerKey, error: str) -> int:
+        """Count one more failed attempt at a mail; returns the attempts so far."""
         ...
 
     async def mark_done(

@@ -1,0 +1,156 @@
+"""Operator commands on the store: customers import/list, quarantine list/show.
+
+Kept apart from the hot path (engine, listener): these run from a second
+process while the daemon works, through the same store interface.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .sqlite_store import SqliteStore
+from .sqlite_tx import SqliteTransaction, now_iso
+from .store import Customer, Quarantined
+
+_NAME_COLUMNS = ("name", "nombre", "customer")
+_ADDRESS_COLUMNS = ("addresses", "address", "emails", "email", "correo")
+_ID_COLUMNS = ("external_id", "id", "customer_id")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+@dataclass
+class ImportResult:
+    created: int = 0
+    updated: int = 0
+    addresses: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _column(header: list[str], names: tuple[str, ...]) -> int | None:
+    lowered = [h.strip().lower() for h in header]
+    for name in names:
+        if name in lowered:
+            return lowered.index(name)
+    return None
+
+
+async def import_customers(store: SqliteStore, path: Path) -> ImportResult:
+    """Create or update customers from CSV (name, addresses[, external_id]); one transaction."""
+    text = path.read_text(encoding="utf-8-sig")
+    dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t") if text.strip() else csv.excel
+    rows = list(csv.reader(io.StringIO(text), dialect))
+    result = ImportResult()
+    if not rows:
+        result.problems.append(f"{path}:1: the file is empty")
+        return result
+    name_col, addr_col = _column(rows[0], _NAME_COLUMNS), _column(rows[0], _ADDRESS_COLUMNS)
+    id_col = _column(rows[0], _ID_COLUMNS)
+    if name_col is None or addr_col is None:
+        result.problems.append(f"{path}:1: the header needs a 'name' and an 'addresses' column")
+        return result
+    async with store.transaction() as tx:
+        for line, row in enumerate(rows[1:], start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            cell = row[addr_col] if addr_col < len(row) else ""
+            name = row[name_col].strip() if name_col < len(row) else ""
+            external = row[id_col].strip() if id_col is not None and id_col < len(row) else ""
+            await _import_row(tx, f"{path}:{line}", name, cell, external or None, result)
+    return result
+
+
+async def _import_row(
+    tx: SqliteTransaction, where: str, name: str, cell: str, external: str | None,
+    result: ImportResult,
+) -> None:
+    addresses = [a.lower() for a in re.split(r"[\s,;]+", cell) if a]
+    bad = [a for a in addresses if not _EMAIL.match(a)]
+    if bad or not addresses:
+        result.problems.append(f"{where}: not an e-mail address: {', '.join(bad) or '(none)'}")
+        return
+    customer_id = await _existing(tx, external, addresses)
+    if customer_id is None:
+        cur = await tx.execute(
+            "INSERT INTO customers (name, external_id, source, created_at) VALUES (?, ?, ?, ?)",
+            (name or addresses[0], external, "import", now_iso()),
+        )
+        customer_id = int(cur.lastrowid or 0)
+        result.created += 1
+    else:
+        await tx.execute("UPDATE customers SET name = coalesce(nullif(?, ''), name),"
+                         " external_id = coalesce(?, external_id) WHERE id = ?",
+                         (name, external, customer_id))
+        result.updated += 1
+    for address in addresses:
+        owner = await _owner(tx, address)
+        if owner is not None and owner != customer_id:
+            result.problems.append(f"{where}: {address} already belongs to customer {owner}")
+            continue
+        await tx.execute("INSERT OR IGNORE INTO customer_addresses (address, customer_id)"
+                         " VALUES (?, ?)", (address, customer_id))
+        result.addresses += 1
+
+
+async def _existing(tx: SqliteTransaction, external: str | None, addresses: list[str]) -> int | None:
+    if external:
+        cur = await tx.execute("SELECT id FROM customers WHERE external_id = ?", (external,))
+        row = await cur.fetchone()
+        if row:
+            return int(row[0])
+    for address in addresses:
+        owner = await _owner(tx, address)
+        if owner is not None:
+            return owner
+    return None
+
+
+async def _owner(tx: SqliteTransaction, address: str) -> int | None:
+    cur = await tx.execute("SELECT customer_id FROM customer_addresses WHERE address = ?",
+                           (address,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def list_customers(store: SqliteStore) -> list[Customer]:
+    rows = await store.query(
+        "SELECT c.id, c.name, group_concat(a.address, ' ') FROM customers c"
+        " LEFT JOIN customer_addresses a ON a.customer_id = c.id GROUP BY c.id ORDER BY c.id"
+    )
+    return [Customer(int(r[0]), str(r[1]), tuple(sorted((r[2] or "").split()))) for r in rows]
+
+
+_QUARANTINE_COLUMNS = (
+    "id, listener, folder, uid, message_id, sender, subject, reason, attempts, state, case_id,"
+    " created_at, length(raw)"
+)
+
+
+def _quarantined(row: tuple[object, ...]) -> Quarantined:
+    return Quarantined(
+        int(row[0]), str(row[1]), str(row[2]), int(row[3]), row[4],  # type: ignore[call-overload,arg-type]
+        str(row[5]), str(row[6]), str(row[7]), int(row[8]), str(row[9]),  # type: ignore[call-overload]
+        row[10], str(row[11]), int(row[12]),  # type: ignore[arg-type,call-overload]
+    )
+
+
+async def list_quarantine(store: SqliteStore, *, include_replayed: bool = False) -> list[Quarantined]:
+    where = "" if include_replayed else " WHERE state = 'held'"
+    rows = await store.query(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine{where} ORDER BY id")  # noqa: S608
+    return [_quarantined(r) for r in rows]
+
+
+async def get_quarantine(store: SqliteStore, entry_id: int) -> tuple[Quarantined, bytes] | None:
+    rows = await store.query(
+        f"SELECT {_QUARANTINE_COLUMNS}, raw FROM quarantine WHERE id = ?", (entry_id,)  # noqa: S608
+    )
+    return (_quarantined(rows[0]), bytes(rows[0][13])) if rows else None
+
+
+async def mark_replayed(store: SqliteStore, entry_id: int, case_id: int | None) -> None:
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE quarantine SET state = 'replayed', case_id = ?, replayed_at = ?"
+                         " WHERE id = ?", (case_id, now_iso(), entry_id))

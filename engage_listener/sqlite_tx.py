@@ -1,0 +1,236 @@
+"""The writes and look-ups of one message, inside one SQLite transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+
+from .store import (
+    CaseInfo,
+    CaseRef,
+    Customer,
+    LedgerKey,
+    NewAttachment,
+    NewCase,
+    NewMessage,
+)
+
+OPEN = "open"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+class SqliteTransaction:
+    """See `store.Transaction`; only valid inside `SqliteStore.transaction()`."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Any = ()) -> aiosqlite.Cursor:
+        return await self._db.execute(sql, params)
+
+    def interrupt(self) -> None:
+        conn = getattr(self._db, "_conn", None)  # aiosqlite keeps the sqlite3 connection here
+        if conn is not None:
+            conn.interrupt()
+
+    async def _one(self, sql: str, params: Any = ()) -> Any:
+        async with self._db.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    # ----- look-ups ---------------------------------------------------------------
+    async def find_duplicate(
+        self, listener: str, sha256: str, message_id: str | None
+    ) -> int | None:
+        row = await self._one(
+            "SELECT message_row FROM ledger WHERE listener = ? AND sha256 = ?"
+            " AND message_id IS ? AND message_row IS NOT NULL LIMIT 1",
+            (listener, sha256, message_id),
+        )
+        return int(row[0]) if row else None
+
+    async def case_of_message(self, message_row: int) -> CaseRef | None:
+        row = await self._one(
+            "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"
+            " WHERE m.id = ?",
+            (message_row,),
+        )
+        return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def find_customer(self, address: str) -> Customer | None:
+        row = await self._one(
+            "SELECT customer_id FROM customer_addresses WHERE address = ?", (address.lower(),)
+        )
+        return await self.get_customer(int(row[0])) if row else None
+
+    async def get_customer(self, customer_id: int) -> Customer | None:
+        row = await self._one("SELECT id, name FROM customers WHERE id = ?", (customer_id,))
+        if row is None:
+            return None
+        async with self._db.execute(
+            "SELECT address FROM customer_addresses WHERE customer_id = ? ORDER BY address",
+            (customer_id,),
+        ) as cur:
+            addresses = tuple(str(r[0]) for r in await cur.fetchall())
+        return Customer(int(row[0]), str(row[1]), addresses)
+
+    async def create_customer(self, name: str, address: str, source: str) -> Customer:
+        cur = await self._db.execute(
+            "INSERT INTO customers (name, source, created_at) VALUES (?, ?, ?)",
+            (name or address, source, now_iso()),
+        )
+        customer_id = int(cur.lastrowid or 0)
+        await self._db.execute(
+            "INSERT INTO customer_addresses (address, customer_id) VALUES (?, ?)",
+            (address.lower(), customer_id),
+        )
+        return Customer(customer_id, name or address, (address.lower(),))
+
+    async def open_case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
+        ids = [m for m in message_ids if m][:50]
+        if not ids:
+            return None
+        marks = ",".join("?" * len(ids))
+        row = await self._one(
+            "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"
+            f" WHERE m.message_id IN ({marks}) AND c.status = ?"  # noqa: S608
+            " ORDER BY c.id DESC LIMIT 1",
+            (*ids, OPEN),
+        )
+        return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def open_case_by_number(self, case_number: str) -> CaseRef | None:
+        row = await self._one(
+            "SELECT id, case_number FROM cases WHERE case_number = ? AND status = ?",
+            (case_number, OPEN),
+        )
+        if row is None and case_number.isdigit():  # "[Case#123]" for case 000123
+            row = await self._one(
+                "SELECT id, case_number FROM cases WHERE id = ? AND status = ?",
+                (int(case_number), OPEN),
+            )
+        return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def open_case_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> CaseRef | None:
+        if customer_id is None or not normalized_subject:
+            return None
+        row = await self._one(
+            "SELECT id, case_number FROM cases WHERE customer_id = ? AND process IS ?"
+            " AND normalized_subject = ? AND status = ? ORDER BY id DESC LIMIT 1",
+            (customer_id, process, normalized_subject, OPEN),
+        )
+        return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def case_info(self, case_id: int) -> CaseInfo:
+        row = await self._one(
+            "SELECT id, case_number, process, status, inbox, subject, customer_id"
+            " FROM cases WHERE id = ?",
+            (case_id,),
+        )
+        return CaseInfo(int(row[0]), str(row[1]), row[2], str(row[3]), row[4], str(row[5]),
+                        row[6])
+
+    # ----- writes -------------------------------------------------------------------
+    async def create_case(self, case: NewCase) -> CaseRef:
+        now = now_iso()
+        cur = await self._db.execute(
+            "INSERT INTO cases (case_number, listener, process, customer_id, sender, sender_name,"
+            " subject, normalized_subject, status, created_at, updated_at)"
+            " VALUES (hex(randomblob(8)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (case.listener, case.process, case.customer_id, case.sender, case.sender_name,
+             case.subject, case.normalized_subject, case.status, now, now),
+        )
+        case_id = int(cur.lastrowid or 0)
+        number = f"{case_id:06d}"
+        await self._db.execute("UPDATE cases SET case_number = ? WHERE id = ?", (number, case_id))
+        return CaseRef(case_id, number)
+
+    async def add_message(self, case_id: int | None, message: NewMessage) -> int:
+        m = message
+        cur = await self._db.execute(
+            "INSERT INTO messages (case_id, listener, message_id, in_reply_to, sender, sender_name,"
+            " subject, sent_at, received_at, sha256, size, parsed, automatic, ignored, body_text,"
+            " body_html, defects, stored_mime, raw)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (case_id, m.listener, m.message_id, m.in_reply_to, m.sender, m.sender_name,
+             m.subject, _iso(m.sent_at), _iso(m.received_at), m.sha256, len(m.raw),
+             int(m.parsed), m.automatic, int(m.ignored), m.body_text, m.body_html, m.defects,
+             m.stored_mime, m.raw),
+        )
+        if case_id is not None:
+            await self._db.execute(
+                "UPDATE cases SET updated_at = ? WHERE id = ?", (now_iso(), case_id)
+            )
+        return int(cur.lastrowid or 0)
+
+    async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:
+        a = attachment
+        await self._db.execute(
+            "INSERT INTO attachments (message_row, filename, content_type, size, content_id,"
+            " inline, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (message_row, a.filename, a.content_type, len(a.content), a.content_id,
+             int(a.inline), a.content),
+        )
+
+    async def apply_decision(
+        self, case_id: int, message_row: int, inbox: str | None, priority: int | None,
+        tags: Sequence[str], acknowledge: bool | None,
+    ) -> None:
+        if inbox is not None or priority is not None:
+            await self._db.execute(
+                "UPDATE cases SET inbox = coalesce(?, inbox), priority = coalesce(?, priority)"
+                " WHERE id = ?",
+                (inbox, priority, case_id),
+            )
+        for tag in tags:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO case_tags (case_id, tag) VALUES (?, ?)", (case_id, tag)
+            )
+        if acknowledge is not None:
+            await self._db.execute(
+                "UPDATE messages SET acknowledge = ? WHERE id = ?", (int(acknowledge), message_row)
+            )
+
+    async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None:
+        await self._ledger(key, message_row, None, message, "committed")
+
+    async def add_quarantine(
+        self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int
+    ) -> int:
+        cur = await self._db.execute(
+            "INSERT INTO quarantine (listener, folder, uidvalidity, uid, message_id, sender,"
+            " subject, sha256, reason, attempts, created_at, raw)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.listener, key.folder, key.uidvalidity, key.uid, message.message_id,
+             message.sender, message.subject, message.sha256, reason, attempts, now_iso(), raw),
+        )
+        quarantine_id = int(cur.lastrowid or 0)
+        await self._ledger(key, None, quarantine_id, message, "quarantined")
+        return quarantine_id
+
+    async def _ledger(
+        self, key: LedgerKey, message_row: int | None, quarantine_id: int | None,
+        message: NewMessage, state: str,
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO ledger (listener, folder, uidvalidity, uid, message_row, quarantine_id,"
+            " message_id, sha256, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.listener, key.folder, key.uidvalidity, key.uid, message_row, quarantine_id,
+             message.message_id, message.sha256, state, now_iso()),
+        )
+        await self._db.execute(
+            "DELETE FROM attempts WHERE listener = ? AND folder = ? AND uidvalidity = ?"
+            " AND uid = ?",
+            (key.listener, key.folder, key.uidvalidity, key.uid),
+        )
