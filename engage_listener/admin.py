@@ -41,8 +41,9 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
 async def import_customers(store: SqliteStore, path: Path) -> ImportResult:
     """Create or update customers from CSV (name, addresses[, external_id]); one transaction."""
     text = path.read_text(encoding="utf-8-sig")
-    dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t") if text.strip() else csv.excel
-    rows = list(csv.reader(io.StringIO(text), dialect))
+    header = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count)  # spreadsheets export , or ; or tabs
+    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
     result = ImportResult()
     if not rows:
         result.problems.append(f"{path}:1: the file is empty")

@@ -70,3 +70,7 @@ class StoreError(TransientError):
 
 class QuarantineNow(EngageError):
     """This mail must be quarantined at once (e.g. unknown sender with policy Quarantine)."""
+
+
+class HookError(EngageError):
+    """The routing hook cannot be loaded, or failed or timed out on a mail (which rolls back)."""

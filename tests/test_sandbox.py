@@ -74,7 +74,8 @@ def test_imaps_by_name_and_untrusted_without_ca(dovecot: DovecotSandbox, mailbox
     with imaplib.IMAP4_SSL("localhost", dovecot.imaps_port, ssl_context=ctx) as conn:
         assert conn.login(mailbox_user, dovecot.PASSWORD)[0] == "OK"
     with pytest.raises(ssl.SSLCertVerificationError):
-        imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port)  # system CAs only
+        system_cas_only = ssl.create_default_context()
+        imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=system_cas_only)
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
