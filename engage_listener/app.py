@@ -19,7 +19,8 @@ from .config import Config, ImapListenerConfig
 from .engine import REPLAY_FOLDER, CaseEngine, EngineSettings
 from .hooks import RoutingHook, load_hook
 from .errors import ConfigError, ConfigProblem, EngageError, HookError
-from .imap import ImapEndpoint, ImapSession
+from .imap import ImapSession
+from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
 from .protolog import ProtocolLog, expand_path

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import QuarantineNow, StoreError
-from .imap import FolderState, ImapSession
+from .imap import ImapSession
+from .imap_text import FolderState
 from .store import LedgerKey, Store
 
 CHUNK_COUNT = 100

@@ -14,16 +14,12 @@ aioimaplib gaps handled here, so nothing else touches the library:
 from __future__ import annotations
 
 import asyncio
-import re
-import socket
 import ssl
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioimaplib import aioimaplib as lib
 
-from . import imap_utf7
 from .errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -31,44 +27,22 @@ from .errors import (
     ProtocolError,
     TlsError,
 )
+from .imap_text import (
+    EXISTS_RE,
+    FETCH_HEAD_RE,
+    LIST_DELIM_RE,
+    SIZE_RE,
+    UID_RE,
+    UIDVALIDITY_RE,
+    FolderState,
+    ImapEndpoint,
+    keepalive,
+    parse_bodies,
+    quote,
+    quote_mailbox,
+    uid_sets,
+)
 from .protolog import ProtocolLog
-
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_EXISTS = re.compile(rb"^(\d+) EXISTS")
-_EXPUNGE = re.compile(rb"^(\d+) EXPUNGE")
-_FETCH_HEAD = re.compile(rb"^\d+ FETCH \(")
-_UID = re.compile(rb"UID (\d+)")
-_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
-_LIST_DELIM = re.compile(rb'\) (?:"\\?(.)"|NIL) ')
-MAX_SET_LENGTH = 4000  # characters of one UID set, well under server line limits
-
-
-def quote_mailbox(name: str) -> str:
-    """Mailbox name as an IMAP quoted string in modified UTF-7."""
-    return str(lib.quoted(imap_utf7.encode(name)))
-
-
-def uid_sets(uids: Iterable[int]) -> list[str]:
-    """Compress UIDs into IMAP sets ("1:4,7"), split so no command line gets too long."""
-    ranges: list[tuple[int, int]] = []
-    for uid in sorted(set(uids)):
-        if ranges and uid == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], uid)
-        else:
-            ranges.append((uid, uid))
-    sets: list[str] = []
-    current: list[str] = []
-    length = 0
-    for low, high in ranges:
-        item = str(low) if low == high else f"{low}:{high}"
-        if current and length + len(item) + 1 > MAX_SET_LENGTH:
-            sets.append(",".join(current))
-            current, length = [], 0
-        current.append(item)
-        length += len(item) + 1
-    if current:
-        sets.append(",".join(current))
-    return sets
 
 
 class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -145,35 +119,6 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
                 current_cmd = None
 
 
-@dataclass(frozen=True)
-class ImapEndpoint:
-    """Where and how to connect; built from a listener's configuration by the app."""
-
-    host: str
-    port: int
-    use_ssl: bool
-    username: str
-    password: str = field(repr=False)
-    ca_file: str | None = None
-    timeout: float = 30.0
-    protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """Verifying context: certificates are always checked (system CAs or CaFile)."""
-        context = ssl.create_default_context(cafile=self.ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
-
-
-@dataclass
-class FolderState:
-    """What SELECT told us about the input folder."""
-
-    name: str
-    uidvalidity: int
-    exists: int
-
-
 class ImapSession:
     """One logged-in IMAP connection. Any error leaves it unusable: build a new one."""
 
@@ -219,7 +164,7 @@ class ImapSession:
             raise ConnectionLostError(
                 f"cannot connect to {ep.host}:{ep.port}: {exc or 'timed out'}"
             ) from exc
-        _keepalive(self._proto.transport.get_extra_info("socket"))
+        keepalive(self._proto.transport.get_extra_info("socket"))
         if not ep.use_ssl and self.has_capability("STARTTLS"):
             await self._starttls(loop)
 
@@ -250,7 +195,7 @@ class ImapSession:
                 f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED); "
                 "use UseSsl True or a server offering STARTTLS"
             )
-        command = self._command("LOGIN", lib.quoted(ep.username), lib.quoted(ep.password))
+        command = self._command("LOGIN", quote(ep.username), quote(ep.password))
         proto = self._proto
         async with proto.state_condition:
             response = await self._call("LOGIN", proto.execute(command))
@@ -302,7 +247,7 @@ class ImapSession:
         """The hierarchy delimiter (LIST "" ""), None for a flat namespace."""
         response = await self._call("LIST", self._proto.simple_command("LIST", '""', '""'))
         for line in response.lines[:-1]:
-            if isinstance(line, bytes) and (m := _LIST_DELIM.search(line)):
+            if isinstance(line, bytes) and (m := LIST_DELIM_RE.search(line)):
                 return m.group(1).decode() if m.group(1) else None
         return None
 
@@ -321,9 +266,9 @@ class ImapSession:
         uidvalidity, exists = 0, 0
         for line in response.lines:
             if isinstance(line, bytes):
-                if m := _UIDVALIDITY.search(line):
+                if m := UIDVALIDITY_RE.search(line):
                     uidvalidity = int(m.group(1))
-                elif m := _EXISTS.match(line):
+                elif m := EXISTS_RE.match(line):
                     exists = int(m.group(1))
         self.selected = FolderState(name, uidvalidity, exists)
         return self.selected
@@ -347,8 +292,8 @@ class ImapSession:
         for uid_set in uid_sets(uids):
             response = await self._fetch(uid_set, "(UID RFC822.SIZE)")
             for line in response.lines:
-                if isinstance(line, bytes) and _FETCH_HEAD.match(line):
-                    uid, size = _UID.search(line), _SIZE.search(line)
+                if isinstance(line, bytes) and FETCH_HEAD_RE.match(line):
+                    uid, size = UID_RE.search(line), SIZE_RE.search(line)
                     if uid and size:
                         sizes[int(uid.group(1))] = int(size.group(1))
         return sizes
@@ -360,7 +305,7 @@ class ImapSession:
         result: list[tuple[int, bytes]] = []
         for uid_set in uid_sets(uids):
             response = await self._fetch(uid_set, "(UID BODY.PEEK[])")
-            result.extend(_parse_bodies(response.lines))
+            result.extend(parse_bodies(response.lines))
         return result
 
     async def _fetch(self, uid_set: str, items: str) -> Any:
@@ -492,37 +437,6 @@ class ImapSession:
             self._proto.protolog.note(text)
 
 
-def track_exists(exists: int, lines: Iterable[bytes]) -> int:
-    """The folder's message count after the untagged EXISTS/EXPUNGE lines, in order."""
-    for line in lines:
-        if m := _EXISTS.match(line):
-            exists = int(m.group(1))
-        elif _EXPUNGE.match(line):
-            exists = max(0, exists - 1)
-    return exists
-
-
-def _parse_bodies(lines: Sequence[Any]) -> list[tuple[int, bytes]]:
-    """Pair each FETCH line with its literal; the UID may stand before or after the literal."""
-    result: list[tuple[int, bytes]] = []
-    uid: int | None = None
-    body: bytes | None = None
-    look_for_uid = False
-    for item in lines:
-        if isinstance(item, bytearray):
-            body, look_for_uid = bytes(item), uid is None
-            continue
-        if _FETCH_HEAD.match(item):
-            if uid is not None and body is not None:
-                result.append((uid, body))
-            uid, body, look_for_uid = None, None, True
-        if look_for_uid and (m := _UID.search(item)):
-            uid, look_for_uid = int(m.group(1)), False
-    if uid is not None and body is not None:
-        result.append((uid, body))
-    return result
-
-
 def _text(response: Any) -> str:
     lines = [x for x in response.lines if isinstance(x, bytes)]
     return lines[-1].decode("utf-8", "replace") if lines else response.result
@@ -535,11 +449,3 @@ def _close(awaitable: Any) -> None:
         awaitable.cancel()
 
 
-def _keepalive(sock: socket.socket | None) -> None:
-    """TCP keepalive so a silently dead peer is noticed within minutes, even in IDLE."""
-    if sock is None:
-        return
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)

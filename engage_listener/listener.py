@@ -18,7 +18,8 @@ from typing import Any
 from .batch import Batch, BatchResult, Destination, Handler
 from .clock import Clock
 from .errors import FolderMissingError, PermanentError, TransientError
-from .imap import FolderState, ImapSession, track_exists
+from .imap import ImapSession
+from .imap_text import FolderState, track_exists
 from .store import Store
 
 IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes

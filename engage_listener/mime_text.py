@@ -65,25 +65,28 @@ def _codec(charset: str) -> str | None:
 def decode_bytes(data: bytes, charset: str | None = None) -> tuple[str, bool]:
     """Bytes to text: declared charset, then UTF-8, then windows-1252, then latin-1.
 
-    The flag is True when the declared charset was unknown or did not fit.
+    The flag is True when a declared charset was unknown or did not fit the bytes.
     """
     codec = _codec(charset) if charset else None
-    if codec is None and b"\x1b$" in data and max(data, default=0) < 0x80:
+    wrong = codec is None and bool(charset) and not _is_placeholder(charset or "")
+    if codec is None and b"\x1b$" in data and data.isascii():
         codec = "iso2022_jp_ext"  # undeclared ISO-2022-JP: escape sequences give it away
     if codec is not None:
         try:
             return data.decode(codec), False
         except (UnicodeDecodeError, LookupError, ValueError):
-            pass
-    if codec is None and not data.isascii():
-        pass  # no charset declared and 8-bit data: try UTF-8 below, not a defect
-    fits = codec is None and (not charset or _codec(charset) is None) and not charset
+            wrong = wrong or bool(charset)
     for fallback in ("utf-8", "cp1252"):
         try:
-            return data.decode(fallback), not fits
+            return data.decode(fallback), wrong
         except UnicodeDecodeError:
             continue
-    return data.decode("latin-1"), True
+    return data.decode("latin-1"), wrong
+
+
+def _is_placeholder(charset: str) -> bool:
+    """Labels like ``unknown-8bit`` that honestly say "no idea" (not a defect)."""
+    return _SUPERSETS.get(charset.strip().strip("\"'").lower()) == ""
 
 
 def decode_words(text: str, problems: list[str] | None = None) -> str:
@@ -190,7 +193,7 @@ def _percent_decode(text: str) -> bytes:
     out = bytearray()
     i = 0
     while i < len(raw):
-        if raw[i] == 0x25 and i + 2 < len(raw) + 0 and _is_hex(raw[i + 1 : i + 3]):
+        if raw[i] == 0x25 and _is_hex(raw[i + 1 : i + 3]):
             out.append(int(raw[i + 1 : i + 3], 16))
             i += 3
         else:
@@ -269,30 +272,42 @@ _BLANK_RUN = re.compile(r"\n{3,}")
 
 def html_to_text(markup: str) -> str:
     """Readable plain text from HTML: no scripts/styles/comments, block tags as lines."""
-    markup = _drop_between(markup, "<!--", "-->")
-    for tag in ("script", "style", "head", "title"):
-        markup = _drop_between(markup, f"<{tag}", f"</{tag}>")
+    markup = _drop_between(markup, _COMMENT_OPEN, _COMMENT_CLOSE, drop_rest=True)
+    for tag in ("script", "style"):
+        markup = _drop_between(markup, *_tag_pair(tag), drop_rest=True)
+    for tag in ("head", "title"):  # an unclosed <head> is common; keep its text then
+        markup = _drop_between(markup, *_tag_pair(tag), drop_rest=False)
     markup = _CELL.sub(" ", _BLOCK.sub("\n", markup.replace("\r\n", "\n").replace("\n", " ")))
     text = html.unescape(_TAG.sub("", markup))
     lines = (_LINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))
     return _BLANK_RUN.sub("\n\n", "\n".join(lines)).strip()
 
 
-def _drop_between(text: str, opener: str, closer: str) -> str:
-    """Remove every ``opener ... closer`` span (case-insensitive) in linear time."""
-    lower = text.lower()
-    if opener not in lower:
+_COMMENT_OPEN = re.compile(r"<!--")
+_COMMENT_CLOSE = re.compile(r"-->")
+
+
+@lru_cache(maxsize=8)
+def _tag_pair(tag: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    return re.compile(rf"<{tag}\b", re.I), re.compile(rf"</\s*{tag}\s*>", re.I)
+
+
+def _drop_between(
+    text: str, opener: re.Pattern[str], closer: re.Pattern[str], *, drop_rest: bool
+) -> str:
+    """Remove every ``opener ... closer`` span in linear time."""
+    begin = opener.search(text)
+    if begin is None:
         return text
     out: list[str] = []
     pos = 0
-    while True:
-        begin = lower.find(opener, pos)
-        if begin < 0:
-            out.append(text[pos:])
+    while begin is not None:
+        out.append(text[pos : begin.start()])
+        close = closer.search(text, begin.end())
+        if close is None:
+            pos = len(text) if drop_rest else begin.start()
             break
-        out.append(text[pos:begin])
-        close = lower.find(closer, begin + len(opener))
-        if close < 0:
-            break  # unterminated: the rest is script/comment, drop it
-        pos = close + len(closer)
+        pos = close.end()
+        begin = opener.search(text, pos)
+    out.append(text[pos:])
     return "".join(out)

@@ -30,7 +30,6 @@ from email.message import EmailMessage, Message
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -318,25 +317,16 @@ service anvil {{
 
     def kill_connections(self, user: str) -> None:
         """Drop every IMAP/POP3 session of ``user``, like a server-side disconnect."""
-        result = subprocess.run(
-            [DOVEADM_BIN, "-c", str(self.config_file), "kick", user],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0 and "no users" not in (result.stdout + result.stderr).lower():
+        cmd = [DOVEADM_BIN, "-c", str(self.config_file), "kick", user]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0 and "no users kicked" not in result.stdout + result.stderr:
             raise RuntimeError(f"doveadm kick {user} failed: {result.stdout}{result.stderr}")
 
     def __enter__(self) -> DovecotSandbox:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # -- seeding and inspection (plain IMAP, synchronous, stdlib only) --

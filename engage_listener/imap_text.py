@@ -1,0 +1,129 @@
+"""IMAP text handling that needs no connection: quoting, UID sets, responses, endpoints.
+
+Split from `imap` (the aioimaplib adapter) so that module stays small; nothing here
+imports aioimaplib.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import imap_utf7
+from .protolog import ProtocolLog
+
+UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+EXISTS_RE = re.compile(rb"^(\d+) EXISTS")
+EXPUNGE_RE = re.compile(rb"^(\d+) EXPUNGE")
+FETCH_HEAD_RE = re.compile(rb"^\d+ FETCH \(")
+UID_RE = re.compile(rb"UID (\d+)")
+SIZE_RE = re.compile(rb"RFC822\.SIZE (\d+)")
+LIST_DELIM_RE = re.compile(rb'\) (?:"\\?(.)"|NIL) ')
+MAX_SET_LENGTH = 4000  # characters of one UID set, well under server line limits
+
+
+@dataclass(frozen=True)
+class ImapEndpoint:
+    """Where and how to connect; built from a listener's configuration by the app."""
+
+    host: str
+    port: int
+    use_ssl: bool
+    username: str
+    password: str = field(repr=False)
+    ca_file: str | None = None
+    timeout: float = 30.0
+    protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifying context: certificates are always checked (system CAs or CaFile)."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+@dataclass
+class FolderState:
+    """What SELECT told us about the input folder."""
+
+    name: str
+    uidvalidity: int
+    exists: int
+
+
+def quote(text: str) -> str:
+    """An IMAP quoted string (RFC 3501 section 9): backslash and double quote escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_mailbox(name: str) -> str:
+    """Mailbox name as an IMAP quoted string in modified UTF-7."""
+    return quote(imap_utf7.encode(name))
+
+
+def uid_sets(uids: Iterable[int]) -> list[str]:
+    """Compress UIDs into IMAP sets ("1:4,7"), split so no command line gets too long."""
+    ranges: list[tuple[int, int]] = []
+    for uid in sorted(set(uids)):
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], uid)
+        else:
+            ranges.append((uid, uid))
+    sets: list[str] = []
+    current: list[str] = []
+    length = 0
+    for low, high in ranges:
+        item = str(low) if low == high else f"{low}:{high}"
+        if current and length + len(item) + 1 > MAX_SET_LENGTH:
+            sets.append(",".join(current))
+            current, length = [], 0
+        current.append(item)
+        length += len(item) + 1
+    if current:
+        sets.append(",".join(current))
+    return sets
+
+
+def track_exists(exists: int, lines: Iterable[bytes]) -> int:
+    """The folder's message count after the untagged EXISTS/EXPUNGE lines, in order."""
+    for line in lines:
+        if m := EXISTS_RE.match(line):
+            exists = int(m.group(1))
+        elif EXPUNGE_RE.match(line):
+            exists = max(0, exists - 1)
+    return exists
+
+
+def parse_bodies(lines: Sequence[Any]) -> list[tuple[int, bytes]]:
+    """Pair each FETCH line with its literal; the UID may stand before or after the literal."""
+    result: list[tuple[int, bytes]] = []
+    uid: int | None = None
+    body: bytes | None = None
+    look_for_uid = False
+    for item in lines:
+        if isinstance(item, bytearray):
+            body, look_for_uid = bytes(item), uid is None
+            continue
+        if FETCH_HEAD_RE.match(item):
+            if uid is not None and body is not None:
+                result.append((uid, body))
+            uid, body, look_for_uid = None, None, True
+        if look_for_uid and (m := UID_RE.search(item)):
+            uid, look_for_uid = int(m.group(1)), False
+    if uid is not None and body is not None:
+        result.append((uid, body))
+    return result
+
+
+def keepalive(sock: socket.socket | None) -> None:
+    """TCP keepalive so a silently dead peer is noticed within minutes, even in IDLE."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
