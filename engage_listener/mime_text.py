@@ -38,6 +38,14 @@ _SUPERSETS = {
     "x-unknown": "", "unknown": "", "unknown-8bit": "", "x-user-defined": "",
     "default": "", "charset": "", "ansi_x3.4-1968": "ascii",
 }  # fmt: skip
+# What a declared charset often really is when it fails to decode.
+_ALTERNATES = {
+    "iso2022_jp_ext": ("cp932", "euc_jp"), "cp932": ("euc_jp",), "euc_jp": ("cp932",),
+    "iso2022_jp": ("iso2022_jp_ext", "cp932", "euc_jp"), "ascii": ("utf-8", "cp1252"),
+}  # fmt: skip
+# Codecs for which pure-ASCII bytes do not mean the same text (escapes, EBCDIC, UTF-16...).
+_ASCII_UNSAFE = ("iso2022", "utf-7", "utf-16", "utf-32", "hz", "cp037", "cp273", "cp424",
+                 "cp500", "cp875", "cp1026", "cp1140")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _SPACE_ONLY = re.compile(r"[ \t\r\n]*")
 _PARAM = re.compile(r'[\s;]*([^\s=;"]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"?|([^;]*))', re.S)
@@ -62,8 +70,11 @@ def _codec(charset: str) -> str | None:
         return None
 
 
-def decode_bytes(data: bytes, charset: str | None = None) -> tuple[str, bool]:
-    """Bytes to text: declared charset, then UTF-8, then windows-1252, then latin-1.
+def decode_bytes(
+    data: bytes, charset: str | None = None, hints: tuple[str, ...] = ()
+) -> tuple[str, bool]:
+    """Bytes to text: declared charset (and its usual impostors), then UTF-8, then the
+    ``hints`` (other charsets the mail declares), then windows-1252, then latin-1.
 
     The flag is True when a declared charset was unknown or did not fit the bytes.
     """
@@ -71,17 +82,17 @@ def decode_bytes(data: bytes, charset: str | None = None) -> tuple[str, bool]:
     wrong = codec is None and bool(charset) and not _is_placeholder(charset or "")
     if codec is None and b"\x1b$" in data and data.isascii():
         codec = "iso2022_jp_ext"  # undeclared ISO-2022-JP: escape sequences give it away
-    if codec is not None:
-        try:
-            return data.decode(codec), False
-        except (UnicodeDecodeError, LookupError, ValueError):
-            wrong = wrong or bool(charset)
-    for fallback in ("utf-8", "cp1252"):
-        try:
-            return data.decode(fallback), wrong
-        except UnicodeDecodeError:
+    candidates = [codec, *_ALTERNATES.get(codec or "", ())] if codec else []
+    if codec is not None and data.isascii() and not codec.startswith(_ASCII_UNSAFE):
+        return data.decode("ascii"), False
+    for index, name in enumerate([*candidates, "utf-8", *map(_codec, hints), "cp1252"]):
+        if name is None:
             continue
-    return data.decode("latin-1"), wrong
+        try:
+            return data.decode(name), wrong or (codec is not None and index > 0)
+        except (UnicodeDecodeError, LookupError, ValueError):
+            continue
+    return data.decode("latin-1"), True
 
 
 def _is_placeholder(charset: str) -> bool:
@@ -146,7 +157,7 @@ def parse_params(value: str) -> tuple[str, dict[str, str]]:
         name = match.group(1).lower()
         quoted, bare = match.group(2), match.group(3)
         val = _QUOTED_PAIR.sub(r"\1", quoted) if quoted is not None else (bare or "").strip()
-        _store_param(name, val, quoted is None, simple, sections)
+        _store_param(name, val, simple, sections)
     for name, parts in sections.items():
         simple[name] = _join_sections(parts)
     for name, val in simple.items():
@@ -156,16 +167,16 @@ def parse_params(value: str) -> tuple[str, dict[str, str]]:
 
 
 def _store_param(
-    name: str, val: str, bare: bool, simple: dict[str, str],
+    name: str, val: str, simple: dict[str, str],
     sections: dict[str, dict[int, tuple[str, bool]]],
 ) -> None:
     """Record one parameter; RFC 2231 forms go to ``sections`` to be joined later."""
     section = _SECTION.match(name)
     if section is not None:
         base, number, extended = section.group(1), int(section.group(2)), bool(section.group(3))
-        sections.setdefault(base, {}).setdefault(number, (val, extended and bare))
+        sections.setdefault(base, {}).setdefault(number, (val, extended))
     elif name.endswith("*"):
-        sections.setdefault(name[:-1], {}).setdefault(0, (val, bare))
+        sections.setdefault(name[:-1], {}).setdefault(0, (val, True))
     else:
         simple.setdefault(name, val)
 

@@ -316,11 +316,23 @@ service anvil {{
         self.start()
 
     def kill_connections(self, user: str) -> None:
-        """Drop every IMAP/POP3 session of ``user``, like a server-side disconnect."""
+        """Drop every IMAP/POP3 session of ``user``, like a server-side disconnect.
+
+        A session registers with anvil just after its login reply, so a kick right
+        after login can miss it: retry "no users kicked" for up to a second.
+        """
         cmd = [DOVEADM_BIN, "-c", str(self.config_file), "kick", user]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0 and "no users kicked" not in result.stdout + result.stderr:
-            raise RuntimeError(f"doveadm kick {user} failed: {result.stdout}{result.stderr}")
+        deadline = time.monotonic() + 1
+        while True:
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            output = result.stdout + result.stderr
+            if result.returncode == 0 or (
+                "no users kicked" in output and time.monotonic() > deadline
+            ):
+                return
+            if "no users kicked" not in output:
+                raise RuntimeError(f"doveadm kick {user} failed: {output}")
+            time.sleep(0.05)
 
     def __enter__(self) -> DovecotSandbox:
         self.start()

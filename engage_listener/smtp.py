@@ -1,0 +1,286 @@
+"""Sending one message over SMTP, with every failure sorted into retry or give up.
+
+The only module that talks to aiosmtplib. The engine needs one question answered
+per failure: try again later (:class:`SmtpTemporaryError`, 4xx and network
+trouble) or stop and tell an operator (:class:`SmtpPermanentError` for 5xx,
+:class:`~engage_listener.errors.AuthenticationError`,
+:class:`~engage_listener.errors.TlsError`).
+
+Decisions:
+
+* TLS is always verified (system store, or ``ca_file`` when given).
+* ``StartTls`` is mandatory once asked for: a server that does not offer it
+  gets no credentials and no mail (a stripped STARTTLS is a classic downgrade).
+* The transaction is driven step by step (EHLO, STARTTLS, AUTH, MAIL, RCPT,
+  DATA) so the protocol log shows each step; AUTH lines are masked by
+  :class:`~engage_listener.protolog.ProtocolLog` and message content is logged
+  as a size only.
+* A failure after the message was handed over (lost DATA reply) is flagged
+  ``maybe_sent`` so the caller can avoid a duplicate.
+* Exception texts never contain the password, even if a server echoes it.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import getaddresses, parseaddr
+from functools import partial
+from typing import TypeVar
+
+import aiosmtplib
+
+from engage_listener.errors import (
+    AuthenticationError,
+    PermanentError,
+    TlsError,
+    TransientError,
+)
+from engage_listener.protolog import ProtocolLog
+
+SECURITIES = ("SSL", "StartTls", "None")
+_PORTS = {"SSL": 465, "StartTls": 587, "None": 25}
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class SmtpEndpoint:
+    """Where and how to submit mail; ``security`` is ``SSL``, ``StartTls`` or ``None``."""
+
+    host: str
+    port: int
+    security: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    timeout: float = 30.0
+    local_hostname: str | None = None
+
+
+def default_port(security: str) -> int:
+    """Well-known ports: 465 implicit TLS, 587 submission with STARTTLS, 25 plain."""
+    try:
+        return _PORTS[security]
+    except KeyError:
+        raise ValueError(
+            f"unknown SMTP security {security!r} (use SSL, StartTls or None)"
+        ) from None
+
+
+class SmtpTemporaryError(TransientError):
+    """4xx reply, refused/reset connection or timeout: retry with backoff."""
+
+    def __init__(self, message: str, code: int | None = None, *, maybe_sent: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.maybe_sent = maybe_sent
+
+
+class SmtpPermanentError(PermanentError):
+    """5xx reply: the server will not take this message; record its reason."""
+
+    def __init__(self, message: str, code: int | None = None, server_message: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.server_message = server_message
+
+
+class _Session:
+    """One connection: the client, the endpoint and an optional protocol log."""
+
+    def __init__(self, endpoint: SmtpEndpoint, protolog: ProtocolLog | None) -> None:
+        self.endpoint = endpoint
+        self.log = protolog
+        self.data_sent = False
+        self.client = aiosmtplib.SMTP(
+            hostname=endpoint.host,
+            port=endpoint.port,
+            timeout=endpoint.timeout,
+            use_tls=endpoint.security == "SSL",
+            start_tls=False,
+            tls_context=_tls_context(endpoint.ca_file),
+            local_hostname=endpoint.local_hostname,
+        )
+
+    def sent(self, line: str) -> None:
+        if self.log is not None:
+            self.log.sent(line)
+
+    def received(self, response: aiosmtplib.SMTPResponse) -> None:
+        if self.log is not None:
+            self.log.received(f"{response.code} {response.message}".encode())
+
+    def note(self, text: str) -> None:
+        if self.log is not None:
+            self.log.note(text)
+
+    async def step(self, line: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one command, logging it and (when it is a response) the reply."""
+        self.sent(line)
+        result = await call()
+        if isinstance(result, aiosmtplib.SMTPResponse):
+            self.received(result)
+        return result
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying client context: hostname checked, private CA when configured."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+async def _open(session: _Session) -> list[str]:
+    """Connect, secure and authenticate; returns notes on what the server offers."""
+    ep, client = session.endpoint, session.client
+    session.note(f"connect {ep.host}:{ep.port} security={ep.security}")
+    session.received(await client.connect())
+    await session.step("EHLO", client.ehlo)
+    notes = [f"connected to {ep.host}:{ep.port} ({ep.security})"]
+    if ep.security == "StartTls":
+        if not client.supports_extension("starttls"):
+            raise TlsError(f"{ep.host}:{ep.port} does not offer STARTTLS; refusing plain text")
+        await session.step("STARTTLS", client.starttls)
+        await session.step("EHLO", client.ehlo)
+        notes.append("STARTTLS ok, certificate verified")
+    elif ep.security == "SSL":
+        notes.append("TLS ok, certificate verified")
+    if ep.username:
+        notes.append(await _login(session))
+    if client.supports_extension("size"):
+        notes.append(f"SIZE {client.esmtp_extensions.get('size', '')}".strip())
+    return notes
+
+
+async def _login(session: _Session) -> str:
+    """AUTH with the configured account; a server without AUTH is a config problem."""
+    ep, client = session.endpoint, session.client
+    if not client.supports_extension("auth"):
+        raise AuthenticationError(f"{ep.host}:{ep.port} offers no AUTH (over this connection)")
+    username, password = ep.username or "", ep.password or ""
+    session.note(f"AUTH as {username} ({' '.join(client.supported_auth_methods)})")
+    session.received(await client.login(username, password))
+    return f"authenticated as {username}"
+
+
+def _envelope(message: EmailMessage) -> tuple[str, list[str]]:
+    """Envelope sender from From, recipients from To and Cc."""
+    sender = parseaddr(str(message.get("From", "")))[1]
+    fields = [str(v) for name in ("To", "Cc") for v in message.get_all(name, [])]
+    recipients = [addr for _name, addr in getaddresses(fields) if addr]
+    if not sender or not recipients:
+        raise SmtpPermanentError("message has no From or no To address")
+    return sender, recipients
+
+
+async def _transfer(session: _Session, message: EmailMessage) -> str:
+    """MAIL, RCPT and DATA; the final DATA reply is the server's receipt."""
+    client = session.client
+    sender, recipients = _envelope(message)
+    data = message.as_bytes(policy=SMTP_POLICY)
+    await session.step(f"MAIL FROM:<{sender}>", lambda: client.mail(sender))
+    for rcpt in recipients:
+        await session.step(f"RCPT TO:<{rcpt}>", partial(client.rcpt, rcpt))
+    session.sent(f"DATA <{len(data)} bytes>")
+    session.data_sent = True
+    reply = await client.data(data)
+    session.received(reply)
+    return f"{reply.code} {reply.message}"
+
+
+async def _close(session: _Session) -> None:
+    """QUIT politely; the outcome is already decided, so errors here are ignored."""
+    client = session.client
+    if client.is_connected:
+        try:
+            await session.step("QUIT", lambda: client.quit(timeout=5))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+
+
+def _scrub(text: str, endpoint: SmtpEndpoint) -> str:
+    """Remove the password from any text bound for an exception or a log."""
+    return text.replace(endpoint.password, "***") if endpoint.password else text
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The SSL error somewhere in the cause chain (aiosmtplib wraps it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _by_code(code: int, text: str, where: str) -> Exception:
+    """4xx retries, 5xx (and anything else) is the server's final word on this message."""
+    message = f"{where}: {code} {text}".strip()
+    if 400 <= code < 500:
+        return SmtpTemporaryError(message, code)
+    return SmtpPermanentError(message, code, text)
+
+
+def _classify(exc: Exception, session: _Session) -> Exception:
+    """Map an aiosmtplib/network error to our transient/permanent errors."""
+    ep = session.endpoint
+    where = f"SMTP {ep.host}:{ep.port}"
+    tls = _tls_cause(exc)
+    if tls is not None:
+        return TlsError(_scrub(f"{where}: TLS failed: {tls}", ep))
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        text = _scrub(exc.message, ep)
+        if 400 <= exc.code < 500:
+            return SmtpTemporaryError(f"{where}: login: {exc.code} {text}", exc.code)
+        return AuthenticationError(f"{where}: login refused: {exc.code} {text}")
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        first = min(exc.recipients, key=lambda r: r.code)
+        return _by_code(first.code, _scrub(first.message, ep), where)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _by_code(exc.code, _scrub(exc.message, ep), where)
+    # No reply at all: if DATA went out, the server may have queued the message.
+    return SmtpTemporaryError(_scrub(f"{where}: {exc}", ep), maybe_sent=session.data_sent)
+
+
+async def _run(session: _Session, work: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``work`` on an open session, classify failures, always close."""
+    try:
+        return await work()
+    except (TlsError, AuthenticationError, SmtpTemporaryError, SmtpPermanentError):
+        raise
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        error = _classify(exc, session)
+        session.note(f"failed: {error}")
+        raise error from None
+    except ValueError as exc:  # aiosmtplib refuses unsafe addresses before sending
+        raise SmtpPermanentError(_scrub(f"unusable message: {exc}", session.endpoint)) from None
+    finally:
+        await _close(session)
+
+
+def _check_endpoint(endpoint: SmtpEndpoint) -> None:
+    """Reject a security value the config layer should have caught."""
+    if endpoint.security not in SECURITIES:
+        raise PermanentError(f"unknown SMTP security {endpoint.security!r}")
+
+
+async def send_message(
+    endpoint: SmtpEndpoint, message: EmailMessage, *, protolog: ProtocolLog | None = None
+) -> str:
+    """Submit ``message``; returns the server's reply to DATA (e.g. ``250 ... queued as X``)."""
+    _check_endpoint(endpoint)
+    session = _Session(endpoint, protolog)
+
+    async def work() -> str:
+        await _open(session)
+        return await _transfer(session, message)
+
+    return await _run(session, work)
+
+
+async def check_smtp(endpoint: SmtpEndpoint) -> list[str]:
+    """Connect, secure, authenticate and QUIT without sending: a connection test."""
+    _check_endpoint(endpoint)
+    session = _Session(endpoint, None)
+    return await _run(session, lambda: _open(session))
