@@ -65,7 +65,11 @@ async def import_customers(store: SqliteStore, path: Path) -> ImportResult:
 
 
 async def _import_row(
-    tx: SqliteTransaction, where: str, name: str, cell: str, external: str | None,
+    tx: SqliteTransaction,
+    where: str,
+    name: str,
+    cell: str,
+    external: str | None,
     result: ImportResult,
 ) -> None:
     addresses = [a.lower() for a in re.split(r"[\s,;]+", cell) if a]
@@ -82,21 +86,27 @@ async def _import_row(
         customer_id = int(cur.lastrowid or 0)
         result.created += 1
     else:
-        await tx.execute("UPDATE customers SET name = coalesce(nullif(?, ''), name),"
-                         " external_id = coalesce(?, external_id) WHERE id = ?",
-                         (name, external, customer_id))
+        await tx.execute(
+            "UPDATE customers SET name = coalesce(nullif(?, ''), name),"
+            " external_id = coalesce(?, external_id) WHERE id = ?",
+            (name, external, customer_id),
+        )
         result.updated += 1
     for address in addresses:
         owner = await _owner(tx, address)
         if owner is not None and owner != customer_id:
             result.problems.append(f"{where}: {address} already belongs to customer {owner}")
             continue
-        await tx.execute("INSERT OR IGNORE INTO customer_addresses (address, customer_id)"
-                         " VALUES (?, ?)", (address, customer_id))
+        await tx.execute(
+            "INSERT OR IGNORE INTO customer_addresses (address, customer_id) VALUES (?, ?)",
+            (address, customer_id),
+        )
         result.addresses += 1
 
 
-async def _existing(tx: SqliteTransaction, external: str | None, addresses: list[str]) -> int | None:
+async def _existing(
+    tx: SqliteTransaction, external: str | None, addresses: list[str]
+) -> int | None:
     if external:
         cur = await tx.execute("SELECT id FROM customers WHERE external_id = ?", (external,))
         row = await cur.fetchone()
@@ -110,8 +120,9 @@ async def _existing(tx: SqliteTransaction, external: str | None, addresses: list
 
 
 async def _owner(tx: SqliteTransaction, address: str) -> int | None:
-    cur = await tx.execute("SELECT customer_id FROM customer_addresses WHERE address = ?",
-                           (address,))
+    cur = await tx.execute(
+        "SELECT customer_id FROM customer_addresses WHERE address = ?", (address,)
+    )
     row = await cur.fetchone()
     return int(row[0]) if row else None
 
@@ -132,26 +143,40 @@ _QUARANTINE_COLUMNS = (
 
 def _quarantined(row: tuple[object, ...]) -> Quarantined:
     return Quarantined(
-        int(row[0]), str(row[1]), str(row[2]), int(row[3]), row[4],  # type: ignore[call-overload,arg-type]
-        str(row[5]), str(row[6]), str(row[7]), int(row[8]), str(row[9]),  # type: ignore[call-overload]
-        row[10], str(row[11]), int(row[12]),  # type: ignore[arg-type,call-overload]
+        int(row[0]),
+        str(row[1]),
+        str(row[2]),
+        int(row[3]),
+        row[4],  # type: ignore[call-overload,arg-type]
+        str(row[5]),
+        str(row[6]),
+        str(row[7]),
+        int(row[8]),
+        str(row[9]),  # type: ignore[call-overload]
+        row[10],
+        str(row[11]),
+        int(row[12]),  # type: ignore[arg-type,call-overload]
     )
 
 
-async def list_quarantine(store: SqliteStore, *, include_replayed: bool = False) -> list[Quarantined]:
+async def list_quarantine(
+    store: SqliteStore, *, include_replayed: bool = False
+) -> list[Quarantined]:
     where = "" if include_replayed else " WHERE state = 'held'"
-    rows = await store.query(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine{where} ORDER BY id")  # noqa: S608
+    sql = f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine{where} ORDER BY id"  # noqa: S608
+    rows = await store.query(sql)
     return [_quarantined(r) for r in rows]
 
 
 async def get_quarantine(store: SqliteStore, entry_id: int) -> tuple[Quarantined, bytes] | None:
-    rows = await store.query(
-        f"SELECT {_QUARANTINE_COLUMNS}, raw FROM quarantine WHERE id = ?", (entry_id,)  # noqa: S608
-    )
+    sql = f"SELECT {_QUARANTINE_COLUMNS}, raw FROM quarantine WHERE id = ?"  # noqa: S608
+    rows = await store.query(sql, (entry_id,))
     return (_quarantined(rows[0]), bytes(rows[0][13])) if rows else None
 
 
 async def mark_replayed(store: SqliteStore, entry_id: int, case_id: int | None) -> None:
     async with store.transaction() as tx:
-        await tx.execute("UPDATE quarantine SET state = 'replayed', case_id = ?, replayed_at = ?"
-                         " WHERE id = ?", (case_id, now_iso(), entry_id))
+        await tx.execute(
+            "UPDATE quarantine SET state = 'replayed', case_id = ?, replayed_at = ? WHERE id = ?",
+            (case_id, now_iso(), entry_id),
+        )

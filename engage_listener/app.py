@@ -17,8 +17,8 @@ from . import admin
 from .clock import Clock, SystemClock
 from .config import Config, ImapListenerConfig
 from .engine import REPLAY_FOLDER, CaseEngine, EngineSettings
-from .hooks import RoutingHook, load_hook
 from .errors import ConfigError, ConfigProblem, EngageError, HookError
+from .hooks import RoutingHook, load_hook
 from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
@@ -56,11 +56,13 @@ def load_hooks(config: Config) -> dict[str, RoutingHook]:
         if cfg.routing_hook is None:
             continue
         try:
-            hooks[cfg.id] = load_hook(cfg.routing_hook, config.path.absolute().parent,
-                                      float(cfg.routing_timeout))
+            hooks[cfg.id] = load_hook(
+                cfg.routing_hook, config.path.absolute().parent, float(cfg.routing_timeout)
+            )
         except HookError as exc:
-            problems.append(ConfigProblem(str(config.path), cfg.routing_hook_line,
-                                          "RoutingHook", str(exc)))
+            problems.append(
+                ConfigProblem(str(config.path), cfg.routing_hook_line, "RoutingHook", str(exc))
+            )
     if problems:
         raise ConfigError(problems)
     return hooks
@@ -68,15 +70,22 @@ def load_hooks(config: Config) -> dict[str, RoutingHook]:
 
 def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> EngineSettings:
     return EngineSettings(
-        listener=cfg.id, extract_attachments=cfg.extract_attachments,
-        process=cfg.case_process, unknown_sender=cfg.unknown_sender,
-        default_customer_id=cfg.default_customer_id, automatic_mail=cfg.automatic_mail,
-        subject_prefixes=cfg.subject_prefixes, hook=hook,
+        listener=cfg.id,
+        extract_attachments=cfg.extract_attachments,
+        process=cfg.case_process,
+        unknown_sender=cfg.unknown_sender,
+        default_customer_id=cfg.default_customer_id,
+        automatic_mail=cfg.automatic_mail,
+        subject_prefixes=cfg.subject_prefixes,
+        hook=hook,
     )
 
 
 def build_listener(
-    cfg: ImapListenerConfig, store: Store, clock: Clock, stop: asyncio.Event,
+    cfg: ImapListenerConfig,
+    store: Store,
+    clock: Clock,
+    stop: asyncio.Event,
     hook: RoutingHook | None = None,
 ) -> Listener:
     """One listener with its real IMAP connection factory and case engine."""
@@ -96,8 +105,15 @@ def build_listener(
         error_folder=cfg.error_folder,
         max_attempts=cfg.max_attempts,
     )
-    return Listener(settings, connect=connect, store=store, handler=engine, clock=clock,
-                    stop=stop, log=get_logger(listener=cfg.id))
+    return Listener(
+        settings,
+        connect=connect,
+        store=store,
+        handler=engine,
+        clock=clock,
+        stop=stop,
+        log=get_logger(listener=cfg.id),
+    )
 
 
 async def run(config: Config, *, once: bool = False) -> int:
@@ -108,7 +124,9 @@ async def run(config: Config, *, once: bool = False) -> int:
         log.warning("config_warning", message=warning)
     hooks = load_hooks(config)
     if not listeners_cfg:
-        log.error("no_listeners", message="no enabled listener: nothing to do", config=str(config.path))
+        log.error(
+            "no_listeners", message="no enabled listener: nothing to do", config=str(config.path)
+        )
         return 1
     store = SqliteStore(config.store.path)
     try:
@@ -118,10 +136,15 @@ async def run(config: Config, *, once: bool = False) -> int:
         return 1
     stop = asyncio.Event()
     try:
-        listeners = [build_listener(c, store, SystemClock(), stop, hooks.get(c.id))
-                     for c in listeners_cfg]
-        log.info("starting", listeners=[c.id for c in listeners_cfg], once=once,
-                 store=str(config.store.path))
+        listeners = [
+            build_listener(c, store, SystemClock(), stop, hooks.get(c.id)) for c in listeners_cfg
+        ]
+        log.info(
+            "starting",
+            listeners=[c.id for c in listeners_cfg],
+            once=once,
+            store=str(config.store.path),
+        )
         if once:
             return await _run_once(listeners, log)
         _install_signal_handlers(stop, log)
@@ -143,7 +166,9 @@ async def _run_once(listeners: Sequence[Listener], log: Any) -> int:
 
 
 async def _run_forever(listeners: Sequence[Listener], stop: asyncio.Event, log: Any) -> None:
-    tasks = [asyncio.create_task(lst.run(), name=f"listener:{lst.settings.id}") for lst in listeners]
+    tasks = [
+        asyncio.create_task(lst.run(), name=f"listener:{lst.settings.id}") for lst in listeners
+    ]
     await stop.wait()
     log.info("stopping", grace_seconds=SHUTDOWN_GRACE)
     _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
@@ -191,8 +216,10 @@ async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[st
 
 
 async def _replay_one(
-    store: SqliteStore, listeners: dict[str, ImapListenerConfig],
-    hooks: dict[str, RoutingHook], entry_id: int,
+    store: SqliteStore,
+    listeners: dict[str, ImapListenerConfig],
+    hooks: dict[str, RoutingHook],
+    entry_id: int,
 ) -> str:
     found = await admin.get_quarantine(store, entry_id)
     if found is None:
@@ -202,8 +229,10 @@ async def _replay_one(
         return f"{entry_id}: already {entry.state} (case {entry.case_id})"
     cfg = listeners.get(entry.listener)
     if cfg is None:
-        raise EngageError(f"quarantine entry {entry_id}: listener {entry.listener!r} is no "
-                          "longer in the configuration")
+        raise EngageError(
+            f"quarantine entry {entry_id}: listener {entry.listener!r} is no "
+            "longer in the configuration"
+        )
     engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
     key = LedgerKey(cfg.id, REPLAY_FOLDER, 0, entry_id)
     done = await engine.ingest(key, raw)

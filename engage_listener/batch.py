@@ -65,7 +65,10 @@ class BatchResult:
 
 
 def chunks(uids: Sequence[int], sizes: dict[int, int]) -> Iterator[list[int]]:
-    """Group UIDs so one fetch holds at most CHUNK_COUNT mails or CHUNK_BYTES (one big mail alone)."""
+    """Group UIDs so one fetch holds at most CHUNK_COUNT mails or CHUNK_BYTES.
+
+    A mail bigger than CHUNK_BYTES is fetched alone.
+    """
     chunk: list[int] = []
     total = 0
     for uid in uids:
@@ -150,16 +153,29 @@ class Batch:
             return
         self._committed.append(uid)
         self.result.ingested += 1
-        self.log.info("message", uid=uid, case_id=done.case_id, case_number=done.case_number,
-                      new_case=done.new_case, duplicate=done.duplicate, ignored=done.ignored,
-                      size=len(raw))
+        self.log.info(
+            "message",
+            uid=uid,
+            case_id=done.case_id,
+            case_number=done.case_number,
+            new_case=done.new_case,
+            duplicate=done.duplicate,
+            ignored=done.ignored,
+            size=len(raw),
+        )
 
     async def _failed(self, key: LedgerKey, raw: bytes, exc: Exception) -> None:
         """Count the attempt; at MaxAttempts the mail goes to quarantine."""
         reason = f"{type(exc).__name__}: {exc}"
         attempts = await self.store.record_failure(key, reason)
-        self.log.error("message_failed", uid=key.uid, size=len(raw), error=reason,
-                       attempts=attempts, max_attempts=self.destination.max_attempts)
+        self.log.error(
+            "message_failed",
+            uid=key.uid,
+            size=len(raw),
+            error=reason,
+            attempts=attempts,
+            max_attempts=self.destination.max_attempts,
+        )
         if attempts >= self.destination.max_attempts:
             await self._quarantine(key, raw, reason, attempts)
         else:
@@ -170,8 +186,14 @@ class Batch:
         entry = await self.handler.quarantine(key, raw, reason, attempts)
         self._quarantined.append(key.uid)
         self.result.quarantined += 1
-        self.log.warning("message_quarantined", uid=key.uid, quarantine_id=entry, reason=reason,
-                         attempts=attempts, error_folder=self.destination.error_folder)
+        self.log.warning(
+            "message_quarantined",
+            uid=key.uid,
+            quarantine_id=entry,
+            reason=reason,
+            attempts=attempts,
+            error_folder=self.destination.error_folder,
+        )
 
     async def _finish(self) -> None:
         """Move (or delete) every committed mail, quarantined ones to the error folder."""

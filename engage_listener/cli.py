@@ -45,10 +45,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     _config_arg(run)
-    run.add_argument("--once", action="store_true",
-                     help="process every enabled listener's backlog once and exit")
-    run.add_argument("--log-format", choices=("json", "console"),
-                     help="default: json unless stdout is a terminal")
+    run.add_argument(
+        "--once", action="store_true", help="process every enabled listener's backlog once and exit"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="default: json unless stdout is a terminal",
+    )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
     check = sub.add_parser("check-config", help="validate a configuration file")
@@ -61,8 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
     customers = sub.add_parser("customers", help="import or list customers")
     csub = customers.add_subparsers(dest="action", required=True)
-    imp = csub.add_parser("import", help="create/update customers from CSV: name, addresses"
-                          "[, external_id]; several addresses separated by ; or spaces")
+    imp = csub.add_parser(
+        "import",
+        help="create/update customers from CSV: name, addresses"
+        "[, external_id]; several addresses separated by ; or spaces",
+    )
     imp.add_argument("file", type=Path)
     _config_arg(imp)
     lst = csub.add_parser("list", help="list customers and their addresses")
@@ -86,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH",
-                        help="configuration file")
+    parser.add_argument(
+        "--config", type=Path, default=None, metavar="PATH", help="configuration file"
+    )
 
 
 def _load(path: Path | None) -> Config:
@@ -104,8 +112,10 @@ def _report_config_error(exc: ConfigError) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.path or args.config)
     app.load_hooks(config)
-    print(f"{config.path}: OK, {len(config.imap_listeners)} IMAP listener(s), "
-          f"store {config.store.path}")
+    print(
+        f"{config.path}: OK, {len(config.imap_listeners)} IMAP listener(s), "
+        f"store {config.store.path}"
+    )
     for listener in config.imap_listeners:
         print(f"  {describe(listener)}")
     for warning in config.warnings():
@@ -126,12 +136,16 @@ def cmd_cases(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(c) for c in cases], ensure_ascii=False, indent=2))
         return EXIT_OK
-    print(f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATUS':<8} {'INBOX':<10} "
-          f"{'MSGS':>4} {'ATT':>4}  SENDER / SUBJECT")
+    print(
+        f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATUS':<8} {'INBOX':<10} "
+        f"{'MSGS':>4} {'ATT':>4}  SENDER / SUBJECT"
+    )
     for c in cases:
-        print(f"{c.id:>5} {c.case_number:<8} {c.listener[:12]:<12} {c.status:<8} "
-              f"{(c.inbox or '-')[:10]:<10} {c.messages:>4} {c.attachments:>4}  "
-              f"{c.sender} / {c.subject}")
+        print(
+            f"{c.id:>5} {c.case_number:<8} {c.listener[:12]:<12} {c.status:<8} "
+            f"{(c.inbox or '-')[:10]:<10} {c.messages:>4} {c.attachments:>4}  "
+            f"{c.sender} / {c.subject}"
+        )
     print(f"{len(cases)} case(s)")
     return EXIT_OK
 
@@ -154,8 +168,10 @@ def cmd_customers(args: argparse.Namespace) -> int:
         result = asyncio.run(_with_store(config, lambda s: admin.import_customers(s, args.file)))
         for problem in result.problems:
             print(problem, file=sys.stderr)
-        print(f"{result.created} created, {result.updated} updated, {result.addresses} "
-              f"addresses, {len(result.problems)} problem(s)")
+        print(
+            f"{result.created} created, {result.updated} updated, {result.addresses} "
+            f"addresses, {len(result.problems)} problem(s)"
+        )
         return EXIT_FAILURE if result.problems else EXIT_OK
     customers = asyncio.run(_with_store(config, admin.list_customers))
     if args.json:
@@ -185,20 +201,28 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             for key, value in asdict(entry).items():
                 print(f"{key:>11}: {value}")
         return EXIT_OK
-    entries = asyncio.run(_with_store(
-        config, lambda s: admin.list_quarantine(s, include_replayed=args.all)))
+    entries = asyncio.run(
+        _with_store(config, lambda s: admin.list_quarantine(s, include_replayed=args.all))
+    )
     if args.json:
         print(json.dumps([asdict(e) for e in entries], ensure_ascii=False, indent=2))
         return EXIT_OK
     for e in entries:
-        print(f"{e.id:>5} {e.listener[:12]:<12} {e.state:<8} tries={e.attempts} "
-              f"{e.sender} / {e.subject}\n      reason: {e.reason}")
+        print(
+            f"{e.id:>5} {e.listener[:12]:<12} {e.state:<8} tries={e.attempts} "
+            f"{e.sender} / {e.subject}\n      reason: {e.reason}"
+        )
     print(f"{len(entries)} quarantined mail(s)")
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "cases": cmd_cases,
-            "customers": cmd_customers, "quarantine": cmd_quarantine}
+COMMANDS = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "cases": cmd_cases,
+    "customers": cmd_customers,
+    "quarantine": cmd_quarantine,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

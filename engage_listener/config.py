@@ -453,9 +453,13 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
         message = f"same as InputFolder '{source}'; processed mail would be read again"
         problems.append(ConfigProblem(file, _line(target), "OutputFolder", message))
     policy = values.get("UnknownSender")
-    if policy is not None and _text(policy) == "DefaultCustomer" and "DefaultCustomerId" not in values:
-        problems.append(ConfigProblem(file, _line(policy), "UnknownSender",
-                                      "DefaultCustomer needs a DefaultCustomerId"))
+    if (
+        policy is not None
+        and _text(policy) == "DefaultCustomer"
+        and "DefaultCustomerId" not in values
+    ):
+        message = "DefaultCustomer needs a DefaultCustomerId"
+        problems.append(ConfigProblem(file, _line(policy), "UnknownSender", message))
     ca = values.get("CaFile")
     if ca is not None and _text(ca) and not _relative_to(path, _text(ca)).is_file():
         message = f"CA file {_relative_to(path, _text(ca))} does not exist"

@@ -112,7 +112,10 @@ class CaseEngine:
         return await tx.create_customer(name, address, "auto")
 
     async def _find_or_open(
-        self, tx: Transaction, mail: parser.ParsedMail, customer: Customer | None,
+        self,
+        tx: Transaction,
+        mail: parser.ParsedMail,
+        customer: Customer | None,
         automatic: str | None,
     ) -> tuple[CaseRef | None, bool]:
         """Join an open case by headers, case token or subject; else open one."""
@@ -131,15 +134,25 @@ class CaseEngine:
             return None, False
         sender = mail.sender or parser.Address("", "")
         new = NewCase(
-            listener=self.settings.listener, process=self.settings.process,
-            sender=sender.address, sender_name=sender.name, subject=mail.subject,
-            normalized_subject=normalized, customer_id=customer.id if customer else None,
+            listener=self.settings.listener,
+            process=self.settings.process,
+            sender=sender.address,
+            sender_name=sender.name,
+            subject=mail.subject,
+            normalized_subject=normalized,
+            customer_id=customer.id if customer else None,
         )
         return await tx.create_case(new), True
 
     async def _route(
-        self, tx: Transaction, case: CaseRef, is_new: bool, row: int, mail: parser.ParsedMail,
-        customer: Customer | None, automatic: str | None,
+        self,
+        tx: Transaction,
+        case: CaseRef,
+        is_new: bool,
+        row: int,
+        mail: parser.ParsedMail,
+        customer: Customer | None,
+        automatic: str | None,
     ) -> None:
         """Run the installation's routing procedure in this transaction, then apply it."""
         assert self.settings.hook is not None
@@ -147,42 +160,69 @@ class CaseEngine:
         sender = mail.sender or parser.Address("", "")
         context = HookContext(
             listener=self.settings.listener,
-            case=CaseView(info.id, info.case_number, info.process, info.status, info.inbox,
-                          info.subject, is_new),
-            message=MessageView(row, mail.message_id, sender.address, sender.name, mail.subject,
-                                mail.text, tuple(a.filename for a in mail.attachments),
-                                automatic),
+            case=CaseView(
+                info.id,
+                info.case_number,
+                info.process,
+                info.status,
+                info.inbox,
+                info.subject,
+                is_new,
+            ),
+            message=MessageView(
+                row,
+                mail.message_id,
+                sender.address,
+                sender.name,
+                mail.subject,
+                mail.text,
+                tuple(a.filename for a in mail.attachments),
+                automatic,
+            ),
             customer=CustomerView(customer.id, customer.name, customer.addresses)
-            if customer else None,
+            if customer
+            else None,
         )
         decision = await self.settings.hook.run(context, tx)
-        await tx.apply_decision(case.id, row, decision.inbox, decision.priority, decision.tags,
-                                decision.acknowledge)
+        await tx.apply_decision(
+            case.id, row, decision.inbox, decision.priority, decision.tags, decision.acknowledge
+        )
 
     def _message(self, raw: bytes, mail: parser.ParsedMail, automatic: str | None) -> NewMessage:
         sender = mail.sender or parser.Address("", "")
         stored = parser.strip_attachments(raw) if self.settings.extract_attachments else None
         return NewMessage(
-            listener=self.settings.listener, message_id=mail.message_id,
-            in_reply_to=mail.in_reply_to, sender=sender.address, sender_name=sender.name,
-            subject=mail.subject, sent_at=mail.date, received_at=dt.datetime.now(dt.UTC),
-            sha256=hashlib.sha256(raw).hexdigest(), raw=raw, parsed=mail.parsed,
-            body_text=mail.text, body_html=mail.html, defects="\n".join(mail.defects),
-            automatic=automatic, stored_mime=stored,
+            listener=self.settings.listener,
+            message_id=mail.message_id,
+            in_reply_to=mail.in_reply_to,
+            sender=sender.address,
+            sender_name=sender.name,
+            subject=mail.subject,
+            sent_at=mail.date,
+            received_at=dt.datetime.now(dt.UTC),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            raw=raw,
+            parsed=mail.parsed,
+            body_text=mail.text,
+            body_html=mail.html,
+            defects="\n".join(mail.defects),
+            automatic=automatic,
+            stored_mime=stored,
         )
 
-    async def _attach(
-        self, tx: Transaction, row: int, raw: bytes, mail: parser.ParsedMail
-    ) -> None:
+    async def _attach(self, tx: Transaction, row: int, raw: bytes, mail: parser.ParsedMail) -> None:
         """ExtractAttachments True: one row per attachment; False: the whole mail as one .eml."""
         if not self.settings.extract_attachments:
-            await tx.add_attachment(row, NewAttachment(_eml_name(mail.subject), "message/rfc822", raw))
+            await tx.add_attachment(
+                row, NewAttachment(_eml_name(mail.subject), "message/rfc822", raw)
+            )
             return
         for item in mail.attachments:
             await tx.add_attachment(
                 row,
-                NewAttachment(item.filename, item.content_type, item.payload,
-                              item.content_id, item.inline),
+                NewAttachment(
+                    item.filename, item.content_type, item.payload, item.content_id, item.inline
+                ),
             )
 
 

@@ -101,22 +101,22 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
                 raise lib.IncompleteRead(current_cmd, data[pos:])
             line = data[pos:end]
             pos = end + 2
+            current_cmd = self._after_line(line, line_handler(line, current_cmd))
+
+    def _after_line(self, line: bytes, cmd: Any) -> Any:
+        """The command that the following data belongs to, starting a literal if announced."""
+        if self.protolog is not None:
+            self.protolog.received(line)
+        literal = lib.literal_data_re.match(line)
+        if literal:
+            size = int(literal.group("size"))
             if self.protolog is not None:
-                self.protolog.received(line)
-            cmd = line_handler(line, current_cmd)
-            literal = lib.literal_data_re.match(line)
-            if literal:
-                size = int(literal.group("size"))
-                if self.protolog is not None:
-                    self.protolog.literal(size)
-                if cmd is None:
-                    cmd = lib.Command("NIL", "unused")
-                cmd.begin_literal_data(size)
-                current_cmd = cmd
-            elif cmd is not None and cmd.wait_data():
-                current_cmd = cmd
-            else:
-                current_cmd = None
+                self.protolog.literal(size)
+            if cmd is None:
+                cmd = lib.Command("NIL", "unused")
+            cmd.begin_literal_data(size)
+            return cmd
+        return cmd if cmd is not None and cmd.wait_data() else None
 
 
 class ImapSession:
@@ -311,7 +311,11 @@ class ImapSession:
     async def _fetch(self, uid_set: str, items: str) -> Any:
         proto = self._proto
         command = lib.FetchCommand(
-            proto.new_tag(), uid_set, items, prefix="UID", loop=proto.loop,
+            proto.new_tag(),
+            uid_set,
+            items,
+            prefix="UID",
+            loop=proto.loop,
             timeout=self.endpoint.timeout,
         )
         response = await self._call("UID FETCH", proto.execute(command), inactivity=True)
@@ -324,10 +328,14 @@ class ImapSession:
         for uid_set in uid_sets(uids):
             if self.has_capability("MOVE"):
                 command = self._command("MOVE", uid_set, target, prefix="UID")
-                self._require_ok(await self._call("UID MOVE", self._proto.execute(command)), "UID MOVE")
+                self._require_ok(
+                    await self._call("UID MOVE", self._proto.execute(command)), "UID MOVE"
+                )
             else:
                 command = self._command("COPY", uid_set, target, prefix="UID")
-                self._require_ok(await self._call("UID COPY", self._proto.execute(command)), "UID COPY")
+                self._require_ok(
+                    await self._call("UID COPY", self._proto.execute(command)), "UID COPY"
+                )
                 await self._delete_set(uid_set)
 
     async def delete(self, uids: Sequence[int]) -> None:
@@ -363,7 +371,8 @@ class ImapSession:
         self._idle_task = asyncio.ensure_future(proto.execute(self._idle_cmd))
         ack = asyncio.ensure_future(proto.wait_for_idle_response())
         done, _ = await asyncio.wait(
-            {self._idle_task, ack}, timeout=self.endpoint.timeout,
+            {self._idle_task, ack},
+            timeout=self.endpoint.timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
         ack.cancel()
@@ -405,7 +414,11 @@ class ImapSession:
     ) -> Any:
         proto = self._proto
         return lib.Command(
-            name, proto.new_tag(), *args, prefix=prefix, untagged_resp_name=untagged,
+            name,
+            proto.new_tag(),
+            *args,
+            prefix=prefix,
+            untagged_resp_name=untagged,
             loop=proto.loop,
         )
 
@@ -420,7 +433,9 @@ class ImapSession:
             return await asyncio.wait_for(awaitable, self.endpoint.timeout)
         except (TimeoutError, lib.CommandTimeout) as exc:
             self.abort()
-            raise ConnectionLostError(f"{what} timed out after {self.endpoint.timeout:.0f} s") from exc
+            raise ConnectionLostError(
+                f"{what} timed out after {self.endpoint.timeout:.0f} s"
+            ) from exc
         except (lib.Abort, lib.Error) as exc:
             self.abort()
             raise ProtocolError(f"{what} failed: {exc}") from exc
@@ -447,5 +462,3 @@ def _close(awaitable: Any) -> None:
         awaitable.close()
     elif isinstance(awaitable, asyncio.Future):
         awaitable.cancel()
-
-

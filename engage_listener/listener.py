@@ -105,15 +105,22 @@ class Listener:
         self.state = "connecting"
         session = await self.connect()
         ep = session.endpoint
-        self.log.info("connected", host=ep.host, port=ep.port, tls=session.tls,
-                      idle=session.has_capability("IDLE"), move=session.has_capability("MOVE"))
+        self.log.info(
+            "connected",
+            host=ep.host,
+            port=ep.port,
+            tls=session.tls,
+            idle=session.has_capability("IDLE"),
+            move=session.has_capability("MOVE"),
+        )
         return session
 
     async def _select(self, session: ImapSession) -> FolderState:
         folder = await session.select(self.settings.input_folder)
         if self.settings.error_folder is None:
-            self.error_folder = sibling(self.settings.input_folder, await session.delimiter(),
-                                        "Error")
+            self.error_folder = sibling(
+                self.settings.input_folder, await session.delimiter(), "Error"
+            )
         out = self.settings.output_folder
         if out is not None and not await session.folder_exists(out):
             raise FolderMissingError(f"output folder {out!r} does not exist")
@@ -132,20 +139,35 @@ class Listener:
     async def _batch(self, session: ImapSession, folder: FolderState, reason: str) -> BatchResult:
         self.state = "processing"
         self.log.info("batch_start", reason=reason, exists=folder.exists, pending=self.pending)
-        destination = Destination(self.settings.output_folder, self.error_folder,
-                                  self.settings.max_attempts)
-        batch = Batch(session, folder, self.settings.id, self.store, self.handler, destination,
-                      self.stop, self.log)
+        destination = Destination(
+            self.settings.output_folder, self.error_folder, self.settings.max_attempts
+        )
+        batch = Batch(
+            session,
+            folder,
+            self.settings.id,
+            self.store,
+            self.handler,
+            destination,
+            self.stop,
+            self.log,
+        )
         result = await batch.run()
         self.batches += 1
         self.pending = 0
         self.last_error = None
-        self.log.info("batch_end", reason=reason, found=result.found, ingested=result.ingested,
-                      already_known=result.already_known, failed=result.failed,
-                      quarantined=result.quarantined,
-                      moved=result.done if self.settings.output_folder else 0,
-                      deleted=0 if self.settings.output_folder else result.done,
-                      seconds=round(result.seconds, 3))
+        self.log.info(
+            "batch_end",
+            reason=reason,
+            found=result.found,
+            ingested=result.ingested,
+            already_known=result.already_known,
+            failed=result.failed,
+            quarantined=result.quarantined,
+            moved=result.done if self.settings.output_folder else 0,
+            deleted=0 if self.settings.output_folder else result.done,
+            seconds=round(result.seconds, 3),
+        )
         return result
 
     async def _leftover(self, session: ImapSession, last: BatchResult) -> tuple[int, int]:
@@ -235,9 +257,15 @@ class Listener:
             kind = "transient" if isinstance(exc, TransientError) else "unexpected"
         self.state = "failing" if kind == "permanent" else "backing off"
         self.last_error = str(exc)
-        self.log.error("listener_error", kind=kind, error=str(exc), error_type=type(exc).__name__,
-                       retry_in=round(delay, 1), failures=failures,
-                       **({"exc_info": exc} if kind == "unexpected" else {}))
+        self.log.error(
+            "listener_error",
+            kind=kind,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            retry_in=round(delay, 1),
+            failures=failures,
+            **({"exc_info": exc} if kind == "unexpected" else {}),
+        )
         await self._sleep(delay)
 
 

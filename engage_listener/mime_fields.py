@@ -30,7 +30,9 @@ _ANGLE = re.compile(
     r'\s*(?:"([^"\\]*)"|([^<>",;:@()\\]*?))\s*<\s*([^<>\s@",;:]+@[^<>\s@",;]+)\s*>\s*'
 )
 _BARE = re.compile(r'\s*<?\s*([^<>\s@",;:()]+@[^<>\s@",;:()]+?)\s*>?\s*')
-_USABLE = re.compile(r'[^@\s<>",;:()\\]+@[^@\s<>",;:()\\]+')
+_USABLE = re.compile(r'(?:"[^"\r\n]*"|[^@\s<>",;:()\\]+)@[^@\s<>",;:()\\]+')
+_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?]*\?=")
+_TOKEN = re.compile("\x01(\\d+)\x01")
 _ANY_ADDRESS = re.compile(r'[^\s<>"\',;:()\[\]\\]+@[^\s<>"\',;:()\[\]\\]+[^\s<>"\',;:()\[\].\\]')
 _MSGID = re.compile(r"<\s*([^<>\s]+)\s*>")
 _LINE_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -77,7 +79,7 @@ def parse_addresses(value: str, problems: list[str]) -> list[tuple[str, str]]:
     pairs = _fast_pairs(value)
     if pairs is None:
         pairs = _stdlib_pairs(value, problems)
-    if not any(address for _, address in pairs) and "@" in decode_words(value):
+    if not any(a for _, a in pairs) and "<" not in value and "@" in decode_words(value):
         found = _ANY_ADDRESS.findall(decode_words(value))
         if found:
             problems.append("address field is malformed; addresses found by pattern")
@@ -106,20 +108,28 @@ def _fast_pairs(value: str) -> list[tuple[str, str]] | None:
 
 def _stdlib_pairs(value: str, problems: list[str]) -> list[tuple[str, str]]:
     """Anything else, through ``email.utils.getaddresses`` (guarded)."""
+    words: list[str] = []
+
+    def protect(match: re.Match[str]) -> str:  # encoded words may hide commas and quotes
+        words.append(match.group(0))
+        return f"\x01{len(words) - 1}\x01"
+
+    def restore(text: str) -> str:
+        return _TOKEN.sub(lambda m: words[int(m.group(1))], text) if words else text
+
     try:
-        parsed = getaddresses([value])
+        parsed = getaddresses([_WORD.sub(protect, value) if "=?" in value else value])
     except Exception as exc:  # the stdlib parser fails in odd ways on hostile input
         problems.append(f"address field could not be parsed ({type(exc).__name__})")
         return []
     pairs: list[tuple[str, str]] = []
-    for name, address in parsed:
-        address = address.strip()
-        if not (name or address):
-            continue
+    for raw_name, raw_address in parsed:
+        name, address = restore(raw_name), restore(raw_address).strip()
         if address and _USABLE.fullmatch(address) is None:
             problems.append(f"unusable address {address[:80]!r}")
             name, address = name or address, ""
-        pairs.append((name, address))
+        if name or address:
+            pairs.append((name, address))
     return pairs
 
 
@@ -207,4 +217,5 @@ def _fit(stem: str, ext: str, suffix: str) -> str:
     stem = stem[: max(room, 1)]
     while len((stem + suffix + ext).encode("utf-8")) > 255 and len(stem) > 1:
         stem = stem[:-1]
-    return (stem.rstrip(" .") or "_") + suffix + ext
+    stem = stem if ext else stem.rstrip(" .")
+    return (stem or "_") + suffix + ext

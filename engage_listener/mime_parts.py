@@ -22,12 +22,15 @@ from .mime_text import (
     parse_params,
     sniff_html_charset,
 )
-from .mime_tree import Part, read_fields
+from .mime_tree import Part, field_text, read_fields
 
 __all__ = ["Found", "Walker"]
 
 _BODY_TYPES = ("text/plain", "text/html")
 _MESSAGE_TYPES = ("message/rfc822", "message/global")
+_CID_NAME = re.compile(r"[\w\-. ]{1,100}\.[A-Za-z0-9]{2,5}")
+_NAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".svg",
+                    ".pdf", ".txt", ".html", ".htm")
 _BODY_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -132,6 +135,20 @@ class Walker:
         else:
             self._attach(part)
 
+    def _fallback_name(self, part: Part, kind: str, payload: bytes, cid: str | None) -> str:
+        """For unnamed parts: a forwarded mail's subject, the part's description, an
+        Outlook-style Content-ID (``image001.jpg@...``), else ``part-N.ext``."""
+        extension = extension_for(kind)
+        if kind in _MESSAGE_TYPES and (subject := nested_subject(payload)):
+            return subject + ".eml"
+        description = clean_line(decode_words(part.header("content-description") or "")).strip()
+        if 0 < len(description) <= 80 and description.strip(" ."):
+            return description if description.endswith(extension) else description + extension
+        local = (cid or "").split("@", 1)[0]
+        if _CID_NAME.fullmatch(local) and local.lower().endswith(_NAME_EXTENSIONS):
+            return local
+        return f"part-{len(self.found) + 1}{extension}"
+
     def _payload(self, part: Part) -> bytes:
         encoding = part.header("content-transfer-encoding") or ""
         payload, problem = decode_transfer(part.body, encoding)
@@ -160,12 +177,8 @@ class Walker:
             payload, kind = part.buf[part.start : part.end], "message/rfc822"
         else:
             payload, kind = self._payload(part), part.content_type
-        name = _declared_name(part)
-        if not name.strip() and kind in _MESSAGE_TYPES:
-            name = nested_subject(payload) + ".eml"
-        if not name.strip(" ."):
-            name = f"part-{len(self.found) + 1}{extension_for(kind)}"
         content_id = _content_id(part)
+        name = _declared_name(part) or self._fallback_name(part, kind, payload, content_id)
         inline = content_id is not None and _disposition(part)[0] != "attachment"
         filename = sanitize_filename(name, self._names, kind)
         self.found.append(Found(part, filename, kind, content_id, inline, payload))
@@ -173,8 +186,9 @@ class Walker:
 
 def nested_subject(payload: bytes) -> str:
     """The decoded subject of a forwarded message ("" when it has none)."""
-    fields, _ = read_fields(payload, 0, len(payload), [], top=True)
-    subject = next((value for name, value in fields if name == "subject"), "")
+    fields = dict(reversed(read_fields(payload, 0, len(payload), [], top=True)[0]))
+    charset = parse_params(field_text(fields.get("content-type", b"")))[1].get("charset")
+    subject = field_text(fields.get("subject", b""), (charset,) if charset else ())
     return clean_line(decode_words(subject)).strip()
 
 

@@ -133,13 +133,12 @@ def build_tree(raw: bytes, defects: list[str]) -> Part:
 def charset_hints(root: Part) -> tuple[str, ...]:
     """Charsets declared anywhere in the mail, own first, UTF-8 and ASCII left out."""
     found: dict[str, None] = {}
-    stack = [root]
-    while stack:
-        part = stack.pop(0)
+    queue = [root]
+    for part in queue:  # breadth first: the top-level charset is the best hint
         charset = part.params.get("charset", "").strip().lower()
         if charset and charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
             found[charset] = None
-        stack.extend(part.children)
+        queue.extend(part.children)
     return tuple(found)
 
 

@@ -109,7 +109,7 @@ def _parse(raw: bytes) -> ParsedMail:
         reply_to=_addresses(root, "reply-to", defects),
         to=_addresses(root, "to", defects),
         cc=_addresses(root, "cc", defects),
-        subject=clean_line(decode_words(root.header("subject") or "", defects)).strip(),
+        subject=clean_line(decode_words(root.header("subject") or "", defects)),
         date=parse_date(root.header("date")),
         message_id=message_id(root.header("message-id")),
         in_reply_to=message_id(root.header("in-reply-to")),
@@ -163,14 +163,15 @@ def _addresses(part: Part, name: str, defects: list[str]) -> tuple[Address, ...]
 
 
 def _sender(root: Part, defects: list[str]) -> Address | None:
-    """From's first mailbox; Sender or Return-Path when From has no usable address."""
+    """From's first mailbox; else Sender, Reply-To (set by the author, unlike the
+    envelope's Return-Path, which is often a bulk mailer's), then Return-Path."""
     from_ = _addresses(root, "from", defects)
     usable = next((a for a in from_ if a.address), None)
     if usable is not None:
         return usable
     if root.header("from") is None:
         defects.append("no From field")
-    for fallback in ("sender", "return-path"):
+    for fallback in ("sender", "reply-to", "return-path"):
         found = next((a for a in _addresses(root, fallback, []) if a.address), None)
         if found is not None:
             defects.append(f"sender taken from {fallback.title()} (From unusable)")

@@ -9,7 +9,6 @@ exclusive, since several listeners share the store.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -59,7 +58,9 @@ class SqliteStore:
                 f"({len(MIGRATIONS)}); upgrade engage-listener"
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;")
+            await db.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;"
+            )
 
     async def close(self) -> None:
         if self._db is not None:
@@ -151,8 +152,18 @@ class SqliteStore:
         async with self._lock, self._conn().execute(sql) as cur:
             rows = await cur.fetchall()
         return [
-            CaseSummary(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]),
-                        r[6], int(r[7]), int(r[8]), str(r[9]))
+            CaseSummary(
+                int(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                str(r[5]),
+                r[6],
+                int(r[7]),
+                int(r[8]),
+                str(r[9]),
+            )
             for r in rows
         ]
 

@@ -100,12 +100,12 @@ class SqliteTransaction:
         if not ids:
             return None
         marks = ",".join("?" * len(ids))
-        row = await self._one(
-            "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"
-            f" WHERE m.message_id IN ({marks}) AND c.status = ?"  # noqa: S608
-            " ORDER BY c.id DESC LIMIT 1",
-            (*ids, OPEN),
+        sql = (
+            "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
+            " WHERE m.message_id IN (" + marks + ") AND c.status = ?"
+            " ORDER BY c.id DESC LIMIT 1"
         )
+        row = await self._one(sql, (*ids, OPEN))
         return CaseRef(int(row[0]), str(row[1])) if row else None
 
     async def open_case_by_number(self, case_number: str) -> CaseRef | None:
@@ -138,8 +138,7 @@ class SqliteTransaction:
             " FROM cases WHERE id = ?",
             (case_id,),
         )
-        return CaseInfo(int(row[0]), str(row[1]), row[2], str(row[3]), row[4], str(row[5]),
-                        row[6])
+        return CaseInfo(int(row[0]), str(row[1]), row[2], str(row[3]), row[4], str(row[5]), row[6])
 
     # ----- writes -------------------------------------------------------------------
     async def create_case(self, case: NewCase) -> CaseRef:
@@ -148,8 +147,18 @@ class SqliteTransaction:
             "INSERT INTO cases (case_number, listener, process, customer_id, sender, sender_name,"
             " subject, normalized_subject, status, created_at, updated_at)"
             " VALUES (hex(randomblob(8)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (case.listener, case.process, case.customer_id, case.sender, case.sender_name,
-             case.subject, case.normalized_subject, case.status, now, now),
+            (
+                case.listener,
+                case.process,
+                case.customer_id,
+                case.sender,
+                case.sender_name,
+                case.subject,
+                case.normalized_subject,
+                case.status,
+                now,
+                now,
+            ),
         )
         case_id = int(cur.lastrowid or 0)
         number = f"{case_id:06d}"
@@ -163,10 +172,27 @@ class SqliteTransaction:
             " subject, sent_at, received_at, sha256, size, parsed, automatic, ignored, body_text,"
             " body_html, defects, stored_mime, raw)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (case_id, m.listener, m.message_id, m.in_reply_to, m.sender, m.sender_name,
-             m.subject, _iso(m.sent_at), _iso(m.received_at), m.sha256, len(m.raw),
-             int(m.parsed), m.automatic, int(m.ignored), m.body_text, m.body_html, m.defects,
-             m.stored_mime, m.raw),
+            (
+                case_id,
+                m.listener,
+                m.message_id,
+                m.in_reply_to,
+                m.sender,
+                m.sender_name,
+                m.subject,
+                _iso(m.sent_at),
+                _iso(m.received_at),
+                m.sha256,
+                len(m.raw),
+                int(m.parsed),
+                m.automatic,
+                int(m.ignored),
+                m.body_text,
+                m.body_html,
+                m.defects,
+                m.stored_mime,
+                m.raw,
+            ),
         )
         if case_id is not None:
             await self._db.execute(
@@ -179,13 +205,25 @@ class SqliteTransaction:
         await self._db.execute(
             "INSERT INTO attachments (message_row, filename, content_type, size, content_id,"
             " inline, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (message_row, a.filename, a.content_type, len(a.content), a.content_id,
-             int(a.inline), a.content),
+            (
+                message_row,
+                a.filename,
+                a.content_type,
+                len(a.content),
+                a.content_id,
+                int(a.inline),
+                a.content,
+            ),
         )
 
     async def apply_decision(
-        self, case_id: int, message_row: int, inbox: str | None, priority: int | None,
-        tags: Sequence[str], acknowledge: bool | None,
+        self,
+        case_id: int,
+        message_row: int,
+        inbox: str | None,
+        priority: int | None,
+        tags: Sequence[str],
+        acknowledge: bool | None,
     ) -> None:
         if inbox is not None or priority is not None:
             await self._db.execute(
@@ -212,22 +250,48 @@ class SqliteTransaction:
             "INSERT INTO quarantine (listener, folder, uidvalidity, uid, message_id, sender,"
             " subject, sha256, reason, attempts, created_at, raw)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key.listener, key.folder, key.uidvalidity, key.uid, message.message_id,
-             message.sender, message.subject, message.sha256, reason, attempts, now_iso(), raw),
+            (
+                key.listener,
+                key.folder,
+                key.uidvalidity,
+                key.uid,
+                message.message_id,
+                message.sender,
+                message.subject,
+                message.sha256,
+                reason,
+                attempts,
+                now_iso(),
+                raw,
+            ),
         )
         quarantine_id = int(cur.lastrowid or 0)
         await self._ledger(key, None, quarantine_id, message, "quarantined")
         return quarantine_id
 
     async def _ledger(
-        self, key: LedgerKey, message_row: int | None, quarantine_id: int | None,
-        message: NewMessage, state: str,
+        self,
+        key: LedgerKey,
+        message_row: int | None,
+        quarantine_id: int | None,
+        message: NewMessage,
+        state: str,
     ) -> None:
         await self._db.execute(
             "INSERT INTO ledger (listener, folder, uidvalidity, uid, message_row, quarantine_id,"
             " message_id, sha256, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key.listener, key.folder, key.uidvalidity, key.uid, message_row, quarantine_id,
-             message.message_id, message.sha256, state, now_iso()),
+            (
+                key.listener,
+                key.folder,
+                key.uidvalidity,
+                key.uid,
+                message_row,
+                quarantine_id,
+                message.message_id,
+                message.sha256,
+                state,
+                now_iso(),
+            ),
         )
         await self._db.execute(
             "DELETE FROM attempts WHERE listener = ? AND folder = ? AND uidvalidity = ?"

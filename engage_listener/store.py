@@ -168,8 +168,13 @@ class Transaction(Protocol):
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None: ...
 
     async def apply_decision(
-        self, case_id: int, message_row: int, inbox: str | None, priority: int | None,
-        tags: Sequence[str], acknowledge: bool | None,
+        self,
+        case_id: int,
+        message_row: int,
+        inbox: str | None,
+        priority: int | None,
+        tags: Sequence[str],
+        acknowledge: bool | None,
     ) -> None: ...
 
     async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None: ...

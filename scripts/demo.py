@@ -57,16 +57,20 @@ def main() -> int:
         sandbox.create_folder(USER, "IMAP/Done")
         mails = sample_messages(8)
         sandbox.append_many(USER, "IMAP/New", mails)
-        print(f"Dovecot sandbox on {sandbox.host}:{sandbox.imaps_port} (IMAPS); "
-              f"{len(mails)} sample mails in {USER}'s IMAP/New")
+        print(
+            f"Dovecot sandbox on {sandbox.host}:{sandbox.imaps_port} (IMAPS); "
+            f"{len(mails)} sample mails in {USER}'s IMAP/New"
+        )
         config = ROOT / "engage-listener.xml"
         config.write_text(config_xml(sandbox))
         if run("check-config", str(config)) != 0:
             return 1
         if run("run", "--once", "--log-format", "console", "--config", str(config)) != 0:
             return 1
-        print(f"\nIMAP/New now holds {sandbox.count(USER, 'IMAP/New')} mails, "
-              f"IMAP/Done {sandbox.count(USER, 'IMAP/Done')}.")
+        print(
+            f"\nIMAP/New now holds {sandbox.count(USER, 'IMAP/New')} mails, "
+            f"IMAP/Done {sandbox.count(USER, 'IMAP/Done')}."
+        )
         code = run("cases", "--config", str(config))
     print(f"\nEverything is in {ROOT} (config, store, protocol logs).")
     return code

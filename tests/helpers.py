@@ -40,8 +40,14 @@ def listener_config(dovecot: DovecotSandbox, user: str, **changes: Any) -> ImapL
     return dataclasses.replace(cfg, **changes)
 
 
-def make_mail(n: int, *, sender: str = "cliente@example.com", subject: str | None = None,
-              body: str = "Hola, necesito ayuda.", message_id: str | None = None) -> bytes:
+def make_mail(
+    n: int,
+    *,
+    sender: str = "cliente@example.com",
+    subject: str | None = None,
+    body: str = "Hola, necesito ayuda.",
+    message_id: str | None = None,
+) -> bytes:
     """A small, valid, unique mail."""
     mid = message_id or f"<m{n}.{time.monotonic_ns()}@example.com>"
     return (

@@ -61,7 +61,8 @@ def _free_port() -> int:
 class _Handler:
     """aiosmtpd handler: records messages, answers queued failures first."""
 
-    def __init__(self) -> None:
+    def __init__(self, offer_auth: bool) -> None:
+        self.offer_auth = offer_auth
         self.messages: list[Received] = []
         self.rcpt_failures: deque[str] = deque()
         self.data_failures: deque[str] = deque()
@@ -71,6 +72,12 @@ class _Handler:
     def _next_failure(self, queue: deque[str]) -> str | None:
         with self.lock:
             return queue.popleft() if queue else None
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:  # fmt: skip
+        """aiosmtpd always lists AUTH; a server without AUTH must not."""
+        session.host_name = hostname
+        return [r for r in responses if self.offer_auth or not r.startswith("250-AUTH")]
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:  # fmt: skip
@@ -84,7 +91,8 @@ class _Handler:
         failure = self._next_failure(self.data_failures)
         if failure is not None:
             return failure
-        login = session.login_data.login.decode() if session.login_data else None
+        auth = session.auth_data
+        login = auth.login.decode() if isinstance(auth, LoginPassword) else None
         tls = server.transport.get_extra_info("ssl_object") is not None
         received = Received(envelope.mail_from, list(envelope.rcpt_tos),
                             bytes(envelope.original_content), tls, login)  # fmt: skip
@@ -107,7 +115,7 @@ class SmtpTestServer:
         self.mode, self.auth = mode, auth
         self.ca_file, cert_file, key_file = _write_certs(Path(directory))
         self.port = _free_port()
-        self.handler = _Handler()
+        self.handler = _Handler(offer_auth=auth)
         server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_tls.load_cert_chain(cert_file, key_file)
         self._controller = Controller(self.handler, hostname=self.host, port=self.port,

@@ -47,15 +47,19 @@ async def test_every_corpus_mail_becomes_a_case_or_a_quarantine_entry(
         except imaplib.IMAP4.error:
             refused.append(path)  # the server itself refuses it (e.g. NUL bytes): see below
     db = tmp_path / "s.sqlite3"
-    cfg = listener_config(dovecot, mailbox_user, extract_attachments=extract,
-                          sync_max_changes_count=1000)
+    cfg = listener_config(
+        dovecot, mailbox_user, extract_attachments=extract, sync_max_changes_count=1000
+    )
     async with Harness(cfg, db, FakeClock()) as h:
         assert h.listener is not None
         result = await h.listener.run_once()
     assert result.failed == 0
     assert dovecot.count(mailbox_user, "IMAP/New") == 0
-    error_count = (dovecot.count(mailbox_user, "IMAP/Error")
-                   if dovecot.folder_exists(mailbox_user, "IMAP/Error") else 0)
+    error_count = (
+        dovecot.count(mailbox_user, "IMAP/Error")
+        if dovecot.folder_exists(mailbox_user, "IMAP/Error")
+        else 0
+    )
     assert dovecot.count(mailbox_user, "IMAP/Done") + error_count == len(appended)
     stored = dict(db_rows(db, "SELECT sha256, state FROM ledger"))
     # Dovecot may rewrite line endings, so compare counts, and hashes where they match.
@@ -79,4 +83,3 @@ async def test_mails_the_server_refuses_still_go_through_the_engine(tmp_path: Pa
     finally:
         await store.close()
     assert db_rows(tmp_path / "s.sqlite3", "SELECT count(*) FROM ledger")[0][0] == uid
-

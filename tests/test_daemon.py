@@ -22,10 +22,17 @@ NEW, DONE = "IMAP/New", "IMAP/Done"
 
 def listener_xml(dovecot: DovecotSandbox, user: str, lid: str = "Default", **extra: str) -> str:
     elements = {
-        "HostName": dovecot.host, "Port": str(dovecot.imap_port), "UserName": user,
-        "Password": DovecotSandbox.PASSWORD, "UseSsl": "False", "InputFolder": NEW,
-        "OutputFolder": DONE, "CaFile": str(dovecot.ca_file), "SyncMaxWaitTime": "60",
-        "SyncMaxChangesCount": "10", **extra,
+        "HostName": dovecot.host,
+        "Port": str(dovecot.imap_port),
+        "UserName": user,
+        "Password": DovecotSandbox.PASSWORD,
+        "UseSsl": "False",
+        "InputFolder": NEW,
+        "OutputFolder": DONE,
+        "CaFile": str(dovecot.ca_file),
+        "SyncMaxWaitTime": "60",
+        "SyncMaxChangesCount": "10",
+        **extra,
     }
     body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in elements.items())
     return f'  <ImapListener ID="{lid}">\n{body}  </ImapListener>\n'
@@ -42,14 +49,22 @@ def write_config(path: Path, *listeners: str) -> Path:
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engage_listener", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "engage_listener", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "engage_listener", "run", "--config",
-                             str(config)], stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "engage_listener", "run", "--config", str(config)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def events(log: Path) -> list[dict[str, object]]:
@@ -86,8 +101,9 @@ def test_kill_9_mid_batch_then_restart_loses_nothing_and_duplicates_nothing(
     assert dovecot.count(mailbox_user, NEW) == 0
     done = dovecot.messages(mailbox_user, DONE)
     assert sorted(_message_id(m) for m in done) == sorted(_message_id(m) for m in mails)
-    assert db_rows(db, "SELECT count(*), count(DISTINCT message_id) FROM messages") \
-        == [(total, total)]
+    assert db_rows(db, "SELECT count(*), count(DISTINCT message_id) FROM messages") == [
+        (total, total)
+    ]
     assert db_rows(db, "SELECT count(*) FROM ledger") == [(total,)]
     assert _cases(db) == total
 
@@ -123,14 +139,20 @@ def test_json_logs_carry_the_listener_and_never_the_password(
         tmp_path / "el.xml",
         listener_xml(dovecot, mailbox_user, "Good"),
         listener_xml(dovecot, mailbox_user + "-x", "Bad").replace(
-            DovecotSandbox.PASSWORD, "Wrong-Secret-123"),
+            DovecotSandbox.PASSWORD, "Wrong-Secret-123"
+        ),
     )
     result = cli("run", "--once", "--config", str(config))
     assert result.returncode == 1  # one listener failed
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     by_event = {(e["event"], e.get("listener")) for e in lines}
-    assert {("connected", "Good"), ("batch_start", "Good"), ("message", "Good"),
-            ("batch_end", "Good"), ("listener_error", "Bad")} <= by_event
+    assert {
+        ("connected", "Good"),
+        ("batch_start", "Good"),
+        ("message", "Good"),
+        ("batch_end", "Good"),
+        ("listener_error", "Bad"),
+    } <= by_event
     batch = next(e for e in lines if e["event"] == "batch_start")
     assert batch["reason"] == "once"
     assert "Wrong-Secret-123" not in result.stdout + result.stderr
@@ -142,14 +164,20 @@ def test_cases_command_lists_cases(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
     dovecot.create_folder(mailbox_user, DONE)
-    dovecot.append_many(mailbox_user, NEW, [make_mail(1, subject="Factura duplicada"),
-                                            make_mail(2, sender="otro@example.net")])
+    dovecot.append_many(
+        mailbox_user,
+        NEW,
+        [make_mail(1, subject="Factura duplicada"), make_mail(2, sender="otro@example.net")],
+    )
     config = write_config(tmp_path / "el.xml", listener_xml(dovecot, mailbox_user))
     assert cli("run", "--once", "--config", str(config)).returncode == 0
     listed = json.loads(cli("cases", "--config", str(config), "--json").stdout)
-    assert [(c["sender"], c["subject"], c["messages"], c["attachments"], c["status"])
-            for c in listed] == [("cliente@example.com", "Factura duplicada", 1, 1, "open"),
-                                 ("otro@example.net", "Consulta 2", 1, 1, "open")]
+    assert [
+        (c["sender"], c["subject"], c["messages"], c["attachments"], c["status"]) for c in listed
+    ] == [
+        ("cliente@example.com", "Factura duplicada", 1, 1, "open"),
+        ("otro@example.net", "Consulta 2", 1, 1, "open"),
+    ]
     text = cli("cases", "--config", str(config)).stdout
     assert "Factura duplicada" in text and "2 case(s)" in text
 
@@ -190,8 +218,13 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_config_path_defaults_to_the_environment_variable(tmp_path: Path) -> None:
     env = {**os.environ, "ENGAGE_LISTENER_CONFIG": str(tmp_path / "from-env.xml")}
-    result = subprocess.run([sys.executable, "-m", "engage_listener", "check-config"],
-                            capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "engage_listener", "check-config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 2 and "from-env.xml" in result.stderr
 
 

@@ -14,7 +14,7 @@ from engage_listener.engine import CaseEngine, EngineSettings
 from engage_listener.errors import QuarantineNow
 from engage_listener.sqlite_store import SqliteStore
 from engage_listener.store import LedgerKey
-from tests.helpers import db_rows, make_mail
+from tests.helpers import db_rows
 
 _uids = itertools.count(1)
 
@@ -32,8 +32,7 @@ def key() -> LedgerKey:
 
 
 def engine(store: SqliteStore, **settings: object) -> CaseEngine:
-    return CaseEngine(store, EngineSettings(listener="L", extract_attachments=False,
-                                            **settings))  # type: ignore[arg-type]
+    return CaseEngine(store, EngineSettings(listener="L", extract_attachments=False, **settings))  # type: ignore[arg-type]
 
 
 def mail(subject: str, sender: str = "ana@example.com", **headers: str) -> bytes:
@@ -64,8 +63,10 @@ async def test_default_customer_and_quarantine_policies(store: SqliteStore, tmp_
     e = engine(store, unknown_sender="DefaultCustomer", default_customer_id=default.id)
     await e.ingest(key(), mail("Hola", "nuevo@example.net"))
     assert db_rows(store.path, "SELECT customer_id FROM cases") == [(default.id,)]
-    with pytest.raises(QuarantineNow, match="unknown sender nuevo2@example.net"):
-        await engine(store, unknown_sender="Quarantine").ingest(key(), mail("x", "nuevo2@example.net"))
+    with pytest.raises(QuarantineNow, match=r"unknown sender nuevo2@example\.net"):
+        await engine(store, unknown_sender="Quarantine").ingest(
+            key(), mail("x", "nuevo2@example.net")
+        )
     assert db_rows(store.path, "SELECT count(*) FROM cases") == [(1,)]  # rolled back
 
 
@@ -93,13 +94,16 @@ async def test_threading_by_references_token_and_subject(store: SqliteStore) -> 
     first = await e.ingest(key(), first_raw)
     assert first.new_case
     first_id = first_raw.split(b"Message-ID: <")[1].split(b">")[0].decode()
-    by_header = await e.ingest(key(), mail("algo distinto", "otro@example.net",
-                                           In_Reply_To=f"<{first_id}>"))
-    by_token = await e.ingest(key(), mail(f"Consulta [Case#{first.case_number}]",
-                                          "tercero@example.net"))
+    by_header = await e.ingest(
+        key(), mail("algo distinto", "otro@example.net", In_Reply_To=f"<{first_id}>")
+    )
+    by_token = await e.ingest(
+        key(), mail(f"Consulta [Case#{first.case_number}]", "tercero@example.net")
+    )
     by_subject = await e.ingest(key(), mail("RE: RV: Reclamo  por cobro DOBLE"))
     other_process = await engine(store, process="Consultas").ingest(
-        key(), mail("Reclamo por cobro doble"))
+        key(), mail("Reclamo por cobro doble")
+    )
     assert {by_header.case_id, by_token.case_id, by_subject.case_id} == {first.case_id}
     assert not by_subject.new_case
     assert other_process.new_case and other_process.case_id != first.case_id
@@ -127,10 +131,12 @@ async def test_automatic_mail_never_opens_a_case_but_joins_one(store: SqliteStor
     first = await e.ingest(key(), mail("Garantía"))
     joined = await e.ingest(key(), mail("RE: Garantía", Auto_Submitted="auto-replied"))
     assert joined.case_id == first.case_id
-    assert db_rows(store.path, "SELECT ignored, automatic FROM messages WHERE case_id IS NULL") \
-        == [(1, "auto-submitted: auto-replied")]
+    assert db_rows(store.path, "SELECT ignored, automatic FROM messages WHERE case_id IS NULL") == [
+        (1, "auto-submitted: auto-replied")
+    ]
     opened = await engine(store, automatic_mail="OpenCase").ingest(
-        key(), mail("Aviso", Precedence="bulk"))
+        key(), mail("Aviso", Precedence="bulk")
+    )
     assert opened.new_case
 
 
@@ -142,8 +148,9 @@ def _with_attachments() -> bytes:
     msg.set_content("ver adjunto")
     msg.add_alternative("<p>ver adjunto <img src='cid:logo@x'></p>", subtype="html")
     msg.get_payload()[1].add_related(b"\x89PNG fake", "image", "png", cid="<logo@x>")
-    msg.add_attachment(b"%PDF-1.4 factura", maintype="application", subtype="pdf",
-                       filename="../../factura.pdf")
+    msg.add_attachment(
+        b"%PDF-1.4 factura", maintype="application", subtype="pdf", filename="../../factura.pdf"
+    )
     msg.add_attachment(b"a,b\n1,2\n", maintype="text", subtype="csv", filename="datos.csv")
     return msg.as_bytes()
 
@@ -153,8 +160,9 @@ async def test_extract_attachments_true_one_row_each_and_body_without_them(
 ) -> None:
     raw = _with_attachments()
     await CaseEngine(store, EngineSettings("L", extract_attachments=True)).ingest(key(), raw)
-    rows = db_rows(store.path, "SELECT filename, content_type, inline, content FROM attachments"
-                   " ORDER BY id")
+    rows = db_rows(
+        store.path, "SELECT filename, content_type, inline, content FROM attachments ORDER BY id"
+    )
     names = [r[0] for r in rows]
     assert "factura.pdf" in names and "datos.csv" in names
     assert all("/" not in n and ".." not in n for n in names)

@@ -78,15 +78,15 @@ async def test_time_trigger_fires_with_fewer_mails(
 ) -> None:
     dovecot.create_folder(mailbox_user, NEW)
     dovecot.create_folder(mailbox_user, DONE)
-    cfg = listener_config(dovecot, mailbox_user, sync_max_changes_count=10,
-                          sync_max_wait_time=120)
+    cfg = listener_config(dovecot, mailbox_user, sync_max_changes_count=10, sync_max_wait_time=120)
     clock = FakeClock()
     async with Harness(cfg, db, clock) as h:
         listener = await h.start()
         await eventually(lambda: listener.state == "idle", what="listener idle")
         dovecot.append_many(mailbox_user, NEW, [make_mail(i) for i in range(2)])
-        await eventually(lambda: listener.pending == 2 and clock.sleepers > 0,
-                         what="2 pending changes")
+        await eventually(
+            lambda: listener.pending == 2 and clock.sleepers > 0, what="2 pending changes"
+        )
         clock.advance(119)
         await asyncio.sleep(0.3)
         assert dovecot.count(mailbox_user, DONE) == 0, "batch started before the wait time"
@@ -130,8 +130,9 @@ async def test_tls_with_the_servers_own_ca(
 async def test_untrusted_certificate_is_refused(
     dovecot: DovecotSandbox, mailbox_user: str, db: Path
 ) -> None:
-    cfg = listener_config(dovecot, mailbox_user, use_ssl=True, port=dovecot.imaps_port,
-                          ca_file=None)
+    cfg = listener_config(
+        dovecot, mailbox_user, use_ssl=True, port=dovecot.imaps_port, ca_file=None
+    )
     async with Harness(cfg, db, FakeClock()) as h:
         assert h.listener is not None
         with pytest.raises(TlsError, match="not trusted"):
@@ -188,8 +189,9 @@ async def test_same_message_id_different_mails_are_both_kept(
     async with Harness(cfg, db, FakeClock()) as h:
         assert h.listener is not None
         await h.listener.run_once()
-    assert db_rows(db, "SELECT count(*) FROM messages WHERE message_id = 'shared@example.com'") \
-        == [(2,)]
+    assert db_rows(db, "SELECT count(*) FROM messages WHERE message_id = 'shared@example.com'") == [
+        (2,)
+    ]
 
 
 async def test_same_mail_seen_again_under_new_uidvalidity_is_not_a_second_case(
@@ -223,8 +225,9 @@ async def test_server_without_idle_and_move_is_polled_and_copied(
         async with Harness(cfg, db, clock) as h:
             listener = await h.start()
             await eventually(lambda: plain.count(mailbox_user, DONE) == 1, what="backlog")
-            await eventually(lambda: listener.state == "idle" and clock.sleepers > 0,
-                             what="polling")
+            await eventually(
+                lambda: listener.state == "idle" and clock.sleepers > 0, what="polling"
+            )
             plain.append_many(mailbox_user, NEW, [make_mail(1), make_mail(2)])
             clock.advance(POLL_INTERVAL)
             await eventually(lambda: plain.count(mailbox_user, DONE) == 3, what="polled batch")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from engage_listener.app import build_listener
-from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor
+from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
 from engage_listener.sandbox import DovecotSandbox
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config, make_mail
@@ -40,8 +40,9 @@ async def test_a_failing_hook_retries_then_quarantines_without_blocking(
 ) -> None:
     db = tmp_path / "s.sqlite3"
     dovecot.create_folder(mailbox_user, DONE)
-    dovecot.append_many(mailbox_user, NEW, [make_mail(1), make_mail(2, subject="veneno"),
-                                            make_mail(3)])
+    dovecot.append_many(
+        mailbox_user, NEW, [make_mail(1), make_mail(2, subject="veneno"), make_mail(3)]
+    )
     cfg = listener_config(dovecot, mailbox_user, max_attempts=2)
     hook = FlakyHook()
     async with Harness(cfg, db, FakeClock()) as h:
@@ -56,20 +57,20 @@ async def test_a_failing_hook_retries_then_quarantines_without_blocking(
     assert dovecot.count(mailbox_user, "IMAP/Error") == 1  # created beside the input folder
     assert db_rows(db, "SELECT inbox, priority FROM cases") == [("General", 2)] * 2
     assert db_rows(db, "SELECT tag FROM case_tags") == [("web",), ("web",)]
-    ((reason, attempts, subject),) = db_rows(
-        db, "SELECT reason, attempts, subject FROM quarantine")
+    ((reason, attempts, subject),) = db_rows(db, "SELECT reason, attempts, subject FROM quarantine")
     assert "división por cero" in reason and attempts == 2 and subject == "veneno"
 
 
 async def test_sql_hook_routes_in_the_same_transaction(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
-    from engage_listener.hooks import load_hook
-
     db = tmp_path / "s.sqlite3"
     dovecot.create_folder(mailbox_user, DONE)
-    dovecot.append_many(mailbox_user, NEW, [make_mail(1, subject="Factura pendiente"),
-                                            make_mail(2, subject="Queja por demora")])
+    dovecot.append_many(
+        mailbox_user,
+        NEW,
+        [make_mail(1, subject="Factura pendiente"), make_mail(2, subject="Queja por demora")],
+    )
     cfg = listener_config(dovecot, mailbox_user)
     hook = load_hook(f"sql:{EXAMPLES / 'pa_sys_msg_in.sql'}", tmp_path, 5.0)
     async with Harness(cfg, db, FakeClock()) as h:
@@ -91,12 +92,15 @@ async def test_quarantine_replay_after_fixing_the_cause(
     assert dovecot.count(mailbox_user, "IMAP/Error") == 1
     listed = json.loads(_cli("quarantine", "list", "--json", "--config", str(config)).stdout)
     assert [e["reason"] for e in listed] == [
-        "unknown sender desconocido@example.net (UnknownSender=Quarantine)"]
+        "unknown sender desconocido@example.net (UnknownSender=Quarantine)"
+    ]
     shown = _cli("quarantine", "show", str(listed[0]["id"]), "--raw", "--config", str(config))
     assert b"desconocido@example.net" in shown.stdout.encode()
     (tmp_path / "c.csv").write_text("name,addresses\nDesconocido SA,desconocido@example.net\n")
-    assert _cli("customers", "import", str(tmp_path / "c.csv"), "--config",
-                str(config)).returncode == 0
+    assert (
+        _cli("customers", "import", str(tmp_path / "c.csv"), "--config", str(config)).returncode
+        == 0
+    )
     replay = _cli("quarantine", "replay", str(listed[0]["id"]), "--config", str(config))
     assert replay.returncode == 0 and "replayed into case" in replay.stdout
     cases = json.loads(_cli("cases", "--json", "--config", str(config)).stdout)
@@ -109,9 +113,11 @@ async def test_quarantine_replay_after_fixing_the_cause(
 def test_wrong_hook_path_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("x")
     server = dataclasses.make_dataclass("S", ["host", "imap_port", "ca_file"])(
-        "h", 143, tmp_path / "ca.pem")
-    config = write_config(tmp_path / "el.xml",
-                          listener_xml(server, "u", RoutingHook="sql:nope/missing.sql"))
+        "h", 143, tmp_path / "ca.pem"
+    )
+    config = write_config(
+        tmp_path / "el.xml", listener_xml(server, "u", RoutingHook="sql:nope/missing.sql")
+    )
     result = _cli("check-config", str(config))
     assert result.returncode == 2
     assert f"{config}:" in result.stderr and "RoutingHook" in result.stderr
@@ -120,7 +126,12 @@ def test_wrong_hook_path_is_a_config_error(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "engage_listener", *args],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "engage_listener", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert time.monotonic() - started < 60
     return result
