@@ -1,21 +1,15 @@
 """Acknowledgement mails: what to write to the customer, and whether to write at all.
 
-Pure composing and deciding, no I/O: the engine decides *when* (exactly once per
-case, recorded in the store) and :mod:`engage_listener.smtp` does the sending.
+No I/O: the engine decides *when* (once per case, recorded in the store) and
+:mod:`engage_listener.smtp` sends. Decisions:
 
-Decisions:
-
-* Templates use ``str.format`` syntax with a closed set of names
-  (:data:`PLACEHOLDERS`). Only the template is parsed; values are inserted
-  verbatim, so a customer subject like ``{x}`` is harmless. Attribute and
-  index lookups (``{subject.__class__}``) are rejected as template problems.
-* Values are HTML-escaped in the HTML part and flattened to one line in the
-  subject (no header injection).
-* The subject always carries ``[Case#N]`` so the customer's reply threads into
-  the case; any token already in the customer's subject is dropped from
-  ``{subject}`` so it does not appear twice.
-* RFC 3834: ``Auto-Submitted: auto-replied``, no ``Precedence`` header, and
-  never an answer to automatic mail, daemons, no-reply senders or ourselves.
+* Templates use ``str.format`` syntax over :data:`PLACEHOLDERS` only; values
+  are inserted verbatim (a subject ``{x}`` is harmless), HTML-escaped in the
+  HTML part and flattened to one line in the subject (no header injection).
+* The subject always carries ``[Case#N]`` so replies thread into the case; a
+  token already in the customer's subject is dropped from ``{subject}``.
+* RFC 3834: ``Auto-Submitted: auto-replied``, no ``Precedence``, and never an
+  answer to automatic mail, daemons, no-reply senders or ourselves.
 """
 
 from __future__ import annotations
@@ -299,13 +293,12 @@ def skip_reason(
 def allowed(
     recipient: str, now: float, sent_times: Sequence[float], limit: int = 3, window: float = 3600
 ) -> bool:
-    """True when ``recipient`` got fewer than ``limit`` acks in the last ``window`` seconds.
+    """Fewer than ``limit`` earlier sends (``sent_times``, that recipient's) in ``window`` s.
 
-    ``sent_times`` are that recipient's earlier send times (epoch seconds); the
-    recipient is taken only for symmetry with :class:`RateLimiter`.
+    Times after ``now`` (clock stepped back) count too, erring against sending.
     """
-    del recipient
-    return sum(1 for t in sent_times if now - window < t <= now) < limit
+    del recipient  # the caller already selected this recipient's times
+    return sum(1 for t in sent_times if t > now - window) < limit
 
 
 class RateLimiter:

@@ -137,13 +137,13 @@ def cmd_cases(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(c) for c in cases], ensure_ascii=False, indent=2))
         return EXIT_OK
     print(
-        f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATUS':<8} {'INBOX':<10} "
+        f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATUS':<8} {'INBOX':<12} "
         f"{'MSGS':>4} {'ATT':>4}  SENDER / SUBJECT"
     )
     for c in cases:
         print(
             f"{c.id:>5} {c.case_number:<8} {c.listener[:12]:<12} {c.status:<8} "
-            f"{(c.inbox or '-')[:10]:<10} {c.messages:>4} {c.attachments:>4}  "
+            f"{(c.inbox or '-')[:12]:<12} {c.messages:>4} {c.attachments:>4}  "
             f"{c.sender} / {c.subject}"
         )
     print(f"{len(cases)} case(s)")

@@ -22,7 +22,7 @@ from .mime_text import (
     parse_params,
     sniff_html_charset,
 )
-from .mime_tree import Part, field_text, read_fields
+from .mime_tree import Part, charset_hints, field_text, read_fields
 
 __all__ = ["Found", "Walker"]
 
@@ -187,8 +187,8 @@ class Walker:
 def nested_subject(payload: bytes) -> str:
     """The decoded subject of a forwarded message ("" when it has none)."""
     fields = dict(reversed(read_fields(payload, 0, len(payload), [], top=True)[0]))
-    charset = parse_params(field_text(fields.get("content-type", b"")))[1].get("charset")
-    subject = field_text(fields.get("subject", b""), (charset,) if charset else ())
+    raw = fields.get("subject", b"")
+    subject = field_text(raw, () if raw.isascii() else charset_hints(payload))
     return clean_line(decode_words(subject)).strip()
 
 

@@ -85,7 +85,8 @@ def decode_bytes(
     candidates = [codec, *_ALTERNATES.get(codec or "", ())] if codec else []
     if codec is not None and data.isascii() and not codec.startswith(_ASCII_UNSAFE):
         return data.decode("ascii"), False
-    for index, name in enumerate([*candidates, "utf-8", *map(_codec, hints), "cp1252"]):
+    hinted = [alt for hint in map(_codec, hints) if hint for alt in (hint, *_ALTERNATES.get(hint, ()))]
+    for index, name in enumerate([*candidates, "utf-8", *hinted, "cp1252"]):
         if name is None:
             continue
         try:

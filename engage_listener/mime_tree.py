@@ -31,6 +31,10 @@ _KNOWN_FIELDS = frozenset({
     b"mime-version", b"content-type", b"content-transfer-encoding", b"reply-to", b"sender",
     b"in-reply-to", b"references", b"delivered-to", b"x-mailer", b"user-agent",
 })
+# UTF-8 is tried anyway and windows-1252 is the last resort: no use as hints.
+_NO_HINT = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1", "latin-1",
+                      "windows-1252", "cp1252", "iso-8859-15"})
+_CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.I)
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
 
 
@@ -88,8 +92,11 @@ def read_fields(
             fields.append((name.group(1).decode("ascii").lower(), line[name.end() :]))
         elif not line or (top and index == 0 and line.startswith(b"From ")):
             pass  # the end of the block, or an mbox separator line
-        elif (fields or (top and index == 0)) and _fields_follow(lines, index + 1):
-            defects.append("stray line in the header section skipped")
+        elif fields and _fields_follow(lines, index + 1):
+            defects.append("unindented header continuation line")
+            fields[-1] = (fields[-1][0], fields[-1][1] + b" " + line)
+        elif top and index == 0 and _fields_follow(lines, index + 1):
+            defects.append("stray line before the header fields skipped")
         else:
             if fields or line:
                 defects.append("header section ended by a line that is not a header field")
@@ -100,7 +107,7 @@ def read_fields(
 
 
 def _fields_follow(lines: list[bytes], index: int) -> bool:
-    """Whether well-known header fields outnumber non-header lines in what follows."""
+    """Whether what follows still looks like a header section (well-known fields)."""
     known = other = 0
     for line in lines[index : index + 200]:
         name = _FIELD_NAME.match(line)
@@ -108,7 +115,7 @@ def _fields_follow(lines: list[bytes], index: int) -> bool:
             known += name.group(1).lower() in _KNOWN_FIELDS
         elif line[:1] not in (b" ", b"\t"):
             other += 1
-    return known >= 2 and known >= other
+    return known >= 3 or (known >= 2 and known >= other)
 
 
 def field_text(value: bytes, hints: tuple[str, ...] = ()) -> str:
@@ -124,21 +131,22 @@ def build_tree(raw: bytes, defects: list[str]) -> Part:
     ctx = _Context(defects)
     root = _parse_part(raw, 0, len(raw), 0, ctx, "text/plain")
     if ctx.eight_bit:  # raw 8-bit header bytes: read them in a charset the mail declares
-        hints = charset_hints(root)
+        hints = charset_hints(raw)
         for part, raw_fields in ctx.eight_bit:
             part.fields = [(name, field_text(value, hints)) for name, value in raw_fields]
     return root
 
 
-def charset_hints(root: Part) -> tuple[str, ...]:
-    """Charsets declared anywhere in the mail, own first, UTF-8 and ASCII left out."""
+def charset_hints(buf: bytes) -> tuple[str, ...]:
+    """Charsets declared anywhere in the mail (forwarded mails too), in order of
+    appearance; UTF-8, ASCII and Latin-1 left out since they are tried anyway."""
     found: dict[str, None] = {}
-    queue = [root]
-    for part in queue:  # breadth first: the top-level charset is the best hint
-        charset = part.params.get("charset", "").strip().lower()
-        if charset and charset not in ("utf-8", "utf8", "us-ascii", "ascii"):
+    for match in _CHARSET_PARAM.finditer(buf):
+        charset = match.group(1).decode("ascii").lower()
+        if charset not in _NO_HINT:
             found[charset] = None
-        queue.extend(part.children)
+            if len(found) >= 8:
+                break
     return tuple(found)
 
 

@@ -163,9 +163,10 @@ def _addresses(part: Part, name: str, defects: list[str]) -> tuple[Address, ...]
 
 
 def _sender(root: Part, defects: list[str]) -> Address | None:
-    """From's first mailbox; else Sender, Reply-To (set by the author, unlike the
+    """From's first usable mailbox (any From field); else Sender, Reply-To (set by the author, unlike the
     envelope's Return-Path, which is often a bulk mailer's), then Return-Path."""
-    from_ = _addresses(root, "from", defects)
+    from_ = tuple(Address(a, n) for key, value in root.fields if key == "from"
+                  for n, a in parse_addresses(value, defects))
     usable = next((a for a in from_ if a.address), None)
     if usable is not None:
         return usable

@@ -52,6 +52,8 @@ class ProtocolLog:
         self._mask_next = False
 
     def _write(self, direction: str, text: str) -> None:
+        if self._file.closed:  # the loop may report a closed connection after close()
+            return
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         self._file.write(f"{stamp} {direction} {text}\n")
 
@@ -78,7 +80,8 @@ class ProtocolLog:
         self._write("--", text)
 
     def flush(self) -> None:
-        self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
 
     def close(self) -> None:
         if not self._file.closed:

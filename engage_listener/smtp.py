@@ -110,8 +110,13 @@ class _Session:
             self.log.sent(line)
 
     def received(self, response: aiosmtplib.SMTPResponse) -> None:
-        if self.log is not None:
-            self.log.received(f"{response.code} {response.message}".encode())
+        """Log a reply as on the wire: ``250-...`` continuation lines, ``250 ...`` last."""
+        if self.log is None:
+            return
+        lines = response.message.splitlines() or [""]
+        for number, line in enumerate(lines, 1):
+            separator = " " if number == len(lines) else "-"
+            self.log.received(f"{response.code}{separator}{line}".encode())
 
     def note(self, text: str) -> None:
         if self.log is not None:
@@ -136,13 +141,13 @@ async def _open(session: _Session) -> list[str]:
     ep, client = session.endpoint, session.client
     session.note(f"connect {ep.host}:{ep.port} security={ep.security}")
     session.received(await client.connect())
-    await session.step("EHLO", client.ehlo)
+    await session.step(f"EHLO {client.local_hostname}", client.ehlo)
     notes = [f"connected to {ep.host}:{ep.port} ({ep.security})"]
     if ep.security == "StartTls":
         if not client.supports_extension("starttls"):
             raise TlsError(f"{ep.host}:{ep.port} does not offer STARTTLS; refusing plain text")
         await session.step("STARTTLS", client.starttls)
-        await session.step("EHLO", client.ehlo)
+        await session.step(f"EHLO {client.local_hostname}", client.ehlo)
         notes.append("STARTTLS ok, certificate verified")
     elif ep.security == "SSL":
         notes.append("TLS ok, certificate verified")

@@ -14,6 +14,7 @@ from pathlib import Path
 from engage_listener.sandbox import DovecotSandbox, sample_messages
 
 ROOT = Path(__file__).resolve().parents[1] / "demo-run"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "routing"
 USER = "soporte"
 
 
@@ -33,6 +34,8 @@ def config_xml(sandbox: DovecotSandbox) -> str:
     <ExtractAttachments>True</ExtractAttachments>
     <SyncMaxWaitTime>60</SyncMaxWaitTime>
     <SyncMaxChangesCount>10</SyncMaxChangesCount>
+    <CaseProcess>Reclamos</CaseProcess>
+    <RoutingHook>sql:{EXAMPLES / "pa_sys_msg_in.sql"}</RoutingHook>
     <ProtocolLogFile>{ROOT}/logs/IMAP-%listener%-%date%-%time%.log</ProtocolLogFile>
   </ImapListener>
   <Process ID="EIS">

@@ -25,7 +25,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -49,7 +49,7 @@ class Received:
     @property
     def message(self) -> EmailMessage:
         """The message parsed back with the modern policy (decoded headers)."""
-        return cast(EmailMessage, message_from_bytes(self.data, policy=policy.default))
+        return message_from_bytes(self.data, policy=policy.default)
 
 
 def _free_port() -> int:
@@ -107,7 +107,7 @@ class SmtpTestServer:
 
     host = "127.0.0.1"
     USER = "ack-sender"
-    PASSWORD = "pässword-123-secret"  # noqa: S105 - a throwaway test server
+    PASSWORD = "pässword-123-secret"
 
     def __init__(self, directory: Path, mode: str = "starttls", *, auth: bool = True) -> None:
         if mode not in MODES:
@@ -118,8 +118,10 @@ class SmtpTestServer:
         self.handler = _Handler(offer_auth=auth)
         server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_tls.load_cert_chain(cert_file, key_file)
-        self._controller = Controller(self.handler, hostname=self.host, port=self.port,
-                                      server_hostname="localhost", **self._kwargs(server_tls))  # fmt: skip
+        self._controller = Controller(
+            self.handler, hostname=self.host, port=self.port, server_hostname="localhost",
+            **self._kwargs(server_tls),
+        )  # fmt: skip
 
     def _kwargs(self, server_tls: ssl.SSLContext) -> dict[str, Any]:
         """Controller/SMTP options for the mode; AUTH needs TLS only where TLS exists."""

@@ -244,6 +244,7 @@ def test_rate_limit_function() -> None:
     assert allowed("a@x", now, [now - 4000, now - 3700, now - 3601, now - 5])
     assert not allowed("a@x", now, [now - 1], limit=1)
     assert allowed("a@x", now, [now - 61], limit=1, window=60)
+    assert not allowed("a@x", now, [now + 50], limit=1)  # clock stepped back
 
 
 def test_rate_limiter_counts_per_recipient_and_forgets_old_sends() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def starttls_server(tmp_path: Path) -> Iterator[SmtpTestServer]:
         yield srv
 
 
-def make_ack(to: str = "cliente@example.org"):  # type: ignore[no-untyped-def]
+def make_ack(to: str = "cliente@example.org") -> EmailMessage:
     identity = AckIdentity("soporte@empresa.example", "Atención al Cliente")
     return build_ack(
         identity, DEFAULT_TEMPLATE, to_address=to, to_name="Iñés", case_number="42",
@@ -173,9 +174,11 @@ async def test_starttls_required_but_not_offered(tmp_path: Path) -> None:
 
 
 async def test_server_without_auth_is_an_authentication_error(tmp_path: Path) -> None:
-    with SmtpTestServer(tmp_path, "starttls", auth=False) as srv:
-        with pytest.raises(AuthenticationError, match="offers no AUTH"):
-            await send_message(srv.endpoint(username="u", password="p"), make_ack())
+    with (
+        SmtpTestServer(tmp_path, "starttls", auth=False) as srv,
+        pytest.raises(AuthenticationError, match="offers no AUTH"),
+    ):
+        await send_message(srv.endpoint(username="u", password="p"), make_ack())
 
 
 async def test_auth_offered_only_over_tls_is_not_used_in_clear(tmp_path: Path) -> None:
