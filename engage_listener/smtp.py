@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -101,7 +102,6 @@ class _Session:
             timeout=endpoint.timeout,
             use_tls=endpoint.security == "SSL",
             start_tls=False,
-            tls_context=_tls_context(endpoint.ca_file),
             local_hostname=endpoint.local_hostname,
         )
 
@@ -133,14 +133,18 @@ class _Session:
 
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     """A verifying client context: hostname checked, private CA when configured."""
-    return ssl.create_default_context(cafile=ca_file)
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:  # missing or malformed CaFile: operator's fix
+        raise TlsError(f"cannot load CA file {ca_file}: {exc}") from None
 
 
 async def _open(session: _Session) -> list[str]:
     """Connect, secure and authenticate; returns notes on what the server offers."""
     ep, client = session.endpoint, session.client
     session.note(f"connect {ep.host}:{ep.port} security={ep.security}")
-    session.received(await client.connect())
+    tls = None if ep.security == "None" else await asyncio.to_thread(_tls_context, ep.ca_file)
+    session.received(await client.connect(tls_context=tls))
     await session.step(f"EHLO {client.local_hostname}", client.ehlo)
     notes = [f"connected to {ep.host}:{ep.port} ({ep.security})"]
     if ep.security == "StartTls":

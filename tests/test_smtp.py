@@ -162,6 +162,12 @@ async def test_untrusted_certificate_is_a_tls_error(mode: str, tmp_path: Path) -
     assert SmtpTestServer.PASSWORD not in str(info.value)
 
 
+async def test_missing_ca_file_is_a_tls_error(starttls_server: SmtpTestServer) -> None:
+    with pytest.raises(TlsError, match="CA file"):
+        await send_message(starttls_server.endpoint(ca_file="/nonexistent/ca.pem"), make_ack())
+    assert starttls_server.messages == []
+
+
 async def test_starttls_required_but_not_offered(tmp_path: Path) -> None:
     with SmtpTestServer(tmp_path, "plain") as srv:
         log = ProtocolLog(tmp_path / "p.log")
@@ -193,3 +199,28 @@ async def test_send_without_auth(tmp_path: Path) -> None:
         receipt = await send_message(srv.endpoint(), make_ack())
         assert receipt.startswith("250")
         assert srv.messages[0].login is None
+
+
+async def test_lost_reply_after_data_is_flagged_maybe_sent() -> None:
+    """The server takes the whole message, then hangs up without a receipt."""
+
+    async def dropper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake ESMTP\r\n")
+        while line := await reader.readline():
+            if line == b".\r\n":
+                break
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+            elif verb in (b"EHLO", b"MAIL", b"RCPT"):
+                writer.write(b"250 ok\r\n")
+        writer.close()
+
+    srv = await asyncio.start_server(dropper, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(SmtpTemporaryError) as info:
+            await send_message(SmtpEndpoint("127.0.0.1", port, "None", timeout=5), make_ack())
+    finally:
+        srv.close()
+    assert info.value.maybe_sent and info.value.code is None
