@@ -11,6 +11,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .sqlite_store import SqliteStore
 from .sqlite_tx import SqliteTransaction, now_iso
@@ -141,21 +142,22 @@ _QUARANTINE_COLUMNS = (
 )
 
 
-def _quarantined(row: tuple[object, ...]) -> Quarantined:
+def _quarantined(row: Any) -> Quarantined:
+    r = list(row)
     return Quarantined(
-        int(row[0]),
-        str(row[1]),
-        str(row[2]),
-        int(row[3]),
-        row[4],  # type: ignore[call-overload,arg-type]
-        str(row[5]),
-        str(row[6]),
-        str(row[7]),
-        int(row[8]),
-        str(row[9]),  # type: ignore[call-overload]
-        row[10],
-        str(row[11]),
-        int(row[12]),  # type: ignore[arg-type,call-overload]
+        int(r[0]),
+        str(r[1]),
+        str(r[2]),
+        int(r[3]),
+        r[4],
+        str(r[5]),
+        str(r[6]),
+        str(r[7]),
+        int(r[8]),
+        str(r[9]),
+        r[10],
+        str(r[11]),
+        int(r[12]),
     )
 
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import admin
+from .ack import AckIdentity
 from .clock import Clock, SystemClock
 from .config import Config, ImapListenerConfig
-from .engine import REPLAY_FOLDER, CaseEngine, EngineSettings
+from .engine import REPLAY_FOLDER, AckSettings, CaseEngine, EngineSettings
 from .errors import ConfigError, ConfigProblem, EngageError, HookError
 from .hooks import RoutingHook, load_hook
 from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
+from .outbox import OutboxSender
 from .protolog import ProtocolLog, expand_path
+from .smtp import SmtpEndpoint, send_message
 from .sqlite_store import SqliteStore
 from .store import CaseSummary, LedgerKey, Store
 
@@ -68,6 +71,37 @@ def load_hooks(config: Config) -> dict[str, RoutingHook]:
     return hooks
 
 
+def ack_settings(cfg: ImapListenerConfig) -> AckSettings | None:
+    ack = cfg.acknowledgement
+    if ack is None or not ack.enabled:
+        return None
+    identity = AckIdentity(ack.from_address, ack.from_name, ack.reply_to)
+    return AckSettings(
+        identity, ack.template, ack.own_addresses, ack.on_follow_ups, ack.max_per_hour
+    )
+
+
+def smtp_endpoints(config: Config) -> dict[str, SmtpEndpoint]:
+    """The SMTP account of every listener that acknowledges, by listener ID."""
+    endpoints: dict[str, SmtpEndpoint] = {}
+    for cfg in config.enabled_listeners():
+        ack = cfg.acknowledgement
+        if ack is None or not ack.enabled:
+            continue
+        smtp = ack.smtp
+        if smtp.password:
+            register_secret(smtp.password)
+        endpoints[cfg.id] = SmtpEndpoint(
+            host=smtp.host,
+            port=smtp.port,
+            security=smtp.security,
+            username=smtp.username,
+            password=smtp.password,
+            ca_file=str(smtp.ca_file) if smtp.ca_file else None,
+        )
+    return endpoints
+
+
 def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> EngineSettings:
     return EngineSettings(
         listener=cfg.id,
@@ -78,6 +112,7 @@ def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> Engine
         automatic_mail=cfg.automatic_mail,
         subject_prefixes=cfg.subject_prefixes,
         hook=hook,
+        ack=ack_settings(cfg),
     )
 
 
@@ -87,11 +122,12 @@ def build_listener(
     clock: Clock,
     stop: asyncio.Event,
     hook: RoutingHook | None = None,
+    ack_queued: asyncio.Event | None = None,
 ) -> Listener:
     """One listener with its real IMAP connection factory and case engine."""
     register_secret(cfg.password.reveal())
     endpoint = endpoint_for(cfg)
-    engine = CaseEngine(store, engine_settings(cfg, hook))
+    engine = CaseEngine(store, engine_settings(cfg, hook), ack_queued)
 
     async def connect() -> ImapSession:
         return await ImapSession.open(endpoint)
@@ -134,10 +170,19 @@ async def run(config: Config, *, once: bool = False) -> int:
     except EngageError as exc:
         log.error("store_error", error=str(exc))
         return 1
-    stop = asyncio.Event()
+    stop, ack_queued = asyncio.Event(), asyncio.Event()
+    sender = OutboxSender(
+        store,
+        smtp_endpoints(config),
+        send_message,
+        wake=ack_queued,
+        stop=stop,
+        log=get_logger(component="outbox"),
+    )
     try:
         listeners = [
-            build_listener(c, store, SystemClock(), stop, hooks.get(c.id)) for c in listeners_cfg
+            build_listener(c, store, SystemClock(), stop, hooks.get(c.id), ack_queued)
+            for c in listeners_cfg
         ]
         log.info(
             "starting",
@@ -146,9 +191,12 @@ async def run(config: Config, *, once: bool = False) -> int:
             store=str(config.store.path),
         )
         if once:
-            return await _run_once(listeners, log)
+            code = await _run_once(listeners, log)
+            await sender.recover()
+            await sender.deliver_due()
+            return code
         _install_signal_handlers(stop, log)
-        await _run_forever(listeners, stop, log)
+        await _run_forever([*(lst.run() for lst in listeners), sender.run()], stop, log)
         return 0
     finally:
         await store.close()
@@ -165,10 +213,10 @@ async def _run_once(listeners: Sequence[Listener], log: Any) -> int:
     return 1 if failed else 0
 
 
-async def _run_forever(listeners: Sequence[Listener], stop: asyncio.Event, log: Any) -> None:
-    tasks = [
-        asyncio.create_task(lst.run(), name=f"listener:{lst.settings.id}") for lst in listeners
-    ]
+async def _run_forever(
+    jobs: Sequence[Coroutine[Any, Any, None]], stop: asyncio.Event, log: Any
+) -> None:
+    tasks = [asyncio.create_task(job) for job in jobs]
     await stop.wait()
     log.info("stopping", grace_seconds=SHUTDOWN_GRACE)
     _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)

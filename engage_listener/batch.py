@@ -32,6 +32,7 @@ class Ingested:
     new_case: bool
     duplicate: bool
     ignored: bool = False
+    ack: str | None = None  # "queued", or why no acknowledgement is sent
 
 
 class Handler(Protocol):
@@ -161,6 +162,7 @@ class Batch:
             new_case=done.new_case,
             duplicate=done.duplicate,
             ignored=done.ignored,
+            ack=done.ack,
             size=len(raw),
         )
 

@@ -144,7 +144,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
         print(
             f"{c.id:>5} {c.case_number:<8} {c.listener[:12]:<12} {c.status:<8} "
             f"{(c.inbox or '-')[:12]:<12} {c.messages:>4} {c.attachments:>4}  "
-            f"{c.sender} / {c.subject}"
+            f"{c.sender} / {c.subject}" + (f"  [ack {c.ack}]" if c.ack else "")
         )
     print(f"{len(cases)} case(s)")
     return EXIT_OK

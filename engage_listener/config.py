@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -20,6 +20,15 @@ from typing import Any, Protocol, cast
 
 from lxml import etree
 
+from engage_listener.config_ack import AckConfig, ack_config, ack_problems
+from engage_listener.config_xml import children as _children
+from engage_listener.config_xml import flag as _flag
+from engage_listener.config_xml import line as _line
+from engage_listener.config_xml import local as _local
+from engage_listener.config_xml import optional as _optional
+from engage_listener.config_xml import relative_to as _relative_to
+from engage_listener.config_xml import text as _text
+from engage_listener.config_xml import values as _values
 from engage_listener.errors import ConfigError, ConfigProblem
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
@@ -75,6 +84,7 @@ class ImapListenerConfig:
     routing_timeout: int = 10
     max_attempts: int = 3
     error_folder: str | None = None
+    acknowledgement: AckConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -343,11 +353,6 @@ def _schema_problem(
     return ConfigProblem(file, entry.line, name, re.sub(r"\{[^}]*\}", "", text))
 
 
-def _local(tag: object) -> str:
-    """Local name of a tag, without {namespace}."""
-    return str(tag).rsplit("}", 1)[-1]
-
-
 _FACETS: tuple[tuple[str, str], ...] = (  # libxml2 wording -> ours
     (r"\[facet 'minInclusive'\].*'(.*)' is less.*\('(.*)'\)", r"\1 is below the minimum \2"),
     (r"\[facet 'maxInclusive'\].*'(.*)' is greater.*\('(.*)'\)", r"\1 is above the maximum \2"),
@@ -406,28 +411,6 @@ def _missing(node: etree._Element) -> str:
     return f"missing required element(s): {', '.join(absent) or 'see the schema'}"
 
 
-def _children(node: etree._Element) -> Iterator[etree._Element]:
-    """Child elements, skipping comments and processing instructions."""
-    return (c for c in node if isinstance(c.tag, str))
-
-
-def _text(node: etree._Element) -> str:
-    """Text of an element, comments skipped, surrounding whitespace trimmed."""
-    return "".join(cast(Iterator[str], node.itertext())).strip()
-
-
-def _line(node: etree._Element) -> int:
-    return int(cast(int | None, node.sourceline) or 0)
-
-
-def _values(block: etree._Element) -> dict[str, etree._Element]:
-    """A block's children by name; the first wins (repeats are schema errors)."""
-    found: dict[str, etree._Element] = {}
-    for child in _children(block):
-        found.setdefault(_local(child.tag), child)
-    return found
-
-
 def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     """What the XSD cannot say; tolerant of invalid trees so all problems come out at once."""
     file = str(path)
@@ -460,6 +443,8 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
     ):
         message = "DefaultCustomer needs a DefaultCustomerId"
         problems.append(ConfigProblem(file, _line(policy), "UnknownSender", message))
+    if "Acknowledgement" in values:
+        problems.extend(ack_problems(values["Acknowledgement"], path))
     ca = values.get("CaFile")
     if ca is not None and _text(ca) and not _relative_to(path, _text(ca)).is_file():
         message = f"CA file {_relative_to(path, _text(ca))} does not exist"
@@ -470,21 +455,6 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
 def _same_folder(a: str, b: str) -> bool:
     """IMAP folder names are case-sensitive, except INBOX."""
     return a == b or a.upper() == b.upper() == "INBOX"
-
-
-def _relative_to(config_path: Path, value: str) -> Path:
-    """A path from the file, relative ones taken from the configuration's directory."""
-    return config_path.absolute().parent / Path(value).expanduser()
-
-
-def _flag(values: dict[str, etree._Element], name: str, default: bool) -> bool:
-    node = values.get(name)
-    return default if node is None else _text(node).lower() == "true"
-
-
-def _optional(values: dict[str, etree._Element], name: str) -> str | None:
-    node = values.get(name)
-    return None if node is None else _text(node)
 
 
 def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
@@ -509,6 +479,11 @@ def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
         ca_file=_relative_to(config_path, ca_file) if ca_file is not None else None,
         enabled=_flag(values, "Enabled", True),
         source_line=_line(block),
+        acknowledgement=ack_config(
+            values["Acknowledgement"], config_path, _text(values["UserName"])
+        )
+        if "Acknowledgement" in values
+        else None,
         **_case_settings(values),
     )
 

@@ -16,14 +16,23 @@ import re
 from dataclasses import dataclass
 
 from . import parser
+from .ack import AckIdentity, AckTemplate, build_ack, skip_reason
 from .automail import automatic_reason
 from .batch import Ingested
 from .errors import QuarantineNow
-from .hooks import CaseView, CustomerView, HookContext, MessageView, RoutingHook
+from .hooks import (
+    CaseView,
+    CustomerView,
+    HookContext,
+    MessageView,
+    RoutingDecision,
+    RoutingHook,
+)
 from .store import (
     CaseRef,
     Customer,
     LedgerKey,
+    NewAck,
     NewAttachment,
     NewCase,
     NewMessage,
@@ -48,14 +57,29 @@ class EngineSettings:
     automatic_mail: str = "Ignore"  # Ignore: never opens a case | OpenCase: like any mail
     subject_prefixes: tuple[str, ...] = ()
     hook: RoutingHook | None = None
+    ack: AckSettings | None = None
+
+
+@dataclass(frozen=True)
+class AckSettings:
+    """How and when this listener acknowledges (from its Acknowledgement block)."""
+
+    identity: AckIdentity
+    template: AckTemplate
+    own_addresses: tuple[str, ...]
+    on_follow_ups: bool = False
+    max_per_hour: int = 3
 
 
 class CaseEngine:
     """Ingests mails of one listener into the store (see `batch.Handler`)."""
 
-    def __init__(self, store: Store, settings: EngineSettings) -> None:
+    def __init__(
+        self, store: Store, settings: EngineSettings, ack_queued: asyncio.Event | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.ack_queued = ack_queued  # set after a commit that queued an acknowledgement
 
     async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested:
         """Parse, then commit customer, case, message, attachments, routing and ledger."""
@@ -79,10 +103,23 @@ class CaseEngine:
                 return Ingested(None, None, False, False, ignored=True)
             row = await tx.add_message(case.id, message)
             await self._attach(tx, row, raw, mail)
+            decision = None
             if self.settings.hook is not None:
-                await self._route(tx, case, is_new, row, mail, customer, automatic)
+                decision = await self._route(tx, case, is_new, row, mail, customer, automatic)
+            ack = await self._acknowledge(
+                tx,
+                case,
+                is_new,
+                row,
+                mail,
+                customer,
+                automatic,
+                decision.acknowledge if decision else None,
+            )
             await tx.add_ledger(key, row, message)
-        return Ingested(case.id, case.case_number, is_new, False)
+        if ack == "queued" and self.ack_queued is not None:
+            self.ack_queued.set()
+        return Ingested(case.id, case.case_number, is_new, False, ack=ack)
 
     async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
         """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
@@ -153,7 +190,7 @@ class CaseEngine:
         mail: parser.ParsedMail,
         customer: Customer | None,
         automatic: str | None,
-    ) -> None:
+    ) -> RoutingDecision:
         """Run the installation's routing procedure in this transaction, then apply it."""
         assert self.settings.hook is not None
         info = await tx.case_info(case.id)
@@ -187,6 +224,64 @@ class CaseEngine:
         await tx.apply_decision(
             case.id, row, decision.inbox, decision.priority, decision.tags, decision.acknowledge
         )
+        return decision
+
+    async def _acknowledge(
+        self,
+        tx: Transaction,
+        case: CaseRef,
+        is_new: bool,
+        row: int,
+        mail: parser.ParsedMail,
+        customer: Customer | None,
+        automatic: str | None,
+        hook_says: bool | None,
+    ) -> str | None:
+        """Queue the acknowledgement in this transaction; returns "queued" or why not."""
+        ack = self.settings.ack
+        if ack is None:
+            return None
+        sender = mail.sender or parser.Address("", "")
+        reason = skip_reason(
+            sender=sender.address,
+            automatic=automatic,
+            own_addresses=ack.own_addresses,
+            hook_acknowledge=hook_says,
+            is_new_case=is_new,
+            on_follow_ups=ack.on_follow_ups,
+        )
+        if reason:
+            return f"skipped: {reason}"
+        since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
+        if await tx.recent_acks(sender.address, since) >= ack.max_per_hour:
+            return f"skipped: rate limit of {ack.max_per_hour} per hour reached"
+        try:
+            message = build_ack(
+                ack.identity,
+                ack.template,
+                to_address=sender.address,
+                to_name=sender.name,
+                case_number=case.case_number,
+                original_subject=mail.subject,
+                original_message_id=mail.message_id,
+                original_references=mail.references,
+                customer_name=customer.name if customer else sender.name,
+                received_at=dt.datetime.now(dt.UTC),
+            )
+        except ValueError as exc:
+            return f"skipped: {exc}"
+        await tx.add_outbox(
+            NewAck(
+                self.settings.listener,
+                case.id,
+                row,
+                sender.address,
+                str(message["Subject"]),
+                str(message["Message-ID"]),
+                message.as_bytes(),
+            )
+        )
+        return "queued"
 
     def _message(self, raw: bytes, mail: parser.ParsedMail, automatic: str | None) -> NewMessage:
         sender = mail.sender or parser.Address("", "")

@@ -173,6 +173,9 @@ async def _login(session: _Session) -> str:
     return f"authenticated as {username}"
 
 
+BeforeData = Callable[[], Awaitable[None]]
+
+
 def _envelope(message: EmailMessage) -> tuple[str, list[str]]:
     """Envelope sender from From, recipients from To and Cc."""
     sender = parseaddr(str(message.get("From", "")))[1]
@@ -183,7 +186,9 @@ def _envelope(message: EmailMessage) -> tuple[str, list[str]]:
     return sender, recipients
 
 
-async def _transfer(session: _Session, message: EmailMessage) -> str:
+async def _transfer(
+    session: _Session, message: EmailMessage, before_data: BeforeData | None = None
+) -> str:
     """MAIL, RCPT and DATA; the final DATA reply is the server's receipt."""
     client = session.client
     sender, recipients = _envelope(message)
@@ -191,6 +196,8 @@ async def _transfer(session: _Session, message: EmailMessage) -> str:
     await session.step(f"MAIL FROM:<{sender}>", lambda: client.mail(sender))
     for rcpt in recipients:
         await session.step(f"RCPT TO:<{rcpt}>", partial(client.rcpt, rcpt))
+    if before_data is not None:  # the last moment at which nothing can have been accepted
+        await before_data()
     session.sent(f"DATA <{len(data)} bytes>")
     session.data_sent = True
     reply = await client.data(data)
@@ -275,15 +282,23 @@ def _check_endpoint(endpoint: SmtpEndpoint) -> None:
 
 
 async def send_message(
-    endpoint: SmtpEndpoint, message: EmailMessage, *, protolog: ProtocolLog | None = None
+    endpoint: SmtpEndpoint,
+    message: EmailMessage,
+    *,
+    protolog: ProtocolLog | None = None,
+    before_data: BeforeData | None = None,
 ) -> str:
-    """Submit ``message``; returns the server's reply to DATA (e.g. ``250 ... queued as X``)."""
+    """Submit ``message``; returns the server's reply to DATA (e.g. ``250 ... queued as X``).
+
+    ``before_data`` runs after the recipients were accepted and before DATA: the outbox
+    records there that the message may be in the server's hands from now on.
+    """
     _check_endpoint(endpoint)
     session = _Session(endpoint, protolog)
 
     async def work() -> str:
         await _open(session)
-        return await _transfer(session, message)
+        return await _transfer(session, message, before_data)
 
     return await _run(session, work)
 

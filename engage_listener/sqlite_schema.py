@@ -121,4 +121,26 @@ MIGRATIONS: tuple[str, ...] = (
         raw BLOB NOT NULL
     );
     """,
+    # 2: acknowledgements, written with the case and delivered after commit.
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        listener TEXT NOT NULL,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        message_row INTEGER NOT NULL REFERENCES messages(id),
+        recipient TEXT NOT NULL,  -- lower-cased
+        subject TEXT NOT NULL,
+        smtp_message_id TEXT NOT NULL,  -- our Message-ID, recorded before sending
+        mime BLOB NOT NULL,
+        state TEXT NOT NULL,  -- pending, sending, sent, failed, uncertain
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        smtp_reply TEXT,
+        created_at TEXT NOT NULL,
+        sent_at TEXT
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    CREATE INDEX outbox_recipient ON outbox(recipient, created_at);
+    """,
 )

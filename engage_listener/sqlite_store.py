@@ -147,10 +147,12 @@ class SqliteStore:
             "SELECT c.id, c.case_number, c.listener, c.sender, c.subject, c.status, c.inbox,"
             " (SELECT count(*) FROM messages m WHERE m.case_id = c.id),"
             " (SELECT count(*) FROM attachments a JOIN messages m ON a.message_row = m.id"
-            "  WHERE m.case_id = c.id), c.created_at FROM cases c ORDER BY c.id"
+            "  WHERE m.case_id = c.id), c.created_at,"
+            " (SELECT o.state || coalesce(': ' || o.last_error, '') FROM outbox o"
+            "  WHERE o.case_id = c.id ORDER BY o.id DESC LIMIT 1)"
+            " FROM cases c ORDER BY c.id"
         )
-        async with self._lock, self._conn().execute(sql) as cur:
-            rows = await cur.fetchall()
+        rows = await self.query(sql)
         return [
             CaseSummary(
                 int(r[0]),
@@ -163,6 +165,7 @@ class SqliteStore:
                 int(r[7]),
                 int(r[8]),
                 str(r[9]),
+                r[10],
             )
             for r in rows
         ]

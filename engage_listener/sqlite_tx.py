@@ -13,6 +13,7 @@ from .store import (
     CaseRef,
     Customer,
     LedgerKey,
+    NewAck,
     NewAttachment,
     NewCase,
     NewMessage,
@@ -239,6 +240,31 @@ class SqliteTransaction:
             await self._db.execute(
                 "UPDATE messages SET acknowledge = ? WHERE id = ?", (int(acknowledge), message_row)
             )
+
+    async def recent_acks(self, recipient: str, since: str) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM outbox WHERE recipient = ? AND created_at >= ?"
+            " AND state != 'failed'",
+            (recipient.lower(), since),
+        )
+        return int(row[0]) if row else 0
+
+    async def add_outbox(self, ack: NewAck) -> int:
+        cur = await self._db.execute(
+            "INSERT INTO outbox (listener, case_id, message_row, recipient, subject,"
+            " smtp_message_id, mime, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            (
+                ack.listener,
+                ack.case_id,
+                ack.message_row,
+                ack.recipient.lower(),
+                ack.subject,
+                ack.smtp_message_id,
+                ack.mime,
+                now_iso(),
+            ),
+        )
+        return int(cur.lastrowid or 0)
 
     async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None:
         await self._ledger(key, message_row, None, message, "committed")

@@ -72,6 +72,19 @@ class NewAttachment:
 
 
 @dataclass(frozen=True)
+class NewAck:
+    """An acknowledgement to deliver after commit (the outbox row)."""
+
+    listener: str
+    case_id: int
+    message_row: int
+    recipient: str
+    subject: str
+    smtp_message_id: str
+    mime: bytes
+
+
+@dataclass(frozen=True)
 class Customer:
     id: int
     name: str
@@ -124,6 +137,7 @@ class CaseSummary:
     messages: int
     attachments: int
     created_at: str
+    ack: str | None = None  # state of the latest acknowledgement, with the error if failed
 
 
 class Transaction(Protocol):
@@ -179,6 +193,12 @@ class Transaction(Protocol):
 
     async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None: ...
 
+    async def recent_acks(self, recipient: str, since: str) -> int:
+        """Acknowledgements to `recipient` created since the ISO time `since` (rate limit)."""
+        ...
+
+    async def add_outbox(self, ack: NewAck) -> int: ...
+
     async def add_quarantine(
         self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int
     ) -> int:
@@ -212,3 +232,7 @@ class Store(Protocol):
         ...
 
     async def list_cases(self) -> list[CaseSummary]: ...
+
+    async def query(self, sql: str, params: Any = ()) -> list[Any]:
+        """Read-only rows (operator commands, the outbox sender)."""
+        ...

@@ -1,0 +1,114 @@
+"""The Acknowledgement block of a listener: its own SMTP account, identity and templates.
+
+Part of the configuration (see `config`), kept apart because it reads template
+files and checks their placeholders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from .ack import DEFAULT_TEMPLATE, AckTemplate, template_problems
+from .config_xml import flag, line, optional, relative_to, text, values
+from .errors import ConfigProblem
+from .smtp import default_port
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: str | None = field(repr=False)
+    ca_file: Path | None
+
+
+@dataclass(frozen=True)
+class AckConfig:
+    enabled: bool
+    smtp: SmtpConfig
+    from_address: str
+    from_name: str
+    reply_to: str | None
+    template: AckTemplate
+    on_follow_ups: bool
+    max_per_hour: int
+    own_addresses: tuple[str, ...]
+    source_line: int
+
+
+def _template_text(
+    found: dict[str, etree._Element], name: str, path: Path
+) -> tuple[str | None, str | None]:
+    """(text, problem) from the inline element `name` or the file element `nameFile`."""
+    if name in found:
+        return text(found[name]), None
+    file_node = found.get(f"{name}File")
+    if file_node is None:
+        return None, None
+    file = relative_to(path, text(file_node))
+    try:
+        return file.read_text(encoding="utf-8"), None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot read template {file}: {exc}"
+
+
+def _template(found: dict[str, etree._Element], path: Path) -> tuple[AckTemplate, list[str]]:
+    body, body_problem = _template_text(found, "Body", path)
+    html, html_problem = _template_text(found, "HtmlBody", path)
+    template = AckTemplate(
+        subject=optional(found, "Subject") or DEFAULT_TEMPLATE.subject,
+        text=body if body is not None else DEFAULT_TEMPLATE.text,
+        html=html if html is not None else (None if body is not None else DEFAULT_TEMPLATE.html),
+    )
+    problems = [p for p in (body_problem, html_problem) if p]
+    return template, problems or template_problems(template)
+
+
+def ack_problems(node: etree._Element, path: Path) -> list[ConfigProblem]:
+    """Template and file problems of an Acknowledgement block."""
+    found = values(node)
+    _, problems = _template(found, path)
+    smtp = values(found["Smtp"]) if "Smtp" in found else {}
+    ca = smtp.get("CaFile")
+    if ca is not None and not relative_to(path, text(ca)).is_file():
+        problems.append(f"CA file {relative_to(path, text(ca))} does not exist")
+    if "UserName" in smtp and "Password" not in smtp:
+        problems.append("Smtp has a UserName but no Password")
+    return [ConfigProblem(str(path), line(node), "Acknowledgement", p) for p in problems]
+
+
+def ack_config(node: etree._Element, path: Path, imap_username: str) -> AckConfig:
+    """The AckConfig of a valid Acknowledgement block."""
+    found = values(node)
+    smtp = values(found["Smtp"])
+    security = optional(smtp, "Security") or "StartTls"
+    port = optional(smtp, "Port")
+    ca = optional(smtp, "CaFile")
+    template, _ = _template(found, path)
+    own = [a.strip() for a in (optional(found, "OwnAddresses") or "").split(",") if a.strip()]
+    own += [text(found["FromAddress"]), optional(found, "ReplyTo") or ""]
+    own += [imap_username] if "@" in imap_username else []
+    return AckConfig(
+        enabled=(node.get("Enabled") or "True").strip().lower() == "true",
+        smtp=SmtpConfig(
+            host=text(smtp["HostName"]),
+            port=int(port) if port else default_port(security),
+            security=security,
+            username=optional(smtp, "UserName"),
+            password=optional(smtp, "Password"),
+            ca_file=relative_to(path, ca) if ca else None,
+        ),
+        from_address=text(found["FromAddress"]),
+        from_name=optional(found, "FromName") or "",
+        reply_to=optional(found, "ReplyTo"),
+        template=template,
+        on_follow_ups=flag(found, "OnFollowUps", False),
+        max_per_hour=int(optional(found, "MaxPerRecipientPerHour") or 3),
+        own_addresses=tuple(sorted({a.lower() for a in own if a})),
+        source_line=line(node),
+    )
