@@ -182,7 +182,9 @@ class Listener:
         """Wait until the count or the time trigger fires; None when stopping."""
         baseline, self.pending = await self._leftover(session, last)
         exists = baseline + self.pending
-        first_change = self.clock.now() if self.pending else None
+        # Mails that failed and wait for another attempt count as a change, so they are
+        # retried after SyncMaxWaitTime even when no new mail arrives.
+        first_change = self.clock.now() if self.pending or last.failed else None
         idle = session.has_capability("IDLE")
         self.state = "idle"
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import subprocess
@@ -13,7 +14,7 @@ from engage_listener.app import build_listener
 from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
 from engage_listener.sandbox import DovecotSandbox
 from tests.fakes import FakeClock
-from tests.helpers import Harness, db_rows, listener_config, make_mail
+from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
 from tests.test_daemon import listener_xml, write_config
 
 NEW, DONE = "IMAP/New", "IMAP/Done"
@@ -135,3 +136,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
     assert time.monotonic() - started < 60
     return result
+
+
+async def test_failed_mail_is_retried_after_the_wait_time_without_new_mail(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "s.sqlite3"
+    dovecot.create_folder(mailbox_user, DONE)
+    dovecot.append(mailbox_user, NEW, make_mail(1, subject="veneno"))
+    cfg = listener_config(dovecot, mailbox_user, max_attempts=2, sync_max_wait_time=60)
+    clock = FakeClock()
+    async with Harness(cfg, db, clock) as h:
+        listener = build_listener(cfg, h.store, clock, h.stop, FlakyHook())
+        task = asyncio.create_task(listener.run())
+        await eventually(lambda: listener.batches == 1 and clock.sleepers > 0, what="1st try")
+        assert dovecot.count(mailbox_user, NEW) == 1
+        clock.advance(60)
+        await eventually(lambda: dovecot.folder_exists(mailbox_user, "IMAP/Error")
+                         and dovecot.count(mailbox_user, "IMAP/Error") == 1, what="quarantine")
+        h.stop.set()
+        await asyncio.wait_for(task, 10)
