@@ -74,3 +74,7 @@ class QuarantineNow(EngageError):
 
 class HookError(EngageError):
     """The routing hook cannot be loaded, or failed or timed out on a mail (which rolls back)."""
+
+
+class SecretError(EngageError):
+    """A secret reference cannot be resolved (missing key, wrong key, unset variable...)."""
