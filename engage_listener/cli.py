@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
-from . import __version__, admin, app
+from . import __version__, admin, app, secrets
 from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
@@ -57,7 +58,19 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", nargs="?", type=Path, help="the XML file (default: --config)")
+    check.add_argument(
+        "--show", action="store_true", help="print the effective configuration, secrets masked"
+    )
     _config_arg(check)
+
+    keygen = sub.add_parser("keygen", help="create the key file for enc: passwords (mode 0600)")
+    keygen.add_argument(
+        "--key-file", type=Path, help="default: $CREDENTIALS_DIRECTORY, then the state directory"
+    )
+    encrypt = sub.add_parser(
+        "encrypt-password", help="read a secret from the terminal or stdin, print its enc: form"
+    )
+    encrypt.add_argument("--key-file", type=Path)
 
     cases = sub.add_parser("cases", help="list cases and their messages from the store")
     _config_arg(cases)
@@ -120,7 +133,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  {describe(listener)}")
     for warning in config.warnings():
         print(f"  warning: {warning}")
+    if args.show:
+        _show(config)
     return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = args.key_file or secrets.default_key_path()
+    secrets.generate_key(path)
+    print(f"created {path} (mode 0600); keep a copy: without it enc: passwords cannot be read")
+    return EXIT_OK
+
+
+def cmd_encrypt_password(args: argparse.Namespace) -> int:
+    key = secrets.load_key(args.key_file or secrets.default_key_path())
+    secret = secrets.read_secret_interactively(sys.stdin, sys.stderr)
+    print(secrets.encrypt(secret, key))
+    return EXIT_OK
+
+
+def _show(config: Config) -> None:
+    """The effective configuration: Secret fields print as ***, SMTP passwords are hidden."""
+    for listener in config.imap_listeners:
+        print(f"[{listener.id}]")
+        for item in dataclasses.fields(listener):
+            print(f"  {item.name} = {getattr(listener, item.name)!r}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -222,6 +259,8 @@ COMMANDS = {
     "cases": cmd_cases,
     "customers": cmd_customers,
     "quarantine": cmd_quarantine,
+    "keygen": cmd_keygen,
+    "encrypt-password": cmd_encrypt_password,
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol, cast
 
 from lxml import etree
 
+from engage_listener import secrets
 from engage_listener.config_ack import AckConfig, ack_config, ack_problems
 from engage_listener.config_xml import children as _children
 from engage_listener.config_xml import flag as _flag
@@ -29,7 +30,7 @@ from engage_listener.config_xml import optional as _optional
 from engage_listener.config_xml import relative_to as _relative_to
 from engage_listener.config_xml import text as _text
 from engage_listener.config_xml import values as _values
-from engage_listener.errors import ConfigError, ConfigProblem
+from engage_listener.errors import ConfigError, ConfigProblem, SecretError
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
 _ROOT = "EngageIntegrationService"
@@ -415,7 +416,8 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     """What the XSD cannot say; tolerant of invalid trees so all problems come out at once."""
     file = str(path)
     problems: list[ConfigProblem] = []
-    for name in ("Process", "Store"):
+    problems.extend(_secret_problems(root, path))
+    for name in ("Process", "Store", "Secrets"):
         for extra in list(root.iterchildren(name))[1:]:
             problems.append(ConfigProblem(file, _line(extra), name, "only one is allowed"))
     for block in root.iterchildren("ImapListener"):
@@ -452,6 +454,30 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
     return problems
 
 
+def key_path(root: etree._Element, path: Path) -> Path:
+    """The key for enc: values: Secrets/KeyFile, else the systemd/state default."""
+    block = _values(root).get("Secrets")
+    key = _optional(_values(block), "KeyFile") if block is not None else None
+    return _relative_to(path, key) if key else secrets.default_key_path()
+
+
+def _secret(node: etree._Element, root: etree._Element, path: Path) -> str:
+    return secrets.resolve(
+        _text(node), key_path=key_path(root, path), base_dir=path.absolute().parent
+    )
+
+
+def _secret_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
+    """Every Password that cannot be resolved (wrong key, tampered, missing env/file)."""
+    problems: list[ConfigProblem] = []
+    for node in root.iter("Password"):
+        try:
+            _secret(node, root, path)
+        except SecretError as exc:
+            problems.append(ConfigProblem(str(path), _line(node), "Password", str(exc)))
+    return problems
+
+
 def _same_folder(a: str, b: str) -> bool:
     """IMAP folder names are case-sensitive, except INBOX."""
     return a == b or a.upper() == b.upper() == "INBOX"
@@ -468,7 +494,7 @@ def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
         host=_text(values["HostName"]),
         port=int(port) if port is not None else (993 if use_ssl else 143),
         username=_text(values["UserName"]),
-        password=Secret(_text(values["Password"])),
+        password=Secret(_secret(values["Password"], block.getroottree().getroot(), config_path)),
         use_ssl=use_ssl,
         input_folder=_optional(values, "InputFolder") or "INBOX",
         output_folder=_optional(values, "OutputFolder"),
@@ -480,7 +506,10 @@ def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
         enabled=_flag(values, "Enabled", True),
         source_line=_line(block),
         acknowledgement=ack_config(
-            values["Acknowledgement"], config_path, _text(values["UserName"])
+            values["Acknowledgement"],
+            config_path,
+            _text(values["UserName"]),
+            key_path(block.getroottree().getroot(), config_path),
         )
         if "Acknowledgement" in values
         else None,

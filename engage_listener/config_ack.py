@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from . import secrets
 from .ack import DEFAULT_TEMPLATE, AckTemplate, template_problems
 from .config_xml import flag, line, optional, relative_to, text, values
 from .errors import ConfigProblem
@@ -82,13 +83,18 @@ def ack_problems(node: etree._Element, path: Path) -> list[ConfigProblem]:
     return [ConfigProblem(str(path), line(node), "Acknowledgement", p) for p in problems]
 
 
-def ack_config(node: etree._Element, path: Path, imap_username: str) -> AckConfig:
+def ack_config(
+    node: etree._Element, path: Path, imap_username: str, key_path: Path | None = None
+) -> AckConfig:
     """The AckConfig of a valid Acknowledgement block."""
     found = values(node)
     smtp = values(found["Smtp"])
     security = optional(smtp, "Security") or "StartTls"
     port = optional(smtp, "Port")
     ca = optional(smtp, "CaFile")
+    password = optional(smtp, "Password")
+    if password is not None:
+        password = secrets.resolve(password, key_path=key_path, base_dir=path.absolute().parent)
     template, _ = _template(found, path)
     own = [a.strip() for a in (optional(found, "OwnAddresses") or "").split(",") if a.strip()]
     own += [text(found["FromAddress"]), optional(found, "ReplyTo") or ""]
@@ -100,7 +106,7 @@ def ack_config(node: etree._Element, path: Path, imap_username: str) -> AckConfi
             port=int(port) if port else default_port(security),
             security=security,
             username=optional(smtp, "UserName"),
-            password=optional(smtp, "Password"),
+            password=password,
             ca_file=relative_to(path, ca) if ca else None,
         ),
         from_address=text(found["FromAddress"]),
