@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from . import admin
 from .ack import AckIdentity
 from .clock import Clock, SystemClock
-from .config import Config, ImapListenerConfig
+from .config import Config, ImapListenerConfig, load_config
 from .engine import REPLAY_FOLDER, AckSettings, CaseEngine, EngineSettings
 from .errors import ConfigError, ConfigProblem, EngageError, HookError
 from .hooks import RoutingHook, load_hook
@@ -26,9 +26,11 @@ from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
 from .outbox import OutboxSender
 from .protolog import ProtocolLog, expand_path
+from .sdnotify import Notifier
 from .smtp import SmtpEndpoint, send_message
 from .sqlite_store import SqliteStore
 from .store import CaseSummary, LedgerKey, Store
+from .supervisor import Supervisor
 
 SHUTDOWN_GRACE = 8.0  # seconds for listeners to finish the mail in hand
 
@@ -195,11 +197,48 @@ async def run(config: Config, *, once: bool = False) -> int:
             await sender.recover()
             await sender.deliver_due()
             return code
-        _install_signal_handlers(stop, log)
-        await _run_forever([*(lst.run() for lst in listeners), sender.run()], stop, log)
+        await _serve(config, hooks, store, sender, ack_queued, stop, log)
         return 0
     finally:
         await store.close()
+
+
+async def _serve(
+    config: Config,
+    hooks: dict[str, RoutingHook],
+    store: Store,
+    sender: OutboxSender,
+    ack_queued: asyncio.Event,
+    stop: asyncio.Event,
+    log: Any,
+) -> None:
+    """The daemon proper: supervised listeners, the outbox, signals, systemd."""
+
+    def build(cfg_all: Config, cfg: ImapListenerConfig, own_stop: asyncio.Event) -> Listener:
+        return build_listener(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), ack_queued)
+
+    def load() -> Config:
+        fresh = load_config(config.path)
+        new_hooks = load_hooks(fresh)
+        if fresh.store.path != config.store.path:
+            log.warning("reload_store_ignored", message="Store/Path changes need a restart")
+        hooks.clear()
+        hooks.update(new_hooks)
+        return fresh
+
+    def reloaded(fresh: Config) -> None:
+        sender.endpoints = smtp_endpoints(fresh)
+
+    supervisor = Supervisor(build, Notifier(), log)
+    supervisor.on_reload = reloaded
+    reload = asyncio.Event()
+    _install_signal_handlers(stop, reload, log)
+    supervisor.start(config)
+    outbox = asyncio.create_task(sender.run(), name="outbox")
+    await supervisor.serve(reload, stop, load)
+    await asyncio.wait({outbox}, timeout=SHUTDOWN_GRACE)
+    outbox.cancel()
+    log.info("stopped")
 
 
 async def _run_once(listeners: Sequence[Listener], log: Any) -> int:
@@ -213,29 +252,17 @@ async def _run_once(listeners: Sequence[Listener], log: Any) -> int:
     return 1 if failed else 0
 
 
-async def _run_forever(
-    jobs: Sequence[Coroutine[Any, Any, None]], stop: asyncio.Event, log: Any
-) -> None:
-    tasks = [asyncio.create_task(job) for job in jobs]
-    await stop.wait()
-    log.info("stopping", grace_seconds=SHUTDOWN_GRACE)
-    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    log.info("stopped", cancelled=len(pending))
-
-
-def _install_signal_handlers(stop: asyncio.Event, log: Any) -> None:
-    """SIGTERM/SIGINT only set the stop event; the listeners do the rest."""
+def _install_signal_handlers(stop: asyncio.Event, reload: asyncio.Event, log: Any) -> None:
+    """SIGTERM/SIGINT set the stop event, SIGHUP the reload event; nothing more."""
     loop = asyncio.get_running_loop()
 
-    def handler(sig: signal.Signals) -> None:
+    def handler(sig: signal.Signals, event: asyncio.Event) -> None:
         log.info("signal", signal=sig.name)
-        stop.set()
+        event.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, handler, sig)
+        loop.add_signal_handler(sig, handler, sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, handler, signal.SIGHUP, reload)
 
 
 async def list_cases(config: Config) -> list[CaseSummary]:
