@@ -9,6 +9,7 @@ waits for the listeners to finish.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +41,14 @@ def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
     pattern = cfg.protocol_log_file
 
     def protolog() -> ProtocolLog | None:
-        return ProtocolLog(expand_path(pattern, cfg.id)) if pattern else None
+        if not pattern:
+            return None
+        return ProtocolLog(
+            expand_path(pattern, cfg.id),
+            bodies=cfg.protocol_log_bodies,
+            max_bytes=cfg.protocol_log_max_size,
+            keep=cfg.protocol_log_keep,
+        )
 
     return ImapEndpoint(
         host=cfg.host,
@@ -51,6 +59,26 @@ def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
         ca_file=str(cfg.ca_file) if cfg.ca_file else None,
         protolog_factory=protolog,
     )
+
+
+def check_log_directories(config: Config) -> None:
+    """Start-up check: every protocol log's directory exists and is writable."""
+    problems: list[ConfigProblem] = []
+    for cfg in config.enabled_listeners():
+        if not cfg.protocol_log_file:
+            continue
+        directory = expand_path(cfg.protocol_log_file, cfg.id).parent
+        if not directory.is_dir():
+            message = f"directory {directory} does not exist"
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            message = f"directory {directory} is not writable"
+        else:
+            continue
+        problems.append(
+            ConfigProblem(str(config.path), cfg.source_line, "ProtocolLogFile", message)
+        )
+    if problems:
+        raise ConfigError(problems)
 
 
 def load_hooks(config: Config) -> dict[str, RoutingHook]:
@@ -161,6 +189,7 @@ async def run(config: Config, *, once: bool = False) -> int:
     for warning in config.warnings():
         log.warning("config_warning", message=warning)
     hooks = load_hooks(config)
+    check_log_directories(config)
     if not listeners_cfg:
         log.error(
             "no_listeners", message="no enabled listener: nothing to do", config=str(config.path)

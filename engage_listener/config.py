@@ -86,6 +86,9 @@ class ImapListenerConfig:
     max_attempts: int = 3
     error_folder: str | None = None
     acknowledgement: AckConfig | None = None
+    protocol_log_bodies: bool = False
+    protocol_log_max_size: int = 10 * 1024 * 1024
+    protocol_log_keep: int = 5
 
 
 @dataclass(frozen=True)
@@ -533,6 +536,9 @@ def _case_settings(values: dict[str, etree._Element]) -> dict[str, Any]:
         "routing_timeout": int(_optional(values, "RoutingTimeout") or 10),
         "max_attempts": int(_optional(values, "MaxAttempts") or 3),
         "error_folder": _optional(values, "ErrorFolder"),
+        "protocol_log_bodies": _flag(values, "ProtocolLogBodies", False),
+        "protocol_log_max_size": int(_optional(values, "ProtocolLogMaxSize") or 10 * 1024 * 1024),
+        "protocol_log_keep": int(_optional(values, "ProtocolLogKeep") or 5),
     }
 
 

@@ -95,6 +95,8 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
                 data, pos = rest, 0
                 if current_cmd.wait_literal_data():
                     raise lib.IncompleteRead(current_cmd)
+                if self.protolog is not None and self.protolog.bodies:
+                    self.protolog.literal_data(bytes(current_cmd.response.lines[-1]))
                 continue
             end = data.find(lib.CRLF, pos)
             if end < 0:

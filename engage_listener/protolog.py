@@ -41,21 +41,54 @@ def mask_command(line: str) -> str:
     return line
 
 
-class ProtocolLog:
-    """Append-only protocol log for one connection."""
+MAX_BYTES = 10 * 1024 * 1024
+KEEP = 5
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._file: TextIO = os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+def _open(path: Path) -> TextIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+
+class ProtocolLog:
+    """Append-only protocol log for one connection, rotated by size.
+
+    Writes go to Python's buffer and are flushed once per chunk received from the
+    server, so logging adds no system call per line and never waits on the disk.
+    """
+
+    def __init__(
+        self, path: Path, *, bodies: bool = False, max_bytes: int = MAX_BYTES, keep: int = KEEP
+    ) -> None:
+        self._file: TextIO = _open(path)
         self.path = path
+        self.bodies = bodies
+        self.max_bytes, self.keep = max_bytes, keep
+        self._size = path.stat().st_size
         self._mask_next = False
 
     def _write(self, direction: str, text: str) -> None:
         if self._file.closed:  # the loop may report a closed connection after close()
             return
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        self._file.write(f"{stamp} {direction} {text}\n")
+        line = f"{stamp} {direction} {text}\n"
+        self._file.write(line)
+        self._size += len(line)
+        if self._size >= self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """path -> path.1 -> ... -> path.KEEP (the oldest is dropped), then a new path."""
+        self._file.close()
+        for n in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.keep > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+        self._file, self._size = _open(self.path), 0
 
     def sent(self, line: str) -> None:
         """Record a line sent by us, credentials masked."""
@@ -74,6 +107,12 @@ class ProtocolLog:
     def literal(self, size: int) -> None:
         """Record that a literal of `size` bytes was received, without its content."""
         self._write("S:", f"<{size} bytes of literal data>")
+
+    def literal_data(self, data: bytes) -> None:
+        """The literal's content itself, only with ProtocolLogBodies True."""
+        if self.bodies:
+            for line in data.decode("utf-8", "replace").splitlines():
+                self._write("S|", line)
 
     def note(self, text: str) -> None:
         """Record a local event (connect, TLS, close)."""

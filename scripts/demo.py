@@ -56,6 +56,7 @@ def run(*args: str) -> int:
 def main() -> int:
     shutil.rmtree(ROOT, ignore_errors=True)
     ROOT.mkdir(parents=True)
+    (ROOT / "logs").mkdir()
     with DovecotSandbox(ROOT / "dovecot") as sandbox:
         sandbox.create_folder(USER, "IMAP/Done")
         mails = sample_messages(8)

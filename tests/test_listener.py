@@ -271,6 +271,7 @@ async def test_protocol_log_has_commands_but_never_the_password(
 ) -> None:
     dovecot.create_folder(mailbox_user, DONE)
     dovecot.append(mailbox_user, NEW, make_mail(1))
+    (tmp_path / "logs").mkdir()
     pattern = str(tmp_path / "logs" / "IMAP-%listener%-%date%-%time%.log")
     cfg = listener_config(dovecot, mailbox_user, protocol_log_file=pattern)
     async with Harness(cfg, db, FakeClock()) as h:
