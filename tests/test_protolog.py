@@ -72,6 +72,6 @@ def test_missing_log_directory_is_a_clear_error_at_startup(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert (
-        f"{config}:2: ProtocolLogFile: directory {tmp_path / 'nope'} does not exist"
+        f"{config}:3: ProtocolLogFile: directory {tmp_path / 'nope'} does not exist"
         in result.stderr
     )
