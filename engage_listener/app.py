@@ -26,6 +26,8 @@ from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
 from .outbox import OutboxSender
+from .pop3 import Pop3Endpoint, Pop3Session
+from .pop3_listener import Pop3Listener, Pop3Settings
 from .protolog import ProtocolLog, expand_path
 from .sdnotify import Notifier
 from .smtp import SmtpEndpoint, send_message
@@ -85,7 +87,7 @@ def load_hooks(config: Config) -> dict[str, RoutingHook]:
     """Load every listener's routing hook now: a wrong path is a configuration error."""
     hooks: dict[str, RoutingHook] = {}
     problems: list[ConfigProblem] = []
-    for cfg in config.imap_listeners:
+    for cfg in config.listeners:
         if cfg.routing_hook is None:
             continue
         try:
@@ -154,7 +156,7 @@ def build_listener(
     hook: RoutingHook | None = None,
     ack_queued: asyncio.Event | None = None,
 ) -> Listener:
-    """One listener with its real IMAP connection factory and case engine."""
+    """One IMAP listener with its real connection factory and case engine."""
     register_secret(cfg.password.reveal())
     endpoint = endpoint_for(cfg)
     engine = CaseEngine(store, engine_settings(cfg, hook), ack_queued)
@@ -180,6 +182,62 @@ def build_listener(
         stop=stop,
         log=get_logger(listener=cfg.id),
     )
+
+
+def build_pop3_listener(
+    cfg: ImapListenerConfig,
+    store: Store,
+    clock: Clock,
+    stop: asyncio.Event,
+    hook: RoutingHook | None = None,
+    ack_queued: asyncio.Event | None = None,
+) -> Pop3Listener:
+    """One POP3 listener; the same engine and ledger, polling instead of IDLE."""
+    register_secret(cfg.password.reveal())
+    imap = endpoint_for(cfg)  # the same host, credentials, CA and protocol log settings
+    endpoint = Pop3Endpoint(
+        cfg.host,
+        cfg.port,
+        cfg.use_ssl,
+        cfg.username,
+        imap.password,
+        imap.ca_file,
+        protolog_factory=imap.protolog_factory,
+    )
+
+    async def connect() -> Pop3Session:
+        return await Pop3Session.open(endpoint)
+
+    settings = Pop3Settings(
+        cfg.id,
+        float(cfg.sync_max_wait_time),
+        cfg.sync_max_changes_count,
+        cfg.leave_on_server,
+        cfg.max_attempts,
+    )
+    engine = CaseEngine(store, engine_settings(cfg, hook), ack_queued)
+    return Pop3Listener(
+        settings,
+        connect=connect,
+        store=store,
+        handler=engine,
+        clock=clock,
+        stop=stop,
+        log=get_logger(listener=cfg.id),
+    )
+
+
+def build_any(
+    cfg: ImapListenerConfig,
+    store: Store,
+    clock: Clock,
+    stop: asyncio.Event,
+    hook: RoutingHook | None = None,
+    ack_queued: asyncio.Event | None = None,
+) -> Listener | Pop3Listener:
+    """The right kind of listener for a block."""
+    build = build_pop3_listener if cfg.protocol == "pop3" else build_listener
+    return build(cfg, store, clock, stop, hook, ack_queued)
 
 
 async def run(config: Config, *, once: bool = False) -> int:
@@ -212,7 +270,7 @@ async def run(config: Config, *, once: bool = False) -> int:
     )
     try:
         listeners = [
-            build_listener(c, store, SystemClock(), stop, hooks.get(c.id), ack_queued)
+            build_any(c, store, SystemClock(), stop, hooks.get(c.id), ack_queued)
             for c in listeners_cfg
         ]
         log.info(
@@ -243,8 +301,10 @@ async def _serve(
 ) -> None:
     """The daemon proper: supervised listeners, the outbox, signals, systemd."""
 
-    def build(cfg_all: Config, cfg: ImapListenerConfig, own_stop: asyncio.Event) -> Listener:
-        return build_listener(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), ack_queued)
+    def build(
+        cfg_all: Config, cfg: ImapListenerConfig, own_stop: asyncio.Event
+    ) -> Listener | Pop3Listener:
+        return build_any(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), ack_queued)
 
     def load() -> Config:
         fresh = load_config(config.path)
@@ -270,7 +330,7 @@ async def _serve(
     log.info("stopped")
 
 
-async def _run_once(listeners: Sequence[Listener], log: Any) -> int:
+async def _run_once(listeners: Sequence[Listener | Pop3Listener], log: Any) -> int:
     results = await asyncio.gather(*(lst.run_once() for lst in listeners), return_exceptions=True)
     failed = 0
     for lst, result in zip(listeners, results, strict=True):
@@ -307,7 +367,7 @@ async def list_cases(config: Config) -> list[CaseSummary]:
 async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[str]:
     """Run quarantined mails through their listener's engine again; one line per mail."""
     hooks = load_hooks(config)
-    listeners = {c.id: c for c in config.imap_listeners}
+    listeners = {c.id: c for c in config.listeners}
     store = SqliteStore(config.store.path)
     await store.open()
     lines: list[str] = []

@@ -126,10 +126,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.path or args.config)
     app.load_hooks(config)
     print(
-        f"{config.path}: OK, {len(config.imap_listeners)} IMAP listener(s), "
+        f"{config.path}: OK, {len(config.imap_listeners)} IMAP and "
+        f"{len(config.pop3_listeners)} POP3 listener(s), "
         f"store {config.store.path}"
     )
-    for listener in config.imap_listeners:
+    for listener in config.listeners:
         print(f"  {describe(listener)}")
     for warning in config.warnings():
         print(f"  warning: {warning}")
@@ -154,7 +155,7 @@ def cmd_encrypt_password(args: argparse.Namespace) -> int:
 
 def _show(config: Config) -> None:
     """The effective configuration: Secret fields print as ***, SMTP passwords are hidden."""
-    for listener in config.imap_listeners:
+    for listener in config.listeners:
         print(f"[{listener.id}]")
         for item in dataclasses.fields(listener):
             print(f"  {item.name} = {getattr(listener, item.name)!r}")

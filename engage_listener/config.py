@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -89,6 +89,8 @@ class ImapListenerConfig:
     protocol_log_bodies: bool = False
     protocol_log_max_size: int = 10 * 1024 * 1024
     protocol_log_keep: int = 5
+    protocol: str = "imap"  # "imap" or "pop3" (a Pop3Listener block)
+    leave_on_server: bool = False  # POP3 only
 
 
 @dataclass(frozen=True)
@@ -106,21 +108,30 @@ class Config:
     imap_listeners: tuple[ImapListenerConfig, ...]
     use_imap_listener: bool
     store: StoreConfig
+    pop3_listeners: tuple[ImapListenerConfig, ...] = ()
+    use_pop3_listener: bool = False
+
+    @property
+    def listeners(self) -> tuple[ImapListenerConfig, ...]:
+        """Every listener block, IMAP and POP3, in file order within each kind."""
+        return self.imap_listeners + self.pop3_listeners
 
     def enabled_listeners(self) -> tuple[ImapListenerConfig, ...]:
-        """The listeners to run: none at all while Process/UseImapListener is off."""
-        if not self.use_imap_listener:
-            return ()
-        return tuple(lst for lst in self.imap_listeners if lst.enabled)
+        """The listeners to run: a kind runs only while its Process/Use... flag is True."""
+        imap = self.imap_listeners if self.use_imap_listener else ()
+        pop3 = self.pop3_listeners if self.use_pop3_listener else ()
+        return tuple(lst for lst in imap + pop3 if lst.enabled)
 
     def warnings(self) -> list[str]:
         """Valid but risky settings, for check-config and the start-up log."""
         found: list[str] = []
-        if not self.use_imap_listener:
+        if not self.use_imap_listener and self.imap_listeners:
             found.append("IMAP listening is off: Process/UseImapListener is not True")
-        elif not self.enabled_listeners():
-            found.append("IMAP listening is on but every listener is disabled")
-        for lst in self.imap_listeners:
+        if not self.use_pop3_listener and self.pop3_listeners:
+            found.append("POP3 listening is off: Process/UsePop3Listener is not True")
+        if self.listeners and not self.enabled_listeners():
+            found.append("no listener will run: every one is disabled or switched off")
+        for lst in self.listeners:
             found.extend(_listener_warnings(lst))
         return found
 
@@ -130,7 +141,12 @@ def _listener_warnings(lst: ImapListenerConfig) -> list[str]:
     if not lst.enabled:
         return [f"listener {lst.id}: disabled (Enabled is False)"]
     found: list[str] = []
-    if lst.output_folder is None:
+    if lst.protocol == "pop3":
+        if lst.output_folder is not None:
+            found.append(f"listener {lst.id}: POP3 cannot move mail, OutputFolder is ignored")
+        if not lst.leave_on_server:
+            found.append(f"listener {lst.id}: POP3 deletes processed mail from the server")
+    elif lst.output_folder is None:
         found.append(f"listener {lst.id}: no OutputFolder, processed mail will be DELETED")
     if not lst.use_ssl:
         found.append(f"listener {lst.id}: UseSsl is False, {lst.host}:{lst.port} is not TLS")
@@ -141,6 +157,9 @@ def describe(listener: ImapListenerConfig) -> str:
     """One line for check-config; shows no secret."""
     lst = listener
     target = f"{lst.output_folder} (move)" if lst.output_folder else "(delete)"
+    if lst.protocol == "pop3":
+        target = "(leave on server)" if lst.leave_on_server else "(delete)"
+    kind = "POP3 " if lst.protocol == "pop3" else ""
     extras = [
         "attachments extracted," if lst.extract_attachments else "",
         f"CA {lst.ca_file}," if lst.ca_file else "",
@@ -148,7 +167,7 @@ def describe(listener: ImapListenerConfig) -> str:
     ]
     return " ".join(
         [
-            f"{lst.id}: {lst.host}:{lst.port} {'TLS' if lst.use_ssl else 'plain'}",
+            f"{lst.id}: {kind}{lst.host}:{lst.port} {'TLS' if lst.use_ssl else 'plain'}",
             f"user={lst.username} {lst.input_folder} -> {target},",
             f"batch {lst.sync_max_changes_count} mails or {lst.sync_max_wait_time} s,",
             *filter(None, extras),
@@ -423,7 +442,7 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     for name in ("Process", "Store", "Secrets"):
         for extra in list(root.iterchildren(name))[1:]:
             problems.append(ConfigProblem(file, _line(extra), name, "only one is allowed"))
-    for block in root.iterchildren("ImapListener"):
+    for block in root.iterchildren("ImapListener", "Pop3Listener"):
         problems.extend(_listener_problems(_values(block), path))
     return problems
 
@@ -542,6 +561,19 @@ def _case_settings(values: dict[str, etree._Element]) -> dict[str, Any]:
     }
 
 
+def _pop3(block: etree._Element, config_path: Path) -> ImapListenerConfig:
+    """A Pop3Listener block: the same settings, POP3 port defaults, LeaveOnServer."""
+    values = _values(block)
+    cfg = _listener(block, config_path)
+    port = _optional(values, "Port")
+    return replace(
+        cfg,
+        protocol="pop3",
+        port=int(port) if port is not None else (995 if cfg.use_ssl else 110),
+        leave_on_server=_flag(values, "LeaveOnServer", False),
+    )
+
+
 def _build_config(root: etree._Element, path: Path) -> Config:
     """The Config of a valid tree."""
     blocks = _values(root)
@@ -551,5 +583,7 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         path=path,
         imap_listeners=tuple(_listener(b, path) for b in root.iterchildren("ImapListener")),
         use_imap_listener=_flag(process, "UseImapListener", False),
+        pop3_listeners=tuple(_pop3(b, path) for b in root.iterchildren("Pop3Listener")),
+        use_pop3_listener=_flag(process, "UsePop3Listener", False),
         store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),
     )

@@ -38,8 +38,17 @@ from typing import Any, Protocol
 from .errors import HookError
 
 SQL_PARAMETERS = (
-    "case_id", "case_number", "message_id", "customer_id", "sender", "sender_name",
-    "subject", "text", "is_new_case", "listener", "process",
+    "case_id",
+    "case_number",
+    "message_id",
+    "customer_id",
+    "sender",
+    "sender_name",
+    "subject",
+    "text",
+    "is_new_case",
+    "listener",
+    "process",
 )
 DECISION_FIELDS = ("inbox", "priority", "tags", "acknowledge")
 _FORMS = "python:package.module:function or sql:path/to/procedure.sql"
@@ -228,8 +237,9 @@ def _as_decision(value: object) -> RoutingDecision:
     tags = items.get("tags") or ()
     if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
         raise TypeError(f"tags must be a list or tuple of str, not {tags!r}")
-    return RoutingDecision(items.get("inbox"), items.get("priority"), tuple(tags),
-                           items.get("acknowledge"))
+    return RoutingDecision(
+        items.get("inbox"), items.get("priority"), tuple(tags), items.get("acknowledge")
+    )
 
 
 # ----- SQL hooks -------------------------------------------------------------------------
@@ -255,8 +265,10 @@ class SqlHook:
             return await asyncio.wait_for(self._run_all(_sql_values(ctx), sql), self._timeout)
         except TimeoutError:
             sql.interrupt()
-            raise HookError(f"routing hook {self.name} timed out after {self._timeout:g} s"
-                            " (its running statement was interrupted)") from None
+            raise HookError(
+                f"routing hook {self.name} timed out after {self._timeout:g} s"
+                " (its running statement was interrupted)"
+            ) from None
 
     async def _run_all(self, values: dict[str, object], sql: SqlExecutor) -> RoutingDecision:
         decision = RoutingDecision()
@@ -267,18 +279,25 @@ class SqlHook:
                     decision = _as_decision(await _row_decision(cursor))
                 await cursor.close()  # an unread SELECT must not linger in the transaction
             except Exception as exc:
-                raise HookError(f"routing hook {self.name}: statement {stmt.number}"
-                                f" (line {stmt.line}) failed: {exc}") from exc
+                raise HookError(
+                    f"routing hook {self.name}: statement {stmt.number}"
+                    f" (line {stmt.line}) failed: {exc}"
+                ) from exc
         return decision
 
 
 def _sql_values(ctx: HookContext) -> dict[str, object]:
     return {
-        "case_id": ctx.case.id, "case_number": ctx.case.case_number,
-        "message_id": ctx.message.row, "customer_id": ctx.customer and ctx.customer.id,
-        "sender": ctx.message.sender, "sender_name": ctx.message.sender_name,
-        "subject": ctx.message.subject, "text": ctx.message.text,
-        "is_new_case": int(ctx.case.is_new), "listener": ctx.listener,
+        "case_id": ctx.case.id,
+        "case_number": ctx.case.case_number,
+        "message_id": ctx.message.row,
+        "customer_id": ctx.customer and ctx.customer.id,
+        "sender": ctx.message.sender,
+        "sender_name": ctx.message.sender_name,
+        "subject": ctx.message.subject,
+        "text": ctx.message.text,
+        "is_new_case": int(ctx.case.is_new),
+        "listener": ctx.listener,
         "process": ctx.case.process,
     }
 
@@ -335,8 +354,11 @@ def _split_sql(text: str) -> list[_Statement]:
         code = _blank_comments(chunk)
         if code.strip().strip(";").strip():
             offset = start + len(code) - len(code.lstrip())
-            statements.append(_Statement(len(statements) + 1, _line_of(text, offset),
-                                         chunk.strip(), _parameters(chunk)))
+            statements.append(
+                _Statement(
+                    len(statements) + 1, _line_of(text, offset), chunk.strip(), _parameters(chunk)
+                )
+            )
         start, chunk = start + len(chunk), ""
     return statements
 
@@ -364,12 +386,16 @@ def _check_statements(statements: list[_Statement]) -> None:
             where = f"statement {stmt.number} (line {stmt.line})"
             words = [*re.findall(r"\w+", _blank_comments(stmt.text).upper())[:3], ""]
             if words[0] in ("BEGIN", "COMMIT", "END", "ROLLBACK") and "TO" not in words[1:]:
-                raise ValueError(f"{where}: {words[0]} is not allowed; the hook runs inside"
-                                 " the mail's transaction, committed by engage-listener")
+                raise ValueError(
+                    f"{where}: {words[0]} is not allowed; the hook runs inside"
+                    " the mail's transaction, committed by engage-listener"
+                )
             unknown = [n for n in stmt.names if n not in SQL_PARAMETERS]
             if unknown:
-                raise ValueError(f"{where}: unknown parameter :{unknown[0]}; known: :"
-                                 + ", :".join(SQL_PARAMETERS))
+                raise ValueError(
+                    f"{where}: unknown parameter :{unknown[0]}; known: :"
+                    + ", :".join(SQL_PARAMETERS)
+                )
             problem = _syntax_problem(memory, stmt) if words[0] != "EXPLAIN" else None
             if problem:
                 raise ValueError(f"{where}: {problem}")

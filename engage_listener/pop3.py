@@ -1,0 +1,337 @@
+"""The one module that touches poplib: POP3 and POP3S sessions for the POP3 listener.
+
+poplib blocks, so every call runs in the session's own worker thread with a socket
+timeout: a hung server delays neither the event loop nor any other listener.
+RETR and TOP bodies are read raw, so the bytes are exactly the server's and lines
+over poplib's 2048-byte limit cannot make a mail unreadable forever. Errors become
+the package's: a refused login AuthenticationError, certificate problems TlsError,
+other -ERR ProtocolError (the session stays usable), sockets and timeouts
+ConnectionLostError (the session is then unusable: `healthy` is False).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import poplib
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import AuthenticationError, ConnectionLostError, ProtocolError, TlsError
+from .protolog import ProtocolLog
+
+T = TypeVar("T")
+STATUS_LINE_MAX = 8192  # status and listing lines; message bodies are read in chunks
+BODY_CHUNK = 64 * 1024
+EOF = "-ERR EOF"  # how poplib reports a connection closed by the server
+TEMPORARY_CODES = ("[IN-USE]", "[SYS/TEMP]")  # RFC 3206: a refusal worth retrying soon
+ANSWER_MAX = 300  # characters of a server answer quoted in an error
+
+
+@dataclass(frozen=True)
+class Pop3Endpoint:
+    """Where and how to connect; built from a listener's configuration by the app."""
+
+    host: str
+    port: int
+    use_ssl: bool
+    username: str
+    password: str = field(repr=False)
+    ca_file: str | None = None
+    timeout: float = 30.0
+    protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifying context: certificates are always checked (system CAs or CaFile)."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+class _Conn(poplib.POP3):
+    """poplib.POP3 with implicit TLS, a protocol log and a raw multi-line reader."""
+
+    def __init__(
+        self, ep: Pop3Endpoint, context: ssl.SSLContext | None, protolog: ProtocolLog | None
+    ) -> None:
+        self.protolog = protolog
+        self._implicit = context
+        try:
+            super().__init__(ep.host, ep.port, ep.timeout)
+        except BaseException:
+            self.shut()  # e.g. the greeting timed out after the socket was opened
+            raise
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout)
+        if self._implicit is None:
+            return sock
+        try:
+            return self._implicit.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _putcmd(self, line: str) -> None:
+        if self.protolog is not None:
+            self.protolog.sent(line)  # masks PASS
+        self.sock.sendall(line.encode(self.encoding) + b"\r\n")
+
+    def _getline(self) -> tuple[bytes, int]:
+        line = self.file.readline(STATUS_LINE_MAX + 1)
+        if not line:
+            raise poplib.error_proto(EOF)
+        if len(line) > STATUS_LINE_MAX:
+            raise poplib.error_proto("line too long")
+        text = line.rstrip(b"\r\n")
+        if self.protolog is not None:
+            self.protolog.received(text)
+        return text, len(line)
+
+    def body(self, command: str) -> bytes:
+        """A multi-line answer as sent by the server, with only the byte-stuffing undone."""
+        self._putcmd(command)
+        status, _ = self._getline()
+        if not status.startswith(b"+"):
+            raise poplib.error_proto(status)
+        parts: list[bytes] = []
+        at_line_start = True
+        while True:
+            piece = self.file.readline(BODY_CHUNK)
+            if not piece:
+                raise poplib.error_proto(EOF)
+            if at_line_start and piece in (b".\r\n", b".\n"):
+                break
+            if at_line_start and piece.startswith(b".."):
+                piece = piece[1:]
+            parts.append(piece)
+            at_line_start = piece.endswith(b"\n")
+        data = b"".join(parts)
+        if self.protolog is not None:
+            self.protolog.literal(len(data))
+            self.protolog.literal_data(data)  # only with ProtocolLogBodies
+        return data
+
+    def shut(self) -> None:
+        """Close without QUIT; safe after a failed __init__ and when already closed."""
+        with suppress(OSError, AttributeError):
+            self.close()
+
+
+def _answer(exc: poplib.error_proto) -> str:
+    arg = exc.args[0] if exc.args else ""
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    return text[:ANSWER_MAX]
+
+
+def _is_err(exc: poplib.error_proto) -> bool:
+    """A clean -ERR answer: the command failed but the connection is still in step."""
+    answer = _answer(exc)
+    return answer.startswith("-ERR") and answer != EOF
+
+
+@contextmanager
+def _errors(what: str, handshake: bool = False) -> Iterator[None]:
+    """poplib and socket exceptions -> the package's, saying what we were doing."""
+    try:
+        yield
+    except poplib.error_proto as exc:
+        if _is_err(exc):
+            raise ProtocolError(f"{what}: the server answered {_answer(exc)}") from exc
+        detail = "connection closed by the server" if _answer(exc) == EOF else _answer(exc)
+        raise ConnectionLostError(f"{what}: {detail}") from exc
+    except ssl.SSLError as exc:
+        if not handshake:
+            raise ConnectionLostError(f"{what}: {exc}") from exc
+        trust = isinstance(exc, ssl.SSLCertVerificationError)
+        problem = "TLS certificate not trusted" if trust else "TLS handshake failed"
+        raise TlsError(f"{what}: {problem}: {exc}") from exc
+    except OSError as exc:
+        raise ConnectionLostError(f"{what}: {exc or 'timed out'}") from exc
+
+
+def _connect(ep: Pop3Endpoint, protolog: ProtocolLog | None) -> tuple[_Conn, str]:
+    """Blocking: connect, TLS (implicit, or STLS when offered), USER/PASS."""
+    context = ep.ssl_context()
+    with _errors(f"connecting to {ep.where}", handshake=True):
+        conn = _Conn(ep, context if ep.use_ssl else None, protolog)
+    try:
+        tls = "implicit" if ep.use_ssl else _starttls(conn, ep, context)
+        _login(conn, ep)
+    except BaseException:
+        conn.shut()
+        raise
+    finally:
+        if protolog is not None:
+            protolog.flush()
+    return conn, tls
+
+
+def _starttls(conn: _Conn, ep: Pop3Endpoint, context: ssl.SSLContext) -> str:
+    with _errors(f"CAPA on {ep.where}"):
+        try:
+            capabilities = conn.capa()
+        except poplib.error_proto as exc:
+            if not _is_err(exc):
+                raise
+            capabilities = {}  # a server without CAPA (RFC 2449) offers no STLS either
+    if "STLS" not in capabilities:
+        return "none"
+    with _errors(f"STLS with {ep.where}", handshake=True):
+        conn.stls(context)
+    if conn.protolog is not None:
+        conn.protolog.note("STLS done")
+    return "stls"
+
+
+def _login(conn: _Conn, ep: Pop3Endpoint) -> None:
+    who = f"{ep.username!r} on {ep.where}"
+    with _errors(f"login as {who}"):
+        try:
+            conn.user(ep.username)
+            conn.pass_(ep.password)
+        except poplib.error_proto as exc:
+            answer = _answer(exc)
+            if _is_err(exc) and not any(code in answer for code in TEMPORARY_CODES):
+                raise AuthenticationError(f"login refused for {who}: {answer}") from None
+            raise
+
+
+def _listing(conn: _Conn) -> tuple[list[tuple[int, str]], bool]:
+    """Blocking: (number, UIDL) pairs, and whether the server has UIDL at all."""
+    try:
+        _, lines, _ = conn.uidl()
+    except poplib.error_proto as exc:
+        if not _is_err(exc):
+            raise
+        return _hashed_listing(conn), False
+    return [_pair(line) for line in lines], True
+
+
+def _hashed_listing(conn: _Conn) -> list[tuple[int, str]]:
+    """No UIDL (RFC 1939 makes it optional): the SHA-256 of each message's header."""
+    _, lines, _ = conn.list()
+    numbers = [_pair(line)[0] for line in lines]
+    return [(n, "sha256:" + hashlib.sha256(conn.body(f"TOP {n} 0")).hexdigest()) for n in numbers]
+
+
+def _pair(line: bytes) -> tuple[int, str]:
+    parts = line.split()
+    if len(parts) != 2 or not parts[0].isdigit():
+        raise ProtocolError(f"malformed listing line from the server: {line[:100]!r}")
+    return int(parts[0]), parts[1].decode("ascii", "backslashreplace")
+
+
+class Pop3Session:
+    """One logged-in POP3 connection. DELE takes effect only at QUIT (RFC 1939 UPDATE)."""
+
+    def __init__(
+        self, endpoint: Pop3Endpoint, conn: _Conn, tls: str, worker: ThreadPoolExecutor
+    ) -> None:
+        self.endpoint = endpoint
+        self.tls = tls  # "implicit" | "stls" | "none"
+        self.healthy = True  # False once the connection broke or a call was cancelled
+        self.uidl_supported: bool | None = None  # known after list_uidls
+        self._conn = conn
+        self._worker = worker
+        self._closed = False
+
+    @classmethod
+    async def open(cls, endpoint: Pop3Endpoint) -> Pop3Session:
+        """Connect and log in; a cancelled open still closes the connection it made."""
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pop3")
+        protolog = endpoint.protolog_factory()
+        if protolog is not None:
+            protolog.note(f"connecting to {endpoint.where} tls={endpoint.use_ssl}")
+        job = worker.submit(_connect, endpoint, protolog)
+        try:
+            conn, tls = await asyncio.shield(asyncio.wrap_future(job))
+        except asyncio.CancelledError:
+            job.add_done_callback(lambda done: _discard(done, worker, protolog))
+            raise
+        except BaseException:
+            _discard(job, worker, protolog)
+            raise
+        return cls(endpoint, conn, tls, worker)
+
+    async def list_uidls(self) -> list[tuple[int, str]]:
+        """(message number, UIDL); without UIDL, "sha256:" + hex of the TOP n 0 header."""
+        listing, self.uidl_supported = await self._call("UIDL", lambda: _listing(self._conn))
+        return listing
+
+    async def retrieve(self, number: int) -> bytes:
+        """RETR: the message exactly as the server sends it (byte-stuffing undone)."""
+        return await self._call(f"RETR {number}", lambda: self._conn.body(f"RETR {number}"))
+
+    async def delete(self, number: int) -> None:
+        """DELE: marks the message; the server removes it only at a successful QUIT."""
+        await self._call(f"DELE {number}", lambda: self._conn.dele(number))
+
+    async def quit(self) -> None:
+        """QUIT, which commits the deletions; the session is closed either way."""
+        try:
+            await self._call("QUIT", self._conn.quit)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close without QUIT (deletions are NOT committed); never blocks the loop."""
+        self.healthy = False
+        if self._closed:
+            return
+        self._closed = True
+        sock = getattr(self._conn, "sock", None)
+        if sock is not None:
+            # Wake a worker blocked in recv; socket.socket's shutdown (not SSLSocket's)
+            # leaves the TLS object alone while that thread may still be using it.
+            with suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        self._worker.submit(_close_conn, self._conn)  # after any call still running
+        self._worker.shutdown(wait=False)
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        if not self.healthy:
+            raise ConnectionLostError(f"{what}: the connection to {self.endpoint.where} is closed")
+        where = f"{what} on {self.endpoint.where}"
+        job = self._worker.submit(_translated, where, self._conn, fn)
+        try:
+            return await asyncio.wrap_future(job)
+        except ProtocolError:
+            raise  # a clean -ERR: the connection is still in step
+        except BaseException:
+            self.healthy = False  # broken, or cancelled mid-command: out of step
+            raise
+
+
+def _translated(what: str, conn: _Conn, fn: Callable[[], T]) -> T:
+    try:
+        with _errors(what):
+            return fn()
+    finally:
+        if conn.protolog is not None:
+            conn.protolog.flush()  # once per command, not per line
+
+
+def _close_conn(conn: _Conn) -> None:
+    conn.shut()
+    if conn.protolog is not None:
+        conn.protolog.note("connection closed")
+        conn.protolog.close()
+
+
+def _discard(job: Future[Any], worker: ThreadPoolExecutor, log: ProtocolLog | None) -> None:
+    """Close what a failed or abandoned open left behind."""
+    if not job.cancelled() and job.exception() is None:
+        _close_conn(job.result()[0])
+    elif log is not None:
+        log.close()
+    worker.shutdown(wait=False)

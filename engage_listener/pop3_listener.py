@@ -1,0 +1,303 @@
+"""One POP3 listener: poll every SyncMaxWaitTime, take each new mail once, delete it after.
+
+POP3 has no folders, no push and no move, and DELE only takes effect at QUIT. The
+ledger, keyed by the message's UIDL, is what makes it exactly once: a message is
+deleted only after its transaction committed, and a message found in the ledger
+again (its deletion was lost with a broken connection, or LeaveOnServer keeps it)
+is never ingested again, only deleted (or left alone). Errors never escape `run`:
+transient ones back off with jitter, permanent ones are retried slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .batch import Handler
+from .clock import Clock
+from .errors import PermanentError, ProtocolError, QuarantineNow, StoreError, TransientError
+from .listener import BACKOFF_BASE, BACKOFF_CAP, PERMANENT_RETRY
+from .pop3 import Pop3Session
+from .store import LedgerKey, Store
+
+LEDGER_PREFIX = "#pop3:"  # ledger "folder" of a POP3 mail: the prefix and its UIDL
+
+
+def ledger_key(listener: str, uidl: str) -> LedgerKey:
+    """The ledger key of a POP3 mail: UIDLs are unique for the life of the maildrop."""
+    return LedgerKey(listener, LEDGER_PREFIX + uidl, 0, 0)
+
+
+@dataclass(frozen=True)
+class Pop3Settings:
+    """What the loop needs from the listener's configuration."""
+
+    id: str
+    interval: float  # SyncMaxWaitTime: seconds between polls
+    max_per_batch: int  # SyncMaxChangesCount: new mails taken per poll
+    leave_on_server: bool = False
+    max_attempts: int = 3
+
+
+@dataclass
+class Pop3Result:
+    found: int = 0
+    ingested: int = 0
+    already_known: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    deleted: int = 0  # only counted once QUIT committed the deletions
+    deferred: int = 0  # new mails left for the next poll (max_per_batch reached)
+    seconds: float = 0.0
+
+
+class Pop3Listener:
+    """The polling loop of one POP3 listener; `run` for the daemon, `run_once` for cron."""
+
+    def __init__(
+        self,
+        settings: Pop3Settings,
+        *,
+        connect: Callable[[], Awaitable[Pop3Session]],
+        store: Store,
+        handler: Handler,
+        clock: Clock,
+        stop: asyncio.Event,
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.connect = connect
+        self.store = store
+        self.handler = handler
+        self.clock = clock
+        self.stop = stop
+        self.log = log
+        self.state = "starting"
+        self.batches = 0
+        self.last_error: str | None = None
+        self.known: dict[str, str] = {}  # UIDL -> ledger state; ledger rows are never removed
+
+    async def run(self) -> None:
+        """Poll until `stop` is set; never raises (except cancellation)."""
+        failures, reason = 0, "startup backlog"
+        while not self.stop.is_set():
+            try:
+                result = await self._poll(reason)
+            except Exception as exc:
+                failures += 1
+                await self._back_off(exc, failures)
+                continue
+            failures = 0
+            if result.deferred and result.ingested + result.quarantined:
+                # More new mail is waiting and this poll made progress: go on at once.
+                reason = "count"
+                continue
+            self.state = "idle"
+            if await self._sleep(self.settings.interval):
+                break
+            reason = "timeout"
+        self.state = "stopped"
+        self.log.info("listener_stopped")
+
+    async def run_once(self) -> Pop3Result:
+        """One poll; errors propagate to the caller."""
+        return await self._poll("once")
+
+    async def _poll(self, reason: str) -> Pop3Result:
+        self.state = "connecting"
+        session = await self.connect()
+        ep = session.endpoint
+        self.log.info("connected", host=ep.host, port=ep.port, tls=session.tls, protocol="pop3")
+        self.state = "processing"
+        self.log.info("batch_start", reason=reason)
+        poll = Pop3Poll(self, session)
+        result = await poll.run()
+        self.batches += 1
+        self.last_error = None
+        self.log.info("batch_end", reason=reason, uidl=session.uidl_supported, **asdict(result))
+        return result
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep on the clock; True when `stop` was set meanwhile."""
+        timer = asyncio.ensure_future(self.clock.sleep(seconds))
+        stop = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({timer, stop}, return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        stop.cancel()
+        return self.stop.is_set()
+
+    async def _back_off(self, exc: Exception, failures: int) -> None:
+        """The IMAP listener's policy: jittered exponential back-off, slow permanent retry."""
+        if isinstance(exc, PermanentError):
+            delay, kind = PERMANENT_RETRY, "permanent"
+        else:
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+            kind = "transient" if isinstance(exc, TransientError) else "unexpected"
+        self.state = "failing" if kind == "permanent" else "backing off"
+        self.last_error = str(exc)
+        self.log.error(
+            "listener_error",
+            kind=kind,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            retry_in=round(delay, 1),
+            failures=failures,
+            **({"exc_info": exc} if kind == "unexpected" else {}),
+        )
+        await self._sleep(delay)
+
+
+class Pop3Poll:
+    """One connection's work: list, take new mail in order, DELE what committed, QUIT."""
+
+    def __init__(self, listener: Pop3Listener, session: Pop3Session) -> None:
+        self.listener = listener
+        self.settings = listener.settings
+        self.session = session
+        self.log = listener.log
+        self.result = Pop3Result()
+        self._taken = 0
+        self._deleted: list[tuple[LedgerKey, str]] = []  # DELE sent: (key, ledger state)
+
+    async def run(self) -> Pop3Result:
+        started = time.monotonic()
+        failed = True
+        try:
+            listing = await self.session.list_uidls()
+            self._forget_gone({uidl for _, uidl in listing})
+            self.result.found = len(listing)
+            for number, uidl in listing:
+                if self.listener.stop.is_set():
+                    break
+                await self._one(number, uidl)
+            failed = False
+        finally:
+            await self._close(failed)
+            self.result.seconds = round(time.monotonic() - started, 3)
+        return self.result
+
+    def _forget_gone(self, present: set[str]) -> None:
+        known = self.listener.known
+        for uidl in [u for u in known if u not in present]:
+            del known[uidl]
+
+    async def _one(self, number: int, uidl: str) -> None:
+        key = ledger_key(self.settings.id, uidl)
+        state = await self._known_state(uidl, key)
+        if state is not None:  # committed before: at most its deletion was lost
+            self.result.already_known += 1
+            await self._done(number, key, state)
+            return
+        if self._taken >= self.settings.max_per_batch:
+            self.result.deferred += 1
+            return
+        raw = await self._retrieve(number, uidl)
+        if raw is not None:  # a message the server cannot give us takes no slot
+            self._taken += 1
+            await self._ingest(number, uidl, key, raw)
+
+    async def _known_state(self, uidl: str, key: LedgerKey) -> str | None:
+        if uidl not in self.listener.known:
+            found = await self.listener.store.known_states(key.listener, key.folder, 0, [0])
+            if 0 in found:
+                self.listener.known[uidl] = found[0]
+        return self.listener.known.get(uidl)
+
+    async def _retrieve(self, number: int, uidl: str) -> bytes | None:
+        try:
+            return await self.session.retrieve(number)
+        except ProtocolError as exc:  # -ERR for this message only; it stays on the server
+            self.result.failed += 1
+            self.log.error("message_failed", uid=uidl, number=number, error=str(exc))
+            return None
+
+    async def _ingest(self, number: int, uidl: str, key: LedgerKey, raw: bytes) -> None:
+        try:
+            done = await self.listener.handler.ingest(key, raw)
+        except StoreError:
+            raise  # nothing committed: stop here, QUIT deletes only what did
+        except QuarantineNow as exc:
+            await self._quarantine(number, uidl, key, raw, str(exc), 1)
+            return
+        except Exception as exc:  # one bad message never stops the poll
+            await self._failed(number, uidl, key, raw, exc)
+            return
+        self.listener.known[uidl] = "committed"
+        self.result.ingested += 1
+        self.log.info(
+            "message",
+            uid=uidl,
+            number=number,
+            case_id=done.case_id,
+            case_number=done.case_number,
+            new_case=done.new_case,
+            duplicate=done.duplicate,
+            ignored=done.ignored,
+            ack=done.ack,
+            size=len(raw),
+        )
+        await self._done(number, key, "committed")
+
+    async def _failed(
+        self, number: int, uidl: str, key: LedgerKey, raw: bytes, exc: Exception
+    ) -> None:
+        """Count the attempt; at MaxAttempts the mail is quarantined (then deleted)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        attempts = await self.listener.store.record_failure(key, reason)
+        self.log.error(
+            "message_failed",
+            uid=uidl,
+            number=number,
+            size=len(raw),
+            error=reason,
+            attempts=attempts,
+            max_attempts=self.settings.max_attempts,
+        )
+        if attempts >= self.settings.max_attempts:
+            await self._quarantine(number, uidl, key, raw, reason, attempts)
+        else:
+            self.result.failed += 1
+
+    async def _quarantine(
+        self, number: int, uidl: str, key: LedgerKey, raw: bytes, reason: str, attempts: int
+    ) -> None:
+        """POP3 has no error folder: the store keeps the mail, so it may leave the server."""
+        entry = await self.listener.handler.quarantine(key, raw, reason, attempts)
+        self.listener.known[uidl] = "quarantined"
+        self.result.quarantined += 1
+        self.log.warning(
+            "message_quarantined",
+            uid=uidl,
+            quarantine_id=entry,
+            reason=reason,
+            attempts=attempts,
+        )
+        await self._done(number, key, "quarantined")
+
+    async def _done(self, number: int, key: LedgerKey, state: str) -> None:
+        """DELE a message whose transaction committed, unless LeaveOnServer."""
+        if self.settings.leave_on_server:
+            return
+        await self.session.delete(number)
+        self._deleted.append((key, state))
+
+    async def _close(self, failed: bool) -> None:
+        """QUIT on a healthy connection, which commits every DELE sent (all after commit)."""
+        if not self.session.healthy:
+            self.session.abort()
+            return
+        try:
+            await self.session.quit()
+            self.result.deleted = len(self._deleted)
+            for key, state in self._deleted:
+                if state != "quarantined":  # the ledger keeps telling quarantined apart
+                    await self.listener.store.mark_done(key.listener, key.folder, 0, [0], "deleted")
+        except Exception as exc:
+            if not failed:
+                raise
+            self.log.warning("quit_failed", error=str(exc), error_type=type(exc).__name__)

@@ -1,0 +1,90 @@
+"""POP3 as operators configure it: a Pop3Listener block beside an ImapListener."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from engage_listener.config import load_config
+from engage_listener.sandbox import DovecotSandbox
+from tests.helpers import db_rows, make_mail
+from tests.test_daemon import listener_xml
+
+
+def pop3_xml(dovecot: DovecotSandbox, user: str, **extra: str) -> str:
+    elements = {
+        "HostName": dovecot.host,
+        "Port": str(dovecot.pop3s_port),
+        "UserName": user,
+        "Password": DovecotSandbox.PASSWORD,
+        "UseSsl": "True",
+        "CaFile": str(dovecot.ca_file),
+        **extra,
+    }
+    body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in elements.items())
+    return f'  <Pop3Listener ID="Pop">\n{body}  </Pop3Listener>\n'
+
+
+def write(path: Path, *blocks: str, pop3: str = "True") -> Path:
+    path.write_text(
+        "<EngageIntegrationService>\n"
+        + "".join(blocks)
+        + f"  <Process><UseImapListener>True</UseImapListener>"
+        f"<UsePop3Listener>{pop3}</UsePop3Listener></Process>\n"
+        "  <Store><Path>store.sqlite3</Path></Store>\n</EngageIntegrationService>\n"
+    )
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engage_listener", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_imap_and_pop3_listeners_side_by_side_from_one_file(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    imap_user, pop_user = mailbox_user, mailbox_user + "-pop"
+    dovecot.create_folder(imap_user, "IMAP/Done")
+    dovecot.append_many(imap_user, "IMAP/New", [make_mail(i) for i in range(2)])
+    dovecot.append_many(pop_user, "INBOX", [make_mail(10 + i) for i in range(3)])
+    config = write(
+        tmp_path / "el.xml", listener_xml(dovecot, imap_user, "Imap"), pop3_xml(dovecot, pop_user)
+    )
+    result = cli("run", "--once", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    listeners = {json.loads(line).get("listener") for line in result.stdout.splitlines()}
+    assert {"Imap", "Pop"} <= listeners
+    assert dovecot.count(pop_user, "INBOX") == 0
+    assert dovecot.count(imap_user, "IMAP/Done") == 2
+    db = tmp_path / "store.sqlite3"
+    assert dict(db_rows(db, "SELECT listener, count(*) FROM cases GROUP BY listener")) == {
+        "Imap": 2,
+        "Pop": 3,
+    }
+
+
+def test_pop3_defaults_and_warnings(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    server = type(
+        "S", (), {"host": "pop.example.com", "pop3s_port": 995, "ca_file": tmp_path / "ca.pem"}
+    )
+    block = pop3_xml(server, "u", OutputFolder="Done")  # type: ignore[arg-type]
+    block = block.replace("    <Port>995</Port>\n", "").replace(">True</UseSsl>", ">False</UseSsl>")
+    config = load_config(write(tmp_path / "el.xml", block))
+    (pop,) = config.pop3_listeners
+    assert (pop.protocol, pop.port, pop.leave_on_server) == ("pop3", 110, False)
+    assert config.enabled_listeners() == (pop,)
+    text = cli("check-config", str(tmp_path / "el.xml")).stdout
+    assert "POP3 cannot move mail, OutputFolder is ignored" in text
+    assert "Pop: POP3 pop.example.com:110" in text
+    off = load_config(write(tmp_path / "off.xml", block, pop3="False"))
+    assert off.enabled_listeners() == ()
+    assert any("POP3 listening is off" in w for w in off.warnings())
