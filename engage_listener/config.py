@@ -9,23 +9,19 @@ for the messages to follow.
 
 from __future__ import annotations
 
-import copy
-import re
-from collections.abc import Iterable
+import datetime as dt
+import zoneinfo
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
 from lxml import etree
 
 from engage_listener import secrets
 from engage_listener.config_ack import AckConfig, ack_config, ack_problems
-from engage_listener.config_xml import children as _children
+from engage_listener.config_schema import parse_xml, schema_path, schema_problems
 from engage_listener.config_xml import flag as _flag
 from engage_listener.config_xml import line as _line
-from engage_listener.config_xml import local as _local
 from engage_listener.config_xml import optional as _optional
 from engage_listener.config_xml import relative_to as _relative_to
 from engage_listener.config_xml import text as _text
@@ -33,10 +29,19 @@ from engage_listener.config_xml import values as _values
 from engage_listener.errors import ConfigError, ConfigProblem, SecretError
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
-_ROOT = "EngageIntegrationService"
-_XS = {"xs": "http://www.w3.org/2001/XMLSchema"}
-_SCHEMA_FILE = "engage-listener.xsd"
-_MAX_PASSES = 50  # each validation pass removes at least one unexpected element
+
+
+__all__ = [
+    "Config",
+    "ImapListenerConfig",
+    "MetricsConfig",
+    "Secret",
+    "StoreConfig",
+    "describe",
+    "load_config",
+    "parse_config",
+    "schema_path",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ class ImapListenerConfig:
     protocol_log_bodies: bool = False
     protocol_log_max_size: int = 10 * 1024 * 1024
     protocol_log_keep: int = 5
+    read_from_date: dt.date | None = None
+    time_zone: str = "UTC"
+    require_approval: bool = False
     protocol: str = "imap"  # "imap" or "pop3" (a Pop3Listener block)
     leave_on_server: bool = False  # POP3 only
 
@@ -101,6 +109,15 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The optional Prometheus endpoint."""
+
+    host: str
+    port: int
+    health_max_age: int = 900
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -110,6 +127,7 @@ class Config:
     store: StoreConfig
     pop3_listeners: tuple[ImapListenerConfig, ...] = ()
     use_pop3_listener: bool = False
+    metrics: MetricsConfig | None = None
 
     @property
     def listeners(self) -> tuple[ImapListenerConfig, ...]:
@@ -176,11 +194,6 @@ def describe(listener: ImapListenerConfig) -> str:
     )
 
 
-def schema_path() -> Path:
-    """The XSD shipped inside the package."""
-    return Path(str(resources.files("engage_listener").joinpath(_SCHEMA_FILE)))
-
-
 def load_config(path: Path) -> Config:
     """Read and parse a configuration file; an unreadable file is a ConfigError too."""
     try:
@@ -194,244 +207,13 @@ def load_config(path: Path) -> Config:
 def parse_config(data: bytes, path: Path) -> Config:
     """Parse configuration bytes; path names the file in messages and anchors relative paths."""
     file = str(path)
-    root, problems = _parse_xml(data, file)
+    root, problems = parse_xml(data, file)
     if root is None:
         raise ConfigError(problems)
-    problems = _schema_problems(root, file) + _semantic_problems(root, path)
+    problems = schema_problems(root, file) + _semantic_problems(root, path)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line))
     return _build_config(root, path)
-
-
-def _safe_parser() -> etree.XMLParser:
-    """No entities, no DTD, no network: a config file must not read anything else."""
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-
-
-def _parse_xml(data: bytes, file: str) -> tuple[etree._Element | None, list[ConfigProblem]]:
-    """Parse, refusing any DOCTYPE (entity expansion and external entities are attacks)."""
-    parser = _safe_parser()
-    doctype = ConfigProblem(file, _doctype_line(data), "DOCTYPE", "a DOCTYPE is not allowed")
-    try:
-        root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:  # libxml2 may refuse the DTD itself (amplification)
-        found = [doctype] if b"<!DOCTYPE" in data else []
-        return None, found + _syntax_problems(parser, exc, file)
-    if root.getroottree().docinfo.internalDTD is not None:
-        return None, [doctype]
-    return root, []
-
-
-def _syntax_problems(
-    parser: etree.XMLParser, exc: etree.XMLSyntaxError, file: str
-) -> list[ConfigProblem]:
-    """One problem per syntax error libxml2 reported before giving up."""
-    problems = [
-        ConfigProblem(file, entry.line, "xml", f"malformed XML: {entry.message}")
-        for entry in _entries(parser.error_log)
-        if entry.level_name in ("ERROR", "FATAL")
-    ]
-    return problems or [ConfigProblem(file, exc.lineno or 0, "xml", f"malformed XML: {exc.msg}")]
-
-
-def _doctype_line(data: bytes) -> int:
-    """Line of the DOCTYPE, found in the raw bytes (libxml2 does not keep it)."""
-    at = data.find(b"<!DOCTYPE")
-    return data.count(b"\n", 0, at) + 1 if at >= 0 else 1
-
-
-class _LogEntry(Protocol):
-    """The part of lxml's _LogEntry we use (lxml-stubs leaves it untyped)."""
-
-    line: int
-    message: str
-    path: str | None
-    level_name: str
-
-
-def _entries(log: object) -> list[_LogEntry]:
-    """lxml's error log, typed."""
-    return list(cast(Iterable[_LogEntry], log))
-
-
-@dataclass(frozen=True)
-class _Model:
-    """What the XSD allows under each element, read from the XSD itself."""
-
-    allowed: dict[str, tuple[str, ...]]
-    required: dict[str, tuple[tuple[str, ...], ...]]  # each entry: one of these names
-    type_docs: dict[str, str]
-
-
-@lru_cache(maxsize=1)
-def _xsd_root() -> etree._Element:
-    """The shipped XSD, parsed once; read through importlib so zipped installs work."""
-    data = resources.files("engage_listener").joinpath(_SCHEMA_FILE).read_bytes()
-    return etree.fromstring(data, _safe_parser())
-
-
-@lru_cache(maxsize=1)
-def _model() -> _Model:
-    """Index the XSD: children allowed and required per element, and simple-type wording."""
-    xsd = _xsd_root()
-    types = {t.get("name"): t for t in xsd.iterfind("xs:complexType", _XS)}
-    groups = {g.get("name", ""): g for g in xsd.iterfind("xs:group", _XS)}
-    allowed: dict[str, tuple[str, ...]] = {}
-    required: dict[str, tuple[tuple[str, ...], ...]] = {}
-    for decl in xsd.iterfind(".//xs:element[@name]", _XS):
-        ctype = types.get(decl.get("type"))
-        ctype = ctype if ctype is not None else decl.find("xs:complexType", _XS)
-        if ctype is not None:
-            allowed[decl.get("name", "")] = _names_under(ctype, groups)
-            required[decl.get("name", "")] = _required_under(ctype, groups)
-    docs = {
-        s.get("name", ""): s.findtext("xs:annotation/xs:documentation", "", _XS)
-        for s in xsd.iterfind("xs:simpleType", _XS)
-    }
-    return _Model(allowed, required, {k: " ".join(v.split()) for k, v in docs.items()})
-
-
-def _names_under(node: etree._Element, groups: dict[str, etree._Element]) -> tuple[str, ...]:
-    """Element names declared under node, following group references."""
-    names: list[str] = []
-    for item in node.iterdescendants("{*}element", "{*}group"):
-        ref = groups.get(item.get("ref", ""))
-        found = _names_under(ref, groups) if ref is not None else (item.get("name"),)
-        names.extend(n for n in found if n and n not in names)
-    return tuple(names)
-
-
-def _required_under(
-    ctype: etree._Element, groups: dict[str, etree._Element]
-) -> tuple[tuple[str, ...], ...]:
-    """Mandatory children: xs:all members and sequence groups without minOccurs=0."""
-    found: list[tuple[str, ...]] = []
-    paths = ("xs:all/xs:element", "xs:sequence/xs:group")
-    for item in (it for path in paths for it in ctype.iterfind(path, _XS)):
-        if item.get("minOccurs") == "0":
-            continue
-        ref = groups.get(item.get("ref", ""))
-        found.append(_names_under(ref, groups) if ref is not None else (item.get("name", ""),))
-    return tuple(found)
-
-
-def _schema_problems(root: etree._Element, file: str) -> list[ConfigProblem]:
-    """Validate, dropping unexpected elements and revalidating until nothing new shows.
-
-    libxml2 stops checking a parent's children at the first unexpected one, so a single
-    pass would hide the later problems of that block.
-    """
-    work = copy.deepcopy(root)
-    schema = etree.XMLSchema(_xsd_root())
-    found: dict[tuple[int, str, str], ConfigProblem] = {}
-    for _ in range(_MAX_PASSES):
-        schema.validate(work)
-        unexpected: list[etree._Element] = []
-        for entry in _entries(schema.error_log):
-            node = _node_at(work, entry)
-            problem = _schema_problem(file, entry, node)
-            if problem is not None:
-                found.setdefault((problem.line, problem.element, problem.message), problem)
-            if node is not None and "This element is not expected" in entry.message:
-                unexpected.append(node)
-        if not unexpected:
-            break
-        for node in unexpected:  # never the root: a wrong root is another message
-            cast(etree._Element, node.getparent()).remove(node)
-    return list(found.values())
-
-
-def _node_at(root: etree._Element, entry: _LogEntry) -> etree._Element | None:
-    """The element a log entry is about: by libxml2's XPath, else by line and name."""
-    try:
-        hits = root.getroottree().xpath(entry.path or "/..")
-    except etree.XPathError:  # e.g. a namespace prefix the XPath cannot resolve
-        hits = []
-    if isinstance(hits, list) and hits and isinstance(hits[0], etree._Element):
-        return hits[0]
-    match = _PREFIX.match(entry.message)
-    name = _local(match.group("el")) if match else None
-    nodes = (n for n in root.iter("*") if _line(n) == entry.line and _local(n.tag) == name)
-    return next(nodes, None)
-
-
-_PREFIX = re.compile(
-    r"^Element '(?P<el>[^']*)'(?:, attribute '(?P<attr>[^']*)')?: (?P<rest>.*)$", re.S
-)
-
-
-def _schema_problem(
-    file: str, entry: _LogEntry, node: etree._Element | None
-) -> ConfigProblem | None:
-    """Turn one libxml2 validation message into a readable problem (None: pure noise)."""
-    match = _PREFIX.match(entry.message)
-    rest = match.group("rest") if match else entry.message
-    if "No precomputed value available" in rest:
-        return None  # follows an invalid attribute already reported
-    name = _local(node.tag) if node is not None else _local(match.group("el") if match else "-")
-    text = _reword(rest.strip(), node)
-    attr = match.group("attr") if match else None
-    if attr and f"'{attr}'" not in text:
-        text = f"attribute '{attr}' {text}"
-    return ConfigProblem(file, entry.line, name, re.sub(r"\{[^}]*\}", "", text))
-
-
-_FACETS: tuple[tuple[str, str], ...] = (  # libxml2 wording -> ours
-    (r"\[facet 'minInclusive'\].*'(.*)' is less.*\('(.*)'\)", r"\1 is below the minimum \2"),
-    (r"\[facet 'maxInclusive'\].*'(.*)' is greater.*\('(.*)'\)", r"\1 is above the maximum \2"),
-    (r"\[facet 'minLength'\].*minimum length of '1'", "must not be empty"),
-    (
-        r"\[facet 'pattern'\] The value '(.*)' is not accepted .*\[Tt\]\[Rr\]",
-        r"'\1' is not True or False",
-    ),
-    (r"The attribute '(.*)' is required but missing", r"attribute '\1' is required"),
-    (r"The attribute '(.*)' is not allowed", r"unknown attribute '\1'"),
-    (r"Duplicate key-sequence \['(.*)'\] in unique.*", r"duplicate ID '\1'; IDs must be unique"),
-    (r"Character content other than whitespace .*", "text is not allowed here, only elements"),
-    (r"No matching global declaration .*", f"the root element must be {_ROOT}"),
-)
-
-
-def _reword(rest: str, node: etree._Element | None) -> str:
-    """Say what libxml2 means, in the words of the configuration format."""
-    if rest.startswith("This element is not expected"):
-        return _unexpected(node) if node is not None else rest
-    if rest.startswith("Missing child element(s)"):
-        return _missing(node) if node is not None else rest
-    atomic = re.match(r"'(.*)' is not a valid value of the atomic type '(.*)'", rest, re.S)
-    if atomic:
-        wording = _model().type_docs.get(atomic.group(2)) or atomic.group(2)
-        wording = wording[:1].lower() + wording[1:].rstrip(".")
-        return f"'{atomic.group(1)}' is not valid; expected {wording}"
-    for pattern, template in _FACETS:
-        found = re.match(pattern, rest, re.S)
-        if found:
-            return found.expand(template)
-    return rest.rstrip(".")
-
-
-def _unexpected(node: etree._Element) -> str:
-    """An unknown, repeated or misplaced element, with what is allowed instead."""
-    parent = node.getparent()
-    parent_name = _local(parent.tag) if parent is not None else ""
-    allowed = _model().allowed.get(parent_name, ())
-    name = _local(node.tag)
-    if name in allowed:
-        return f"'{name}' appears more than once in {parent_name}"
-    known = any(name in names for names in _model().allowed.values())
-    kind = "misplaced" if known else "unknown"
-    return f"{kind} element '{name}'; expected one of {', '.join(allowed)}"
-
-
-def _missing(node: etree._Element) -> str:
-    """Which mandatory children are absent (libxml2 lists optional ones too)."""
-    present = {_local(c.tag) for c in _children(node)}
-    absent = [
-        " or ".join(alts)
-        for alts in _model().required.get(_local(node.tag), ())
-        if not present.intersection(alts)
-    ]
-    return f"missing required element(s): {', '.join(absent) or 'see the schema'}"
 
 
 def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
@@ -439,7 +221,8 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     file = str(path)
     problems: list[ConfigProblem] = []
     problems.extend(_secret_problems(root, path))
-    for name in ("Process", "Store", "Secrets"):
+    problems.extend(_metrics_problems(root, file))
+    for name in ("Process", "Store", "Secrets", "Metrics"):
         for extra in list(root.iterchildren(name))[1:]:
             problems.append(ConfigProblem(file, _line(extra), name, "only one is allowed"))
     for block in root.iterchildren("ImapListener", "Pop3Listener"):
@@ -469,6 +252,9 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
         problems.append(ConfigProblem(file, _line(policy), "UnknownSender", message))
     if "Acknowledgement" in values:
         problems.extend(ack_problems(values["Acknowledgement"], path))
+    zone = values.get("TimeZone")
+    if zone is not None and not _known_zone(_text(zone)):
+        problems.append(ConfigProblem(file, _line(zone), "TimeZone", "unknown time zone"))
     ca = values.get("CaFile")
     if ca is not None and _text(ca) and not _relative_to(path, _text(ca)).is_file():
         message = f"CA file {_relative_to(path, _text(ca))} does not exist"
@@ -497,6 +283,24 @@ def _secret_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
             _secret(node, root, path)
         except SecretError as exc:
             problems.append(ConfigProblem(str(path), _line(node), "Password", str(exc)))
+    return problems
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _metrics_problems(root: etree._Element, file: str) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for node in root.iterchildren("Metrics"):
+        _host, _, port = (node.get("Listen") or "").rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            message = "Listen must be host:port, e.g. 127.0.0.1:9464"
+            problems.append(ConfigProblem(file, _line(node), "Metrics", message))
     return problems
 
 
@@ -555,10 +359,21 @@ def _case_settings(values: dict[str, etree._Element]) -> dict[str, Any]:
         "routing_timeout": int(_optional(values, "RoutingTimeout") or 10),
         "max_attempts": int(_optional(values, "MaxAttempts") or 3),
         "error_folder": _optional(values, "ErrorFolder"),
+        "read_from_date": dt.date.fromisoformat(date)
+        if (date := _optional(values, "ReadFromDate"))
+        else None,
+        "time_zone": _optional(values, "TimeZone") or "UTC",
+        "require_approval": _flag(values, "RequireApproval", False),
         "protocol_log_bodies": _flag(values, "ProtocolLogBodies", False),
         "protocol_log_max_size": int(_optional(values, "ProtocolLogMaxSize") or 10 * 1024 * 1024),
         "protocol_log_keep": int(_optional(values, "ProtocolLogKeep") or 5),
     }
+
+
+def _metrics(node: etree._Element) -> MetricsConfig:
+    host, _, port = (node.get("Listen") or "").strip().rpartition(":")
+    age = (node.get("HealthMaxAge") or "900").strip()
+    return MetricsConfig(host.strip("[]") or "127.0.0.1", int(port), int(age))
 
 
 def _pop3(block: etree._Element, config_path: Path) -> ImapListenerConfig:
@@ -585,5 +400,6 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         use_imap_listener=_flag(process, "UseImapListener", False),
         pop3_listeners=tuple(_pop3(b, path) for b in root.iterchildren("Pop3Listener")),
         use_pop3_listener=_flag(process, "UsePop3Listener", False),
+        metrics=_metrics(blocks["Metrics"]) if "Metrics" in blocks else None,
         store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),
     )

@@ -143,4 +143,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
     CREATE INDEX outbox_recipient ON outbox(recipient, created_at);
     """,
+    # 3: operator control (pauses, resets) and heartbeats for `status`.
+    """
+    CREATE TABLE listener_control (
+        listener TEXT PRIMARY KEY,
+        paused_until TEXT,  -- ISO time (aware); intake waits until then
+        reset_from TEXT,  -- ISO time (aware); re-examine mail received since then
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE heartbeats (
+        listener TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        last_batch_at TEXT,
+        last_success_at TEXT,
+        last_error TEXT,
+        backlog INTEGER,
+        oldest_unprocessed TEXT,
+        paused_until TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX ledger_created ON ledger(listener, created_at);
+    """,
 )
