@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,8 @@ class Listener:
         self.state = "starting"
         self.pending = 0
         self.batches = 0
+        self.last_success_at: float | None = None  # wall time of the last completed batch
+        self.backlog: int | None = None  # mails left in the input folder after it
         self.last_error: str | None = None
         self.error_folder = settings.error_folder or "Error"
 
@@ -156,6 +159,8 @@ class Listener:
         self.batches += 1
         self.pending = 0
         self.last_error = None
+        self.last_success_at = time.time()
+        self.backlog = result.failed  # refreshed from the server while waiting
         self.log.info(
             "batch_end",
             reason=reason,
@@ -181,6 +186,7 @@ class Listener:
     ) -> str | None:
         """Wait until the count or the time trigger fires; None when stopping."""
         baseline, self.pending = await self._leftover(session, last)
+        self.backlog = baseline + self.pending
         exists = baseline + self.pending
         # Mails that failed and wait for another attempt count as a change, so they are
         # retried after SyncMaxWaitTime even when no new mail arrives.
@@ -200,6 +206,7 @@ class Listener:
             exists = track_exists(exists, lines)
             baseline = min(baseline, exists)
             self.pending = exists - baseline
+            self.backlog = exists
             folder.exists = exists
             if self.pending and first_change is None:
                 first_change = self.clock.now()

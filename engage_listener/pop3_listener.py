@@ -78,6 +78,8 @@ class Pop3Listener:
         self.log = log
         self.state = "starting"
         self.batches = 0
+        self.last_success_at: float | None = None  # wall time of the last completed poll
+        self.backlog: int | None = None  # messages still on the server and not yet taken
         self.last_error: str | None = None
         self.known: dict[str, str] = {}  # UIDL -> ledger state; ledger rows are never removed
 
@@ -118,6 +120,8 @@ class Pop3Listener:
         result = await poll.run()
         self.batches += 1
         self.last_error = None
+        self.last_success_at = time.time()
+        self.backlog = result.found - result.ingested - result.already_known
         self.log.info("batch_end", reason=reason, uidl=session.uidl_supported, **asdict(result))
         return result
 
