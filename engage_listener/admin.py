@@ -182,3 +182,15 @@ async def mark_replayed(store: SqliteStore, entry_id: int, case_id: int | None) 
             "UPDATE quarantine SET state = 'replayed', case_id = ?, replayed_at = ? WHERE id = ?",
             (case_id, now_iso(), entry_id),
         )
+
+
+async def reject_case(store: SqliteStore, case_id: int, number: str, status: str) -> str:
+    """A supervisor turns down a case awaiting approval: it is never routed nor acknowledged."""
+    if status != "pending-approval":
+        return f"case {number} is {status}, not pending-approval"
+    async with store.transaction() as tx:
+        await tx.execute(
+            "UPDATE cases SET status = 'rejected', updated_at = ? WHERE id = ?",
+            (now_iso(), case_id),
+        )
+    return f"case {number} rejected"

@@ -145,6 +145,7 @@ def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> Engine
         subject_prefixes=cfg.subject_prefixes,
         hook=hook,
         ack=ack_settings(cfg),
+        require_approval=cfg.require_approval,
     )
 
 
@@ -402,3 +403,32 @@ async def _replay_one(
     done = await engine.ingest(key, raw)
     await admin.mark_replayed(store, entry_id, done.case_id)
     return f"{entry_id}: replayed into case {done.case_number or '(ignored)'}"
+
+
+async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool) -> list[str]:
+    """`approve` (then route and acknowledge) or `reject` cases awaiting approval."""
+    hooks = load_hooks(config)
+    listeners = {c.id: c for c in config.listeners}
+    store = SqliteStore(config.store.path)
+    await store.open()
+    lines: list[str] = []
+    try:
+        for case_id in case_ids:
+            rows = await store.query(
+                "SELECT listener, status, case_number FROM cases WHERE id = ?", (case_id,)
+            )
+            if not rows:
+                lines.append(f"{case_id}: no such case")
+                continue
+            listener, status, number = rows[0]
+            if not approve:
+                lines.append(await admin.reject_case(store, case_id, str(number), str(status)))
+                continue
+            cfg = listeners.get(str(listener))
+            if cfg is None:
+                raise EngageError(f"case {number}: listener {listener!r} is not configured")
+            engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
+            lines.append(await engine.approve(case_id))
+    finally:
+        await store.close()
+    return lines

@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     cases = sub.add_parser("cases", help="list cases and their messages from the store")
     _config_arg(cases)
     cases.add_argument("--json", action="store_true", help="one JSON document")
+    cases.add_argument("--pending", action="store_true", help="only cases awaiting approval")
+    for name, text in (("approve", "open, route and acknowledge"), ("reject", "turn down")):
+        decide = sub.add_parser(name, help=f"{text} cases awaiting approval (RequireApproval)")
+        decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
+        _config_arg(decide)
 
     customers = sub.add_parser("customers", help="import or list customers")
     csub = customers.add_subparsers(dest="action", required=True)
@@ -139,6 +144,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_decide(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    lines = asyncio.run(app.decide_cases(config, args.cases, approve=args.command == "approve"))
+    for line in lines:
+        print(line)
+    return EXIT_OK if all("approved" in x or "rejected" in x for x in lines) else EXIT_FAILURE
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     path = args.key_file or secrets.default_key_path()
     secrets.generate_key(path)
@@ -171,16 +184,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_cases(args: argparse.Namespace) -> int:
     config = _load(args.config)
     cases = asyncio.run(app.list_cases(config))
+    if args.pending:
+        cases = [c for c in cases if c.status == "pending-approval"]
     if args.json:
         print(json.dumps([asdict(c) for c in cases], ensure_ascii=False, indent=2))
         return EXIT_OK
     print(
-        f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATUS':<8} {'INBOX':<12} "
+        f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATUS':<16} {'INBOX':<12} "
         f"{'MSGS':>4} {'ATT':>4}  SENDER / SUBJECT"
     )
     for c in cases:
         print(
-            f"{c.id:>5} {c.case_number:<8} {c.listener[:12]:<12} {c.status:<8} "
+            f"{c.id:>5} {c.case_number:<8} {c.listener[:12]:<12} {c.status:<16} "
             f"{(c.inbox or '-')[:12]:<12} {c.messages:>4} {c.attachments:>4}  "
             f"{c.sender} / {c.subject}" + (f"  [ack {c.ack}]" if c.ack else "")
         )
@@ -261,6 +276,8 @@ COMMANDS = {
     "customers": cmd_customers,
     "quarantine": cmd_quarantine,
     "keygen": cmd_keygen,
+    "approve": cmd_decide,
+    "reject": cmd_decide,
     "encrypt-password": cmd_encrypt_password,
 }
 

@@ -42,7 +42,8 @@ from .store import (
 from .subjects import find_case_token, normalize_subject
 
 BIG_MAIL = 1024 * 1024  # parse mails larger than this in a worker thread
-REPLAY_FOLDER = "#quarantine"  # ledger folder of mails replayed from quarantine
+REPLAY_FOLDER = "#quarantine"
+PENDING = "pending-approval"  # ledger folder of mails replayed from quarantine
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class EngineSettings:
     subject_prefixes: tuple[str, ...] = ()
     hook: RoutingHook | None = None
     ack: AckSettings | None = None
+    require_approval: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,23 +105,38 @@ class CaseEngine:
                 return Ingested(None, None, False, False, ignored=True)
             row = await tx.add_message(case.id, message)
             await self._attach(tx, row, raw, mail)
-            decision = None
-            if self.settings.hook is not None:
-                decision = await self._route(tx, case, is_new, row, mail, customer, automatic)
-            ack = await self._acknowledge(
-                tx,
-                case,
-                is_new,
-                row,
-                mail,
-                customer,
-                automatic,
-                decision.acknowledge if decision else None,
-            )
+            ack = None
+            if not await self._awaits_approval(tx, case, is_new):
+                ack = await self._route_and_acknowledge(
+                    tx, case, is_new, row, mail, customer, automatic
+                )
             await tx.add_ledger(key, row, message)
         if ack == "queued" and self.ack_queued is not None:
             self.ack_queued.set()
         return Ingested(case.id, case.case_number, is_new, False, ack=ack)
+
+    async def approve(self, case_id: int) -> str:
+        """Open a case that awaited approval, then route and acknowledge its first mail."""
+        async with self.store.transaction() as tx:
+            info = await tx.case_info(case_id)
+            if info.status != PENDING:
+                return f"case {info.case_number} is {info.status}, not {PENDING}"
+            await tx.execute("UPDATE cases SET status = 'open' WHERE id = ?", (case_id,))
+            cur = await tx.execute(
+                "SELECT id, raw FROM messages WHERE case_id = ? ORDER BY id LIMIT 1", (case_id,)
+            )
+            row, raw = await cur.fetchone()
+            mail = await _parse(bytes(raw))
+            sender = mail.sender.address if mail.sender else ""
+            automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
+            customer = await tx.get_customer(info.customer_id) if info.customer_id else None
+            case = CaseRef(info.id, info.case_number)
+            ack = await self._route_and_acknowledge(
+                tx, case, True, int(row), mail, customer, automatic
+            )
+        if ack == "queued" and self.ack_queued is not None:
+            self.ack_queued.set()
+        return f"case {info.case_number} approved (acknowledgement: {ack or 'not configured'})"
 
     async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
         """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
@@ -129,6 +146,29 @@ class CaseEngine:
             return await tx.add_quarantine(key, raw, message, reason, attempts)
 
     # ----- steps ----------------------------------------------------------------------
+    async def _awaits_approval(self, tx: Transaction, case: CaseRef, is_new: bool) -> bool:
+        """New cases wait for a supervisor under RequireApproval; so do their follow-ups."""
+        if is_new and self.settings.require_approval:
+            await tx.execute("UPDATE cases SET status = ? WHERE id = ?", (PENDING, case.id))
+            return True
+        return not is_new and (await tx.case_info(case.id)).status == PENDING
+
+    async def _route_and_acknowledge(
+        self,
+        tx: Transaction,
+        case: CaseRef,
+        is_new: bool,
+        row: int,
+        mail: parser.ParsedMail,
+        customer: Customer | None,
+        automatic: str | None,
+    ) -> str | None:
+        decision = None
+        if self.settings.hook is not None:
+            decision = await self._route(tx, case, is_new, row, mail, customer, automatic)
+        hook_says = decision.acknowledge if decision else None
+        return await self._acknowledge(tx, case, is_new, row, mail, customer, automatic, hook_says)
+
     async def _customer(self, tx: Transaction, mail: parser.ParsedMail) -> Customer | None:
         """The sender's customer, or what UnknownSender says to do without one."""
         address = mail.sender.normalized if mail.sender else ""

@@ -25,6 +25,7 @@ __all__ = [
 
 MAX_ADDRESS_FIELD = 100_000  # longer address fields are cut before parsing
 MAX_REFERENCES = 200
+MAX_FAST = 512  # longest field tried with the fast address patterns
 MAX_NAME = 150  # characters in a file name, extension included
 _ANGLE = re.compile(
     r'\s*(?:"([^"\\]*)"|([^<>",;:@()\\]*?))\s*<\s*([^<>\s@",;:]+@[^<>\s@",;]+)\s*>\s*'
@@ -33,7 +34,7 @@ _BARE = re.compile(r'\s*<?\s*([^<>\s@",;:()]+@[^<>\s@",;:()]+?)\s*>?\s*')
 _USABLE = re.compile(r'(?:"[^"\r\n]*"|[^@\s<>",;:()\\]+)@[^@\s<>",;:()\\]+')
 _WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?]*\?=")
 _TOKEN = re.compile("\x01(\\d+)\x01")
-_ANY_ADDRESS = re.compile(r'[^\s<>"\',;:()\[\]\\]+@[^\s<>"\',;:()\[\]\\]+[^\s<>"\',;:()\[\].\\]')
+_ANY_ADDRESS = re.compile(r'[^\s<>"\',;:()\[\]\\@]+@[^\s<>"\',;:()\[\]\\@]*[^\s<>"\',;:()\[\].\\@]')
 _MSGID = re.compile(r"<\s*([^<>\s]+)\s*>")
 _LINE_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LINE_BREAKS = re.compile("[\t\n]")
@@ -97,6 +98,8 @@ def _merge_name(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _fast_pairs(value: str) -> list[tuple[str, str]] | None:
     """The two common shapes (``a@b``, ``Name <a@b>``) without the stdlib parser."""
+    if len(value) > MAX_FAST:  # the patterns backtrack quadratically on long blank runs
+        return None
     bare = _BARE.fullmatch(value)
     if bare is not None:
         return [("", bare.group(1))]

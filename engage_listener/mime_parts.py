@@ -29,8 +29,21 @@ __all__ = ["Found", "Walker"]
 _BODY_TYPES = ("text/plain", "text/html")
 _MESSAGE_TYPES = ("message/rfc822", "message/global")
 _CID_NAME = re.compile(r"[\w\-. ]{1,100}\.[A-Za-z0-9]{2,5}")
-_NAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".svg",
-                    ".pdf", ".txt", ".html", ".htm")
+_NAME_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".svg",
+    ".pdf",
+    ".txt",
+    ".html",
+    ".htm",
+)
 _BODY_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -57,8 +70,11 @@ def _declared_name(part: Part) -> str:
 
 
 def _is_body(part: Part) -> bool:
-    return (part.content_type in _BODY_TYPES and _disposition(part)[0] != "attachment"
-            and not _declared_name(part).strip())
+    return (
+        part.content_type in _BODY_TYPES
+        and _disposition(part)[0] != "attachment"
+        and not _declared_name(part).strip()
+    )
 
 
 def _content_id(part: Part) -> str | None:
@@ -122,8 +138,9 @@ class Walker:
     def _related(self, part: Part) -> None:
         """The root (``start`` or first part) is the body; the rest are resources."""
         start = part.params.get("start", "").strip().strip("<>")
-        root = next((c for c in part.children if start and _content_id(c) == start),
-                    part.children[0])
+        root = next(
+            (c for c in part.children if start and _content_id(c) == start), part.children[0]
+        )
         self.walk(root)
         for child in part.children:
             if child is not root:
@@ -162,8 +179,10 @@ class Walker:
         charset = part.params.get("charset") or (sniff_html_charset(payload) if is_html else None)
         text, wrong = decode_bytes(payload, charset)
         if wrong:
-            self.defects.append(f"{part.content_type} part: charset {charset!r} unknown or "
-                                "wrong, decoded as UTF-8/windows-1252")
+            self.defects.append(
+                f"{part.content_type} part: charset {charset!r} unknown or "
+                "wrong, decoded as UTF-8/windows-1252"
+            )
         text = _BODY_CONTROLS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
         if is_html:
             self.htmls.append(text)
@@ -196,8 +215,8 @@ def unflow(text: str, delsp: bool) -> str:
     """Join RFC 3676 format=flowed soft line breaks (a line ending in a space)."""
     out: list[str] = []
     pending = ""
-    for line in text.split("\n"):
-        line = line.removeprefix(" ")  # space-stuffing
+    for stuffed in text.split("\n"):
+        line = stuffed.removeprefix(" ")  # space-stuffing
         if line.endswith(" ") and line != "-- ":
             pending += line[:-1] if delsp else line
             continue

@@ -16,24 +16,61 @@ from dataclasses import dataclass, field
 from .mime_text import decode_bytes, decode_transfer, parse_params
 
 __all__ = [
-    "MAX_DEPTH", "MAX_PARTS", "Part", "build_tree", "charset_hints", "field_text", "read_fields",
+    "MAX_DEPTH",
+    "MAX_PARTS",
+    "Part",
+    "build_tree",
+    "charset_hints",
+    "field_text",
+    "read_fields",
 ]
 
 MAX_DEPTH = 50  # nested multiparts deeper than this are kept as one opaque part
 MAX_PARTS = 5000  # parts beyond this stay only in the raw mail
+MAX_REPAIRS = 100  # stray header lines repaired per entity (each costs a look-ahead)
 _HEADER_END = re.compile(rb"\n\r?\n")
+_FIELD_LINES = re.compile(rb"([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _GUESS_BOUNDARY = re.compile(rb"^--([!-~]{1,200}?)(--)?[ \t]*\r?$", re.M)
 _ALNUM = re.compile(rb"[A-Za-z0-9]")
-_KNOWN_FIELDS = frozenset({
-    b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"received", b"return-path",
-    b"mime-version", b"content-type", b"content-transfer-encoding", b"reply-to", b"sender",
-    b"in-reply-to", b"references", b"delivered-to", b"x-mailer", b"user-agent",
-})
+_KNOWN_FIELDS = frozenset(
+    {
+        b"from",
+        b"to",
+        b"cc",
+        b"subject",
+        b"date",
+        b"message-id",
+        b"received",
+        b"return-path",
+        b"mime-version",
+        b"content-type",
+        b"content-transfer-encoding",
+        b"reply-to",
+        b"sender",
+        b"in-reply-to",
+        b"references",
+        b"delivered-to",
+        b"x-mailer",
+        b"user-agent",
+    }
+)
 # UTF-8 is tried anyway and windows-1252 is the last resort: no use as hints.
-_NO_HINT = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1", "latin-1",
-                      "windows-1252", "cp1252", "iso-8859-15"})
+_NO_HINT = frozenset(
+    {
+        "utf-8",
+        "utf8",
+        "us-ascii",
+        "ascii",
+        "iso-8859-1",
+        "latin1",
+        "latin-1",
+        "windows-1252",
+        "cp1252",
+        "iso-8859-15",
+    }
+)
 _CHARSET_PARAM = re.compile(rb"""charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.I)
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
 
@@ -51,10 +88,18 @@ class Part:
     params: dict[str, str] = field(default_factory=dict)
     children: list[Part] = field(default_factory=list)
     opaque: bool = False  # a multipart not split (too deep / too many parts)
+    _first: dict[str, str] | None = None  # first value per name, built on first use
 
     def header(self, name: str) -> str | None:
         """First value of a field (lower-case name), unfolded, not RFC 2047 decoded."""
-        return next((value for key, value in self.fields if key == name), None)
+        if self._first is None:
+            self._first = {}
+            for key, value in self.fields:
+                self._first.setdefault(key, value)
+        return self._first.get(name)
+
+    def set_fields(self, fields: list[tuple[str, str]]) -> None:
+        self.fields, self._first = fields, None
 
     @property
     def body(self) -> bytes:
@@ -81,29 +126,50 @@ def read_fields(
     found = _HEADER_END.search(buf, start, end)
     block_end = found.start() + 1 if found else end
     body_start = found.end() if found else end
-    fields: list[tuple[str, bytes]] = []
+    fields = _well_formed_fields(buf, start, block_end)
+    if fields is not None:
+        return fields, min(body_start, end)
+    chunks: list[tuple[str, list[bytes]]] = []  # joined at the end: folds can be many
     offset = start
+    repairs = 0
     lines = buf[start:block_end].split(b"\n")
     for index, raw_line in enumerate(lines):
         line = raw_line.removesuffix(b"\r")
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] = (fields[-1][0], fields[-1][1] + line)
+        if line[:1] in (b" ", b"\t") and chunks:
+            chunks[-1][1].append(line)
         elif (name := _FIELD_NAME.match(line)) is not None:
-            fields.append((name.group(1).decode("ascii").lower(), line[name.end() :]))
+            chunks.append((name.group(1).decode("ascii").lower(), [line[name.end() :]]))
         elif not line or (top and index == 0 and line.startswith(b"From ")):
             pass  # the end of the block, or an mbox separator line
-        elif fields and _fields_follow(lines, index + 1):
+        elif chunks and repairs < MAX_REPAIRS and _fields_follow(lines, index + 1):
+            repairs += 1
             defects.append("unindented header continuation line")
-            fields[-1] = (fields[-1][0], fields[-1][1] + b" " + line)
-        elif top and index == 0 and _fields_follow(lines, index + 1):
+            chunks[-1][1].append(b" " + line)
+        elif top and not chunks and repairs < MAX_REPAIRS and _fields_follow(lines, index + 1):
+            repairs += 1
             defects.append("stray line before the header fields skipped")
         else:
-            if fields or line:
-                defects.append("header section ended by a line that is not a header field")
+            defects.append("header section ended by a line that is not a header field")
             body_start = offset
             break
         offset += len(raw_line) + 1
-    return fields, min(body_start, end)
+    return [(name, b"".join(parts)) for name, parts in chunks], min(body_start, end)
+
+
+def _well_formed_fields(buf: bytes, start: int, end: int) -> list[tuple[str, bytes]] | None:
+    """Fast path, one regex match per field; None when any line does not fit."""
+    fields: list[tuple[str, bytes]] = []
+    pos = start
+    while pos < end:
+        match = _FIELD_LINES.match(buf, pos, end)
+        if match is None:
+            return None
+        value = match.group(2)
+        if b"\n" in value:
+            value = value.replace(b"\r\n", b"").replace(b"\n", b"")
+        fields.append((match.group(1).decode("ascii").lower(), value.removesuffix(b"\r")))
+        pos = match.end()
+    return fields
 
 
 def _fields_follow(lines: list[bytes], index: int) -> bool:
@@ -133,7 +199,7 @@ def build_tree(raw: bytes, defects: list[str]) -> Part:
     if ctx.eight_bit:  # raw 8-bit header bytes: read them in a charset the mail declares
         hints = charset_hints(raw)
         for part, raw_fields in ctx.eight_bit:
-            part.fields = [(name, field_text(value, hints)) for name, value in raw_fields]
+            part.set_fields([(name, field_text(value, hints)) for name, value in raw_fields])
     return root
 
 
@@ -150,8 +216,9 @@ def charset_hints(buf: bytes) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _parse_part(buf: bytes, start: int, end: int, depth: int, ctx: _Context,
-                default_type: str) -> Part:
+def _parse_part(
+    buf: bytes, start: int, end: int, depth: int, ctx: _Context, default_type: str
+) -> Part:
     """One entity: its fields, content type and (for multiparts) its children."""
     ctx.parts += 1
     raw_fields, body_start = read_fields(buf, start, end, ctx.defects, top=depth == 0)
@@ -191,8 +258,7 @@ def _split(part: Part, depth: int, ctx: _Context) -> None:
         if ctx.parts >= MAX_PARTS:
             ctx.defects.append(f"more than {MAX_PARTS} parts: the rest is only in the raw mail")
             break
-        part.children.append(_parse_part(buf, child_start, child_end, depth + 1, ctx,
-                                         child_type))
+        part.children.append(_parse_part(buf, child_start, child_end, depth + 1, ctx, child_type))
 
 
 def _find_parts(
@@ -207,7 +273,7 @@ def _find_parts(
         note = "boundary guessed from the body" if delimiters else "read as plain text"
         defects.append(f"multipart boundary {what}: {note}")
     spans: list[tuple[int, int]] = []
-    for index, (line_start, line_end, closing) in enumerate(delimiters):
+    for index, (_, line_end, closing) in enumerate(delimiters):
         if closing:
             break
         child_start = min(line_end + 1, end)
@@ -244,8 +310,8 @@ def _delimiters(buf: bytes, start: int, end: int, boundary: bytes) -> list[tuple
             stop = _line_break(buf, after + 2 if closing else after, end)
             if stop is not None:
                 found.append((pos, stop, closing))
-                if closing:
-                    break
+                if closing or len(found) > MAX_PARTS:
+                    break  # past MAX_PARTS the rest stays in the last part
         pos = buf.find(needle, pos + 1, end)
     return found
 

@@ -129,13 +129,20 @@ def _failed(raw: object, exc: BaseException) -> ParsedMail:
         text = decode_bytes(bytes(raw) if isinstance(raw, bytes | bytearray) else b"")[0]
     except Exception:  # even the fallback must not raise
         text = ""
-    return ParsedMail(False, None, (), (), (), "", None, None, None, (), text, None, (), (why,),
-                      _EMPTY)
+    return ParsedMail(
+        False, None, (), (), (), "", None, None, None, (), text, None, (), (why,), _EMPTY
+    )
 
 
 def _attachment(found: Found) -> Attachment:
-    return Attachment(found.filename, found.content_type, len(found.payload), found.content_id,
-                      found.inline, found.payload)
+    return Attachment(
+        found.filename,
+        found.content_type,
+        len(found.payload),
+        found.content_id,
+        found.inline,
+        found.payload,
+    )
 
 
 def _unique(defects: list[str]) -> tuple[str, ...]:
@@ -163,10 +170,14 @@ def _addresses(part: Part, name: str, defects: list[str]) -> tuple[Address, ...]
 
 
 def _sender(root: Part, defects: list[str]) -> Address | None:
-    """From's first usable mailbox (any From field); else Sender, Reply-To (set by the author, unlike the
-    envelope's Return-Path, which is often a bulk mailer's), then Return-Path."""
-    from_ = tuple(Address(a, n) for key, value in root.fields if key == "from"
-                  for n, a in parse_addresses(value, defects))
+    """From's first usable mailbox (any From field); else Sender, Reply-To (set by
+    the author, unlike the envelope's Return-Path, often a bulk mailer's), Return-Path."""
+    from_ = tuple(
+        Address(a, n)
+        for key, value in root.fields
+        if key == "from"
+        for n, a in parse_addresses(value, defects)
+    )
     usable = next((a for a in from_ if a.address), None)
     if usable is not None:
         return usable
@@ -198,8 +209,9 @@ def _strip(raw: bytes) -> bytes:
     walker = Walker([])
     walker.walk(root)
     newline = b"\r\n" if b"\r\n" in raw[: root.body_start or 4096] else b"\n"
-    cuts = sorted((f.part.start, f.part.end, f) for f in walker.found
-                  if not f.inline and f.part.buf is raw)
+    cuts = sorted(
+        (f.part.start, f.part.end, f) for f in walker.found if not f.inline and f.part.buf is raw
+    )
     out: list[bytes] = []
     pos = 0
     for start, end, found in cuts:
@@ -208,7 +220,7 @@ def _strip(raw: bytes) -> bytes:
         out.append(raw[pos:start])
         if found.part is root:
             out.append(_kept_fields(raw, root, newline))
-        out.append(_note(found, newline))
+        out.append(_note(found, newline) + (newline if found.part is root else b""))
         pos = end
     out.append(raw[pos:])
     return b"".join(out)
@@ -216,11 +228,15 @@ def _strip(raw: bytes) -> bytes:
 
 def _note(found: Found, newline: bytes) -> bytes:
     """A small text/plain part standing in for a removed attachment."""
-    text = (f"[attachment removed: {found.filename} ({found.content_type}, "
-            f"{len(found.payload)} bytes)]")
-    head = (b"Content-Type: text/plain; charset=utf-8", b"Content-Transfer-Encoding: 8bit",
-            b"Content-Disposition: inline")
-    return newline.join(head) + newline + newline + text.encode("utf-8") + newline
+    text = (
+        f"[attachment removed: {found.filename} ({found.content_type}, {len(found.payload)} bytes)]"
+    )
+    head = (
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Transfer-Encoding: 8bit",
+        b"Content-Disposition: inline",
+    )
+    return newline.join(head) + newline + newline + text.encode("utf-8")
 
 
 def _kept_fields(raw: bytes, root: Part, newline: bytes) -> bytes:

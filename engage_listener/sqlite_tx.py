@@ -19,7 +19,7 @@ from .store import (
     NewMessage,
 )
 
-OPEN = "open"
+# New mail may still join open cases and new ones awaiting approval (RequireApproval).
 
 
 def now_iso() -> str:
@@ -103,21 +103,24 @@ class SqliteTransaction:
         marks = ",".join("?" * len(ids))
         sql = (
             "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
-            " WHERE m.message_id IN (" + marks + ") AND c.status = ?"
-            " ORDER BY c.id DESC LIMIT 1"
+            " WHERE m.message_id IN ("
+            + marks
+            + ") AND c.status IN ('open', 'pending-approval') ORDER BY c.id DESC LIMIT 1"
         )
-        row = await self._one(sql, (*ids, OPEN))
+        row = await self._one(sql, ids)
         return CaseRef(int(row[0]), str(row[1])) if row else None
 
     async def open_case_by_number(self, case_number: str) -> CaseRef | None:
         row = await self._one(
-            "SELECT id, case_number FROM cases WHERE case_number = ? AND status = ?",
-            (case_number, OPEN),
+            "SELECT id, case_number FROM cases WHERE case_number = ?"
+            " AND status IN ('open', 'pending-approval')",
+            (case_number,),
         )
         if row is None and case_number.isdigit():  # "[Case#123]" for case 000123
             row = await self._one(
-                "SELECT id, case_number FROM cases WHERE id = ? AND status = ?",
-                (int(case_number), OPEN),
+                "SELECT id, case_number FROM cases WHERE id = ?"
+                " AND status IN ('open', 'pending-approval')",
+                (int(case_number),),
             )
         return CaseRef(int(row[0]), str(row[1])) if row else None
 
@@ -128,8 +131,9 @@ class SqliteTransaction:
             return None
         row = await self._one(
             "SELECT id, case_number FROM cases WHERE customer_id = ? AND process IS ?"
-            " AND normalized_subject = ? AND status = ? ORDER BY id DESC LIMIT 1",
-            (customer_id, process, normalized_subject, OPEN),
+            " AND normalized_subject = ? AND status IN ('open', 'pending-approval')"
+            " ORDER BY id DESC LIMIT 1",
+            (customer_id, process, normalized_subject),
         )
         return CaseRef(int(row[0]), str(row[1])) if row else None
 

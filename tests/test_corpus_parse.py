@@ -31,9 +31,11 @@ ZAMMAD_BODY_COPIES = ("content-alternative: true", "original-format: true")
 
 # (file, field) -> why our result differs from Zammad's on purpose. Each entry is
 # checked both ways: the difference must exist (no stale entries) and no other may.
-_UNNAMED = "unnamed part: Zammad invents a name from the type (image.gif, file, document.html, "\
-    "delivery-status.txt, video.mov); we use Content-Description, an Outlook-style "\
+_UNNAMED = (
+    "unnamed part: Zammad invents a name from the type (image.gif, file, document.html, "
+    "delivery-status.txt, video.mov); we use Content-Description, an Outlook-style "
     "Content-ID, else part-N.ext"
+)
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("mail008", "attachments"): _UNNAMED,
     ("mail018", "attachments"): _UNNAMED,
@@ -44,32 +46,32 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
     ("mail080", "attachments"): _UNNAMED,
     ("mail100", "attachments"): _UNNAMED + " (Zammad also uses a bare Content-ID)",
     ("mail014", "attachments"): "':' is replaced in file names (forbidden on Windows, an NTFS "
-                                "alternate-stream separator)",
+    "alternate-stream separator)",
     ("mail018", "subject"): "we decode the UTF-7 encoded word (+ANw- is Ü) and turn folding "
-                            "tabs into spaces; Zammad leaves both",
+    "tabs into spaces; Zammad leaves both",
     ("mail027", "subject"): "the encoded word contains CR LF; we remove control characters "
-                            "(a space stays), Zammad keeps them",
+    "(a space stays), Zammad keeps them",
     ("mail035", "from"): "From is a bare quoted address; we drop the quotes, Zammad keeps them",
     ("mail053", "from"): "From is 'MAILER-DAEMON' without a domain: unusable for matching a "
-                         "customer, and the mail has no other sender field",
+    "customer, and the mail has no other sender field",
     ("mail064", "attachments"): "Zammad's expectation is mojibake of the decomposed UTF-8 name; "
-                                "ours is the correctly decoded name",
+    "ours is the correctly decoded name",
     ("mail071", "from"): "the address contains spaces (<power quadrant system@example.com>): "
-                         "invalid, so unusable rather than a guess at another customer's address",
+    "invalid, so unusable rather than a guess at another customer's address",
     ("mail073", "attachments"): "RFC 2231 name declared us-ascii but holding %F6: we fall back "
-                                "to windows-1252 (ö), Zammad writes U+FFFD",
+    "to windows-1252 (ö), Zammad writes U+FFFD",
     ("mail076", "from"): "broken From '\"...\"@example.com>': we drop the stray '>'",
     ("mail085", "attachments"): "Apple Mail splits the HTML body into two text/html parts; we "
-                                "keep both as body, Zammad makes the second an attachment",
+    "keep both as body, Zammad makes the second an attachment",
     ("mail087", "from"): "From 'Test test@example.com' (no angle brackets): we extract the "
-                         "address, Zammad keeps the whole text as the address",
+    "address, Zammad keeps the whole text as the address",
     ("mail087", "attachments"): "an unnamed text part without Content-Type is body text "
-                                "(RFC 2045 default text/plain), Zammad calls it 'file'",
+    "(RFC 2045 default text/plain), Zammad calls it 'file'",
     ("mail102", "attachments"): "duplicate names: we add ' (2)', Zammad inserts a digit",
     ("mail117", "from"): "RFC 2047 encoded words are not allowed in an address: kept as given "
-                         "(decoding them is an address-spoofing vector)",
+    "(decoding them is an address-spoofing vector)",
     ("mail118", "from"): "RFC 2047 encoded words are not allowed in an address: kept as given "
-                         "(decoding them is an address-spoofing vector)",
+    "(decoding them is an address-spoofing vector)",
 }
 
 
@@ -81,14 +83,33 @@ def _mails() -> list[Path]:
 
 def _require_corpus() -> None:
     if not CORPUS.is_dir():
-        pytest.skip(f"mail corpus not found at {CORPUS} (expected ../shared/corpus next to the "
-                    "repository); the corpus is third-party data and is not kept in the repo")
+        pytest.skip(
+            f"mail corpus not found at {CORPUS} (expected ../shared/corpus next to the "
+            "repository); the corpus is third-party data and is not kept in the repo"
+        )
 
 
 # ----- a small reader for the YAML scalars we need ------------------------------------
-_ESCAPES = {"0": "\0", "a": "\a", "b": "\b", "t": "\t", "\t": "\t", "n": "\n", "v": "\v",
-            "f": "\f", "r": "\r", "e": "\x1b", " ": " ", '"': '"', "/": "/", "\\": "\\",
-            "N": "\x85", "_": "\xa0", "L": "\u2028", "P": "\u2029"}
+_ESCAPES = {
+    "0": "\0",
+    "a": "\a",
+    "b": "\b",
+    "t": "\t",
+    "\t": "\t",
+    "n": "\n",
+    "v": "\v",
+    "f": "\f",
+    "r": "\r",
+    "e": "\x1b",
+    " ": " ",
+    '"': '"',
+    "/": "/",
+    "\\": "\\",
+    "N": "\x85",
+    "_": "\xa0",
+    "L": "\u2028",
+    "P": "\u2029",
+}
 _HEX_ESCAPE = {"x": 2, "u": 4, "U": 8}
 
 
@@ -162,13 +183,12 @@ def _quoted_end(text: str, quote: str) -> int:
 
 def _scalar(lines: list[str], index: int, start: str, indent: int) -> str:
     """The scalar value that begins with ``start`` on line ``index``."""
-    rest = [start] + lines[index + 1 :]
+    rest = [start, *lines[index + 1 :]]
     text = "\n".join(rest)
     if start[:1] in ("'", '"'):
         quote = start[0]
         body = text[1 : 1 + _quoted_end(text[1:], quote)]
-        return _fold(body.split("\n")).replace("''", "'") if quote == "'" else \
-            _double_quoted(body)
+        return _fold(body.split("\n")).replace("''", "'") if quote == "'" else _double_quoted(body)
     if start.startswith(("|", ">")):
         block = []
         for line in lines[index + 1 :]:
@@ -244,9 +264,10 @@ def test_corpus_mail_parses(path: Path) -> None:
 
     stripped = parser.strip_attachments(raw)
     again = parser.parse(stripped)
-    assert (again.sender, again.message_id) == (mail.sender, mail.message_id)
-    if re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0].isascii():
-        assert again.subject == mail.subject  # raw 8-bit subjects use hints from the parts
+    assert again.message_id == mail.message_id
+    assert (again.sender and again.sender.address) == (mail.sender and mail.sender.address)
+    if re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0].isascii():  # else read with hints
+        assert (again.subject, again.sender) == (mail.subject, mail.sender)  # from the parts
     kept = {a.payload for a in again.attachments}
     assert all(a.payload in kept for a in mail.attachments if a.inline)
     if not any("multipart with Content-Transfer-Encoding" in d for d in mail.defects):
@@ -275,8 +296,11 @@ def compare(yml: Path) -> dict[str, tuple[object, object]]:
         "subject": mail.subject,
         "attachments": tuple(a.filename for a in mail.attachments),
     }
-    theirs = {"from": expected.from_email, "subject": expected.subject,
-              "attachments": expected.attachments}
+    theirs = {
+        "from": expected.from_email,
+        "subject": expected.subject,
+        "attachments": expected.attachments,
+    }
     return {key: (ours[key], theirs[key]) for key in ours if ours[key] != theirs[key]}
 
 
@@ -297,6 +321,8 @@ def test_zammad_match_counts() -> None:
         pytest.skip("no Zammad expectations in the corpus")
     total = 3 * len(cases)
     mismatched = sum(len(compare(yml)) for yml in cases)
-    print(f"\nZammad expectations matched: {total - mismatched}/{total} "
-          f"({len(KNOWN_DIFFERENCES)} listed known differences)")
+    print(
+        f"\nZammad expectations matched: {total - mismatched}/{total} "
+        f"({len(KNOWN_DIFFERENCES)} listed known differences)"
+    )
     assert mismatched == len(KNOWN_DIFFERENCES)

@@ -1,0 +1,72 @@
+"""RequireApproval: new cases wait for a supervisor before routing and acknowledgement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from engage_listener.sandbox import DovecotSandbox
+from tests.helpers import db_rows, make_mail
+from tests.smtp_server import SmtpTestServer
+from tests.test_daemon import listener_xml, write_config
+
+EXAMPLE_SQL = Path(__file__).resolve().parents[1] / "examples" / "routing" / "pa_sys_msg_in.sql"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engage_listener", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_pending_cases_are_routed_and_acknowledged_only_when_approved(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    (tmp_path / "smtp").mkdir()
+    with SmtpTestServer(tmp_path / "smtp", "plain", auth=False) as smtp:
+        ack = (
+            "<Acknowledgement><Smtp><HostName>127.0.0.1</HostName>"
+            f"<Port>{smtp.port}</Port><Security>None</Security></Smtp>"
+            "<FromAddress>soporte@example.org</FromAddress></Acknowledgement>"
+        )
+        xml = listener_xml(
+            dovecot, mailbox_user, RequireApproval="True", RoutingHook=f"sql:{EXAMPLE_SQL}"
+        ).replace("  </ImapListener>", f"    {ack}\n  </ImapListener>")
+        config = write_config(tmp_path / "el.xml", xml)
+        dovecot.create_folder(mailbox_user, "IMAP/Done")
+        dovecot.append_many(
+            mailbox_user,
+            "IMAP/New",
+            [
+                make_mail(1, sender="a@example.com", subject="Factura vencida"),
+                make_mail(2, sender="b@example.com", subject="Reclamo por demora"),
+                make_mail(3, sender="a@example.com", subject="RE: Factura vencida"),
+            ],
+        )
+        assert cli("run", "--once", "--config", str(config)).returncode == 0
+        pending = json.loads(cli("cases", "--pending", "--json", "--config", str(config)).stdout)
+        assert [(c["subject"], c["inbox"], c["messages"]) for c in pending] == [
+            ("Factura vencida", None, 2),
+            ("Reclamo por demora", None, 1),
+        ]
+        assert smtp.messages == []
+        first, second = pending[0]["id"], pending[1]["id"]
+        approved = cli("approve", str(first), "--config", str(config))
+        assert approved.returncode == 0 and "approved" in approved.stdout
+        rejected = cli("reject", str(second), "--config", str(config))
+        assert rejected.returncode == 0 and "rejected" in rejected.stdout
+        assert "not pending" in cli("approve", str(second), "--config", str(config)).stdout
+        assert cli("run", "--once", "--config", str(config)).returncode == 0  # delivers the ack
+        db = tmp_path / "store.sqlite3"
+        assert db_rows(db, "SELECT subject, status, inbox FROM cases ORDER BY id") == [
+            ("Factura vencida", "open", "Facturacion"),
+            ("Reclamo por demora", "rejected", None),
+        ]
+        assert [m.rcpt_tos for m in smtp.messages] == [["a@example.com"]]
+        assert cli("cases", "--pending", "--json", "--config", str(config)).stdout.strip() == "[]"
