@@ -9,6 +9,7 @@ waits for the listeners to finish.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from . import admin
 from .ack import AckIdentity
 from .clock import Clock, SystemClock
 from .config import Config, ImapListenerConfig, load_config
+from .control import request_date, resume, start_of_day
 from .engine import REPLAY_FOLDER, AckSettings, CaseEngine, EngineSettings
 from .errors import ConfigError, ConfigProblem, EngageError, HookError
 from .hooks import RoutingHook, load_hook
@@ -173,6 +175,7 @@ def build_listener(
         max_changes=cfg.sync_max_changes_count,
         error_folder=cfg.error_folder,
         max_attempts=cfg.max_attempts,
+        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
     )
     return Listener(
         settings,
@@ -432,3 +435,18 @@ async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool
     finally:
         await store.close()
     return lines
+
+
+async def control_listener(config: Config, listener: str, day: dt.date | None) -> str:
+    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None)."""
+    cfg = {c.id: c for c in config.listeners}.get(listener)
+    if cfg is None:
+        raise EngageError(f"no listener {listener!r} in {config.path}")
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        if day is None:
+            return await resume(store, listener)
+        return await request_date(store, listener, day, cfg.time_zone, dt.datetime.now(dt.UTC))
+    finally:
+        await store.close()

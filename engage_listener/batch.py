@@ -9,6 +9,7 @@ either still in the input folder (and in the ledger or not) or moved after commi
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Destination:
     output_folder: str | None
     error_folder: str
     max_attempts: int = 3
+    read_from: dt.datetime | None = None  # mail received earlier is left where it is
 
 
 @dataclass
@@ -59,6 +61,7 @@ class BatchResult:
     already_known: int = 0
     failed: int = 0
     quarantined: int = 0
+    too_old: int = 0
     done: int = 0
     seconds: float = 0.0
     max_uid: int = 0
@@ -108,6 +111,7 @@ class Batch:
         self.result = BatchResult()
         self._committed: list[int] = []
         self._quarantined: list[int] = []
+        self._too_old: set[int] = set()
 
     async def run(self) -> BatchResult:
         started = time.monotonic()
@@ -116,7 +120,10 @@ class Batch:
         self.result.max_uid = max(uids, default=0)
         try:
             if uids:
-                sizes = await self.session.fetch_sizes(uids)
+                meta = await self.session.fetch_meta(uids)
+                self._too_old = self._older_than_read_from(meta)
+                self.result.too_old = len(self._too_old)
+                sizes = {uid: size for uid, (size, _) in meta.items()}
                 for chunk in chunks(uids, sizes):
                     if self.stop.is_set():
                         break
@@ -127,6 +134,13 @@ class Batch:
             self.result.seconds = time.monotonic() - started
         return self.result
 
+    def _older_than_read_from(self, meta: dict[int, tuple[int, dt.datetime | None]]) -> set[int]:
+        """UIDs received (server internal date) before ReadFromDate: never read."""
+        since = self.destination.read_from
+        if since is None:
+            return set()
+        return {uid for uid, (_, date) in meta.items() if date is not None and date < since}
+
     async def _process_chunk(self, chunk: list[int]) -> None:
         known = await self.store.known_states(
             self.listener, self.folder.name, self.folder.uidvalidity, chunk
@@ -134,7 +148,7 @@ class Batch:
         for uid, state in known.items():
             (self._quarantined if state == "quarantined" else self._committed).append(uid)
         self.result.already_known += len(known)
-        todo = [uid for uid in chunk if uid not in known]
+        todo = [uid for uid in chunk if uid not in known and uid not in self._too_old]
         for uid, raw in await self.session.fetch_bodies(todo):
             if self.stop.is_set():
                 return

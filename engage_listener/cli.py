@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import __version__, admin, app, secrets
 from .config import Config, describe, load_config
@@ -76,10 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(cases)
     cases.add_argument("--json", action="store_true", help="one JSON document")
     cases.add_argument("--pending", action="store_true", help="only cases awaiting approval")
-    for name, text in (("approve", "open, route and acknowledge"), ("reject", "turn down")):
-        decide = sub.add_parser(name, help=f"{text} cases awaiting approval (RequireApproval)")
-        decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
-        _config_arg(decide)
+    _add_control_commands(sub)
 
     customers = sub.add_parser("customers", help="import or list customers")
     csub = customers.add_subparsers(dest="action", required=True)
@@ -108,6 +106,25 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("ids", type=int, nargs="+")
     _config_arg(replay)
     return root
+
+
+def _add_control_commands(sub: Any) -> None:
+    """reset/resume (dates and pauses) and approve/reject (RequireApproval)."""
+    reset = sub.add_parser(
+        "reset",
+        help="a past date re-reads mail since 00:00 of that day; "
+        "a future date pauses intake until then",
+    )
+    reset.add_argument("listener")
+    reset.add_argument("--date", required=True, type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
+    _config_arg(reset)
+    resume = sub.add_parser("resume", help="end a pause set by reset --date")
+    resume.add_argument("listener")
+    _config_arg(resume)
+    for name, text in (("approve", "open, route and acknowledge"), ("reject", "turn down")):
+        decide = sub.add_parser(name, help=f"{text} cases awaiting approval (RequireApproval)")
+        decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
+        _config_arg(decide)
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +167,13 @@ def cmd_decide(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return EXIT_OK if all("approved" in x or "rejected" in x for x in lines) else EXIT_FAILURE
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    day = args.date if args.command == "reset" else None
+    print(asyncio.run(app.control_listener(config, args.listener, day)))
+    return EXIT_OK
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -276,6 +300,8 @@ COMMANDS = {
     "customers": cmd_customers,
     "quarantine": cmd_quarantine,
     "keygen": cmd_keygen,
+    "reset": cmd_control,
+    "resume": cmd_control,
     "approve": cmd_decide,
     "reject": cmd_decide,
     "encrypt-password": cmd_encrypt_password,

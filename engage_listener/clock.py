@@ -8,6 +8,7 @@ clock instead of sleeping for minutes.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from typing import Protocol
 
@@ -23,6 +24,10 @@ class Clock(Protocol):
         """Return once `seconds` have passed on this clock."""
         ...
 
+    def wall(self) -> dt.datetime:
+        """The current date and time (aware), for pauses and date resets."""
+        ...
+
 
 class SystemClock:
     """The real clock: `time.monotonic` and `asyncio.sleep`."""
@@ -32,3 +37,6 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def wall(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)

@@ -14,6 +14,7 @@ aioimaplib gaps handled here, so nothing else touches the library:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from .imap_text import (
     UIDVALIDITY_RE,
     FolderState,
     ImapEndpoint,
+    internal_date,
     keepalive,
     parse_bodies,
     quote,
@@ -290,15 +292,39 @@ class ImapSession:
 
     async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of each UID, to plan fetch chunks without loading bodies."""
-        sizes: dict[int, int] = {}
+        return {uid: size for uid, (size, _) in (await self.fetch_meta(uids)).items()}
+
+    async def fetch_meta(self, uids: Sequence[int]) -> dict[int, tuple[int, dt.datetime | None]]:
+        """(RFC822.SIZE, INTERNALDATE) of each UID: chunk planning and date filters."""
+        meta: dict[int, tuple[int, dt.datetime | None]] = {}
         for uid_set in uid_sets(uids):
-            response = await self._fetch(uid_set, "(UID RFC822.SIZE)")
+            response = await self._fetch(uid_set, "(UID RFC822.SIZE INTERNALDATE)")
             for line in response.lines:
                 if isinstance(line, bytes) and FETCH_HEAD_RE.match(line):
                     uid, size = UID_RE.search(line), SIZE_RE.search(line)
                     if uid and size:
-                        sizes[int(uid.group(1))] = int(size.group(1))
-        return sizes
+                        meta[int(uid.group(1))] = (int(size.group(1)), internal_date(line))
+        return meta
+
+    async def search(self, *criteria: str) -> list[int]:
+        """UID SEARCH with the given criteria (strings quoted by the caller), UTF-8 charset."""
+        response = await self._call(
+            "UID SEARCH", self._proto.search(*criteria, charset="UTF-8", by_uid=True)
+        )
+        self._require_ok(response, "UID SEARCH")
+        found: list[int] = []
+        for line in response.lines[:-1]:
+            if isinstance(line, bytes):
+                found.extend(int(tok) for tok in line.split() if tok.isdigit())
+        return sorted(found)
+
+    async def fetch_headers(self, uids: Sequence[int], fields: str) -> list[tuple[int, bytes]]:
+        """Selected header fields of each UID (BODY.PEEK[HEADER.FIELDS (...)])."""
+        result: list[tuple[int, bytes]] = []
+        for uid_set in uid_sets(uids):
+            response = await self._fetch(uid_set, f"(UID BODY.PEEK[HEADER.FIELDS ({fields})])")
+            result.extend(parse_bodies(response.lines))
+        return result
 
     async def fetch_bodies(self, uids: Sequence[int]) -> list[tuple[int, bytes]]:
         """Raw bytes of the given messages (BODY.PEEK[]: the \\Seen flag is left alone)."""

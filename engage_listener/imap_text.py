@@ -6,6 +6,7 @@ imports aioimaplib.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import socket
 import ssl
@@ -22,6 +23,7 @@ EXPUNGE_RE = re.compile(rb"^(\d+) EXPUNGE")
 FETCH_HEAD_RE = re.compile(rb"^\d+ FETCH \(")
 UID_RE = re.compile(rb"UID (\d+)")
 SIZE_RE = re.compile(rb"RFC822\.SIZE (\d+)")
+INTERNALDATE_RE = re.compile(rb'INTERNALDATE "([^"]+)"')
 LIST_DELIM_RE = re.compile(rb'\) (?:"\\?(.)"|NIL) ')
 MAX_SET_LENGTH = 4000  # characters of one UID set, well under server line limits
 
@@ -127,3 +129,20 @@ def keepalive(sock: socket.socket | None) -> None:
     for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
         if hasattr(socket, name):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def internal_date(line: bytes) -> dt.datetime | None:
+    """The INTERNALDATE in a FETCH line ("22-Nov-2026 07:51:00 +0000"), aware; None if absent."""
+    match = INTERNALDATE_RE.search(line)
+    if not match:
+        return None
+    try:
+        return dt.datetime.strptime(match.group(1).decode().strip(), "%d-%b-%Y %H:%M:%S %z")
+    except ValueError:
+        return None
+
+
+def imap_date(day: dt.date) -> str:
+    """A date as IMAP SEARCH wants it (SINCE 1-Feb-2026)."""
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    return f"{day.day}-{months[day.month - 1]}-{day.year}"

@@ -10,6 +10,7 @@ ones (login refused, folder missing) are reported and retried slowly.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -18,12 +19,15 @@ from typing import Any
 
 from .batch import Batch, BatchResult, Destination, Handler
 from .clock import Clock
+from .control import read_control, reset_done
 from .errors import FolderMissingError, PermanentError, TransientError
 from .imap import ImapSession
 from .imap_text import FolderState, track_exists
+from .reset import reset_folder
 from .store import Store
 
 IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes
+CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
 POLL_INTERVAL = 15.0  # NOOP polling where the server has no IDLE
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
@@ -41,6 +45,7 @@ class ListenerSettings:
     max_changes: int
     error_folder: str | None = None  # None: "Error" beside the input folder
     max_attempts: int = 3
+    read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
 
 
 class Listener:
@@ -67,6 +72,9 @@ class Listener:
         self.state = "starting"
         self.pending = 0
         self.batches = 0
+        self.paused_until: dt.datetime | None = None
+        self.read_from_override: dt.datetime | None = None
+        self._too_old_logged = 0
         self.last_success_at: float | None = None  # wall time of the last completed batch
         self.backlog: int | None = None  # mails left in the input folder after it
         self.last_error: str | None = None
@@ -99,6 +107,13 @@ class Listener:
         session = await self._open()
         try:
             folder = await self._select(session)
+            control = await read_control(self.store, self.settings.id, self.clock.wall())
+            if control.paused_until is not None:
+                self.paused_until, self.state = control.paused_until, "paused"
+                self.log.info("paused", until=control.paused_until.isoformat())
+                return BatchResult()
+            if control.reset_from is not None:
+                await self._reset(session, folder, control.reset_from)
             return await self._batch(session, folder, "once")
         finally:
             await session.logout()
@@ -131,19 +146,51 @@ class Listener:
 
     async def _serve(self, session: ImapSession) -> None:
         folder = await self._select(session)
-        result = await self._batch(session, folder, "startup backlog")
-        while not self.stop.is_set():
-            reason = await self._wait_for_trigger(session, folder, result)
-            if reason is None:
-                return
+        reason: str | None = "startup backlog"
+        while reason is not None and not self.stop.is_set():
+            control = await read_control(self.store, self.settings.id, self.clock.wall())
+            if control.paused_until is not None:
+                await self._pause(session, control.paused_until)
+                reason = "resumed"
+                continue
+            if control.reset_from is not None:
+                await self._reset(session, folder, control.reset_from)
+            self.paused_until = None
             result = await self._batch(session, folder, reason)
+            reason = await self._wait_for_trigger(session, folder, result)
+
+    async def _pause(self, session: ImapSession, until: dt.datetime) -> None:
+        """Take no mail until `until` (or a `resume`), checking back every CONTROL_POLL."""
+        if self.paused_until != until:
+            self.log.info("paused", until=until.isoformat())
+        self.paused_until, self.state = until, "paused"
+        left = (until - self.clock.wall()).total_seconds()
+        if not await self._sleep(max(0.0, min(left, CONTROL_POLL))):
+            await session.noop()  # keeps the connection alive through long pauses
+
+    async def _reset(self, session: ImapSession, folder: FolderState, since: dt.datetime) -> None:
+        """Re-examine mail received since `since`: the output folder now, the input folder
+        through the next batch; whatever is already in the ledger is never ingested again."""
+        self.read_from_override = since
+        out = self.settings.output_folder
+        ingested = 0
+        if out is not None:
+            ingested = await reset_folder(
+                session, out, since, self.settings.id, self.store, self.handler
+            )
+            await session.select(folder.name)
+        await reset_done(self.store, self.settings.id)
+        self.log.info("reset", since=since.isoformat(), output_folder_ingested=ingested)
 
     # ----- batches --------------------------------------------------------------------
     async def _batch(self, session: ImapSession, folder: FolderState, reason: str) -> BatchResult:
         self.state = "processing"
         self.log.info("batch_start", reason=reason, exists=folder.exists, pending=self.pending)
         destination = Destination(
-            self.settings.output_folder, self.error_folder, self.settings.max_attempts
+            self.settings.output_folder,
+            self.error_folder,
+            self.settings.max_attempts,
+            self._read_from(),
         )
         batch = Batch(
             session,
@@ -156,6 +203,11 @@ class Listener:
             self.log,
         )
         result = await batch.run()
+        if result.too_old != self._too_old_logged:  # said once, not at every batch
+            self._too_old_logged = result.too_old
+            self.log.info(
+                "mail_before_read_from", count=result.too_old, read_from=str(self._read_from())
+            )
         self.batches += 1
         self.pending = 0
         self.last_error = None
@@ -175,6 +227,13 @@ class Listener:
         )
         return result
 
+    def _read_from(self) -> dt.datetime | None:
+        """ReadFromDate, lowered by a date reset to an earlier day."""
+        configured, override = self.settings.read_from, self.read_from_override
+        if configured is None or override is None:
+            return configured
+        return min(configured, override)
+
     async def _leftover(self, session: ImapSession, last: BatchResult) -> tuple[int, int]:
         """(mails left from the last batch, mails that arrived after it started)."""
         uids = await session.search_all()
@@ -193,6 +252,7 @@ class Listener:
         first_change = self.clock.now() if self.pending or last.failed else None
         idle = session.has_capability("IDLE")
         self.state = "idle"
+        next_control = self.clock.now() + CONTROL_POLL
         while True:
             if self.pending >= self.settings.max_changes:
                 return "count"
@@ -200,7 +260,12 @@ class Listener:
                 self.clock.now() - first_change >= self.settings.max_wait
             ):
                 return "timeout"
-            lines = await self._next_changes(session, idle, first_change)
+            if self.clock.now() >= next_control:
+                next_control = self.clock.now() + CONTROL_POLL
+                control = await read_control(self.store, self.settings.id, self.clock.wall())
+                if control.paused_until or control.reset_from:
+                    return "control"
+            lines = await self._next_changes(session, idle, first_change, next_control)
             if lines is None:
                 return None
             exists = track_exists(exists, lines)
@@ -213,10 +278,10 @@ class Listener:
                 self.log.info("change_pending", pending=self.pending)
 
     async def _next_changes(
-        self, session: ImapSession, idle: bool, first_change: float | None
+        self, session: ImapSession, idle: bool, first_change: float | None, next_control: float
     ) -> list[bytes] | None:
         """One wait: lines pushed by the server ([] on a timer), or None when stopping."""
-        timeout = IDLE_REFRESH if idle else POLL_INTERVAL
+        timeout = min(IDLE_REFRESH if idle else POLL_INTERVAL, next_control - self.clock.now())
         if first_change is not None:
             deadline = first_change + self.settings.max_wait - self.clock.now()
             timeout = max(0.0, min(timeout, deadline))

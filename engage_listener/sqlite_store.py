@@ -108,6 +108,20 @@ class SqliteStore:
                     found.update((int(r[0]), str(r[1])) for r in await cur.fetchall())
         return found
 
+    async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        ids = list(message_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self.query(
+                "SELECT message_id FROM messages WHERE listener = ?"  # noqa: S608
+                f" AND message_id IN ({marks})",
+                (listener, *chunk),
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
+
     async def record_failure(self, key: LedgerKey, error: str) -> int:
         async with self.transaction() as tx:
             await tx.execute(

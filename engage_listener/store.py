@@ -221,6 +221,10 @@ class Store(Protocol):
         """Ledger state of those UIDs already in the ledger (committed, quarantined, ...)."""
         ...
 
+    async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of these Message-IDs this listener already has (date resets)."""
+        ...
+
     async def record_failure(self, key: LedgerKey, error: str) -> int:
         """Count one more failed attempt at a mail; returns the attempts so far."""
         ...

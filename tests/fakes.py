@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 
 class FakeClock:
@@ -10,10 +11,15 @@ class FakeClock:
 
     def __init__(self) -> None:
         self._now = 1000.0
+        self.start = dt.datetime.now(dt.UTC)
         self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> dt.datetime:
+        """Wall time moves with the fake clock, from a fixed start."""
+        return self.start + dt.timedelta(seconds=self._now - 1000.0)
 
     async def sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

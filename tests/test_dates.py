@@ -1,0 +1,136 @@
+"""ReadFromDate, reset to a past date, pause until a future date, resume."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+from engage_listener.control import request_date, resume, start_of_day
+from engage_listener.sandbox import DovecotSandbox
+from tests.fakes import FakeClock
+from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
+from tests.test_daemon import listener_xml, write_config
+
+NEW, DONE = "IMAP/New", "IMAP/Done"
+UTC = dt.UTC
+
+
+def days_ago(n: int) -> dt.datetime:
+    return dt.datetime.now(UTC) - dt.timedelta(days=n)
+
+
+async def test_mail_older_than_read_from_date_is_never_read(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    dovecot.create_folder(mailbox_user, DONE)
+    dovecot.append(mailbox_user, NEW, make_mail(1, subject="vieja"), date=days_ago(10))
+    dovecot.append(mailbox_user, NEW, make_mail(2, subject="nueva"), date=days_ago(1))
+    cfg = listener_config(dovecot, mailbox_user, read_from_date=days_ago(3).date())
+    cfg_read_from = start_of_day(days_ago(3).date(), "UTC")
+    assert cfg.read_from_date is not None
+    async with Harness(cfg, tmp_path / "s.sqlite3", FakeClock()) as h:
+        assert h.listener is not None
+        assert h.listener.settings.read_from == cfg_read_from
+        first = await h.listener.run_once()
+        second = await h.listener.run_once()
+    assert (first.ingested, first.too_old, second.ingested, second.too_old) == (1, 1, 0, 1)
+    assert db_rows(tmp_path / "s.sqlite3", "SELECT subject FROM cases") == [("nueva",)]
+    assert dovecot.count(mailbox_user, NEW) == 1  # left where it is
+
+
+async def test_reset_to_a_past_date_ingests_exactly_what_the_ledger_lacks(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "s.sqlite3"
+    dovecot.create_folder(mailbox_user, DONE)
+    dovecot.append_many(mailbox_user, NEW, [make_mail(i) for i in range(3)])
+    cfg = listener_config(dovecot, mailbox_user)
+    async with Harness(cfg, db, FakeClock()) as h:
+        assert h.listener is not None
+        await h.listener.run_once()
+        # Mail that reached the output folder without a case, one of them from long ago.
+        dovecot.append(mailbox_user, DONE, make_mail(10, subject="movida a mano"))
+        dovecot.append(mailbox_user, DONE, make_mail(11, subject="antigua"), date=days_ago(30))
+        dovecot.append(mailbox_user, NEW, make_mail(12, subject="en entrada"), date=days_ago(20))
+        message = await request_date(
+            h.store, cfg.id, days_ago(2).date(), "UTC", dt.datetime.now(UTC)
+        )
+        assert "re-examined" in message
+        await h.listener.run_once()
+        await h.listener.run_once()  # the reset is done once
+    subjects = sorted(s for (s,) in db_rows(db, "SELECT subject FROM cases"))
+    assert subjects == sorted(
+        ["Consulta 0", "Consulta 1", "Consulta 2", "movida a mano", "en entrada"]
+    )
+    assert dovecot.count(mailbox_user, DONE) == 6  # nothing moved out of the output folder
+    assert db_rows(db, "SELECT reset_from FROM listener_control") == [(None,)]
+
+
+async def test_pause_until_a_future_date_then_intake_resumes_by_itself(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    dovecot.create_folder(mailbox_user, NEW)
+    dovecot.create_folder(mailbox_user, DONE)
+    cfg = listener_config(dovecot, mailbox_user, sync_max_changes_count=1)
+    clock = FakeClock()
+    async with Harness(cfg, tmp_path / "s.sqlite3", clock) as h:
+        tomorrow = (clock.wall() + dt.timedelta(days=1)).date()
+        await request_date(h.store, cfg.id, tomorrow, "UTC", clock.wall())
+        listener = await h.start()
+        await eventually(lambda: listener.state == "paused" and clock.sleepers > 0, what="pause")
+        dovecot.append(mailbox_user, NEW, make_mail(1))
+        clock.advance(120)
+        await eventually(lambda: clock.sleepers > 0, what="still paused")
+        assert dovecot.count(mailbox_user, DONE) == 0
+        clock.advance(2 * 86400)  # past 00:00 of that day
+        await eventually(lambda: dovecot.count(mailbox_user, DONE) == 1, what="resumed")
+
+
+async def test_resume_ends_a_pause_early(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    dovecot.create_folder(mailbox_user, DONE)
+    dovecot.append(mailbox_user, NEW, make_mail(1))
+    cfg = listener_config(dovecot, mailbox_user)
+    clock = FakeClock()
+    async with Harness(cfg, tmp_path / "s.sqlite3", clock) as h:
+        await request_date(
+            h.store, cfg.id, (clock.wall() + dt.timedelta(days=5)).date(), "UTC", clock.wall()
+        )
+        listener = await h.start()
+        await eventually(lambda: listener.state == "paused" and clock.sleepers > 0, what="pause")
+        assert "resumed" in await resume(h.store, cfg.id)
+        clock.advance(61)
+        await eventually(lambda: dovecot.count(mailbox_user, DONE) == 1, what="after resume")
+
+
+def test_reset_and_resume_commands(tmp_path: Path, dovecot: DovecotSandbox) -> None:
+    config = write_config(
+        tmp_path / "el.xml", listener_xml(dovecot, "u", TimeZone="America/Santiago")
+    )
+    future = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    run = [sys.executable, "-m", "engage_listener"]
+    paused = subprocess.run(
+        [*run, "reset", "Default", "--date", future, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert paused.returncode == 0 and "paused until" in paused.stdout
+    assert "T00:00:00-03:00" in paused.stdout or "T00:00:00-04:00" in paused.stdout
+    resumed = subprocess.run(
+        [*run, "resume", "Default", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+    missing = subprocess.run(
+        [*run, "resume", "Nope", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 1 and "no listener 'Nope'" in missing.stderr
