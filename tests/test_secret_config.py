@@ -67,7 +67,8 @@ def test_wrong_key_or_tampered_value_is_a_config_error_naming_the_element(tmp_pa
     assert cli("keygen", "--key-file", str(key)).returncode == 0
     assert cli("keygen", "--key-file", str(other)).returncode == 0
     value = cli("encrypt-password", "--key-file", str(key), stdin="s3cret\n").stdout.strip()
-    tampered = value[:-3] + ("A" if value[-3] != "A" else "B") + value[-2:]
+    middle = len(value) // 2  # inside the ciphertext, never in base64 padding bits
+    tampered = value[:middle] + ("A" if value[middle] != "A" else "B") + value[middle + 1 :]
     for secret, keyfile in ((value, other), (tampered, key)):
         path = config_with_password(
             tmp_path, secret, f"<Secrets><KeyFile>{keyfile}</KeyFile></Secrets>\n"
