@@ -27,6 +27,7 @@ from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
+from .mailsearch import Criteria, Hit, search_mailbox
 from .outbox import OutboxSender
 from .pop3 import Pop3Endpoint, Pop3Session
 from .pop3_listener import Pop3Listener, Pop3Settings
@@ -449,4 +450,22 @@ async def control_listener(config: Config, listener: str, day: dt.date | None) -
             return await resume(store, listener)
         return await request_date(store, listener, day, cfg.time_zone, dt.datetime.now(dt.UTC))
     finally:
+        await store.close()
+
+
+async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]:
+    """Search a listener's mailbox on the server (IMAP listeners only)."""
+    cfg = {c.id: c for c in config.listeners}.get(listener)
+    if cfg is None:
+        raise EngageError(f"no listener {listener!r} in {config.path}")
+    if cfg.protocol != "imap":
+        raise EngageError(f"listener {listener!r} reads POP3, which cannot search the mailbox")
+    register_secret(cfg.password.reveal())
+    store = SqliteStore(config.store.path)
+    await store.open()
+    session = await ImapSession.open(endpoint_for(cfg))
+    try:
+        return await search_mailbox(session, criteria, store=store, listener=cfg.id)
+    finally:
+        await session.logout()
         await store.close()

@@ -22,6 +22,8 @@ from . import __version__, admin, app, secrets
 from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
+from .mailsearch import Criteria
+from .mailsearch import render as render_search
 from .sqlite_store import SqliteStore
 
 T = TypeVar("T")
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     cases.add_argument("--json", action="store_true", help="one JSON document")
     cases.add_argument("--pending", action="store_true", help="only cases awaiting approval")
     _add_control_commands(sub)
+    _add_search_command(sub)
 
     customers = sub.add_parser("customers", help="import or list customers")
     csub = customers.add_subparsers(dest="action", required=True)
@@ -127,6 +130,19 @@ def _add_control_commands(sub: Any) -> None:
         _config_arg(decide)
 
 
+def _add_search_command(sub: Any) -> None:
+    find = sub.add_parser("search", help="search a listener's mailbox on the server")
+    find.add_argument("listener")
+    find.add_argument("--folder", help="default: the listener's input folder")
+    find.add_argument("--from", dest="sender")
+    find.add_argument("--subject")
+    find.add_argument("--since", type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
+    find.add_argument("--before", type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
+    find.add_argument("--limit", type=int, default=50)
+    find.add_argument("--json", action="store_true")
+    _config_arg(find)
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=None, metavar="PATH", help="configuration file"
@@ -173,6 +189,20 @@ def cmd_control(args: argparse.Namespace) -> int:
     config = _load(args.config)
     day = args.date if args.command == "reset" else None
     print(asyncio.run(app.control_listener(config, args.listener, day)))
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    cfg = {c.id: c for c in config.listeners}.get(args.listener)
+    folder = args.folder or (cfg.input_folder if cfg else "INBOX")
+    criteria = Criteria(folder, args.sender, args.subject, args.since, args.before, args.limit)
+    hits = asyncio.run(app.search(config, args.listener, criteria))
+    print(
+        json.dumps([asdict(h) for h in hits], ensure_ascii=False, indent=2)
+        if args.json
+        else render_search(hits)
+    )
     return EXIT_OK
 
 
@@ -300,6 +330,7 @@ COMMANDS = {
     "customers": cmd_customers,
     "quarantine": cmd_quarantine,
     "keygen": cmd_keygen,
+    "search": cmd_search,
     "reset": cmd_control,
     "resume": cmd_control,
     "approve": cmd_decide,
