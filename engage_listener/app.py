@@ -28,6 +28,7 @@ from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
 from .mailsearch import Criteria, Hit, search_mailbox
+from .metrics import MetricsServer
 from .outbox import OutboxSender
 from .pop3 import Pop3Endpoint, Pop3Session
 from .pop3_listener import Pop3Listener, Pop3Settings
@@ -35,6 +36,7 @@ from .protolog import ProtocolLog, expand_path
 from .sdnotify import Notifier
 from .smtp import SmtpEndpoint, send_message
 from .sqlite_store import SqliteStore
+from .status import ListenerStatus, read_status, render_status, write_heartbeats
 from .store import CaseSummary, LedgerKey, Store
 from .supervisor import Supervisor
 
@@ -298,7 +300,7 @@ async def run(config: Config, *, once: bool = False) -> int:
 async def _serve(
     config: Config,
     hooks: dict[str, RoutingHook],
-    store: Store,
+    store: SqliteStore,
     sender: OutboxSender,
     ack_queued: asyncio.Event,
     stop: asyncio.Event,
@@ -325,6 +327,8 @@ async def _serve(
 
     supervisor = Supervisor(build, Notifier(), log)
     supervisor.on_reload = reloaded
+    supervisor.heartbeat = lambda workers: write_heartbeats(store, workers)
+    metrics = await _start_metrics(config, store, supervisor, log)
     reload = asyncio.Event()
     _install_signal_handlers(stop, reload, log)
     supervisor.start(config)
@@ -332,6 +336,9 @@ async def _serve(
     await supervisor.serve(reload, stop, load)
     await asyncio.wait({outbox}, timeout=SHUTDOWN_GRACE)
     outbox.cancel()
+    await write_heartbeats(store, {})
+    if metrics is not None:
+        await metrics.stop()
     log.info("stopped")
 
 
@@ -344,6 +351,24 @@ async def _run_once(listeners: Sequence[Listener | Pop3Listener], log: Any) -> i
             lst.log.error("listener_error", error=str(result), error_type=type(result).__name__)
     log.info("once_done", listeners=len(listeners), failed=failed)
     return 1 if failed else 0
+
+
+async def _start_metrics(
+    config: Config, store: SqliteStore, supervisor: Supervisor, log: Any
+) -> MetricsServer | None:
+    """The optional Prometheus endpoint, fed from the same figures as `status`."""
+    if config.metrics is None:
+        return None
+    zones = {c.id: c.time_zone for c in config.listeners}
+
+    async def collect() -> list[ListenerStatus]:
+        return await read_status(store, list(supervisor.running), tz=zones)
+
+    m = config.metrics
+    server = MetricsServer(m.host, m.port, collect, health_max_age=float(m.health_max_age))
+    await server.start()
+    log.info("metrics_listening", host=m.host, port=server.port)
+    return server
 
 
 def _install_signal_handlers(stop: asyncio.Event, reload: asyncio.Event, log: Any) -> None:
@@ -468,4 +493,16 @@ async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]
         return await search_mailbox(session, criteria, store=store, listener=cfg.id)
     finally:
         await session.logout()
+        await store.close()
+
+
+async def status(config: Config) -> str:
+    """`engage-listener status`, from the heartbeats the daemon writes to the store."""
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        zones = {c.id: c.time_zone for c in config.listeners}
+        rows = await read_status(store, [c.id for c in config.listeners], tz=zones)
+        return render_status(rows)
+    finally:
         await store.close()

@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     cases.add_argument("--pending", action="store_true", help="only cases awaiting approval")
     _add_control_commands(sub)
     _add_search_command(sub)
+    status = sub.add_parser(
+        "status",
+        help="per listener: state, last batch, today's mails, "
+        "backlog, quarantine, pending acknowledgements (from the daemon)",
+    )
+    _config_arg(status)
 
     customers = sub.add_parser("customers", help="import or list customers")
     csub = customers.add_subparsers(dest="action", required=True)
@@ -203,6 +209,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.json
         else render_search(hits)
     )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(asyncio.run(app.status(_load(args.config))), end="")
     return EXIT_OK
 
 
@@ -331,6 +342,7 @@ COMMANDS = {
     "quarantine": cmd_quarantine,
     "keygen": cmd_keygen,
     "search": cmd_search,
+    "status": cmd_status,
     "reset": cmd_control,
     "resume": cmd_control,
     "approve": cmd_decide,

@@ -73,6 +73,7 @@ class Listener:
         self.pending = 0
         self.batches = 0
         self.paused_until: dt.datetime | None = None
+        self.oldest_unprocessed: dt.datetime | None = None
         self.read_from_override: dt.datetime | None = None
         self._too_old_logged = 0
         self.last_success_at: float | None = None  # wall time of the last completed batch
@@ -238,6 +239,11 @@ class Listener:
         """(mails left from the last batch, mails that arrived after it started)."""
         uids = await session.search_all()
         new = sum(1 for uid in uids if uid > last.max_uid)
+        self.oldest_unprocessed = None
+        if uids:  # for `status`: how long the oldest mail has been waiting
+            self.oldest_unprocessed = (await session.fetch_meta([uids[0]])).get(uids[0], (0, None))[
+                1
+            ]
         return len(uids) - new, new
 
     async def _wait_for_trigger(

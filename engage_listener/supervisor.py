@@ -11,7 +11,7 @@ while every task is alive, and RELOADING=1 / STOPPING=1 around those events.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +68,7 @@ class Supervisor:
         self.running: dict[str, Running] = {}
         self.ready_sent = False
         self.on_reload: Callable[[Config], None] = lambda config: None
+        self.heartbeat: Callable[[Mapping[str, Worker]], Awaitable[None]] | None = None
 
     def start(self, config: Config) -> None:
         for cfg in config.enabled_listeners():
@@ -98,6 +99,7 @@ class Supervisor:
         interval = min(TICK, self.notify.watchdog_interval or TICK)
         while not stop.is_set():
             self._tick()
+            await self._beat()
             waiters = {asyncio.ensure_future(e.wait()) for e in (reload, stop)}
             await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
@@ -108,6 +110,15 @@ class Supervisor:
         self.notify.stopping()
         self.log.info("stopping", listeners=len(self.running), grace_seconds=GRACE)
         await self._stop(list(self.running))
+
+    async def _beat(self) -> None:
+        """Heartbeats for `status` from another process; a busy store only skips one."""
+        if self.heartbeat is None:
+            return
+        try:
+            await self.heartbeat({lid: r.worker for lid, r in self.running.items()})
+        except EngageError as exc:
+            self.log.warning("heartbeat_failed", error=str(exc))
 
     def _tick(self) -> None:
         alive = all(not r.task.done() for r in self.running.values())
