@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,18 +19,16 @@ from typing import Any
 from .batch import Batch, BatchResult, Destination, Handler
 from .clock import Clock
 from .control import read_control, reset_done
-from .errors import FolderMissingError, PermanentError, TransientError
+from .errors import FolderMissingError
 from .imap import ImapSession
 from .imap_text import FolderState, track_exists
 from .reset import reset_folder
+from .retry import Retrying
 from .store import Store
 
 IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes
 CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
 POLL_INTERVAL = 15.0  # NOOP polling where the server has no IDLE
-BACKOFF_BASE = 2.0
-BACKOFF_CAP = 300.0
-PERMANENT_RETRY = 300.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class ListenerSettings:
     read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
 
 
-class Listener:
+class Listener(Retrying):
     """The batching loop of one listener; `run` for the daemon, `run_once` for cron/tests."""
 
     def __init__(
@@ -318,35 +315,6 @@ class Listener:
             return None
         return []
 
-    # ----- waiting --------------------------------------------------------------------
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep on the clock; True when `stop` was set meanwhile."""
-        timer = asyncio.ensure_future(self.clock.sleep(seconds))
-        stop = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait({timer, stop}, return_when=asyncio.FIRST_COMPLETED)
-        timer.cancel()
-        stop.cancel()
-        return self.stop.is_set()
-
-    async def _back_off(self, exc: Exception, failures: int) -> None:
-        if isinstance(exc, PermanentError):
-            delay, kind = PERMANENT_RETRY, "permanent"
-        else:
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-            kind = "transient" if isinstance(exc, TransientError) else "unexpected"
-        self.state = "failing" if kind == "permanent" else "backing off"
-        self.last_error = str(exc)
-        self.log.error(
-            "listener_error",
-            kind=kind,
-            error=str(exc),
-            error_type=type(exc).__name__,
-            retry_in=round(delay, 1),
-            failures=failures,
-            **({"exc_info": exc} if kind == "unexpected" else {}),
-        )
-        await self._sleep(delay)
 
 
 def sibling(folder: str, delimiter: str | None, name: str) -> str:

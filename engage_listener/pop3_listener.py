@@ -11,7 +11,6 @@ transient ones back off with jitter, permanent ones are retried slowly.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -19,9 +18,9 @@ from typing import Any
 
 from .batch import Handler
 from .clock import Clock
-from .errors import PermanentError, ProtocolError, QuarantineNow, StoreError, TransientError
-from .listener import BACKOFF_BASE, BACKOFF_CAP, PERMANENT_RETRY
+from .errors import ProtocolError, QuarantineNow, StoreError
 from .pop3 import Pop3Session
+from .retry import Retrying
 from .store import LedgerKey, Store
 
 LEDGER_PREFIX = "#pop3:"  # ledger "folder" of a POP3 mail: the prefix and its UIDL
@@ -55,7 +54,7 @@ class Pop3Result:
     seconds: float = 0.0
 
 
-class Pop3Listener:
+class Pop3Listener(Retrying):
     """The polling loop of one POP3 listener; `run` for the daemon, `run_once` for cron."""
 
     def __init__(
@@ -124,36 +123,6 @@ class Pop3Listener:
         self.backlog = result.found - result.ingested - result.already_known
         self.log.info("batch_end", reason=reason, uidl=session.uidl_supported, **asdict(result))
         return result
-
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep on the clock; True when `stop` was set meanwhile."""
-        timer = asyncio.ensure_future(self.clock.sleep(seconds))
-        stop = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait({timer, stop}, return_when=asyncio.FIRST_COMPLETED)
-        timer.cancel()
-        stop.cancel()
-        return self.stop.is_set()
-
-    async def _back_off(self, exc: Exception, failures: int) -> None:
-        """The IMAP listener's policy: jittered exponential back-off, slow permanent retry."""
-        if isinstance(exc, PermanentError):
-            delay, kind = PERMANENT_RETRY, "permanent"
-        else:
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-            kind = "transient" if isinstance(exc, TransientError) else "unexpected"
-        self.state = "failing" if kind == "permanent" else "backing off"
-        self.last_error = str(exc)
-        self.log.error(
-            "listener_error",
-            kind=kind,
-            error=str(exc),
-            error_type=type(exc).__name__,
-            retry_in=round(delay, 1),
-            failures=failures,
-            **({"exc_info": exc} if kind == "unexpected" else {}),
-        )
-        await self._sleep(delay)
 
 
 class Pop3Poll:
