@@ -63,6 +63,18 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class Arrival:
+    """A mail that joined or opened a case, as routing and acknowledgement see it."""
+
+    case: CaseRef
+    is_new: bool
+    row: int
+    mail: parser.ParsedMail
+    customer: Customer | None
+    automatic: str | None
+
+
+@dataclass(frozen=True)
 class AckSettings:
     """How and when this listener acknowledges (from its Acknowledgement block)."""
 
@@ -107,9 +119,8 @@ class CaseEngine:
             await self._attach(tx, row, raw, mail)
             ack = None
             if not await self._awaits_approval(tx, case, is_new):
-                ack = await self._route_and_acknowledge(
-                    tx, case, is_new, row, mail, customer, automatic
-                )
+                arrival = Arrival(case, is_new, row, mail, customer, automatic)
+                ack = await self._route_and_acknowledge(tx, arrival)
             await tx.add_ledger(key, row, message)
         if ack == "queued" and self.ack_queued is not None:
             self.ack_queued.set()
@@ -131,9 +142,8 @@ class CaseEngine:
             automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
             customer = await tx.get_customer(info.customer_id) if info.customer_id else None
             case = CaseRef(info.id, info.case_number)
-            ack = await self._route_and_acknowledge(
-                tx, case, True, int(row), mail, customer, automatic
-            )
+            arrival = Arrival(case, True, int(row), mail, customer, automatic)
+            ack = await self._route_and_acknowledge(tx, arrival)
         if ack == "queued" and self.ack_queued is not None:
             self.ack_queued.set()
         return f"case {info.case_number} approved (acknowledgement: {ack or 'not configured'})"
@@ -153,21 +163,10 @@ class CaseEngine:
             return True
         return not is_new and (await tx.case_info(case.id)).status == PENDING
 
-    async def _route_and_acknowledge(
-        self,
-        tx: Transaction,
-        case: CaseRef,
-        is_new: bool,
-        row: int,
-        mail: parser.ParsedMail,
-        customer: Customer | None,
-        automatic: str | None,
-    ) -> str | None:
-        decision = None
-        if self.settings.hook is not None:
-            decision = await self._route(tx, case, is_new, row, mail, customer, automatic)
+    async def _route_and_acknowledge(self, tx: Transaction, arrival: Arrival) -> str | None:
+        decision = await self._route(tx, arrival) if self.settings.hook is not None else None
         hook_says = decision.acknowledge if decision else None
-        return await self._acknowledge(tx, case, is_new, row, mail, customer, automatic, hook_says)
+        return await self._acknowledge(tx, arrival, hook_says)
 
     async def _customer(self, tx: Transaction, mail: parser.ParsedMail) -> Customer | None:
         """The sender's customer, or what UnknownSender says to do without one."""
@@ -221,18 +220,10 @@ class CaseEngine:
         )
         return await tx.create_case(new), True
 
-    async def _route(
-        self,
-        tx: Transaction,
-        case: CaseRef,
-        is_new: bool,
-        row: int,
-        mail: parser.ParsedMail,
-        customer: Customer | None,
-        automatic: str | None,
-    ) -> RoutingDecision:
+    async def _route(self, tx: Transaction, arrival: Arrival) -> RoutingDecision:
         """Run the installation's routing procedure in this transaction, then apply it."""
         assert self.settings.hook is not None
+        case, mail, customer, row = arrival.case, arrival.mail, arrival.customer, arrival.row
         info = await tx.case_info(case.id)
         sender = mail.sender or parser.Address("", "")
         context = HookContext(
@@ -244,7 +235,7 @@ class CaseEngine:
                 info.status,
                 info.inbox,
                 info.subject,
-                is_new,
+                arrival.is_new,
             ),
             message=MessageView(
                 row,
@@ -254,7 +245,7 @@ class CaseEngine:
                 mail.subject,
                 mail.text,
                 tuple(a.filename for a in mail.attachments),
-                automatic,
+                arrival.automatic,
             ),
             customer=CustomerView(customer.id, customer.name, customer.addresses)
             if customer
@@ -267,27 +258,20 @@ class CaseEngine:
         return decision
 
     async def _acknowledge(
-        self,
-        tx: Transaction,
-        case: CaseRef,
-        is_new: bool,
-        row: int,
-        mail: parser.ParsedMail,
-        customer: Customer | None,
-        automatic: str | None,
-        hook_says: bool | None,
+        self, tx: Transaction, arrival: Arrival, hook_says: bool | None
     ) -> str | None:
         """Queue the acknowledgement in this transaction; returns "queued" or why not."""
         ack = self.settings.ack
         if ack is None:
             return None
+        case, mail, customer = arrival.case, arrival.mail, arrival.customer
         sender = mail.sender or parser.Address("", "")
         reason = skip_reason(
             sender=sender.address,
-            automatic=automatic,
+            automatic=arrival.automatic,
             own_addresses=ack.own_addresses,
             hook_acknowledge=hook_says,
-            is_new_case=is_new,
+            is_new_case=arrival.is_new,
             on_follow_ups=ack.on_follow_ups,
         )
         if reason:
@@ -314,7 +298,7 @@ class CaseEngine:
             NewAck(
                 self.settings.listener,
                 case.id,
-                row,
+                arrival.row,
                 sender.address,
                 str(message["Subject"]),
                 str(message["Message-ID"]),
