@@ -15,7 +15,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from . import admin
+from . import admin, diagnose
 from .ack import AckIdentity
 from .clock import Clock, SystemClock
 from .config import Config, ImapListenerConfig, load_config
@@ -118,10 +118,10 @@ def ack_settings(cfg: ImapListenerConfig) -> AckSettings | None:
     )
 
 
-def smtp_endpoints(config: Config) -> dict[str, SmtpEndpoint]:
+def smtp_endpoints(config: Config, *, enabled_only: bool = True) -> dict[str, SmtpEndpoint]:
     """The SMTP account of every listener that acknowledges, by listener ID."""
     endpoints: dict[str, SmtpEndpoint] = {}
-    for cfg in config.enabled_listeners():
+    for cfg in config.enabled_listeners() if enabled_only else config.listeners:
         ack = cfg.acknowledgement
         if ack is None or not ack.enabled:
             continue
@@ -191,6 +191,20 @@ def build_listener(
     )
 
 
+def pop3_endpoint_for(cfg: ImapListenerConfig) -> Pop3Endpoint:
+    """The same host, credentials, CA and protocol log settings as an IMAP endpoint."""
+    imap = endpoint_for(cfg)
+    return Pop3Endpoint(
+        cfg.host,
+        cfg.port,
+        cfg.use_ssl,
+        cfg.username,
+        imap.password,
+        imap.ca_file,
+        protolog_factory=imap.protolog_factory,
+    )
+
+
 def build_pop3_listener(
     cfg: ImapListenerConfig,
     store: Store,
@@ -201,16 +215,7 @@ def build_pop3_listener(
 ) -> Pop3Listener:
     """One POP3 listener; the same engine and ledger, polling instead of IDLE."""
     register_secret(cfg.password.reveal())
-    imap = endpoint_for(cfg)  # the same host, credentials, CA and protocol log settings
-    endpoint = Pop3Endpoint(
-        cfg.host,
-        cfg.port,
-        cfg.use_ssl,
-        cfg.username,
-        imap.password,
-        imap.ca_file,
-        protolog_factory=imap.protolog_factory,
-    )
+    endpoint = pop3_endpoint_for(cfg)
 
     async def connect() -> Pop3Session:
         return await Pop3Session.open(endpoint)
@@ -506,3 +511,27 @@ async def status(config: Config) -> str:
         return render_status(rows)
     finally:
         await store.close()
+
+
+async def test_connections(
+    config: Config, ids: Sequence[str], *, create_folders: bool, send_to: str | None
+) -> list[diagnose.Step]:
+    """`test-connection`: every step of every (chosen) listener's accounts, in order."""
+    chosen = [c for c in config.listeners if not ids or c.id in ids]
+    unknown = set(ids) - {c.id for c in config.listeners}
+    if unknown:
+        raise EngageError(f"no listener {', '.join(sorted(unknown))} in {config.path}")
+    smtp = smtp_endpoints(config, enabled_only=False)
+    steps: list[diagnose.Step] = []
+    for cfg in chosen:
+        register_secret(cfg.password.reveal())
+        pop3 = cfg.protocol == "pop3"
+        steps += await diagnose.test_listener(
+            cfg,
+            imap_endpoint=None if pop3 else endpoint_for(cfg),
+            pop3_endpoint=pop3_endpoint_for(cfg) if pop3 else None,
+            smtp_endpoint=smtp.get(cfg.id),
+            create_folders=create_folders,
+            send_to=send_to,
+        )
+    return steps

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, admin, app, secrets
+from . import __version__, admin, app, diagnose, secrets
 from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
@@ -137,6 +137,7 @@ def _add_control_commands(sub: Any) -> None:
 
 
 def _add_search_command(sub: Any) -> None:
+    """search (the mailbox on the server) and test-connection (every account)."""
     find = sub.add_parser("search", help="search a listener's mailbox on the server")
     find.add_argument("listener")
     find.add_argument("--folder", help="default: the listener's input folder")
@@ -147,6 +148,12 @@ def _add_search_command(sub: Any) -> None:
     find.add_argument("--limit", type=int, default=50)
     find.add_argument("--json", action="store_true")
     _config_arg(find)
+    test = sub.add_parser("test-connection", help="check accounts, TLS, login, folders, SMTP")
+    test.add_argument("listeners", nargs="*", metavar="LISTENER", help="default: all")
+    test.add_argument("--create-folders", action="store_true", help="create missing folders")
+    test.add_argument("--send-to", metavar="ADDRESS", help="also send a test message via SMTP")
+    test.add_argument("--json", action="store_true")
+    _config_arg(test)
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +217,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         else render_search(hits)
     )
     return EXIT_OK
+
+
+def cmd_test_connection(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    steps = asyncio.run(
+        app.test_connections(
+            config, args.listeners, create_folders=args.create_folders, send_to=args.send_to
+        )
+    )
+    print(diagnose.render_json(steps) if args.json else diagnose.render_text(steps))
+    return EXIT_OK if diagnose.succeeded(steps) else EXIT_FAILURE
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -343,6 +361,7 @@ COMMANDS = {
     "keygen": cmd_keygen,
     "search": cmd_search,
     "status": cmd_status,
+    "test-connection": cmd_test_connection,
     "reset": cmd_control,
     "resume": cmd_control,
     "approve": cmd_decide,
