@@ -9,25 +9,22 @@ waits for the listeners to finish.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import signal
 from collections.abc import Sequence
 from typing import Any
 
-from . import admin, diagnose
 from .ack import AckIdentity
 from .clock import Clock, SystemClock
 from .config import Config, ImapListenerConfig, load_config
-from .control import request_date, resume, start_of_day
-from .engine import REPLAY_FOLDER, AckSettings, CaseEngine, EngineSettings
+from .control import start_of_day
+from .engine import AckSettings, CaseEngine, EngineSettings
 from .errors import ConfigError, ConfigProblem, EngageError, HookError
 from .hooks import RoutingHook, load_hook
 from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
-from .mailsearch import Criteria, Hit, search_mailbox
 from .metrics import MetricsServer
 from .outbox import OutboxSender
 from .pop3 import Pop3Endpoint, Pop3Session
@@ -36,8 +33,8 @@ from .protolog import ProtocolLog, expand_path
 from .sdnotify import Notifier
 from .smtp import SmtpEndpoint, send_message
 from .sqlite_store import SqliteStore
-from .status import ListenerStatus, read_status, render_status, write_heartbeats
-from .store import CaseSummary, LedgerKey, Store
+from .status import ListenerStatus, read_status, write_heartbeats
+from .store import Store
 from .supervisor import Supervisor
 
 SHUTDOWN_GRACE = 8.0  # seconds for listeners to finish the mail in hand
@@ -387,151 +384,3 @@ def _install_signal_handlers(stop: asyncio.Event, reload: asyncio.Event, log: An
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handler, sig, stop)
     loop.add_signal_handler(signal.SIGHUP, handler, signal.SIGHUP, reload)
-
-
-async def list_cases(config: Config) -> list[CaseSummary]:
-    """Cases in the store, for `engage-listener cases`."""
-    store = SqliteStore(config.store.path)
-    await store.open()
-    try:
-        return await store.list_cases()
-    finally:
-        await store.close()
-
-
-async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[str]:
-    """Run quarantined mails through their listener's engine again; one line per mail."""
-    hooks = load_hooks(config)
-    listeners = {c.id: c for c in config.listeners}
-    store = SqliteStore(config.store.path)
-    await store.open()
-    lines: list[str] = []
-    try:
-        for entry_id in entry_ids:
-            lines.append(await _replay_one(store, listeners, hooks, entry_id))
-    finally:
-        await store.close()
-    return lines
-
-
-async def _replay_one(
-    store: SqliteStore,
-    listeners: dict[str, ImapListenerConfig],
-    hooks: dict[str, RoutingHook],
-    entry_id: int,
-) -> str:
-    found = await admin.get_quarantine(store, entry_id)
-    if found is None:
-        raise EngageError(f"no quarantine entry {entry_id}")
-    entry, raw = found
-    if entry.state != "held":
-        return f"{entry_id}: already {entry.state} (case {entry.case_id})"
-    cfg = listeners.get(entry.listener)
-    if cfg is None:
-        raise EngageError(
-            f"quarantine entry {entry_id}: listener {entry.listener!r} is no "
-            "longer in the configuration"
-        )
-    engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
-    key = LedgerKey(cfg.id, REPLAY_FOLDER, 0, entry_id)
-    done = await engine.ingest(key, raw)
-    await admin.mark_replayed(store, entry_id, done.case_id)
-    return f"{entry_id}: replayed into case {done.case_number or '(ignored)'}"
-
-
-async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool) -> list[str]:
-    """`approve` (then route and acknowledge) or `reject` cases awaiting approval."""
-    hooks = load_hooks(config)
-    listeners = {c.id: c for c in config.listeners}
-    store = SqliteStore(config.store.path)
-    await store.open()
-    lines: list[str] = []
-    try:
-        for case_id in case_ids:
-            rows = await store.query(
-                "SELECT listener, status, case_number FROM cases WHERE id = ?", (case_id,)
-            )
-            if not rows:
-                lines.append(f"{case_id}: no such case")
-                continue
-            listener, status, number = rows[0]
-            if not approve:
-                lines.append(await admin.reject_case(store, case_id, str(number), str(status)))
-                continue
-            cfg = listeners.get(str(listener))
-            if cfg is None:
-                raise EngageError(f"case {number}: listener {listener!r} is not configured")
-            engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
-            lines.append(await engine.approve(case_id))
-    finally:
-        await store.close()
-    return lines
-
-
-async def control_listener(config: Config, listener: str, day: dt.date | None) -> str:
-    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None)."""
-    cfg = {c.id: c for c in config.listeners}.get(listener)
-    if cfg is None:
-        raise EngageError(f"no listener {listener!r} in {config.path}")
-    store = SqliteStore(config.store.path)
-    await store.open()
-    try:
-        if day is None:
-            return await resume(store, listener)
-        return await request_date(store, listener, day, cfg.time_zone, dt.datetime.now(dt.UTC))
-    finally:
-        await store.close()
-
-
-async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]:
-    """Search a listener's mailbox on the server (IMAP listeners only)."""
-    cfg = {c.id: c for c in config.listeners}.get(listener)
-    if cfg is None:
-        raise EngageError(f"no listener {listener!r} in {config.path}")
-    if cfg.protocol != "imap":
-        raise EngageError(f"listener {listener!r} reads POP3, which cannot search the mailbox")
-    register_secret(cfg.password.reveal())
-    store = SqliteStore(config.store.path)
-    await store.open()
-    session = await ImapSession.open(endpoint_for(cfg))
-    try:
-        return await search_mailbox(session, criteria, store=store, listener=cfg.id)
-    finally:
-        await session.logout()
-        await store.close()
-
-
-async def status(config: Config) -> str:
-    """`engage-listener status`, from the heartbeats the daemon writes to the store."""
-    store = SqliteStore(config.store.path)
-    await store.open()
-    try:
-        zones = {c.id: c.time_zone for c in config.listeners}
-        rows = await read_status(store, [c.id for c in config.listeners], tz=zones)
-        return render_status(rows)
-    finally:
-        await store.close()
-
-
-async def test_connections(
-    config: Config, ids: Sequence[str], *, create_folders: bool, send_to: str | None
-) -> list[diagnose.Step]:
-    """`test-connection`: every step of every (chosen) listener's accounts, in order."""
-    chosen = [c for c in config.listeners if not ids or c.id in ids]
-    unknown = set(ids) - {c.id for c in config.listeners}
-    if unknown:
-        raise EngageError(f"no listener {', '.join(sorted(unknown))} in {config.path}")
-    smtp = smtp_endpoints(config, enabled_only=False)
-    steps: list[diagnose.Step] = []
-    for cfg in chosen:
-        register_secret(cfg.password.reveal())
-        pop3 = cfg.protocol == "pop3"
-        steps += await diagnose.test_listener(
-            cfg,
-            imap_endpoint=None if pop3 else endpoint_for(cfg),
-            pop3_endpoint=pop3_endpoint_for(cfg) if pop3 else None,
-            smtp_endpoint=smtp.get(cfg.id),
-            create_folders=create_folders,
-            send_to=send_to,
-        )
-    return steps

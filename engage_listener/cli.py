@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, admin, app, diagnose, secrets
+from . import __version__, admin, app, commands, diagnose, secrets
 from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
@@ -192,7 +192,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    lines = asyncio.run(app.decide_cases(config, args.cases, approve=args.command == "approve"))
+    lines = asyncio.run(
+        commands.decide_cases(config, args.cases, approve=args.command == "approve")
+    )
     for line in lines:
         print(line)
     return EXIT_OK if all("approved" in x or "rejected" in x for x in lines) else EXIT_FAILURE
@@ -201,7 +203,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 def cmd_control(args: argparse.Namespace) -> int:
     config = _load(args.config)
     day = args.date if args.command == "reset" else None
-    print(asyncio.run(app.control_listener(config, args.listener, day)))
+    print(asyncio.run(commands.control_listener(config, args.listener, day)))
     return EXIT_OK
 
 
@@ -210,7 +212,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = {c.id: c for c in config.listeners}.get(args.listener)
     folder = args.folder or (cfg.input_folder if cfg else "INBOX")
     criteria = Criteria(folder, args.sender, args.subject, args.since, args.before, args.limit)
-    hits = asyncio.run(app.search(config, args.listener, criteria))
+    hits = asyncio.run(commands.search(config, args.listener, criteria))
     print(
         json.dumps([asdict(h) for h in hits], ensure_ascii=False, indent=2)
         if args.json
@@ -222,7 +224,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_test_connection(args: argparse.Namespace) -> int:
     config = _load(args.config)
     steps = asyncio.run(
-        app.test_connections(
+        commands.test_connections(
             config, args.listeners, create_folders=args.create_folders, send_to=args.send_to
         )
     )
@@ -231,7 +233,7 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print(asyncio.run(app.status(_load(args.config))), end="")
+    print(asyncio.run(commands.status(_load(args.config))), end="")
     return EXIT_OK
 
 
@@ -266,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_cases(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    cases = asyncio.run(app.list_cases(config))
+    cases = asyncio.run(commands.list_cases(config))
     if args.pending:
         cases = [c for c in cases if c.status == "pending-approval"]
     if args.json:
@@ -322,7 +324,7 @@ def cmd_customers(args: argparse.Namespace) -> int:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.action == "replay":
-        for line in asyncio.run(app.replay_quarantine(config, args.ids)):
+        for line in asyncio.run(commands.replay_quarantine(config, args.ids)):
             print(line)
         return EXIT_OK
     if args.action == "show":
