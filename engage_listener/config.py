@@ -19,6 +19,7 @@ from lxml import etree
 
 from engage_listener import secrets
 from engage_listener.config_ack import AckConfig, ack_config, ack_problems
+from engage_listener.config_auth import AuthConfig, auth_config, auth_problems, password_problem
 from engage_listener.config_schema import parse_xml, schema_path, schema_problems
 from engage_listener.config_xml import flag as _flag
 from engage_listener.config_xml import line as _line
@@ -99,6 +100,7 @@ class ImapListenerConfig:
     require_approval: bool = False
     protocol: str = "imap"  # "imap" or "pop3" (a Pop3Listener block)
     leave_on_server: bool = False  # POP3 only
+    authentication: AuthConfig | None = None  # None: the Password
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
             problems.append(ConfigProblem(file, _line(extra), name, "only one is allowed"))
     for block in root.iterchildren("ImapListener", "Pop3Listener"):
         problems.extend(_listener_problems(_values(block), path))
+        problems.extend(_auth_problems(block, root, path))
     return problems
 
 
@@ -251,7 +254,8 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
         message = "DefaultCustomer needs a DefaultCustomerId"
         problems.append(ConfigProblem(file, _line(policy), "UnknownSender", message))
     if "Acknowledgement" in values:
-        problems.extend(ack_problems(values["Acknowledgement"], path))
+        ack = values["Acknowledgement"]
+        problems.extend(ack_problems(ack, path, key_path(ack.getroottree().getroot(), path)))
     zone = values.get("TimeZone")
     if zone is not None and not _known_zone(_text(zone)):
         problems.append(ConfigProblem(file, _line(zone), "TimeZone", "unknown time zone"))
@@ -260,6 +264,14 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
         message = f"CA file {_relative_to(path, _text(ca))} does not exist"
         problems.append(ConfigProblem(file, _line(ca), "CaFile", message))
     return problems
+
+
+def _auth_problems(block: etree._Element, root: etree._Element, path: Path) -> list[ConfigProblem]:
+    """A Password, or an Authentication that can log in (OAuth2 settings, secrets, files)."""
+    missing = password_problem(block, path)
+    node = _values(block).get("Authentication")
+    found = auth_problems(node, path, key_path(root, path)) if node is not None else []
+    return found + ([missing] if missing else [])
 
 
 def key_path(root: etree._Element, path: Path) -> Path:
@@ -320,7 +332,9 @@ def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
         host=_text(values["HostName"]),
         port=int(port) if port is not None else (993 if use_ssl else 143),
         username=_text(values["UserName"]),
-        password=Secret(_secret(values["Password"], block.getroottree().getroot(), config_path)),
+        password=Secret(_secret(values["Password"], block.getroottree().getroot(), config_path))
+        if "Password" in values
+        else Secret(""),
         use_ssl=use_ssl,
         input_folder=_optional(values, "InputFolder") or "INBOX",
         output_folder=_optional(values, "OutputFolder"),
@@ -338,6 +352,13 @@ def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
             key_path(block.getroottree().getroot(), config_path),
         )
         if "Acknowledgement" in values
+        else None,
+        authentication=auth_config(
+            values["Authentication"],
+            config_path,
+            key_path(block.getroottree().getroot(), config_path),
+        )
+        if "Authentication" in values
         else None,
         **_case_settings(values),
     )

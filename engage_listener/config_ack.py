@@ -13,6 +13,7 @@ from lxml import etree
 
 from . import secrets
 from .ack import DEFAULT_TEMPLATE, AckTemplate, template_problems
+from .config_auth import AuthConfig, auth_config, auth_problems, auth_type
 from .config_xml import flag, line, optional, relative_to, text, values
 from .errors import ConfigProblem
 from .smtp import default_port
@@ -26,6 +27,7 @@ class SmtpConfig:
     username: str | None
     password: str | None = field(repr=False)
     ca_file: Path | None
+    authentication: AuthConfig | None = None  # None: the Password
 
 
 @dataclass(frozen=True)
@@ -70,17 +72,25 @@ def _template(found: dict[str, etree._Element], path: Path) -> tuple[AckTemplate
     return template, problems or template_problems(template)
 
 
-def ack_problems(node: etree._Element, path: Path) -> list[ConfigProblem]:
-    """Template and file problems of an Acknowledgement block."""
+def ack_problems(
+    node: etree._Element, path: Path, key_path: Path | None = None
+) -> list[ConfigProblem]:
+    """Template, file and login problems of an Acknowledgement block."""
     found = values(node)
     _, problems = _template(found, path)
     smtp = values(found["Smtp"]) if "Smtp" in found else {}
     ca = smtp.get("CaFile")
     if ca is not None and not relative_to(path, text(ca)).is_file():
         problems.append(f"CA file {relative_to(path, text(ca))} does not exist")
-    if "UserName" in smtp and "Password" not in smtp:
+    oauth = auth_type(smtp.get("Authentication")) != "Password"
+    if "UserName" in smtp and "Password" not in smtp and not oauth:
         problems.append("Smtp has a UserName but no Password")
-    return [ConfigProblem(str(path), line(node), "Acknowledgement", p) for p in problems]
+    if oauth and "UserName" not in smtp:
+        problems.append("Smtp with OAuth2 needs a UserName (the mailbox it logs in as)")
+    result = [ConfigProblem(str(path), line(node), "Acknowledgement", p) for p in problems]
+    if "Authentication" in smtp:
+        result += auth_problems(smtp["Authentication"], path, key_path)
+    return result
 
 
 def ack_config(
@@ -108,6 +118,9 @@ def ack_config(
             username=optional(smtp, "UserName"),
             password=password,
             ca_file=relative_to(path, ca) if ca else None,
+            authentication=auth_config(smtp["Authentication"], path, key_path)
+            if "Authentication" in smtp
+            else None,
         ),
         from_address=text(found["FromAddress"]),
         from_name=optional(found, "FromName") or "",

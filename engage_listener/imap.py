@@ -8,7 +8,8 @@ aioimaplib gaps handled here, so nothing else touches the library:
 - a RecursionError on long responses (recursive line parser): replaced by a loop;
 - a dropped connection leaves commands waiting forever: we fail them at once and a
   session is never reused after any error (a new one is built on reconnect);
-- XOAUTH2 failures hang on the server's error continuation (handled with OAuth2 later).
+- AUTHENTICATE continuations are never answered, so an XOAUTH2 failure would hang on
+  the server's error challenge: we answer it (empty line) and get the NO at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import datetime as dt
 import ssl
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aioimaplib import aioimaplib as lib
 
@@ -44,7 +45,11 @@ from .imap_text import (
     quote_mailbox,
     uid_sets,
 )
+from .oauth import TokenRefused, xoauth2_error, xoauth2_payload
 from .protolog import ProtocolLog
+
+if TYPE_CHECKING:
+    from .oauth import TokenProvider
 
 
 class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -71,6 +76,20 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         if self.protolog is not None:
             self.protolog.sent(line)
         self.transport.write(f"{line}\r\n".encode())
+
+    def _continuation(self, line: bytes) -> None:
+        """AUTHENTICATE: send the SASL response, or end an error challenge (XOAUTH2)."""
+        cmd = self.pending_sync_command
+        if not isinstance(cmd, _Authenticate):
+            super()._continuation(line)
+        elif cmd.response_line is not None:  # the empty challenge of a server without SASL-IR
+            response, cmd.response_line = cmd.response_line, None
+            if self.protolog is not None:
+                self.protolog.sent("***")  # the token never reaches the protocol log
+            self.transport.write(f"{response}\r\n".encode())
+        else:  # the error details; an empty answer makes the server send its NO now
+            cmd.sasl_error = xoauth2_error(line[1:])
+            self.send("")
 
     def data_received(self, d: bytes) -> None:
         super().data_received(d)
@@ -121,6 +140,22 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             cmd.begin_literal_data(size)
             return cmd
         return cmd if cmd is not None and cmd.wait_data() else None
+
+
+class _Authenticate(lib.Command):  # type: ignore[misc]
+    """AUTHENTICATE XOAUTH2, whose repr() (in tracebacks and logs) hides the token."""
+
+    def __init__(self, tag: str, payload: str, initial: bool, loop: Any) -> None:
+        args = ("XOAUTH2", payload) if initial else ("XOAUTH2",)
+        super().__init__("AUTHENTICATE", tag, *args, loop=loop)
+        self.response_line: str | None = None if initial else payload
+        self.sasl_error = ""
+
+    def __str__(self) -> str:  # the line sent
+        return str(super().__repr__())
+
+    def __repr__(self) -> str:
+        return f"{self.tag} AUTHENTICATE XOAUTH2 ***"
 
 
 class ImapSession:
@@ -194,6 +229,9 @@ class ImapSession:
 
     async def _login(self) -> None:
         ep = self.endpoint
+        if ep.token_provider is not None:
+            await self._login_xoauth2(ep.token_provider)
+            return
         if "LOGINDISABLED" in self._proto.capabilities:
             raise AuthenticationError(
                 f"{ep.host} refuses LOGIN on this connection (LOGINDISABLED); "
@@ -211,6 +249,43 @@ class ImapSession:
                 f"login refused for user {ep.username!r} at {ep.host}: {_text(response)}"
             )
         await self._call("CAPABILITY", proto.capability())
+
+    async def _login_xoauth2(self, provider: TokenProvider) -> None:
+        """SASL XOAUTH2; a refused token is replaced by a brand-new one once, then reported."""
+        ep = self.endpoint
+        if not self.has_capability("AUTH=XOAUTH2"):
+            raise AuthenticationError(
+                f"{ep.host} does not offer AUTH=XOAUTH2 on this connection; "
+                "it cannot log in with OAuth2"
+            )
+        response, detail = await self._authenticate(await provider.token())
+        if response.result == "NO":  # e.g. revoked or expired early: one forced refresh
+            token = await provider.token(force_refresh=True)
+            if self._proto.lost.is_set():
+                raise ConnectionLostError(f"{ep.host} closed the connection after a refused token")
+            response, detail = await self._authenticate(token)
+        if response.result != "OK":
+            advice = getattr(provider, "refusal_advice", "")
+            raise TokenRefused(
+                f"XOAUTH2 login refused for user {ep.username!r} at {ep.host}: {_text(response)}"
+                + (f" ({detail})" if detail else "")
+                + (f". {advice}" if advice else "")
+            )
+        await self._call("CAPABILITY", self._proto.capability())
+
+    async def _authenticate(self, token: str) -> tuple[Any, str]:
+        """One AUTHENTICATE XOAUTH2 (initial response with SASL-IR); (response, error)."""
+        proto = self._proto
+        payload = xoauth2_payload(self.endpoint.username, token)
+        command = _Authenticate(
+            proto.new_tag(), payload, self.has_capability("SASL-IR"), proto.loop
+        )
+        async with proto.state_condition:
+            response = await self._call("AUTHENTICATE", proto.execute(command))
+            if response.result == "OK":
+                proto.state = lib.AUTH
+            proto.state_condition.notify_all()
+        return response, command.sasl_error
 
     async def logout(self) -> None:
         """Polite LOGOUT, bounded in time; the connection is closed either way."""

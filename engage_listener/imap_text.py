@@ -12,10 +12,13 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import imap_utf7
 from .protolog import ProtocolLog
+
+if TYPE_CHECKING:
+    from .oauth import TokenProvider
 
 UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 EXISTS_RE = re.compile(rb"^(\d+) EXISTS")
@@ -40,6 +43,8 @@ class ImapEndpoint:
     ca_file: str | None = None
     timeout: float = 30.0
     protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
+    # OAuth2: log in with SASL XOAUTH2 as `username` with its tokens (`password` unused).
+    token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
 
     def ssl_context(self) -> ssl.SSLContext:
         """Verifying context: certificates are always checked (system CAs or CaFile)."""

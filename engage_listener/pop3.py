@@ -7,6 +7,9 @@ over poplib's 2048-byte limit cannot make a mail unreadable forever. Errors beco
 the package's: a refused login AuthenticationError, certificate problems TlsError,
 other -ERR ProtocolError (the session stays usable), sockets and timeouts
 ConnectionLostError (the session is then unusable: `healthy` is False).
+With a token provider the login is SASL XOAUTH2 (RFC 5034, the response after the
+server's empty challenge, as Microsoft documents it); a refused token is replaced
+by a brand-new one once, on a new connection, before the refusal is reported.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import AuthenticationError, ConnectionLostError, ProtocolError, TlsError
+from .oauth import TokenRefused, xoauth2_error, xoauth2_payload
 from .protolog import ProtocolLog
+
+if TYPE_CHECKING:
+    from .oauth import TokenProvider
 
 T = TypeVar("T")
 STATUS_LINE_MAX = 8192  # status and listing lines; message bodies are read in chunks
@@ -45,6 +52,8 @@ class Pop3Endpoint:
     ca_file: str | None = None
     timeout: float = 30.0
     protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
+    # OAuth2: log in with SASL XOAUTH2 as `username` with its tokens (`password` unused).
+    token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
 
     @property
     def where(self) -> str:
@@ -159,14 +168,19 @@ def _errors(what: str, handshake: bool = False) -> Iterator[None]:
         raise ConnectionLostError(f"{what}: {exc or 'timed out'}") from exc
 
 
-def _connect(ep: Pop3Endpoint, protolog: ProtocolLog | None) -> tuple[_Conn, str]:
-    """Blocking: connect, TLS (implicit, or STLS when offered), USER/PASS."""
+def _connect(
+    ep: Pop3Endpoint, protolog: ProtocolLog | None, token: str | None = None
+) -> tuple[_Conn, str]:
+    """Blocking: connect, TLS (implicit, or STLS when offered), USER/PASS or XOAUTH2."""
     context = ep.ssl_context()
     with _errors(f"connecting to {ep.where}", handshake=True):
         conn = _Conn(ep, context if ep.use_ssl else None, protolog)
     try:
         tls = "implicit" if ep.use_ssl else _starttls(conn, ep, context)
-        _login(conn, ep)
+        if token is None:
+            _login(conn, ep)
+        else:
+            _login_xoauth2(conn, ep, token)
     except BaseException:
         conn.shut()
         raise
@@ -204,6 +218,32 @@ def _login(conn: _Conn, ep: Pop3Endpoint) -> None:
             if _is_err(exc) and not any(code in answer for code in TEMPORARY_CODES):
                 raise AuthenticationError(f"login refused for {who}: {answer}") from None
             raise
+
+
+def _login_xoauth2(conn: _Conn, ep: Pop3Endpoint, token: str) -> None:
+    """AUTH XOAUTH2, empty challenge, response; an error challenge is ended with an empty line."""
+    who = f"{ep.username!r} on {ep.where}"
+    with _errors(f"XOAUTH2 login as {who}"):
+        conn._putcmd("AUTH XOAUTH2")
+        line, _ = conn._getline()
+        if line.startswith(b"+ ") or line == b"+":
+            if conn.protolog is not None:
+                conn.protolog.sent("***")  # the token never reaches the protocol log
+            conn.sock.sendall(xoauth2_payload(ep.username, token).encode() + b"\r\n")
+            line, _ = conn._getline()
+            if line.startswith(b"+OK"):
+                return
+            detail = ""
+            if line.startswith(b"+"):  # the error details; the empty answer gets the -ERR
+                detail = f" ({xoauth2_error(line[1:])})"
+                conn._putcmd("")
+                line, _ = conn._getline()
+        else:
+            detail = " (the server offers no XOAUTH2 login)"
+        answer = line.decode("utf-8", "replace")[:ANSWER_MAX]
+        if not line.startswith(b"-ERR") or any(code in answer for code in TEMPORARY_CODES):
+            raise poplib.error_proto(line)  # temporary or out of step: not a verdict on us
+        raise TokenRefused(f"XOAUTH2 login refused for {who}: {answer}{detail}")
 
 
 def _listing(conn: _Conn) -> tuple[list[tuple[int, str]], bool]:
@@ -248,11 +288,26 @@ class Pop3Session:
     @classmethod
     async def open(cls, endpoint: Pop3Endpoint) -> Pop3Session:
         """Connect and log in; a cancelled open still closes the connection it made."""
+        provider = endpoint.token_provider
+        if provider is None:
+            return await cls._open(endpoint, None)
+        try:
+            return await cls._open(endpoint, await provider.token())
+        except TokenRefused:  # revoked or expired early: once more with a brand-new token
+            token = await provider.token(force_refresh=True)
+        try:
+            return await cls._open(endpoint, token)
+        except TokenRefused as exc:
+            advice = getattr(provider, "refusal_advice", "")
+            raise TokenRefused(f"{exc}. {advice}" if advice else str(exc)) from None
+
+    @classmethod
+    async def _open(cls, endpoint: Pop3Endpoint, token: str | None) -> Pop3Session:
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pop3")
         protolog = endpoint.protolog_factory()
         if protolog is not None:
             protolog.note(f"connecting to {endpoint.where} tls={endpoint.use_ssl}")
-        job = worker.submit(_connect, endpoint, protolog)
+        job = worker.submit(_connect, endpoint, protolog, token)
         try:
             conn, tls = await asyncio.shield(asyncio.wrap_future(job))
         except asyncio.CancelledError:

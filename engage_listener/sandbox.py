@@ -140,14 +140,22 @@ class DovecotSandbox:
     """One private Dovecot instance (IMAP, IMAPS, POP3, POP3S on 127.0.0.1).
 
     Any user name logs in with :attr:`PASSWORD`, so tests isolate themselves
-    simply by inventing a fresh user.
+    simply by inventing a fresh user. With ``oauth2_introspection_url`` XOAUTH2
+    (and OAUTHBEARER) logins are offered too, their tokens validated for real by
+    Dovecot's oauth2 passdb against that introspection endpoint.
     """
 
     PASSWORD = "sandbox-secret"  # noqa: S105 - a throwaway test server
     host = "127.0.0.1"
 
     def __init__(
-        self, root: Path, *, idle: bool = True, move: bool = True, extra_config: str = ""
+        self,
+        root: Path,
+        *,
+        idle: bool = True,
+        move: bool = True,
+        extra_config: str = "",
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -188,6 +196,7 @@ class DovecotSandbox:
         hidden = {c for c, keep in (("IDLE", idle), ("MOVE", move)) if not keep}
         caps = [c for c in _IMAP_CAPS.split() if c not in hidden]
         cap_line = f"imap_capability = {' '.join(caps)}" if hidden else ""
+        mechanisms, oauth2_passdb, static_extra = self._oauth2(oauth2_introspection_url)
 
         def listener(name: str, port: int, ssl: str) -> str:
             return f"  inet_listener {name} {{\n    port = {port}\n    ssl = {ssl}\n  }}"
@@ -216,13 +225,13 @@ ssl_cert = <{cert_file}
 ssl_key = <{key_file}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_cache_size = 0
 auth_failure_delay = 0
 auth_verbose = yes
-passdb {{
+{oauth2_passdb}passdb {{
   driver = static
-  args = password={self.PASSWORD}
+  args = password={self.PASSWORD}{static_extra}
 }}
 userdb {{
   driver = static
@@ -264,6 +273,31 @@ service anvil {{
 {extra_config}
 """
         )
+
+    def _oauth2(self, introspection_url: str | None) -> tuple[str, str, str]:
+        """(auth_mechanisms, oauth2 passdb, static passdb extra) for XOAUTH2/OAUTHBEARER.
+
+        Dovecot POSTs every token to ``introspection_url`` (``token=...``) and accepts
+        the login when the JSON answer has ``"active": true`` and a ``"username"`` equal
+        to the login name; plain logins keep working with :attr:`PASSWORD`.
+        """
+        if introspection_url is None:
+            return "plain login", "", ""
+        args = self.root / "dovecot-oauth2.conf.ext"
+        args.write_text(
+            f"""introspection_mode = post
+introspection_url = {introspection_url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 10000
+"""
+        )
+        passdb = "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+        passdb += f"  args = {args}\n}}\n"
+        # The static password then serves plain logins only: a token never meets it.
+        return "plain login xoauth2 oauthbearer", passdb, "\n  mechanisms = plain login"
 
     @property
     def ports(self) -> tuple[int, int, int, int]:

@@ -18,6 +18,9 @@ Decisions:
 * A failure after the message was handed over (lost DATA reply) is flagged
   ``maybe_sent`` so the caller can avoid a duplicate.
 * Exception texts never contain the password, even if a server echoes it.
+* With a token provider AUTH is SASL XOAUTH2 (the response after the empty 334, as
+  Microsoft documents it); a refused token is replaced by a brand-new one once,
+  then reported. An unreachable identity provider is a temporary failure.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import getaddresses, parseaddr
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiosmtplib
 
@@ -40,7 +43,11 @@ from engage_listener.errors import (
     TlsError,
     TransientError,
 )
+from engage_listener.oauth import TokenRefused, xoauth2_error, xoauth2_payload
 from engage_listener.protolog import ProtocolLog
+
+if TYPE_CHECKING:
+    from engage_listener.oauth import TokenProvider
 
 SECURITIES = ("SSL", "StartTls", "None")
 _PORTS = {"SSL": 465, "StartTls": 587, "None": 25}
@@ -59,6 +66,8 @@ class SmtpEndpoint:
     ca_file: str | None = None
     timeout: float = 30.0
     local_hostname: str | None = None
+    # OAuth2: AUTH XOAUTH2 as `username` with its tokens (`password` unused).
+    token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
 
 
 def default_port(security: str) -> int:
@@ -167,10 +176,56 @@ async def _login(session: _Session) -> str:
     ep, client = session.endpoint, session.client
     if not client.supports_extension("auth"):
         raise AuthenticationError(f"{ep.host}:{ep.port} offers no AUTH (over this connection)")
+    if ep.token_provider is not None:
+        return await _login_xoauth2(session, ep.token_provider)
     username, password = ep.username or "", ep.password or ""
     session.note(f"AUTH as {username} ({' '.join(client.supported_auth_methods)})")
     session.received(await client.login(username, password))
     return f"authenticated as {username}"
+
+
+async def _login_xoauth2(session: _Session, provider: TokenProvider) -> str:
+    """AUTH XOAUTH2 with the provider's token; once more with a brand-new token if refused."""
+    ep = session.endpoint
+    where = f"SMTP {ep.host}:{ep.port}"
+    username = ep.username or ""
+    offered = [m.lower() for m in getattr(session.client, "server_auth_methods", [])]
+    if "xoauth2" not in offered:
+        raise AuthenticationError(f"{where} does not offer AUTH XOAUTH2 ({' '.join(offered)})")
+    session.note(f"AUTH XOAUTH2 as {username}")
+    for force in (False, True):
+        try:
+            token = await provider.token(force_refresh=force)
+        except TransientError as exc:  # the identity provider, not the mail server
+            raise SmtpTemporaryError(f"{where}: {exc}") from None
+        reply, detail = await _xoauth2(session, username, token)
+        if reply.code == 235:
+            return f"authenticated as {username} (XOAUTH2)"
+        if 400 <= reply.code < 500:
+            raise SmtpTemporaryError(f"{where}: login: {reply.code} {reply.message}", reply.code)
+    advice = getattr(provider, "refusal_advice", "")
+    raise TokenRefused(
+        f"{where}: XOAUTH2 login refused for {username}: {reply.code} {reply.message}"
+        + (f" ({detail})" if detail else "")
+        + (f". {advice}" if advice else "")
+    )
+
+
+async def _xoauth2(
+    session: _Session, username: str, token: str
+) -> tuple[aiosmtplib.SMTPResponse, str]:
+    """One AUTH XOAUTH2 exchange; (final reply, the server's error details)."""
+    client = session.client
+    reply = await session.step("AUTH XOAUTH2", lambda: client.execute_command(b"AUTH", b"XOAUTH2"))
+    if reply.code != 334:
+        return reply, ""
+    payload = xoauth2_payload(username, token).encode()
+    reply = await session.step("***", lambda: client.execute_command(payload))  # never logged
+    detail = ""
+    if reply.code == 334:  # the error details; the empty answer gets the final reply
+        detail = xoauth2_error(reply.message.encode())
+        reply = await session.step("", lambda: client.execute_command(b""))
+    return reply, detail
 
 
 BeforeData = Callable[[], Awaitable[None]]

@@ -11,15 +11,22 @@ Modes:
 * ``plain``: no TLS at all (AUTH offered in clear, for ``Security=None``);
 * ``ssl``: implicit TLS on the listening socket (port 465 style);
 * ``starttls``: STARTTLS offered and required before MAIL and AUTH.
+
+With a ``token_validator`` (e.g. the test identity provider's ``valid``), AUTH
+XOAUTH2 is offered too and answered like Gmail and Exchange: an empty 334
+challenge, then 235, or a base64 JSON error challenge followed by 535.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import socket
 import ssl
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -28,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 from engage_listener.sandbox import _write_certs
 from engage_listener.smtp import SmtpEndpoint
@@ -102,6 +109,31 @@ class _Handler:
         return f"250 2.0.0 Ok: queued as TEST{number:04d}"
 
 
+class _OAuthHandler(_Handler):
+    """Also speaks AUTH XOAUTH2, checking each token with `validator(user, token)`."""
+
+    def __init__(self, offer_auth: bool, validator: Callable[[str, str], bool]) -> None:
+        super().__init__(offer_auth)
+        self.validator = validator
+        self.xoauth2_attempts: list[str] = []
+
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> AuthResult:
+        blob = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+        if blob is MISSING:
+            return AuthResult(success=False, handled=True)
+        fields = dict(
+            part.split("=", 1) for part in blob.decode().split("\x01") if "=" in part
+        )  # fmt: skip
+        user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+        with self.lock:
+            self.xoauth2_attempts.append(user)
+        if self.validator(user, token):
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+        error = json.dumps({"status": "401", "schemes": "bearer", "scope": "mail"})
+        await server.challenge_auth(error)  # the client answers with an empty line
+        return AuthResult(success=False, handled=False)
+
+
 class SmtpTestServer:
     """aiosmtpd on 127.0.0.1 and a free port, in one of :data:`MODES`."""
 
@@ -109,13 +141,22 @@ class SmtpTestServer:
     USER = "ack-sender"
     PASSWORD = "pässword-123-secret"
 
-    def __init__(self, directory: Path, mode: str = "starttls", *, auth: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        mode: str = "starttls",
+        *,
+        auth: bool = True,
+        token_validator: Callable[[str, str], bool] | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}")
         self.mode, self.auth = mode, auth
         self.ca_file, cert_file, key_file = _write_certs(Path(directory))
         self.port = _free_port()
-        self.handler = _Handler(offer_auth=auth)
+        self.handler: _Handler = (
+            _OAuthHandler(auth, token_validator) if token_validator else _Handler(offer_auth=auth)
+        )
         server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_tls.load_cert_chain(cert_file, key_file)
         self._controller = Controller(

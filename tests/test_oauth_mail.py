@@ -1,0 +1,343 @@
+"""XOAUTH2 against real servers: Dovecot's oauth2 passdb (IMAP, POP3) and aiosmtpd (SMTP).
+
+Dovecot asks the test identity provider (token introspection over HTTP) about every
+token, so a login is accepted or refused for real; the tokens come from msal talking
+HTTPS to the same provider. Covered: a good login, a token that expired early at the
+provider (refused, refreshed once, retried), a token refused even after a refresh
+(reported at once with advice, never hanging on the error challenge), and secrets
+absent from protocol logs, the daemon's log, exceptions and the token cache file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import itertools
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from engage_listener import secrets as engage_secrets
+from engage_listener.app import engine_settings
+from engage_listener.clock import SystemClock
+from engage_listener.config import parse_config
+from engage_listener.engine import CaseEngine
+from engage_listener.errors import AuthenticationError
+from engage_listener.imap import ImapSession
+from engage_listener.imap_text import ImapEndpoint
+from engage_listener.listener import Listener, ListenerSettings
+from engage_listener.logs import configure_logging, get_logger
+from engage_listener.oauth import TokenRefused, provider_for
+from engage_listener.pop3 import Pop3Endpoint, Pop3Session
+from engage_listener.protolog import ProtocolLog
+from engage_listener.sandbox import DOVECOT_BIN, DovecotSandbox
+from engage_listener.smtp import SmtpTemporaryError, send_message
+from engage_listener.sqlite_store import SqliteStore
+from engage_listener.token_cache import TokenCache
+from tests.helpers import db_rows, make_mail
+from tests.oauth_server import OAuthTestServer, ms_auth, token_cache
+from tests.smtp_server import SmtpTestServer
+
+SECRET = "mail-app-secret-0123456789"
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OAuthTestServer]:
+    with OAuthTestServer(tmp_path_factory.mktemp("idp")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dovecot_oauth(
+    idp: OAuthTestServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DovecotSandbox]:
+    if not Path(DOVECOT_BIN).exists():
+        pytest.skip(f"Dovecot not found at {DOVECOT_BIN}")
+    sandbox = DovecotSandbox(
+        tmp_path_factory.mktemp("dovecot-oauth"), oauth2_introspection_url=idp.introspection_url
+    )
+    with sandbox:
+        yield sandbox
+
+
+@dataclasses.dataclass
+class Account:
+    user: str
+    cache: TokenCache
+    key_file: Path
+    protolog: Path
+
+    def provider(self, idp: OAuthTestServer, purpose: str) -> object:
+        auth = ms_auth(idp, self.key_file, client_id=f"app-{self.user}", client_secret=SECRET)
+        return provider_for(auth, self.user, cache=self.cache, purpose=purpose)
+
+
+@pytest.fixture
+def account(idp: OAuthTestServer, tmp_path: Path) -> Account:
+    """A fresh mailbox with its own app-only registration that may open it."""
+    idp.expires_in, idp.rotate_refresh_tokens = 3600, False
+    user = f"oauth-{next(_numbers)}-{time.monotonic_ns() % 100000}@contoso.test"
+    idp.add_ms_app("tenant-a", f"app-{user}", secret=SECRET, mailbox=user)
+    tokens, key_file = token_cache(tmp_path / "state")
+    return Account(user, tokens, key_file, tmp_path / "proto.log")
+
+
+def imap_endpoint(dovecot: DovecotSandbox, account: Account, idp: OAuthTestServer) -> ImapEndpoint:
+    return ImapEndpoint(
+        host=dovecot.host,
+        port=dovecot.imap_port,
+        use_ssl=False,
+        username=account.user,
+        password="",
+        ca_file=str(dovecot.ca_file),
+        timeout=10.0,
+        protolog_factory=lambda: ProtocolLog(account.protolog),
+        token_provider=account.provider(idp, "imap"),  # type: ignore[arg-type]
+    )
+
+
+def pop3_endpoint(dovecot: DovecotSandbox, account: Account, idp: OAuthTestServer) -> Pop3Endpoint:
+    return Pop3Endpoint(
+        dovecot.host,
+        dovecot.pop3_port,
+        False,
+        account.user,
+        "",
+        str(dovecot.ca_file),
+        10.0,
+        protolog_factory=lambda: ProtocolLog(account.protolog),
+        token_provider=account.provider(idp, "pop3"),  # type: ignore[arg-type]
+    )
+
+
+def assert_clean(text: str, idp: OAuthTestServer) -> None:
+    for secret in [*idp.issued, SECRET]:
+        assert secret not in text
+
+
+def last_token(idp: OAuthTestServer, user: str) -> str:
+    with idp.lock:
+        return [t for t, (owner, _) in idp.state.access.items() if owner == user][-1]
+
+
+# ----- IMAP -------------------------------------------------------------------------------------
+async def test_imap_logs_in_with_xoauth2_and_the_protocol_log_masks_it(
+    dovecot_oauth: DovecotSandbox, idp: OAuthTestServer, account: Account
+) -> None:
+    session = await ImapSession.open(imap_endpoint(dovecot_oauth, account, idp))
+    try:
+        assert session.tls == "starttls"
+        assert (await session.select("INBOX")).name == "INBOX"
+    finally:
+        await session.logout()
+    log = account.protolog.read_text()
+    assert "AUTHENTICATE XOAUTH2 ***" in log and "Logged in" in log
+    assert_clean(log + account.cache.path.read_text(), idp)
+    assert "method=XOAUTH2" in dovecot_oauth.log_file.read_text()
+
+
+async def test_imap_token_expired_early_is_refreshed_and_retried(
+    dovecot_oauth: DovecotSandbox, idp: OAuthTestServer, account: Account
+) -> None:
+    endpoint = imap_endpoint(dovecot_oauth, account, idp)
+    await (await ImapSession.open(endpoint)).logout()
+    idp.expire(last_token(idp, account.user))  # our cache still believes it is good
+    before = idp.grants("client_credentials")
+    session = await ImapSession.open(endpoint)
+    await session.select("INBOX")
+    await session.logout()
+    assert idp.grants("client_credentials") == before + 1
+    assert account.protolog.read_text().count("AUTHENTICATE XOAUTH2 ***") == 3
+
+
+async def test_imap_refused_token_fails_at_once_with_advice(
+    dovecot_oauth: DovecotSandbox, idp: OAuthTestServer, account: Account
+) -> None:
+    idp.deny(account.user)  # e.g. the app was never given access to the mailbox
+    started = time.monotonic()
+    with pytest.raises(TokenRefused) as caught:
+        await ImapSession.open(imap_endpoint(dovecot_oauth, account, idp))
+    assert time.monotonic() - started < 5  # the error challenge was answered, no hang
+    text = str(caught.value)
+    assert "AUTHENTICATIONFAILED" in text and '"status":"401"' in text
+    assert "New-ServicePrincipal" in text  # what to do about it
+    assert idp.grants("client_credentials") >= 2  # one forced refresh before giving up
+    assert_clean(text + account.protolog.read_text(), idp)
+
+
+async def test_imap_without_sasl_ir_answers_the_empty_challenge(
+    dovecot_oauth: DovecotSandbox,
+    idp: OAuthTestServer,
+    account: Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Servers without SASL-IR get the response after "+"; refusals still end at once."""
+    offered = ImapSession.has_capability
+    monkeypatch.setattr(
+        ImapSession, "has_capability", lambda s, name: name != "SASL-IR" and offered(s, name)
+    )
+    endpoint = imap_endpoint(dovecot_oauth, account, idp)
+    await (await ImapSession.open(endpoint)).logout()
+    idp.deny(account.user)
+    started = time.monotonic()
+    with pytest.raises(TokenRefused, match="AUTHENTICATIONFAILED"):
+        await ImapSession.open(endpoint)
+    assert time.monotonic() - started < 5
+    log = account.protolog.read_text()
+    assert "AUTHENTICATE XOAUTH2 ***\n" in log and "C: ***\n" in log
+    assert_clean(log, idp)
+
+
+async def test_listener_turns_mail_into_cases_over_oauth2(
+    dovecot_oauth: DovecotSandbox, idp: OAuthTestServer, account: Account, tmp_path: Path
+) -> None:
+    """The whole intake (login, select, fetch, case, move) with an OAuth2 account."""
+    for n in range(3):
+        dovecot_oauth.append(account.user, "IMAP/New", make_mail(n))
+    dovecot_oauth.create_folder(account.user, "IMAP/Done")
+    enc = engage_secrets.encrypt(SECRET, engage_secrets.load_key(account.key_file))
+    xml = f"""<?xml version="1.0"?>
+<EngageIntegrationService>
+  <ImapListener ID="O365">
+    <HostName>{dovecot_oauth.host}</HostName><Port>{dovecot_oauth.imap_port}</Port>
+    <UserName>{account.user}</UserName><UseSsl>False</UseSsl>
+    <CaFile>{dovecot_oauth.ca_file}</CaFile>
+    <InputFolder>IMAP/New</InputFolder><OutputFolder>IMAP/Done</OutputFolder>
+    <Authentication>
+      <Type>Microsoft</Type><TenantId>tenant-a</TenantId><ClientId>app-{account.user}</ClientId>
+      <ClientSecret>{enc}</ClientSecret>
+      <Authority>{idp.authority}</Authority><CaFile>{idp.ca_file}</CaFile>
+    </Authentication>
+  </ImapListener>
+  <Secrets><KeyFile>{account.key_file}</KeyFile></Secrets>
+</EngageIntegrationService>
+"""
+    (cfg,) = parse_config(xml.encode(), tmp_path / "el.xml").imap_listeners
+    assert cfg.authentication is not None and cfg.authentication.client_secret == SECRET
+    endpoint = dataclasses.replace(
+        imap_endpoint(dovecot_oauth, account, idp),
+        token_provider=provider_for(
+            cfg.authentication, cfg.username, cache=account.cache, purpose="imap"
+        ),
+    )
+    output = io.StringIO()
+    configure_logging(json=True, level="debug", stream=output)
+    store = SqliteStore(tmp_path / "cases.sqlite3")
+    await store.open()
+    try:
+        listener = Listener(
+            ListenerSettings(
+                id=cfg.id,
+                input_folder="IMAP/New",
+                output_folder="IMAP/Done",
+                max_wait=60.0,
+                max_changes=10,
+            ),
+            connect=lambda: ImapSession.open(endpoint),
+            store=store,
+            handler=CaseEngine(store, engine_settings(cfg, None)),
+            clock=SystemClock(),
+            stop=asyncio.Event(),
+            log=get_logger(listener=cfg.id),
+        )
+        await listener.run_once()
+    finally:
+        await store.close()
+    assert len(db_rows(tmp_path / "cases.sqlite3", "SELECT id FROM cases")) == 3
+    assert dovecot_oauth.count(account.user, "IMAP/Done") == 3
+    assert_clean(output.getvalue() + account.protolog.read_text(), idp)
+
+
+# ----- POP3 -------------------------------------------------------------------------------------
+async def test_pop3_xoauth2_login_refresh_and_refusal(
+    dovecot_oauth: DovecotSandbox, idp: OAuthTestServer, account: Account
+) -> None:
+    dovecot_oauth.append(account.user, "INBOX", make_mail(1))
+    endpoint = pop3_endpoint(dovecot_oauth, account, idp)
+    session = await Pop3Session.open(endpoint)
+    assert len(await session.list_uidls()) == 1
+    await session.quit()
+    log = account.protolog.read_text()
+    assert "C: AUTH XOAUTH2" in log and "C: ***\n" in log and "S: +OK Logged in." in log
+
+    idp.expire(last_token(idp, account.user))
+    session = await Pop3Session.open(endpoint)  # refused, refreshed, reconnected
+    assert len(await session.list_uidls()) == 1
+    await session.quit()
+
+    idp.deny(account.user)
+    started = time.monotonic()
+    with pytest.raises(TokenRefused) as caught:
+        await Pop3Session.open(endpoint)
+    assert time.monotonic() - started < 5
+    assert "-ERR [AUTH]" in str(caught.value) and "Set-CASMailbox" in str(caught.value)
+    assert_clean(str(caught.value) + account.protolog.read_text(), idp)
+
+
+# ----- SMTP -------------------------------------------------------------------------------------
+def ack(user: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = user, "cliente@example.com", "Caso 1"
+    message.set_content("Recibimos su mensaje.")
+    return message
+
+
+async def test_smtp_xoauth2_send_refresh_refusal_and_provider_down(
+    idp: OAuthTestServer, account: Account, tmp_path: Path
+) -> None:
+    provider = account.provider(idp, "smtp")
+    (tmp_path / "smtp").mkdir()
+    with SmtpTestServer(tmp_path / "smtp", token_validator=idp.valid) as server:
+        endpoint = server.endpoint(username=account.user, password=None, token_provider=provider)
+        log = ProtocolLog(account.protolog)
+        reply = await send_message(endpoint, ack(account.user), protolog=log)
+        assert reply.startswith("250") and server.messages[-1].login == account.user
+
+        idp.expire(last_token(idp, account.user))
+        await send_message(endpoint, ack(account.user), protolog=log)  # refreshed, retried
+        assert len(server.messages) == 2
+
+        idp.deny(account.user)
+        with pytest.raises(AuthenticationError) as caught:
+            await send_message(endpoint, ack(account.user), protolog=log)
+        assert "535" in str(caught.value) and "SendAs" in str(caught.value)
+        log.close()
+
+        with idp.down():
+            fresh, _ = token_cache(tmp_path / "other")
+            other = dataclasses.replace(
+                endpoint,
+                token_provider=provider_for(
+                    ms_auth(
+                        idp,
+                        fresh.path.parent / "engage-listener.key",
+                        client_id=f"app-{account.user}",
+                        client_secret=SECRET,
+                    ),
+                    account.user,
+                    cache=fresh,
+                    purpose="smtp",
+                ),
+            )
+            with pytest.raises(SmtpTemporaryError):  # retried later by the outbox
+                await send_message(other, ack(account.user))
+    text = account.protolog.read_text()
+    assert "C: AUTH XOAUTH2" in text and "C: ***" in text
+    assert_clean(text + str(caught.value) + account.cache.path.read_text(), idp)
+
+
+async def test_smtp_server_without_xoauth2_is_a_clear_error(
+    idp: OAuthTestServer, account: Account, tmp_path: Path
+) -> None:
+    (tmp_path / "smtp").mkdir()
+    with SmtpTestServer(tmp_path / "smtp") as server:  # PLAIN and LOGIN only
+        endpoint = server.endpoint(
+            username=account.user, password=None, token_provider=account.provider(idp, "smtp")
+        )
+        with pytest.raises(AuthenticationError, match="does not offer AUTH XOAUTH2"):
+            await send_message(endpoint, ack(account.user))
