@@ -14,9 +14,11 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from . import secrets
 from .ack import AckIdentity
 from .clock import Clock, SystemClock
 from .config import Config, ImapListenerConfig, load_config
+from .config_auth import AuthConfig
 from .control import start_of_day
 from .engine import AckSettings, CaseEngine, EngineSettings
 from .errors import ConfigError, ConfigProblem, EngageError, HookError
@@ -26,6 +28,7 @@ from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
 from .metrics import MetricsServer
+from .oauth import TokenProvider, provider_for
 from .outbox import OutboxSender
 from .pop3 import Pop3Endpoint, Pop3Session
 from .pop3_listener import Pop3Listener, Pop3Settings
@@ -36,6 +39,7 @@ from .sqlite_store import SqliteStore
 from .status import ListenerStatus, read_status, write_heartbeats
 from .store import Store
 from .supervisor import Supervisor
+from .token_cache import open_cache
 
 SHUTDOWN_GRACE = 8.0  # seconds for listeners to finish the mail in hand
 
@@ -62,7 +66,16 @@ def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
         password=cfg.password.reveal(),
         ca_file=str(cfg.ca_file) if cfg.ca_file else None,
         protolog_factory=protolog,
+        token_provider=token_provider(cfg.authentication, cfg.username, "imap"),
     )
+
+
+def token_provider(auth: AuthConfig | None, username: str, purpose: str) -> TokenProvider | None:
+    """OAuth2 tokens for one account (None for passwords); one cache per process."""
+    if auth is None or not auth.is_oauth:
+        return None
+    cache = open_cache(auth.key_path or secrets.default_key_path())
+    return provider_for(auth, username, cache=cache, purpose=purpose)
 
 
 def check_log_directories(config: Config) -> None:
@@ -132,6 +145,8 @@ def smtp_endpoints(config: Config, *, enabled_only: bool = True) -> dict[str, Sm
             username=smtp.username,
             password=smtp.password,
             ca_file=str(smtp.ca_file) if smtp.ca_file else None,
+            token_provider=token_provider(smtp.authentication, smtp.username or "", "smtp"),
+            protolog_factory=endpoint_for(cfg).protolog_factory,
         )
     return endpoints
 
@@ -199,6 +214,7 @@ def pop3_endpoint_for(cfg: ImapListenerConfig) -> Pop3Endpoint:
         imap.password,
         imap.ca_file,
         protolog_factory=imap.protolog_factory,
+        token_provider=token_provider(cfg.authentication, cfg.username, "pop3"),
     )
 
 

@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     cases.add_argument("--pending", action="store_true", help="only cases awaiting approval")
     _add_control_commands(sub)
     _add_search_command(sub)
+    _add_auth_command(sub)
     status = sub.add_parser(
         "status",
         help="per listener: state, last batch, today's mails, "
@@ -154,6 +155,18 @@ def _add_search_command(sub: Any) -> None:
     test.add_argument("--send-to", metavar="ADDRESS", help="also send a test message via SMTP")
     test.add_argument("--json", action="store_true")
     _config_arg(test)
+
+
+def _add_auth_command(sub: Any) -> None:
+    """auth login / auth status (OAuth2 accounts)."""
+    auth = sub.add_parser("auth", help="OAuth2 accounts: one-time sign-in and their state")
+    asub = auth.add_subparsers(dest="action", required=True)
+    login = asub.add_parser("login", help="device code (Microsoft) or consent URL (Google)")
+    login.add_argument("listener")
+    _config_arg(login)
+    astatus = asub.add_parser("status", help="kind, expiry and last refresh; never a secret")
+    astatus.add_argument("--json", action="store_true")
+    _config_arg(astatus)
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -230,6 +243,20 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
     )
     print(diagnose.render_json(steps) if args.json else diagnose.render_text(steps))
     return EXIT_OK if diagnose.succeeded(steps) else EXIT_FAILURE
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.action == "login":
+        return asyncio.run(commands.auth_login(config, args.listener, sys.stdout, sys.stdin))
+    rows = commands.auth_statuses(config)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        print(f"{len(rows)} OAuth2 account(s)")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -363,6 +390,7 @@ COMMANDS = {
     "keygen": cmd_keygen,
     "search": cmd_search,
     "status": cmd_status,
+    "auth": cmd_auth,
     "test-connection": cmd_test_connection,
     "reset": cmd_control,
     "resume": cmd_control,

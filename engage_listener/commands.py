@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import TextIO
 
-from . import admin, diagnose
+from . import admin, diagnose, secrets
 from .app import (
     endpoint_for,
     engine_settings,
@@ -18,6 +19,7 @@ from .app import (
     smtp_endpoints,
 )
 from .config import Config, ImapListenerConfig
+from .config_auth import AuthConfig, oauth_logins
 from .control import request_date, resume
 from .engine import REPLAY_FOLDER, CaseEngine
 from .errors import EngageError
@@ -25,9 +27,11 @@ from .hooks import RoutingHook
 from .imap import ImapSession
 from .logs import register_secret
 from .mailsearch import Criteria, Hit, search_mailbox
+from .oauth import IdentityProviderUnavailable, OAuthError, auth_status, login_interactive
 from .sqlite_store import SqliteStore
 from .status import read_status, render_status
 from .store import CaseSummary, LedgerKey
+from .token_cache import TokenCache, open_cache
 
 
 async def list_cases(config: Config) -> list[CaseSummary]:
@@ -176,3 +180,35 @@ async def test_connections(
             send_to=send_to,
         )
     return steps
+
+
+def _logins(config: Config, listener: str | None) -> list[tuple[str, AuthConfig, str, str]]:
+    chosen = [c for c in config.listeners if listener is None or c.id == listener]
+    if listener is not None and not chosen:
+        raise EngageError(f"no listener {listener!r} in {config.path}")
+    return [entry for cfg in chosen for entry in oauth_logins(cfg)]
+
+
+def _cache(auth: AuthConfig) -> TokenCache:
+    return open_cache(auth.key_path or secrets.default_key_path())
+
+
+async def auth_login(config: Config, listener: str, out: TextIO, inp: TextIO) -> int:
+    """`auth login LISTENER`: the one-time interactive sign-in of its OAuth2 accounts."""
+    logins = _logins(config, listener)
+    if not logins:
+        raise EngageError(f"listener {listener!r} has no OAuth2 account (Authentication)")
+    for what, auth, user, purpose in logins:
+        print(f"{what}: signing in as {user}", file=out)
+        try:
+            await login_interactive(auth, user, _cache(auth), out=out, inp=inp, purpose=purpose)
+        except (OAuthError, IdentityProviderUnavailable) as exc:
+            print(f"{what}: {exc}", file=out)
+            return 1
+        print(f"{what}: signed in", file=out)
+    return 0
+
+
+def auth_statuses(config: Config) -> list[dict[str, str]]:
+    """`auth status`: kind, expiry and last refresh of every OAuth2 account; no secret."""
+    return [auth_status(auth, user, _cache(auth)) for _, auth, user, _ in _logins(config, None)]

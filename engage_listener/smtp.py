@@ -68,6 +68,10 @@ class SmtpEndpoint:
     local_hostname: str | None = None
     # OAuth2: AUTH XOAUTH2 as `username` with its tokens (`password` unused).
     token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
+    # The listener's ProtocolLogFile, so SMTP sessions are logged beside IMAP/POP3 ones.
+    protolog_factory: Callable[[], ProtocolLog | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
 
 def default_port(security: str) -> int:
@@ -349,13 +353,19 @@ async def send_message(
     records there that the message may be in the server's hands from now on.
     """
     _check_endpoint(endpoint)
+    if protolog is None and endpoint.protolog_factory is not None:
+        protolog = endpoint.protolog_factory()
     session = _Session(endpoint, protolog)
 
     async def work() -> str:
         await _open(session)
         return await _transfer(session, message, before_data)
 
-    return await _run(session, work)
+    try:
+        return await _run(session, work)
+    finally:
+        if protolog is not None:
+            protolog.close()
 
 
 async def check_smtp(endpoint: SmtpEndpoint) -> list[str]:

@@ -14,6 +14,10 @@ import asyncio
 import dataclasses
 import io
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -341,3 +345,56 @@ async def test_smtp_server_without_xoauth2_is_a_clear_error(
         )
         with pytest.raises(AuthenticationError, match="does not offer AUTH XOAUTH2"):
             await send_message(endpoint, ack(account.user))
+
+
+def test_daemon_and_auth_status_commands_over_oauth2(
+    dovecot_oauth: DovecotSandbox, idp: OAuthTestServer, account: Account, tmp_path: Path
+) -> None:
+    """The wiring operators use: XML in, `run --once` and `auth status` as commands."""
+    for n in range(2):
+        dovecot_oauth.append(account.user, "IMAP/New", make_mail(n))
+    dovecot_oauth.create_folder(account.user, "IMAP/Done")
+    enc = engage_secrets.encrypt(SECRET, engage_secrets.load_key(account.key_file))
+    config = tmp_path / "el.xml"
+    config.write_text(f"""<?xml version="1.0"?>
+<EngageIntegrationService>
+  <ImapListener ID="O365">
+    <HostName>{dovecot_oauth.host}</HostName><Port>{dovecot_oauth.imap_port}</Port>
+    <UserName>{account.user}</UserName><UseSsl>False</UseSsl>
+    <CaFile>{dovecot_oauth.ca_file}</CaFile>
+    <InputFolder>IMAP/New</InputFolder><OutputFolder>IMAP/Done</OutputFolder>
+    <Authentication>
+      <Type>Microsoft</Type><TenantId>tenant-a</TenantId><ClientId>app-{account.user}</ClientId>
+      <ClientSecret>{enc}</ClientSecret>
+      <Authority>{idp.authority}</Authority><CaFile>{idp.ca_file}</CaFile>
+    </Authentication>
+  </ImapListener>
+  <Process><UseImapListener>True</UseImapListener></Process>
+  <Store><Path>cases.sqlite3</Path></Store>
+  <Secrets><KeyFile>{account.key_file}</KeyFile></Secrets>
+</EngageIntegrationService>
+""")
+    env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
+    run = [sys.executable, "-m", "engage_listener"]
+    done = subprocess.run(
+        [*run, "run", "--once", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dovecot_oauth.count(account.user, "IMAP/Done") == 2
+    status = subprocess.run(
+        [*run, "auth", "status", "--json", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)
+    assert row["account"] == account.user and "microsoft" in row["kind"].lower()
+    assert_clean(done.stdout + done.stderr + status.stdout, idp)
