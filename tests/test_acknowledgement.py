@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from engage_listener.ack import DEFAULT_TEMPLATE, AckTemplate
-from engage_listener.app import build_listener
-from engage_listener.config import ImapListenerConfig, load_config
+from engage_listener.app import build_listener, smtp_endpoints
+from engage_listener.config import Config, ImapListenerConfig, StoreConfig, load_config
 from engage_listener.config_ack import AckConfig, SmtpConfig
 from engage_listener.errors import ConfigError
 from engage_listener.logs import get_logger
@@ -352,3 +352,35 @@ def test_acknowledgement_block_with_template_files(tmp_path: Path) -> None:
     assert ack.max_per_hour == 5
     assert set(ack.own_addresses) == {"soporte@example.org", "ventas@example.org"}
     assert "smtp-secret" not in repr(lst)
+
+
+async def test_smtp_session_goes_to_the_listeners_protocol_log_without_secrets(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, smtp: SmtpTestServer
+) -> None:
+    db = tmp_path / "s.sqlite3"
+    (tmp_path / "logs").mkdir()
+    pattern = str(tmp_path / "logs" / "%listener%.log")
+    cfg = listener_config(
+        dovecot, mailbox_user, acknowledgement=ack_config(smtp), protocol_log_file=pattern
+    )
+    await ingest(dovecot, mailbox_user, db, cfg, [make_mail(1)])
+    config = Config(tmp_path / "el.xml", (cfg,), True, StoreConfig(db))
+    endpoints = smtp_endpoints(config)
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        sender = OutboxSender(
+            store,
+            endpoints,
+            send_message,
+            wake=asyncio.Event(),
+            stop=asyncio.Event(),
+            log=get_logger(),
+        )
+        assert await sender.deliver_due() == 1
+    finally:
+        await store.close()
+    text = (tmp_path / "logs" / "Default.log").read_text()
+    assert "LOGIN ***" in text  # the IMAP session
+    assert "AUTH" in text and "MAIL FROM:" in text and "DATA <" in text  # the SMTP one
+    assert SmtpTestServer.PASSWORD not in text and DovecotSandbox.PASSWORD not in text
