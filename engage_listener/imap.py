@@ -302,6 +302,9 @@ class ImapSession:
         transport = self._proto.transport
         if transport is not None and not transport.is_closing():
             transport.close()
+        idle, self._idle_task = self._idle_task, None
+        if idle is not None:  # it ends with the connection; nobody awaits it any more
+            idle.add_done_callback(_consume)
         if self._proto.protolog is not None:
             self._proto.protolog.close()
 
@@ -462,7 +465,7 @@ class ImapSession:
         """NOOP; returns the untagged lines the server sent with it."""
         response = await self._call("NOOP", self._proto.simple_command("NOOP"))
         self._require_ok(response, "NOOP")
-        return [line for line in response.lines[:-1] if isinstance(line, bytes)]
+        return self._pushed([line for line in response.lines[:-1] if isinstance(line, bytes)])
 
     async def idle_start(self) -> None:
         """Enter IDLE and wait for the server's continuation."""
@@ -494,7 +497,7 @@ class ImapSession:
                 get.cancel()
         if not get.done() or get.cancelled():
             raise ConnectionLostError("connection lost during IDLE")
-        return [line for line in get.result() if isinstance(line, bytes)]
+        return self._pushed([line for line in get.result() if isinstance(line, bytes)])
 
     async def idle_done(self) -> list[bytes]:
         """Leave IDLE; returns lines the server pushed that were not read yet."""
@@ -509,6 +512,21 @@ class ImapSession:
         # Lines that arrived just before the tagged OK stay in the command's buffer.
         lines.extend(x for x in self._idle_cmd.buffer if isinstance(x, bytes))
         self._idle_cmd.buffer.clear()
+        return self._pushed(lines)
+
+    def _pushed(self, lines: list[bytes]) -> list[bytes]:
+        """Lines pushed while waiting; an untagged BYE or NO ends the session.
+
+        Dovecot says BYE when the selected folder is deleted, but when the folder is
+        deleted and recreated before the session notices, it may keep the stale session
+        and answer every IDLE with "* NO Internal error": re-issuing IDLE would spin
+        forever on a folder that no longer exists. Reconnecting selects it anew.
+        """
+        for line in lines:
+            if line.startswith((b"BYE", b"NO ")):
+                self.abort()
+                text = line.decode("utf-8", "replace").strip()
+                raise ConnectionLostError(f"the server ended the session: {text}")
         return lines
 
     # ----- plumbing -----------------------------------------------------------------
@@ -558,6 +576,11 @@ class ImapSession:
 def _text(response: Any) -> str:
     lines = [x for x in response.lines if isinstance(x, bytes)]
     return lines[-1].decode("utf-8", "replace") if lines else response.result
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _close(awaitable: Any) -> None:

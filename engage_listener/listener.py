@@ -76,25 +76,26 @@ class Listener(Retrying):
         self.last_success_at: float | None = None  # wall time of the last completed batch
         self.backlog: int | None = None  # mails left in the input folder after it
         self.last_error: str | None = None
+        self.failures = 0  # errors in a row since the last completed batch
         self.error_folder = settings.error_folder or "Error"
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:
         """Serve until `stop` is set; never raises (except cancellation)."""
-        failures = 0
         while not self.stop.is_set():
             try:
                 session = await self._open()
             except Exception as exc:
-                failures += 1
-                await self._back_off(exc, failures)
+                self.failures += 1
+                await self._back_off(exc, self.failures)
                 continue
             try:
-                failures = 0
                 await self._serve(session)
             except Exception as exc:
-                failures += 1
-                await self._back_off(exc, failures)
+                # Counted since the last completed batch, not the last login: a store
+                # that stays broken must back off further each time, not every 2 s.
+                self.failures += 1
+                await self._back_off(exc, self.failures)
             finally:
                 await session.logout()
         self.state = "stopped"
@@ -207,6 +208,7 @@ class Listener(Retrying):
                 "mail_before_read_from", count=result.too_old, read_from=str(self._read_from())
             )
         self.batches += 1
+        self.failures = 0
         self.pending = 0
         self.last_error = None
         self.last_success_at = time.time()
@@ -295,8 +297,10 @@ class Listener(Retrying):
         await session.idle_start()
         try:
             lines = await self._race_push(session, timeout)
-        finally:
-            tail = await session.idle_done()
+        except BaseException:
+            session.abort()  # unusable now; `run` reconnects (or is being cancelled)
+            raise
+        tail = await session.idle_done()
         return None if lines is None else lines + tail
 
     async def _race_push(self, session: ImapSession, timeout: float) -> list[bytes] | None:
@@ -314,7 +318,6 @@ class Listener(Retrying):
         if stop.done():
             return None
         return []
-
 
 
 def sibling(folder: str, delimiter: str | None, name: str) -> str:
