@@ -91,29 +91,35 @@ class OutboxSender:
         """Deliver due rows until stopped; woken at once when the engine queues one."""
         await self.recover()
         while not self.stop.is_set():
+            self.wake.clear()  # before looking: a row queued while sending wakes us again
             try:
                 await self.deliver_due()
             except EngageError as exc:  # the store itself failing: try again later
                 self.log.error("outbox_error", error=str(exc))
-            self.wake.clear()
             waiters = {asyncio.ensure_future(e.wait()) for e in (self.wake, self.stop)}
             await asyncio.wait(waiters, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
 
     async def deliver_due(self) -> int:
-        """Send every row whose time has come; returns how many were sent."""
-        rows = await self.store.query(
-            "SELECT id, listener, recipient, attempts, mime FROM outbox"
-            " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-            (self.wall(), BATCH),
-        )
-        sent = 0
-        for r in rows:
-            if self.stop.is_set():
-                break
-            row = OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4]))
-            sent += await self._deliver(row)
+        """Send every row whose time has come, BATCH rows a round; returns how many were sent.
+
+        Every row taken leaves `pending`-and-due (sent, failed, uncertain, or retried later),
+        so the rounds end.
+        """
+        sent, taken = 0, BATCH
+        while taken == BATCH and not self.stop.is_set():
+            rows = await self.store.query(
+                "SELECT id, listener, recipient, attempts, mime FROM outbox"
+                " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                (self.wall(), BATCH),
+            )
+            taken = len(rows)
+            for r in rows:
+                if self.stop.is_set():
+                    break
+                row = OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4]))
+                sent += await self._deliver(row)
         return sent
 
     async def _deliver(self, row: OutboxRow) -> int:
