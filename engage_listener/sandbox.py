@@ -124,16 +124,26 @@ def _quote(name: str) -> str:
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=2.5)  # a clean shutdown takes about 1 s
-    except subprocess.TimeoutExpired:
-        # A login process caught mid-handoff can stall shutdown for 5 s on a peer that
-        # is already gone; it holds no mail, so cut the whole process group short.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    """Stop the master and every process of its group: open sessions drop too.
+
+    The master alone leaves the imap/pop3 processes of open sessions serving their
+    clients, which is not what a server stop looks like to a client.
+    """
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=2.5)  # a clean shutdown takes about 1 s
+        except subprocess.TimeoutExpired:
+            # A login process caught mid-handoff can stall shutdown for 5 s on a peer
+            # that is already gone; it holds no mail, so cut the whole group short.
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    _signal_group(proc.pid, signal.SIGKILL)  # whatever outlived the master
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
 
 
 class DovecotSandbox:
