@@ -21,6 +21,7 @@ from engage_listener import secrets
 from engage_listener.config_ack import AckConfig, ack_config, ack_problems
 from engage_listener.config_auth import AuthConfig, auth_config, auth_problems, password_problem
 from engage_listener.config_schema import parse_xml, schema_path, schema_problems
+from engage_listener.config_xml import ca_file_problem
 from engage_listener.config_xml import flag as _flag
 from engage_listener.config_xml import line as _line
 from engage_listener.config_xml import optional as _optional
@@ -260,9 +261,8 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
     if zone is not None and not _known_zone(_text(zone)):
         problems.append(ConfigProblem(file, _line(zone), "TimeZone", "unknown time zone"))
     ca = values.get("CaFile")
-    if ca is not None and _text(ca) and not _relative_to(path, _text(ca)).is_file():
-        message = f"CA file {_relative_to(path, _text(ca))} does not exist"
-        problems.append(ConfigProblem(file, _line(ca), "CaFile", message))
+    if ca is not None and _text(ca) and (ca_problem := ca_file_problem(path, _text(ca))):
+        problems.append(ConfigProblem(file, _line(ca), "CaFile", ca_problem))
     return problems
 
 

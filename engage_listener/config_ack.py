@@ -14,7 +14,7 @@ from lxml import etree
 from . import secrets
 from .ack import DEFAULT_TEMPLATE, AckTemplate, template_problems
 from .config_auth import AuthConfig, auth_config, auth_problems, auth_type
-from .config_xml import flag, line, optional, relative_to, text, values
+from .config_xml import ca_file_problem, flag, line, optional, relative_to, text, values
 from .errors import ConfigProblem
 from .smtp import default_port
 
@@ -80,8 +80,8 @@ def ack_problems(
     _, problems = _template(found, path)
     smtp = values(found["Smtp"]) if "Smtp" in found else {}
     ca = smtp.get("CaFile")
-    if ca is not None and not relative_to(path, text(ca)).is_file():
-        problems.append(f"CA file {relative_to(path, text(ca))} does not exist")
+    if ca is not None and (message := ca_file_problem(path, text(ca))):
+        problems.append(message)
     oauth = auth_type(smtp.get("Authentication")) != "Password"
     if "UserName" in smtp and "Password" not in smtp and not oauth:
         problems.append("Smtp has a UserName but no Password")

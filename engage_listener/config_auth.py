@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from lxml import etree
 
 from . import secrets
-from .config_xml import line, optional, relative_to, text, values
+from .config_xml import ca_file_problem, line, optional, relative_to, text, values
 from .errors import ConfigProblem, SecretError
 
 if TYPE_CHECKING:
@@ -209,8 +209,8 @@ def auth_problems(
         except SecretError as exc:
             problems.append(("ClientSecret", str(exc)))
     ca = optional(found, "CaFile")
-    if ca is not None and not relative_to(path, ca).is_file():
-        problems.append(("CaFile", f"CA file {relative_to(path, ca)} does not exist"))
+    if ca is not None and (message := ca_file_problem(path, ca)):
+        problems.append(("CaFile", message))
     if kind in ("Microsoft", "Google"):
         try:
             secrets.load_key(key_path or secrets.default_key_path())

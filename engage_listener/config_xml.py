@@ -41,6 +41,24 @@ def relative_to(config_path: Path, value: str) -> Path:
     return config_path.absolute().parent / Path(value).expanduser()
 
 
+def ca_file_problem(config_path: Path, value: str) -> str | None:
+    """Why the CA file `value` cannot be used (None when it can be read).
+
+    Checked by opening it: the daemon often runs as another user than the one who
+    wrote the file, and "does not exist" would be the wrong advice then.
+    """
+    ca = relative_to(config_path, value)
+    try:
+        with ca.open("rb"):
+            return None
+    except FileNotFoundError:
+        return f"CA file {ca} does not exist"
+    except IsADirectoryError:
+        return f"CA file {ca} is a directory"
+    except OSError as exc:
+        return f"CA file {ca} cannot be read: {exc.strerror}"
+
+
 def flag(values: dict[str, etree._Element], name: str, default: bool) -> bool:
     node = values.get(name)
     return default if node is None else text(node).lower() == "true"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ class SqliteStore:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._read_only = False  # the last write was refused as read-only: reopen first
 
     async def open(self) -> None:
         """Open (creating 0600 if new) and migrate to the latest schema."""
@@ -67,6 +69,18 @@ class SqliteStore:
             db, self._db = self._db, None
             await db.close()
 
+    def _note_read_only(self, exc: aiosqlite.Error) -> None:
+        """SQLite opens a file it cannot write read-only and stays so after the file is
+        fixed: remember to reopen before the next transaction."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_READONLY:
+            self._read_only = True
+
+    async def _reopen(self) -> None:
+        await self.close()
+        await self.open()  # StoreError while the file is still read-only
+        self._read_only = False
+
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
             raise StoreError("the store is not open")
@@ -76,16 +90,20 @@ class SqliteStore:
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
         async with self._lock:
+            if self._read_only:
+                await self._reopen()
             db = self._conn()
             try:
                 await db.execute("BEGIN IMMEDIATE")
             except aiosqlite.Error as exc:
+                self._note_read_only(exc)
                 raise StoreError(f"store unavailable: {exc}") from exc
             try:
                 yield SqliteTransaction(db)
                 await db.execute("COMMIT")
             except aiosqlite.Error as exc:
                 await _rollback(db)
+                self._note_read_only(exc)
                 raise StoreError(f"store write failed: {exc}") from exc
             except BaseException:
                 await _rollback(db)

@@ -386,6 +386,14 @@ def test_missing_ca_file(tmp_path: Path) -> None:
     found = problems(wrap(listener("<CaFile>missing.pem</CaFile>\n")), tmp_path / "el.xml")
     assert where(found) == [(6, "CaFile")]
     assert str(tmp_path / "missing.pem") in found[0].message
+    assert "does not exist" in found[0].message
+
+
+def test_ca_file_that_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    found = problems(wrap(listener("<CaFile>certs</CaFile>\n")), tmp_path / "el.xml")
+    assert where(found) == [(6, "CaFile")]
+    assert found[0].message == f"CA file {tmp_path / 'certs'} is a directory"
 
 
 def test_several_problems_reported_at_once() -> None:
