@@ -36,6 +36,15 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotSandbox
 
 
 @pytest.fixture
+def own_dovecot(tmp_path: Path) -> Iterator[DovecotSandbox]:
+    """A private Dovecot this test may stop and restart."""
+    if not Path(DOVECOT_BIN).exists():
+        pytest.skip(f"Dovecot not found at {DOVECOT_BIN}")
+    with DovecotSandbox(tmp_path / "dovecot") as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
 def mailbox_user(request: pytest.FixtureRequest) -> str:
     """A user name nobody else has used in this session, readable in the Dovecot log."""
     # Dovecot lowercases user names and allows only [a-z0-9._@-].
