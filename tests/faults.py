@@ -34,6 +34,13 @@ def mails(count: int, tag: str) -> list[bytes]:
     ]
 
 
+def seed(sandbox: DovecotSandbox, user: str, raws: list[bytes], *extra_folders: str) -> None:
+    """The output folder (and `extra_folders`) created, `raws` in the input folder."""
+    for folder in (DONE, *extra_folders):
+        sandbox.create_folder(user, folder)
+    sandbox.append_many(user, NEW, raws)
+
+
 def message_id(raw: bytes) -> str:
     match = MESSAGE_ID_RE.search(raw)
     assert match, raw[:200]

@@ -40,6 +40,7 @@ from tests.faults import (
     mails,
     pump,
     running,
+    seed,
 )
 from tests.helpers import Harness, db_rows, eventually, listener_config
 from tests.smtp_server import SmtpTestServer
@@ -88,8 +89,7 @@ def _kill_trial(
     """One daemon killed with SIGKILL, then `run --once`; returns where the kill landed."""
     tag, directory = f"k{plan.trial}", base / f"trial{plan.trial}"
     sent = mails(PER_TRIAL, tag)
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, sent)
+    seed(dovecot, user, sent)
     directory.mkdir()
     xml = listener_xml(dovecot, user).replace(
         "  </ImapListener>", _ack_xml(smtp.port) + "  </ImapListener>"
@@ -184,8 +184,7 @@ async def test_acks_queued_while_the_sender_is_busy_do_not_wait_for_the_poll(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
     user, db = mailbox_user, tmp_path / "store.sqlite3"
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, mails(150, "aq"))
+    seed(dovecot, user, mails(150, "aq"))
     (tmp_path / "smtp").mkdir()
     with SmtpTestServer(tmp_path / "smtp", "plain", auth=False) as smtp:
         cfg = listener_config(dovecot, user, acknowledgement=ack_config(smtp, max_per_hour=100))
@@ -232,8 +231,7 @@ async def test_dovecot_restart_while_idle(
 ) -> None:
     dc, user, db, clock = own_dovecot, mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     first, later = mails(3, "ri1"), mails(4, "ri2")
-    dc.create_folder(user, DONE)
-    dc.append_many(user, NEW, first)
+    seed(dc, user, first)
     cfg = listener_config(dc, user, sync_max_changes_count=4)
     with capture_logs() as logs:
         async with running(cfg, db, clock) as (_, listener):
@@ -254,8 +252,7 @@ async def test_dovecot_restart_while_fetching(
 ) -> None:
     dc, user, db, clock = own_dovecot, mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     sent = mails(400, "rf")
-    dc.create_folder(user, DONE)
-    dc.append_many(user, NEW, sent)
+    seed(dc, user, sent)
     cfg = listener_config(dc, user)
     with capture_logs() as logs:
         async with running(cfg, db, clock) as (_, listener):
@@ -288,8 +285,7 @@ async def test_connection_cut(
 ) -> None:
     user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     sent = mails(200, "cut")
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, sent)
+    seed(dovecot, user, sent)
     # The proxy hides STARTTLS, so the listener stays in clear text and the proxy can
     # see the commands it cuts on.
     with TcpProxy(dovecot.host, dovecot.imap_port, strip_starttls=True) as proxy:

@@ -26,6 +26,7 @@ from tests.faults import (
     message_id,
     pump,
     running,
+    seed,
 )
 from tests.helpers import db_rows, eventually, listener_config
 
@@ -36,8 +37,7 @@ async def test_input_folder_recreated_while_idle(
 ) -> None:
     user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     first, second = mails(3, "uv1"), mails(5, "uv2")
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, first)
+    seed(dovecot, user, first)
     cfg = listener_config(dovecot, user, sync_max_changes_count=5)
     with capture_logs() as logs:
         async with running(cfg, db, clock) as (_, listener):
@@ -66,8 +66,7 @@ def recreate_with(dovecot: DovecotSandbox, user: str, folder: str, raws: list[by
 
 async def _swap_input_folder_at_once(dovecot: DovecotSandbox, user: str, db: Path) -> None:
     first, second = mails(1, f"{user}.a"), mails(2, f"{user}.b")
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, first)
+    seed(dovecot, user, first)
     cfg = listener_config(dovecot, user, sync_max_changes_count=5)
     clock = FakeClock()
     async with running(cfg, db, clock) as (_, listener):
@@ -111,9 +110,7 @@ async def test_another_client_moves_and_deletes_mail_during_a_batch(
 ) -> None:
     user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     sent = mails(500, "oc")
-    dovecot.create_folder(user, DONE)
-    dovecot.create_folder(user, OTHER)
-    dovecot.append_many(user, NEW, sent)
+    seed(dovecot, user, sent, OTHER)
     by_uid = dict(zip(dovecot.uids(user, NEW), (message_id(m) for m in sent), strict=True))
     rng = random.Random(1234)
     chosen = rng.sample(sorted(by_uid), 70)

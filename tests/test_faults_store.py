@@ -27,6 +27,7 @@ from tests.faults import (
     idle_with,
     mails,
     pump,
+    seed,
 )
 from tests.helpers import Harness, eventually, listener_config
 
@@ -55,8 +56,7 @@ async def test_store_locked_by_another_process_moves_nothing_then_recovers(
 ) -> None:
     user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     sent = mails(60, "lock")
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, sent)
+    seed(dovecot, user, sent)
     cfg = listener_config(dovecot, user)
     with capture_logs() as logs:
         async with Harness(cfg, db, clock) as h:
@@ -80,8 +80,7 @@ async def test_repeated_failures_after_connecting_back_off_exponentially(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
     user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, mails(5, "bo"))
+    seed(dovecot, user, mails(5, "bo"))
     cfg = listener_config(dovecot, user)
     with capture_logs() as logs:
         async with Harness(cfg, db, clock) as h, store_locked(h, db):
@@ -135,8 +134,7 @@ async def test_disk_full_moves_only_what_committed_then_recovers(
 ) -> None:
     user, db, clock = mailbox_user, small_disk / "store.sqlite3", FakeClock()
     sent = mails(80, "full")
-    dovecot.create_folder(user, DONE)
-    dovecot.append_many(user, NEW, sent)
+    seed(dovecot, user, sent)
     cfg = listener_config(dovecot, user)
     with capture_logs() as logs:
         async with Harness(cfg, db, clock) as h:
