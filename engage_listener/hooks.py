@@ -116,11 +116,14 @@ class RoutingDecision:
 
 
 class SqlExecutor(Protocol):
-    """The mail's open transaction (`store.Transaction`); execute returns an aiosqlite cursor."""
+    """The mail's open transaction (`store.Transaction`); execute returns a cursor with
+    aiosqlite's awaitable fetchone/fetchall/close."""
 
     async def execute(self, sql: str, params: Any = ...) -> Any: ...
 
     def interrupt(self) -> None: ...  # abort the running statement (Connection.interrupt)
+
+    def interruptible(self) -> SqlExecutor: ...  # statements run where interrupt reaches them
 
 
 class RoutingHook(Protocol):
@@ -260,18 +263,25 @@ class SqlHook:
         self._timeout = timeout
 
     async def run(self, ctx: HookContext, sql: SqlExecutor) -> RoutingDecision:
-        """Run every statement; past the timeout interrupt the one running (or it runs on)."""
-        try:
-            return await asyncio.wait_for(self._run_all(_sql_values(ctx), sql), self._timeout)
-        except TimeoutError:
-            sql.interrupt()
-            raise HookError(
-                f"routing hook {self.name} timed out after {self._timeout:g} s"
-                " (its running statement was interrupted)"
-            ) from None
+        """Run every statement; at the timeout the one running is interrupted.
 
-    async def _run_all(self, values: dict[str, object], sql: SqlExecutor) -> RoutingDecision:
+        A timer, not a cancellation: the statement runs on the store's thread, which a
+        cancelled task would still wait for; interrupting it is what makes it return.
+        """
+        sql = sql.interruptible()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        timer = loop.call_later(self._timeout, sql.interrupt)
+        try:
+            return await self._run_all(_sql_values(ctx), sql, deadline)
+        finally:
+            timer.cancel()
+
+    async def _run_all(
+        self, values: dict[str, object], sql: SqlExecutor, deadline: float
+    ) -> RoutingDecision:
         decision = RoutingDecision()
+        loop = asyncio.get_running_loop()
         for stmt in self._statements:
             try:
                 cursor = await sql.execute(stmt.text, {n: values[n] for n in stmt.names})
@@ -279,11 +289,21 @@ class SqlHook:
                     decision = _as_decision(await _row_decision(cursor))
                 await cursor.close()  # an unread SELECT must not linger in the transaction
             except Exception as exc:
+                if loop.time() >= deadline:
+                    raise self._timed_out() from None
                 raise HookError(
                     f"routing hook {self.name}: statement {stmt.number}"
                     f" (line {stmt.line}) failed: {exc}"
                 ) from exc
+            if loop.time() >= deadline:
+                raise self._timed_out()
         return decision
+
+    def _timed_out(self) -> HookError:
+        return HookError(
+            f"routing hook {self.name} timed out after {self._timeout:g} s"
+            " (its running statement was interrupted)"
+        )
 
 
 def _sql_values(ctx: HookContext) -> dict[str, object]:

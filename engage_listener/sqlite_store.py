@@ -1,9 +1,10 @@
-"""The embedded store: SQLite through aiosqlite, WAL, synchronous=FULL.
+"""The embedded store: SQLite, WAL, synchronous=FULL.
 
 FULL durability matters here: a mail is moved on the server right after its
 transaction commits, so a commit lost to a power cut would be a lost mail.
-One connection per process, and an asyncio lock makes every transaction
-exclusive, since several listeners share the store.
+One connection per process (`sqlite_conn`: what may wait runs on its own thread),
+and an asyncio lock makes every transaction exclusive, since several listeners
+share the store.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from .errors import StoreError
+from .sqlite_conn import Connection
 from .sqlite_schema import MIGRATIONS
 from .sqlite_tx import SqliteTransaction, now_iso
 from .store import CaseSummary, LedgerKey
@@ -29,9 +29,10 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: aiosqlite.Connection | None = None
+        self._db: Connection | None = None
         self._lock = asyncio.Lock()
         self._read_only = False  # the last write was refused as read-only: reopen first
+        self._group_task: asyncio.Task[Any] | None = None  # the task inside `group()`
 
     async def open(self) -> None:
         """Open (creating 0600 if new) and migrate to the latest schema."""
@@ -39,21 +40,20 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            await self._db.execute("PRAGMA synchronous=FULL")
-            await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._db.execute("PRAGMA busy_timeout=10000")
+            self._db = await Connection.open(self.path)
+            await self._db.executescript(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                " PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;"
+            )
             await self._migrate()
-        except (OSError, aiosqlite.Error) as exc:
+        except (OSError, sqlite3.Error) as exc:
             await self.close()
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
 
     async def _migrate(self) -> None:
         db = self._conn()
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
+        rows = await db.fetch_in_thread("PRAGMA user_version")
+        version = int(rows[0][0]) if rows else 0
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"store {self.path} has schema {version}, newer than this program knows "
@@ -69,7 +69,7 @@ class SqliteStore:
             db, self._db = self._db, None
             await db.close()
 
-    def _note_read_only(self, exc: aiosqlite.Error) -> None:
+    def _note_read_only(self, exc: sqlite3.Error) -> None:
         """SQLite opens a file it cannot write read-only and stays so after the file is
         fixed: remember to reopen before the next transaction."""
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
@@ -81,27 +81,56 @@ class SqliteStore:
         await self.open()  # StoreError while the file is still read-only
         self._read_only = False
 
-    def _conn(self) -> aiosqlite.Connection:
+    def _conn(self) -> Connection:
         if self._db is None:
             raise StoreError("the store is not open")
         return self._db
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """The store's lock, unless this task already holds it through `group()`."""
+        if self._group_task is not None and self._group_task is asyncio.current_task():
+            yield
+            return
         async with self._lock:
-            if self._read_only:
-                await self._reopen()
-            db = self._conn()
+            yield
+
+    @asynccontextmanager
+    async def group(self) -> AsyncIterator[None]:
+        """One commit for several transactions of this task (each becomes a savepoint).
+
+        Nothing in the group is durable before the group commits, so the caller must not
+        act on any of it (move mail) until this block has exited without an error.
+        """
+        async with self._lock:
+            db = await self._begin()
+            self._group_task = asyncio.current_task()
             try:
-                await db.execute("BEGIN IMMEDIATE")
-            except aiosqlite.Error as exc:
+                yield
+                await db.execute_in_thread("COMMIT")
+            except sqlite3.Error as exc:
+                await _rollback(db)
                 self._note_read_only(exc)
-                raise StoreError(f"store unavailable: {exc}") from exc
+                raise StoreError(f"store write failed: {exc}") from exc
+            except BaseException:
+                await _rollback(db)
+                raise
+            finally:
+                self._group_task = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (a savepoint in a group)."""
+        if self._group_task is not None and self._group_task is asyncio.current_task():
+            async with self._savepoint() as tx:
+                yield tx
+            return
+        async with self._lock:
+            db = await self._begin()
             try:
                 yield SqliteTransaction(db)
-                await db.execute("COMMIT")
-            except aiosqlite.Error as exc:
+                await db.execute_in_thread("COMMIT")  # the fsync
+            except sqlite3.Error as exc:
                 await _rollback(db)
                 self._note_read_only(exc)
                 raise StoreError(f"store write failed: {exc}") from exc
@@ -109,21 +138,46 @@ class SqliteStore:
                 await _rollback(db)
                 raise
 
+    async def _begin(self) -> Connection:
+        if self._read_only:
+            await self._reopen()
+        db = self._conn()
+        try:
+            await db.execute_in_thread("BEGIN IMMEDIATE")  # may wait for another process
+        except sqlite3.Error as exc:
+            self._note_read_only(exc)
+            raise StoreError(f"store unavailable: {exc}") from exc
+        return db
+
+    @asynccontextmanager
+    async def _savepoint(self) -> AsyncIterator[SqliteTransaction]:
+        db = self._conn()
+        if not db.raw.in_transaction:  # SQLite ended it (an interrupt, a full disk)
+            raise StoreError("the group's transaction was rolled back by SQLite")
+        db.execute("SAVEPOINT mail")
+        try:
+            yield SqliteTransaction(db)
+            db.execute("RELEASE mail")
+        except sqlite3.Error as exc:
+            _rollback_to(db)
+            raise StoreError(f"store write failed: {exc}") from exc
+        except BaseException:
+            _rollback_to(db)
+            raise
+
     async def known_states(
         self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int]
     ) -> dict[int, str]:
         found: dict[int, str] = {}
-        async with self._lock:
-            db = self._conn()
-            for start in range(0, len(uids), 500):
-                chunk = list(uids[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                async with db.execute(
-                    f"SELECT uid, state FROM ledger WHERE listener = ? AND folder = ? "  # noqa: S608
-                    f"AND uidvalidity = ? AND uid IN ({marks})",
-                    (listener, folder, uidvalidity, *chunk),
-                ) as cur:
-                    found.update((int(r[0]), str(r[1])) for r in await cur.fetchall())
+        for start in range(0, len(uids), 500):
+            chunk = list(uids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = await self.query(
+                f"SELECT uid, state FROM ledger WHERE listener = ? AND folder = ? "  # noqa: S608
+                f"AND uidvalidity = ? AND uid IN ({marks})",
+                (listener, folder, uidvalidity, *chunk),
+            )
+            found.update((int(r[0]), str(r[1])) for r in rows)
         return found
 
     async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
@@ -171,8 +225,11 @@ class SqliteStore:
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
         """Read-only rows for operator commands (cases, customers, quarantine)."""
-        async with self._lock, self._conn().execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        async with self._exclusive():
+            try:
+                return await self._conn().fetch_in_thread(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
 
     async def list_cases(self) -> list[CaseSummary]:
         sql = (
@@ -203,8 +260,17 @@ class SqliteStore:
         ]
 
 
-async def _rollback(db: aiosqlite.Connection) -> None:
+def _rollback_to(db: Connection) -> None:
+    """Undo one mail's savepoint, keeping the rest of the group."""
     try:
-        await db.execute("ROLLBACK")
-    except aiosqlite.Error:  # no transaction left to roll back
+        db.execute("ROLLBACK TO mail")
+        db.execute("RELEASE mail")
+    except sqlite3.Error:  # the whole transaction is gone (SQLite rolled it back itself)
+        return
+
+
+async def _rollback(db: Connection) -> None:
+    try:
+        await db.execute_in_thread("ROLLBACK")
+    except sqlite3.Error:  # no transaction left to roll back
         return

@@ -6,8 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
+from .sqlite_conn import AsyncCursor, Connection
 from .store import (
     CaseInfo,
     CaseRef,
@@ -33,20 +32,25 @@ def _iso(value: dt.datetime | None) -> str | None:
 class SqliteTransaction:
     """See `store.Transaction`; only valid inside `SqliteStore.transaction()`."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Connection, *, threaded: bool = False) -> None:
         self._db = db
+        self._threaded = threaded
 
-    async def execute(self, sql: str, params: Any = ()) -> aiosqlite.Cursor:
-        return await self._db.execute(sql, params)
+    async def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
+        if self._threaded:
+            return await self._db.execute_in_thread(sql, params)
+        return self._db.execute(sql, params)
+
+    def interruptible(self) -> SqliteTransaction:
+        """The same transaction, each statement on the store's thread so a timer on the
+        event loop can interrupt it (routing hooks run arbitrary SQL)."""
+        return SqliteTransaction(self._db, threaded=True)
 
     def interrupt(self) -> None:
-        conn = getattr(self._db, "_conn", None)  # aiosqlite keeps the sqlite3 connection here
-        if conn is not None:
-            conn.interrupt()
+        self._db.interrupt()
 
     async def _one(self, sql: str, params: Any = ()) -> Any:
-        async with self._db.execute(sql, params) as cur:
-            return await cur.fetchone()
+        return await (await self.execute(sql, params)).fetchone()
 
     # ----- look-ups ---------------------------------------------------------------
     async def find_duplicate(
@@ -77,20 +81,20 @@ class SqliteTransaction:
         row = await self._one("SELECT id, name FROM customers WHERE id = ?", (customer_id,))
         if row is None:
             return None
-        async with self._db.execute(
+        cur = await self.execute(
             "SELECT address FROM customer_addresses WHERE customer_id = ? ORDER BY address",
             (customer_id,),
-        ) as cur:
-            addresses = tuple(str(r[0]) for r in await cur.fetchall())
+        )
+        addresses = tuple(str(r[0]) for r in await cur.fetchall())
         return Customer(int(row[0]), str(row[1]), addresses)
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
-        cur = await self._db.execute(
+        cur = await self.execute(
             "INSERT INTO customers (name, source, created_at) VALUES (?, ?, ?)",
             (name or address, source, now_iso()),
         )
         customer_id = int(cur.lastrowid or 0)
-        await self._db.execute(
+        await self.execute(
             "INSERT INTO customer_addresses (address, customer_id) VALUES (?, ?)",
             (address.lower(), customer_id),
         )
@@ -148,7 +152,7 @@ class SqliteTransaction:
     # ----- writes -------------------------------------------------------------------
     async def create_case(self, case: NewCase) -> CaseRef:
         now = now_iso()
-        cur = await self._db.execute(
+        cur = await self.execute(
             "INSERT INTO cases (case_number, listener, process, customer_id, sender, sender_name,"
             " subject, normalized_subject, status, created_at, updated_at)"
             " VALUES (hex(randomblob(8)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -167,12 +171,12 @@ class SqliteTransaction:
         )
         case_id = int(cur.lastrowid or 0)
         number = f"{case_id:06d}"
-        await self._db.execute("UPDATE cases SET case_number = ? WHERE id = ?", (number, case_id))
+        await self.execute("UPDATE cases SET case_number = ? WHERE id = ?", (number, case_id))
         return CaseRef(case_id, number)
 
     async def add_message(self, case_id: int | None, message: NewMessage) -> int:
         m = message
-        cur = await self._db.execute(
+        cur = await self.execute(
             "INSERT INTO messages (case_id, listener, message_id, in_reply_to, sender, sender_name,"
             " subject, sent_at, received_at, sha256, size, parsed, automatic, ignored, body_text,"
             " body_html, defects, stored_mime, raw)"
@@ -200,14 +204,14 @@ class SqliteTransaction:
             ),
         )
         if case_id is not None:
-            await self._db.execute(
+            await self.execute(
                 "UPDATE cases SET updated_at = ? WHERE id = ?", (now_iso(), case_id)
             )
         return int(cur.lastrowid or 0)
 
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:
         a = attachment
-        await self._db.execute(
+        await self.execute(
             "INSERT INTO attachments (message_row, filename, content_type, size, content_id,"
             " inline, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -231,17 +235,17 @@ class SqliteTransaction:
         acknowledge: bool | None,
     ) -> None:
         if inbox is not None or priority is not None:
-            await self._db.execute(
+            await self.execute(
                 "UPDATE cases SET inbox = coalesce(?, inbox), priority = coalesce(?, priority)"
                 " WHERE id = ?",
                 (inbox, priority, case_id),
             )
         for tag in tags:
-            await self._db.execute(
+            await self.execute(
                 "INSERT OR IGNORE INTO case_tags (case_id, tag) VALUES (?, ?)", (case_id, tag)
             )
         if acknowledge is not None:
-            await self._db.execute(
+            await self.execute(
                 "UPDATE messages SET acknowledge = ? WHERE id = ?", (int(acknowledge), message_row)
             )
 
@@ -254,7 +258,7 @@ class SqliteTransaction:
         return int(row[0]) if row else 0
 
     async def add_outbox(self, ack: NewAck) -> int:
-        cur = await self._db.execute(
+        cur = await self.execute(
             "INSERT INTO outbox (listener, case_id, message_row, recipient, subject,"
             " smtp_message_id, mime, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
             (
@@ -276,7 +280,7 @@ class SqliteTransaction:
     async def add_quarantine(
         self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int
     ) -> int:
-        cur = await self._db.execute(
+        cur = await self.execute(
             "INSERT INTO quarantine (listener, folder, uidvalidity, uid, message_id, sender,"
             " subject, sha256, reason, attempts, created_at, raw)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -307,7 +311,7 @@ class SqliteTransaction:
         message: NewMessage,
         state: str,
     ) -> None:
-        await self._db.execute(
+        await self.execute(
             "INSERT INTO ledger (listener, folder, uidvalidity, uid, message_row, quarantine_id,"
             " message_id, sha256, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -323,7 +327,7 @@ class SqliteTransaction:
                 now_iso(),
             ),
         )
-        await self._db.execute(
+        await self.execute(
             "DELETE FROM attempts WHERE listener = ? AND folder = ? AND uidvalidity = ?"
             " AND uid = ?",
             (key.listener, key.folder, key.uidvalidity, key.uid),

@@ -151,6 +151,10 @@ class Transaction(Protocol):
         """Abort the statement running now (a routing procedure past its timeout)."""
         ...
 
+    def interruptible(self) -> Transaction:
+        """This transaction, for statements that may run long and must be interruptible."""
+        ...
+
     async def find_duplicate(
         self, listener: str, sha256: str, message_id: str | None
     ) -> int | None:
@@ -214,6 +218,10 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    def group(self) -> AbstractAsyncContextManager[None]:
+        """Commit the transactions this task opens inside the block together, at its end."""
+        ...
 
     async def known_states(
         self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int]

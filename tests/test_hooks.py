@@ -357,6 +357,9 @@ async def test_sql_passes_only_the_names_used(tmp_path: Path, store: SqliteStore
         def interrupt(self) -> None:
             self.tx.interrupt()
 
+        def interruptible(self) -> Any:
+            return self
+
     spec = sql_file(tmp_path, "SELECT 1;\nSELECT :case_id, :subject, :case_id;\n")
     hook = load_hook(spec, tmp_path, 5.0)
     async with store.transaction() as tx:

@@ -1,0 +1,118 @@
+"""One SQLite connection shared by the event loop and one worker thread.
+
+Why not a thread hop per statement (aiosqlite): a mail takes some thirty small
+statements, and handing each to a thread and back cost more than the statements
+themselves (the ingest benchmark spent most of its time waiting on those hops).
+Here, what may wait runs on the store's own thread: BEGIN IMMEDIATE (another process
+may hold the write lock, up to busy_timeout), COMMIT (the fsync), reads that may be
+large, and statements of routing hooks (which can run long and are interrupted on
+timeout). Statements inside a transaction this process holds run inline: they never
+wait for a lock, and each takes microseconds.
+
+The caller serialises use (`SqliteStore` holds an asyncio lock around every use), so
+the connection is never used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class AsyncCursor:
+    """A finished statement's cursor with aiosqlite's awaitable reads (hooks rely on them)."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(size or self._cursor.arraysize)
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    async def __aenter__(self) -> AsyncCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cursor.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+
+class Connection:
+    """A sqlite3 connection (autocommit mode) with its own worker thread."""
+
+    def __init__(self, raw: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self.raw = raw
+        self._worker = worker
+
+    @classmethod
+    async def open(cls, path: Path) -> Connection:
+        worker = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        try:
+            raw = await asyncio.get_running_loop().run_in_executor(
+                worker,
+                lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False),
+            )
+        except BaseException:
+            worker.shutdown(wait=False)
+            raise
+        return cls(raw, worker)
+
+    def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
+        """Inline: only for statements that cannot wait (inside a held transaction)."""
+        return AsyncCursor(self.raw.execute(sql, params))
+
+    async def execute_in_thread(self, sql: str, params: Any = ()) -> AsyncCursor:
+        return AsyncCursor(await self.in_thread(self.raw.execute, sql, params))
+
+    async def fetch_in_thread(self, sql: str, params: Any = ()) -> list[Any]:
+        return await self.in_thread(lambda: self.raw.execute(sql, params).fetchall())
+
+    async def executescript(self, script: str) -> None:
+        await self.in_thread(self.raw.executescript, script)
+
+    async def in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        """Run `func` on the worker; if cancelled meanwhile, still wait until it returns,
+        so the caller's lock is never released while the connection is busy."""
+        future = asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
+
+    def interrupt(self) -> None:
+        self.raw.interrupt()
+
+    async def close(self) -> None:
+        try:
+            await self.in_thread(self.raw.close)
+        finally:
+            self._worker.shutdown(wait=False)
