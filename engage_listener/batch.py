@@ -9,9 +9,10 @@ either still in the input folder (and in the ledger or not) or moved after commi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,6 +67,20 @@ class BatchResult:
     seconds: float = 0.0
     max_uid: int = 0
     failed_uids: list[int] = field(default_factory=list)
+
+
+class _DeferredLog:
+    """Holds log calls until the group they describe has committed."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        return lambda event, **fields: self.calls.append((level, event, fields))
+
+    def replay(self, log: Any) -> None:
+        for level, event, fields in self.calls:
+            getattr(log, level)(event, **fields)
 
 
 def chunks(uids: Sequence[int], sizes: dict[int, int]) -> Iterator[list[int]]:
@@ -124,10 +139,8 @@ class Batch:
                 self._too_old = self._older_than_read_from(meta)
                 self.result.too_old = len(self._too_old)
                 sizes = {uid: size for uid, (size, _) in meta.items()}
-                for chunk in chunks(uids, sizes):
-                    if self.stop.is_set():
-                        break
-                    await self._process_chunk(chunk)
+                todo = await self._unknown(uids)
+                await self._process_chunks(list(chunks(todo, sizes)))
         finally:
             # Even when the store failed mid-batch, what did commit is moved on.
             await self._finish()
@@ -141,18 +154,68 @@ class Batch:
             return set()
         return {uid for uid, (_, date) in meta.items() if date is not None and date < since}
 
-    async def _process_chunk(self, chunk: list[int]) -> None:
+    async def _unknown(self, uids: list[int]) -> list[int]:
+        """UIDs to ingest; those already in the ledger (a crash before the move) only move."""
         known = await self.store.known_states(
-            self.listener, self.folder.name, self.folder.uidvalidity, chunk
+            self.listener, self.folder.name, self.folder.uidvalidity, uids
         )
         for uid, state in known.items():
             (self._quarantined if state == "quarantined" else self._committed).append(uid)
         self.result.already_known += len(known)
-        todo = [uid for uid in chunk if uid not in known and uid not in self._too_old]
-        for uid, raw in await self.session.fetch_bodies(todo):
+        return [uid for uid in uids if uid not in known and uid not in self._too_old]
+
+    async def _process_chunks(self, todo: list[list[int]]) -> None:
+        """Each chunk is fetched while the one before is parsed and committed, so the
+        server reads and sends while we work (at most two chunks are held)."""
+        fetch: asyncio.Future[list[tuple[int, bytes]]] | None = None
+        try:
+            for number, chunk in enumerate(todo):
+                bodies = await (fetch or self.session.fetch_bodies(chunk))
+                fetch = None
+                if self.stop.is_set():
+                    return
+                if number + 1 < len(todo):
+                    fetch = asyncio.ensure_future(self.session.fetch_bodies(todo[number + 1]))
+                await self._process_bodies(bodies)
+        finally:
+            if fetch is not None:  # the session must be idle again before the move
+                await asyncio.wait([fetch])
+                if not fetch.cancelled():
+                    fetch.exception()  # the error that ended the batch is the one to report
+
+    async def _process_bodies(self, bodies: list[tuple[int, bytes]]) -> None:
+        if len(bodies) > 1 and await self._process_grouped(bodies):
+            return
+        for uid, raw in bodies:  # one commit each: what can commit does
             if self.stop.is_set():
                 return
             await self._process_one(uid, raw)
+
+    async def _process_grouped(self, bodies: list[tuple[int, bytes]]) -> bool:
+        """The chunk's mails in one commit (each in its own savepoint, so one bad mail
+        rolls back alone). Their log lines and results count only once it committed;
+        when the store fails, nothing of it is kept and False says: go mail by mail."""
+        saved = (len(self._committed), len(self._quarantined), dataclasses.replace(self.result))
+        saved[2].failed_uids = list(self.result.failed_uids)
+        log, deferred = self.log, _DeferredLog()
+        self.log = deferred
+        try:
+            async with self.store.group():
+                for uid, raw in bodies:
+                    if self.stop.is_set():
+                        break
+                    await self._process_one(uid, raw)
+        except BaseException as exc:
+            del self._committed[saved[0] :], self._quarantined[saved[1] :]
+            self.result = saved[2]
+            if not isinstance(exc, StoreError):
+                raise
+            log.warning("group_commit_failed", error=str(exc), mails=len(bodies))
+            return False
+        finally:
+            self.log = log
+        deferred.replay(log)
+        return True
 
     async def _process_one(self, uid: int, raw: bytes) -> None:
         key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)

@@ -1,0 +1,63 @@
+"""A chunk of mails commits once, each mail in its own savepoint: one mail failing inside
+the group (even in a way that makes SQLite drop the whole transaction) costs only that
+mail, and nothing is moved that did not commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from engage_listener.app import build_listener
+from engage_listener.hooks import load_hook
+from engage_listener.sandbox import DovecotSandbox
+from tests.fakes import FakeClock
+from tests.helpers import Harness, db_rows, listener_config, make_mail
+
+NEW, DONE = "IMAP/New", "IMAP/Done"
+SLOW = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {limit})"
+LIMIT = "CASE WHEN :subject = 'lento' THEN 1000000000 ELSE 1 END"
+HOOKS = {
+    # an interrupted SELECT: SQLite keeps the transaction, the savepoint is undone
+    "select": (
+        "UPDATE cases SET inbox = 'General' WHERE id = :case_id;\n"
+        f"{SLOW.format(limit=LIMIT)} SELECT count(*) FROM n;\n"
+    ),
+    # an interrupted UPDATE: SQLite rolls back the whole transaction, so the group is
+    # lost and the chunk is done again mail by mail
+    "update": (
+        f"UPDATE cases SET inbox = 'General' || (\n  {SLOW.format(limit=LIMIT)}"
+        " SELECT substr(count(*), 1, 0) FROM n\n) WHERE id = :case_id;\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("statement", sorted(HOOKS))
+async def test_a_hook_timing_out_inside_a_chunk_fails_only_its_mail(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, statement: str
+) -> None:
+    user, db = mailbox_user, tmp_path / "s.sqlite3"
+    sent = [make_mail(i, sender=f"g{i}@example.com") for i in range(6)]
+    sent[3] = make_mail(3, sender="g3@example.com", subject="lento")
+    dovecot.create_folder(user, DONE)
+    dovecot.append_many(user, NEW, sent)
+    (tmp_path / "route.sql").write_text(HOOKS[statement])
+    hook = load_hook(f"sql:{tmp_path / 'route.sql'}", tmp_path, 0.3)
+    cfg = listener_config(dovecot, user)
+    with capture_logs() as logs:
+        async with Harness(cfg, db, FakeClock()) as h:
+            listener = build_listener(cfg, h.store, h.clock, h.stop, hook)
+            result = await listener.run_once()
+    assert (result.ingested, result.failed, result.quarantined) == (5, 1, 0)
+    assert (dovecot.count(user, NEW), dovecot.count(user, DONE)) == (1, 5)
+    assert db_rows(db, "SELECT subject, inbox FROM cases ORDER BY id") == [
+        (f"Consulta {i}", "General") for i in (0, 1, 2, 4, 5)
+    ]
+    assert db_rows(db, "SELECT count(*) FROM ledger") == [(5,)]
+    ((attempts, error),) = db_rows(db, "SELECT attempts, last_error FROM attempts")
+    assert attempts == 1 and "timed out after 0.3 s" in error
+    regrouped = [e for e in logs if e["event"] == "group_commit_failed"]
+    assert len(regrouped) == (1 if statement == "update" else 0), regrouped
+    messages = [e for e in logs if e["event"] == "message"]
+    assert len(messages) == 5, "a log line for a mail whose group was undone"
