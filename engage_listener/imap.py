@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
     """aioimaplib's protocol with a loop instead of recursion, a protocol log, fail-fast loss."""
 
+    incomplete_line: bytes  # set by aioimaplib
+    current_command: Any
+
     def __init__(self, loop: asyncio.AbstractEventLoop, protolog: ProtocolLog | None) -> None:
         super().__init__(loop, self._on_lost)
         self.protolog = protolog
@@ -92,7 +95,18 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             self.send("")
 
     def data_received(self, d: bytes) -> None:
-        super().data_received(d)
+        """aioimaplib's, without its debug line that formats every byte received (a
+        repr of each chunk of mail, whether debug logging is on or not)."""
+        pending = self.incomplete_line
+        try:
+            self._handle_responses(
+                pending + d if pending else d, self._handle_line, self.current_command
+            )
+            self.incomplete_line = b""
+            self.current_command = None
+        except lib.IncompleteRead as incomplete:
+            self.current_command = incomplete.cmd
+            self.incomplete_line = incomplete.data
         if self.protolog is not None:
             self.protolog.flush()
 
@@ -140,6 +154,30 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             cmd.begin_literal_data(size)
             return cmd
         return cmd if cmd is not None and cmd.wait_data() else None
+
+
+class _Fetch(lib.FetchCommand):  # type: ignore[misc]
+    """FETCH whose "more to come?" test counts parentheses once per line, outside literals.
+
+    aioimaplib's joins every line since the last FETCH, message literals included, at each
+    chunk received (quadratic in a message's size), and counts parentheses inside the mail
+    itself. Literal payloads are the bytearray lines.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._depth = 0
+        self._counted = 0
+
+    def wait_data(self) -> bool:
+        lines = self._resp_lines
+        for line in lines[self._counted :]:
+            if type(line) is bytes:
+                if FETCH_HEAD_RE.match(line):
+                    self._depth = 0
+                self._depth += line.count(b"(") - line.count(b")")
+        self._counted = len(lines)
+        return self._depth > 0
 
 
 class _Authenticate(lib.Command):  # type: ignore[misc]
@@ -416,7 +454,7 @@ class ImapSession:
 
     async def _fetch(self, uid_set: str, items: str) -> Any:
         proto = self._proto
-        command = lib.FetchCommand(
+        command = _Fetch(
             proto.new_tag(),
             uid_set,
             items,
