@@ -158,7 +158,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
 ) -> None:
     rng = random.Random(1234)
     plans = [
-        KillPlan(t, rng.uniform(0.0, 2.5), None)
+        KillPlan(t, rng.uniform(0.0, 0.8), None)
         if t % 2 == 0
         else KillPlan(t, None, rng.randint(1, PER_TRIAL - 1))
         for t in range(TRIALS)
@@ -176,8 +176,9 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
                 plans,
             )
         )
-    # The kills must really land inside batches, not only around them.
-    assert phases["mid-batch"] >= TRIALS // 2, phases
+    # The kills must really land inside batches (after batch_start, before the last
+    # move), not only after them.
+    assert TRIALS - phases["after the batch"] >= TRIALS // 2, phases
 
 
 async def test_acks_queued_while_the_sender_is_busy_do_not_wait_for_the_poll(
@@ -251,14 +252,14 @@ async def test_dovecot_restart_while_fetching(
     own_dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
     dc, user, db, clock = own_dovecot, mailbox_user, tmp_path / "store.sqlite3", FakeClock()
-    sent = mails(400, "rf")
+    sent = mails(1000, "rf")
     seed(dc, user, sent)
     cfg = listener_config(dc, user)
     with capture_logs() as logs:
         async with running(cfg, db, clock) as (_, listener):
             await eventually(lambda: count_rows(db, "cases") >= 50, timeout=30, what="50 cases")
-            await asyncio.to_thread(dc.restart)
-            assert count_rows(db, "cases") < len(sent), "the batch ended before the restart"
+            assert listener.state == "processing", "the batch ended before the restart"
+            await asyncio.to_thread(dc.restart)  # its first step drops every session
             await pump(clock, idle_with(listener, db, len(sent)), timeout=60, what="all cases")
     assert any(e["kind"] == "transient" for e in errors(logs))
     assert_no_unexpected_errors(logs)

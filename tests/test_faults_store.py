@@ -37,7 +37,7 @@ from tests.helpers import Harness, eventually, listener_config
 async def store_locked(h: Harness, db: Path) -> AsyncIterator[None]:
     """Another process holds the store's write lock for the duration."""
     # The store waits 10 s for a lock; keep the test fast (its own connection only).
-    await h.store._conn().execute("PRAGMA busy_timeout=200")
+    h.store._conn().execute("PRAGMA busy_timeout=200")
     blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
@@ -153,4 +153,6 @@ async def test_disk_full_moves_only_what_committed_then_recovers(
             await pump(clock, idle_with(listener, db, len(sent)), what="recovered")
             assert h.task is not None and not h.task.done()
     assert {e["error_type"] for e in errors(logs)} == {"StoreError"}
+    # The chunk's single commit failed first; mail by mail, some then fitted.
+    assert any(e["event"] == "group_commit_failed" for e in logs)
     assert_exactly_once(dovecot, user, db, sent)
