@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class CaseEngine:
 
     async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested:
         """Parse, then commit customer, case, message, attachments, routing and ledger."""
-        mail = await _parse(raw)
+        mail = await _parse(raw, strip=self.settings.extract_attachments)
         sender = mail.sender.address if mail.sender else ""
         automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
         message = self._message(raw, mail, automatic)
@@ -150,7 +151,7 @@ class CaseEngine:
 
     async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
         """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
-        mail = await _parse(raw)
+        mail = await _parse(raw, strip=self.settings.extract_attachments)
         message = self._message(raw, mail, None)
         async with self.store.transaction() as tx:
             return await tx.add_quarantine(key, raw, message, reason, attempts)
@@ -309,7 +310,7 @@ class CaseEngine:
 
     def _message(self, raw: bytes, mail: parser.ParsedMail, automatic: str | None) -> NewMessage:
         sender = mail.sender or parser.Address("", "")
-        stored = parser.strip_attachments(raw) if self.settings.extract_attachments else None
+        stored = mail.stripped if self.settings.extract_attachments else None
         return NewMessage(
             listener=self.settings.listener,
             message_id=mail.message_id,
@@ -345,10 +346,10 @@ class CaseEngine:
             )
 
 
-async def _parse(raw: bytes) -> parser.ParsedMail:
+async def _parse(raw: bytes, *, strip: bool = False) -> parser.ParsedMail:
     if len(raw) > BIG_MAIL:
-        return await asyncio.to_thread(parser.parse, raw)
-    return parser.parse(raw)
+        return await asyncio.to_thread(functools.partial(parser.parse, raw, strip=strip))
+    return parser.parse(raw, strip=strip)
 
 
 def _eml_name(subject: str) -> str:

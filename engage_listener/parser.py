@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from .mime_fields import (
@@ -85,21 +85,33 @@ class ParsedMail:
     attachments: tuple[Attachment, ...]
     defects: tuple[str, ...]
     headers: Mapping[str, str]
+    stripped: bytes | None = None  # with parse(strip=True): see strip_attachments
 
 
-def parse(raw: bytes) -> ParsedMail:
-    """Read a mail. Never raises: on total failure ``parsed`` is False and defects say why."""
+def parse(raw: bytes, *, strip: bool = False) -> ParsedMail:
+    """Read a mail. Never raises: on total failure ``parsed`` is False and defects say why.
+
+    With `strip`, also what :func:`strip_attachments` gives, from the same walk (one
+    parse and one decoding of each attachment instead of two).
+    """
     try:
-        return _parse(bytes(raw))
+        return _parse(bytes(raw), strip)
     except Exception as exc:  # includes RecursionError and MemoryError
-        return _failed(raw, exc)
+        failed = _failed(raw, exc)
+        return replace(failed, stripped=strip_attachments(raw)) if strip else failed
 
 
-def _parse(raw: bytes) -> ParsedMail:
+def _parse(raw: bytes, strip: bool = False) -> ParsedMail:
     defects: list[str] = []
     root = build_tree(raw, defects)
     walker = Walker(defects)
     walker.walk(root)
+    stripped = None
+    if strip:
+        try:
+            stripped = _cut(raw, root, walker.found)
+        except Exception:  # nothing is lost: the mail is kept whole
+            stripped = raw
     headers = _header_map(root, defects)
     if not root.fields:
         defects.append("no header fields found: not a mail message")
@@ -119,6 +131,7 @@ def _parse(raw: bytes) -> ParsedMail:
         attachments=tuple(_attachment(found) for found in walker.found),
         defects=_unique(defects),
         headers=headers,
+        stripped=stripped,
     )
 
 
@@ -208,9 +221,13 @@ def _strip(raw: bytes) -> bytes:
     root = build_tree(raw, [])
     walker = Walker([])
     walker.walk(root)
+    return _cut(raw, root, walker.found)
+
+
+def _cut(raw: bytes, root: Part, found_parts: list[Found]) -> bytes:
     newline = b"\r\n" if b"\r\n" in raw[: root.body_start or 4096] else b"\n"
     cuts = sorted(
-        (f.part.start, f.part.end, f) for f in walker.found if not f.inline and f.part.buf is raw
+        (f.part.start, f.part.end, f) for f in found_parts if not f.inline and f.part.buf is raw
     )
     out: list[bytes] = []
     pos = 0

@@ -13,6 +13,7 @@ fields needed are read by ``read_expectation`` (a small reader for YAML scalars)
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,9 @@ def test_corpus_mail_parses(path: Path) -> None:
     assert len({a.filename for a in mail.attachments}) == len(mail.attachments)
 
     stripped = parser.strip_attachments(raw)
+    both = parser.parse(raw, strip=True)  # one walk for both, as the engine does
+    assert both.stripped == stripped
+    assert dataclasses.replace(both, stripped=None) == mail
     again = parser.parse(stripped)
     assert again.message_id == mail.message_id
     assert (again.sender and again.sender.address) == (mail.sender and mail.sender.address)

@@ -557,6 +557,7 @@ def test_strip_attachments_keeps_bodies_and_inline_images() -> None:
     )
     before = parse(raw)
     stripped = strip_attachments(raw)
+    assert parse(raw, strip=True).stripped == stripped
     after = parse(stripped)
     assert (after.text.splitlines()[0], after.html) == (before.text, before.html)
     assert [(a.inline, a.payload) for a in after.attachments] == [(True, PNG)]
