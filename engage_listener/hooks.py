@@ -29,13 +29,17 @@ import inspect
 import re
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .errors import HookError
+from .store import SyncExecute
+
+T = TypeVar("T")
 
 SQL_PARAMETERS = (
     "case_id",
@@ -116,14 +120,14 @@ class RoutingDecision:
 
 
 class SqlExecutor(Protocol):
-    """The mail's open transaction (`store.Transaction`); execute returns a cursor with
-    aiosqlite's awaitable fetchone/fetchall/close."""
-
-    async def execute(self, sql: str, params: Any = ...) -> Any: ...
+    """The mail's open transaction (`store.Transaction`), as a SQL hook uses it."""
 
     def interrupt(self) -> None: ...  # abort the running statement (Connection.interrupt)
 
-    def interruptible(self) -> SqlExecutor: ...  # statements run where interrupt reaches them
+    async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
+        """`work(execute)` on the store's thread: plain sqlite3 calls, one hop for them all,
+        where `interrupt` reaches them."""
+        ...
 
 
 class RoutingHook(Protocol):
@@ -265,39 +269,48 @@ class SqlHook:
     async def run(self, ctx: HookContext, sql: SqlExecutor) -> RoutingDecision:
         """Run every statement; at the timeout the one running is interrupted.
 
-        A timer, not a cancellation: the statement runs on the store's thread, which a
-        cancelled task would still wait for; interrupting it is what makes it return.
+        All statements go to the store's thread in one call (a hop per statement cost
+        more than the statements). A timer, not a cancellation, enforces the timeout:
+        a cancelled task would still wait for the thread; the interrupt makes it return.
         """
-        sql = sql.interruptible()
+        values = _sql_values(ctx)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
         timer = loop.call_later(self._timeout, sql.interrupt)
+        deadline = time.monotonic() + self._timeout
         try:
-            return await self._run_all(_sql_values(ctx), sql, deadline)
+            found = await sql.run_sync(lambda execute: self._run_all(execute, values, deadline))
         finally:
             timer.cancel()
+        try:
+            return _as_decision(found)
+        except TypeError as exc:
+            stmt = self._statements[-1]
+            raise HookError(
+                f"routing hook {self.name}: statement {stmt.number} (line {stmt.line})"
+                f" failed: {exc}"
+            ) from exc
 
-    async def _run_all(
-        self, values: dict[str, object], sql: SqlExecutor, deadline: float
-    ) -> RoutingDecision:
-        decision = RoutingDecision()
-        loop = asyncio.get_running_loop()
+    def _run_all(
+        self, execute: SyncExecute, values: dict[str, object], deadline: float
+    ) -> dict[str, Any] | None:
+        """On the store's thread: every statement, then the last one's decision row."""
+        found = None
         for stmt in self._statements:
             try:
-                cursor = await sql.execute(stmt.text, {n: values[n] for n in stmt.names})
+                cursor = execute(stmt.text, {n: values[n] for n in stmt.names})
                 if stmt is self._statements[-1]:
-                    decision = _as_decision(await _row_decision(cursor))
-                await cursor.close()  # an unread SELECT must not linger in the transaction
+                    found = _row_decision(cursor)
+                cursor.close()  # an unread SELECT must not linger in the transaction
             except Exception as exc:
-                if loop.time() >= deadline:
+                if time.monotonic() >= deadline:
                     raise self._timed_out() from None
                 raise HookError(
                     f"routing hook {self.name}: statement {stmt.number}"
                     f" (line {stmt.line}) failed: {exc}"
                 ) from exc
-            if loop.time() >= deadline:
+            if time.monotonic() >= deadline:
                 raise self._timed_out()
-        return decision
+        return found
 
     def _timed_out(self) -> HookError:
         return HookError(
@@ -322,12 +335,12 @@ def _sql_values(ctx: HookContext) -> dict[str, object]:
     }
 
 
-async def _row_decision(cursor: Any) -> dict[str, Any] | None:
+def _row_decision(cursor: Any) -> dict[str, Any] | None:
     """The decision columns of the first row the last statement returned, if any."""
     columns = [str(d[0]).lower() for d in getattr(cursor, "description", None) or ()]
     if not set(columns) & set(DECISION_FIELDS):
         return None
-    row = await cursor.fetchone()
+    row = cursor.fetchone()
     if row is None:
         return None
     found = {c: v for c, v in zip(columns, row, strict=True) if c in DECISION_FIELDS}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from .sqlite_conn import AsyncCursor, Connection
 from .store import (
@@ -16,7 +16,10 @@ from .store import (
     NewAttachment,
     NewCase,
     NewMessage,
+    SyncExecute,
 )
+
+T = TypeVar("T")
 
 # New mail may still join open cases and new ones awaiting approval (RequireApproval).
 
@@ -32,19 +35,15 @@ def _iso(value: dt.datetime | None) -> str | None:
 class SqliteTransaction:
     """See `store.Transaction`; only valid inside `SqliteStore.transaction()`."""
 
-    def __init__(self, db: Connection, *, threaded: bool = False) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
-        self._threaded = threaded
 
     async def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
-        if self._threaded:
-            return await self._db.execute_in_thread(sql, params)
         return self._db.execute(sql, params)
 
-    def interruptible(self) -> SqliteTransaction:
-        """The same transaction, each statement on the store's thread so a timer on the
-        event loop can interrupt it (routing hooks run arbitrary SQL)."""
-        return SqliteTransaction(self._db, threaded=True)
+    async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
+        """`work(execute)` on the store's thread (SQL hooks: arbitrary, interruptible SQL)."""
+        return await self._db.in_thread(work, self._db.raw.execute)
 
     def interrupt(self) -> None:
         self._db.interrupt()

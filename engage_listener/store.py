@@ -7,10 +7,14 @@ SQLite store can be joined by a PostgreSQL one without touching them.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+SyncExecute = Callable[[str, Any], sqlite3.Cursor]  # sqlite3.Connection.execute
 
 
 @dataclass(frozen=True)
@@ -151,8 +155,8 @@ class Transaction(Protocol):
         """Abort the statement running now (a routing procedure past its timeout)."""
         ...
 
-    def interruptible(self) -> Transaction:
-        """This transaction, for statements that may run long and must be interruptible."""
+    async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
+        """`work(execute)` with plain sqlite3 calls, off the event loop (SQL hooks)."""
         ...
 
     async def find_duplicate(

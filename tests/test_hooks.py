@@ -350,15 +350,18 @@ async def test_sql_passes_only_the_names_used(tmp_path: Path, store: SqliteStore
         def __init__(self, tx: Any) -> None:
             self.tx, self.params = tx, list[Any]()
 
-        async def execute(self, sql: str, params: Any = ()) -> Any:
-            self.params.append(params)
-            return await self.tx.execute(sql, params)
-
         def interrupt(self) -> None:
             self.tx.interrupt()
 
-        def interruptible(self) -> Any:
-            return self
+        async def run_sync(self, work: Any) -> Any:
+            def noted(execute: Any) -> Any:
+                def execute_noting(sql: str, params: Any = ()) -> Any:
+                    self.params.append(params)
+                    return execute(sql, params)
+
+                return work(execute_noting)
+
+            return await self.tx.run_sync(noted)
 
     spec = sql_file(tmp_path, "SELECT 1;\nSELECT :case_id, :subject, :case_id;\n")
     hook = load_hook(spec, tmp_path, 5.0)
