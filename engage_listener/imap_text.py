@@ -106,7 +106,9 @@ def track_exists(exists: int, lines: Iterable[bytes]) -> int:
 
 
 def parse_bodies(lines: Sequence[Any]) -> list[tuple[int, bytes]]:
-    """Pair each FETCH line with its literal; the UID may stand before or after the literal."""
+    """Pair each FETCH line with its literal; the UID may stand before or after the literal.
+
+    The literals in `lines` are emptied as they are taken."""
     result: list[tuple[int, bytes]] = []
     uid: int | None = None
     body: bytes | None = None
@@ -114,6 +116,7 @@ def parse_bodies(lines: Sequence[Any]) -> list[tuple[int, bytes]]:
     for item in lines:
         if isinstance(item, bytearray):
             body, look_for_uid = bytes(item), uid is None
+            item.clear()  # the response is not read again: hold each mail once, not twice
             continue
         if FETCH_HEAD_RE.match(item):
             if uid is not None and body is not None:

@@ -20,6 +20,7 @@ from .store import (
 )
 
 T = TypeVar("T")
+BLOB_PIECE = 1 << 20  # blobs larger than this are written piece by piece
 
 # New mail may still join open cases and new ones awaiting approval (RequireApproval).
 
@@ -47,6 +48,31 @@ class SqliteTransaction:
 
     def interrupt(self) -> None:
         self._db.interrupt()
+
+    def _insert(self, table: str, values: dict[str, Any]) -> int:
+        """INSERT one row; its big blobs are written afterwards in pieces.
+
+        Binding a blob makes SQLite take a private copy of it: a 50 MB mail would be
+        held twice. A zeroblob of the right size, then incremental writes, avoid that.
+        """
+        big = {
+            name: value
+            for name, value in values.items()
+            if isinstance(value, bytes | bytearray) and len(value) > BLOB_PIECE
+        }
+        marks = ", ".join("zeroblob(?)" if name in big else "?" for name in values)
+        params = [len(big[name]) if name in big else value for name, value in values.items()]
+        cur = self._db.raw.execute(
+            f"INSERT INTO {table} ({', '.join(values)}) VALUES ({marks})",  # noqa: S608
+            params,
+        )
+        row = int(cur.lastrowid or 0)
+        for name, value in big.items():
+            with self._db.raw.blobopen(table, name, row) as blob:
+                view = memoryview(value)
+                for start in range(0, len(value), BLOB_PIECE):
+                    blob.write(view[start : start + BLOB_PIECE])
+        return row
 
     async def _one(self, sql: str, params: Any = ()) -> Any:
         return await (await self.execute(sql, params)).fetchone()
@@ -175,53 +201,49 @@ class SqliteTransaction:
 
     async def add_message(self, case_id: int | None, message: NewMessage) -> int:
         m = message
-        cur = await self.execute(
-            "INSERT INTO messages (case_id, listener, message_id, in_reply_to, sender, sender_name,"
-            " subject, sent_at, received_at, sha256, size, parsed, automatic, ignored, body_text,"
-            " body_html, defects, stored_mime, raw)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                case_id,
-                m.listener,
-                m.message_id,
-                m.in_reply_to,
-                m.sender,
-                m.sender_name,
-                m.subject,
-                _iso(m.sent_at),
-                _iso(m.received_at),
-                m.sha256,
-                len(m.raw),
-                int(m.parsed),
-                m.automatic,
-                int(m.ignored),
-                m.body_text,
-                m.body_html,
-                m.defects,
-                m.stored_mime,
-                m.raw,
-            ),
+        row = self._insert(
+            "messages",
+            {
+                "case_id": case_id,
+                "listener": m.listener,
+                "message_id": m.message_id,
+                "in_reply_to": m.in_reply_to,
+                "sender": m.sender,
+                "sender_name": m.sender_name,
+                "subject": m.subject,
+                "sent_at": _iso(m.sent_at),
+                "received_at": _iso(m.received_at),
+                "sha256": m.sha256,
+                "size": len(m.raw),
+                "parsed": int(m.parsed),
+                "automatic": m.automatic,
+                "ignored": int(m.ignored),
+                "body_text": m.body_text,
+                "body_html": m.body_html,
+                "defects": m.defects,
+                "stored_mime": m.stored_mime,
+                "raw": m.raw,
+            },
         )
         if case_id is not None:
             await self.execute(
                 "UPDATE cases SET updated_at = ? WHERE id = ?", (now_iso(), case_id)
             )
-        return int(cur.lastrowid or 0)
+        return row
 
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:
         a = attachment
-        await self.execute(
-            "INSERT INTO attachments (message_row, filename, content_type, size, content_id,"
-            " inline, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                message_row,
-                a.filename,
-                a.content_type,
-                len(a.content),
-                a.content_id,
-                int(a.inline),
-                a.content,
-            ),
+        self._insert(
+            "attachments",
+            {
+                "message_row": message_row,
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": len(a.content),
+                "content_id": a.content_id,
+                "inline": int(a.inline),
+                "content": a.content,
+            },
         )
 
     async def apply_decision(
@@ -279,26 +301,23 @@ class SqliteTransaction:
     async def add_quarantine(
         self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int
     ) -> int:
-        cur = await self.execute(
-            "INSERT INTO quarantine (listener, folder, uidvalidity, uid, message_id, sender,"
-            " subject, sha256, reason, attempts, created_at, raw)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key.listener,
-                key.folder,
-                key.uidvalidity,
-                key.uid,
-                message.message_id,
-                message.sender,
-                message.subject,
-                message.sha256,
-                reason,
-                attempts,
-                now_iso(),
-                raw,
-            ),
+        quarantine_id = self._insert(
+            "quarantine",
+            {
+                "listener": key.listener,
+                "folder": key.folder,
+                "uidvalidity": key.uidvalidity,
+                "uid": key.uid,
+                "message_id": message.message_id,
+                "sender": message.sender,
+                "subject": message.subject,
+                "sha256": message.sha256,
+                "reason": reason,
+                "attempts": attempts,
+                "created_at": now_iso(),
+                "raw": raw,
+            },
         )
-        quarantine_id = int(cur.lastrowid or 0)
         await self._ledger(key, None, quarantine_id, message, "quarantined")
         return quarantine_id
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -13,6 +14,7 @@ from engage_listener import admin
 from engage_listener.engine import CaseEngine, EngineSettings
 from engage_listener.errors import QuarantineNow
 from engage_listener.sqlite_store import SqliteStore
+from engage_listener.sqlite_tx import BLOB_PIECE
 from engage_listener.store import LedgerKey
 from tests.helpers import db_rows
 
@@ -172,6 +174,23 @@ async def test_extract_attachments_true_one_row_each_and_body_without_them(
     assert full == raw
     assert b"JVBERi0xLjQgZmFjdHVyYQ" not in stored  # the PDF's base64 is gone
     assert b"ver adjunto" in stored
+
+
+@pytest.mark.parametrize("extract", [True, False])
+async def test_big_blobs_are_stored_byte_for_byte(store: SqliteStore, extract: bool) -> None:
+    """Blobs over BLOB_PIECE are written piece by piece (not bound whole)."""
+    big = random.Random(7).randbytes(3 * BLOB_PIECE + 12345)
+    msg = EmailMessage()
+    msg["From"], msg["Subject"], msg["Message-ID"] = "ana@example.com", "Grande", "<big@x>"
+    msg.set_content("ver adjunto")
+    msg.add_attachment(big, maintype="application", subtype="zip", filename="datos.zip")
+    raw = msg.as_bytes()
+    assert len(raw) > 4 * BLOB_PIECE
+    await CaseEngine(store, EngineSettings("L", extract_attachments=extract)).ingest(key(), raw)
+    ((stored_raw, size),) = db_rows(store.path, "SELECT raw, size FROM messages")
+    assert (stored_raw, size) == (raw, len(raw))
+    content = db_rows(store.path, "SELECT content FROM attachments")
+    assert content == [(big,)] if extract else [(raw,)]
 
 
 async def test_extract_attachments_false_stores_the_whole_mail_once(store: SqliteStore) -> None:
