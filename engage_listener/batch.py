@@ -282,11 +282,18 @@ class Batch:
         if not uids:
             return
         if self.destination.output_folder is not None:
-            await self.session.move(uids, self.destination.output_folder)
+            flagged = await self.session.move(uids, self.destination.output_folder)
             state = "moved"
         else:
-            await self.session.delete(uids)
+            flagged = await self.session.delete(uids)
             state = "deleted"
+        if flagged:
+            self.log.warning(
+                "left_flagged_deleted",
+                count=flagged,
+                why="the server has no UIDPLUS and other clients' \\Deleted mail is in the"
+                " input folder: expunging would remove theirs too",
+            )
         self.result.done = len(uids)
         await self.store.mark_done(
             self.listener, self.folder.name, self.folder.uidvalidity, uids, state

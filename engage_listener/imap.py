@@ -43,6 +43,7 @@ from .imap_text import (
     parse_bodies,
     quote,
     quote_mailbox,
+    uid_chunks,
     uid_sets,
 )
 from .oauth import TokenRefused, xoauth2_error, xoauth2_payload
@@ -395,16 +396,12 @@ class ImapSession:
 
     # ----- messages -----------------------------------------------------------------
     async def search_all(self) -> list[int]:
-        """UIDs of every message in the selected folder, ascending."""
-        response = await self._call(
-            "UID SEARCH", self._proto.search("ALL", charset=None, by_uid=True)
-        )
-        self._require_ok(response, "UID SEARCH")
-        uids: list[int] = []
-        for line in response.lines[:-1]:  # aioimaplib strips the "SEARCH" keyword
-            if isinstance(line, bytes):
-                uids.extend(int(tok) for tok in line.split() if tok.isdigit())
-        return sorted(uids)
+        """UIDs of every message in the selected folder not flagged \\Deleted, ascending.
+
+        A \\Deleted mail is on its way out: another client's, or one of ours left
+        flagged after a copy on a server without UIDPLUS (`_delete_set`).
+        """
+        return await self.search("UNDELETED", charset=None)
 
     async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of each UID, to plan fetch chunks without loading bodies."""
@@ -422,10 +419,10 @@ class ImapSession:
                         meta[int(uid.group(1))] = (int(size.group(1)), internal_date(line))
         return meta
 
-    async def search(self, *criteria: str) -> list[int]:
-        """UID SEARCH with the given criteria (strings quoted by the caller), UTF-8 charset."""
+    async def search(self, *criteria: str, charset: str | None = "UTF-8") -> list[int]:
+        """UID SEARCH with the given criteria (strings quoted by the caller)."""
         response = await self._call(
-            "UID SEARCH", self._proto.search(*criteria, charset="UTF-8", by_uid=True)
+            "UID SEARCH", self._proto.search(*criteria, charset=charset, by_uid=True)
         )
         self._require_ok(response, "UID SEARCH")
         found: list[int] = []
@@ -466,10 +463,13 @@ class ImapSession:
         self._require_ok(response, "UID FETCH")
         return response
 
-    async def move(self, uids: Sequence[int], folder: str) -> None:
-        """Move to `folder`: UID MOVE, else UID COPY + \\Deleted + UID EXPUNGE of our UIDs."""
+    async def move(self, uids: Sequence[int], folder: str) -> int:
+        """Move to `folder`: UID MOVE, else UID COPY + \\Deleted + expunge of our UIDs.
+
+        Returns how many were copied but left flagged \\Deleted (see `_delete_set`)."""
         target = quote_mailbox(folder)
-        for uid_set in uid_sets(uids):
+        left = 0
+        for uid_set, chunk in uid_chunks(uids):
             if self.has_capability("MOVE"):
                 command = self._command("MOVE", uid_set, target, prefix="UID")
                 self._require_ok(
@@ -480,23 +480,36 @@ class ImapSession:
                 self._require_ok(
                     await self._call("UID COPY", self._proto.execute(command)), "UID COPY"
                 )
-                await self._delete_set(uid_set)
+                left += await self._delete_set(uid_set, chunk)
+        return left
 
-    async def delete(self, uids: Sequence[int]) -> None:
-        """Flag \\Deleted and expunge only these UIDs."""
-        for uid_set in uid_sets(uids):
-            await self._delete_set(uid_set)
+    async def delete(self, uids: Sequence[int]) -> int:
+        """Flag \\Deleted and expunge only these UIDs; returns how many stay flagged."""
+        left = 0
+        for uid_set, chunk in uid_chunks(uids):
+            left += await self._delete_set(uid_set, chunk)
+        return left
 
-    async def _delete_set(self, uid_set: str) -> None:
+    async def _delete_set(self, uid_set: str, uids: Sequence[int]) -> int:
+        """Flag and expunge our UIDs, never another client's \\Deleted mail.
+
+        Without UIDPLUS only a plain EXPUNGE exists, which removes every \\Deleted mail
+        of the folder: it is sent only when all of those are ours. Otherwise our mails
+        stay flagged (`search_all` skips them) and the count of them is returned.
+        """
         store = self._command(
             "STORE", uid_set, "+FLAGS.SILENT", r"(\Deleted)", prefix="UID", untagged="FETCH"
         )
         self._require_ok(await self._call("UID STORE", self._proto.execute(store)), "UID STORE")
         if self.has_capability("UIDPLUS"):
             expunge = self._command("EXPUNGE", uid_set, prefix="UID")
-        else:  # without UIDPLUS a plain EXPUNGE is all there is
+        elif set(await self.search("DELETED", charset=None)) <= set(uids):
             expunge = self._command("EXPUNGE")
+        else:
+            self._note("not expunging: other clients' \\Deleted mail is in this folder")
+            return len(uids)
         self._require_ok(await self._call("EXPUNGE", self._proto.execute(expunge)), "EXPUNGE")
+        return 0
 
     # ----- waiting for changes ---------------------------------------------------
     async def noop(self) -> list[bytes]:

@@ -95,6 +95,18 @@ def uid_sets(uids: Iterable[int]) -> list[str]:
     return sets
 
 
+def uid_chunks(uids: Iterable[int]) -> list[tuple[str, list[int]]]:
+    """`uid_sets`, each with the UIDs it stands for."""
+    chunks: list[tuple[str, list[int]]] = []
+    for uid_set in uid_sets(uids):
+        members: list[int] = []
+        for item in uid_set.split(","):
+            low, _, high = item.partition(":")
+            members.extend(range(int(low), int(high or low) + 1))
+        chunks.append((uid_set, members))
+    return chunks
+
+
 def track_exists(exists: int, lines: Iterable[bytes]) -> int:
     """The folder's message count after the untagged EXISTS/EXPUNGE lines, in order."""
     for line in lines:

@@ -164,6 +164,7 @@ class DovecotSandbox:
         *,
         idle: bool = True,
         move: bool = True,
+        uidplus: bool = True,
         extra_config: str = "",
         oauth2_introspection_url: str | None = None,
     ) -> None:
@@ -203,7 +204,8 @@ class DovecotSandbox:
             group = grp.getgrgid(os.getgid()).gr_name
         self.mail_uid, self.mail_gid = mail.pw_uid, mail.pw_gid
 
-        hidden = {c for c, keep in (("IDLE", idle), ("MOVE", move)) if not keep}
+        offered = (("IDLE", idle), ("MOVE", move), ("UIDPLUS", uidplus))
+        hidden = {c for c, keep in offered if not keep}
         caps = [c for c in _IMAP_CAPS.split() if c not in hidden]
         cap_line = f"imap_capability = {' '.join(caps)}" if hidden else ""
         mechanisms, oauth2_passdb, static_extra = self._oauth2(oauth2_introspection_url)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import imaplib
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from engage_listener.app import build_listener
 from engage_listener.clock import SystemClock
@@ -232,6 +234,42 @@ async def test_server_without_idle_and_move_is_polled_and_copied(
             clock.advance(POLL_INTERVAL)
             await eventually(lambda: plain.count(mailbox_user, DONE) == 3, what="polled batch")
         assert plain.count(mailbox_user, NEW) == 0
+
+
+def _flag_deleted(sandbox: DovecotSandbox, user: str, folder: str, count: int) -> None:
+    """Another client flags the first `count` mails \\Deleted and does not expunge."""
+    conn = imaplib.IMAP4(sandbox.host, sandbox.imap_port, timeout=10)
+    try:
+        conn.login(user, DovecotSandbox.PASSWORD)
+        assert conn.select(f'"{folder}"')[0] == "OK"
+        assert conn.store(f"1:{count}", "+FLAGS.SILENT", r"(\Deleted)")[0] == "OK"
+    finally:
+        conn.logout()
+
+
+@pytest.mark.parametrize("foreign_deleted", [0, 1])
+async def test_without_uidplus_other_clients_deleted_mail_is_never_expunged(
+    tmp_path: Path, mailbox_user: str, db: Path, foreign_deleted: int
+) -> None:
+    user = mailbox_user
+    with DovecotSandbox(tmp_path / "plain", move=False, uidplus=False) as plain:
+        plain.create_folder(user, DONE)
+        plain.append_many(user, NEW, [make_mail(i) for i in range(3)])
+        if foreign_deleted:
+            _flag_deleted(plain, user, NEW, foreign_deleted)  # another client's, not ours
+        cfg = listener_config(plain, user)
+        with capture_logs() as logs:
+            async with Harness(cfg, db, FakeClock()) as h:
+                listener = build_listener(cfg, h.store, h.clock, h.stop, None)
+                first = await listener.run_once()
+                second = await listener.run_once()
+        ours = 3 - foreign_deleted
+        assert (first.ingested, second.ingested, second.done) == (ours, 0, 0)
+        assert plain.count(user, DONE) == ours  # copied once, never again
+        # Expunged only when every \\Deleted mail was ours; else all stay, flagged.
+        assert plain.count(user, NEW) == (0 if foreign_deleted == 0 else 3)
+        flagged = [e for e in logs if e["event"] == "left_flagged_deleted"]
+        assert [e["count"] for e in flagged] == ([] if foreign_deleted == 0 else [ours])
 
 
 async def test_reconnects_after_the_server_drops_the_connection(
