@@ -73,7 +73,9 @@ class Listener(Retrying):
         self.oldest_unprocessed: dt.datetime | None = None
         self.read_from_override: dt.datetime | None = None
         self._too_old_logged = 0
-        self.last_success_at: float | None = None  # wall time of the last completed batch
+        # Wall time the listener last did its work: a batch, or an IDLE/NOOP round the
+        # server answered (so a quiet mailbox is not taken for a stuck listener).
+        self.last_success_at: float | None = None
         self.backlog: int | None = None  # mails left in the input folder after it
         self.last_error: str | None = None
         self.failures = 0  # errors in a row since the last completed batch
@@ -273,6 +275,7 @@ class Listener(Retrying):
             lines = await self._next_changes(session, idle, first_change, next_control)
             if lines is None:
                 return None
+            self.last_success_at = time.time()
             exists = track_exists(exists, lines)
             baseline = min(baseline, exists)
             self.pending = exists - baseline

@@ -14,7 +14,7 @@ from engage_listener.clock import SystemClock
 from engage_listener.config import Secret
 from engage_listener.engine import CaseEngine, EngineSettings
 from engage_listener.errors import AuthenticationError, FolderMissingError, TlsError
-from engage_listener.listener import POLL_INTERVAL
+from engage_listener.listener import CONTROL_POLL, POLL_INTERVAL
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.store import LedgerKey
 from tests.fakes import FakeClock
@@ -270,6 +270,25 @@ async def test_without_uidplus_other_clients_deleted_mail_is_never_expunged(
         assert plain.count(user, NEW) == (0 if foreign_deleted == 0 else 3)
         flagged = [e for e in logs if e["event"] == "left_flagged_deleted"]
         assert [e["count"] for e in flagged] == ([] if foreign_deleted == 0 else [ours])
+
+
+async def test_a_quiet_mailbox_still_counts_as_success(
+    dovecot: DovecotSandbox, mailbox_user: str, db: Path
+) -> None:
+    """/healthz and status age from last_success_at: an idle listener must renew it."""
+    dovecot.create_folder(mailbox_user, NEW)
+    dovecot.create_folder(mailbox_user, DONE)
+    cfg = listener_config(dovecot, mailbox_user)
+    clock = FakeClock()
+    async with Harness(cfg, db, clock) as h:
+        listener = await h.start()
+        await eventually(lambda: listener.state == "idle" and clock.sleepers > 0, what="idle")
+        before = listener.last_success_at
+        assert before is not None
+        await asyncio.sleep(0.05)
+        clock.advance(CONTROL_POLL)  # one IDLE round ends with nothing new
+        await eventually(lambda: (listener.last_success_at or 0) > before, what="renewed")
+        assert listener.batches == 1 and listener.state == "idle"
 
 
 async def test_reconnects_after_the_server_drops_the_connection(
