@@ -351,13 +351,22 @@ async def _serve(
     _install_signal_handlers(stop, reload, log)
     supervisor.start(config)
     outbox = asyncio.create_task(sender.run(), name="outbox")
+    outbox_stopped = asyncio.create_task(_stop_with_grace(outbox, stop))
     await supervisor.serve(reload, stop, load)
-    await asyncio.wait({outbox}, timeout=SHUTDOWN_GRACE)
-    outbox.cancel()
+    await outbox_stopped
     await write_heartbeats(store, {})
     if metrics is not None:
         await metrics.stop()
     log.info("stopped")
+
+
+async def _stop_with_grace(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Give `task` the same grace as the listeners, counted from the same moment (one
+    shutdown budget, not one after the other), then cancel it."""
+    await stop.wait()
+    await asyncio.wait({task}, timeout=SHUTDOWN_GRACE)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _run_once(listeners: Sequence[Listener | Pop3Listener], log: Any) -> int:

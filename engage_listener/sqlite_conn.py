@@ -99,13 +99,17 @@ class Connection:
         await self.in_thread(self.raw.executescript, script)
 
     async def in_thread(self, func: Callable[..., T], *args: Any) -> T:
-        """Run `func` on the worker; if cancelled meanwhile, still wait until it returns,
-        so the caller's lock is never released while the connection is busy."""
+        """Run `func` on the worker. If cancelled meanwhile, interrupt the statement (a
+        routing procedure may run for minutes) and wait until it returns, so the caller's
+        lock is never released while the connection is busy."""
         future = asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
+            self.raw.interrupt()
             await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # an "interrupted" error nobody waits for any more
             raise
 
     def interrupt(self) -> None:
