@@ -205,12 +205,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    lines = asyncio.run(
+    decisions = asyncio.run(
         commands.decide_cases(config, args.cases, approve=args.command == "approve")
     )
-    for line in lines:
-        print(line)
-    return EXIT_OK if all("approved" in x or "rejected" in x for x in lines) else EXIT_FAILURE
+    for decision in decisions:
+        print(decision.text)
+    return EXIT_OK if all(d.done for d in decisions) else EXIT_FAILURE
 
 
 def cmd_control(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from . import admin, diagnose, secrets
@@ -21,7 +22,7 @@ from .app import (
 from .config import Config, ImapListenerConfig
 from .config_auth import AuthConfig, oauth_logins
 from .control import request_date, resume
-from .engine import REPLAY_FOLDER, CaseEngine
+from .engine import PENDING, REPLAY_FOLDER, CaseEngine
 from .errors import EngageError
 from .hooks import RoutingHook
 from .imap import ImapSession
@@ -84,40 +85,61 @@ async def _replay_one(
     return f"{entry_id}: replayed into case {done.case_number or '(ignored)'}"
 
 
-async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool) -> list[str]:
+@dataclass(frozen=True)
+class Decision:
+    """What `approve`/`reject` did with one case id: `done` is False when the case does not
+    exist or was not pending-approval (nothing changed); `text` is the line to print."""
+
+    case_id: int
+    done: bool
+    text: str
+
+
+async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool) -> list[Decision]:
     """`approve` (then route and acknowledge) or `reject` cases awaiting approval."""
     hooks = load_hooks(config)
     listeners = {c.id: c for c in config.listeners}
     store = SqliteStore(config.store.path)
     await store.open()
-    lines: list[str] = []
+    decisions: list[Decision] = []
     try:
         for case_id in case_ids:
             rows = await store.query(
                 "SELECT listener, status, case_number FROM cases WHERE id = ?", (case_id,)
             )
             if not rows:
-                lines.append(f"{case_id}: no such case")
+                decisions.append(Decision(case_id, False, f"{case_id}: no such case"))
                 continue
             listener, status, number = rows[0]
+            if status != PENDING:
+                # The same words the engine uses; nothing to decide, nothing written.
+                text = f"case {number} is {status}, not {PENDING}"
+                decisions.append(Decision(case_id, False, text))
+                continue
             if not approve:
-                lines.append(await admin.reject_case(store, case_id, str(number), str(status)))
+                text = await admin.reject_case(store, case_id, str(number), str(status))
+                decisions.append(Decision(case_id, True, text))
                 continue
             cfg = listeners.get(str(listener))
             if cfg is None:
                 raise EngageError(f"case {number}: listener {listener!r} is not configured")
             engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
-            lines.append(await engine.approve(case_id))
+            decisions.append(Decision(case_id, True, await engine.approve(case_id)))
     finally:
         await store.close()
-    return lines
+    return decisions
 
 
 async def control_listener(config: Config, listener: str, day: dt.date | None) -> str:
-    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None)."""
+    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP only."""
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
         raise EngageError(f"no listener {listener!r} in {config.path}")
+    if cfg.protocol == "pop3":  # pop3_listener reads neither listener_control nor read_from
+        raise EngageError(
+            f"listener {listener!r} is a POP3 listener: POP3 has no received dates, "
+            "so reset/pause/resume apply to IMAP listeners only"
+        )
     store = SqliteStore(config.store.path)
     await store.open()
     try:

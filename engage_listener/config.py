@@ -167,6 +167,13 @@ def _listener_warnings(lst: ImapListenerConfig) -> list[str]:
             found.append(f"listener {lst.id}: POP3 cannot move mail, OutputFolder is ignored")
         if not lst.leave_on_server:
             found.append(f"listener {lst.id}: POP3 deletes processed mail from the server")
+        if lst.read_from_date is not None:
+            found.append(f"listener {lst.id}: POP3 has no received dates, ReadFromDate is ignored")
+        if lst.time_zone != "UTC":  # the default; `status` still counts "today" in it
+            found.append(
+                f"listener {lst.id}: POP3 has no received dates, TimeZone is ignored "
+                "(status still counts today's mails in it)"
+            )
     elif lst.output_folder is None:
         found.append(f"listener {lst.id}: no OutputFolder, processed mail will be DELETED")
     if not lst.use_ssl:

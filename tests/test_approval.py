@@ -61,7 +61,19 @@ def test_pending_cases_are_routed_and_acknowledged_only_when_approved(
         assert approved.returncode == 0 and "approved" in approved.stdout
         rejected = cli("reject", str(second), "--config", str(config))
         assert rejected.returncode == 0 and "rejected" in rejected.stdout
-        assert "not pending" in cli("approve", str(second), "--config", str(config)).stdout
+        # A case that is no longer pending, or does not exist, is a failure (exit 1),
+        # even when its line mentions "rejected" or "approved".
+        again = cli("approve", str(second), "--config", str(config))
+        assert (again.returncode, again.stdout) == (
+            1,
+            f"case {pending[1]['case_number']} is rejected, not pending-approval\n",
+        )
+        undo = cli("reject", str(first), "--config", str(config))
+        assert undo.returncode == 1 and "is open, not pending-approval" in undo.stdout
+        unknown = cli("approve", "999999", "--config", str(config))
+        assert (unknown.returncode, unknown.stdout) == (1, "999999: no such case\n")
+        mixed = cli("reject", str(first), "999999", "--config", str(config))
+        assert mixed.returncode == 1 and len(mixed.stdout.splitlines()) == 2
         assert cli("run", "--once", "--config", str(config)).returncode == 0  # delivers the ack
         db = tmp_path / "store.sqlite3"
         assert db_rows(db, "SELECT subject, status, inbox FROM cases ORDER BY id") == [

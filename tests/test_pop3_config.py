@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 from engage_listener.config import load_config
 from engage_listener.sandbox import DovecotSandbox
@@ -71,12 +73,20 @@ def test_imap_and_pop3_listeners_side_by_side_from_one_file(
     }
 
 
-def test_pop3_defaults_and_warnings(tmp_path: Path) -> None:
+def fake_server(tmp_path: Path) -> DovecotSandbox:
+    """What pop3_xml and listener_xml read of a server, for tests that never connect."""
     (tmp_path / "ca.pem").write_text("x")
-    server = type(
-        "S", (), {"host": "pop.example.com", "pop3s_port": 995, "ca_file": tmp_path / "ca.pem"}
-    )
-    block = pop3_xml(server, "u", OutputFolder="Done")  # type: ignore[arg-type]
+    attributes = {
+        "host": "pop.example.com",
+        "pop3s_port": 995,
+        "imap_port": 143,
+        "ca_file": tmp_path / "ca.pem",
+    }
+    return cast(DovecotSandbox, type("S", (), attributes))
+
+
+def test_pop3_defaults_and_warnings(tmp_path: Path) -> None:
+    block = pop3_xml(fake_server(tmp_path), "u", OutputFolder="Done")
     block = block.replace("    <Port>995</Port>\n", "").replace(">True</UseSsl>", ">False</UseSsl>")
     config = load_config(write(tmp_path / "el.xml", block))
     (pop,) = config.pop3_listeners
@@ -88,3 +98,40 @@ def test_pop3_defaults_and_warnings(tmp_path: Path) -> None:
     off = load_config(write(tmp_path / "off.xml", block, pop3="False"))
     assert off.enabled_listeners() == ()
     assert any("POP3 listening is off" in w for w in off.warnings())
+
+
+def test_dates_are_refused_for_pop3_listeners_and_warned_of(tmp_path: Path) -> None:
+    server = fake_server(tmp_path)
+    config = write(
+        tmp_path / "el.xml",
+        listener_xml(server, "u", "Imap", ReadFromDate="2024-01-01", TimeZone="America/Santiago"),
+        pop3_xml(server, "u", ReadFromDate="2024-01-01", TimeZone="America/Santiago"),
+    )
+    check = cli("check-config", str(config))
+    assert check.returncode == 0, check.stderr
+    assert "warning: listener Pop: POP3 has no received dates, ReadFromDate is ignored" in (
+        check.stdout
+    )
+    assert "warning: listener Pop: POP3 has no received dates, TimeZone is ignored" in (
+        check.stdout
+    )
+    assert check.stdout.count("no received dates") == 2  # the IMAP listener uses both
+    refusal = (
+        "engage-listener: listener 'Pop' is a POP3 listener: POP3 has no received dates, "
+        "so reset/pause/resume apply to IMAP listeners only\n"
+    )
+    today = dt.date.today()
+    past = (today - dt.timedelta(days=3)).isoformat()
+    future = (today + dt.timedelta(days=3)).isoformat()  # a pause
+    db = tmp_path / "store.sqlite3"
+    attempts = [["reset", "Pop", "--date", day] for day in (past, future)] + [["resume", "Pop"]]
+    for args in attempts:
+        result = cli(*args, "--config", str(config))
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", refusal), args
+    assert not db.exists()  # the store was not even opened
+    # Still refused once the store exists; only the IMAP listener's pause is in it.
+    paused = cli("reset", "Imap", "--date", future, "--config", str(config))
+    assert paused.returncode == 0 and "paused until" in paused.stdout
+    for args in attempts:
+        assert cli(*args, "--config", str(config)).returncode == 1
+    assert [r[0] for r in db_rows(db, "SELECT listener FROM listener_control")] == ["Imap"]
