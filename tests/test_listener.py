@@ -273,12 +273,14 @@ async def test_without_uidplus_other_clients_deleted_mail_is_never_expunged(
 
 
 async def test_a_quiet_mailbox_still_counts_as_success(
-    dovecot: DovecotSandbox, mailbox_user: str, db: Path
+    dovecot: DovecotSandbox, mailbox_user: str, db: Path, tmp_path: Path
 ) -> None:
-    """/healthz and status age from last_success_at: an idle listener must renew it."""
+    """/healthz and status age from last_success_at: an idle listener must renew it; and
+    IDLE is re-issued (well before the server's 30 minutes) each CONTROL_POLL."""
     dovecot.create_folder(mailbox_user, NEW)
     dovecot.create_folder(mailbox_user, DONE)
-    cfg = listener_config(dovecot, mailbox_user)
+    protolog = tmp_path / "imap.log"
+    cfg = listener_config(dovecot, mailbox_user, protocol_log_file=str(protolog))
     clock = FakeClock()
     async with Harness(cfg, db, clock) as h:
         listener = await h.start()
@@ -289,6 +291,8 @@ async def test_a_quiet_mailbox_still_counts_as_success(
         clock.advance(CONTROL_POLL)  # one IDLE round ends with nothing new
         await eventually(lambda: (listener.last_success_at or 0) > before, what="renewed")
         assert listener.batches == 1 and listener.state == "idle"
+        await eventually(lambda: protolog.read_text().count(" IDLE\n") >= 2, what="IDLE again")
+        assert "DONE" in protolog.read_text()
 
 
 async def test_reconnects_after_the_server_drops_the_connection(
