@@ -89,49 +89,25 @@ class SqliteStore:
             raise StoreError("the store is not open")
         return self._db
 
+    def _in_group(self) -> bool:
+        return self._group_task is not None and self._group_task is asyncio.current_task()
+
     @asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[None]:
         """The store's lock, unless this task already holds it through `group()`."""
-        if self._group_task is not None and self._group_task is asyncio.current_task():
+        if self._in_group():
             yield
             return
         async with self._lock:
             yield
 
     @asynccontextmanager
-    async def group(self) -> AsyncIterator[None]:
-        """One commit for several transactions of this task (each becomes a savepoint).
-
-        Nothing in the group is durable before the group commits, so the caller must not
-        act on any of it (move mail) until this block has exited without an error.
-        """
-        async with self._lock:
-            db = await self._begin()
-            self._group_task = asyncio.current_task()
-            try:
-                yield
-                await db.execute_in_thread("COMMIT")
-            except sqlite3.Error as exc:
-                await _rollback(db)
-                self._note_read_only(exc)
-                raise StoreError(f"store write failed: {exc}") from exc
-            except BaseException:
-                await _rollback(db)
-                raise
-            finally:
-                self._group_task = None
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (a savepoint in a group)."""
-        if self._group_task is not None and self._group_task is asyncio.current_task():
-            async with self._savepoint() as tx:
-                yield tx
-            return
+    async def _write(self) -> AsyncIterator[Connection]:
+        """The lock, then BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
         async with self._lock:
             db = await self._begin()
             try:
-                yield SqliteTransaction(db)
+                yield db
                 await db.execute_in_thread("COMMIT")  # the fsync
             except sqlite3.Error as exc:
                 await _rollback(db)
@@ -140,6 +116,30 @@ class SqliteStore:
             except BaseException:
                 await _rollback(db)
                 raise
+
+    @asynccontextmanager
+    async def group(self) -> AsyncIterator[None]:
+        """One commit for several transactions of this task (each becomes a savepoint).
+
+        Nothing in the group is durable before the group commits, so the caller must not
+        act on any of it (move mail) until this block has exited without an error.
+        """
+        async with self._write():
+            self._group_task = asyncio.current_task()
+            try:
+                yield
+            finally:
+                self._group_task = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        """One mail's writes, committed together or not at all (a savepoint in a group)."""
+        if self._in_group():
+            async with self._savepoint() as tx:
+                yield tx
+            return
+        async with self._write() as db:
+            yield SqliteTransaction(db)
 
     async def _begin(self) -> Connection:
         if self._read_only:
