@@ -6,7 +6,7 @@ it. It can hide STARTTLS from the server's greeting, so the client stays in clea
 text and the proxy sees every command; then it can be told to cut every current
 connection when a client line matches a pattern (before forwarding it, or after
 forwarding it and letting through some bytes of the server's answer), or after a
-number of bytes from the server.
+number of bytes from the server; or freeze them (a peer that went silent).
 
 A cut closes both sides at once: the client sees the server vanish, the server
 sees the client vanish (and, when the command was forwarded, runs it anyway).
@@ -40,6 +40,7 @@ class _Conn:
     server_bytes: int = 0
     remaining: int | None = None  # armed: server bytes still let through before the cut
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    frozen: bool = False  # a silent dead peer: bytes are swallowed both ways
 
 
 class TcpProxy:
@@ -93,6 +94,18 @@ class TcpProxy:
                 self._cut(conn)
 
         loop.call_soon_threadsafe(cut)
+
+    def freeze_all(self) -> None:
+        """Every open connection goes silent both ways, without closing (a dead peer)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def freeze() -> None:
+            for conn in self._conns:
+                conn.frozen = True
+
+        loop.call_soon_threadsafe(freeze)
 
     # ----- life cycle ---------------------------------------------------------------
     def start(self) -> TcpProxy:
@@ -164,6 +177,8 @@ class TcpProxy:
 
     async def _from_client(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(65536):
+            if conn.frozen:
+                continue
             seen = conn.tail + data
             if b" LOGIN " in seen.upper():
                 conn.logged_in = True
@@ -191,6 +206,8 @@ class TcpProxy:
 
     async def _from_server(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         while data := await reader.read(65536):
+            if conn.frozen:
+                continue
             if self.strip_starttls and not conn.logged_in:
                 data = data.replace(b" STARTTLS", b"")
             with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import imaplib
 import random
 import re
@@ -21,7 +22,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.app import build_listener
+from engage_listener.app import build_listener, endpoint_for
+from engage_listener.imap import ImapSession
+from engage_listener.listener import CONTROL_POLL
 from engage_listener.logs import get_logger
 from engage_listener.outbox import OutboxSender
 from engage_listener.sandbox import DovecotSandbox
@@ -306,3 +309,38 @@ async def test_connection_cut(
     assert any(e["error_type"] == "ConnectionLostError" for e in errors(logs))
     assert_no_unexpected_errors(logs)
     assert_exactly_once(dovecot, user, db, sent)
+
+
+async def test_a_silent_dead_peer_is_noticed_and_replaced(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    """No FIN, no RST, nothing: the next IDLE round's DONE gets no answer within the
+    command timeout, the session is dropped and a new one takes the new mail."""
+    user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
+    first, later = mails(2, "dp1"), mails(3, "dp2")
+    seed(dovecot, user, first)
+    with TcpProxy(dovecot.host, dovecot.imap_port, strip_starttls=True) as proxy:
+        cfg = listener_config(dovecot, user, port=proxy.port, sync_max_changes_count=3)
+        async with Harness(cfg, db, clock) as h:
+            endpoint = dataclasses.replace(endpoint_for(cfg), timeout=2.0)
+
+            async def connect() -> ImapSession:
+                return await ImapSession.open(endpoint)
+
+            listener = build_listener(cfg, h.store, clock, h.stop)
+            listener.connect = connect  # the same listener, with a short command timeout
+            with capture_logs() as logs:
+                task = asyncio.create_task(listener.run())
+                try:
+                    await eventually(idle_with(listener, db, 2), what="backlog done, idle")
+                    proxy.freeze_all()
+                    dovecot.append_many(user, NEW, later)  # pushed into the void
+                    clock.advance(CONTROL_POLL)  # the IDLE round ends: DONE, no answer
+                    await pump(clock, idle_with(listener, db, 5), what="new session, 5 cases")
+                finally:
+                    h.stop.set()
+                    await asyncio.wait_for(task, 15)
+    lost = [e for e in errors(logs) if e["error_type"] == "ConnectionLostError"]
+    assert lost and "timed out after 2 s" in lost[0]["error"], errors(logs)
+    assert proxy.connections >= 2
+    assert_exactly_once(dovecot, user, db, first + later)
