@@ -1,4 +1,4 @@
-"""Operator commands on the store: customers import/list, quarantine list/show.
+"""Operator commands on the store: customers import/list, quarantine list/show, acks.
 
 Kept apart from the hot path (engine, listener): these run from a second
 process while the daemon works, through the same store interface.
@@ -7,12 +7,16 @@ process while the daemon works, through the same store interface.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .outbox import CLOSABLE, POLL, RESENDABLE
 from .sqlite_store import SqliteStore
 from .sqlite_tx import SqliteTransaction, now_iso
 from .store import Customer, Quarantined
@@ -194,3 +198,145 @@ async def reject_case(store: SqliteStore, case_id: int, number: str, status: str
             (now_iso(), case_id),
         )
     return f"case {number} rejected"
+
+
+@dataclass(frozen=True)
+class AckRow:
+    """One outbox row (an acknowledgement) for `engage-listener acks`; never its MIME."""
+
+    id: int
+    listener: str
+    case_id: int
+    case_number: str | None
+    recipient: str
+    subject: str
+    state: str  # pending, sending, sent, failed, uncertain, closed
+    attempts: int
+    last_error: str | None
+    smtp_message_id: str
+    smtp_reply: str | None
+    created_at: str
+    sent_at: str | None
+    next_attempt_at: str | None  # ISO UTC, pending rows only
+
+
+@dataclass(frozen=True)
+class AckChange:
+    """What `acks resend`/`acks close` did with one id: `done` is False when nothing
+    changed (unknown id, or a state the command refuses); `text` is the line to print."""
+
+    id: int
+    done: bool
+    text: str
+
+
+_ACK_COLUMNS = (
+    "o.id, o.listener, o.case_id, c.case_number, o.recipient, o.subject, o.state, o.attempts,"
+    " o.last_error, o.smtp_message_id, o.smtp_reply, o.created_at, o.sent_at, o.next_attempt_at"
+)
+
+
+def _ack_row(r: Any) -> AckRow:
+    due = r[13]
+    return AckRow(
+        id=int(r[0]),
+        listener=str(r[1]),
+        case_id=int(r[2]),
+        case_number=None if r[3] is None else str(r[3]),
+        recipient=str(r[4]),
+        subject=str(r[5]),
+        state=str(r[6]),
+        attempts=int(r[7]),
+        last_error=r[8],
+        smtp_message_id=str(r[9]),
+        smtp_reply=r[10],
+        created_at=str(r[11]),
+        sent_at=r[12],
+        next_attempt_at=(
+            dt.datetime.fromtimestamp(float(due), dt.UTC).isoformat(timespec="seconds")
+            if r[6] == "pending" and due
+            else None
+        ),
+    )
+
+
+async def list_acks(store: SqliteStore, states: Sequence[str] | None = None) -> list[AckRow]:
+    """Outbox rows in `states`, oldest first; by default every row not `sent`."""
+    sql = f"SELECT {_ACK_COLUMNS} FROM outbox o LEFT JOIN cases c ON c.id = o.case_id"  # noqa: S608
+    if states is None:
+        rows = await store.query(sql + " WHERE o.state != 'sent' ORDER BY o.id")
+    else:
+        marks = ", ".join("?" for _ in states)
+        rows = await store.query(f"{sql} WHERE o.state IN ({marks}) ORDER BY o.id", tuple(states))
+    return [_ack_row(r) for r in rows]
+
+
+async def _get_ack(tx: SqliteTransaction, ack_id: int) -> AckRow | None:
+    cur = await tx.execute(
+        f"SELECT {_ACK_COLUMNS} FROM outbox o LEFT JOIN cases c ON c.id = o.case_id"  # noqa: S608
+        " WHERE o.id = ?",
+        (ack_id,),
+    )
+    row = await cur.fetchone()
+    return _ack_row(row) if row else None
+
+
+def _refusal(row: AckRow, wanted: Sequence[str]) -> str:
+    what = f"acknowledgement {row.id} (case {row.case_number}, to {row.recipient})"
+    reasons = {
+        "sent": f"was sent at {row.sent_at} ({row.smtp_reply}); it is never sent twice",
+        "pending": "is pending: the sender delivers it when due",
+        "sending": "is being sent right now",
+        "closed": "is already closed",
+    }
+    reason = reasons.get(row.state, f"is {row.state}")
+    states = f"{', '.join(wanted[:-1])} or {wanted[-1]}"
+    return f"{what} {reason}; only {states} ones can be changed, nothing done"
+
+
+async def _change_acks(
+    store: SqliteStore, ack_ids: Sequence[int], allowed: Sequence[str], *, resend: bool
+) -> list[AckChange]:
+    changes: list[AckChange] = []
+    marks = ", ".join("?" for _ in allowed)
+    for ack_id in ack_ids:
+        async with store.transaction() as tx:  # read and write under one write lock
+            row = await _get_ack(tx, ack_id)
+            if row is None:
+                changes.append(AckChange(ack_id, False, f"{ack_id}: no such acknowledgement"))
+                continue
+            if row.state not in allowed:
+                changes.append(AckChange(ack_id, False, _refusal(row, allowed)))
+                continue
+            what = f"acknowledgement {ack_id} (case {row.case_number}, to {row.recipient})"
+            was = f"was {row.state}" + (f": {row.last_error}" if row.last_error else "")
+            if resend:  # due now: the sender takes pending rows whose next_attempt_at has come
+                note = f"queued again by the operator at {now_iso()} ({was})"
+                assignments, values = "state = 'pending', next_attempt_at = ?", [time.time()]
+                text = (
+                    f"{what} queued again (was {row.state}): the running daemon sends it "
+                    f"within {POLL:.0f} s, or the next run --once does"
+                )
+            else:
+                note = f"closed by the operator at {now_iso()} ({was})"
+                assignments, values = "state = 'closed'", []
+                text = f"{what} closed (was {row.state}): it will not be sent"
+            cur = await tx.execute(
+                f"UPDATE outbox SET {assignments}, last_error = ?"  # noqa: S608 - fixed text
+                f" WHERE id = ? AND state IN ({marks})",
+                (*values, note, ack_id, *allowed),
+            )
+            done = cur.rowcount == 1
+            changes.append(AckChange(ack_id, done, text if done else f"{what}: changed meanwhile"))
+    return changes
+
+
+async def resend_acks(store: SqliteStore, ack_ids: Sequence[int]) -> list[AckChange]:
+    """`acks resend`: uncertain, failed (or closed) rows become pending and due now; the
+    daemon's sender (or the next `run --once`) delivers them. Any other state is refused."""
+    return await _change_acks(store, ack_ids, RESENDABLE, resend=True)
+
+
+async def close_acks(store: SqliteStore, ack_ids: Sequence[int]) -> list[AckChange]:
+    """`acks close`: the operator decided an uncertain or failed acknowledgement is never sent."""
+    return await _change_acks(store, ack_ids, CLOSABLE, resend=False)

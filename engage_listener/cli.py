@@ -1,4 +1,4 @@
-"""Command line: `engage-listener run | check-config | cases`.
+"""Command line: `engage-listener run | check-config | cases | status | acks | ...`.
 
 Exit codes: 0 success, 2 configuration errors, 1 any other failure. Problems are
 printed as plain lines for operators, never as tracebacks.
@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, admin, app, commands, diagnose, secrets
+from . import __version__, admin, app, commands, diagnose, outbox, secrets
 from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         help="per listener: state, last batch, today's mails, "
         "backlog, quarantine, pending acknowledgements (from the daemon)",
     )
+    status.add_argument("--json", action="store_true", help="a JSON list, one object a listener")
     _config_arg(status)
+    _add_acks_command(sub)
 
     customers = sub.add_parser("customers", help="import or list customers")
     csub = customers.add_subparsers(dest="action", required=True)
@@ -127,14 +129,53 @@ def _add_control_commands(sub: Any) -> None:
     )
     reset.add_argument("listener")
     reset.add_argument("--date", required=True, type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
+    reset.add_argument("--json", action="store_true")
     _config_arg(reset)
     resume = sub.add_parser("resume", help="end a pause set by reset --date")
     resume.add_argument("listener")
+    resume.add_argument("--json", action="store_true")
     _config_arg(resume)
     for name, text in (("approve", "open, route and acknowledge"), ("reject", "turn down")):
         decide = sub.add_parser(name, help=f"{text} cases awaiting approval (RequireApproval)")
         decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
+        decide.add_argument("--json", action="store_true")
         _config_arg(decide)
+
+
+def _add_acks_command(sub: Any) -> None:
+    """acks [list] / acks resend ID... / acks close ID... (the acknowledgement outbox)."""
+    acks = sub.add_parser(
+        "acks",
+        help="acknowledgements not sent (uncertain, failed, pending...); resend or close them",
+    )
+    _acks_list_args(acks, suppress=False)  # a plain `acks` lists
+    asub = acks.add_subparsers(dest="action", metavar="{list,resend,close}")
+    _acks_list_args(asub.add_parser("list", help="the default: list acknowledgements"))
+    for name, text in (
+        ("resend", "put uncertain, failed or closed ones back to pending, due now"),
+        ("close", "mark uncertain or failed ones closed: never to be sent"),
+    ):
+        change = asub.add_parser(name, help=text)
+        change.add_argument("ids", type=int, nargs="+", metavar="ID")
+        change.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        _config_arg(change, default=argparse.SUPPRESS)
+
+
+def _acks_list_args(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:
+    """Options given before a subcommand (`acks --json list`) must survive it: argparse
+    copies every value a subcommand's parser holds, defaults too, so those are SUPPRESS."""
+    unset = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False
+    )
+    parser.add_argument(
+        "--state",
+        action="append",
+        choices=(*outbox.STATES, "all"),
+        default=unset,
+        help="only rows in this state (repeatable; all: every row); default: all but sent",
+    )
+    _config_arg(parser, default=unset)
 
 
 def _add_search_command(sub: Any) -> None:
@@ -169,10 +210,14 @@ def _add_auth_command(sub: Any) -> None:
     _config_arg(astatus)
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
+def _config_arg(parser: argparse.ArgumentParser, default: Any = None) -> None:
     parser.add_argument(
-        "--config", type=Path, default=None, metavar="PATH", help="configuration file"
+        "--config", type=Path, default=default, metavar="PATH", help="configuration file"
     )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def _load(path: Path | None) -> Config:
@@ -208,15 +253,22 @@ def cmd_decide(args: argparse.Namespace) -> int:
     decisions = asyncio.run(
         commands.decide_cases(config, args.cases, approve=args.command == "approve")
     )
-    for decision in decisions:
-        print(decision.text)
+    if args.json:
+        _print_json([asdict(d) for d in decisions])
+    else:
+        for decision in decisions:
+            print(decision.text)
     return EXIT_OK if all(d.done for d in decisions) else EXIT_FAILURE
 
 
 def cmd_control(args: argparse.Namespace) -> int:
     config = _load(args.config)
     day = args.date if args.command == "reset" else None
-    print(asyncio.run(commands.control_listener(config, args.listener, day)))
+    result = asyncio.run(commands.control_listener(config, args.listener, day))
+    if args.json:
+        _print_json(asdict(result))
+    else:
+        print(result.message)
     return EXIT_OK
 
 
@@ -260,7 +312,43 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print(asyncio.run(commands.status(_load(args.config))), end="")
+    config = _load(args.config)
+    if not args.json:
+        print(asyncio.run(commands.status(config)), end="")
+        return EXIT_OK
+    kinds = {c.id: c.protocol for c in config.listeners}
+    rows = asyncio.run(commands.status_rows(config))
+    _print_json([{"listener": r.listener, "kind": kinds[r.listener], **asdict(r)} for r in rows])
+    return EXIT_OK
+
+
+def cmd_acks(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.action in ("resend", "close"):
+        change = admin.resend_acks if args.action == "resend" else admin.close_acks
+        changes = asyncio.run(_with_store(config, lambda s: change(s, args.ids)))
+        if args.json:
+            _print_json([asdict(c) for c in changes])
+        else:
+            for c in changes:
+                print(c.text)
+        return EXIT_OK if all(c.done for c in changes) else EXIT_FAILURE
+    states = list(outbox.STATES) if args.state and "all" in args.state else args.state
+    rows = asyncio.run(_with_store(config, lambda s: admin.list_acks(s, states)))
+    if args.json:
+        _print_json([asdict(r) for r in rows])
+        return EXIT_OK
+    print(f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATE':<10} {'TRIES':>5}  RECIPIENT / SUBJECT")
+    for r in rows:
+        print(
+            f"{r.id:>5} {r.case_number or '-':<8} {r.listener[:12]:<12} {r.state:<10} "
+            f"{r.attempts:>5}  {r.recipient} / {r.subject}\n"
+            f"      created {r.created_at}, sent {r.sent_at or '-'}, "
+            f"Message-ID {r.smtp_message_id}"
+            + (f", next attempt {r.next_attempt_at}" if r.next_attempt_at else "")
+            + (f"\n      last error: {' '.join(r.last_error.split())}" if r.last_error else "")
+        )
+    print(f"{len(rows)} acknowledgement(s)")
     return EXIT_OK
 
 
@@ -390,6 +478,7 @@ COMMANDS = {
     "keygen": cmd_keygen,
     "search": cmd_search,
     "status": cmd_status,
+    "acks": cmd_acks,
     "auth": cmd_auth,
     "test-connection": cmd_test_connection,
     "reset": cmd_control,

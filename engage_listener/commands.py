@@ -21,7 +21,7 @@ from .app import (
 )
 from .config import Config, ImapListenerConfig
 from .config_auth import AuthConfig, oauth_logins
-from .control import request_date, resume
+from .control import request_date, resume, start_of_day
 from .engine import PENDING, REPLAY_FOLDER, CaseEngine
 from .errors import EngageError
 from .hooks import RoutingHook
@@ -30,7 +30,7 @@ from .logs import register_secret
 from .mailsearch import Criteria, Hit, search_mailbox
 from .oauth import IdentityProviderUnavailable, OAuthError, auth_status, login_interactive
 from .sqlite_store import SqliteStore
-from .status import read_status, render_status
+from .status import ListenerStatus, read_status, render_status
 from .store import CaseSummary, LedgerKey
 from .token_cache import TokenCache, open_cache
 
@@ -130,7 +130,20 @@ async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool
     return decisions
 
 
-async def control_listener(config: Config, listener: str, day: dt.date | None) -> str:
+@dataclass(frozen=True)
+class ControlResult:
+    """What `reset`/`resume` did: `action` is "pause" (a future date), "reset" (a past or
+    present date: mail since then is re-examined) or "resume"; `date` the day given and
+    `time` its 00:00 in the listener's time zone (both None for resume)."""
+
+    listener: str
+    action: str
+    date: str | None
+    time: str | None
+    message: str
+
+
+async def control_listener(config: Config, listener: str, day: dt.date | None) -> ControlResult:
     """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP only."""
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
@@ -144,8 +157,12 @@ async def control_listener(config: Config, listener: str, day: dt.date | None) -
     await store.open()
     try:
         if day is None:
-            return await resume(store, listener)
-        return await request_date(store, listener, day, cfg.time_zone, dt.datetime.now(dt.UTC))
+            return ControlResult(listener, "resume", None, None, await resume(store, listener))
+        now = dt.datetime.now(dt.UTC)
+        moment = start_of_day(day, cfg.time_zone)  # request_date pauses when it is in the future
+        message = await request_date(store, listener, day, cfg.time_zone, now)
+        action = "pause" if moment > now else "reset"
+        return ControlResult(listener, action, day.isoformat(), moment.isoformat(), message)
     finally:
         await store.close()
 
@@ -168,16 +185,20 @@ async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]
         await store.close()
 
 
-async def status(config: Config) -> str:
-    """`engage-listener status`, from the heartbeats the daemon writes to the store."""
+async def status_rows(config: Config) -> list[ListenerStatus]:
+    """Every configured listener's status, from the heartbeats the daemon writes to the store."""
     store = SqliteStore(config.store.path)
     await store.open()
     try:
         zones = {c.id: c.time_zone for c in config.listeners}
-        rows = await read_status(store, [c.id for c in config.listeners], tz=zones)
-        return render_status(rows)
+        return await read_status(store, [c.id for c in config.listeners], tz=zones)
     finally:
         await store.close()
+
+
+async def status(config: Config) -> str:
+    """`engage-listener status`, from the heartbeats the daemon writes to the store."""
+    return render_status(await status_rows(config))
 
 
 async def test_connections(

@@ -9,6 +9,8 @@ back-off) or `failed` (5xx, with the server's reason). A crash before DATA leave
 the row `pending`: it is sent after the restart. A row still `sending` at
 start-up was interrupted while the server may already have accepted it: it becomes
 `uncertain` and is never sent again automatically, so a customer never gets two.
+Only an operator moves a row out of `uncertain` or `failed` (`engage-listener acks
+resend`, back to `pending`, or `acks close`, to `closed`: never to be sent).
 Intake never waits for any of this: the sender is its own task.
 """
 
@@ -41,6 +43,12 @@ RETRY_BASE = 30.0
 RETRY_CAP = 3600.0
 POLL = 30.0
 BATCH = 50
+
+# Every state an outbox row can be in. The sender takes only `pending` rows that are due;
+# `closed` is written only by an operator (`acks close`): an acknowledgement never to be sent.
+STATES = ("pending", "sending", "sent", "failed", "uncertain", "closed")
+RESENDABLE = ("uncertain", "failed", "closed")  # `acks resend`: back to pending, due now
+CLOSABLE = ("uncertain", "failed")  # `acks close`
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ MIGRATIONS: tuple[str, ...] = (
         subject TEXT NOT NULL,
         smtp_message_id TEXT NOT NULL,  -- our Message-ID, recorded before sending
         mime BLOB NOT NULL,
-        state TEXT NOT NULL,  -- pending, sending, sent, failed, uncertain
+        state TEXT NOT NULL,  -- pending, sending, sent, failed, uncertain, closed
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at REAL NOT NULL DEFAULT 0,
         last_error TEXT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,64 @@ def test_reset_and_resume_commands(tmp_path: Path, dovecot: DovecotSandbox) -> N
         check=False,
     )
     assert missing.returncode == 1 and "no listener 'Nope'" in missing.stderr
+
+
+def test_reset_and_resume_commands_print_json_with_json(
+    tmp_path: Path, dovecot: DovecotSandbox
+) -> None:
+    config = write_config(
+        tmp_path / "el.xml", listener_xml(dovecot, "u", TimeZone="America/Santiago")
+    )
+    db = tmp_path / "store.sqlite3"
+    run = [sys.executable, "-m", "engage_listener"]
+
+    def json_of(*args: str) -> dict[str, object]:
+        done = subprocess.run(
+            [*run, *args, "--json", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        value: dict[str, object] = json.loads(done.stdout)
+        return value
+
+    future = dt.date.today() + dt.timedelta(days=3)
+    paused = json_of("reset", "Default", "--date", future.isoformat())
+    assert list(paused) == ["listener", "action", "date", "time", "message"]
+    assert (paused["listener"], paused["action"], paused["date"]) == (
+        "Default",
+        "pause",
+        future.isoformat(),
+    )
+    until = str(paused["time"])
+    assert until.startswith(f"{future.isoformat()}T00:00:00-0")  # Santiago: -03:00 or -04:00
+    assert paused["message"] == f"Default: intake paused until {until}"
+    assert db_rows(db, "SELECT paused_until FROM listener_control") == [(until,)]
+
+    resumed = json_of("resume", "Default")
+    assert resumed == {
+        "listener": "Default",
+        "action": "resume",
+        "date": None,
+        "time": None,
+        "message": "Default: intake resumed",
+    }
+    assert db_rows(db, "SELECT paused_until FROM listener_control") == [(None,)]
+
+    past = dt.date.today() - dt.timedelta(days=2)
+    reset = json_of("reset", "Default", "--date", past.isoformat())
+    assert (reset["action"], reset["date"]) == ("reset", past.isoformat())
+    assert "will be re-examined" in str(reset["message"]) and str(reset["time"]) in str(
+        reset["message"]
+    )
+    assert db_rows(db, "SELECT reset_from FROM listener_control") == [(reset["time"],)]
+
+    missing = subprocess.run(
+        [*run, "resume", "Nope", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert "no listener 'Nope'" in missing.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import time
@@ -12,8 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from engage_listener.sandbox import DovecotSandbox
 from engage_listener.sqlite_store import SqliteStore
 from engage_listener.status import ListenerStatus, read_status, render_status, write_heartbeats
+from tests.test_daemon import cli as engage_listener
+from tests.test_daemon import listener_xml
+from tests.test_pop3_config import pop3_xml, write
 
 UTC = dt.UTC
 
@@ -246,3 +251,77 @@ async def test_render_status(stores: tuple[SqliteStore, SqliteStore]) -> None:
     assert soporte[column] == "1"
 
     assert "daemon is not running" in render_status(await read_status(cli, ["Otro"]))
+
+
+async def test_status_command_prints_json_with_json(
+    dovecot: DovecotSandbox, tmp_path: Path
+) -> None:
+    """`status --json`: one object a configured listener, in the file's order, every field."""
+    config = write(
+        tmp_path / "el.xml", listener_xml(dovecot, "u", "Soporte"), pop3_xml(dovecot, "p")
+    )
+    store = SqliteStore(tmp_path / "store.sqlite3")  # the file's <Store><Path>
+    await store.open()
+    try:
+        success = time.time() - 5
+        await write_heartbeats(
+            store,
+            {
+                "Soporte": worker(
+                    "idle",
+                    last_success_at=success,
+                    backlog=4,
+                    oldest_unprocessed=time.time() - 300,
+                    last_error="connection reset\nby peer",
+                )
+            },
+        )
+        await ledger(
+            store, "Soporte", 1, dt.datetime.now(UTC).isoformat(timespec="seconds"), "moved"
+        )
+    finally:
+        await store.close()
+
+    done = engage_listener("status", "--json", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    soporte, pop = json.loads(done.stdout)
+    assert list(soporte) == [
+        "listener",
+        "kind",
+        "state",
+        "alive",
+        "last_success_at",
+        "processed_today",
+        "backlog",
+        "oldest_unprocessed_age",
+        "quarantined",
+        "pending_acks",
+        "last_error",
+        "paused_until",
+        "heartbeat_at",
+        "processed_total",
+    ]
+    assert (soporte["listener"], soporte["kind"], soporte["state"]) == ("Soporte", "imap", "idle")
+    assert soporte["alive"] is True and soporte["heartbeat_at"]
+    assert soporte["last_success_at"] == dt.datetime.fromtimestamp(success, UTC).isoformat(
+        timespec="seconds"
+    )
+    assert (soporte["backlog"], soporte["processed_today"], soporte["processed_total"]) == (4, 1, 1)
+    assert 295 < soporte["oldest_unprocessed_age"] < 330
+    assert soporte["last_error"] == "connection reset\nby peer"  # in full, not folded
+    assert (soporte["quarantined"], soporte["pending_acks"], soporte["paused_until"]) == (
+        0,
+        0,
+        None,
+    )
+    assert (pop["listener"], pop["kind"], pop["state"], pop["alive"]) == (
+        "Pop",
+        "pop3",
+        "stopped",
+        False,
+    )
+    assert pop["heartbeat_at"] is None and pop["backlog"] is None and pop["last_success_at"] is None
+
+    text = engage_listener("status", "--config", str(config))
+    assert text.returncode == 0 and text.stdout.startswith("LISTENER")
+    assert "Soporte: last error: connection reset by peer" in text.stdout

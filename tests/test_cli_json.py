@@ -1,0 +1,47 @@
+"""Issue 7: every operator command prints readable text by default and JSON with `--json`."""
+
+from __future__ import annotations
+
+import pytest
+
+from engage_listener.cli import _parser
+
+OPERATOR_COMMANDS = [
+    ["cases"],
+    ["search", "Default"],
+    ["test-connection"],
+    ["auth", "status"],
+    ["customers", "list"],
+    ["quarantine", "list"],
+    ["status"],
+    ["reset", "Default", "--date", "2024-03-10"],
+    ["resume", "Default"],
+    ["approve", "1"],
+    ["reject", "1", "2"],
+    ["acks"],
+    ["acks", "list"],
+    ["acks", "resend", "1"],
+    ["acks", "close", "1", "2"],
+]
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
+def test_operator_commands_take_json(command: list[str]) -> None:
+    assert _parser().parse_args(command).json is False
+    assert _parser().parse_args([*command, "--json"]).json is True
+
+
+def test_acks_options_before_or_after_the_subcommand() -> None:
+    """argparse lets a subcommand overwrite its parent's values; `acks` must not lose them."""
+    for argv in (
+        ["acks", "--json", "--config", "x.xml", "list"],
+        ["acks", "list", "--json", "--config", "x.xml"],
+        ["acks", "--json", "--config", "x.xml", "resend", "3"],
+        ["acks", "resend", "3", "--json", "--config", "x.xml"],
+    ):
+        args = _parser().parse_args(argv)
+        assert (args.json, str(args.config)) == (True, "x.xml"), argv
+    args = _parser().parse_args(["acks", "--state", "failed", "--state", "uncertain"])
+    assert (args.action, args.state, args.config) == (None, ["failed", "uncertain"], None)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["acks", "--state", "lost"])
