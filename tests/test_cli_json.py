@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engage_listener.cli import _parser
+from engage_listener.cli_parser import build_parser
 
 OPERATOR_COMMANDS = [
     ["cases"],
@@ -27,8 +27,8 @@ OPERATOR_COMMANDS = [
 
 @pytest.mark.parametrize("command", OPERATOR_COMMANDS, ids=" ".join)
 def test_operator_commands_take_json(command: list[str]) -> None:
-    assert _parser().parse_args(command).json is False
-    assert _parser().parse_args([*command, "--json"]).json is True
+    assert build_parser().parse_args(command).json is False
+    assert build_parser().parse_args([*command, "--json"]).json is True
 
 
 def test_acks_options_before_or_after_the_subcommand() -> None:
@@ -39,9 +39,9 @@ def test_acks_options_before_or_after_the_subcommand() -> None:
         ["acks", "--json", "--config", "x.xml", "resend", "3"],
         ["acks", "resend", "3", "--json", "--config", "x.xml"],
     ):
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
         assert (args.json, str(args.config)) == (True, "x.xml"), argv
-    args = _parser().parse_args(["acks", "--state", "failed", "--state", "uncertain"])
+    args = build_parser().parse_args(["acks", "--state", "failed", "--state", "uncertain"])
     assert (args.action, args.state, args.config) == (None, ["failed", "uncertain"], None)
     with pytest.raises(SystemExit):
-        _parser().parse_args(["acks", "--state", "lost"])
+        build_parser().parse_args(["acks", "--state", "lost"])
