@@ -126,7 +126,7 @@ class SqliteTransaction:
         return Customer(customer_id, name or address, (address.lower(),))
 
     async def open_case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
-        ids = [m for m in message_ids if m][:50]
+        ids = list(dict.fromkeys(m for m in message_ids if m))  # every one: a parent may be last
         if not ids:
             return None
         marks = ",".join("?" * len(ids))
