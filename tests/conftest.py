@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from engage_listener.sandbox import DOVECOT_BIN, DovecotSandbox
+from engage_listener.sqlite_store import SqliteStore
 
 _user_numbers = itertools.count(1)
 
@@ -50,3 +51,14 @@ def mailbox_user(request: pytest.FixtureRequest) -> str:
     # Dovecot lowercases user names and allows only [a-z0-9._@-].
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
     return f"{name or 'user'}-{next(_user_numbers)}"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A fresh SQLite store, open for the test."""
+    opened = SqliteStore(tmp_path / "store.sqlite3")
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()

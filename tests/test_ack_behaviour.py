@@ -8,7 +8,7 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -217,14 +217,6 @@ class VetoHook:
         if "sin acuse" in ctx.message.subject:
             return RoutingDecision(inbox="Silencio", acknowledge=False)
         return RoutingDecision(inbox="General")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "store.sqlite3")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def _ack_settings() -> AckSettings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -19,14 +18,6 @@ from engage_listener.store import LedgerKey
 from tests.helpers import db_rows
 
 _uids = itertools.count(1)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "store.sqlite3")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def key() -> LedgerKey:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -116,14 +115,6 @@ async def test_a_timing_out_sql_hook_is_quarantined_after_max_attempts_runs(
 
 
 # ----- 8. threading by References alone ---------------------------------------------------------
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "store.sqlite3")
-    await s.open()
-    yield s
-    await s.close()
-
-
 def _with_references(raw: bytes, references: str) -> bytes:
     """The mail with a References field (as written, folding included) and no In-Reply-To."""
     return raw.replace(b"MIME-Version:", f"References: {references}\r\nMIME-Version:".encode())
