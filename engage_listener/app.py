@@ -9,7 +9,6 @@ waits for the listeners to finish.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +31,7 @@ from .oauth import TokenProvider, provider_for
 from .outbox import OutboxSender
 from .pop3 import Pop3Endpoint, Pop3Session
 from .pop3_listener import Pop3Listener, Pop3Settings
-from .protolog import ProtocolLog, expand_path
+from .protolog import ProtocolLog, expand_path, log_file_problem
 from .sdnotify import Notifier
 from .smtp import SmtpEndpoint, send_message
 from .sqlite_store import SqliteStore
@@ -79,21 +78,16 @@ def token_provider(auth: AuthConfig | None, username: str, purpose: str) -> Toke
 
 
 def check_log_directories(config: Config) -> None:
-    """Start-up check: every protocol log's directory exists and is writable."""
+    """Start-up (and reload) check: every protocol log file can be opened for appending."""
     problems: list[ConfigProblem] = []
     for cfg in config.enabled_listeners():
         if not cfg.protocol_log_file:
             continue
-        directory = expand_path(cfg.protocol_log_file, cfg.id).parent
-        if not directory.is_dir():
-            message = f"directory {directory} does not exist"
-        elif not os.access(directory, os.W_OK | os.X_OK):
-            message = f"directory {directory} is not writable"
-        else:
-            continue
-        problems.append(
-            ConfigProblem(str(config.path), cfg.source_line, "ProtocolLogFile", message)
-        )
+        message = log_file_problem(expand_path(cfg.protocol_log_file, cfg.id))
+        if message is not None:
+            problems.append(
+                ConfigProblem(str(config.path), cfg.source_line, "ProtocolLogFile", message)
+            )
     if problems:
         raise ConfigError(problems)
 
@@ -334,6 +328,7 @@ async def _serve(
     def load() -> Config:
         fresh = load_config(config.path)
         new_hooks = load_hooks(fresh)
+        check_log_directories(fresh)
         if fresh.store.path != config.store.path:
             log.warning("reload_store_ignored", message="Store/Path changes need a restart")
         hooks.clear()

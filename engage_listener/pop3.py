@@ -303,8 +303,8 @@ class Pop3Session:
 
     @classmethod
     async def _open(cls, endpoint: Pop3Endpoint, token: str | None) -> Pop3Session:
+        protolog = endpoint.protolog_factory()  # first: a ProtocolLogError leaves nothing open
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pop3")
-        protolog = endpoint.protolog_factory()
         if protolog is not None:
             protolog.note(f"connecting to {endpoint.where} tls={endpoint.use_ssl}")
         job = worker.submit(_connect, endpoint, protolog, token)

@@ -3,6 +3,10 @@
 The original service wrote the password into this file in clear; here LOGIN and
 AUTHENTICATE arguments are always replaced by *** before anything is written, and
 message literals are recorded as a size marker rather than their content.
+
+`log_file_problem` is the start-up check of a ProtocolLogFile; a log that still
+cannot be opened when a connection starts is a ProtocolLogError (permanent: it
+needs an operator), never a bare OSError with a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import os
 import re
 from pathlib import Path
 from typing import TextIO
+
+from .errors import PermanentError
 
 _LOGIN = re.compile(r"^(\S+ LOGIN) .*$", re.IGNORECASE)
 _AUTH = re.compile(r"^(\S+ AUTHENTICATE \S+|AUTH \S+)(?: .*)?$", re.IGNORECASE)
@@ -45,8 +51,41 @@ MAX_BYTES = 10 * 1024 * 1024
 KEEP = 5
 
 
+class ProtocolLogError(PermanentError):
+    """The protocol log file cannot be opened for writing."""
+
+
+def log_file_problem(path: Path) -> str | None:
+    """Why a protocol log could not be written at `path`, or None; creates nothing.
+
+    The directory must exist and be writable (rotation renames files in it); an
+    existing file must open for appending, which also refuses a directory of that
+    name, even for root, whom file modes do not stop.
+    """
+    directory = path.parent
+    if not directory.is_dir():
+        return f"directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable"
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    if path.exists():
+        try:
+            # O_NONBLOCK: a FIFO nobody reads is refused at once instead of hanging.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+        except OSError as exc:
+            return f"{path} cannot be opened for writing: {exc.strerror or exc}"
+        os.close(fd)
+    return None
+
+
 def _open(path: Path) -> TextIO:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise ProtocolLogError(
+            f"ProtocolLogFile {path} cannot be opened for writing: {exc.strerror or exc}"
+        ) from exc
     return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
 
 

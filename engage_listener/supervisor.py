@@ -6,6 +6,9 @@ untouched ones keep running. An invalid file is logged with every problem and th
 old configuration stays in force. systemd hears READY=1 once every listener has
 connected or entered back-off, a STATUS= line as they work, WATCHDOG=1 only
 while every task is alive, and RELOADING=1 / STOPPING=1 around those events.
+A listener task that ends while the daemon serves (run() is never meant to return)
+is logged once as listener_died, shown as "died" in STATUS=, and stops the watchdog
+pings, so systemd restarts the daemon.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Running:
     worker: Worker
     stop: asyncio.Event
     task: asyncio.Task[None]
+    died: str | None = None  # why the task ended, once noticed
 
 
 Build = Callable[[Config, ImapListenerConfig, asyncio.Event], Worker]
@@ -121,12 +125,14 @@ class Supervisor:
             self.log.warning("heartbeat_failed", error=str(exc))
 
     def _tick(self) -> None:
-        alive = all(not r.task.done() for r in self.running.values())
+        alive = not self._check_deaths()
         if alive:
             self.notify.watchdog()
         status = self.status_line()
-        if not self.ready_sent and all(
-            r.worker.state not in SETTLING for r in self.running.values()
+        if (
+            not self.ready_sent
+            and alive
+            and all(r.worker.state not in SETTLING for r in self.running.values())
         ):
             self.ready_sent = True
             self.notify.ready(status)
@@ -134,9 +140,37 @@ class Supervisor:
         else:
             self.notify.status(status)
 
+    def _check_deaths(self) -> bool:
+        """True when some listener task has ended; each death is logged once."""
+        dead = False
+        for lid, r in self.running.items():
+            if not r.task.done():
+                continue
+            dead = True
+            if r.died is not None:
+                continue
+            exc = None if r.task.cancelled() else r.task.exception()
+            if r.task.cancelled():
+                r.died = "cancelled"
+            elif exc is None:
+                r.died = "run() returned"
+            else:
+                r.died = str(exc) or type(exc).__name__
+            self.log.error(
+                "listener_died",
+                listener=lid,
+                error=r.died,
+                error_type=type(exc).__name__ if exc is not None else None,
+                **({"exc_info": exc} if exc is not None else {}),
+            )
+        return dead
+
     def status_line(self) -> str:
         parts = []
         for lid, r in sorted(self.running.items()):
+            if r.died is not None:
+                parts.append(f"{lid} died ({r.died[:80]})")
+                continue
             part = f"{lid} {r.worker.state}, {r.worker.batches} batches"
             if r.worker.state in {"failing", "backing off"} and r.worker.last_error:
                 part += f" ({r.worker.last_error[:80]})"

@@ -1,12 +1,27 @@
-"""Protocol log files: masking, bodies only on request, rotation, start-up checks."""
+"""Protocol log files: masking, bodies only on request, rotation, start-up checks, and a
+log that cannot be opened."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from engage_listener.protolog import ProtocolLog, expand_path, mask_command
+import pytest
+from structlog.testing import capture_logs
+
+from engage_listener.errors import PermanentError
+from engage_listener.protolog import (
+    ProtocolLog,
+    ProtocolLogError,
+    expand_path,
+    log_file_problem,
+    mask_command,
+)
+from engage_listener.sandbox import DovecotSandbox
+from tests.fakes import FakeClock
+from tests.helpers import Harness, eventually, listener_config
 from tests.test_daemon import listener_xml, write_config
 
 
@@ -75,3 +90,94 @@ def test_missing_log_directory_is_a_clear_error_at_startup(tmp_path: Path) -> No
         f"{config}:3: ProtocolLogFile: directory {tmp_path / 'nope'} does not exist"
         in result.stderr
     )
+
+
+def run_once(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engage_listener", "run", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_log_file_that_cannot_be_written_is_a_clear_error_at_startup(tmp_path: Path) -> None:
+    """As root file modes do not stop writes, so the unwritable "file" is a directory."""
+    (tmp_path / "ca.pem").write_text("x")
+    taken = tmp_path / "imap.log"
+    taken.mkdir()
+    server = type("S", (), {"host": "127.0.0.1", "imap_port": 1, "ca_file": tmp_path / "ca.pem"})
+    xml = listener_xml(server, "u", ProtocolLogFile=str(taken))  # type: ignore[arg-type]
+    config = write_config(tmp_path / "el.xml", xml)
+    result = run_once(config)
+    assert result.returncode == 2, result.stderr
+    assert f"{config}:3: ProtocolLogFile: {taken} is a directory, not a file" in result.stderr
+
+
+def test_log_file_problems(tmp_path: Path) -> None:
+    fine = tmp_path / "fine.log"
+    assert log_file_problem(fine) is None
+    assert not fine.exists()  # the check creates nothing
+    fine.write_text("old lines\n")
+    assert log_file_problem(fine) is None
+    assert fine.read_text() == "old lines\n"  # nor changes anything
+    (tmp_path / "dir.log").mkdir()
+    assert (
+        log_file_problem(tmp_path / "dir.log")
+        == f"{tmp_path / 'dir.log'} is a directory, not a file"
+    )
+    assert (
+        log_file_problem(tmp_path / "nope" / "x.log")
+        == f"directory {tmp_path / 'nope'} does not exist"
+    )
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)  # nobody reads it: refused at once, not a hang
+    assert (
+        log_file_problem(fifo) == f"{fifo} cannot be opened for writing: No such device or address"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes whatever the file mode says")
+def test_read_only_log_file_and_directory_are_problems(tmp_path: Path) -> None:
+    locked = tmp_path / "locked.log"
+    locked.write_text("")
+    locked.chmod(0o400)
+    assert log_file_problem(locked) == f"{locked} cannot be opened for writing: Permission denied"
+    sealed = tmp_path / "sealed"
+    sealed.mkdir()
+    sealed.chmod(0o500)
+    try:
+        assert log_file_problem(sealed / "x.log") == f"directory {sealed} is not writable"
+    finally:
+        sealed.chmod(0o700)
+
+
+def test_opening_an_unwritable_log_is_a_permanent_error_not_an_oserror(tmp_path: Path) -> None:
+    (tmp_path / "dir.log").mkdir()
+    with pytest.raises(
+        ProtocolLogError, match=r"ProtocolLogFile .*dir\.log cannot be opened"
+    ) as info:
+        ProtocolLog(tmp_path / "dir.log")
+    assert isinstance(info.value, PermanentError)
+
+
+async def test_a_listener_whose_log_cannot_be_opened_fails_plainly(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    """Made unwritable after start-up (or by a reload): the listener reports it as a
+    permanent error and waits for the operator; no traceback, no tight retry loop."""
+    dovecot.create_folder(mailbox_user, "IMAP/New")
+    dovecot.create_folder(mailbox_user, "IMAP/Done")
+    taken = tmp_path / "imap.log"
+    taken.mkdir()
+    cfg = listener_config(dovecot, mailbox_user, protocol_log_file=str(taken))
+    with capture_logs() as logs:
+        async with Harness(cfg, tmp_path / "store.sqlite3", FakeClock()) as h:
+            listener = await h.start()
+            await eventually(lambda: listener.state == "failing", what="failing")
+    assert listener.last_error == (
+        f"ProtocolLogFile {taken} cannot be opened for writing: Is a directory"
+    )
+    errors = [e for e in logs if e["event"] == "listener_error"]
+    assert [(e["kind"], "exc_info" in e) for e in errors] == [("permanent", False)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.sandbox import DovecotSandbox
+from engage_listener.sandbox import DovecotSandbox, free_port
 from tests.helpers import db_rows, make_mail
 from tests.test_daemon import listener_xml, write_config
 
@@ -98,6 +98,40 @@ def test_ready_status_watchdog_reloading_and_stopping(
         assert any("RELOADING=1" in m and "MONOTONIC_USEC=" in m for m in reload)
         assert daemon.stop() == 0
         assert any("STOPPING=1" in m for m in received(notify_socket, "STOPPING=1"))
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+
+
+def test_ready_while_one_listener_backs_off_on_a_closed_port(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """READY=1 does not wait for a server that is down: that listener backs off, says why
+    in STATUS=, and the daemon is up (and fed to the watchdog) for the other one."""
+    dovecot.create_folder(mailbox_user, NEW)
+    dovecot.create_folder(mailbox_user, DONE)
+    closed = free_port()
+    config = write_config(
+        tmp_path / "el.xml",
+        listener_xml(dovecot, mailbox_user, "Up"),
+        listener_xml(dovecot, mailbox_user, "Down").replace(
+            f"<Port>{dovecot.imap_port}</Port>", f"<Port>{closed}</Port>"
+        ),
+    )
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
+    daemon = Daemon(config, tmp_path / "d.log", env)
+    try:
+        messages = received(notify_socket, "READY=1")
+        ready = messages[-1]
+        assert "STATUS=2 listener(s): Down backing off, 0 batches (cannot connect to " in ready
+        assert f":{closed}: " in ready
+        assert "Up idle, 1 batches" in ready or "Up processing, 0 batches" in ready
+        assert not any("READY=1" in m for m in messages[:-1])
+        pings = [m for m in received(notify_socket, "WATCHDOG=1") if "WATCHDOG=1" in m]
+        pings += [m for m in received(notify_socket, "WATCHDOG=1") if "WATCHDOG=1" in m]
+        assert len(pings) >= 2  # both listener tasks alive: the watchdog is fed
+        daemon.wait_event("listener_error", listener="Down", kind="transient")
+        assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
