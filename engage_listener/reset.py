@@ -16,6 +16,9 @@ from .imap_text import imap_date
 from .store import LedgerKey, Store
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*<?([^>\r\n]+)>?", re.IGNORECASE | re.MULTILINE)
+# The westernmost zone in use (UTC-12): a moment's date there is never later than in
+# the server's zone, whatever that zone is.
+_WESTERNMOST = dt.timezone(dt.timedelta(hours=-12))
 
 
 async def reset_folder(
@@ -28,7 +31,7 @@ async def reset_folder(
 ) -> int:
     """Ingest every mail of `folder` received since `since` that is not in the ledger yet."""
     state = await session.select(folder)
-    candidates = await session.search("SINCE", imap_date(since.date()))
+    candidates = await session.search("SINCE", imap_date(search_day(since)))
     meta = await session.fetch_meta(candidates)
     uids = [u for u in candidates if (d := meta.get(u, (0, None))[1]) is None or d >= since]
     known = await store.known_states(listener, folder, state.uidvalidity, uids)
@@ -41,6 +44,13 @@ async def reset_folder(
     for uid, raw in await session.fetch_bodies(todo):
         await handler.ingest(LedgerKey(listener, folder, state.uidvalidity, uid), raw)
     return len(todo)
+
+
+def search_day(since: dt.datetime) -> dt.date:
+    """The day for IMAP `SEARCH SINCE`, which compares bare dates in the server's own time
+    zone (unknown here), so early enough for any zone: 00:00 in Tokyo is still the day
+    before on a UTC server. The exact `since` is then checked on each INTERNALDATE."""
+    return since.astimezone(_WESTERNMOST).date()
 
 
 def _message_id(header: bytes) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import subprocess
@@ -9,10 +10,11 @@ import sys
 from pathlib import Path
 
 from engage_listener.control import request_date, resume, start_of_day
+from engage_listener.listener import CONTROL_POLL
 from engage_listener.sandbox import DovecotSandbox
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
-from tests.test_daemon import listener_xml, write_config
+from tests.test_daemon import cli, listener_xml, write_config
 
 NEW, DONE = "IMAP/New", "IMAP/Done"
 UTC = dt.UTC
@@ -196,3 +198,105 @@ def test_reset_and_resume_commands_print_json_with_json(
     )
     assert (missing.returncode, missing.stdout) == (1, "")
     assert "no listener 'Nope'" in missing.stderr
+
+
+async def test_reset_in_a_zone_ahead_of_the_server_takes_mail_from_the_first_hours_of_the_day(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    """IMAP SINCE compares the server's dates (UTC here), and 00:00 in Tokyo is 15:00 UTC
+    the day before: mail of those first hours is still re-examined, mail of the evening
+    before (Tokyo time) is not."""
+    tokyo = "Asia/Tokyo"
+    day = (dt.datetime.now(UTC) - dt.timedelta(days=5)).date()
+    midnight = start_of_day(day, tokyo)
+    assert midnight.astimezone(UTC).date() == day - dt.timedelta(days=1)
+    db = tmp_path / "store.sqlite3"
+    config = write_config(tmp_path / "el.xml", listener_xml(dovecot, mailbox_user, TimeZone=tokyo))
+    dovecot.create_folder(mailbox_user, NEW)
+    first_hour = (midnight + dt.timedelta(minutes=30)).astimezone(UTC)  # day - 1 in UTC
+    evening_before = (midnight - dt.timedelta(minutes=1)).astimezone(UTC)
+    dovecot.append(mailbox_user, DONE, make_mail(1, subject="primera hora"), date=first_hour)
+    dovecot.append(mailbox_user, DONE, make_mail(2, subject="la noche antes"), date=evening_before)
+    done = cli("reset", "Default", "--date", day.isoformat(), "--config", str(config))
+    assert done.returncode == 0 and "re-examined" in done.stdout, done.stderr
+    assert midnight.isoformat() in done.stdout
+    cfg = listener_config(dovecot, mailbox_user, time_zone=tokyo)
+    async with Harness(cfg, db, FakeClock()) as h:
+        assert h.listener is not None
+        await h.listener.run_once()
+    assert db_rows(db, "SELECT subject FROM cases") == [("primera hora",)]
+    assert db_rows(db, "SELECT reset_from FROM listener_control") == [(None,)]
+    assert dovecot.count(mailbox_user, DONE) == 2
+
+
+async def _cli(config: Path, *args: str) -> str:
+    """`engage-listener ARGS --config CONFIG` from a second process, as an operator runs it."""
+    done = await asyncio.to_thread(cli, *args, "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_pause_and_resume_requested_while_the_listener_is_idle_are_picked_up(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    dovecot.create_folder(mailbox_user, NEW)
+    dovecot.create_folder(mailbox_user, DONE)
+    db = tmp_path / "store.sqlite3"
+    config = write_config(tmp_path / "el.xml", listener_xml(dovecot, mailbox_user))
+    cfg = listener_config(dovecot, mailbox_user, sync_max_changes_count=1)
+    clock = FakeClock()
+    async with Harness(cfg, db, clock) as h:
+        listener = await h.start()
+        await eventually(lambda: listener.state == "idle" and clock.sleepers > 0, what="idle")
+        future = (dt.datetime.now(UTC) + dt.timedelta(days=3)).date()
+        assert "paused until" in await _cli(config, "reset", "Default", "--date", str(future))
+        clock.advance(CONTROL_POLL + 1)
+        await eventually(lambda: listener.state == "paused" and clock.sleepers > 0, what="pause")
+        dovecot.append(mailbox_user, NEW, make_mail(1, subject="durante la pausa"))
+        clock.advance(CONTROL_POLL + 1)  # checks back: still paused
+        await eventually(lambda: clock.sleepers > 0, what="still paused")
+        await asyncio.sleep(0.3)
+        assert listener.state == "paused"
+        assert dovecot.count(mailbox_user, DONE) == 0
+        assert db_rows(db, "SELECT count(*) FROM cases") == [(0,)]
+        assert "resumed" in await _cli(config, "resume", "Default")
+        clock.advance(CONTROL_POLL + 1)
+        await eventually(lambda: dovecot.count(mailbox_user, DONE) == 1, what="after resume")
+        await eventually(lambda: listener.state == "idle", what="idle again")
+        assert listener.paused_until is None
+    assert db_rows(db, "SELECT subject FROM cases") == [("durante la pausa",)]
+
+
+async def test_reset_requested_while_the_listener_is_idle_is_picked_up(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    dovecot.create_folder(mailbox_user, DONE)
+    dovecot.append_many(mailbox_user, NEW, [make_mail(i) for i in range(2)])
+    db = tmp_path / "store.sqlite3"
+    config = write_config(tmp_path / "el.xml", listener_xml(dovecot, mailbox_user))
+    cfg = listener_config(dovecot, mailbox_user)
+    clock = FakeClock()
+    async with Harness(cfg, db, clock) as h:
+        listener = await h.start()
+        await eventually(lambda: dovecot.count(mailbox_user, DONE) == 2, what="backlog")
+        await eventually(lambda: listener.state == "idle" and clock.sleepers > 0, what="idle")
+        # Moved into the output folder without a case, while the listener waits.
+        dovecot.append(mailbox_user, DONE, make_mail(10, subject="movida a mano"))
+        past = (dt.datetime.now(UTC) - dt.timedelta(days=2)).date()
+        assert "re-examined" in await _cli(config, "reset", "Default", "--date", str(past))
+        clock.advance(CONTROL_POLL + 1)
+        await eventually(
+            lambda: db_rows(db, "SELECT count(*) FROM cases") == [(3,)], what="reset ingested"
+        )
+        await eventually(
+            lambda: db_rows(db, "SELECT reset_from FROM listener_control") == [(None,)],
+            what="reset done",
+        )
+        await eventually(lambda: listener.state == "idle" and clock.sleepers > 0, what="idle")
+        clock.advance(CONTROL_POLL + 1)  # the next check finds nothing left to do
+        await eventually(lambda: clock.sleepers > 0, what="idle again")
+        await asyncio.sleep(0.3)
+    subjects = sorted(s for (s,) in db_rows(db, "SELECT subject FROM cases"))
+    assert subjects == ["Consulta 0", "Consulta 1", "movida a mano"]
+    assert dovecot.count(mailbox_user, DONE) == 3
+    assert dovecot.count(mailbox_user, NEW) == 0
