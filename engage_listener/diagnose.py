@@ -4,11 +4,16 @@ An operator needs to know *which* step fails (name lookup, firewall, certificate
 password, folder) and what to change, not a traceback. Steps run in order and stop at
 the first failure, as later ones could only fail too. No mail is touched; folders are
 created and a test message sent only on request. Details are scrubbed of passwords.
+
+With OAuth2 the login needs a token from the identity provider first; when that
+fails (credentials refused, provider unreachable) the login step says so, with the
+plain advice of `oauth_advice`, rather than blaming the mail server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -20,10 +25,13 @@ from socket import SOCK_STREAM
 from typing import Any, TypeVar
 
 from .config import ImapListenerConfig
+from .config_auth import AuthConfig
 from .errors import AuthenticationError, EngageError, ProtocolError, TlsError
 from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import sibling
+from .oauth import IdentityProviderUnavailable, OAuthError, TokenProvider, TokenRefused
+from .oauth_advice import advice, identity_provider_url, unavailable_advice
 from .pop3 import Pop3Endpoint, Pop3Session
 from .smtp import SmtpEndpoint, check_smtp, send_message
 
@@ -42,6 +50,7 @@ TLS_TEXT = {
 }
 BROKE = "the connection broke during the test: try again, check the server log"
 _T = TypeVar("_T")
+_E = TypeVar("_E", ImapEndpoint, Pop3Endpoint, SmtpEndpoint)
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,73 @@ def _tls_hint(message: str, account: str) -> str:
     return PORTS[account]
 
 
-def _login_hint(message: str, oauth: bool) -> str:
+class _Watched:
+    """A token provider that remembers the identity provider's failure.
+
+    The protocol modules may wrap it (SMTP turns an unreachable provider into a
+    temporary SMTP error), so the report asks here what really went wrong.
+    """
+
+    def __init__(self, inner: TokenProvider) -> None:
+        self.inner = inner
+        self.error: OAuthError | IdentityProviderUnavailable | None = None
+        auth = getattr(getattr(inner, "account", None), "auth", None)
+        self.auth = auth if isinstance(auth, AuthConfig) else None
+
+    async def token(self, *, force_refresh: bool = False) -> str:
+        try:
+            return await self.inner.token(force_refresh=force_refresh)
+        except (OAuthError, IdentityProviderUnavailable) as exc:
+            self.error = exc
+            raise
+
+    @property
+    def refusal_advice(self) -> str:
+        """What to check when the mail server refuses a token (read by the protocols)."""
+        return str(getattr(self.inner, "refusal_advice", ""))
+
+
+def _watched(ep: _E | None) -> _E | None:
+    if ep is None or ep.token_provider is None:
+        return ep
+    return dataclasses.replace(ep, token_provider=_Watched(ep.token_provider))
+
+
+def _without(text: str, advice_text: str) -> str:
+    """`text` without the advice the exception appended to it (the hint carries it)."""
+    if advice_text and text.endswith(advice_text):
+        return text[: -len(advice_text)].rstrip(" .") or text
+    return text
+
+
+def _provider_failure(exc: Exception, auth: AuthConfig | None) -> tuple[str, str]:
+    """(detail, hint) for a login that never reached the mail server: no token."""
+    if isinstance(exc, IdentityProviderUnavailable):
+        if auth is not None:
+            return unavailable_advice(auth, str(exc))
+        hint = "check the Authentication settings and this machine's outbound HTTPS access"
+        return f"the identity provider could not be used: {exc}", hint
+    fix = advice(exc)
+    text = _without(str(exc), fix)
+    code = getattr(exc, "code", "")
+    if code:  # the identity provider answered, and refused
+        where = f" at {identity_provider_url(auth)}" if auth is not None else ""
+        detail = f"the identity provider{where} issued no token: {text}"
+        hint = fix or (
+            "the identity provider refused the credentials: check TenantId, ClientId and "
+            "ClientSecret (or the certificate) in Authentication with its administrator"
+        )
+        return detail, hint
+    return f"no OAuth2 token: {text}", fix or "check the Authentication settings named above"
+
+
+def _login_hint(exc: Exception, watch: _Watched | None) -> str:
+    message = str(exc)
     if "LOGINDISABLED" in message or "offers no AUTH" in message:
         return "the server wants TLS before a login; use implicit TLS or STARTTLS"
-    if oauth:
+    if watch is not None:
+        if isinstance(exc, TokenRefused) and watch.refusal_advice:
+            return watch.refusal_advice
         return "the OAuth2 token was refused: check the app registration, consent and scopes"
     return "wrong user or password; for Microsoft 365 use OAuth2, for Gmail an app password"
 
@@ -132,19 +204,33 @@ async def _reach(run: _Run, ep: ImapEndpoint | Pop3Endpoint | SmtpEndpoint) -> b
 
 
 async def _open(
-    run: _Run, opener: Callable[[], Awaitable[_T]], oauth: bool, tls_seen: Callable[[], str | None]
+    run: _Run,
+    opener: Callable[[], Awaitable[_T]],
+    ep: ImapEndpoint | Pop3Endpoint | SmtpEndpoint,
+    tls_seen: Callable[[], str | None],
 ) -> _T | None:
-    """Connect, secure and log in; failures become tls, login or connect steps."""
+    """Connect, secure and log in; failures become tls, login or connect steps.
+
+    A token the identity provider would not issue (refused, unreachable) is a login
+    failure of its own: the mail server is not to blame, whatever error it became.
+    """
+    watch = ep.token_provider if isinstance(ep.token_provider, _Watched) else None
     try:
         return await opener()
     except TlsError as exc:
         run.add("tls", False, str(exc), _tls_hint(str(exc), run.account))
-    except AuthenticationError as exc:  # TLS, if any, was done before the login
-        if (tls := tls_seen()) is not None:
-            run.add("tls", True, TLS_TEXT[tls])
-        run.add("login", False, str(exc), _login_hint(str(exc), oauth))
     except (EngageError, OSError) as exc:
-        run.failed(exc, f"the server closed or stalled the session; {PORTS[run.account]}")
+        no_token = watch is not None and watch.error is not None
+        if not no_token and not isinstance(exc, AuthenticationError):
+            run.failed(exc, f"the server closed or stalled the session; {PORTS[run.account]}")
+            return None
+        if (tls := tls_seen()) is not None:  # TLS, if any, was done before the login
+            run.add("tls", True, TLS_TEXT[tls])
+        if watch is not None and watch.error is not None:
+            run.add("login", False, *_provider_failure(watch.error, watch.auth))
+        else:
+            hint = _login_hint(exc, watch)
+            run.add("login", False, _without(str(exc), hint), hint)
     return None
 
 
@@ -171,7 +257,7 @@ async def _imap(
 
     oauth = ep.token_provider is not None
     tls_seen = lambda: made[0].tls if made else None  # noqa: E731
-    if (session := await _open(run, lambda: Traced.open(ep), oauth, tls_seen)) is None:
+    if (session := await _open(run, lambda: Traced.open(ep), ep, tls_seen)) is None:
         return
     _logged_in(run, session.tls, ep.username, oauth)
     try:
@@ -237,7 +323,7 @@ async def _pop3(run: _Run, ep: Pop3Endpoint) -> None:
         return
     oauth = ep.token_provider is not None
     tls_seen = "implicit" if ep.use_ssl else None  # STLS or not is unknown after a refusal
-    if (session := await _open(run, lambda: Pop3Session.open(ep), oauth, lambda: tls_seen)) is None:
+    if (session := await _open(run, lambda: Pop3Session.open(ep), ep, lambda: tls_seen)) is None:
         return
     _logged_in(run, session.tls, ep.username, oauth)
     run.doing = "count"
@@ -257,7 +343,7 @@ async def _smtp(run: _Run, cfg: ImapListenerConfig, ep: SmtpEndpoint, send_to: s
         return
     tls = {"SSL": "implicit", "StartTls": "starttls"}.get(ep.security)
     oauth = ep.token_provider is not None
-    if await _open(run, lambda: check_smtp(ep), oauth, lambda: tls) is None:
+    if await _open(run, lambda: check_smtp(ep), ep, lambda: tls) is None:
         return
     _logged_in(run, tls, ep.username, oauth)
     if send_to is None:
@@ -298,9 +384,13 @@ async def test_listener(
     error_folder_default: str = "Error",
 ) -> list[Step]:
     """Every step for one listener: its mailbox account, then its SMTP account if any."""
-    secrets = [
-        ep.password for ep in (imap_endpoint, pop3_endpoint, smtp_endpoint) if ep and ep.password
-    ]
+    imap_endpoint, pop3_endpoint = _watched(imap_endpoint), _watched(pop3_endpoint)
+    smtp_endpoint = _watched(smtp_endpoint)
+    endpoints = (imap_endpoint, pop3_endpoint, smtp_endpoint)
+    secrets = [ep.password for ep in endpoints if ep and ep.password]
+    for ep in endpoints:  # the OAuth2 client secrets too, should an error ever quote one
+        if ep is not None and isinstance(ep.token_provider, _Watched) and ep.token_provider.auth:
+            secrets.append(ep.token_provider.auth.client_secret or "")
     main = _Run(cfg.id, cfg.protocol, secrets)
     endpoint = pop3_endpoint if cfg.protocol == "pop3" else imap_endpoint
     if endpoint is None:

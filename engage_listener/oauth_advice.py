@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from .config_auth import AuthConfig
 
 LOGIN_AGAIN = "Sign in again with `engage-listener auth login LISTENER`."
+# Where the tokens come from when Authority or TokenUri is not configured (the same
+# defaults as oauth_ms and oauth_google, which this light module must not import).
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
 
 _MICROSOFT = {
     "7000222": "The client secret has expired: create a new one in Entra ID (App "
@@ -146,3 +150,81 @@ def advice(error: Exception) -> str:
     if "Unable to get authority configuration" in text:
         return "The tenant was not found: check TenantId (and Authority for sovereign clouds)."
     return ""
+
+
+def identity_provider_url(auth: AuthConfig) -> str:
+    """Where an account's tokens come from, as configured (Authority and TenantId, TokenUri)."""
+    if auth.type == "Google":
+        return auth.token_uri or GOOGLE_TOKEN_URI
+    return f"{(auth.authority or MICROSOFT_AUTHORITY).rstrip('/')}/{auth.tenant_id or ''}"
+
+
+_UNREACHABLE = (  # (words in the error, why in plain words, what to check); first match wins
+    (
+        ("certificate_verify_failed", "certificate verify failed"),
+        "its TLS certificate is not trusted",
+        "set CaFile in Authentication to the PEM of the CA that signed the identity "
+        "provider's certificate (that of a TLS-inspecting proxy, say)",
+    ),
+    (
+        ("sslerror", "ssl:"),
+        "the TLS handshake failed",
+        "check that {setting} is an https:// address of the identity provider",
+    ),
+    (
+        ("proxyerror", "unable to connect to proxy", "tunnel connection failed"),
+        "the HTTPS proxy failed",
+        "check the HTTPS_PROXY and NO_PROXY settings of the service",
+    ),
+    (
+        (
+            "name or service not known",
+            "nameresolutionerror",
+            "temporary failure in name",
+            "nodename nor servname",
+            "getaddrinfo failed",
+            "no address associated",
+        ),
+        "its name cannot be resolved",
+        "check {setting} and this machine's DNS settings",
+    ),
+    (
+        ("connection refused",),
+        "the connection was refused",
+        "check {setting}, and that this machine may open outbound HTTPS connections to it "
+        "(firewall, HTTPS_PROXY)",
+    ),
+    (
+        ("timed out", "timeout"),
+        "no answer in time",
+        "a firewall may drop the traffic: allow outbound HTTPS to it, or set HTTPS_PROXY",
+    ),
+)
+
+
+def unavailable_advice(auth: AuthConfig, text: str) -> tuple[str, str]:
+    """(what happened, what to do) when the identity provider could not issue a token.
+
+    `text` is an IdentityProviderUnavailable's: "... unreachable: ..." when no answer
+    came at all, otherwise the provider's own temporary error (5xx, server_error).
+    """
+    url = identity_provider_url(auth)
+    setting = "TokenUri" if auth.type == "Google" else "Authority and TenantId"
+    if "unreachable" not in text:
+        return (
+            f"the identity provider at {url} is temporarily unavailable: {text}",
+            "the trouble is at the identity provider, not in this configuration: try again "
+            "later (the daemon retries by itself)",
+        )
+    lowered = text.lower()
+    for words, why, what in _UNREACHABLE:
+        if any(word in lowered for word in words):
+            return (
+                f"the identity provider at {url} could not be reached: {why}",
+                what.format(setting=setting) + "; no token was sent to the mail server",
+            )
+    return (
+        f"the identity provider at {url} could not be reached: {text[:300]}",
+        f"check {setting}, and that this machine may open outbound HTTPS connections to it "
+        "(firewall, HTTPS_PROXY); no token was sent to the mail server",
+    )
