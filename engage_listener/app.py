@@ -32,6 +32,7 @@ from .outbox import OutboxSender
 from .pop3 import Pop3Endpoint, Pop3Session
 from .pop3_listener import Pop3Listener, Pop3Settings
 from .protolog import ProtocolLog, expand_path, log_file_problem
+from .retry import backoff
 from .sdnotify import Notifier
 from .smtp import SmtpEndpoint, send_message
 from .sqlite_store import SqliteStore
@@ -370,7 +371,12 @@ async def _run_once(listeners: Sequence[Listener | Pop3Listener], log: Any) -> i
     for lst, result in zip(listeners, results, strict=True):
         if isinstance(result, BaseException):
             failed += 1
-            lst.log.error("listener_error", error=str(result), error_type=type(result).__name__)
+            kind = "unexpected"
+            if isinstance(result, Exception):
+                _, kind = backoff(result, 1)  # the same words as the daemon's
+            lst.log.error(
+                "listener_error", kind=kind, error=str(result), error_type=type(result).__name__
+            )
     log.info("once_done", listeners=len(listeners), failed=failed)
     return 1 if failed else 0
 

@@ -51,7 +51,7 @@ class OAuthError(AuthenticationError):
     """The identity provider refused (or no sign-in yet): an operator must act on `advice`."""
 
     def __init__(self, message: str, advice: str = "", code: str = "") -> None:
-        super().__init__(f"{message}. {advice}" if advice else message)
+        super().__init__(f"{message.rstrip('. ')}. {advice}" if advice else message)
         self.advice = advice
         self.code = code
 

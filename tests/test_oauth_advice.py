@@ -216,7 +216,9 @@ def test_daemon_logs_the_advice_as_a_permanent_error(
     logged = [json.loads(ln) for ln in once.stdout.splitlines() if ln.startswith("{")]
     (error,) = [e for e in logged if e["event"] == "listener_error"]
     assert error["listener"] == "O365" and error["error_type"] == "OAuthError"
+    assert error["kind"] == "permanent"  # the same words as the daemon's
     assert error["error"].endswith(EXPIRED_ADVICE) and "AADSTS7000222" in error["error"]
+    assert ".." not in error["error"]
     assert "exception" not in error and "Traceback" not in once.stdout + once.stderr
     assert_clean(once.stdout + once.stderr, idp)
     assert dovecot_oauth.count(account.user, "IMAP/New") == 1  # nothing touched
