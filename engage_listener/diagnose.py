@@ -13,7 +13,6 @@ plain advice of `oauth_advice`, rather than blaming the mail server.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -25,13 +24,12 @@ from socket import SOCK_STREAM
 from typing import Any, TypeVar
 
 from .config import ImapListenerConfig
-from .config_auth import AuthConfig
+from .diagnose_oauth import Watched, provider_failure, watched, without
 from .errors import AuthenticationError, EngageError, ProtocolError, TlsError
 from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import sibling
-from .oauth import IdentityProviderUnavailable, OAuthError, TokenProvider, TokenRefused
-from .oauth_advice import advice, identity_provider_url, unavailable_advice
+from .oauth import TokenRefused
 from .pop3 import Pop3Endpoint, Pop3Session
 from .smtp import SmtpEndpoint, check_smtp, send_message
 
@@ -98,67 +96,7 @@ def _tls_hint(message: str, account: str) -> str:
     return PORTS[account]
 
 
-class _Watched:
-    """A token provider that remembers the identity provider's failure.
-
-    The protocol modules may wrap it (SMTP turns an unreachable provider into a
-    temporary SMTP error), so the report asks here what really went wrong.
-    """
-
-    def __init__(self, inner: TokenProvider) -> None:
-        self.inner = inner
-        self.error: OAuthError | IdentityProviderUnavailable | None = None
-        auth = getattr(getattr(inner, "account", None), "auth", None)
-        self.auth = auth if isinstance(auth, AuthConfig) else None
-
-    async def token(self, *, force_refresh: bool = False) -> str:
-        try:
-            return await self.inner.token(force_refresh=force_refresh)
-        except (OAuthError, IdentityProviderUnavailable) as exc:
-            self.error = exc
-            raise
-
-    @property
-    def refusal_advice(self) -> str:
-        """What to check when the mail server refuses a token (read by the protocols)."""
-        return str(getattr(self.inner, "refusal_advice", ""))
-
-
-def _watched(ep: _E | None) -> _E | None:
-    if ep is None or ep.token_provider is None:
-        return ep
-    return dataclasses.replace(ep, token_provider=_Watched(ep.token_provider))
-
-
-def _without(text: str, advice_text: str) -> str:
-    """`text` without the advice the exception appended to it (the hint carries it)."""
-    if advice_text and text.endswith(advice_text):
-        return text[: -len(advice_text)].rstrip(" .") or text
-    return text
-
-
-def _provider_failure(exc: Exception, auth: AuthConfig | None) -> tuple[str, str]:
-    """(detail, hint) for a login that never reached the mail server: no token."""
-    if isinstance(exc, IdentityProviderUnavailable):
-        if auth is not None:
-            return unavailable_advice(auth, str(exc))
-        hint = "check the Authentication settings and this machine's outbound HTTPS access"
-        return f"the identity provider could not be used: {exc}", hint
-    fix = advice(exc)
-    text = _without(str(exc), fix)
-    code = getattr(exc, "code", "")
-    if code:  # the identity provider answered, and refused
-        where = f" at {identity_provider_url(auth)}" if auth is not None else ""
-        detail = f"the identity provider{where} issued no token: {text}"
-        hint = fix or (
-            "the identity provider refused the credentials: check TenantId, ClientId and "
-            "ClientSecret (or the certificate) in Authentication with its administrator"
-        )
-        return detail, hint
-    return f"no OAuth2 token: {text}", fix or "check the Authentication settings named above"
-
-
-def _login_hint(exc: Exception, watch: _Watched | None) -> str:
+def _login_hint(exc: Exception, watch: Watched | None) -> str:
     message = str(exc)
     if "LOGINDISABLED" in message or "offers no AUTH" in message:
         return "the server wants TLS before a login; use implicit TLS or STARTTLS"
@@ -214,7 +152,7 @@ async def _open(
     A token the identity provider would not issue (refused, unreachable) is a login
     failure of its own: the mail server is not to blame, whatever error it became.
     """
-    watch = ep.token_provider if isinstance(ep.token_provider, _Watched) else None
+    watch = ep.token_provider if isinstance(ep.token_provider, Watched) else None
     try:
         return await opener()
     except TlsError as exc:
@@ -227,10 +165,10 @@ async def _open(
         if (tls := tls_seen()) is not None:  # TLS, if any, was done before the login
             run.add("tls", True, TLS_TEXT[tls])
         if watch is not None and watch.error is not None:
-            run.add("login", False, *_provider_failure(watch.error, watch.auth))
+            run.add("login", False, *provider_failure(watch.error, watch.auth))
         else:
             hint = _login_hint(exc, watch)
-            run.add("login", False, _without(str(exc), hint), hint)
+            run.add("login", False, without(str(exc), hint), hint)
     return None
 
 
@@ -384,12 +322,12 @@ async def test_listener(
     error_folder_default: str = "Error",
 ) -> list[Step]:
     """Every step for one listener: its mailbox account, then its SMTP account if any."""
-    imap_endpoint, pop3_endpoint = _watched(imap_endpoint), _watched(pop3_endpoint)
-    smtp_endpoint = _watched(smtp_endpoint)
+    imap_endpoint, pop3_endpoint = watched(imap_endpoint), watched(pop3_endpoint)
+    smtp_endpoint = watched(smtp_endpoint)
     endpoints = (imap_endpoint, pop3_endpoint, smtp_endpoint)
     secrets = [ep.password for ep in endpoints if ep and ep.password]
     for ep in endpoints:  # the OAuth2 client secrets too, should an error ever quote one
-        if ep is not None and isinstance(ep.token_provider, _Watched) and ep.token_provider.auth:
+        if ep is not None and isinstance(ep.token_provider, Watched) and ep.token_provider.auth:
             secrets.append(ep.token_provider.auth.client_secret or "")
     main = _Run(cfg.id, cfg.protocol, secrets)
     endpoint = pop3_endpoint if cfg.protocol == "pop3" else imap_endpoint
