@@ -40,6 +40,16 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
+def _report(outcomes: Sequence[Any], as_json: bool) -> int:
+    """Print what was done to each item (`text`, or all as JSON); 1 unless all `done`."""
+    if as_json:
+        _print_json([asdict(o) for o in outcomes])
+    else:
+        for outcome in outcomes:
+            print(outcome.text)
+    return EXIT_OK if all(o.done for o in outcomes) else EXIT_FAILURE
+
+
 def _load(path: Path | None) -> Config:
     return load_config(path or _default_config())
 
@@ -73,12 +83,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     decisions = asyncio.run(
         commands.decide_cases(config, args.cases, approve=args.command == "approve")
     )
-    if args.json:
-        _print_json([asdict(d) for d in decisions])
-    else:
-        for decision in decisions:
-            print(decision.text)
-    return EXIT_OK if all(d.done for d in decisions) else EXIT_FAILURE
+    return _report(decisions, args.json)
 
 
 def cmd_control(args: argparse.Namespace) -> int:
@@ -147,12 +152,7 @@ def cmd_acks(args: argparse.Namespace) -> int:
     if args.action in ("resend", "close"):
         change = admin.resend_acks if args.action == "resend" else admin.close_acks
         changes = asyncio.run(_with_store(config, lambda s: change(s, args.ids)))
-        if args.json:
-            _print_json([asdict(c) for c in changes])
-        else:
-            for c in changes:
-                print(c.text)
-        return EXIT_OK if all(c.done for c in changes) else EXIT_FAILURE
+        return _report(changes, args.json)
     states = list(outbox.STATES) if args.state and "all" in args.state else args.state
     rows = asyncio.run(_with_store(config, lambda s: admin.list_acks(s, states)))
     if args.json:

@@ -54,9 +54,15 @@ def mailbox_user(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """A fresh SQLite store, open for the test."""
-    opened = SqliteStore(tmp_path / "store.sqlite3")
+def db(tmp_path: Path) -> Path:
+    """Where the test's store lives (read from outside with helpers.db_rows)."""
+    return tmp_path / "store.sqlite3"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[SqliteStore]:
+    """A fresh SQLite store at `db`, open for the test."""
+    opened = SqliteStore(db)
     await opened.open()
     try:
         yield opened

@@ -23,11 +23,6 @@ from tests.helpers import Harness, db_rows, eventually, listener_config, make_ma
 NEW, DONE = "IMAP/New", "IMAP/Done"
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "store.sqlite3"
-
-
 async def test_backlog_at_startup_is_processed_and_moved(
     dovecot: DovecotSandbox, mailbox_user: str, db: Path
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,6 @@ from tests.helpers import db_rows, eventually, listener_config, make_mail
 
 INBOX = "INBOX"
 INTERVAL = 60.0
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "store.sqlite3"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(db)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def endpoint(

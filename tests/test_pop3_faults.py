@@ -7,7 +7,7 @@ import asyncio
 import imaplib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,6 @@ from tests.helpers import db_rows, eventually, listener_config, make_mail
 
 INBOX = "INBOX"
 NEW, DONE = "IMAP/New", "IMAP/Done"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "store.sqlite3"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(db)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def pop3_listener(
