@@ -41,7 +41,7 @@ from .store import Store
 from .supervisor import Supervisor
 from .token_cache import open_cache
 
-SHUTDOWN_GRACE = 8.0  # seconds for listeners to finish the mail in hand
+SHUTDOWN_GRACE = 6.0  # seconds for listeners to finish the mail in hand
 
 
 def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
@@ -347,6 +347,7 @@ async def _serve(
     _install_signal_handlers(stop, reload, log)
     supervisor.start(config)
     outbox = asyncio.create_task(sender.run(), name="outbox")
+    outbox.add_done_callback(lambda task: _report_death(task, stop, log))
     outbox_stopped = asyncio.create_task(_stop_with_grace(outbox, stop))
     await supervisor.serve(reload, stop, load)
     await outbox_stopped
@@ -354,6 +355,18 @@ async def _serve(
     if metrics is not None:
         await metrics.stop()
     log.info("stopped")
+
+
+def _report_death(task: asyncio.Task[None], stop: asyncio.Event, log: Any) -> None:
+    """The acknowledgement sender must never end before shutdown: say so if it does."""
+    if stop.is_set() or task.cancelled():
+        return
+    error = task.exception()
+    log.error(
+        "outbox_died",
+        error=f"{type(error).__name__}: {error}" if error else "returned",
+        message="acknowledgements are not sent until the daemon is restarted",
+    )
 
 
 async def _stop_with_grace(task: asyncio.Task[None], stop: asyncio.Event) -> None:

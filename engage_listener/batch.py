@@ -23,6 +23,7 @@ from .store import LedgerKey, Store
 
 CHUNK_COUNT = 100
 CHUNK_BYTES = 16 * 1024 * 1024
+GROUP_SECONDS = 0.5  # a group commit holds the store no longer than about this
 
 
 @dataclass(frozen=True)
@@ -184,38 +185,48 @@ class Batch:
                     fetch.exception()  # the error that ended the batch is the one to report
 
     async def _process_bodies(self, bodies: list[tuple[int, bytes]]) -> None:
-        if len(bodies) > 1 and await self._process_grouped(bodies):
-            return
-        for uid, raw in bodies:  # one commit each: what can commit does
+        rest = bodies
+        while len(rest) > 1 and not self.stop.is_set():
+            taken = await self._process_grouped(rest)
+            if taken is None:
+                break  # the store failed: mail by mail below, what can commit does
+            rest = rest[taken:]
+        for uid, raw in rest:
             if self.stop.is_set():
                 return
             await self._process_one(uid, raw)
 
-    async def _process_grouped(self, bodies: list[tuple[int, bytes]]) -> bool:
-        """The chunk's mails in one commit (each in its own savepoint, so one bad mail
-        rolls back alone). Their log lines and results count only once it committed;
-        when the store fails, nothing of it is kept and False says: go mail by mail."""
+    async def _process_grouped(self, bodies: list[tuple[int, bytes]]) -> int | None:
+        """Mails in one commit, as many as fit in GROUP_SECONDS (the group holds the
+        store, which heartbeats, other listeners and the outbox wait for); each in its own
+        savepoint, so one bad mail rolls back alone. Log lines and results count only once
+        the group committed. Returns how many were taken; None when the group failed and
+        nothing of it was kept."""
         saved = (len(self._committed), len(self._quarantined), dataclasses.replace(self.result))
         saved[2].failed_uids = list(self.result.failed_uids)
         log, deferred = self.log, _DeferredLog()
         self.log = deferred
+        taken, started = 0, time.monotonic()
         try:
             async with self.store.group():
                 for uid, raw in bodies:
-                    if self.stop.is_set():
+                    if self.stop.is_set() or time.monotonic() - started >= GROUP_SECONDS:
                         break
                     await self._process_one(uid, raw)
-        except BaseException as exc:
+                    taken += 1
+        except Exception as exc:  # cancellation propagates; anything else: mail by mail
             del self._committed[saved[0] :], self._quarantined[saved[1] :]
             self.result = saved[2]
-            if not isinstance(exc, StoreError):
-                raise
             log.warning("group_commit_failed", error=str(exc), mails=len(bodies))
-            return False
+            return None
+        except BaseException:
+            del self._committed[saved[0] :], self._quarantined[saved[1] :]
+            self.result = saved[2]
+            raise
         finally:
             self.log = log
         deferred.replay(log)
-        return True
+        return taken
 
     async def _process_one(self, uid: int, raw: bytes) -> None:
         key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)

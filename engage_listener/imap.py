@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,9 @@ from .protolog import ProtocolLog
 
 if TYPE_CHECKING:
     from .oauth import TokenProvider
+
+
+NO_ROUNDS, NO_WINDOW = 3, 10.0  # a stale session says NO to every wait; one is a warning
 
 
 class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
@@ -205,6 +209,7 @@ class ImapSession:
         self._proto = protocol
         self.selected: FolderState | None = None
         self._idle_task: asyncio.Future[Any] | None = None
+        self._refusals: list[float] = []  # when the server last pushed an untagged NO
         self._idle_cmd: Any = None
         self.tls = "implicit" if endpoint.use_ssl else "none"
 
@@ -566,18 +571,26 @@ class ImapSession:
         return self._pushed(lines)
 
     def _pushed(self, lines: list[bytes]) -> list[bytes]:
-        """Lines pushed while waiting; an untagged BYE or NO ends the session.
+        """Lines pushed while waiting; BYE, or NO_ROUNDS NOs within NO_WINDOW seconds, end
+        the session.
 
         Dovecot says BYE when the selected folder is deleted, but when the folder is
         deleted and recreated before the session notices, it may keep the stale session
-        and answer every IDLE with "* NO Internal error": re-issuing IDLE would spin
-        forever on a folder that no longer exists. Reconnecting selects it anew.
+        and answer every IDLE at once with "* NO Internal error": re-issuing IDLE would
+        spin forever on a folder that no longer exists. Reconnecting selects it anew. A
+        NO now and then is only a warning (RFC 3501, e.g. "* NO [ALERT] quota").
         """
         for line in lines:
-            if line.startswith((b"BYE", b"NO ")):
+            text = line.decode("utf-8", "replace").strip()
+            if line.startswith(b"BYE"):
                 self.abort()
-                text = line.decode("utf-8", "replace").strip()
                 raise ConnectionLostError(f"the server ended the session: {text}")
+            if line.startswith(b"NO "):
+                now = time.monotonic()
+                self._refusals = [t for t in self._refusals if now - t < NO_WINDOW] + [now]
+                if len(self._refusals) >= NO_ROUNDS:
+                    self.abort()
+                    raise ConnectionLostError(f"the server keeps refusing to wait: {text}")
         return lines
 
     # ----- plumbing -----------------------------------------------------------------

@@ -238,7 +238,8 @@ class Listener(Retrying):
 
     async def _leftover(self, session: ImapSession, last: BatchResult) -> tuple[int, int]:
         """(mails left from the last batch, mails that arrived after it started)."""
-        uids = await session.search_all()
+        # Every mail, \\Deleted ones too: the server's EXISTS counts them all.
+        uids = await session.search("ALL", charset=None)
         new = sum(1 for uid in uids if uid > last.max_uid)
         self.oldest_unprocessed = None
         if uids:  # for `status`: how long the oldest mail has been waiting

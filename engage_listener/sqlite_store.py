@@ -150,6 +150,12 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._note_read_only(exc)
             raise StoreError(f"store unavailable: {exc}") from exc
+        except BaseException:
+            # Cancelled while waiting for the write lock: the thread may still have got
+            # it (an interrupt does not stop a busy wait). Never keep it open.
+            if db.raw.in_transaction:
+                db.raw.execute("ROLLBACK")
+            raise
         return db
 
     @asynccontextmanager
@@ -157,10 +163,10 @@ class SqliteStore:
         db = self._conn()
         if not db.raw.in_transaction:  # SQLite ended it (an interrupt, a full disk)
             raise StoreError("the group's transaction was rolled back by SQLite")
-        db.execute("SAVEPOINT mail")
+        db.execute("SAVEPOINT engage_mail")
         try:
             yield SqliteTransaction(db)
-            db.execute("RELEASE mail")
+            db.execute("RELEASE engage_mail")
         except sqlite3.Error as exc:
             _rollback_to(db)
             raise StoreError(f"store write failed: {exc}") from exc
@@ -266,8 +272,8 @@ class SqliteStore:
 def _rollback_to(db: Connection) -> None:
     """Undo one mail's savepoint, keeping the rest of the group."""
     try:
-        db.execute("ROLLBACK TO mail")
-        db.execute("RELEASE mail")
+        db.execute("ROLLBACK TO engage_mail")
+        db.execute("RELEASE engage_mail")
     except sqlite3.Error:  # the whole transaction is gone (SQLite rolled it back itself)
         return
 

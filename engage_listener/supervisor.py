@@ -23,7 +23,7 @@ from .errors import ConfigError, EngageError
 
 SETTLING = {"starting", "connecting"}
 TICK = 2.0
-GRACE = 8.0
+GRACE = 6.0
 
 
 class Worker(Protocol):
@@ -101,9 +101,11 @@ class Supervisor:
     ) -> None:
         """Tick (status, watchdog), apply reloads, until `stop` is set."""
         interval = min(TICK, self.notify.watchdog_interval or TICK)
+        beating: asyncio.Task[None] | None = None
         while not stop.is_set():
             self._tick()
-            await self._beat()
+            if beating is None or beating.done():  # never wait for the store here: the
+                beating = asyncio.create_task(self._beat())  # watchdog must keep ticking
             waiters = {asyncio.ensure_future(e.wait()) for e in (reload, stop)}
             await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
@@ -114,6 +116,10 @@ class Supervisor:
         self.notify.stopping()
         self.log.info("stopping", listeners=len(self.running), grace_seconds=GRACE)
         await self._stop(list(self.running))
+        if beating is not None:  # a heartbeat stuck on a busy store is not waited for
+            await asyncio.wait({beating}, timeout=1.0)
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
 
     async def _beat(self) -> None:
         """Heartbeats for `status` from another process; a busy store only skips one."""

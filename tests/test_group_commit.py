@@ -4,13 +4,15 @@ mail, and nothing is moved that did not commit."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from engage_listener.app import build_listener
-from engage_listener.hooks import load_hook
+from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
 from engage_listener.sandbox import DovecotSandbox
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config, make_mail
@@ -61,3 +63,37 @@ async def test_a_hook_timing_out_inside_a_chunk_fails_only_its_mail(
     assert len(regrouped) == (1 if statement == "update" else 0), regrouped
     messages = [e for e in logs if e["event"] == "message"]
     assert len(messages) == 5, "a log line for a mail whose group was undone"
+
+
+class SlowHook:
+    """A routing procedure that takes its time on every mail (a fake, as hooks may be)."""
+
+    name = "slow"
+
+    async def run(self, ctx: HookContext, sql: SqlExecutor) -> RoutingDecision:
+        await asyncio.sleep(0.15)
+        return RoutingDecision(inbox="General")
+
+
+async def test_a_group_never_holds_the_store_for_long(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    """Heartbeats, other listeners and the outbox wait for the store while a group holds
+    it: a chunk of slow mails is committed in several groups, so they wait well under
+    the chunk's 3 s."""
+    user, db = mailbox_user, tmp_path / "s.sqlite3"
+    dovecot.create_folder(user, DONE)
+    dovecot.append_many(user, NEW, [make_mail(i, sender=f"t{i}@example.com") for i in range(20)])
+    cfg = listener_config(dovecot, user)
+    waits: list[float] = []
+    async with Harness(cfg, db, FakeClock()) as h:
+        listener = build_listener(cfg, h.store, h.clock, h.stop, SlowHook())
+        batch = asyncio.create_task(listener.run_once())
+        while not batch.done():  # another task using the store, as a heartbeat does
+            started = time.monotonic()
+            await h.store.query("SELECT 1")
+            waits.append(time.monotonic() - started)
+            await asyncio.sleep(0.05)
+        result = await batch
+    assert result.ingested == 20 and dovecot.count(user, DONE) == 20
+    assert len(waits) > 5 and max(waits) < 1.5, waits
