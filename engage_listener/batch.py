@@ -292,11 +292,12 @@ class Batch:
         uids = sorted(set(self._committed))
         if not uids:
             return
+        ours = await self._ours_left_flagged()
         if self.destination.output_folder is not None:
-            flagged = await self.session.move(uids, self.destination.output_folder)
+            flagged = await self.session.move(uids, self.destination.output_folder, ours)
             state = "moved"
         else:
-            flagged = await self.session.delete(uids)
+            flagged = await self.session.delete(uids, ours)
             state = "deleted"
         if flagged:
             self.log.warning(
@@ -309,6 +310,17 @@ class Batch:
         await self.store.mark_done(
             self.listener, self.folder.name, self.folder.uidvalidity, uids, state
         )
+
+    async def _ours_left_flagged(self) -> set[int]:
+        """Mails an earlier batch copied and left flagged \\Deleted (a server without
+        UIDPLUS, another client's \\Deleted mail present then): an EXPUNGE may take them."""
+        if self.session.has_capability("UIDPLUS"):
+            return set()
+        flagged = await self.session.search("DELETED", charset=None)
+        known = await self.store.known_states(
+            self.listener, self.folder.name, self.folder.uidvalidity, flagged
+        )
+        return {uid for uid, state in known.items() if state in ("moved", "deleted")}
 
     async def _move_quarantined(self, uids: list[int]) -> None:
         folder = self.destination.error_folder

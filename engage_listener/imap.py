@@ -18,7 +18,7 @@ import asyncio
 import datetime as dt
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 from aioimaplib import aioimaplib as lib
@@ -468,7 +468,9 @@ class ImapSession:
         self._require_ok(response, "UID FETCH")
         return response
 
-    async def move(self, uids: Sequence[int], folder: str) -> int:
+    async def move(
+        self, uids: Sequence[int], folder: str, also_ours: Set[int] = frozenset()
+    ) -> int:
         """Move to `folder`: UID MOVE, else UID COPY + \\Deleted + expunge of our UIDs.
 
         Returns how many were copied but left flagged \\Deleted (see `_delete_set`)."""
@@ -485,22 +487,23 @@ class ImapSession:
                 self._require_ok(
                     await self._call("UID COPY", self._proto.execute(command)), "UID COPY"
                 )
-                left += await self._delete_set(uid_set, chunk)
+                left += await self._delete_set(uid_set, chunk, also_ours)
         return left
 
-    async def delete(self, uids: Sequence[int]) -> int:
+    async def delete(self, uids: Sequence[int], also_ours: Set[int] = frozenset()) -> int:
         """Flag \\Deleted and expunge only these UIDs; returns how many stay flagged."""
         left = 0
         for uid_set, chunk in uid_chunks(uids):
-            left += await self._delete_set(uid_set, chunk)
+            left += await self._delete_set(uid_set, chunk, also_ours)
         return left
 
-    async def _delete_set(self, uid_set: str, uids: Sequence[int]) -> int:
+    async def _delete_set(self, uid_set: str, uids: Sequence[int], also_ours: Set[int]) -> int:
         """Flag and expunge our UIDs, never another client's \\Deleted mail.
 
         Without UIDPLUS only a plain EXPUNGE exists, which removes every \\Deleted mail
-        of the folder: it is sent only when all of those are ours. Otherwise our mails
-        stay flagged (`search_all` skips them) and the count of them is returned.
+        of the folder: it is sent only when all of those are ours (these `uids`, or
+        `also_ours`: left flagged by an earlier batch). Otherwise our mails stay flagged
+        (`search_all` skips them) and the count of them is returned.
         """
         store = self._command(
             "STORE", uid_set, "+FLAGS.SILENT", r"(\Deleted)", prefix="UID", untagged="FETCH"
@@ -508,7 +511,7 @@ class ImapSession:
         self._require_ok(await self._call("UID STORE", self._proto.execute(store)), "UID STORE")
         if self.has_capability("UIDPLUS"):
             expunge = self._command("EXPUNGE", uid_set, prefix="UID")
-        elif set(await self.search("DELETED", charset=None)) <= set(uids):
+        elif set(await self.search("DELETED", charset=None)) <= set(uids) | also_ours:
             expunge = self._command("EXPUNGE")
         else:
             self._note("not expunging: other clients' \\Deleted mail is in this folder")

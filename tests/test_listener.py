@@ -231,13 +231,15 @@ async def test_server_without_idle_and_move_is_polled_and_copied(
         assert plain.count(mailbox_user, NEW) == 0
 
 
-def _flag_deleted(sandbox: DovecotSandbox, user: str, folder: str, count: int) -> None:
-    """Another client flags the first `count` mails \\Deleted and does not expunge."""
+def _flag_deleted(
+    sandbox: DovecotSandbox, user: str, folder: str, count: int, flag: str = "+FLAGS.SILENT"
+) -> None:
+    """Another client flags (or unflags) the first `count` mails \\Deleted, no expunge."""
     conn = imaplib.IMAP4(sandbox.host, sandbox.imap_port, timeout=10)
     try:
         conn.login(user, DovecotSandbox.PASSWORD)
         assert conn.select(f'"{folder}"')[0] == "OK"
-        assert conn.store(f"1:{count}", "+FLAGS.SILENT", r"(\Deleted)")[0] == "OK"
+        assert conn.store(f"1:{count}", flag, r"(\Deleted)")[0] == "OK"
     finally:
         conn.logout()
 
@@ -265,6 +267,14 @@ async def test_without_uidplus_other_clients_deleted_mail_is_never_expunged(
         assert plain.count(user, NEW) == (0 if foreign_deleted == 0 else 3)
         flagged = [e for e in logs if e["event"] == "left_flagged_deleted"]
         assert [e["count"] for e in flagged] == ([] if foreign_deleted == 0 else [ours])
+        if foreign_deleted:
+            # The other client changes its mind: its mail is an ordinary one again. The
+            # next batch takes it, and its EXPUNGE now also removes ours left flagged.
+            _flag_deleted(plain, user, NEW, foreign_deleted, flag="-FLAGS.SILENT")
+            async with Harness(cfg, db, FakeClock()) as h:
+                third = await build_listener(cfg, h.store, h.clock, h.stop, None).run_once()
+            assert (third.ingested, plain.count(user, DONE)) == (foreign_deleted, 3)
+            assert plain.count(user, NEW) == 0
 
 
 async def test_a_quiet_mailbox_still_counts_as_success(
