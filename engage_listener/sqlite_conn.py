@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 
 class AsyncCursor:
-    """A finished statement's cursor with aiosqlite's awaitable reads (hooks rely on them)."""
+    """A finished statement's cursor, read with awaits like the rest of the store API."""
 
     def __init__(self, cursor: sqlite3.Cursor) -> None:
         self._cursor = cursor
@@ -39,30 +39,11 @@ class AsyncCursor:
     def rowcount(self) -> int:
         return self._cursor.rowcount
 
-    @property
-    def description(self) -> Any:
-        return self._cursor.description
-
     async def fetchone(self) -> Any:
         return self._cursor.fetchone()
 
     async def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
-
-    async def fetchmany(self, size: int | None = None) -> list[Any]:
-        return self._cursor.fetchmany(size or self._cursor.arraysize)
-
-    async def close(self) -> None:
-        self._cursor.close()
-
-    async def __aenter__(self) -> AsyncCursor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._cursor.close()
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._cursor)
 
 
 class Connection:

@@ -148,7 +148,7 @@ class Transaction(Protocol):
     """Writes of one message, committed together or not at all."""
 
     async def execute(self, sql: str, params: Any = ()) -> Any:
-        """Raw SQL in this transaction (SQL routing procedures)."""
+        """Raw SQL in this transaction (operator commands, control, outbox)."""
         ...
 
     def interrupt(self) -> None:
