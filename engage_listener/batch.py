@@ -214,15 +214,13 @@ class Batch:
                         break
                     await self._process_one(uid, raw)
                     taken += 1
-        except Exception as exc:  # cancellation propagates; anything else: mail by mail
+        except BaseException as exc:
             del self._committed[saved[0] :], self._quarantined[saved[1] :]
             self.result = saved[2]
+            if not isinstance(exc, Exception):
+                raise  # cancellation propagates; any failure: mail by mail
             log.warning("group_commit_failed", error=str(exc), mails=len(bodies))
             return None
-        except BaseException:
-            del self._committed[saved[0] :], self._quarantined[saved[1] :]
-            self.result = saved[2]
-            raise
         finally:
             self.log = log
         deferred.replay(log)
