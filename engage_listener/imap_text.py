@@ -74,36 +74,30 @@ def quote_mailbox(name: str) -> str:
 
 def uid_sets(uids: Iterable[int]) -> list[str]:
     """Compress UIDs into IMAP sets ("1:4,7"), split so no command line gets too long."""
-    ranges: list[tuple[int, int]] = []
-    for uid in sorted(set(uids)):
-        if ranges and uid == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], uid)
-        else:
-            ranges.append((uid, uid))
-    sets: list[str] = []
-    current: list[str] = []
-    length = 0
-    for low, high in ranges:
-        item = str(low) if low == high else f"{low}:{high}"
-        if current and length + len(item) + 1 > MAX_SET_LENGTH:
-            sets.append(",".join(current))
-            current, length = [], 0
-        current.append(item)
-        length += len(item) + 1
-    if current:
-        sets.append(",".join(current))
-    return sets
+    return [uid_set for uid_set, _ in uid_chunks(uids)]
 
 
 def uid_chunks(uids: Iterable[int]) -> list[tuple[str, list[int]]]:
-    """`uid_sets`, each with the UIDs it stands for."""
+    """`uid_sets`, each with the UIDs it stands for (ascending, no duplicates)."""
+    ordered = sorted(set(uids))
     chunks: list[tuple[str, list[int]]] = []
-    for uid_set in uid_sets(uids):
-        members: list[int] = []
-        for item in uid_set.split(","):
-            low, _, high = item.partition(":")
-            members.extend(range(int(low), int(high or low) + 1))
-        chunks.append((uid_set, members))
+    items: list[str] = []
+    members: list[int] = []
+    length, start = 0, 0
+    for end in range(1, len(ordered) + 1):
+        if end < len(ordered) and ordered[end] == ordered[end - 1] + 1:
+            continue  # the run from `start` goes on
+        low, high = ordered[start], ordered[end - 1]
+        item = str(low) if low == high else f"{low}:{high}"
+        if items and length + len(item) + 1 > MAX_SET_LENGTH:
+            chunks.append((",".join(items), members))
+            items, members, length = [], [], 0
+        items.append(item)
+        members.extend(ordered[start:end])
+        length += len(item) + 1
+        start = end
+    if items:
+        chunks.append((",".join(items), members))
     return chunks
 
 
