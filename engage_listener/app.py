@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import secrets
 from .ack import AckIdentity
@@ -26,20 +26,25 @@ from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
 from .logs import get_logger, register_secret
-from .metrics import MetricsServer
 from .oauth import TokenProvider, provider_for
 from .outbox import OutboxSender
-from .pop3 import Pop3Endpoint, Pop3Session
-from .pop3_listener import Pop3Listener, Pop3Settings
 from .protolog import ProtocolLog, expand_path, log_file_problem
 from .retry import backoff
-from .sdnotify import Notifier
-from .smtp import SmtpEndpoint, send_message
 from .sqlite_store import SqliteStore
-from .status import ListenerStatus, read_status, write_heartbeats
 from .store import Store
-from .supervisor import Supervisor
 from .token_cache import open_cache
+
+# For annotations only: what a plain `run --once` does not use (SMTP, metrics, POP3, the
+# daemon's supervisor) is imported where it is used, to keep start-up short.
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+    from .metrics import MetricsServer
+    from .pop3 import Pop3Endpoint
+    from .pop3_listener import Pop3Listener
+    from .smtp import BeforeData, SmtpEndpoint
+    from .status import ListenerStatus
+    from .supervisor import Supervisor
 
 SHUTDOWN_GRACE = 6.0  # seconds for listeners to finish the mail in hand
 
@@ -130,6 +135,8 @@ def smtp_endpoints(config: Config, *, enabled_only: bool = True) -> dict[str, Sm
         ack = cfg.acknowledgement
         if ack is None or not ack.enabled:
             continue
+        from .smtp import SmtpEndpoint  # noqa: PLC0415 - start-up time: aiosmtplib when acking
+
         smtp = ack.smtp
         if smtp.password:
             register_secret(smtp.password)
@@ -144,6 +151,15 @@ def smtp_endpoints(config: Config, *, enabled_only: bool = True) -> dict[str, Sm
             protolog_factory=endpoint_for(cfg).protolog_factory,
         )
     return endpoints
+
+
+async def _send_message(
+    endpoint: SmtpEndpoint, message: EmailMessage, *, before_data: BeforeData
+) -> str:
+    """`smtp.send_message`, imported at the first acknowledgement sent (start-up time)."""
+    from .smtp import send_message  # noqa: PLC0415
+
+    return await send_message(endpoint, message, before_data=before_data)
 
 
 def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> EngineSettings:
@@ -200,6 +216,8 @@ def build_listener(
 
 def pop3_endpoint_for(cfg: ImapListenerConfig) -> Pop3Endpoint:
     """The same host, credentials, CA and protocol log settings as an IMAP endpoint."""
+    from .pop3 import Pop3Endpoint  # noqa: PLC0415 - start-up time
+
     imap = endpoint_for(cfg)
     return Pop3Endpoint(
         cfg.host,
@@ -222,6 +240,9 @@ def build_pop3_listener(
     ack_queued: asyncio.Event | None = None,
 ) -> Pop3Listener:
     """One POP3 listener; the same engine and ledger, polling instead of IDLE."""
+    from .pop3 import Pop3Session  # noqa: PLC0415 - start-up time
+    from .pop3_listener import Pop3Listener, Pop3Settings  # noqa: PLC0415
+
     register_secret(cfg.password.reveal())
     endpoint = pop3_endpoint_for(cfg)
 
@@ -283,7 +304,7 @@ async def run(config: Config, *, once: bool = False) -> int:
     sender = OutboxSender(
         store,
         smtp_endpoints(config),
-        send_message,
+        _send_message,
         wake=ack_queued,
         stop=stop,
         log=get_logger(component="outbox"),
@@ -320,6 +341,10 @@ async def _serve(
     log: Any,
 ) -> None:
     """The daemon proper: supervised listeners, the outbox, signals, systemd."""
+    # Imported here, not at the top: start-up time (`run --once` needs none of them).
+    from .sdnotify import Notifier  # noqa: PLC0415
+    from .status import write_heartbeats  # noqa: PLC0415
+    from .supervisor import Supervisor  # noqa: PLC0415
 
     def build(
         cfg_all: Config, cfg: ImapListenerConfig, own_stop: asyncio.Event
@@ -400,6 +425,9 @@ async def _start_metrics(
     """The optional Prometheus endpoint, fed from the same figures as `status`."""
     if config.metrics is None:
         return None
+    from .metrics import MetricsServer  # noqa: PLC0415 - start-up time: prometheus_client
+    from .status import read_status  # noqa: PLC0415
+
     zones = {c.id: c.time_zone for c in config.listeners}
 
     async def collect() -> list[ListenerStatus]:

@@ -17,14 +17,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import admin, app, commands, diagnose, outbox, secrets
+from . import app, outbox, secrets
 from .cli_parser import DEFAULT_CONFIG, build_parser
 from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
-from .mailsearch import Criteria
-from .mailsearch import render as render_search
 from .sqlite_store import SqliteStore
+
+# The operator commands' modules (commands, admin, diagnose, mailsearch) are imported by
+# the functions that use them, so `run` does not pay for them at start-up.
 
 T = TypeVar("T")
 
@@ -79,6 +80,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     decisions = asyncio.run(
         commands.decide_cases(config, args.cases, approve=args.command == "approve")
@@ -87,6 +90,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     day = args.date if args.command == "reset" else None
     result = asyncio.run(commands.control_listener(config, args.listener, day))
@@ -98,6 +103,10 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415 - start-up time
+    from .mailsearch import Criteria  # noqa: PLC0415
+    from .mailsearch import render as render_search  # noqa: PLC0415
+
     config = _load(args.config)
     cfg = {c.id: c for c in config.listeners}.get(args.listener)
     folder = args.folder or (cfg.input_folder if cfg else "INBOX")
@@ -112,6 +121,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_test_connection(args: argparse.Namespace) -> int:
+    from . import commands, diagnose  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     steps = asyncio.run(
         commands.test_connections(
@@ -123,6 +134,8 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
 
 
 def cmd_auth(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     if args.action == "login":
         return asyncio.run(commands.auth_login(config, args.listener, sys.stdout, sys.stdin))
@@ -137,6 +150,8 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     if not args.json:
         print(asyncio.run(commands.status(config)), end="")
@@ -148,6 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_acks(args: argparse.Namespace) -> int:
+    from . import admin  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     if args.action in ("resend", "close"):
         change = admin.resend_acks if args.action == "resend" else admin.close_acks
@@ -202,6 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
+    from . import commands  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     cases = asyncio.run(commands.list_cases(config))
     if args.pending:
@@ -233,6 +252,8 @@ async def _with_store(config: Config, work: Callable[[SqliteStore], Awaitable[T]
 
 
 def cmd_customers(args: argparse.Namespace) -> int:
+    from . import admin  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     if args.action == "import":
         if not args.file.is_file():
@@ -257,6 +278,8 @@ def cmd_customers(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
+    from . import admin, commands  # noqa: PLC0415 - start-up time
+
     config = _load(args.config)
     if args.action == "replay":
         for line in asyncio.run(commands.replay_quarantine(config, args.ids)):

@@ -16,7 +16,6 @@ from .ack import DEFAULT_TEMPLATE, AckTemplate, template_problems
 from .config_auth import AuthConfig, auth_config, auth_problems, auth_type
 from .config_xml import ca_file_problem, flag, line, optional, relative_to, text, values
 from .errors import ConfigProblem
-from .smtp import default_port
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,8 @@ def ack_config(
     node: etree._Element, path: Path, imap_username: str, key_path: Path | None = None
 ) -> AckConfig:
     """The AckConfig of a valid Acknowledgement block."""
+    from .smtp import default_port  # noqa: PLC0415 - start-up time: aiosmtplib only when acking
+
     found = values(node)
     smtp = values(found["Smtp"])
     security = optional(smtp, "Security") or "StartTls"

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from lxml import etree
 
 from . import secrets
@@ -98,6 +96,10 @@ def load_certificate(path: Path, thumbprint: str | None) -> tuple[str, str]:
 
     The thumbprint may be omitted when the file also holds the certificate.
     """
+    # Imported here, not at the top: start-up time (only CertificateFile needs cryptography).
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -23,12 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import EngageError, PermanentError
-from .smtp import BeforeData, SmtpEndpoint, SmtpTemporaryError
 from .sqlite_tx import now_iso
 from .store import Store
+
+if TYPE_CHECKING:  # smtp (aiosmtplib) is imported only once there is something to send
+    from .smtp import BeforeData, SmtpEndpoint, SmtpTemporaryError
 
 
 class Send(Protocol):
@@ -135,6 +137,8 @@ class OutboxSender:
         if endpoint is None:
             await self._set(row.id, "failed", last_error="listener has no SMTP account now")
             return 0
+        from .smtp import SmtpTemporaryError  # noqa: PLC0415 - start-up time
+
         message = email.message_from_bytes(row.mime, policy=email.policy.SMTP)
         assert isinstance(message, EmailMessage)
         await self._set(row.id, "pending", attempts=row.attempts + 1)

@@ -30,9 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from .errors import SecretError
 from .logs import register_secret
 
@@ -100,12 +97,19 @@ def load_key(path: Path) -> bytes:
 
 def encrypt(secret: str, key: bytes) -> str:
     """Encrypt and authenticate `secret`, so tampering is detected rather than misread."""
+    # Imported here, not at the top: start-up time (only enc: values need cryptography).
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
     nonce = os.urandom(_NONCE_BYTES)
     sealed = AESGCM(key).encrypt(nonce, secret.encode("utf-8"), _AAD)
     return _ENC_PREFIX + _ENC_VERSION + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
 
 
 def _decrypt(body: str, key: bytes) -> str:
+    # Imported here, not at the top: start-up time (only enc: values need cryptography).
+    from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
     if not body.startswith(_ENC_VERSION):
         raise SecretError("cannot decrypt: unknown format (expected enc:v1:...)")
     try:
