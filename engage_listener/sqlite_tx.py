@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from .store import (
 
 T = TypeVar("T")
 BLOB_PIECE = 1 << 20  # blobs larger than this are written piece by piece
+PROGRESS_STEPS = 1000  # SQLite VM steps between two deadline checks of an inline hook
 
 # New mail may still join open cases and new ones awaiting approval (RequireApproval).
 
@@ -45,6 +47,16 @@ class SqliteTransaction:
     async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
         """`work(execute)` on the store's thread (SQL hooks: arbitrary, interruptible SQL)."""
         return await self._db.in_thread(work, self._db.raw.execute)
+
+    def run_inline(self, work: Callable[[SyncExecute], T], deadline: float) -> T:
+        """`work(execute)` on the event loop (quick SQL hooks); a statement still running
+        at `deadline` is aborted, as `interrupt` would."""
+        raw = self._db.raw
+        raw.set_progress_handler(lambda: time.monotonic() >= deadline, PROGRESS_STEPS)
+        try:
+            return work(raw.execute)
+        finally:
+            raw.set_progress_handler(None, 0)
 
     def interrupt(self) -> None:
         self._db.interrupt()
@@ -226,9 +238,7 @@ class SqliteTransaction:
             },
         )
         if case_id is not None:
-            await self.execute(
-                "UPDATE cases SET updated_at = ? WHERE id = ?", (now_iso(), case_id)
-            )
+            await self.execute("UPDATE cases SET updated_at = ? WHERE id = ?", (now_iso(), case_id))
         return row
 
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:

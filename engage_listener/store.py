@@ -159,6 +159,11 @@ class Transaction(Protocol):
         """`work(execute)` with plain sqlite3 calls, off the event loop (SQL hooks)."""
         ...
 
+    def run_inline(self, work: Callable[[SyncExecute], T], deadline: float) -> T:
+        """`work(execute)` on the event loop (quick SQL hooks); a statement still running
+        at `deadline` (time.monotonic()) is aborted."""
+        ...
+
     async def find_duplicate(
         self, listener: str, sha256: str, message_id: str | None
     ) -> int | None:

@@ -21,6 +21,7 @@ from engage_listener.hooks import (
     MessageView,
     RoutingDecision,
     RoutingHook,
+    SqlHook,
     load_hook,
 )
 from engage_listener.sqlite_store import SqliteStore
@@ -343,7 +344,7 @@ async def test_sql_passes_only_the_names_used(tmp_path: Path, store: SqliteStore
         def interrupt(self) -> None:
             self.tx.interrupt()
 
-        async def run_sync(self, work: Any) -> Any:
+        def _noting(self, work: Any) -> Any:
             def noted(execute: Any) -> Any:
                 def execute_noting(sql: str, params: Any = ()) -> Any:
                     self.params.append(params)
@@ -351,7 +352,13 @@ async def test_sql_passes_only_the_names_used(tmp_path: Path, store: SqliteStore
 
                 return work(execute_noting)
 
-            return await self.tx.run_sync(noted)
+            return noted
+
+        async def run_sync(self, work: Any) -> Any:
+            return await self.tx.run_sync(self._noting(work))
+
+        def run_inline(self, work: Any, deadline: float) -> Any:
+            return self.tx.run_inline(self._noting(work), deadline)
 
     spec = sql_file(tmp_path, "SELECT 1;\nSELECT :case_id, :subject, :case_id;\n")
     hook = load_hook(spec, tmp_path, 5.0)
@@ -388,7 +395,9 @@ async def test_sql_bad_decision_and_runtime_error(tmp_path: Path, store: SqliteS
         await run_in_tx(store, load_hook(spec, tmp_path, 5.0), context())
 
 
-async def test_sql_timeout_interrupts_the_statement(tmp_path: Path, store: SqliteStore) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["on the event loop", "on the thread"])
+async def test_sql_timeout_interrupts_the_statement(tmp_path: Path, store: SqliteStore,
+                                                    inline: bool) -> None:
     case_id = await insert_case(store, "Hola")
     spec = sql_file(tmp_path, """
         UPDATE cases SET inbox = 'Antes' WHERE id = :case_id;
@@ -396,6 +405,8 @@ async def test_sql_timeout_interrupts_the_statement(tmp_path: Path, store: Sqlit
         SELECT count(*) FROM n;
     """)
     hook = load_hook(spec, tmp_path, 0.2)
+    assert isinstance(hook, SqlHook)
+    hook.inline = inline
     started = time.monotonic()
     with pytest.raises(HookError, match=r"timed out after 0\.2 s .*interrupted"):
         await run_in_tx(store, hook, context(case_id))
