@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,8 +23,11 @@ from .imap_text import FolderState
 from .store import LedgerKey, Store
 
 CHUNK_COUNT = 100
+FIRST_CHUNK_COUNT = 10
 CHUNK_BYTES = 16 * 1024 * 1024
 GROUP_SECONDS = 0.5  # a group commit holds the store no longer than about this
+AHEAD_COUNT = 64  # mails parsed ahead of the one being ingested, at most
+AHEAD_BYTES = 8 * 1024 * 1024  # and their raw size, at most
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,14 @@ class Ingested:
 class Handler(Protocol):
     """Turns one mail into a case (the case engine), or keeps it in quarantine."""
 
-    async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested: ...
+    def prepare(self, raw: bytes) -> object:
+        """The part of `ingest` that needs no store (parsing), done ahead while the store
+        is busy; None when there is nothing to do ahead. Never raises."""
+        ...
+
+    async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
+        """`prepared` is what `prepare` returned for these bytes, if it ran."""
+        ...
 
     async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int: ...
 
@@ -87,19 +98,81 @@ class _DeferredLog:
 def chunks(uids: Sequence[int], sizes: dict[int, int]) -> Iterator[list[int]]:
     """Group UIDs so one fetch holds at most CHUNK_COUNT mails or CHUNK_BYTES.
 
-    A mail bigger than CHUNK_BYTES is fetched alone.
+    A mail bigger than CHUNK_BYTES is fetched alone. The first chunks are smaller
+    (FIRST_CHUNK_COUNT, doubling): work starts as soon as a few mails have arrived, while
+    the next, bigger chunk is fetched.
     """
     chunk: list[int] = []
-    total = 0
+    total, limit = 0, FIRST_CHUNK_COUNT
     for uid in uids:
         size = sizes.get(uid, 0)
-        if chunk and (len(chunk) >= CHUNK_COUNT or total + size > CHUNK_BYTES):
+        if chunk and (len(chunk) >= limit or total + size > CHUNK_BYTES):
             yield chunk
-            chunk, total = [], 0
+            chunk, total, limit = [], 0, min(limit * 2, CHUNK_COUNT)
         chunk.append(uid)
         total += size
     if chunk:
         yield chunk
+
+
+class ParseAhead:
+    """Prepares (parses) the next mails whenever the event loop would otherwise wait:
+    mostly on a group's COMMIT (an fsync, on the store's thread), when the next chunk has
+    usually arrived. Parsing is a good part of a mail's work and needs no store. At most
+    AHEAD_COUNT mails or AHEAD_BYTES are held prepared; what it has not done yet, `ingest`
+    does itself. Mails are fed and taken in the same order."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._done: dict[int, tuple[object, int]] = {}
+        self._taken: set[int] = set()
+        self._held = 0  # bytes of the mails in _done
+        self._wake = asyncio.Event()
+        self._task: asyncio.Future[None] | None = None
+
+    def feed(self, bodies: list[tuple[int, bytes]]) -> None:
+        self._pending.extend(bodies)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            while self._pending and self._pending[0][0] in self._taken:
+                self._pending.popleft()  # the batch got there first
+            if not self._pending or self._full(len(self._pending[0][1])):
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            uid, raw = self._pending.popleft()
+            try:
+                prepared = self._handler.prepare(raw)
+            except Exception:  # noqa: S112 - `ingest` meets the same error and handles it
+                continue
+            self._done[uid] = (prepared, len(raw))
+            self._held += len(raw)
+            await asyncio.sleep(0)  # one mail per turn of the loop
+
+    def _full(self, size: int) -> bool:
+        """A mail bigger than AHEAD_BYTES is prepared when nothing else is held."""
+        return len(self._done) >= AHEAD_COUNT or (
+            bool(self._done) and self._held + size > AHEAD_BYTES
+        )
+
+    def take(self, uid: int) -> object:
+        """The prepared mail, or None; the mail is not prepared after this."""
+        self._taken.add(uid)
+        prepared, size = self._done.pop(uid, (None, 0))
+        self._held -= size
+        self._wake.set()
+        return prepared
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._pending.clear()
+        self._done.clear()
 
 
 class Batch:
@@ -128,6 +201,7 @@ class Batch:
         self._committed: list[int] = []
         self._quarantined: list[int] = []
         self._too_old: set[int] = set()
+        self._ahead = ParseAhead(handler)
 
     async def run(self) -> BatchResult:
         started = time.monotonic()
@@ -171,18 +245,28 @@ class Batch:
         fetch: asyncio.Future[list[tuple[int, bytes]]] | None = None
         try:
             for number, chunk in enumerate(todo):
-                bodies = await (fetch or self.session.fetch_bodies(chunk))
+                if fetch is None:
+                    bodies = await self.session.fetch_bodies(chunk)
+                    self._ahead.feed(bodies)
+                else:
+                    bodies = await fetch  # fed to the parse-ahead on arrival
                 fetch = None
                 if self.stop.is_set():
                     return
                 if number + 1 < len(todo):
                     fetch = asyncio.ensure_future(self.session.fetch_bodies(todo[number + 1]))
+                    fetch.add_done_callback(self._feed_ahead)
                 await self._process_bodies(bodies)
         finally:
+            self._ahead.close()
             if fetch is not None:  # the session must be idle again before the move
                 await asyncio.wait([fetch])
                 if not fetch.cancelled():
                     fetch.exception()  # the error that ended the batch is the one to report
+
+    def _feed_ahead(self, fetch: asyncio.Future[list[tuple[int, bytes]]]) -> None:
+        if not fetch.cancelled() and fetch.exception() is None:
+            self._ahead.feed(fetch.result())
 
     async def _process_bodies(self, bodies: list[tuple[int, bytes]]) -> None:
         rest = bodies
@@ -229,7 +313,7 @@ class Batch:
     async def _process_one(self, uid: int, raw: bytes) -> None:
         key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)
         try:
-            done = await self.handler.ingest(key, raw)
+            done = await self.handler.ingest(key, raw, self._ahead.take(uid))
         except StoreError:
             raise
         except QuarantineNow as exc:

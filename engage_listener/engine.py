@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -96,12 +95,19 @@ class CaseEngine:
         self.settings = settings
         self.ack_queued = ack_queued  # set after a commit that queued an acknowledgement
 
-    async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested:
-        """Parse, then commit customer, case, message, attachments, routing and ledger."""
-        mail = await _parse(raw, strip=self.settings.extract_attachments)
-        sender = mail.sender.address if mail.sender else ""
-        automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
-        message = self._message(raw, mail, automatic)
+    def prepare(self, raw: bytes) -> Prepared | None:
+        """What `ingest` would first do, ahead of it (a big mail: None, done in a thread)."""
+        if len(raw) > BIG_MAIL:
+            return None
+        return _prepared(raw, self.settings.extract_attachments)
+
+    async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
+        """Parse (unless `prepare` did), then commit customer, case, message, attachments,
+        routing and ledger."""
+        if not isinstance(prepared, Prepared):
+            prepared = await _prepare(raw, strip=self.settings.extract_attachments)
+        mail, automatic = prepared.mail, prepared.automatic
+        message = self._message(raw, prepared, automatic)
         async with self.store.transaction() as tx:
             duplicate = await tx.find_duplicate(key.listener, message.sha256, message.message_id)
             if duplicate is not None:
@@ -138,9 +144,8 @@ class CaseEngine:
                 "SELECT id, raw FROM messages WHERE case_id = ? ORDER BY id LIMIT 1", (case_id,)
             )
             row, raw = await cur.fetchone()
-            mail = await _parse(bytes(raw))
-            sender = mail.sender.address if mail.sender else ""
-            automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
+            ready = await _prepare(bytes(raw))
+            mail, automatic = ready.mail, ready.automatic
             customer = await tx.get_customer(info.customer_id) if info.customer_id else None
             case = CaseRef(info.id, info.case_number)
             arrival = Arrival(case, True, int(row), mail, customer, automatic)
@@ -151,8 +156,9 @@ class CaseEngine:
 
     async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
         """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
-        mail = await _parse(raw, strip=self.settings.extract_attachments)
-        message = self._message(raw, mail, None)
+        message = self._message(
+            raw, await _prepare(raw, strip=self.settings.extract_attachments), None
+        )
         async with self.store.transaction() as tx:
             return await tx.add_quarantine(key, raw, message, reason, attempts)
 
@@ -308,7 +314,8 @@ class CaseEngine:
         )
         return "queued"
 
-    def _message(self, raw: bytes, mail: parser.ParsedMail, automatic: str | None) -> NewMessage:
+    def _message(self, raw: bytes, ready: Prepared, automatic: str | None) -> NewMessage:
+        mail = ready.mail
         sender = mail.sender or parser.Address("", "")
         stored = mail.stripped if self.settings.extract_attachments else None
         return NewMessage(
@@ -320,7 +327,7 @@ class CaseEngine:
             subject=mail.subject,
             sent_at=mail.date,
             received_at=dt.datetime.now(dt.UTC),
-            sha256=hashlib.sha256(raw).hexdigest(),
+            sha256=ready.sha256,
             raw=raw,
             parsed=mail.parsed,
             body_text=mail.text,
@@ -346,10 +353,26 @@ class CaseEngine:
             )
 
 
-async def _parse(raw: bytes, *, strip: bool = False) -> parser.ParsedMail:
-    if len(raw) > BIG_MAIL:
-        return await asyncio.to_thread(functools.partial(parser.parse, raw, strip=strip))
-    return parser.parse(raw, strip=strip)
+@dataclass(frozen=True)
+class Prepared:
+    """What a mail's bytes alone give, no store needed: parsed, hashed, judged automatic."""
+
+    mail: parser.ParsedMail
+    sha256: str
+    automatic: str | None  # why it is automatic mail (auto-reply, bounce), or None
+
+
+def _prepared(raw: bytes, strip: bool) -> Prepared:
+    mail = parser.parse(raw, strip=strip)
+    sender = mail.sender.address if mail.sender else ""
+    automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
+    return Prepared(mail, hashlib.sha256(raw).hexdigest(), automatic)
+
+
+async def _prepare(raw: bytes, *, strip: bool = False) -> Prepared:
+    if len(raw) > BIG_MAIL:  # parsing and hashing it would hold up the event loop
+        return await asyncio.to_thread(_prepared, raw, strip)
+    return _prepared(raw, strip)
 
 
 def _eml_name(subject: str) -> str:

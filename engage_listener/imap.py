@@ -131,8 +131,7 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
                     raise lib.IncompleteRead(current_cmd)
                 return
             if current_cmd is not None and current_cmd.wait_literal_data():
-                rest = current_cmd.append_literal_data(data[pos:] if pos else data)
-                data, pos = rest, 0
+                pos = _take_literal(current_cmd, data, pos)
                 if current_cmd.wait_literal_data():
                     raise lib.IncompleteRead(current_cmd)
                 if self.protolog is not None and self.protolog.bodies:
@@ -159,6 +158,21 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
             cmd.begin_literal_data(size)
             return cmd
         return cmd if cmd is not None and cmd.wait_data() else None
+
+
+def _take_literal(cmd: Any, data: bytes, pos: int) -> int:
+    """aioimaplib's `append_literal_data` from `pos` on, returning where the literal ended.
+    Its version copies the rest of the read after every literal: quadratic when one read
+    holds many small mails."""
+    buf = cmd._resp_literal_data
+    end: int = min(len(data), pos + cmd._expected_size - len(buf))
+    buf += memoryview(data)[pos:end]
+    if cmd.wait_literal_data():
+        cmd._reset_timer()
+    else:
+        cmd.append_to_resp(buf)  # resets the timer too
+        cmd._end_literal_data()
+    return end
 
 
 class _Fetch(lib.FetchCommand):  # type: ignore[misc]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
-from .sqlite_conn import Connection
+from .sqlite_conn import AUTOCHECKPOINT_PAGES, WAL_SIZE_LIMIT, Connection
 from .sqlite_schema import MIGRATIONS
 from .sqlite_tx import SqliteTransaction, now_iso
 from .store import CaseSummary, LedgerKey
@@ -47,6 +47,8 @@ class SqliteStore:
                 # 16 MB of page cache instead of 2: index pages of a store of many
                 # thousand mails stay cached (8% less CPU per mail at 10,000 mails)
                 " PRAGMA cache_size=-16000;"
+                f" PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES};"
+                f" PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
             )
             await self._migrate()
         except (OSError, sqlite3.Error) as exc:
@@ -108,7 +110,7 @@ class SqliteStore:
             db = await self._begin()
             try:
                 yield db
-                await db.execute_in_thread("COMMIT")  # the fsync
+                await db.commit()  # the fsync
             except sqlite3.Error as exc:
                 await _rollback(db)
                 self._note_read_only(exc)

@@ -3,12 +3,13 @@ the chunk planning that bounds how much mail a batch holds at once."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from engage_listener.batch import CHUNK_BYTES, CHUNK_COUNT, chunks
+from engage_listener.batch import CHUNK_BYTES, CHUNK_COUNT, FIRST_CHUNK_COUNT, chunks
 from engage_listener.errors import StoreError
 from engage_listener.sqlite_schema import MIGRATIONS
 from engage_listener.sqlite_store import SqliteStore
@@ -61,11 +62,41 @@ async def test_a_store_from_a_newer_program_is_refused(tmp_path: Path) -> None:
 
 
 def test_chunks_are_bounded_by_count_and_bytes() -> None:
-    small = dict.fromkeys(range(1, 251), 1000)
-    assert [len(c) for c in chunks(sorted(small), small)] == [CHUNK_COUNT, CHUNK_COUNT, 50]
+    assert (FIRST_CHUNK_COUNT, CHUNK_COUNT) == (10, 100)  # the figures below
+    small = dict.fromkeys(range(1, 471), 1000)
+    counts = [len(c) for c in chunks(sorted(small), small)]
+    assert counts == [10, 20, 40, 80, 100, 100, 100, 20]  # small first: work starts sooner
     big = CHUNK_BYTES // 3 + 1  # three of these do not fit in one fetch
     sizes = {1: big, 2: big, 3: big, 4: 10, 5: CHUNK_BYTES * 3, 6: 10}
     planned = list(chunks(sorted(sizes), sizes))
     assert planned == [[1, 2], [3, 4], [5], [6]]  # an oversized mail is fetched alone
     assert all(sum(sizes[u] for u in c) <= CHUNK_BYTES for c in planned if len(c) > 1)
     assert [u for c in planned for u in c] == sorted(sizes)  # every UID once, in order
+
+
+async def test_commits_are_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """A commit appends to the WAL; the copy into the database file happens on another
+    connection soon after, not in the COMMIT (nor only at close)."""
+    path = tmp_path / "store.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            await tx.execute("CREATE TABLE filler (b BLOB)")
+            await tx.execute("INSERT INTO filler VALUES (zeroblob(4000000))")
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size > 4_000_000  # committed, far below the automatic size
+        for _ in range(500):
+            if path.stat().st_size > 4_000_000:
+                break
+            await asyncio.sleep(0.01)
+        assert path.stat().st_size > 4_000_000
+        async with store.transaction() as tx:  # the store goes on writing meanwhile
+            await tx.execute("INSERT INTO filler VALUES (x'01')")
+    finally:
+        await store.close()
+    assert not path.with_name(path.name + "-wal").exists()  # the last close merged it
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*), max(length(b)) FROM filler").fetchone() == (
+            2, 4000000
+        )
