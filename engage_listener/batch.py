@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,14 +19,13 @@ from typing import Any, Protocol
 from .errors import QuarantineNow, StoreError
 from .imap import ImapSession
 from .imap_text import FolderState
+from .parse_ahead import ParseAhead
 from .store import LedgerKey, Store
 
 CHUNK_COUNT = 100
 FIRST_CHUNK_COUNT = 10
 CHUNK_BYTES = 16 * 1024 * 1024
 GROUP_SECONDS = 0.5  # a group commit holds the store no longer than about this
-AHEAD_COUNT = 64  # mails parsed ahead of the one being ingested, at most
-AHEAD_BYTES = 8 * 1024 * 1024  # and their raw size, at most
 
 
 @dataclass(frozen=True)
@@ -113,66 +111,6 @@ def chunks(uids: Sequence[int], sizes: dict[int, int]) -> Iterator[list[int]]:
         total += size
     if chunk:
         yield chunk
-
-
-class ParseAhead:
-    """Prepares (parses) the next mails whenever the event loop would otherwise wait:
-    mostly on a group's COMMIT (an fsync, on the store's thread), when the next chunk has
-    usually arrived. Parsing is a good part of a mail's work and needs no store. At most
-    AHEAD_COUNT mails or AHEAD_BYTES are held prepared; what it has not done yet, `ingest`
-    does itself. Mails are fed and taken in the same order."""
-
-    def __init__(self, handler: Handler) -> None:
-        self._handler = handler
-        self._pending: deque[tuple[int, bytes]] = deque()
-        self._done: dict[int, tuple[object, int]] = {}
-        self._taken: set[int] = set()
-        self._held = 0  # bytes of the mails in _done
-        self._wake = asyncio.Event()
-        self._task: asyncio.Future[None] | None = None
-
-    def feed(self, bodies: list[tuple[int, bytes]]) -> None:
-        self._pending.extend(bodies)
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            while self._pending and self._pending[0][0] in self._taken:
-                self._pending.popleft()  # the batch got there first
-            if not self._pending or self._full(len(self._pending[0][1])):
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            uid, raw = self._pending.popleft()
-            try:
-                prepared = self._handler.prepare(raw)
-            except Exception:  # noqa: S112 - `ingest` meets the same error and handles it
-                continue
-            self._done[uid] = (prepared, len(raw))
-            self._held += len(raw)
-            await asyncio.sleep(0)  # one mail per turn of the loop
-
-    def _full(self, size: int) -> bool:
-        """A mail bigger than AHEAD_BYTES is prepared when nothing else is held."""
-        return len(self._done) >= AHEAD_COUNT or (
-            bool(self._done) and self._held + size > AHEAD_BYTES
-        )
-
-    def take(self, uid: int) -> object:
-        """The prepared mail, or None; the mail is not prepared after this."""
-        self._taken.add(uid)
-        prepared, size = self._done.pop(uid, (None, 0))
-        self._held -= size
-        self._wake.set()
-        return prepared
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._pending.clear()
-        self._done.clear()
 
 
 class Batch:

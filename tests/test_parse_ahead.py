@@ -7,8 +7,9 @@ import hashlib
 from pathlib import Path
 
 from engage_listener.app import build_listener
-from engage_listener.batch import AHEAD_BYTES, AHEAD_COUNT, Ingested, ParseAhead
+from engage_listener.batch import Ingested
 from engage_listener.engine import BIG_MAIL, CaseEngine, EngineSettings, Prepared
+from engage_listener.parse_ahead import AHEAD_BYTES, AHEAD_COUNT, ParseAhead
 from engage_listener.parser import parse
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.sqlite_store import SqliteStore
@@ -131,6 +132,9 @@ async def test_close_stops_it() -> None:
     await idle()
     assert len(handler.seen) <= 1
     assert ahead.take(1) is None  # nothing is held after close
+    ahead.feed(bodies(3))  # a prefetch that ended after the batch: ignored
+    await idle()
+    assert len(handler.seen) <= 1
 
 
 def test_engine_prepares_what_ingest_would_parse() -> None:
