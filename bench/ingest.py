@@ -69,6 +69,7 @@ TARGET_SPEEDUP = 2.0
 TARGET_RSS_10K = 150 * MIB
 TARGET_HUGE_FACTOR = 4.0
 TARGET_LATENCY_OVER_IDLE = 0.150
+PROTOLOG_TOOL = "engage+protolog"
 SPY_RATE = 250  # py-spy samples per second
 
 
@@ -389,9 +390,11 @@ class Bench:
         tag: str,
         profile: Path | None = None,
         spy: tuple[str, Path] | None = None,
+        tool: str = "engage-listener",
+        **extra: str,
     ) -> ThroughputRow:
         work = self.workdir(f"engage-{tag}")
-        config = self.config(work, user)
+        config = self.config(work, user, **extra)
         cmd = [sys.executable]
         if profile is not None:
             cmd += ["-m", "cProfile", "-o", str(profile)]
@@ -423,7 +426,10 @@ class Bench:
             ).fetchone()
             db.close()
             note += f"{cases} cases, {atts} attachments; "
-        return self._row("engage-listener", user, n, raw_bytes, m, note, inner)
+        logs = sorted(work.glob("imap.log*"))
+        if logs:
+            note += f"protocol log {sum(f.stat().st_size for f in logs) / MB:.1f} MB; "
+        return self._row(tool, user, n, raw_bytes, m, note, inner)
 
     @staticmethod
     def _note(m: Measured, stderr: Path) -> str:
@@ -467,7 +473,7 @@ class Bench:
         self.drop_user(user)
         return row
 
-    def throughput(self, n: int, results: Results) -> None:
+    def throughput(self, n: int, results: Results, protocol_log: bool = False) -> None:
         corpus = mailgen.corpus(n)
         results.mixes[n] = corpus.summary()
         print(f"N={n}: {corpus.summary()}", flush=True)
@@ -479,6 +485,13 @@ class Bench:
         print(f"  seeded two mailboxes in {time.perf_counter() - started:.1f} s", flush=True)
         results.throughput.append(self.run_baseline(base_user, n, corpus.total_bytes, str(n)))
         results.throughput.append(self.run_daemon(el_user, n, corpus.total_bytes, str(n)))
+        if protocol_log:  # the same run with the IMAP protocol log on, as operators use it
+            user = self.seed(f"protolog-{n}", corpus.messages)
+            row = self.run_daemon(
+                user, n, corpus.total_bytes, f"protolog-{n}", tool=PROTOLOG_TOOL,
+                ProtocolLogFile="imap.log", ProtocolLogMaxSize=str(1 << 30),
+            )  # fmt: skip
+            results.throughput.append(row)
 
     def floor(self, results: Results) -> None:
         """Both tools on an empty folder: start-up cost and the RSS every run pays."""
@@ -711,6 +724,10 @@ def report(results: Results, sizes: Sequence[int]) -> tuple[str, list[str]]:
                 f"N={n}: engage-listener / baseline: msgs/s x{speedup:.2f} "
                 f"(msgs per CPU second x{cpu:.2f}), peak RSS x{rss:.2f}"
             )
+            logged = by.get((PROTOLOG_TOOL, n))
+            if logged and el.msgs_per_s:
+                share = logged.msgs_per_s / el.msgs_per_s
+                lines.append(f"N={n}: with the protocol log on: msgs/s x{share:.2f} of without")
             ok = speedup >= TARGET_SPEEDUP
             checks.append(
                 f"{'PASS' if ok else 'MISS'} throughput N={n}: x{speedup:.2f} the baseline's "
@@ -806,6 +823,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.06,
         help="each run is killed after 60 s + N x this (default 0.06 s)",
     )
+    parser.add_argument(
+        "--protocol-log",
+        action="store_true",
+        help="also run the daemon on each size with its IMAP protocol log on",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -833,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "throughput" not in skip:
             bench.floor(results)
             for n in sizes:
-                bench.throughput(n, results)
+                bench.throughput(n, results, args.protocol_log)
         if "latency" not in skip and args.rounds > 0:
             bench.latency(args.rounds, results)
         if "huge" not in skip:
