@@ -44,7 +44,7 @@ class ParseAhead:
     async def _run(self) -> None:
         while True:
             while self._pending and self._pending[0][0] in self._taken:
-                self._pending.popleft()  # the batch got there first
+                self._taken.discard(self._pending.popleft()[0])  # the batch got there first
             if not self._pending or self._full(len(self._pending[0][1])):
                 self._wake.clear()
                 await self._wake.wait()
@@ -66,11 +66,13 @@ class ParseAhead:
 
     def take(self, uid: int) -> object:
         """The prepared mail, or None; the mail is not prepared after this."""
-        self._taken.add(uid)
-        prepared, size = self._done.pop(uid, (None, 0))
-        self._held -= size
         self._wake.set()
-        return prepared
+        found = self._done.pop(uid, None)
+        if found is None:
+            self._taken.add(uid)  # not reached yet: skip it (only those are remembered)
+            return None
+        self._held -= found[1]
+        return found[0]
 
     def close(self) -> None:
         self._closed = True

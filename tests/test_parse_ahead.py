@@ -120,6 +120,7 @@ async def test_mails_already_taken_are_skipped_and_failures_left_to_ingest() -> 
     assert handler.seen == [b"boom", b"three", b"four"]
     assert ahead.take(2) is None  # prepare failed: ingest meets the error and handles it
     assert ahead.take(3) == ("prepared", b"three")
+    assert ahead._taken == {2}  # what it remembers stays small: not every mail of a batch
     ahead.close()
 
 
