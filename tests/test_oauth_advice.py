@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from engage_listener import diagnose
-from engage_listener import secrets as engage_secrets
 from engage_listener.imap_text import ImapEndpoint
 from engage_listener.oauth import OAuthError, provider_for
 from engage_listener.oauth_advice import microsoft_advice
@@ -32,7 +31,7 @@ from tests.helpers import listener_config, make_mail
 from tests.oauth_server import OAuthTestServer, ms_auth
 from tests.smtp_server import SmtpTestServer
 from tests.test_daemon import events, wait_for
-from tests.test_oauth_mail import SECRET, Account, assert_clean
+from tests.test_oauth_mail import SECRET, Account, assert_clean, microsoft_config_xml
 
 # The fixtures of test_oauth_mail: a test identity provider and a Dovecot asking it.
 idp, dovecot_oauth, account = (
@@ -56,25 +55,7 @@ def expired_secret_app(idp: OAuthTestServer, account: Account) -> str:
 def write_config(
     path: Path, dovecot: DovecotSandbox, idp: OAuthTestServer, account: Account, client_id: str
 ) -> Path:
-    enc = engage_secrets.encrypt(SECRET, engage_secrets.load_key(account.key_file))
-    path.write_text(f"""<?xml version="1.0"?>
-<EngageIntegrationService>
-  <ImapListener ID="O365">
-    <HostName>{dovecot.host}</HostName><Port>{dovecot.imap_port}</Port>
-    <UserName>{account.user}</UserName><UseSsl>False</UseSsl>
-    <CaFile>{dovecot.ca_file}</CaFile>
-    <InputFolder>IMAP/New</InputFolder><OutputFolder>IMAP/Done</OutputFolder>
-    <Authentication>
-      <Type>Microsoft</Type><TenantId>tenant-a</TenantId><ClientId>{client_id}</ClientId>
-      <ClientSecret>{enc}</ClientSecret>
-      <Authority>{idp.authority}</Authority><CaFile>{idp.ca_file}</CaFile>
-    </Authentication>
-  </ImapListener>
-  <Process><UseImapListener>True</UseImapListener></Process>
-  <Store><Path>cases.sqlite3</Path></Store>
-  <Secrets><KeyFile>{account.key_file}</KeyFile></Secrets>
-</EngageIntegrationService>
-""")
+    path.write_text(microsoft_config_xml(dovecot, idp, account, client_id))
     return path
 
 

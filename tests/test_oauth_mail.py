@@ -91,6 +91,33 @@ def account(idp: OAuthTestServer, tmp_path: Path) -> Account:
     return Account(user, tokens, key_file, tmp_path / "proto.log")
 
 
+def microsoft_config_xml(
+    dovecot: DovecotSandbox, idp: OAuthTestServer, account: Account, client_id: str = ""
+) -> str:
+    """A whole configuration: one Microsoft OAuth2 listener for `account`, its client
+    secret encrypted with the account's key (the app `app-<user>` unless `client_id`)."""
+    enc = engage_secrets.encrypt(SECRET, engage_secrets.load_key(account.key_file))
+    return f"""<?xml version="1.0"?>
+<EngageIntegrationService>
+  <ImapListener ID="O365">
+    <HostName>{dovecot.host}</HostName><Port>{dovecot.imap_port}</Port>
+    <UserName>{account.user}</UserName><UseSsl>False</UseSsl>
+    <CaFile>{dovecot.ca_file}</CaFile>
+    <InputFolder>IMAP/New</InputFolder><OutputFolder>IMAP/Done</OutputFolder>
+    <Authentication>
+      <Type>Microsoft</Type><TenantId>tenant-a</TenantId>
+      <ClientId>{client_id or f"app-{account.user}"}</ClientId>
+      <ClientSecret>{enc}</ClientSecret>
+      <Authority>{idp.authority}</Authority><CaFile>{idp.ca_file}</CaFile>
+    </Authentication>
+  </ImapListener>
+  <Process><UseImapListener>True</UseImapListener></Process>
+  <Store><Path>cases.sqlite3</Path></Store>
+  <Secrets><KeyFile>{account.key_file}</KeyFile></Secrets>
+</EngageIntegrationService>
+"""
+
+
 def imap_endpoint(dovecot: DovecotSandbox, account: Account, idp: OAuthTestServer) -> ImapEndpoint:
     return ImapEndpoint(
         host=dovecot.host,
@@ -204,23 +231,7 @@ async def test_listener_turns_mail_into_cases_over_oauth2(
     for n in range(3):
         dovecot_oauth.append(account.user, "IMAP/New", make_mail(n))
     dovecot_oauth.create_folder(account.user, "IMAP/Done")
-    enc = engage_secrets.encrypt(SECRET, engage_secrets.load_key(account.key_file))
-    xml = f"""<?xml version="1.0"?>
-<EngageIntegrationService>
-  <ImapListener ID="O365">
-    <HostName>{dovecot_oauth.host}</HostName><Port>{dovecot_oauth.imap_port}</Port>
-    <UserName>{account.user}</UserName><UseSsl>False</UseSsl>
-    <CaFile>{dovecot_oauth.ca_file}</CaFile>
-    <InputFolder>IMAP/New</InputFolder><OutputFolder>IMAP/Done</OutputFolder>
-    <Authentication>
-      <Type>Microsoft</Type><TenantId>tenant-a</TenantId><ClientId>app-{account.user}</ClientId>
-      <ClientSecret>{enc}</ClientSecret>
-      <Authority>{idp.authority}</Authority><CaFile>{idp.ca_file}</CaFile>
-    </Authentication>
-  </ImapListener>
-  <Secrets><KeyFile>{account.key_file}</KeyFile></Secrets>
-</EngageIntegrationService>
-"""
+    xml = microsoft_config_xml(dovecot_oauth, idp, account)
     (cfg,) = parse_config(xml.encode(), tmp_path / "el.xml").imap_listeners
     assert cfg.authentication is not None and cfg.authentication.client_secret == SECRET
     endpoint = dataclasses.replace(
@@ -354,26 +365,8 @@ def test_daemon_and_auth_status_commands_over_oauth2(
     for n in range(2):
         dovecot_oauth.append(account.user, "IMAP/New", make_mail(n))
     dovecot_oauth.create_folder(account.user, "IMAP/Done")
-    enc = engage_secrets.encrypt(SECRET, engage_secrets.load_key(account.key_file))
     config = tmp_path / "el.xml"
-    config.write_text(f"""<?xml version="1.0"?>
-<EngageIntegrationService>
-  <ImapListener ID="O365">
-    <HostName>{dovecot_oauth.host}</HostName><Port>{dovecot_oauth.imap_port}</Port>
-    <UserName>{account.user}</UserName><UseSsl>False</UseSsl>
-    <CaFile>{dovecot_oauth.ca_file}</CaFile>
-    <InputFolder>IMAP/New</InputFolder><OutputFolder>IMAP/Done</OutputFolder>
-    <Authentication>
-      <Type>Microsoft</Type><TenantId>tenant-a</TenantId><ClientId>app-{account.user}</ClientId>
-      <ClientSecret>{enc}</ClientSecret>
-      <Authority>{idp.authority}</Authority><CaFile>{idp.ca_file}</CaFile>
-    </Authentication>
-  </ImapListener>
-  <Process><UseImapListener>True</UseImapListener></Process>
-  <Store><Path>cases.sqlite3</Path></Store>
-  <Secrets><KeyFile>{account.key_file}</KeyFile></Secrets>
-</EngageIntegrationService>
-""")
+    config.write_text(microsoft_config_xml(dovecot_oauth, idp, account))
     env = {**os.environ, "STATE_DIRECTORY": str(tmp_path / "state")}
     run = [sys.executable, "-m", "engage_listener"]
     done = subprocess.run(
