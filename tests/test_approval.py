@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from engage_listener.sandbox import DovecotSandbox
 from tests.helpers import db_rows, make_mail
 from tests.smtp_server import SmtpTestServer
-from tests.test_daemon import listener_xml, write_config
+from tests.test_daemon import cli, listener_xml, write_config
 
 EXAMPLE_SQL = Path(__file__).resolve().parents[1] / "examples" / "routing" / "pa_sys_msg_in.sql"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engage_listener", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_pending_cases_are_routed_and_acknowledged_only_when_approved(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import cast
 
 from engage_listener.config import load_config
 from engage_listener.sandbox import DovecotSandbox
 from tests.helpers import db_rows, make_mail
+from tests.test_daemon import cli as daemon_cli
 from tests.test_daemon import listener_xml
 
 
@@ -41,13 +41,7 @@ def write(path: Path, *blocks: str, pop3: str = "True") -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engage_listener", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    return daemon_cli(*args, timeout=90)
 
 
 def test_imap_and_pop3_listeners_side_by_side_from_one_file(

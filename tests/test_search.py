@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from engage_listener.sandbox import DovecotSandbox
 from tests.helpers import make_mail
-from tests.test_daemon import listener_xml, write_config
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engage_listener", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.test_daemon import cli, listener_xml, write_config
 
 
 def test_search_by_sender_subject_and_dates(
