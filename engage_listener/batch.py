@@ -251,7 +251,7 @@ class Batch:
     async def _process_one(self, uid: int, raw: bytes) -> None:
         key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)
         try:
-            done = await self.handler.ingest(key, raw, self._ahead.take(uid))
+            done = await self.handler.ingest(key, raw, self._ahead.take(uid, raw))
         except StoreError:
             raise
         except QuarantineNow as exc:

@@ -76,5 +76,10 @@ class HookError(EngageError):
     """The routing hook cannot be loaded, or failed or timed out on a mail (which rolls back)."""
 
 
+class StoppedEarly(EngageError):
+    """Work run inline on the event loop was stopped at its time limit and undone: run it
+    again off the loop."""
+
+
 class SecretError(EngageError):
     """A secret reference cannot be resolved (missing key, wrong key, unset variable...)."""

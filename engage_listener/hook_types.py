@@ -77,9 +77,10 @@ class SqlExecutor(Protocol):
         where `interrupt` reaches them."""
         ...
 
-    def run_inline(self, work: Callable[[SyncExecute], T], deadline: float) -> T:
-        """`work(execute)` right here, on the event loop; a statement still running at
-        `deadline` (time.monotonic()) is aborted."""
+    def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
+        """`work(execute)` right here, on the event loop. Stopped at `stop_at`
+        (time.monotonic()): undone and `StoppedEarly`, or `StoreError` if the transaction
+        went with it."""
         ...
 
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import HookError
+from .errors import HookError, StoppedEarly, StoreError
 from .hook_types import DECISION_FIELDS, HookContext, RoutingDecision, SqlExecutor, as_decision
 from .logs import get_logger
 from .store import SyncExecute
 
 INLINE_SECONDS = 0.05  # a run longer than this moves the hook to the store's thread
-INLINE_MAX_TIMEOUT = 15.0  # a hook allowed longer never runs on the event loop
+INLINE_LIMIT = 0.5  # an inline run still going then is stopped and done on the thread
 
 SQL_PARAMETERS = (
     "case_id",
@@ -58,35 +58,44 @@ class SqlHook:
 
     Where it runs: a routing procedure usually takes well under a millisecond, and a hop
     to the store's thread and back costs more than that (it was a quarter of the ingest
-    time). So it runs inline, on the event loop, while it stays quick; the first run
-    longer than INLINE_SECONDS moves this hook to the store's thread for good (until the
-    configuration is reloaded), where a slow procedure holds up nothing else. Inline, the
-    loop waits for one run at most until the timeout, so only hooks whose timeout is at
-    most INLINE_MAX_TIMEOUT (a fraction of systemd's 60 s watchdog) start inline.
+    time). So it runs inline, on the event loop, while it stays quick. A run that took
+    longer than INLINE_SECONDS moves the hook to the store's thread for good (until the
+    configuration is reloaded), where a slow procedure holds up nothing else. A run still
+    going after INLINE_LIMIT is stopped, so the loop is never held longer: its work is
+    undone and done again on the thread; if the stop took the mail's transaction with it
+    (an interrupted write), the mail is retried (`StoreError`), no attempt counted.
     """
 
     def __init__(self, name: str, statements: list[_Statement], timeout: float) -> None:
         self.name = name
         self._statements = statements
         self._timeout = timeout
-        self.inline = timeout <= INLINE_MAX_TIMEOUT
+        self.inline = True
 
     async def run(self, ctx: HookContext, sql: SqlExecutor) -> RoutingDecision:
         """Run every statement; at the timeout the one running is interrupted."""
         values = _sql_values(ctx)
-        deadline = time.monotonic() + self._timeout
+        started = time.monotonic()
+        deadline = started + self._timeout
 
         def work(execute: SyncExecute) -> dict[str, Any] | None:
             return self._run_all(execute, values, deadline)
 
         if self.inline:
-            started = time.monotonic()
             try:
-                found = sql.run_inline(work, deadline)
-            finally:
-                self._note_inline(time.monotonic() - started)
-        else:
-            found = await self._in_thread(sql, work)
+                found = sql.run_inline(work, min(deadline, started + INLINE_LIMIT))
+            except StoppedEarly:  # undone: done again below, off the loop
+                self._off_the_loop(time.monotonic() - started)
+            except StoreError:  # the stop took the transaction along: the mail is retried
+                self._off_the_loop(time.monotonic() - started)
+                raise
+            else:
+                if time.monotonic() - started > INLINE_SECONDS:
+                    self._off_the_loop(time.monotonic() - started)
+                return self._decision(found)
+        return self._decision(await self._in_thread(sql, work, deadline))
+
+    def _decision(self, found: dict[str, Any] | None) -> RoutingDecision:
         try:
             return as_decision(found)
         except TypeError as exc:
@@ -97,25 +106,28 @@ class SqlHook:
             ) from exc
 
     async def _in_thread(
-        self, sql: SqlExecutor, work: Callable[[SyncExecute], dict[str, Any] | None]
+        self,
+        sql: SqlExecutor,
+        work: Callable[[SyncExecute], dict[str, Any] | None],
+        deadline: float,
     ) -> dict[str, Any] | None:
         """All statements in one hop. A timer, not a cancellation, enforces the timeout:
         a cancelled task would still wait for the thread; the interrupt makes it return."""
-        timer = asyncio.get_running_loop().call_later(self._timeout, sql.interrupt)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + deadline - time.monotonic(), sql.interrupt)
         try:
             return await sql.run_sync(work)
         finally:
             timer.cancel()
 
-    def _note_inline(self, seconds: float) -> None:
-        if seconds > INLINE_SECONDS:
-            self.inline = False
-            get_logger().warning(
-                "routing_hook_slow",
-                hook=self.name,
-                seconds=round(seconds, 3),
-                now="runs on the store's thread until the configuration is reloaded",
-            )
+    def _off_the_loop(self, seconds: float) -> None:
+        self.inline = False
+        get_logger().warning(
+            "routing_hook_slow",
+            hook=self.name,
+            seconds=round(seconds, 3),
+            now="runs on the store's thread until the configuration is reloaded",
+        )
 
     def _run_all(
         self, execute: SyncExecute, values: dict[str, object], deadline: float

@@ -26,7 +26,7 @@ class ParseAhead:
     def __init__(self, handler: Preparer) -> None:
         self._handler = handler
         self._pending: deque[tuple[int, bytes]] = deque()
-        self._done: dict[int, tuple[object, int]] = {}
+        self._done: dict[int, tuple[object, bytes]] = {}
         self._taken: set[int] = set()
         self._held = 0  # bytes of the mails in _done
         self._wake = asyncio.Event()
@@ -54,7 +54,7 @@ class ParseAhead:
                 prepared = self._handler.prepare(raw)
             except Exception:  # noqa: S112 - `ingest` meets the same error and handles it
                 continue
-            self._done[uid] = (prepared, len(raw))
+            self._done[uid] = (prepared, raw)
             self._held += len(raw)
             await asyncio.sleep(0)  # one mail per turn of the loop
 
@@ -64,15 +64,17 @@ class ParseAhead:
             bool(self._done) and self._held + size > AHEAD_BYTES
         )
 
-    def take(self, uid: int) -> object:
-        """The prepared mail, or None; the mail is not prepared after this."""
+    def take(self, uid: int, raw: bytes) -> object:
+        """What was prepared from exactly these bytes, or None; the mail is not prepared
+        after this."""
         self._wake.set()
         found = self._done.pop(uid, None)
         if found is None:
             self._taken.add(uid)  # not reached yet: skip it (only those are remembered)
             return None
-        self._held -= found[1]
-        return found[0]
+        prepared, fed = found
+        self._held -= len(fed)
+        return prepared if fed is raw else None
 
     def close(self) -> None:
         self._closed = True

@@ -114,8 +114,10 @@ class Connection:
 
     async def close(self) -> None:
         try:
-            await asyncio.to_thread(self._checkpointer.close)
-            await self.in_thread(self.raw.close)
+            try:
+                await asyncio.to_thread(self._checkpointer.close)
+            finally:  # the last close merges the WAL into the database file
+                await self.in_thread(self.raw.close)
         finally:
             self._worker.shutdown(wait=False)
 
@@ -133,15 +135,21 @@ class Checkpointer:
         self._closed = False
 
     def soon(self) -> None:
-        """Start one unless one is running (the next commit asks again)."""
+        """Start one unless one is running (the next commit asks again). Never raises:
+        it runs after a COMMIT that succeeded."""
         if self._closed or (self._running is not None and not self._running.done()):
             return
-        self._running = self._worker.submit(self._checkpoint)
+        try:
+            self._running = self._worker.submit(self._checkpoint)
+        except RuntimeError:  # closing meanwhile: the close merges the WAL anyway
+            return
 
     def _checkpoint(self) -> None:
         try:
-            if self._raw is None:
-                self._raw = sqlite3.connect(self._path, isolation_level=None)
+            if self._raw is None:  # mode=rw: never create a file that has gone
+                uri = f"{self._path.resolve().as_uri()}?mode=rw"
+                self._raw = sqlite3.connect(uri, uri=True, isolation_level=None)
+                self._raw.execute("PRAGMA synchronous=FULL")  # fsync what it copies
             self._raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:
             pass  # the store's own connection reports real problems; this one only helps

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from .errors import StoppedEarly, StoreError
 from .sqlite_conn import AsyncCursor, Connection
 from .store import (
     CaseInfo,
@@ -48,15 +49,32 @@ class SqliteTransaction:
         """`work(execute)` on the store's thread (SQL hooks: arbitrary, interruptible SQL)."""
         return await self._db.in_thread(work, self._db.raw.execute)
 
-    def run_inline(self, work: Callable[[SyncExecute], T], deadline: float) -> T:
-        """`work(execute)` on the event loop (quick SQL hooks); a statement still running
-        at `deadline` is aborted, as `interrupt` would."""
+    def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
+        """`work(execute)` on the event loop (quick SQL hooks), inside a savepoint. A
+        statement still running at `stop_at` is aborted: the work is undone and
+        `StoppedEarly` raised, or `StoreError` if the abort made SQLite roll back the whole
+        transaction (it does for an interrupted write)."""
         raw = self._db.raw
-        raw.set_progress_handler(lambda: time.monotonic() >= deadline, PROGRESS_STEPS)
+        raw.execute("SAVEPOINT engage_inline")
+        raw.set_progress_handler(lambda: time.monotonic() >= stop_at, PROGRESS_STEPS)
         try:
-            return work(raw.execute)
+            result = work(raw.execute)
+        except Exception as exc:
+            raw.set_progress_handler(None, 0)
+            late = time.monotonic() >= stop_at
+            if not raw.in_transaction:
+                if late:
+                    raise StoreError(f"stopped inline, the transaction is gone: {exc}") from exc
+                raise
+            raw.execute("ROLLBACK TO engage_inline")
+            raw.execute("RELEASE engage_inline")
+            if late:
+                raise StoppedEarly(str(exc)) from exc
+            raise
         finally:
             raw.set_progress_handler(None, 0)
+        raw.execute("RELEASE engage_inline")
+        return result
 
     def interrupt(self) -> None:
         self._db.interrupt()

@@ -159,9 +159,10 @@ class Transaction(Protocol):
         """`work(execute)` with plain sqlite3 calls, off the event loop (SQL hooks)."""
         ...
 
-    def run_inline(self, work: Callable[[SyncExecute], T], deadline: float) -> T:
-        """`work(execute)` on the event loop (quick SQL hooks); a statement still running
-        at `deadline` (time.monotonic()) is aborted."""
+    def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
+        """`work(execute)` on the event loop (quick SQL hooks). Stopped at `stop_at`
+        (time.monotonic()): undone and `StoppedEarly`, or `StoreError` if the transaction
+        went with it."""
         ...
 
     async def find_duplicate(

@@ -6,10 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
+from engage_listener import hooks_sql
+from engage_listener.errors import StoreError
 from engage_listener.hooks import RoutingDecision, SqlHook, load_hook
-from engage_listener.hooks_sql import INLINE_MAX_TIMEOUT, INLINE_SECONDS
+from engage_listener.hooks_sql import INLINE_SECONDS
 from engage_listener.sqlite_store import SqliteStore
 
 from .test_hooks import case_row, context, insert_case, sql_file
@@ -35,14 +38,16 @@ class Where:
         self.runs.append("thread")
         return await self.tx.run_sync(work)
 
-    def run_inline(self, work: Any, deadline: float) -> Any:
+    def run_inline(self, work: Any, stop_at: float) -> Any:
         self.runs.append("inline")
-        return self.tx.run_inline(work, deadline)
+        return self.tx.run_inline(work, stop_at)
 
 
-async def run_noted(store: SqliteStore, hook: SqlHook, case_id: int) -> tuple[str, RoutingDecision]:
+async def run_noted(store: SqliteStore, hook: SqlHook, case_id: int,
+                    runs: list[str] | None = None) -> tuple[str, RoutingDecision]:
     async with store.transaction() as tx:
         where = Where(tx)
+        where.runs = runs if runs is not None else where.runs
         decision = await hook.run(context(case_id, "Factura urgente"), where)
     return where.runs[0], decision
 
@@ -53,7 +58,9 @@ def load(tmp_path: Path, text: str, timeout: float = 10.0) -> SqlHook:
     return hook
 
 
-async def test_quick_hook_stays_inline_and_commits(tmp_path: Path, store: SqliteStore) -> None:
+async def test_quick_hook_stays_inline_and_commits(tmp_path: Path, store: SqliteStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hooks_sql, "INLINE_SECONDS", 5.0)  # a stalled CI machine is no reason
     case_id = await insert_case(store, "Factura urgente")
     hook = load(tmp_path, """
         UPDATE cases SET priority = coalesce(priority, 0) + 1 WHERE id = :case_id;
@@ -82,14 +89,42 @@ async def test_slow_hook_moves_to_the_thread(tmp_path: Path, store: SqliteStore)
     assert load(tmp_path, "SELECT 1;").inline
 
 
-async def test_long_timeout_never_runs_inline(tmp_path: Path, store: SqliteStore) -> None:
-    """A hook allowed more than INLINE_MAX_TIMEOUT could hold the event loop (heartbeats,
-    the watchdog, other listeners) that long: it runs on the thread from the start."""
+async def test_a_run_past_the_limit_is_stopped_undone_and_done_on_the_thread(
+    tmp_path: Path, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop is held at most INLINE_LIMIT: a longer run (here a slow SELECT after
+    a write) is stopped, its write undone, and the whole procedure run on the thread."""
+    monkeypatch.setattr(hooks_sql, "INLINE_LIMIT", 0.02)
     case_id = await insert_case(store, "Hola")
-    hook = load(tmp_path, "SELECT 'X' AS inbox;", timeout=INLINE_MAX_TIMEOUT + 1)
-    assert await run_noted(store, hook, case_id) == ("thread", RoutingDecision("X"))
-    assert not load(tmp_path, "SELECT 1;", timeout=INLINE_MAX_TIMEOUT + 1).inline
-    assert load(tmp_path, "SELECT 1;", timeout=INLINE_MAX_TIMEOUT).inline
+    slow_decision = SLOW.replace("SELECT count(*)", "SELECT 'Lento' AS inbox, count(*)")
+    hook = load(tmp_path, "UPDATE cases SET priority = coalesce(priority, 0) + 1"
+                          " WHERE id = :case_id;\n" + slow_decision)
+    runs: list[str] = []
+    with capture_logs() as logs:
+        assert await run_noted(store, hook, case_id, runs) == ("inline", RoutingDecision("Lento"))
+    assert runs == ["inline", "thread"] and not hook.inline
+    assert [e["event"] for e in logs] == ["routing_hook_slow"]
+    assert await case_row(store, case_id) == (None, 1)  # the stopped run's write was undone
+
+
+async def test_a_write_stopped_inline_retries_the_mail(
+    tmp_path: Path, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping a write makes SQLite roll back the mail's whole transaction: that is a
+    store error (the mail is tried again, no attempt counted), then it runs on the thread."""
+    monkeypatch.setattr(hooks_sql, "INLINE_LIMIT", 0.02)
+    case_id = await insert_case(store, "Hola")
+    hook = load(tmp_path, f"""
+        UPDATE cases SET inbox = 'Lento' || (
+            {SLOW.strip().rstrip(";").replace("SELECT count(*)", "SELECT substr(count(*), 1, 0)")}
+        ) WHERE id = :case_id;
+    """)
+    with pytest.raises(StoreError, match="stopped inline"):
+        await run_noted(store, hook, case_id)
+    assert not hook.inline
+    assert await case_row(store, case_id) == (None, None)
+    assert await run_noted(store, hook, case_id) == ("thread", RoutingDecision())
+    assert await case_row(store, case_id) == ("Lento", None)
 
 
 async def test_inline_progress_check_is_removed(tmp_path: Path, store: SqliteStore) -> None:

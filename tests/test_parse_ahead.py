@@ -41,6 +41,11 @@ def bodies(count: int, size: int = 100) -> list[tuple[int, bytes]]:
     return [(uid, b"%d:" % uid + b"x" * size) for uid in range(1, count + 1)]
 
 
+def take(ahead: ParseAhead, mails: list[tuple[int, bytes]], uid: int) -> object:
+    """What the batch does: take a mail with the very bytes that were fed."""
+    return ahead.take(uid, dict(mails).get(uid, b""))
+
+
 async def idle() -> None:
     """Let the loop run, as it does while the batch awaits a COMMIT."""
     for _ in range(3 * AHEAD_COUNT):
@@ -54,9 +59,10 @@ async def test_prepares_ahead_while_the_loop_waits_and_hands_it_over() -> None:
     assert handler.seen == []  # nothing before the loop turns
     await idle()
     assert handler.seen == [raw for _, raw in mails]
-    assert ahead.take(1) == ("prepared", mails[0][1])
-    assert ahead.take(1) is None  # handed over once; a retry parses again
-    assert ahead.take(99) is None
+    assert take(ahead, mails, 1) == ("prepared", mails[0][1])
+    assert take(ahead, mails, 1) is None  # handed over once; a retry parses again
+    assert take(ahead, mails, 99) is None
+    assert ahead.take(2, bytes(bytearray(mails[1][1]))) is None  # a copy: never trusted
     ahead.close()
 
 
@@ -66,7 +72,7 @@ async def test_holds_at_most_ahead_count_mails() -> None:
     ahead.feed(mails)
     await idle()
     assert len(handler.seen) == AHEAD_COUNT
-    ahead.take(1), ahead.take(2)
+    take(ahead, mails, 1), take(ahead, mails, 2)
     await idle()
     assert len(handler.seen) == AHEAD_COUNT + 2  # room for two more
     ahead.close()
@@ -80,14 +86,14 @@ async def test_holds_at_most_ahead_bytes_but_a_bigger_mail_alone() -> None:
     ahead.feed(mails)
     await idle()
     assert handler.seen == [mails[0][1]]  # the second would pass AHEAD_BYTES
-    ahead.take(1)
+    take(ahead, mails, 1)
     await idle()
     assert len(handler.seen) == 2
-    ahead.take(2)
+    take(ahead, mails, 2)
     await idle()
     assert handler.seen[-1] == mails[2][1]  # bigger than the bound: prepared, held alone
     assert len(handler.seen) == 3
-    ahead.take(3)
+    take(ahead, mails, 3)
     await idle()
     assert len(handler.seen) == 4
     ahead.close()
@@ -101,12 +107,13 @@ async def test_chunks_fed_later_are_prepared_while_the_loop_waits() -> None:
     ahead.feed(mails[:3])
     await idle()
     for uid in (1, 2, 3):
-        assert ahead.take(uid) is not None
+        assert take(ahead, mails, uid) is not None
     await idle()  # nothing to do: it waits
     ahead.feed(mails[3:])
     await idle()
     assert handler.seen == [raw for _, raw in mails]
-    assert [ahead.take(uid) for uid in (4, 5, 6)] == [("prepared", raw) for _, raw in mails[3:]]
+    taken = [take(ahead, mails, uid) for uid in (4, 5, 6)]
+    assert taken == [("prepared", raw) for _, raw in mails[3:]]
     ahead.close()
 
 
@@ -115,11 +122,11 @@ async def test_mails_already_taken_are_skipped_and_failures_left_to_ingest() -> 
     mails = [(1, b"one"), (2, b"boom"), (3, b"three"), (4, b"four")]
     ahead = ParseAhead(handler)
     ahead.feed(mails)
-    assert ahead.take(1) is None  # the batch got there first: ingest parses it itself
+    assert take(ahead, mails, 1) is None  # the batch got there first: ingest parses it itself
     await idle()
     assert handler.seen == [b"boom", b"three", b"four"]
-    assert ahead.take(2) is None  # prepare failed: ingest meets the error and handles it
-    assert ahead.take(3) == ("prepared", b"three")
+    assert take(ahead, mails, 2) is None  # prepare failed: ingest meets the error and handles it
+    assert take(ahead, mails, 3) == ("prepared", b"three")
     assert ahead._taken == {2}  # what it remembers stays small: not every mail of a batch
     ahead.close()
 
@@ -127,12 +134,13 @@ async def test_mails_already_taken_are_skipped_and_failures_left_to_ingest() -> 
 async def test_close_stops_it() -> None:
     handler = Preparer()
     ahead = ParseAhead(handler)
-    ahead.feed(bodies(AHEAD_COUNT + 5))
+    mails = bodies(AHEAD_COUNT + 5)
+    ahead.feed(mails)
     await asyncio.sleep(0)
     ahead.close()
     await idle()
     assert len(handler.seen) <= 1
-    assert ahead.take(1) is None  # nothing is held after close
+    assert take(ahead, mails, 1) is None  # nothing is held after close
     ahead.feed(bodies(3))  # a prefetch that ended after the batch: ignored
     await idle()
     assert len(handler.seen) <= 1
