@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from .errors import QuarantineNow, StoreError
 from .imap import ImapSession
 from .imap_text import FolderState
-from .parse_ahead import ParseAhead
+from .parse_ahead import ParseAhead, Preparer
 from .store import LedgerKey, Store
 
 CHUNK_COUNT = 100
@@ -40,13 +40,9 @@ class Ingested:
     ack: str | None = None  # "queued", or why no acknowledgement is sent
 
 
-class Handler(Protocol):
-    """Turns one mail into a case (the case engine), or keeps it in quarantine."""
-
-    def prepare(self, raw: bytes) -> object:
-        """The part of `ingest` that needs no store (parsing), done ahead while the store
-        is busy; None when there is nothing to do ahead. Never raises."""
-        ...
+class Handler(Preparer, Protocol):
+    """Turns one mail into a case (the case engine), or keeps it in quarantine; its
+    `prepare` (parsing) runs ahead while the store is busy (`ParseAhead`)."""
 
     async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
         """`prepared` is what `prepare` returned for these bytes, if it ran."""

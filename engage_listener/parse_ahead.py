@@ -12,7 +12,8 @@ AHEAD_BYTES = 8 * 1024 * 1024  # and their raw size, at most
 
 class Preparer(Protocol):
     def prepare(self, raw: bytes) -> object:
-        """The part of ingesting a mail that needs no store; None: nothing to do ahead."""
+        """The part of ingesting a mail that needs no store (parsing); None: nothing to do
+        ahead. An error here is left to `ingest`, which meets it again."""
         ...
 
 

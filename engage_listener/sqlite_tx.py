@@ -60,7 +60,7 @@ class SqliteTransaction:
         try:
             result = work(raw.execute)
         except Exception as exc:
-            raw.set_progress_handler(None, 0)
+            raw.set_progress_handler(None, 0)  # before the undo: it would abort that too
             late = time.monotonic() >= stop_at
             if not raw.in_transaction:
                 if late:
