@@ -6,6 +6,9 @@ No I/O: the engine decides *when* (once per case, recorded in the store) and
 * Templates use ``str.format`` syntax over :data:`PLACEHOLDERS` only; values
   are inserted verbatim (a subject ``{x}`` is harmless), HTML-escaped in the
   HTML part and flattened to one line in the subject (no header injection).
+* Values from the mail are cut (subject 100, name 64 characters) and lose their
+  control characters (C0, C1, line separators, bidi overrides), in every part:
+  whoever writes to us must not choose the text our own account sends out.
 * The subject always carries ``[Case#N]`` so replies thread into the case; a
   token already in the customer's subject is dropped from ``{subject}``.
 * RFC 3834: ``Auto-Submitted: auto-replied``, no ``Precedence``, and never an
@@ -32,10 +35,13 @@ from engage_listener.subjects import case_token, find_case_token
 PLACEHOLDERS: frozenset[str] = frozenset(
     {"case_number", "case_token", "subject", "customer_name", "received_at", "sender"}
 )
+DEFAULT_MAX_PER_HOUR = 200  # acknowledgements one listener sends in an hour, in all
+DEFAULT_MAX_PER_RECIPIENT_PER_HOUR = 3
 MAX_REFERENCES = 20  # RFC 5322 3.6.4 lets us trim; keep the first and the latest ones
-_MAX_SUBJECT_VALUE = 200
+MAX_SUBJECT_VALUE = 100  # characters of the customer's subject an acknowledgement repeats
+MAX_NAME_VALUE = 64  # characters of the sender's (or customer's) name
 _TOKEN_IN_SUBJECT = re.compile(r"\[\s*case\s*#\s*[0-9a-z][0-9a-z-]*\s*\]", re.IGNORECASE)
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]+")
 _MSGID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")  # printable ASCII, no < >
 
 
@@ -167,12 +173,20 @@ def _references(original_references: Sequence[str], original_id: str | None) -> 
     return refs
 
 
+def _cut(text: str, limit: int) -> str:
+    """At most `limit` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _subject_value(original_subject: str) -> str:
     """The customer's subject for display: without our token, one line, bounded."""
-    text = _one_line(_TOKEN_IN_SUBJECT.sub(" ", original_subject))
-    if len(text) > _MAX_SUBJECT_VALUE:
-        text = text[: _MAX_SUBJECT_VALUE - 1].rstrip() + "…"
+    text = _cut(_one_line(_TOKEN_IN_SUBJECT.sub(" ", original_subject)), MAX_SUBJECT_VALUE)
     return text or "(sin asunto / no subject)"
+
+
+def _name_value(name: str) -> str:
+    """A display name from the mail or the store: one line, bounded."""
+    return _cut(_one_line(name), MAX_NAME_VALUE)
 
 
 def _values(
@@ -222,8 +236,9 @@ def build_ack(
     now: datetime | None = None,
 ) -> EmailMessage:
     """The complete acknowledgement message. Raises ValueError for unusable addresses."""
-    to_address = parseaddr(to_address)[1] or to_address
-    name = _one_line(customer_name) or _one_line(to_name) or to_address
+    to_address = _one_line(parseaddr(to_address)[1] or to_address)
+    to_name = _name_value(to_name)
+    name = _name_value(customer_name) or to_name or to_address
     values = _values(case_number, original_subject, name, received_at, to_address)
     subject, text, html_body = render(template, values)
     if find_case_token(subject) != case_number:
@@ -253,8 +268,9 @@ def _thread(message: EmailMessage, original_id: str | None, references: Sequence
         message["References"] = " ".join(refs)
 
 
-def _own_key(address: str) -> str:
-    """Comparable form: lower-case, without ``+tag`` sub-addressing."""
+def recipient_key(address: str) -> str:
+    """Comparable form: lower-case, without ``+tag`` sub-addressing (``a+1@x`` and
+    ``A+2@x`` are one mailbox, for loop protection and the per-recipient limit)."""
     bare = parseaddr(address)[1].strip().lower() or address.strip().lower()
     local, at, domain = bare.rpartition("@")
     if not at:
@@ -284,8 +300,8 @@ def skip_reason(
         return f"automatic mail ({automatic})"
     if "@" not in parseaddr(sender)[1] or is_noreply_address(sender):
         return "sender must not be answered (null, daemon, no-reply or unusable)"
-    key = _own_key(sender)
-    if any(_own_key(own) == key for own in own_addresses if own.strip()):
+    key = recipient_key(sender)
+    if any(recipient_key(own) == key for own in own_addresses if own.strip()):
         return "sender is one of our own addresses (mail loop)"
     return None
 
@@ -310,11 +326,11 @@ class RateLimiter:
 
     def allowed(self, recipient: str, now: float) -> bool:
         """Whether one more ack to ``recipient`` fits (does not record it)."""
-        times = self._sent.get(_own_key(recipient), [])
+        times = self._sent.get(recipient_key(recipient), [])
         return allowed(recipient, now, times, self.limit, self.window)
 
     def record(self, recipient: str, now: float) -> None:
         """Remember that an ack went to ``recipient`` at ``now``; forget expired ones."""
-        key, horizon = _own_key(recipient), now - self.window
+        key, horizon = recipient_key(recipient), now - self.window
         self._sent = {k: v for k, v in self._sent.items() if v and v[-1] > horizon}
         self._sent[key] = [t for t in self._sent.get(key, []) if t > horizon] + [now]

@@ -210,7 +210,7 @@ class AckRow:
     case_number: str | None
     recipient: str
     subject: str
-    state: str  # pending, sending, sent, failed, uncertain, closed
+    state: str  # pending, sending, sent, failed, uncertain, closed, suppressed
     attempts: int
     last_error: str | None
     smtp_message_id: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import secrets
@@ -25,11 +25,13 @@ from .hooks import RoutingHook, load_hook
 from .imap import ImapSession
 from .imap_text import ImapEndpoint
 from .listener import Listener, ListenerSettings
-from .logs import get_logger, register_secret
+from .logs import get_logger, install_loop_exception_handler, register_secret
 from .memory import one_malloc_arena
 from .oauth import TokenProvider, provider_for
 from .outbox import OutboxSender
-from .protolog import ProtocolLog, expand_path, log_file_problem
+from .parse_pool import close_shared as close_parse_pool
+from .parse_pool import shared as parse_pool
+from .protolog import ProtocolLog, expand_path, log_file_problem, open_log
 from .retry import backoff
 from .sqlite_store import SqliteStore
 from .store import Store
@@ -50,20 +52,29 @@ if TYPE_CHECKING:
 SHUTDOWN_GRACE = 6.0  # seconds for listeners to finish the mail in hand
 
 
-def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
-    """The IMAP endpoint of a listener, with its protocol log if configured."""
-    pattern = cfg.protocol_log_file
+def protolog_factory(cfg: ImapListenerConfig, suffix: str = "") -> Callable[[], ProtocolLog | None]:
+    """Opens a connection's protocol log, if configured; `%listener%` is the listener's ID
+    plus `suffix` ("-smtp" for its acknowledgements' SMTP sessions, a file of their own)."""
+    pattern, name = cfg.protocol_log_file, cfg.id + suffix
 
     def protolog() -> ProtocolLog | None:
         if not pattern:
             return None
-        return ProtocolLog(
-            expand_path(pattern, cfg.id),
+        return open_log(
+            pattern,
+            name,
+            keep_days=cfg.protocol_log_keep_days,
             bodies=cfg.protocol_log_bodies,
             max_bytes=cfg.protocol_log_max_size,
             keep=cfg.protocol_log_keep,
         )
 
+    return protolog
+
+
+def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
+    """The IMAP endpoint of a listener, with its protocol log if configured."""
+    protolog = protolog_factory(cfg)
     return ImapEndpoint(
         host=cfg.host,
         port=cfg.port,
@@ -73,6 +84,8 @@ def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
         ca_file=str(cfg.ca_file) if cfg.ca_file else None,
         protolog_factory=protolog,
         token_provider=token_provider(cfg.authentication, cfg.username, "imap"),
+        allow_plaintext_login=cfg.allow_plaintext_login,
+        max_message_size=cfg.max_message_size,
     )
 
 
@@ -125,7 +138,13 @@ def ack_settings(cfg: ImapListenerConfig) -> AckSettings | None:
         return None
     identity = AckIdentity(ack.from_address, ack.from_name, ack.reply_to)
     return AckSettings(
-        identity, ack.template, ack.own_addresses, ack.on_follow_ups, ack.max_per_hour
+        identity,
+        ack.template,
+        ack.own_addresses,
+        ack.on_follow_ups,
+        max_per_recipient_per_hour=ack.max_per_recipient_per_hour,
+        max_per_hour=ack.max_per_hour,
+        require_authenticated=ack.require_authenticated,
     )
 
 
@@ -149,7 +168,8 @@ def smtp_endpoints(config: Config, *, enabled_only: bool = True) -> dict[str, Sm
             password=smtp.password,
             ca_file=str(smtp.ca_file) if smtp.ca_file else None,
             token_provider=token_provider(smtp.authentication, smtp.username or "", "smtp"),
-            protolog_factory=endpoint_for(cfg).protolog_factory,
+            protolog_factory=protolog_factory(cfg, "-smtp"),
+            allow_plaintext_login=smtp.allow_plaintext_login,
         )
     return endpoints
 
@@ -175,6 +195,7 @@ def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> Engine
         hook=hook,
         ack=ack_settings(cfg),
         require_approval=cfg.require_approval,
+        follow_ups_from=cfg.follow_ups_from,
     )
 
 
@@ -203,6 +224,7 @@ def build_listener(
         error_folder=cfg.error_folder,
         max_attempts=cfg.max_attempts,
         read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
+        max_message_size=cfg.max_message_size,
     )
     return Listener(
         settings,
@@ -229,6 +251,8 @@ def pop3_endpoint_for(cfg: ImapListenerConfig) -> Pop3Endpoint:
         imap.ca_file,
         protolog_factory=imap.protolog_factory,
         token_provider=token_provider(cfg.authentication, cfg.username, "pop3"),
+        allow_plaintext_login=cfg.allow_plaintext_login,
+        max_message_size=cfg.max_message_size,
     )
 
 
@@ -285,6 +309,7 @@ def build_any(
 async def run(config: Config, *, once: bool = False) -> int:
     """The daemon (or one pass with `once`); returns the process exit code."""
     one_malloc_arena()
+    install_loop_exception_handler()  # asyncio's reports go through the secret scrubber
     log = get_logger()
     listeners_cfg = config.enabled_listeners()
     for warning in config.warnings():
@@ -311,6 +336,7 @@ async def run(config: Config, *, once: bool = False) -> int:
         stop=stop,
         log=get_logger(component="outbox"),
     )
+    parse_pool().warm_up()  # every mail is parsed in a worker process (parse_pool)
     try:
         listeners = [
             build_any(c, store, SystemClock(), stop, hooks.get(c.id), ack_queued)
@@ -330,6 +356,7 @@ async def run(config: Config, *, once: bool = False) -> int:
         await _serve(config, hooks, store, sender, ack_queued, stop, log)
         return 0
     finally:
+        close_parse_pool()
         await store.close()
 
 

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,6 +59,7 @@ class Destination:
     error_folder: str
     max_attempts: int = 3
     read_from: dt.datetime | None = None  # mail received earlier is left where it is
+    max_message_size: int | None = None  # larger mail: only its header is read, quarantined
 
 
 @dataclass
@@ -135,6 +136,7 @@ class Batch:
         self._committed: list[int] = []
         self._quarantined: list[int] = []
         self._too_old: set[int] = set()
+        self._sizes: dict[int, int] = {}
         self._ahead = ParseAhead(handler)
 
     async def run(self) -> BatchResult:
@@ -147,12 +149,28 @@ class Batch:
                 meta = await self.session.fetch_meta(uids)
                 self._too_old = self._older_than_read_from(meta)
                 self.result.too_old = len(self._too_old)
-                sizes = {uid: size for uid, (size, _) in meta.items()}
-                todo = await self._unknown(uids)
+                self._sizes = sizes = {uid: size for uid, (size, _) in meta.items()}
+                todo = await self._without_oversize(await self._unknown(uids))
                 await self._process_chunks(list(chunks(todo, sizes)))
         finally:
             # Even when the store failed mid-batch, what did commit is moved on.
             await self._finish()
+            self.result.seconds = time.monotonic() - started
+        return self.result
+
+    async def run_in_place(self, uids: list[int], sizes: dict[int, int]) -> BatchResult:
+        """Ingest `uids` as `run` does (chunks, attempts, quarantine) but leave committed
+        mail where it is: `reset` re-examines the output folder, where processed mail
+        already lives. Quarantined mail still goes to the error folder."""
+        started = time.monotonic()
+        self.result.found = len(uids)
+        self._sizes = sizes
+        try:
+            todo = await self._without_oversize(await self._unknown(uids))
+            await self._process_chunks(list(chunks(todo, sizes)))
+        finally:
+            if self._quarantined:
+                await self._move_quarantined(sorted(set(self._quarantined)))
             self.result.seconds = time.monotonic() - started
         return self.result
 
@@ -173,6 +191,31 @@ class Batch:
         self.result.already_known += len(known)
         return [uid for uid in uids if uid not in known and uid not in self._too_old]
 
+    async def _without_oversize(self, todo: list[int]) -> list[int]:
+        """Quarantine mail over MaxMessageSize and return the rest.
+
+        Decisions: such a mail is never fetched whole (a server could otherwise make us
+        hold any amount); its header alone (`fetch_header_blocks`, itself capped) is kept
+        as the quarantined raw, so `quarantine list/show` can tell the operator what it
+        was, and it goes to the error folder with the batch's other quarantined mail.
+        """
+        cap = self.destination.max_message_size
+        big = [uid for uid in todo if cap is not None and self._sizes.get(uid, 0) > cap]
+        if not big:
+            return todo
+        heads = dict(await self.session.fetch_header_blocks(big))
+        for uid in big:
+            if self.stop.is_set():
+                break
+            key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)
+            reason = f"oversize: {self._sizes[uid]} bytes > MaxMessageSize {cap}"
+            await self._quarantine(key, heads.get(uid, b""), reason, 1)
+        skip = set(big)
+        return [uid for uid in todo if uid not in skip]
+
+    def _fetch(self, chunk: list[int]) -> Awaitable[list[tuple[int, bytes]]]:
+        return self.session.fetch_bodies(chunk, sum(self._sizes.get(uid, 0) for uid in chunk))
+
     async def _process_chunks(self, todo: list[list[int]]) -> None:
         """Each chunk is fetched while the one before is parsed and committed, so the
         server reads and sends while we work (at most two chunks are held)."""
@@ -180,7 +223,7 @@ class Batch:
         try:
             for number, chunk in enumerate(todo):
                 if fetch is None:
-                    bodies = await self.session.fetch_bodies(chunk)
+                    bodies = await self._fetch(chunk)
                     self._ahead.feed(bodies)
                 else:
                     bodies = await fetch  # fed to the parse-ahead on arrival
@@ -188,7 +231,7 @@ class Batch:
                 if self.stop.is_set():
                     return
                 if number + 1 < len(todo):
-                    fetch = asyncio.ensure_future(self.session.fetch_bodies(todo[number + 1]))
+                    fetch = asyncio.ensure_future(self._fetch(todo[number + 1]))
                     fetch.add_done_callback(self._feed_ahead)
                 await self._process_bodies(bodies)
         finally:

@@ -1,7 +1,8 @@
 """Command line: `engage-listener run | check-config | cases | status | acks | ...`.
 
 Exit codes: 0 success, 2 configuration errors, 1 any other failure. Problems are
-printed as plain lines for operators, never as tracebacks.
+printed as plain lines for operators, never as tracebacks. Everything printed passes
+through `terminal` (control characters from mail made visible, JSON included).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .config import Config, describe, load_config
 from .errors import ConfigError, EngageError
 from .logs import configure_logging
 from .sqlite_store import SqliteStore
+from .terminal import json_text, safe_json, visible, visible_fields, visible_lines
 
 # The operator commands' modules (commands, admin, diagnose, mailsearch) are imported by
 # the functions that use them, so `run` does not pay for them at start-up.
@@ -38,7 +40,7 @@ def _default_config() -> Path:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
+    print(json_text(value))
 
 
 def _report(outcomes: Sequence[Any], as_json: bool) -> int:
@@ -47,7 +49,7 @@ def _report(outcomes: Sequence[Any], as_json: bool) -> int:
         _print_json([asdict(o) for o in outcomes])
     else:
         for outcome in outcomes:
-            print(outcome.text)
+            print(visible(outcome.text))
     return EXIT_OK if all(o.done for o in outcomes) else EXIT_FAILURE
 
 
@@ -57,7 +59,7 @@ def _load(path: Path | None) -> Config:
 
 def _report_config_error(exc: ConfigError) -> int:
     for problem in exc.problems:
-        print(problem, file=sys.stderr)
+        print(visible(str(problem)), file=sys.stderr)
     print(f"{len(exc.problems)} configuration problem(s)", file=sys.stderr)
     return EXIT_CONFIG
 
@@ -98,7 +100,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(asdict(result))
     else:
-        print(result.message)
+        print(visible(result.message))
     return EXIT_OK
 
 
@@ -112,11 +114,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     folder = args.folder or (cfg.input_folder if cfg else "INBOX")
     criteria = Criteria(folder, args.sender, args.subject, args.since, args.before, args.limit)
     hits = asyncio.run(commands.search(config, args.listener, criteria))
-    print(
-        json.dumps([asdict(h) for h in hits], ensure_ascii=False, indent=2)
-        if args.json
-        else render_search(hits)
-    )
+    print(json_text([asdict(h) for h in hits]) if args.json else render_search(hits))
     return EXIT_OK
 
 
@@ -129,7 +127,8 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
             config, args.listeners, create_folders=args.create_folders, send_to=args.send_to
         )
     )
-    print(diagnose.render_json(steps) if args.json else diagnose.render_text(steps))
+    text = diagnose.render_json(steps) if args.json else diagnose.render_text(steps)
+    print(safe_json(text) if args.json else visible_lines(text))
     return EXIT_OK if diagnose.succeeded(steps) else EXIT_FAILURE
 
 
@@ -154,7 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     if not args.json:
-        print(asyncio.run(commands.status(config)), end="")
+        print(visible_lines(asyncio.run(commands.status(config))), end="")
         return EXIT_OK
     kinds = {c.id: c.protocol for c in config.listeners}
     rows = asyncio.run(commands.status_rows(config))
@@ -175,6 +174,7 @@ def cmd_acks(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([asdict(r) for r in rows])
         return EXIT_OK
+    rows = [visible_fields(r) for r in rows]
     print(f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATE':<10} {'TRIES':>5}  RECIPIENT / SUBJECT")
     for r in rows:
         print(
@@ -226,8 +226,9 @@ def cmd_cases(args: argparse.Namespace) -> int:
     if args.pending:
         cases = [c for c in cases if c.status == "pending-approval"]
     if args.json:
-        print(json.dumps([asdict(c) for c in cases], ensure_ascii=False, indent=2))
+        _print_json([asdict(c) for c in cases])
         return EXIT_OK
+    cases = [visible_fields(c) for c in cases]
     print(
         f"{'ID':>5} {'CASE':<8} {'LISTENER':<12} {'STATUS':<16} {'INBOX':<12} "
         f"{'MSGS':>4} {'ATT':>4}  SENDER / SUBJECT"
@@ -236,7 +237,9 @@ def cmd_cases(args: argparse.Namespace) -> int:
         print(
             f"{c.id:>5} {c.case_number:<8} {c.listener[:12]:<12} {c.status:<16} "
             f"{(c.inbox or '-')[:12]:<12} {c.messages:>4} {c.attachments:>4}  "
-            f"{c.sender} / {c.subject}" + (f"  [ack {c.ack}]" if c.ack else "")
+            f"{c.sender} / {c.subject}"
+            + (f"  [related to case {c.related_case_number}]" if c.related_case_id else "")
+            + (f"  [ack {c.ack}]" if c.ack else "")
         )
     print(f"{len(cases)} case(s)")
     return EXIT_OK
@@ -269,9 +272,9 @@ def cmd_customers(args: argparse.Namespace) -> int:
         return EXIT_FAILURE if result.problems else EXIT_OK
     customers = asyncio.run(_with_store(config, admin.list_customers))
     if args.json:
-        print(json.dumps([asdict(c) for c in customers], ensure_ascii=False, indent=2))
+        _print_json([asdict(c) for c in customers])
     else:
-        for c in customers:
+        for c in map(visible_fields, customers):
             print(f"{c.id:>6}  {c.name}  <{', '.join(c.addresses)}>")
         print(f"{len(customers)} customer(s)")
     return EXIT_OK
@@ -283,7 +286,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.action == "replay":
         for line in asyncio.run(commands.replay_quarantine(config, args.ids)):
-            print(line)
+            print(visible(line))
         return EXIT_OK
     if args.action == "show":
         found = asyncio.run(_with_store(config, lambda s: admin.get_quarantine(s, args.id)))
@@ -295,15 +298,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(raw)
         else:
             for key, value in asdict(entry).items():
-                print(f"{key:>11}: {value}")
+                print(f"{key:>11}: {visible(str(value))}")
         return EXIT_OK
     entries = asyncio.run(
         _with_store(config, lambda s: admin.list_quarantine(s, include_replayed=args.all))
     )
     if args.json:
-        print(json.dumps([asdict(e) for e in entries], ensure_ascii=False, indent=2))
+        _print_json([asdict(e) for e in entries])
         return EXIT_OK
-    for e in entries:
+    for e in map(visible_fields, entries):
         print(
             f"{e.id:>5} {e.listener[:12]:<12} {e.state:<8} tries={e.attempts} "
             f"{e.sender} / {e.subject}\n      reason: {e.reason}"
@@ -339,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _report_config_error(exc)
     except EngageError as exc:
-        print(f"engage-listener: {exc}", file=sys.stderr)
+        print(f"engage-listener: {visible(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -72,6 +72,12 @@ async def _replay_one(
     entry, raw = found
     if entry.state != "held":
         return f"{entry_id}: already {entry.state} (case {entry.case_id})"
+    if entry.reason.startswith("oversize"):
+        # Only the headers were fetched: a case made of them would lose the mail's body.
+        return (
+            f"{entry_id}: not replayed: only the headers of an oversize mail are stored; "
+            "raise MaxMessageSize, then move the mail back to the input folder"
+        )
     cfg = listeners.get(entry.listener)
     if cfg is None:
         raise EngageError(

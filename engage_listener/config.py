@@ -10,10 +10,12 @@ for the messages to follow.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import re
 import zoneinfo
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from lxml import etree
 
@@ -31,6 +33,10 @@ from engage_listener.config_xml import values as _values
 from engage_listener.errors import ConfigError, ConfigProblem, SecretError
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
+DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # 150 MB: the largest mail Exchange Online accepts
+DEFAULT_PROTOCOL_LOG_KEEP_DAYS = 14
+
+FollowUpsFrom = Literal["Participants", "Anyone"]
 
 
 __all__ = [
@@ -102,6 +108,10 @@ class ImapListenerConfig:
     protocol: str = "imap"  # "imap" or "pop3" (a Pop3Listener block)
     leave_on_server: bool = False  # POP3 only
     authentication: AuthConfig | None = None  # None: the Password
+    allow_plaintext_login: bool = False  # UseSsl False without STARTTLS/STLS may log in
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail: quarantined `oversize`
+    follow_ups_from: FollowUpsFrom = "Participants"  # who may join a case by token/header
+    protocol_log_keep_days: int = DEFAULT_PROTOCOL_LOG_KEEP_DAYS  # prune older log files
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,23 @@ class Config:
             found.append("no listener will run: every one is disabled or switched off")
         for lst in self.listeners:
             found.extend(_listener_warnings(lst))
+        if self.metrics is not None and not _loopback(self.metrics.host):
+            where = f"[{self.metrics.host}]" if ":" in self.metrics.host else self.metrics.host
+            found.append(
+                f"metrics endpoint on {where}:{self.metrics.port} is reachable from the "
+                "network; it has no authentication"
+            )
         return found
+
+
+def _loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (a name other than localhost: unknown)."""
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _listener_warnings(lst: ImapListenerConfig) -> list[str]:
@@ -163,21 +189,48 @@ def _listener_warnings(lst: ImapListenerConfig) -> list[str]:
         return [f"listener {lst.id}: disabled (Enabled is False)"]
     found: list[str] = []
     if lst.protocol == "pop3":
-        if lst.output_folder is not None:
-            found.append(f"listener {lst.id}: POP3 cannot move mail, OutputFolder is ignored")
-        if not lst.leave_on_server:
-            found.append(f"listener {lst.id}: POP3 deletes processed mail from the server")
-        if lst.read_from_date is not None:
-            found.append(f"listener {lst.id}: POP3 has no received dates, ReadFromDate is ignored")
-        if lst.time_zone != "UTC":  # the default; `status` still counts "today" in it
-            found.append(
-                f"listener {lst.id}: POP3 has no received dates, TimeZone is ignored "
-                "(status still counts today's mails in it)"
-            )
+        found.extend(_pop3_warnings(lst))
     elif lst.output_folder is None:
         found.append(f"listener {lst.id}: no OutputFolder, processed mail will be DELETED")
-    if not lst.use_ssl:
-        found.append(f"listener {lst.id}: UseSsl is False, {lst.host}:{lst.port} is not TLS")
+    return found + _cleartext_warnings(lst)
+
+
+def _pop3_warnings(lst: ImapListenerConfig) -> list[str]:
+    """What a POP3 listener ignores or does differently from an IMAP one."""
+    found: list[str] = []
+    if lst.output_folder is not None:
+        found.append(f"listener {lst.id}: POP3 cannot move mail, OutputFolder is ignored")
+    if not lst.leave_on_server:
+        found.append(f"listener {lst.id}: POP3 deletes processed mail from the server")
+    if lst.read_from_date is not None:
+        found.append(f"listener {lst.id}: POP3 has no received dates, ReadFromDate is ignored")
+    if lst.time_zone != "UTC":  # the default; `status` still counts "today" in it
+        found.append(
+            f"listener {lst.id}: POP3 has no received dates, TimeZone is ignored "
+            "(status still counts today's mails in it)"
+        )
+    return found
+
+
+def _cleartext_warnings(lst: ImapListenerConfig) -> list[str]:
+    """Every setting that lets a credential travel in clear: warned each time, on purpose."""
+    found: list[str] = []
+    if not lst.use_ssl and lst.allow_plaintext_login:
+        found.append(
+            f"listener {lst.id}: AllowPlaintextLogin is True, credentials may be sent in clear "
+            f"to {lst.host}:{lst.port} when it offers no STARTTLS"
+        )
+    elif not lst.use_ssl:
+        found.append(
+            f"listener {lst.id}: UseSsl is False, {lst.host}:{lst.port} must offer STARTTLS "
+            "(login is refused without it)"
+        )
+    ack = lst.acknowledgement
+    if ack is not None and ack.smtp.allow_plaintext_login and ack.smtp.security == "None":
+        found.append(
+            f"listener {lst.id}: Smtp AllowPlaintextLogin is True, the SMTP password to "
+            f"{ack.smtp.host}:{ack.smtp.port} is sent in clear"
+        )
     return found
 
 
@@ -267,6 +320,10 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
     zone = values.get("TimeZone")
     if zone is not None and not _known_zone(_text(zone)):
         problems.append(ConfigProblem(file, _line(zone), "TimeZone", "unknown time zone"))
+    log = values.get("ProtocolLogFile")
+    if log is not None and _windows_path(_text(log)):
+        message = "a Windows path; give a path on this machine (relative: to this file)"
+        problems.append(ConfigProblem(file, _line(log), "ProtocolLogFile", message))
     ca = values.get("CaFile")
     if ca is not None and _text(ca) and (ca_problem := ca_file_problem(path, _text(ca))):
         problems.append(ConfigProblem(file, _line(ca), "CaFile", ca_problem))
@@ -348,7 +405,7 @@ def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
         extract_attachments=_flag(values, "ExtractAttachments", False),
         sync_max_wait_time=int(_optional(values, "SyncMaxWaitTime") or 60),
         sync_max_changes_count=int(_optional(values, "SyncMaxChangesCount") or 10),
-        protocol_log_file=_optional(values, "ProtocolLogFile"),
+        protocol_log_file=_protocol_log_path(config_path, _optional(values, "ProtocolLogFile")),
         ca_file=_relative_to(config_path, ca_file) if ca_file is not None else None,
         enabled=_flag(values, "Enabled", True),
         source_line=_line(block),
@@ -395,7 +452,25 @@ def _case_settings(values: dict[str, etree._Element]) -> dict[str, Any]:
         "protocol_log_bodies": _flag(values, "ProtocolLogBodies", False),
         "protocol_log_max_size": int(_optional(values, "ProtocolLogMaxSize") or 10 * 1024 * 1024),
         "protocol_log_keep": int(_optional(values, "ProtocolLogKeep") or 5),
+        "protocol_log_keep_days": int(
+            _optional(values, "ProtocolLogKeepDays") or DEFAULT_PROTOCOL_LOG_KEEP_DAYS
+        ),
+        "allow_plaintext_login": _flag(values, "AllowPlaintextLogin", False),
+        "max_message_size": int(_optional(values, "MaxMessageSize") or DEFAULT_MAX_MESSAGE_SIZE),
+        "follow_ups_from": cast(
+            FollowUpsFrom, _optional(values, "FollowUpsFrom") or "Participants"
+        ),
     }
+
+
+def _protocol_log_path(config_path: Path, value: str | None) -> str | None:
+    """A protocol log pattern; a relative one is taken from the configuration's directory."""
+    return str(_relative_to(config_path, value)) if value else None
+
+
+def _windows_path(value: str) -> bool:
+    """`C:\\...`, `C:/...` or `\\\\server\\share`: paths of the original Windows service."""
+    return bool(re.match(r"^([A-Za-z]:[\\/]|\\\\)", value))
 
 
 def _metrics(node: etree._Element) -> MetricsConfig:

@@ -12,7 +12,13 @@ from pathlib import Path
 from lxml import etree
 
 from . import secrets
-from .ack import DEFAULT_TEMPLATE, AckTemplate, template_problems
+from .ack import (
+    DEFAULT_MAX_PER_HOUR,
+    DEFAULT_MAX_PER_RECIPIENT_PER_HOUR,
+    DEFAULT_TEMPLATE,
+    AckTemplate,
+    template_problems,
+)
 from .config_auth import AuthConfig, auth_config, auth_problems, auth_type
 from .config_xml import ca_file_problem, flag, line, optional, relative_to, text, values
 from .errors import ConfigProblem
@@ -27,6 +33,7 @@ class SmtpConfig:
     password: str | None = field(repr=False)
     ca_file: Path | None
     authentication: AuthConfig | None = None  # None: the Password
+    allow_plaintext_login: bool = False  # Security None with a UserName needs it
 
 
 @dataclass(frozen=True)
@@ -38,9 +45,13 @@ class AckConfig:
     reply_to: str | None
     template: AckTemplate
     on_follow_ups: bool
-    max_per_hour: int
+    max_per_recipient_per_hour: int
     own_addresses: tuple[str, ...]
     source_line: int
+    max_per_hour: int = DEFAULT_MAX_PER_HOUR
+    # RequireAuthenticated's AuthServId: acknowledge only mail that this server's
+    # Authentication-Results header says passed DMARC (None: no such requirement).
+    require_authenticated: str | None = None
 
 
 def _template_text(
@@ -86,6 +97,22 @@ def ack_problems(
         problems.append("Smtp has a UserName but no Password")
     if oauth and "UserName" not in smtp:
         problems.append("Smtp with OAuth2 needs a UserName (the mailbox it logs in as)")
+    security = text(smtp["Security"]) if "Security" in smtp else "StartTls"
+    if security == "None" and "UserName" in smtp and not flag(smtp, "AllowPlaintextLogin", False):
+        problems.append(
+            "Smtp Security None with a UserName would send the login in clear; use StartTls "
+            "or Tls, or set Smtp/AllowPlaintextLogin True"
+        )
+    required = found.get("RequireAuthenticated")
+    if (
+        required is not None
+        and text(required).lower() == "true"
+        and not (required.get("AuthServId") or "").strip()
+    ):
+        problems.append(
+            "RequireAuthenticated True needs AuthServId, the name your receiving server "
+            "writes in Authentication-Results (e.g. mx.example.org)"
+        )
     result = [ConfigProblem(str(path), line(node), "Acknowledgement", p) for p in problems]
     if "Authentication" in smtp:
         result += auth_problems(smtp["Authentication"], path, key_path)
@@ -122,13 +149,25 @@ def ack_config(
             authentication=auth_config(smtp["Authentication"], path, key_path)
             if "Authentication" in smtp
             else None,
+            allow_plaintext_login=flag(smtp, "AllowPlaintextLogin", False),
         ),
         from_address=text(found["FromAddress"]),
         from_name=optional(found, "FromName") or "",
         reply_to=optional(found, "ReplyTo"),
         template=template,
         on_follow_ups=flag(found, "OnFollowUps", False),
-        max_per_hour=int(optional(found, "MaxPerRecipientPerHour") or 3),
+        max_per_recipient_per_hour=int(
+            optional(found, "MaxPerRecipientPerHour") or DEFAULT_MAX_PER_RECIPIENT_PER_HOUR
+        ),
         own_addresses=tuple(sorted({a.lower() for a in own if a})),
         source_line=line(node),
+        max_per_hour=int(optional(found, "MaxPerHour") or DEFAULT_MAX_PER_HOUR),
+        require_authenticated=_required_authserv(found.get("RequireAuthenticated")),
     )
+
+
+def _required_authserv(node: etree._Element | None) -> str | None:
+    """RequireAuthenticated's AuthServId when the element is True, else None."""
+    if node is None or text(node).lower() != "true":
+        return None
+    return (node.get("AuthServId") or "").strip().lower() or None

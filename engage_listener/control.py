@@ -70,5 +70,15 @@ async def resume(store: Store, listener: str) -> str:
     return f"{listener}: intake resumed"
 
 
-async def reset_done(store: Store, listener: str) -> None:
-    await _set(store, listener, "reset_from", None)
+async def reset_done(store: Store, listener: str, since: dt.datetime | None = None) -> None:
+    """The reset from `since` is finished; a newer request made meanwhile stays pending."""
+    if since is None:
+        await _set(store, listener, "reset_from", None)
+        return
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    async with store.transaction() as tx:
+        await tx.execute(
+            "UPDATE listener_control SET reset_from = NULL, updated_at = ?"
+            " WHERE listener = ? AND reset_from = ?",
+            (stamp, listener, since.isoformat()),
+        )

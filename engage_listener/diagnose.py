@@ -93,6 +93,11 @@ def _tls_hint(message: str, account: str) -> str:
         return "the certificate is not trusted: set CaFile to the PEM of its CA"
     if "does not offer STARTTLS" in message:
         return "the server offers no STARTTLS here; " + PORTS[account]
+    if "refusing to send credentials in clear" in message:
+        return (
+            "nothing secret was sent; use UseSsl True on the implicit-TLS port, or set "
+            "AllowPlaintextLogin True if this network is trusted; " + PORTS[account]
+        )
     return PORTS[account]
 
 

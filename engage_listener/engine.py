@@ -11,15 +11,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import hashlib
 import re
 from dataclasses import dataclass
 
 from . import parser
-from .ack import AckIdentity, AckTemplate, build_ack, skip_reason
-from .automail import automatic_reason
+from .ack import (
+    DEFAULT_MAX_PER_HOUR,
+    DEFAULT_MAX_PER_RECIPIENT_PER_HOUR,
+    AckIdentity,
+    AckTemplate,
+    build_ack,
+    recipient_key,
+    skip_reason,
+)
+from .authres import unauthenticated
 from .batch import Ingested
 from .errors import QuarantineNow
+from .follow_ups import Scope, named_case, participants
 from .hooks import (
     CaseView,
     CustomerView,
@@ -28,6 +36,7 @@ from .hooks import (
     RoutingDecision,
     RoutingHook,
 )
+from .parse_pool import Prepared, prepare_for_quarantine, shared
 from .store import (
     CaseRef,
     Customer,
@@ -39,9 +48,8 @@ from .store import (
     Store,
     Transaction,
 )
-from .subjects import find_case_token, normalize_subject
+from .subjects import normalize_subject
 
-BIG_MAIL = 1024 * 1024  # parse mails larger than this in a worker thread
 REPLAY_FOLDER = "#quarantine"
 PENDING = "pending-approval"  # ledger folder of mails replayed from quarantine
 
@@ -60,6 +68,7 @@ class EngineSettings:
     hook: RoutingHook | None = None
     ack: AckSettings | None = None
     require_approval: bool = False
+    follow_ups_from: str = "Participants"  # Participants | Anyone (see follow_ups)
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class Arrival:
     mail: parser.ParsedMail
     customer: Customer | None
     automatic: str | None
+    raw: bytes = b""  # the mail as received (RequireAuthenticated reads its header)
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,9 @@ class AckSettings:
     template: AckTemplate
     own_addresses: tuple[str, ...]
     on_follow_ups: bool = False
-    max_per_hour: int = 3
+    max_per_recipient_per_hour: int = DEFAULT_MAX_PER_RECIPIENT_PER_HOUR
+    max_per_hour: int = DEFAULT_MAX_PER_HOUR  # all recipients together
+    require_authenticated: str | None = None  # AuthServId whose dmarc=pass is required
 
 
 class CaseEngine:
@@ -95,15 +107,16 @@ class CaseEngine:
         self.settings = settings
         self.ack_queued = ack_queued  # set after a commit that queued an acknowledgement
 
-    def prepare(self, raw: bytes) -> Prepared | None:
-        """What `ingest` would first do, ahead of it (a big mail: None, done in a thread)."""
-        if len(raw) > BIG_MAIL:
-            return None
-        return _prepared(raw, self.settings.extract_attachments)
+    def prepare(self, raw: bytes) -> asyncio.Future[Prepared]:
+        """What `ingest` would first do, started ahead of it in a parse worker (its future
+        is what `ingest` takes as `prepared`); see parse_pool."""
+        return shared().submit(raw, self.settings.extract_attachments)
 
     async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
         """Parse (unless `prepare` did), then commit customer, case, message, attachments,
         routing and ledger."""
+        if isinstance(prepared, asyncio.Future):  # from `prepare`; parse-timeout raises here
+            prepared = await prepared
         if not isinstance(prepared, Prepared):
             prepared = await _prepare(raw, strip=self.settings.extract_attachments)
         mail, automatic = prepared.mail, prepared.automatic
@@ -123,10 +136,11 @@ class CaseEngine:
                 await tx.add_ledger(key, row, message)
                 return Ingested(None, None, False, False, ignored=True)
             row = await tx.add_message(case.id, message)
+            await tx.add_participants(case.id, participants(mail))
             await self._attach(tx, row, raw, mail)
             ack = None
             if not await self._awaits_approval(tx, case, is_new):
-                arrival = Arrival(case, is_new, row, mail, customer, automatic)
+                arrival = Arrival(case, is_new, row, mail, customer, automatic, raw)
                 ack = await self._route_and_acknowledge(tx, arrival)
             await tx.add_ledger(key, row, message)
         if ack == "queued" and self.ack_queued is not None:
@@ -148,7 +162,7 @@ class CaseEngine:
             mail, automatic = ready.mail, ready.automatic
             customer = await tx.get_customer(info.customer_id) if info.customer_id else None
             case = CaseRef(info.id, info.case_number)
-            arrival = Arrival(case, True, int(row), mail, customer, automatic)
+            arrival = Arrival(case, True, int(row), mail, customer, automatic, bytes(raw))
             ack = await self._route_and_acknowledge(tx, arrival)
         if ack == "queued" and self.ack_queued is not None:
             self.ack_queued.set()
@@ -156,9 +170,8 @@ class CaseEngine:
 
     async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
         """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
-        message = self._message(
-            raw, await _prepare(raw, strip=self.settings.extract_attachments), None
-        )
+        strip = self.settings.extract_attachments
+        message = self._message(raw, await prepare_for_quarantine(raw, strip, reason), None)
         async with self.store.transaction() as tx:
             return await tx.add_quarantine(key, raw, message, reason, attempts)
 
@@ -201,13 +214,14 @@ class CaseEngine:
         customer: Customer | None,
         automatic: str | None,
     ) -> tuple[CaseRef | None, bool]:
-        """Join an open case by headers, case token or subject; else open one."""
-        refs = [r for r in (mail.in_reply_to, *mail.references) if r]
+        """Join an open case by headers or case token (see `follow_ups`: its participants
+        only), or the customer's by subject; else open one."""
         normalized = normalize_subject(mail.subject, self.settings.subject_prefixes)
-        case = await tx.open_case_by_message_ids(refs)
-        token = find_case_token(mail.subject)
-        if case is None and token:
-            case = await tx.open_case_by_number(token)
+        s = self.settings
+        named = await named_case(
+            tx, mail, Scope(s.listener, s.process, anyone=s.follow_ups_from == "Anyone")
+        )
+        case = named.join
         if case is None:
             customer_id = customer.id if customer else None
             case = await tx.open_case_by_subject(customer_id, self.settings.process, normalized)
@@ -224,6 +238,7 @@ class CaseEngine:
             subject=mail.subject,
             normalized_subject=normalized,
             customer_id=customer.id if customer else None,
+            related_case_id=named.related_case_id,
         )
         return await tx.create_case(new), True
 
@@ -280,12 +295,13 @@ class CaseEngine:
             hook_acknowledge=hook_says,
             is_new_case=arrival.is_new,
             on_follow_ups=ack.on_follow_ups,
-        )
+        ) or unauthenticated(ack.require_authenticated, arrival.raw)
         if reason:
             return f"skipped: {reason}"
         since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
-        if await tx.recent_acks(sender.address, since) >= ack.max_per_hour:
-            return f"skipped: rate limit of {ack.max_per_hour} per hour reached"
+        limit_key = recipient_key(sender.address)  # victim+1@ and victim+2@ count together
+        if await tx.recent_acks(limit_key, since) >= ack.max_per_recipient_per_hour:
+            return f"skipped: rate limit of {ack.max_per_recipient_per_hour} per hour reached"
         try:
             message = build_ack(
                 ack.identity,
@@ -301,17 +317,20 @@ class CaseEngine:
             )
         except ValueError as exc:
             return f"skipped: {exc}"
-        await tx.add_outbox(
-            NewAck(
-                self.settings.listener,
-                case.id,
-                arrival.row,
-                sender.address,
-                str(message["Subject"]),
-                str(message["Message-ID"]),
-                message.as_bytes(),
-            )
+        row = NewAck(
+            self.settings.listener,
+            case.id,
+            arrival.row,
+            sender.address,
+            str(message["Subject"]),
+            str(message["Message-ID"]),
+            message.as_bytes(),
         )
+        if await tx.listener_acks(self.settings.listener, since) >= ack.max_per_hour:
+            why = f"MaxPerHour: {ack.max_per_hour} acknowledgements in the last hour"
+            await tx.add_outbox(row, state="suppressed", last_error=why)  # recorded, never sent
+            return f"suppressed: {why}"
+        await tx.add_outbox(row)
         return "queued"
 
     def _message(self, raw: bytes, ready: Prepared, automatic: str | None) -> NewMessage:
@@ -338,11 +357,11 @@ class CaseEngine:
         )
 
     async def _attach(self, tx: Transaction, row: int, raw: bytes, mail: parser.ParsedMail) -> None:
-        """ExtractAttachments True: one row per attachment; False: the whole mail as one .eml."""
+        """ExtractAttachments True: one row per attachment; False: the whole mail as one .eml,
+        whose bytes are the message's raw (stored once: see `store.NewAttachment`)."""
         if not self.settings.extract_attachments:
-            await tx.add_attachment(
-                row, NewAttachment(_eml_name(mail.subject), "message/rfc822", raw)
-            )
+            eml = NewAttachment(_eml_name(mail.subject), "message/rfc822", raw, raw_of_message=True)
+            await tx.add_attachment(row, eml)
             return
         for item in mail.attachments:
             await tx.add_attachment(
@@ -353,26 +372,9 @@ class CaseEngine:
             )
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """What a mail's bytes alone give, no store needed: parsed, hashed, judged automatic."""
-
-    mail: parser.ParsedMail
-    sha256: str
-    automatic: str | None  # why it is automatic mail (auto-reply, bounce), or None
-
-
-def _prepared(raw: bytes, strip: bool) -> Prepared:
-    mail = parser.parse(raw, strip=strip)
-    sender = mail.sender.address if mail.sender else ""
-    automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
-    return Prepared(mail, hashlib.sha256(raw).hexdigest(), automatic)
-
-
 async def _prepare(raw: bytes, *, strip: bool = False) -> Prepared:
-    if len(raw) > BIG_MAIL:  # parsing and hashing it would hold up the event loop
-        return await asyncio.to_thread(_prepared, raw, strip)
-    return _prepared(raw, strip)
+    """Parsed in a worker process, within the per-mail budget (QuarantineNow past it)."""
+    return await shared().prepare(raw, strip)
 
 
 def _eml_name(subject: str) -> str:

@@ -29,6 +29,29 @@ SIZE_RE = re.compile(rb"RFC822\.SIZE (\d+)")
 INTERNALDATE_RE = re.compile(rb'INTERNALDATE "([^"]+)"')
 LIST_DELIM_RE = re.compile(rb'\) (?:"\\?(.)"|NIL) ')
 MAX_SET_LENGTH = 4000  # characters of one UID set, well under server line limits
+DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # MaxMessageSize: 150 MB, Exchange Online's largest
+
+
+@dataclass(frozen=True)
+class ImapLimits:
+    """Bounds on what a server may send; tests shrink them to stay fast.
+
+    Decisions: a line that is not a literal holds at most `max_line` bytes (SEARCH,
+    whose one line lists every UID, gets the whole response budget); a literal larger
+    than MaxMessageSize + `literal_allowance` is refused the moment it is announced
+    (RFC822.SIZE is only an estimate on some servers, hence the slack); one command's
+    response is at most `max_response` bytes unless a FETCH expects more; every command
+    has an overall deadline, a FETCH's being `fetch_allowance` plus its expected or
+    announced size at `floor_rate` bytes a second, so a server trickling a byte now and
+    then (which keeps the inactivity timer happy) is still cut off.
+    """
+
+    max_line: int = 1024 * 1024
+    max_response: int = 64 * 1024 * 1024
+    literal_allowance: int = 16 * 1024 * 1024
+    floor_rate: float = 64 * 1024.0
+    fetch_allowance: float = 30.0
+    header_cap: int = 256 * 1024  # BODY.PEEK[HEADER]<0.n> of an oversize mail
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,15 @@ class ImapEndpoint:
     protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
     # OAuth2: log in with SASL XOAUTH2 as `username` with its tokens (`password` unused).
     token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
+    # UseSsl False without STARTTLS: log in anyway (AllowPlaintextLogin), else refuse.
+    allow_plaintext_login: bool = False
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    limits: ImapLimits = ImapLimits()
+
+    @property
+    def max_literal(self) -> int:
+        """The largest literal accepted from the server."""
+        return self.max_message_size + self.limits.literal_allowance
 
     def ssl_context(self) -> ssl.SSLContext:
         """Verifying context: certificates are always checked (system CAs or CaFile)."""

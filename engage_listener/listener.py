@@ -21,7 +21,7 @@ from .clock import Clock
 from .control import read_control, reset_done
 from .errors import FolderMissingError
 from .imap import ImapSession
-from .imap_text import FolderState, track_exists
+from .imap_text import DEFAULT_MAX_MESSAGE_SIZE, FolderState, track_exists
 from .reset import reset_folder
 from .retry import Retrying
 from .store import Store
@@ -43,6 +43,7 @@ class ListenerSettings:
     error_folder: str | None = None  # None: "Error" beside the input folder
     max_attempts: int = 3
     read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail is quarantined unread
 
 
 class Listener(Retrying):
@@ -171,17 +172,33 @@ class Listener(Retrying):
 
     async def _reset(self, session: ImapSession, folder: FolderState, since: dt.datetime) -> None:
         """Re-examine mail received since `since`: the output folder now, the input folder
-        through the next batch; whatever is already in the ledger is never ingested again."""
+        through the next batch; whatever is already in the ledger is never ingested again.
+        A mail that failed there below MaxAttempts leaves the reset pending: it is tried
+        again at the next control check, after a normal batch (see `reset`)."""
         self.read_from_override = since
         out = self.settings.output_folder
-        ingested = 0
+        result = BatchResult()
         if out is not None:
-            ingested = await reset_folder(
-                session, out, since, self.settings.id, self.store, self.handler
+            destination = Destination(
+                None,
+                self.error_folder,
+                self.settings.max_attempts,
+                max_message_size=self.settings.max_message_size,
             )
+            result = await reset_folder(
+                session, out, since, self.settings.id, self.store, self.handler,
+                destination=destination, stop=self.stop, log=self.log,
+            )  # fmt: skip
             await session.select(folder.name)
-        await reset_done(self.store, self.settings.id)
-        self.log.info("reset", since=since.isoformat(), output_folder_ingested=ingested)
+        if not result.failed and not self.stop.is_set():
+            await reset_done(self.store, self.settings.id, since)
+        self.log.info(
+            "reset",
+            since=since.isoformat(),
+            output_folder_ingested=result.ingested,
+            quarantined=result.quarantined,
+            to_retry=result.failed,
+        )
 
     # ----- batches --------------------------------------------------------------------
     async def _batch(self, session: ImapSession, folder: FolderState, reason: str) -> BatchResult:
@@ -192,6 +209,7 @@ class Listener(Retrying):
             self.error_folder,
             self.settings.max_attempts,
             self._read_from(),
+            self.settings.max_message_size,
         )
         batch = Batch(
             session,

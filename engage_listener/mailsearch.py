@@ -14,6 +14,7 @@ from . import parser
 from .imap import ImapSession
 from .imap_text import imap_date, quote
 from .store import Store
+from .terminal import visible, visible_fields
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,13 @@ async def search_mailbox(
 
 
 def render(hits: list[Hit]) -> str:
+    """The hits as a table; sender and subject come from the mail, so each cell is
+    `visible` (no control character reaches the operator's terminal)."""
     lines = [f"{'RECEIVED':<25} {'UID':>6} {'SIZE':>8} {'CASE':<4}  SENDER / SUBJECT"]
-    for h in hits:
+    for h in map(visible_fields, hits):
         lines.append(
             f"{h.received or '-':<25} {h.uid:>6} {h.size:>8} "
             f"{'yes' if h.in_case else 'no':<4}  {h.sender} / {h.subject}"
         )
-    lines.append(f"{len(hits)} mail(s) in {hits[0].folder if hits else 'the folder'}")
+    lines.append(f"{len(hits)} mail(s) in {visible(hits[0].folder) if hits else 'the folder'}")
     return "\n".join(lines)

@@ -4,6 +4,17 @@ A tiny asyncio HTTP server rather than prometheus-client's threaded one: it runs
 in the daemon's loop, reads the same figures as `engage-listener status` at each
 scrape (nothing to keep in sync between scrapes), and bounds every request in
 size and time so a stray client cannot tie it up.
+
+Decisions:
+- At most `max_connections` (32) connections are open at once, so idle clients
+  cannot use up the daemon's file descriptors (300 idle loopback connections
+  did). A connection over the cap first evicts the oldest one still waiting for
+  its request line (a scraper sends it at once; an idle socket never does); when
+  every slot is busy answering, the newcomer is closed at once.
+- The request head must arrive within `read_timeout` (5 s), the whole exchange
+  within `request_timeout` (10 s).
+- Labels are listener IDs and state names, values numbers: no error text is
+  ever exported, and the text of a failed collection is scrubbed of secrets.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .logs import scrub
 from .status import ListenerStatus
 
 STATES = (
@@ -31,6 +43,8 @@ STATES = (
 )
 MAX_REQUEST = 8192  # bytes of request line and headers
 REQUEST_TIMEOUT = 10.0  # seconds for a whole exchange, collection included
+READ_TIMEOUT = 5.0  # seconds for the request line and headers to arrive
+MAX_CONNECTIONS = 32
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -125,7 +139,15 @@ class MetricsServer:
         *,
         health_max_age: float,
         clock: Callable[[], float] = time.time,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float | None = None,
+        request_timeout: float | None = None,
     ) -> None:
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout  # None: READ_TIMEOUT, REQUEST_TIMEOUT when used
+        self.request_timeout = request_timeout
+        self._open: set[asyncio.StreamWriter] = set()  # counted against the cap
+        self._waiting: dict[asyncio.StreamWriter, None] = {}  # no request yet, oldest first
         self.host = host
         self.port = port
         self.collect = collect
@@ -151,32 +173,57 @@ class MetricsServer:
             task.cancel()
         await server.wait_closed()
 
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Count the connection against the cap, evicting the oldest idle one if need be."""
+        if len(self._open) >= self.max_connections:
+            if not self._waiting:
+                return False
+            oldest = next(iter(self._waiting))
+            self._forget(oldest)
+            oldest.transport.abort()  # its handler sees EOF and ends
+        self._open.add(writer)
+        self._waiting[writer] = None
+        return True
+
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        self._open.discard(writer)
+        self._waiting.pop(writer, None)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._admit(writer):
+            writer.transport.abort()  # over the cap: the descriptor is freed at once
+            return
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                response = await self._respond(reader)
+            async with asyncio.timeout(self.request_timeout or REQUEST_TIMEOUT):
+                response = await self._respond(reader, writer)
                 if response is not None:
                     writer.write(response)
                     await writer.drain()
         except (TimeoutError, ConnectionError):
             pass  # the client is slow or gone; nothing to tell it
         finally:
+            self._forget(writer)
             if task is not None:
                 self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _respond(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _respond(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            async with asyncio.timeout(self.read_timeout or READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             return _response(431, "request too large\n")
-        except asyncio.IncompleteReadError:
-            return None
+        except (asyncio.IncompleteReadError, TimeoutError):
+            return None  # gone, evicted, or idle past the read deadline
+        finally:
+            self._waiting.pop(writer, None)  # answering now: no longer evictable
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return _response(400, "bad request\n")
@@ -191,7 +238,8 @@ class MetricsServer:
             rows = await self.collect()
         except Exception as exc:
             code = 500 if target == "/metrics" else 503
-            return _response(code, f"cannot read the status: {exc}\n", head=method == "HEAD")
+            text = scrub(f"cannot read the status: {exc}\n")
+            return _response(code, text, head=method == "HEAD")
         if target == "/metrics":
             body = generate_latest(StatusCollector(rows))
             return _response(200, body, CONTENT_TYPE_PLAIN_0_0_4, head=method == "HEAD")

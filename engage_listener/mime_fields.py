@@ -179,12 +179,19 @@ def extension_for(content_type: str) -> str:
         return ""
 
 
-def sanitize_filename(name: str, used: set[str], content_type: str = "") -> str:
+def sanitize_filename(
+    name: str, used: set[str], content_type: str = "", numbers: dict[str, int] | None = None
+) -> str:
     """A file name safe on any file system and unique among ``used`` (which it joins).
 
     Path parts, traversal, control and bidi characters, characters Windows
     forbids, leading dots and reserved device names are removed; long names are
     cut keeping the extension; an empty result becomes "attachment" + extension.
+
+    Decisions: a duplicate becomes ``name (2)``, ``name (3)``...; `numbers` (one dict
+    per mail) remembers the last number given per name, so the next duplicate starts
+    there instead of trying 2, 3... again: 1,000 attachments of one name cost 1,000
+    tries, not 500,000 (a 660 kB mail took 21 s before).
     """
     parts = [p for p in re.split(r"[/\\]", _NAME_DROP.sub("", name)) if p.strip(" .")]
     clean = _DOTS.sub(".", _NAME_BAD.sub("_", "_".join(parts))).strip(" .")
@@ -193,11 +200,14 @@ def sanitize_filename(name: str, used: set[str], content_type: str = "") -> str:
     stem, ext = _split_extension(clean)
     if stem.split(".")[0].strip().upper() in _RESERVED:
         stem = "_" + stem
-    candidate = _fit(stem, ext, "")
-    number = 1
-    while candidate in used:
-        number += 1
-        candidate = _fit(stem, ext, f" ({number})")
+    candidate = base = _fit(stem, ext, "")
+    if candidate in used:
+        number = numbers.get(base, 1) if numbers is not None else 1
+        while candidate in used:
+            number += 1
+            candidate = _fit(stem, ext, f" ({number})")
+        if numbers is not None:
+            numbers[base] = number
     used.add(candidate)
     return candidate
 

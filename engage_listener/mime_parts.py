@@ -24,7 +24,10 @@ from .mime_text import (
 )
 from .mime_tree import Part, charset_hints, field_text, read_fields
 
-__all__ = ["Found", "Walker"]
+__all__ = ["MAX_ATTACHMENTS", "REST_NAME", "Found", "Walker"]
+
+MAX_ATTACHMENTS = 500  # attachments kept one by one; the rest become one opaque part
+REST_NAME = "remaining-parts.txt"  # that part: the MIME source of the rest, as text
 
 _BODY_TYPES = ("text/plain", "text/html")
 _MESSAGE_TYPES = ("message/rfc822", "message/global")
@@ -83,7 +86,14 @@ def _content_id(part: Part) -> str | None:
 
 
 class Walker:
-    """Walks a part tree once, collecting body texts and attachments."""
+    """Walks a part tree once, collecting body texts and attachments.
+
+    Decisions: past MAX_ATTACHMENTS attachments, the rest are neither decoded nor named
+    one by one (each costs a decode, a file name and a store row; a mail of 5,000 tiny
+    parts is an attack, not a correspondence): `finish` keeps them as one text part
+    holding their MIME source, and a defect says so. Nothing is lost: the raw mail is
+    stored whole.
+    """
 
     def __init__(self, defects: list[str]) -> None:
         self.defects = defects
@@ -91,6 +101,8 @@ class Walker:
         self.htmls: list[str] = []
         self.found: list[Found] = []
         self._names: set[str] = set()
+        self._numbers: dict[str, int] = {}  # see sanitize_filename
+        self._rest: list[Part] = []  # attachments past MAX_ATTACHMENTS
 
     def walk(self, part: Part) -> None:
         """Classify ``part`` and, for multiparts, its children."""
@@ -191,7 +203,28 @@ class Walker:
             text = unflow(text, part.params.get("delsp", "").lower() == "yes")
         self.texts.append(text)
 
+    def finish(self) -> None:
+        """After `walk`: the attachments past MAX_ATTACHMENTS as one opaque part."""
+        if not self._rest:
+            return
+        first = self._rest[0]
+        same = [p for p in self._rest if p.buf is first.buf]
+        start, end = min(p.start for p in same), max(p.end for p in same)
+        span = Part(first.buf, start, start, end, [], "text/plain", opaque=True)
+        others = [p.buf[p.start : p.end] for p in self._rest if p.buf is not first.buf]
+        payload = b"\n".join([first.buf[start:end], *others])
+        self.defects.append(
+            f"more than {MAX_ATTACHMENTS} attachments: the other {len(self._rest)} kept as"
+            f" one part, {REST_NAME}"
+        )
+        name = sanitize_filename(REST_NAME, self._names, "text/plain", self._numbers)
+        self.found.append(Found(span, name, "text/plain", None, False, payload))
+        self._rest = []
+
     def _attach(self, part: Part) -> None:
+        if len(self.found) >= MAX_ATTACHMENTS:
+            self._rest.append(part)
+            return
         if part.opaque:
             payload, kind = part.buf[part.start : part.end], "message/rfc822"
         else:
@@ -199,7 +232,7 @@ class Walker:
         content_id = _content_id(part)
         name = _declared_name(part) or self._fallback_name(part, kind, payload, content_id)
         inline = content_id is not None and _disposition(part)[0] != "attachment"
-        filename = sanitize_filename(name, self._names, kind)
+        filename = sanitize_filename(name, self._names, kind, self._numbers)
         self.found.append(Found(part, filename, kind, content_id, inline, payload))
 
 

@@ -27,8 +27,9 @@ from typing import Any, Protocol, TextIO
 
 from .config_auth import AuthConfig
 from .errors import AuthenticationError, SecretError, TransientError
+from .logs import register_secret, scrub
 from .oauth_advice import LOGIN_AGAIN, advice, refusal_advice
-from .token_cache import TokenCache
+from .token_cache import TokenCache, register_state_secrets
 
 REFRESH_MARGIN = 300.0  # seconds: a token this close to its expiry is renewed first
 PURPOSES = ("imap", "pop3", "smtp")
@@ -67,7 +68,10 @@ class TokenRefused(AuthenticationError):
 def xoauth2_payload(username: str, token: str) -> str:
     """The SASL XOAUTH2 initial response, base64 (it contains the token: never log it)."""
     raw = f"user={username}\x01auth=Bearer {token}\x01\x01".encode()
-    return base64.b64encode(raw).decode("ascii")
+    payload = base64.b64encode(raw).decode("ascii")
+    register_secret(token)
+    register_secret(payload)  # the command's text holds this form, not the bare token
+    return payload
 
 
 def xoauth2_error(challenge: bytes) -> str:
@@ -157,6 +161,7 @@ class Account:
             except OAuthError as exc:
                 self._note(last_error=exc.advice or str(exc))
                 raise
+            register_secret(token)  # before anything can quote it in an error
             expiry = self.now() + expires_in
             self._tokens[key] = (token, expiry)
             changes: dict[str, Any] = {"expires_at": expiry, "last_error": ""}
@@ -189,6 +194,7 @@ class Account:
 
     def _save(self, **meta: Any) -> None:
         """Write `state` now (a rotated refresh token must never be lost)."""
+        register_state_secrets(self.state)
         try:
             base = self.cache.metas().get(self.name, {})
             merged = {**base, "kind": self.auth.kind, "account": self.username, **meta}
@@ -209,6 +215,7 @@ class Account:
         except SecretError as exc:  # wrong key, damaged file: the operator must act
             raise OAuthError(str(exc), LOGIN_AGAIN) from None
         self.state = dict(entry.secret) if entry is not None else {}
+        register_state_secrets(self.state)
         self._revision = entry.revision if entry is not None else 0
         self._tokens.clear()
         self._loaded()
@@ -218,6 +225,8 @@ class Account:
 
     def _note(self, **meta: Any) -> None:
         """Record readable facts for `auth status`; best effort, never fails a login."""
+        if isinstance(meta.get("last_error"), str):
+            meta["last_error"] = scrub(meta["last_error"])
         try:
             if self._revision > 0:
                 self.cache.update_meta(self.name, **meta)  # the secret part is unchanged

@@ -25,6 +25,7 @@ import google.oauth2.credentials
 import requests
 from google.oauth2 import service_account
 
+from .logs import register_secret
 from .oauth import Account, IdentityProviderUnavailable, OAuthError, http_session
 from .oauth_advice import LOGIN_AGAIN, google_advice
 
@@ -159,6 +160,9 @@ class GoogleAccount(Account):
             data = json.loads(response.data.decode("utf-8"))
         except ValueError:
             data = {}
+        for field in ("access_token", "refresh_token", "id_token"):
+            if isinstance(data.get(field), str):
+                register_secret(data[field])  # the moment the provider returns them
         if response.status != 200 or "access_token" not in data:
             error = google.auth.exceptions.RefreshError(  # type: ignore[no-untyped-call]
                 str(data.get("error")), data

@@ -16,6 +16,7 @@ import msal
 import requests
 
 from .config_auth import load_certificate
+from .logs import register_secret
 from .oauth import Account, IdentityProviderUnavailable, OAuthError, http_session
 from .oauth_advice import LOGIN_AGAIN, microsoft_advice
 
@@ -122,6 +123,9 @@ class MicrosoftAccount(Account):
             self._msal_cache.has_state_changed = False
 
     def _token_of(self, result: dict[str, Any]) -> tuple[str, float, bool]:
+        for field in ("access_token", "refresh_token", "id_token"):
+            if isinstance(result.get(field), str):
+                register_secret(result[field])  # the moment the provider returns them
         if "access_token" not in result:
             raise self._error(result)
         fresh = result.get("token_source", "identity_provider") == "identity_provider"

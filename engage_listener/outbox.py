@@ -47,8 +47,10 @@ POLL = 30.0
 BATCH = 50
 
 # Every state an outbox row can be in. The sender takes only `pending` rows that are due;
-# `closed` is written only by an operator (`acks close`): an acknowledgement never to be sent.
-STATES = ("pending", "sending", "sent", "failed", "uncertain", "closed")
+# `closed` is written only by an operator (`acks close`): an acknowledgement never to be sent;
+# `suppressed` by the engine past the listener's MaxPerHour (why in last_error): recorded so
+# `acks` shows it, never sent, never retried.
+STATES = ("pending", "sending", "sent", "failed", "uncertain", "closed", "suppressed")
 RESENDABLE = ("uncertain", "failed", "closed")  # `acks resend`: back to pending, due now
 CLOSABLE = ("uncertain", "failed")  # `acks close`
 

@@ -1,4 +1,4 @@
-"""Parsing the next mails of a batch while the event loop would otherwise wait."""
+"""Starting the parse of a batch's next mails before the batch reaches them."""
 
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ AHEAD_BYTES = 8 * 1024 * 1024  # and their raw size, at most
 
 class Preparer(Protocol):
     def prepare(self, raw: bytes) -> object:
-        """The part of ingesting a mail that needs no store (parsing); None: nothing to do
-        ahead. An error here is left to `ingest`, which meets it again."""
+        """The part of ingesting a mail that needs no store (parsing), or a future of it
+        (the case engine's: a parse worker's); None: nothing to do ahead. An error here is
+        left to `ingest`, which meets it again; one in the future, `ingest` awaits."""
         ...
 
 
 class ParseAhead:
-    """Prepares (parses) the next mails whenever the event loop would otherwise wait:
-    mostly on a group's COMMIT (an fsync, on the store's thread), when the next chunk has
-    usually arrived. Parsing is a good part of a mail's work and needs no store. At most
-    AHEAD_COUNT mails or AHEAD_BYTES are held prepared; what it has not done yet, `ingest`
-    does itself. Mails are fed and taken in the same order."""
+    """Prepares (parses) the next mails whenever the event loop is free: the case engine's
+    `prepare` hands a mail to a parse worker process and returns its future at once, so
+    the workers parse while the batch commits the mails before. Parsing is a good part of
+    a mail's work and needs no store. At most AHEAD_COUNT mails or AHEAD_BYTES are held
+    prepared or in the making; what it has not started, `ingest` does itself. Mails are
+    fed and taken in the same order; what `close` drops is cancelled if not started."""
 
     def __init__(self, handler: Preparer) -> None:
         self._handler = handler
@@ -82,4 +84,7 @@ class ParseAhead:
         if self._task is not None:
             self._task.cancel()
         self._pending.clear()
+        for prepared, _ in self._done.values():
+            if isinstance(prepared, asyncio.Future):
+                prepared.cancel()  # a parse not started yet is not started at all
         self._done.clear()

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
+from typing import Any
 
 from .mime_fields import (
     clean_line,
@@ -34,6 +35,7 @@ __all__ = [
     "parse",
     "sanitize_filename",
     "strip_attachments",
+    "unparsed",
 ]
 
 MAX_DEFECTS = 100
@@ -87,6 +89,26 @@ class ParsedMail:
     headers: Mapping[str, str]
     stripped: bytes | None = None  # with parse(strip=True): see strip_attachments
 
+    def __reduce__(self) -> tuple[object, tuple[dict[str, object]]]:
+        """Pickled by a parse worker process (see parse_pool): a read-only mapping does not
+        pickle, so the headers travel as a dict and are wrapped again on arrival."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["headers"] = dict(self.headers)
+        return _unpickle, (state,)
+
+
+def _unpickle(state: dict[str, Any]) -> ParsedMail:
+    state["headers"] = MappingProxyType(state["headers"])
+    return ParsedMail(**state)
+
+
+def unparsed(why: str) -> ParsedMail:
+    """A mail left unread on purpose (its parse was stopped): ``why`` is its one defect.
+    Nothing of it is decoded (that could be what took so long); the raw mail is kept."""
+    return ParsedMail(
+        False, None, (), (), (), "", None, None, None, (), "", None, (), (why,), _EMPTY
+    )
+
 
 def parse(raw: bytes, *, strip: bool = False) -> ParsedMail:
     """Read a mail. Never raises: on total failure ``parsed`` is False and defects say why.
@@ -106,6 +128,7 @@ def _parse(raw: bytes, strip: bool = False) -> ParsedMail:
     root = build_tree(raw, defects)
     walker = Walker(defects)
     walker.walk(root)
+    walker.finish()
     stripped = None
     if strip:
         try:
@@ -221,6 +244,7 @@ def _strip(raw: bytes) -> bytes:
     root = build_tree(raw, [])
     walker = Walker([])
     walker.walk(root)
+    walker.finish()
     return _cut(raw, root, walker.found)
 
 

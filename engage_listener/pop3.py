@@ -2,8 +2,12 @@
 
 poplib blocks, so every call runs in the session's own worker thread with a socket
 timeout: a hung server delays neither the event loop nor any other listener.
-RETR and TOP bodies are read raw, so the bytes are exactly the server's and lines
-over poplib's 2048-byte limit cannot make a mail unreadable forever. Errors become
+Every byte is read through `pop3_wire.BoundedReader` (caps on size and line length,
+a deadline per command), and RETR and TOP bodies raw, so the bytes are exactly the
+server's and lines over poplib's 2048-byte limit cannot make a mail unreadable
+forever. Without implicit TLS the session must STLS: a server that offers no STLS, or
+an upgrade that fails, is a TlsError before anything secret is sent, unless the
+listener has AllowPlaintextLogin (then `tls` is "none" and the listener warns). Errors become
 the package's: a refused login AuthenticationError, certificate problems TlsError,
 other -ERR ProtocolError (the session stays usable), sockets and timeouts
 ConnectionLostError (the session is then unusable: `healthy` is False).
@@ -25,17 +29,17 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .config import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import AuthenticationError, ConnectionLostError, ProtocolError, TlsError
 from .oauth import TokenRefused, xoauth2_error, xoauth2_payload
+from .pop3_wire import EOF, Pop3Conn, ReadLimits
 from .protolog import ProtocolLog
 
 if TYPE_CHECKING:
     from .oauth import TokenProvider
 
 T = TypeVar("T")
-STATUS_LINE_MAX = 8192  # status and listing lines; message bodies are read in chunks
-BODY_CHUNK = 64 * 1024
-EOF = "-ERR EOF"  # how poplib reports a connection closed by the server
+_Conn = Pop3Conn  # the name this module's helpers (and tests) use
 TEMPORARY_CODES = ("[IN-USE]", "[SYS/TEMP]")  # RFC 3206: a refusal worth retrying soon
 ANSWER_MAX = 300  # characters of a server answer quoted in an error
 
@@ -54,6 +58,9 @@ class Pop3Endpoint:
     protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
     # OAuth2: log in with SASL XOAUTH2 as `username` with its tokens (`password` unused).
     token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
+    allow_plaintext_login: bool = False  # AllowPlaintextLogin: log in without STLS
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # MaxMessageSize
+    limits: ReadLimits = field(default_factory=ReadLimits)
 
     @property
     def where(self) -> str:
@@ -64,76 +71,6 @@ class Pop3Endpoint:
         context = ssl.create_default_context(cafile=self.ca_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
-
-
-class _Conn(poplib.POP3):
-    """poplib.POP3 with implicit TLS, a protocol log and a raw multi-line reader."""
-
-    def __init__(
-        self, ep: Pop3Endpoint, context: ssl.SSLContext | None, protolog: ProtocolLog | None
-    ) -> None:
-        self.protolog = protolog
-        self._implicit = context
-        try:
-            super().__init__(ep.host, ep.port, ep.timeout)
-        except BaseException:
-            self.shut()  # e.g. the greeting timed out after the socket was opened
-            raise
-
-    def _create_socket(self, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout)
-        if self._implicit is None:
-            return sock
-        try:
-            return self._implicit.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
-
-    def _putcmd(self, line: str) -> None:
-        if self.protolog is not None:
-            self.protolog.sent(line)  # masks PASS
-        self.sock.sendall(line.encode(self.encoding) + b"\r\n")
-
-    def _getline(self) -> tuple[bytes, int]:
-        line = self.file.readline(STATUS_LINE_MAX + 1)
-        if not line:
-            raise poplib.error_proto(EOF)
-        if len(line) > STATUS_LINE_MAX:
-            raise poplib.error_proto("line too long")
-        text = line.rstrip(b"\r\n")
-        if self.protolog is not None:
-            self.protolog.received(text)
-        return text, len(line)
-
-    def body(self, command: str) -> bytes:
-        """A multi-line answer as sent by the server, with only the byte-stuffing undone."""
-        self._putcmd(command)
-        status, _ = self._getline()
-        if not status.startswith(b"+"):
-            raise poplib.error_proto(status)
-        parts: list[bytes] = []
-        at_line_start = True
-        while True:
-            piece = self.file.readline(BODY_CHUNK)
-            if not piece:
-                raise poplib.error_proto(EOF)
-            if at_line_start and piece in (b".\r\n", b".\n"):
-                break
-            if at_line_start and piece.startswith(b".."):
-                piece = piece[1:]
-            parts.append(piece)
-            at_line_start = piece.endswith(b"\n")
-        data = b"".join(parts)
-        if self.protolog is not None:
-            self.protolog.literal(len(data))
-            self.protolog.literal_data(data)  # only with ProtocolLogBodies
-        return data
-
-    def shut(self) -> None:
-        """Close without QUIT; safe after a failed __init__ and when already closed."""
-        with suppress(OSError, AttributeError):
-            self.close()
 
 
 def _answer(exc: poplib.error_proto) -> str:
@@ -177,6 +114,11 @@ def _connect(
         conn = _Conn(ep, context if ep.use_ssl else None, protolog)
     try:
         tls = "implicit" if ep.use_ssl else _starttls(conn, ep, context)
+        if tls == "none" and not ep.allow_plaintext_login:
+            raise TlsError(
+                f"{ep.where}: server offered no STLS; refusing to send credentials in clear "
+                "(AllowPlaintextLogin True allows it)"
+            )
         if token is None:
             _login(conn, ep)
         else:
@@ -201,7 +143,10 @@ def _starttls(conn: _Conn, ep: Pop3Endpoint, context: ssl.SSLContext) -> str:
     if "STLS" not in capabilities:
         return "none"
     with _errors(f"STLS with {ep.where}", handshake=True):
-        conn.stls(context)
+        try:
+            conn.stls(context)
+        except poplib.error_proto as exc:  # offered, then refused: no quiet plain text
+            raise TlsError(f"STLS with {ep.where} failed: {_answer(exc)}") from None
     if conn.protolog is not None:
         conn.protolog.note("STLS done")
     return "stls"
@@ -246,22 +191,42 @@ def _login_xoauth2(conn: _Conn, ep: Pop3Endpoint, token: str) -> None:
         raise TokenRefused(f"XOAUTH2 login refused for {who}: {answer}{detail}")
 
 
-def _listing(conn: _Conn) -> tuple[list[tuple[int, str]], bool]:
-    """Blocking: (number, UIDL) pairs, and whether the server has UIDL at all."""
+@dataclass(frozen=True)
+class Listed:
+    """One message the server lists: its number, UIDL and size (LIST, in octets)."""
+
+    number: int
+    uidl: str
+    size: int
+
+
+def _listing(conn: _Conn) -> tuple[list[Listed], bool]:
+    """Blocking: the messages, and whether the server has UIDL at all."""
     try:
         _, lines, _ = conn.uidl()
     except poplib.error_proto as exc:
         if not _is_err(exc):
             raise
-        return _hashed_listing(conn), False
-    return [_pair(line) for line in lines], True
-
-
-def _hashed_listing(conn: _Conn) -> list[tuple[int, str]]:
-    """No UIDL (RFC 1939 makes it optional): the SHA-256 of each message's header."""
+        uidls = None
+    else:
+        uidls = dict(_pair(line) for line in lines)
     _, lines, _ = conn.list()
-    numbers = [_pair(line)[0] for line in lines]
-    return [(n, "sha256:" + hashlib.sha256(conn.body(f"TOP {n} 0")).hexdigest()) for n in numbers]
+    sizes = [_scan(line) for line in lines]
+    if uidls is None:  # no UIDL (RFC 1939 makes it optional): the SHA-256 of each header
+        return [Listed(n, "sha256:" + _header_hash(conn, n), size) for n, size in sizes], False
+    return [Listed(n, uidls[n], size) for n, size in sizes if n in uidls], True
+
+
+def _header_hash(conn: _Conn, number: int) -> str:
+    return hashlib.sha256(conn.body(f"TOP {number} 0", conn._limits.header_max)).hexdigest()
+
+
+def _scan(line: bytes) -> tuple[int, int]:
+    """A LIST line, "number size" (RFC 1939 lets servers add more after them)."""
+    parts = line.split()
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise ProtocolError(f"malformed LIST line from the server: {line[:100]!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def _pair(line: bytes) -> tuple[int, str]:
@@ -318,14 +283,28 @@ class Pop3Session:
             raise
         return cls(endpoint, conn, tls, worker)
 
-    async def list_uidls(self) -> list[tuple[int, str]]:
-        """(message number, UIDL); without UIDL, "sha256:" + hex of the TOP n 0 header."""
+    async def listing(self) -> list[Listed]:
+        """Number, UIDL and size of each message; without UIDL the UIDL is "sha256:" + hex
+        of its TOP n 0 header."""
         listing, self.uidl_supported = await self._call("UIDL", lambda: _listing(self._conn))
         return listing
 
-    async def retrieve(self, number: int) -> bytes:
-        """RETR: the message exactly as the server sends it (byte-stuffing undone)."""
-        return await self._call(f"RETR {number}", lambda: self._conn.body(f"RETR {number}"))
+    async def list_uidls(self) -> list[tuple[int, str]]:
+        """(message number, UIDL) pairs of `listing`."""
+        return [(m.number, m.uidl) for m in await self.listing()]
+
+    async def retrieve(self, number: int, size: int = 0) -> bytes:
+        """RETR: the message exactly as the server sends it (byte-stuffing undone); at most
+        MaxMessageSize plus an allowance, within a deadline scaled to the listed `size`."""
+        most = self.endpoint.max_message_size + self.endpoint.limits.size_allowance
+        command = f"RETR {number}"
+        return await self._call(command, lambda: self._conn.body(command, most, size))
+
+    async def header(self, number: int) -> bytes:
+        """TOP n 0: the message's header (and the empty line after it), as the server sends it."""
+        most = self.endpoint.limits.header_max
+        command = f"TOP {number} 0"
+        return await self._call(command, lambda: self._conn.body(command, most))
 
     async def delete(self, number: int) -> None:
         """DELE: marks the message; the server removes it only at a successful QUIT."""

@@ -6,11 +6,21 @@ deleted only after its transaction committed, and a message found in the ledger
 again (its deletion was lost with a broken connection, or LeaveOnServer keeps it)
 is never ingested again, only deleted (or left alone). Errors never escape `run`:
 transient ones back off with jitter, permanent ones are retried slowly.
+
+Decisions:
+
+* A UIDL is not trusted alone (`pop3_ledger`): before a DELE the mail is fetched and
+  its SHA-256 must be one taken under that UIDL; under LeaveOnServer the listed size
+  must match (else the hash decides). A different mail is taken as a new one.
+* A mail over MaxMessageSize (its LIST size) is never fetched whole: its `TOP n 0`
+  header is quarantined `oversize` and the mail is left on the server for good; the
+  ledger row (matched by the header's hash) keeps it from being quarantined again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -19,16 +29,21 @@ from typing import Any
 from .batch import Handler
 from .clock import Clock
 from .errors import ProtocolError, QuarantineNow, StoreError
-from .pop3 import Pop3Session
+from .pop3 import Listed, Pop3Session
+from .pop3_ledger import (
+    LEDGER_PREFIX,
+    OVERSIZE,
+    Seen,
+    by_hash,
+    by_size,
+    ledger_key,
+    next_generation,
+    seen,
+)
 from .retry import Retrying
 from .store import LedgerKey, Store
 
-LEDGER_PREFIX = "#pop3:"  # ledger "folder" of a POP3 mail: the prefix and its UIDL
-
-
-def ledger_key(listener: str, uidl: str) -> LedgerKey:
-    """The ledger key of a POP3 mail: UIDLs are unique for the life of the maildrop."""
-    return LedgerKey(listener, LEDGER_PREFIX + uidl, 0, 0)
+__all__ = ["LEDGER_PREFIX", "Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,8 @@ class Pop3Listener(Retrying):
         self.last_success_at: float | None = None  # wall time of the last completed poll
         self.backlog: int | None = None  # messages still on the server and not yet taken
         self.last_error: str | None = None
-        self.known: dict[str, str] = {}  # UIDL -> ledger state; ledger rows are never removed
+        self.known: dict[str, tuple[Seen, ...]] = {}  # UIDL -> its ledger rows (never removed)
+        self.verified: dict[str, int] = {}  # UIDL -> listed size found to be a known mail
 
     async def run(self) -> None:
         """Poll until `stop` is set; never raises (except cancellation)."""
@@ -113,6 +129,8 @@ class Pop3Listener(Retrying):
         session = await self.connect()
         ep = session.endpoint
         self.log.info("connected", host=ep.host, port=ep.port, tls=session.tls, protocol="pop3")
+        if session.tls == "none":  # AllowPlaintextLogin: said on every connection
+            self.log.warning("plaintext_login", host=ep.host, port=ep.port, protocol="pop3")
         self.state = "processing"
         self.log.info("batch_start", reason=reason)
         poll = Pop3Poll(self, session)
@@ -141,13 +159,13 @@ class Pop3Poll:
         started = time.monotonic()
         failed = True
         try:
-            listing = await self.session.list_uidls()
-            self._forget_gone({uidl for _, uidl in listing})
+            listing = await self.session.listing()
+            self._forget_gone({m.uidl for m in listing})
             self.result.found = len(listing)
-            for number, uidl in listing:
+            for listed in listing:
                 if self.listener.stop.is_set():
                     break
-                await self._one(number, uidl)
+                await self._one(listed)
             failed = False
         finally:
             await self._close(failed)
@@ -155,35 +173,92 @@ class Pop3Poll:
         return self.result
 
     def _forget_gone(self, present: set[str]) -> None:
-        known = self.listener.known
-        for uidl in [u for u in known if u not in present]:
-            del known[uidl]
+        for cache in (self.listener.known, self.listener.verified):
+            for uidl in [u for u in cache if u not in present]:
+                del cache[uidl]
 
-    async def _one(self, number: int, uidl: str) -> None:
-        key = ledger_key(self.settings.id, uidl)
-        state = await self._known_state(uidl, key)
-        if state is not None:  # committed before: at most its deletion was lost
-            self.result.already_known += 1
-            await self._done(number, key, state)
+    async def _one(self, m: Listed) -> None:
+        rows = await self._rows(m.uidl)
+        if m.size > self.session.endpoint.max_message_size:
+            await self._oversize(m, rows)
             return
-        if self._taken >= self.settings.max_per_batch:
-            self.result.deferred += 1
+        if rows and self.settings.leave_on_server and self._same_size(m, rows):
+            self.result.already_known += 1  # nothing is deleted: the listed size suffices
             return
-        raw = await self._retrieve(number, uidl)
-        if raw is not None:  # a message the server cannot give us takes no slot
-            self._taken += 1
-            await self._ingest(number, uidl, key, raw)
+        if not rows and self._full():
+            return
+        raw = await self._retrieve(m.number, m.uidl, m.size)
+        if raw is None:  # a message the server cannot give us takes no slot
+            return
+        if rows:
+            same = by_hash(rows, hashlib.sha256(raw).hexdigest())
+            if same is not None:  # taken before: at most its deletion was lost
+                self.listener.verified[m.uidl] = m.size
+                self.result.already_known += 1
+                await self._done(m.number, self._key(m.uidl, same.generation), same.state)
+                return
+            self.log.warning("uidl_reused", uid=m.uidl, number=m.number, size=m.size)
+        self._taken += 1
+        await self._ingest(m.number, m.uidl, self._key(m.uidl, next_generation(rows)), raw)
 
-    async def _known_state(self, uidl: str, key: LedgerKey) -> str | None:
+    def _key(self, uidl: str, generation: int) -> LedgerKey:
+        return ledger_key(self.settings.id, uidl, generation)
+
+    def _full(self) -> bool:
+        """max_per_batch new mails taken: the rest waits for the next poll."""
+        if self._taken < self.settings.max_per_batch:
+            return False
+        self.result.deferred += 1
+        return True
+
+    def _same_size(self, m: Listed, rows: tuple[Seen, ...]) -> bool:
+        return self.listener.verified.get(m.uidl) == m.size or by_size(rows, m.size) is not None
+
+    async def _rows(self, uidl: str) -> tuple[Seen, ...]:
         if uidl not in self.listener.known:
-            found = await self.listener.store.known_states(key.listener, key.folder, 0, [0])
-            if 0 in found:
-                self.listener.known[uidl] = found[0]
-        return self.listener.known.get(uidl)
+            self.listener.known[uidl] = await seen(self.listener.store, self.settings.id, uidl)
+        return self.listener.known[uidl]
 
-    async def _retrieve(self, number: int, uidl: str) -> bytes | None:
+    def _remember(self, uidl: str, key: LedgerKey, state: str, sha256: str, size: int) -> None:
+        rows = self.listener.known.get(uidl, ())
+        self.listener.known[uidl] = (*rows, Seen(key.uid, state, sha256, size))
+
+    async def _oversize(self, m: Listed, rows: tuple[Seen, ...]) -> None:
+        """Over MaxMessageSize: quarantine its header once, never fetch it, never DELE it."""
+        if self.listener.verified.get(m.uidl) == m.size:
+            self.result.already_known += 1
+            return
+        header = await self._header(m)
+        if header is None:
+            return
+        sha256 = hashlib.sha256(header).hexdigest()
+        if by_hash(rows, sha256) is not None:
+            self.listener.verified[m.uidl] = m.size
+            self.result.already_known += 1
+            return
+        if self._full():
+            return
+        self._taken += 1
+        key = self._key(m.uidl, next_generation(rows))
+        limit = self.session.endpoint.max_message_size
+        reason = f"{OVERSIZE}: {m.size} bytes > MaxMessageSize {limit}"
+        entry = await self.listener.handler.quarantine(key, header, reason, 1)
+        self._remember(m.uidl, key, "quarantined", sha256, len(header))
+        self.listener.verified[m.uidl] = m.size
+        self.result.quarantined += 1
+        self.log.warning("message_quarantined", uid=m.uidl, quarantine_id=entry, reason=reason)
+
+    async def _header(self, m: Listed) -> bytes | None:
         try:
-            return await self.session.retrieve(number)
+            return await self.session.header(m.number)
+        except ProtocolError as exc:  # -ERR for this message only; it stays on the server
+            self.result.failed += 1
+            self.log.error("message_failed", uid=m.uidl, number=m.number, error=str(exc))
+            return None
+
+    async def _retrieve(self, number: int, uidl: str, size: int) -> bytes | None:
+        try:
+            return await self.session.retrieve(number, size)
         except ProtocolError as exc:  # -ERR for this message only; it stays on the server
             self.result.failed += 1
             self.log.error("message_failed", uid=uidl, number=number, error=str(exc))
@@ -200,7 +275,7 @@ class Pop3Poll:
         except Exception as exc:  # one bad message never stops the poll
             await self._failed(number, uidl, key, raw, exc)
             return
-        self.listener.known[uidl] = "committed"
+        self._remember(uidl, key, "committed", hashlib.sha256(raw).hexdigest(), len(raw))
         self.result.ingested += 1
         self.log.info(
             "message",
@@ -241,7 +316,7 @@ class Pop3Poll:
     ) -> None:
         """POP3 has no error folder: the store keeps the mail, so it may leave the server."""
         entry = await self.listener.handler.quarantine(key, raw, reason, attempts)
-        self.listener.known[uidl] = "quarantined"
+        self._remember(uidl, key, "quarantined", hashlib.sha256(raw).hexdigest(), len(raw))
         self.result.quarantined += 1
         self.log.warning(
             "message_quarantined",
@@ -269,7 +344,9 @@ class Pop3Poll:
             self.result.deleted = len(self._deleted)
             for key, state in self._deleted:
                 if state != "quarantined":  # the ledger keeps telling quarantined apart
-                    await self.listener.store.mark_done(key.listener, key.folder, 0, [0], "deleted")
+                    await self.listener.store.mark_done(
+                        key.listener, key.folder, 0, [key.uid], "deleted"
+                    )
         except Exception as exc:
             if not failed:
                 raise

@@ -7,6 +7,13 @@ message literals are recorded as a size marker rather than their content.
 `log_file_problem` is the start-up check of a ProtocolLogFile; a log that still
 cannot be opened when a connection starts is a ProtocolLogError (permanent: it
 needs an operator), never a bare OSError with a traceback.
+
+Decisions: with %time% (or %date%) in the name every connection, and every
+acknowledgement's SMTP session, starts a new file that size rotation never sees, so
+`open_log` also prunes: files of the same pattern (%date% and %time% as wildcards,
+%listener% as this log's own name, rotated `.N` copies included) last written more than
+ProtocolLogKeepDays ago are deleted. Pruning lists a directory on the event loop, so it
+runs at the first open and then at most once per PRUNE_INTERVAL for each pattern.
 """
 
 from __future__ import annotations
@@ -14,10 +21,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from .errors import PermanentError
+from .logs import scrub
 
 _LOGIN = re.compile(r"^(\S+ LOGIN) .*$", re.IGNORECASE)
 _AUTH = re.compile(r"^(\S+ AUTHENTICATE \S+|AUTH \S+)(?: .*)?$", re.IGNORECASE)
@@ -25,10 +36,19 @@ _AUTH_NO_IR = re.compile(r"^(\S+ AUTHENTICATE \S+|AUTH \S+)$", re.IGNORECASE)
 _PASS = re.compile(r"^(PASS) .*$", re.IGNORECASE)
 
 
+_PLACEHOLDER = re.compile(r"(%date%|%time%|%listener%)")
+PRUNE_INTERVAL = 3600.0  # seconds between two prunings of one pattern
+_pruned_at: dict[tuple[str, str], float] = {}
+
+
+def _safe(listener: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", listener)
+
+
 def expand_path(pattern: str, listener: str, now: dt.datetime | None = None) -> Path:
     """Expand %date%, %time% and %listener% in a ProtocolLogFile value."""
     moment = now or dt.datetime.now()
-    safe_listener = re.sub(r"[^A-Za-z0-9_.-]", "_", listener)
+    safe_listener = _safe(listener)
     return Path(
         pattern.replace("%date%", moment.strftime("%Y%m%d"))
         .replace("%time%", moment.strftime("%H%M%S"))
@@ -110,7 +130,8 @@ class ProtocolLog:
         if self._file.closed:  # the loop may report a closed connection after close()
             return
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        line = f"{stamp} {direction} {text}\n"
+        # The server's lines too: a hostile server may echo a password back at us.
+        line = f"{stamp} {direction} {scrub(text)}\n"
         self._file.write(line)
         self._size += len(line)
         if self._size >= self.max_bytes:
@@ -164,3 +185,73 @@ class ProtocolLog:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+# ----- pruning (see the module docstring) ------------------------------------------------
+def _part_regex(part: str, listener: str, last: bool) -> re.Pattern[str]:
+    """One path component of the pattern as a regex; the file name also matches `.N`."""
+    wildcards = {"%date%": r"\d{8}", "%time%": r"\d{6}", "%listener%": re.escape(_safe(listener))}
+    pieces = [wildcards.get(p, re.escape(p)) for p in _PLACEHOLDER.split(part)]
+    return re.compile("".join(pieces) + (r"(?:\.\d+)?" if last else ""))
+
+
+def pattern_files(pattern: str, listener: str) -> Iterator[Path]:
+    """Existing files that `pattern` made (or rotated) for `listener`, at any date/time."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, p in enumerate(parts) if "%" in p), len(parts) - 1)
+    found = [Path(*parts[:fixed]) if fixed else Path()]
+    for index in range(fixed, len(parts)):
+        last = index == len(parts) - 1
+        regex = _part_regex(parts[index], listener, last)
+        found = [
+            Path(entry.path)
+            for directory in found
+            for entry in _entries(directory)
+            if regex.fullmatch(entry.name) and (entry.is_file(follow_symlinks=False) or (
+                not last and entry.is_dir(follow_symlinks=False)))
+        ]  # fmt: skip
+    yield from found
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def prune(pattern: str, listener: str, keep_days: int, now: float | None = None) -> list[Path]:
+    """Delete the pattern's files last written more than `keep_days` days ago."""
+    cutoff = (time.time() if now is None else now) - keep_days * 86400
+    removed: list[Path] = []
+    for path in pattern_files(pattern, listener):
+        try:
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to delete: never a reason to fail
+    return removed
+
+
+def open_log(
+    pattern: str,
+    listener: str,
+    *,
+    keep_days: int,
+    bodies: bool = False,
+    max_bytes: int = MAX_BYTES,
+    keep: int = KEEP,
+) -> ProtocolLog:
+    """A connection's protocol log: old files of the pattern pruned (see the module
+    docstring), then the expanded path opened."""
+    key, clock = (pattern, listener), time.monotonic()
+    last = _pruned_at.get(key)
+    if last is None or clock - last >= PRUNE_INTERVAL:
+        _pruned_at[key] = clock
+        prune(pattern, listener, keep_days)
+    return ProtocolLog(
+        expand_path(pattern, listener), bodies=bodies, max_bytes=max_bytes, keep=keep
+    )

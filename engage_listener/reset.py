@@ -1,21 +1,34 @@
 """Re-examining the output folder after `engage-listener reset --date` (a past day).
 
 Mail that was moved on without a case (by hand, by another tool, or before a
-restore of the store) is ingested; mail the ledger already has, by Message-ID or
-by its exact bytes, is never made into a second case. It stays where it is.
+restore of the store) is ingested; mail the ledger already has is never made into a
+second case, and it stays where it is.
+
+Decisions:
+- Skipped by the ledger, not by Message-ID: a mail whose ledger key (this folder, its
+  UIDVALIDITY and UID) is known is not fetched; any other is fetched and the case engine
+  recognises a copy of a mail it already has by its exact bytes (`find_duplicate`, the
+  SHA-256 and Message-ID), recording only a ledger row. Two different mails that share
+  a Message-ID (a careless sender, a forged one) are both kept. The price is fetching
+  the folder's mail once per reset; it is fetched in chunks, never all at once.
+- Each mail goes through the batch's own path (`Batch.run_in_place`): chunks of
+  CHUNK_COUNT / CHUNK_BYTES, a failure counted as an attempt, quarantine to the error
+  folder at MaxAttempts. A mail that failed below MaxAttempts keeps the reset pending
+  (the listener tries it again at its next control check, after a normal batch), so
+  it never holds up intake and is never lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import re
+from typing import Any
 
-from .batch import Handler
+from .batch import Batch, BatchResult, Destination, Handler
 from .imap import ImapSession
 from .imap_text import imap_date
-from .store import LedgerKey, Store
+from .store import Store
 
-_MESSAGE_ID = re.compile(rb"^Message-ID:\s*<?([^>\r\n]+)>?", re.IGNORECASE | re.MULTILINE)
 # The westernmost zone in use (UTC-12): a moment's date there is never later than in
 # the server's zone, whatever that zone is.
 _WESTERNMOST = dt.timezone(dt.timedelta(hours=-12))
@@ -28,22 +41,23 @@ async def reset_folder(
     listener: str,
     store: Store,
     handler: Handler,
-) -> int:
-    """Ingest every mail of `folder` received since `since` that is not in the ledger yet."""
+    *,
+    destination: Destination,
+    stop: asyncio.Event,
+    log: Any,
+) -> BatchResult:
+    """Ingest every mail of `folder` received since `since` that the ledger lacks.
+
+    `destination` gives the error folder and MaxAttempts; its output folder is unused
+    (committed mail stays in `folder`). The result's `failed` counts mails to try again.
+    """
     state = await session.select(folder)
     candidates = await session.search("SINCE", imap_date(search_day(since)))
     meta = await session.fetch_meta(candidates)
     uids = [u for u in candidates if (d := meta.get(u, (0, None))[1]) is None or d >= since]
-    known = await store.known_states(listener, folder, state.uidvalidity, uids)
-    unknown = [u for u in uids if u not in known]
-    ids = {
-        uid: _message_id(head) for uid, head in await session.fetch_headers(unknown, "MESSAGE-ID")
-    }
-    have = await store.known_message_ids(listener, [i for i in ids.values() if i])
-    todo = [u for u in unknown if not ids.get(u) or ids[u] not in have]
-    for uid, raw in await session.fetch_bodies(todo):
-        await handler.ingest(LedgerKey(listener, folder, state.uidvalidity, uid), raw)
-    return len(todo)
+    sizes = {uid: size for uid, (size, _) in meta.items()}
+    batch = Batch(session, state, listener, store, handler, destination, stop, log)
+    return await batch.run_in_place(uids, sizes)
 
 
 def search_day(since: dt.datetime) -> dt.date:
@@ -51,8 +65,3 @@ def search_day(since: dt.datetime) -> dt.date:
     zone (unknown here), so early enough for any zone: 00:00 in Tokyo is still the day
     before on a UTC server. The exact `since` is then checked on each INTERNALDATE."""
     return since.astimezone(_WESTERNMOST).date()
-
-
-def _message_id(header: bytes) -> str | None:
-    match = _MESSAGE_ID.search(header)
-    return match.group(1).decode("ascii", "replace").strip() if match else None

@@ -26,6 +26,7 @@ import base64
 import binascii
 import getpass
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
@@ -76,9 +77,16 @@ def generate_key(path: Path) -> None:
 
 
 def load_key(path: Path) -> bytes:
-    """Read a key file written by `generate_key`, with a message an operator can act on."""
+    """Read a key file written by `generate_key`, with a message an operator can act on.
+
+    Like ssh with a private key, a key file that group or others may access is
+    refused: whoever can read it can decrypt every ``enc:`` value and the token
+    cache. The mode is checked on the opened file (no swap in between).
+    """
     try:
-        text = path.read_text(encoding="ascii")
+        with path.open("rb") as handle:  # fstat of this very file, not of a path
+            _check_key_mode(path, os.fstat(handle.fileno()).st_mode)
+            text = handle.read(4096).decode("ascii")
     except FileNotFoundError:
         raise SecretError(
             f"no key file at {path}: create one with `engage-listener keygen`"
@@ -93,6 +101,15 @@ def load_key(path: Path) -> bytes:
     if len(key) != _KEY_BYTES:
         raise SecretError(f"key file {path} is malformed: expected {_KEY_BYTES} base64 bytes")
     return key
+
+
+def _check_key_mode(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode) and mode & 0o077:
+        raise SecretError(
+            f"key file {path} has mode {stat.S_IMODE(mode):04o}: group or other users may "
+            f"read it, so it is refused (like ssh with a private key); "
+            f"run `chmod 600 {path}` (owned by the service user)"
+        )
 
 
 def encrypt(secret: str, key: bytes) -> str:

@@ -9,8 +9,15 @@ trouble) or stop and tell an operator (:class:`SmtpPermanentError` for 5xx,
 Decisions:
 
 * TLS is always verified (system store, or ``ca_file`` when given).
-* ``StartTls`` is mandatory once asked for: a server that does not offer it
-  gets no credentials and no mail (a stripped STARTTLS is a classic downgrade).
+* ``StartTls`` is mandatory once asked for: a server that does not offer it, or
+  refuses it, gets no credentials and no mail (a stripped STARTTLS is a classic
+  downgrade). aiosmtplib 5's ``start_tls=None`` (its default) would quietly stay in
+  plain text when STARTTLS is not offered, and ``start_tls=True`` raises a bare
+  SMTPException; so the client is built with ``start_tls=False`` and STARTTLS is
+  driven here, where a missing or failed upgrade is a TlsError before AUTH.
+* ``Security None`` with credentials logs in only with ``allow_plaintext_login``
+  (Smtp/AllowPlaintextLogin), warned on every connection; without it the endpoint
+  is refused before connecting, even if a configuration check was bypassed.
 * The transaction is driven step by step (EHLO, STARTTLS, AUTH, MAIL, RCPT,
   DATA) so the protocol log shows each step; AUTH lines are masked by
   :class:`~engage_listener.protolog.ProtocolLog` and message content is logged
@@ -43,6 +50,7 @@ from engage_listener.errors import (
     TlsError,
     TransientError,
 )
+from engage_listener.logs import get_logger
 from engage_listener.oauth import TokenRefused, xoauth2_error, xoauth2_payload
 from engage_listener.protolog import ProtocolLog
 
@@ -72,6 +80,13 @@ class SmtpEndpoint:
     protolog_factory: Callable[[], ProtocolLog | None] | None = field(
         default=None, repr=False, compare=False
     )
+    allow_plaintext_login: bool = False  # Security None with credentials: AUTH in clear
+
+    @property
+    def plaintext_login(self) -> bool:
+        """Credentials would cross the network unencrypted."""
+        has_credentials = bool(self.username) or self.token_provider is not None
+        return self.security == "None" and has_credentials
 
 
 def default_port(security: str) -> int:
@@ -162,12 +177,20 @@ async def _open(session: _Session) -> list[str]:
     notes = [f"connected to {ep.host}:{ep.port} ({ep.security})"]
     if ep.security == "StartTls":
         if not client.supports_extension("starttls"):
-            raise TlsError(f"{ep.host}:{ep.port} does not offer STARTTLS; refusing plain text")
-        await session.step("STARTTLS", client.starttls)
+            raise TlsError(
+                f"{ep.host}:{ep.port} offered no STARTTLS; refusing to send credentials in clear"
+            )
+        try:
+            await session.step("STARTTLS", client.starttls)
+        except aiosmtplib.SMTPResponseException as exc:  # e.g. 454: no quiet plain text
+            message = f"{ep.host}:{ep.port} refused STARTTLS: {exc.code} {exc.message}"
+            raise TlsError(_scrub(message, ep)) from None
         await session.step(f"EHLO {client.local_hostname}", client.ehlo)
         notes.append("STARTTLS ok, certificate verified")
     elif ep.security == "SSL":
         notes.append("TLS ok, certificate verified")
+    if ep.plaintext_login:
+        get_logger().warning("plaintext_login", host=ep.host, port=ep.port, protocol="smtp")
     if ep.username:
         notes.append(await _login(session))
     if client.supports_extension("size"):
@@ -338,6 +361,11 @@ def _check_endpoint(endpoint: SmtpEndpoint) -> None:
     """Reject a security value the config layer should have caught."""
     if endpoint.security not in SECURITIES:
         raise PermanentError(f"unknown SMTP security {endpoint.security!r}")
+    if endpoint.plaintext_login and not endpoint.allow_plaintext_login:
+        raise TlsError(
+            f"SMTP {endpoint.host}:{endpoint.port}: Security None with a UserName would send "
+            "credentials in clear; refusing (set Smtp/AllowPlaintextLogin True to allow it)"
+        )
 
 
 async def send_message(

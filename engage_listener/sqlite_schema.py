@@ -165,11 +165,43 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX ledger_created ON ledger(listener, created_at);
     """,
-    # 5: the open case of a customer by subject, whatever its open status. cases_open
+    # 4: the open case of a customer by subject, whatever its open status. cases_open
     # covered status 'open' only, so since RequireApproval the lookup made for every mail
     # read the whole cases table (a 10,000-mail backlog spent 15% of its time there).
     """
     DROP INDEX IF EXISTS cases_open;
     CREATE INDEX cases_by_subject ON cases(customer_id, normalized_subject);
+    """,
+    # 5: a mail that referred to a case it may not join (FollowUpsFrom Participants) opens
+    # a new case that records the one it named.
+    # Only a case's participants (the customer's addresses and every From/To/Cc of its
+    # mails, kept in case_participants) may join it by token or header: case numbers are
+    # easy to guess. Older mails' senders are carried over; their To/Cc were not stored.
+    # Acknowledgement limits: per recipient without its +tag (recipient_key), per listener
+    # and hour; `suppressed` rows record the ones the limit held back. ExtractAttachments
+    # False: the .eml attachment row points at its message's raw (raw_of_message) instead
+    # of holding a second copy; attachment_files gives every attachment's bytes.
+    """
+    ALTER TABLE cases ADD COLUMN related_case_id INTEGER REFERENCES cases(id);
+    CREATE TABLE case_participants (
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        address TEXT NOT NULL,  -- lower-cased
+        PRIMARY KEY (case_id, address)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO case_participants (case_id, address)
+        SELECT case_id, lower(sender) FROM messages WHERE case_id IS NOT NULL AND sender != '';
+    ALTER TABLE outbox ADD COLUMN recipient_key TEXT;
+    UPDATE outbox SET recipient_key = CASE
+        WHEN instr(recipient, '+') > 0 AND instr(recipient, '+') < instr(recipient, '@')
+        THEN substr(recipient, 1, instr(recipient, '+') - 1)
+            || substr(recipient, instr(recipient, '@'))
+        ELSE recipient END;
+    CREATE INDEX outbox_recipient_key ON outbox(recipient_key, created_at, state);
+    CREATE INDEX outbox_listener ON outbox(listener, created_at, state);
+    ALTER TABLE attachments ADD COLUMN raw_of_message INTEGER NOT NULL DEFAULT 0;
+    CREATE VIEW attachment_files AS
+        SELECT a.id, a.message_row, a.filename, a.content_type, a.size, a.content_id, a.inline,
+            CASE WHEN a.raw_of_message THEN m.raw ELSE a.content END AS content
+        FROM attachments a JOIN messages m ON m.id = a.message_row;
     """,
 )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
+from .logs import scrub
 from .sqlite_conn import AUTOCHECKPOINT_PAGES, WAL_SIZE_LIMIT, Connection
 from .sqlite_schema import MIGRATIONS
 from .sqlite_tx import SqliteTransaction, now_iso
@@ -206,13 +207,14 @@ class SqliteStore:
         return found
 
     async def record_failure(self, key: LedgerKey, error: str) -> int:
+        error = scrub(error)[:2000]  # scrubbed before cut: no half secret is left
         async with self.transaction() as tx:
             await tx.execute(
                 "INSERT INTO attempts (listener, folder, uidvalidity, uid, attempts, last_error,"
                 " updated_at) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
                 " attempts = attempts + 1, last_error = excluded.last_error,"
                 " updated_at = excluded.updated_at",
-                (key.listener, key.folder, key.uidvalidity, key.uid, error[:2000], now_iso()),
+                (key.listener, key.folder, key.uidvalidity, key.uid, error, now_iso()),
             )
             cur = await tx.execute(
                 "SELECT attempts FROM attempts WHERE listener = ? AND folder = ?"
@@ -249,8 +251,9 @@ class SqliteStore:
             " (SELECT count(*) FROM attachments a JOIN messages m ON a.message_row = m.id"
             "  WHERE m.case_id = c.id), c.created_at,"
             " (SELECT o.state || coalesce(': ' || o.last_error, '') FROM outbox o"
-            "  WHERE o.case_id = c.id ORDER BY o.id DESC LIMIT 1)"
-            " FROM cases c ORDER BY c.id"
+            "  WHERE o.case_id = c.id ORDER BY o.id DESC LIMIT 1),"
+            " c.related_case_id, r.case_number"
+            " FROM cases c LEFT JOIN cases r ON r.id = c.related_case_id ORDER BY c.id"
         )
         rows = await self.query(sql)
         return [
@@ -266,6 +269,8 @@ class SqliteStore:
                 int(r[8]),
                 str(r[9]),
                 r[10],
+                r[11],
+                r[12],
             )
             for r in rows
         ]

@@ -7,8 +7,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from .ack import recipient_key
 from .errors import StoppedEarly, StoreError
+from .logs import scrub
 from .sqlite_conn import AsyncCursor, Connection
+from .sqlite_follow_ups import FollowUpQueries
 from .store import (
     CaseInfo,
     CaseRef,
@@ -36,13 +39,24 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-class SqliteTransaction:
+def _scrubbed(params: Any) -> Any:
+    """Parameters with every registered secret masked in their text values."""
+    if isinstance(params, dict):
+        return {k: scrub(v) if isinstance(v, str) else v for k, v in params.items()}
+    if isinstance(params, (tuple, list)):
+        return tuple(scrub(v) if isinstance(v, str) else v for v in params)
+    return params
+
+
+class SqliteTransaction(FollowUpQueries):
     """See `store.Transaction`; only valid inside `SqliteStore.transaction()`."""
 
     def __init__(self, db: Connection) -> None:
         self._db = db
 
     async def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
+        if "last_error" in sql:  # error text (outbox, attempts, heartbeats): no secret in it
+            params = _scrubbed(params)
         return self._db.execute(sql, params)
 
     async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
@@ -155,34 +169,6 @@ class SqliteTransaction:
         )
         return Customer(customer_id, name or address, (address.lower(),))
 
-    async def open_case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None:
-        ids = list(dict.fromkeys(m for m in message_ids if m))  # every one: a parent may be last
-        if not ids:
-            return None
-        marks = ",".join("?" * len(ids))
-        sql = (
-            "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
-            " WHERE m.message_id IN ("
-            + marks
-            + ") AND c.status IN ('open', 'pending-approval') ORDER BY c.id DESC LIMIT 1"
-        )
-        row = await self._one(sql, ids)
-        return CaseRef(int(row[0]), str(row[1])) if row else None
-
-    async def open_case_by_number(self, case_number: str) -> CaseRef | None:
-        row = await self._one(
-            "SELECT id, case_number FROM cases WHERE case_number = ?"
-            " AND status IN ('open', 'pending-approval')",
-            (case_number,),
-        )
-        if row is None and case_number.isdigit():  # "[Case#123]" for case 000123
-            row = await self._one(
-                "SELECT id, case_number FROM cases WHERE id = ?"
-                " AND status IN ('open', 'pending-approval')",
-                (int(case_number),),
-            )
-        return CaseRef(int(row[0]), str(row[1])) if row else None
-
     async def open_case_by_subject(
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> CaseRef | None:
@@ -208,13 +194,14 @@ class SqliteTransaction:
     async def create_case(self, case: NewCase) -> CaseRef:
         now = now_iso()
         cur = await self.execute(
-            "INSERT INTO cases (case_number, listener, process, customer_id, sender, sender_name,"
-            " subject, normalized_subject, status, created_at, updated_at)"
-            " VALUES (hex(randomblob(8)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO cases (case_number, listener, process, customer_id, related_case_id,"
+            " sender, sender_name, subject, normalized_subject, status, created_at, updated_at)"
+            " VALUES (hex(randomblob(8)), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 case.listener,
                 case.process,
                 case.customer_id,
+                case.related_case_id,
                 case.sender,
                 case.sender_name,
                 case.subject,
@@ -270,7 +257,8 @@ class SqliteTransaction:
                 "size": len(a.content),
                 "content_id": a.content_id,
                 "inline": int(a.inline),
-                "content": a.content,
+                "raw_of_message": int(a.raw_of_message),
+                "content": b"" if a.raw_of_message else a.content,
             },
         )
 
@@ -298,26 +286,40 @@ class SqliteTransaction:
                 "UPDATE messages SET acknowledge = ? WHERE id = ?", (int(acknowledge), message_row)
             )
 
-    async def recent_acks(self, recipient: str, since: str) -> int:
+    async def recent_acks(self, recipient_key: str, since: str) -> int:
         row = await self._one(
-            "SELECT count(*) FROM outbox WHERE recipient = ? AND created_at >= ?"
-            " AND state != 'failed'",
-            (recipient.lower(), since),
+            "SELECT count(*) FROM outbox WHERE recipient_key = ? AND created_at >= ?"
+            " AND state NOT IN ('failed', 'suppressed')",
+            (recipient_key, since),
         )
         return int(row[0]) if row else 0
 
-    async def add_outbox(self, ack: NewAck) -> int:
+    async def listener_acks(self, listener: str, since: str) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM outbox WHERE listener = ? AND created_at >= ?"
+            " AND state != 'suppressed'",
+            (listener, since),
+        )
+        return int(row[0]) if row else 0
+
+    async def add_outbox(
+        self, ack: NewAck, *, state: str = "pending", last_error: str | None = None
+    ) -> int:
         cur = await self.execute(
-            "INSERT INTO outbox (listener, case_id, message_row, recipient, subject,"
-            " smtp_message_id, mime, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            "INSERT INTO outbox (listener, case_id, message_row, recipient, recipient_key,"
+            " subject, smtp_message_id, mime, state, last_error, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ack.listener,
                 ack.case_id,
                 ack.message_row,
                 ack.recipient.lower(),
+                recipient_key(ack.recipient),
                 ack.subject,
                 ack.smtp_message_id,
                 ack.mime,
+                state,
+                last_error,
                 now_iso(),
             ),
         )
@@ -340,7 +342,7 @@ class SqliteTransaction:
                 "sender": message.sender,
                 "subject": message.subject,
                 "sha256": message.sha256,
-                "reason": reason,
+                "reason": scrub(reason),
                 "attempts": attempts,
                 "created_at": now_iso(),
                 "raw": raw,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .control import start_of_day
+from .logs import scrub
 from .sqlite_store import SqliteStore
 
 ALIVE_SECONDS = 30.0  # well over the supervisor's 2 s tick, so a slow tick is not "down"
@@ -85,7 +86,7 @@ async def write_heartbeats(
                 pid,
                 _iso(getattr(worker, "last_batch_at", None)),
                 _iso(getattr(worker, "last_success_at", None)),
-                str(error)[:ERROR_CHARS] if error else None,
+                scrub(str(error))[:ERROR_CHARS] if error else None,  # scrub, then cut
                 None if backlog is None else int(backlog),
                 _iso(getattr(worker, "oldest_unprocessed", None)),
                 _iso(paused.get(lid) or getattr(worker, "paused_until", None)),

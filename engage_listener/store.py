@@ -37,12 +37,27 @@ class NewCase:
     normalized_subject: str
     status: str = "open"
     customer_id: int | None = None
+    related_case_id: int | None = None  # the case it named but may not join
 
 
 @dataclass(frozen=True)
 class CaseRef:
     id: int
     case_number: str
+
+
+@dataclass(frozen=True)
+class CaseCandidate:
+    """An open case a mail names (by header or token), with what decides if it may join."""
+
+    id: int
+    case_number: str
+    listener: str
+    process: str | None
+
+    @property
+    def ref(self) -> CaseRef:
+        return CaseRef(self.id, self.case_number)
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class NewAttachment:
     content: bytes
     content_id: str | None = None
     inline: bool = False
+    raw_of_message: bool = False  # `content` is the message's raw: stored there, not again
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,8 @@ class CaseSummary:
     attachments: int
     created_at: str
     ack: str | None = None  # state of the latest acknowledgement, with the error if failed
+    related_case_id: int | None = None  # the case this one's first mail named, not joined
+    related_case_number: str | None = None
 
 
 class Transaction(Protocol):
@@ -179,9 +197,20 @@ class Transaction(Protocol):
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer: ...
 
-    async def open_case_by_message_ids(self, message_ids: Sequence[str]) -> CaseRef | None: ...
+    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
+        """Open cases holding mails with these Message-IDs, newest case first."""
+        ...
 
-    async def open_case_by_number(self, case_number: str) -> CaseRef | None: ...
+    async def case_by_number(self, case_number: str) -> CaseCandidate | None:
+        """The open case with this number (or id, for a bare number)."""
+        ...
+
+    async def is_participant(self, case_id: int, address: str) -> bool:
+        """Whether `address` is one of the case customer's addresses or was in the From,
+        To or Cc of one of its mails."""
+        ...
+
+    async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None: ...
 
     async def open_case_by_subject(
         self, customer_id: int | None, process: str | None, normalized_subject: str
@@ -207,11 +236,20 @@ class Transaction(Protocol):
 
     async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None: ...
 
-    async def recent_acks(self, recipient: str, since: str) -> int:
-        """Acknowledgements to `recipient` created since the ISO time `since` (rate limit)."""
+    async def recent_acks(self, recipient_key: str, since: str) -> int:
+        """Acknowledgements to `recipient_key` (`ack.recipient_key`) created since the ISO
+        time `since`, not failed nor suppressed (the per-recipient limit)."""
         ...
 
-    async def add_outbox(self, ack: NewAck) -> int: ...
+    async def listener_acks(self, listener: str, since: str) -> int:
+        """Acknowledgements of `listener` created since `since`, not suppressed (MaxPerHour)."""
+        ...
+
+    async def add_outbox(
+        self, ack: NewAck, *, state: str = "pending", last_error: str | None = None
+    ) -> int:
+        """Queue an acknowledgement (`pending`), or record one held back (`suppressed`)."""
+        ...
 
     async def add_quarantine(
         self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .config import Config, ImapListenerConfig
 from .errors import ConfigError, EngageError
+from .logs import scrub
 
 SETTLING = {"starting", "connecting"}
 TICK = 2.0
@@ -161,7 +162,7 @@ class Supervisor:
             elif exc is None:
                 r.died = "run() returned"
             else:
-                r.died = str(exc) or type(exc).__name__
+                r.died = scrub(str(exc)) or type(exc).__name__
             self.log.error(
                 "listener_died",
                 listener=lid,
@@ -179,7 +180,7 @@ class Supervisor:
                 continue
             part = f"{lid} {r.worker.state}, {r.worker.batches} batches"
             if r.worker.state in {"failing", "backing off"} and r.worker.last_error:
-                part += f" ({r.worker.last_error[:80]})"
+                part += f" ({scrub(r.worker.last_error)[:80]})"  # systemctl status shows it
             parts.append(part)
         return f"{len(parts)} listener(s): " + "; ".join(parts) if parts else "no listeners"
 

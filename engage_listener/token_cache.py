@@ -14,6 +14,7 @@ the file, so a new sign-in made by `auth login` is seen by a running daemon.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,9 +27,27 @@ from typing import Any
 
 from . import secrets
 from .errors import SecretError
+from .logs import register_secret
 
 FILE_NAME = "oauth-tokens.json"
 _VERSION = 1
+_SECRET_KEYS = frozenset({"secret", "access_token", "refresh_token", "id_token"})
+
+
+def register_state_secrets(state: object) -> None:
+    """Register every token in a cache entry's secret part (MSAL's cache is JSON text)."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if key == "msal" and isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    register_state_secrets(json.loads(value))
+            elif key in _SECRET_KEYS and isinstance(value, str):
+                register_secret(value)
+            else:
+                register_state_secrets(value)
+    elif isinstance(state, list):
+        for item in state:
+            register_state_secrets(item)
 
 
 def default_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -108,6 +127,7 @@ class TokenCache:
             ) from None
         if not isinstance(plain, dict) or plain.get("name") != name:
             raise SecretError(f"token cache {self.path}: entry {name} does not belong there")
+        register_state_secrets(plain.get("secret"))  # decrypted: from now on never shown
         meta = record.get("meta")
         return CacheEntry(
             dict(meta) if isinstance(meta, dict) else {},

@@ -204,6 +204,7 @@ class SmtpTestServer:
             "username": self.USER if self.auth else None,
             "password": self.PASSWORD if self.auth else None,
             "ca_file": str(self.ca_file), "timeout": 10.0, "local_hostname": "client.test",
+            "allow_plaintext_login": self.mode == "plain",  # AUTH in clear only here
         }  # fmt: skip
         values.update(changes)
         return SmtpEndpoint(**values)

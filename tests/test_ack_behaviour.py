@@ -155,7 +155,7 @@ async def test_smtp_that_never_answers_never_stalls_intake(
     cfg = listener_config(
         dovecot,
         mailbox_user,
-        acknowledgement=ack_config(unused, max_per_hour=100),
+        acknowledgement=ack_config(unused, max_per_recipient_per_hour=100),
         sync_max_changes_count=1,
     )
     port = black_hole.getsockname()[1]
@@ -220,7 +220,9 @@ class VetoHook:
 
 
 def _ack_settings() -> AckSettings:
-    return AckSettings(AckIdentity(OWN, "Soporte"), DEFAULT_TEMPLATE, (OWN,), max_per_hour=100)
+    return AckSettings(
+        AckIdentity(OWN, "Soporte"), DEFAULT_TEMPLATE, (OWN,), max_per_recipient_per_hour=100
+    )
 
 
 async def test_hook_returning_acknowledge_false_leaves_no_outbox_row(store: SqliteStore) -> None:

@@ -49,7 +49,7 @@ def ack_config(
         "reply_to": None,
         "template": template,
         "on_follow_ups": False,
-        "max_per_hour": 3,
+        "max_per_recipient_per_hour": 3,
         "own_addresses": (OWN,),
         "source_line": 1,
     }
@@ -349,12 +349,12 @@ def test_acknowledgement_block_with_template_files(tmp_path: Path) -> None:
     assert ack is not None and ack.enabled
     assert (ack.smtp.host, ack.smtp.port, ack.smtp.security) == ("smtp.example.org", 465, "SSL")
     assert ack.template.text.startswith("Caso {case_number}")
-    assert ack.max_per_hour == 5
+    assert ack.max_per_recipient_per_hour == 5
     assert set(ack.own_addresses) == {"soporte@example.org", "ventas@example.org"}
     assert "smtp-secret" not in repr(lst)
 
 
-async def test_smtp_session_goes_to_the_listeners_protocol_log_without_secrets(
+async def test_smtp_session_goes_to_its_own_protocol_log_without_secrets(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, smtp: SmtpTestServer
 ) -> None:
     db = tmp_path / "s.sqlite3"
@@ -381,6 +381,8 @@ async def test_smtp_session_goes_to_the_listeners_protocol_log_without_secrets(
     finally:
         await store.close()
     text = (tmp_path / "logs" / "Default.log").read_text()
-    assert "LOGIN ***" in text  # the IMAP session
-    assert "AUTH" in text and "MAIL FROM:" in text and "DATA <" in text  # the SMTP one
-    assert SmtpTestServer.PASSWORD not in text and DovecotSandbox.PASSWORD not in text
+    smtp_text = (tmp_path / "logs" / "Default-smtp.log").read_text()  # a file of its own
+    assert "LOGIN ***" in text and "MAIL FROM:" not in text  # the IMAP session
+    assert "AUTH" in smtp_text and "MAIL FROM:" in smtp_text and "DATA <" in smtp_text
+    for logged in (text, smtp_text):
+        assert SmtpTestServer.PASSWORD not in logged and DovecotSandbox.PASSWORD not in logged

@@ -50,7 +50,7 @@ def ack_config(server: SmtpTestServer) -> AckConfig:
         reply_to=None,
         template=DEFAULT_TEMPLATE,
         on_follow_ups=False,
-        max_per_hour=3,
+        max_per_recipient_per_hour=3,
         own_addresses=(),
         source_line=1,
     )

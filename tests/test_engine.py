@@ -82,7 +82,7 @@ async def test_customers_import_updates_and_reports_bad_rows(
 
 
 async def test_threading_by_references_token_and_subject(store: SqliteStore) -> None:
-    e = engine(store, process="Reclamos")
+    e = engine(store, process="Reclamos", follow_ups_from="Anyone")  # strangers join
     first_raw = mail("Reclamo por cobro doble")
     first = await e.ingest(key(), first_raw)
     assert first.new_case
@@ -187,6 +187,6 @@ async def test_big_blobs_are_stored_byte_for_byte(store: SqliteStore, extract: b
 async def test_extract_attachments_false_stores_the_whole_mail_once(store: SqliteStore) -> None:
     raw = _with_attachments()
     await engine(store).ingest(key(), raw)
-    assert db_rows(store.path, "SELECT filename, content_type, content FROM attachments") == [
+    assert db_rows(store.path, "SELECT filename, content_type, content FROM attachment_files") == [
         ("Adjunto factura.eml", "message/rfc822", raw)
     ]

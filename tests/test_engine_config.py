@@ -134,7 +134,7 @@ async def test_references_alone_join_the_open_case(store: SqliteStore, reference
         key(), make_mail(1, subject="Reclamo por corte", message_id="<root-1@cliente.example>")
     )
     reply_raw = _with_references(
-        make_mail(2, sender="vecino@example.net", subject="Otra cosa distinta"), references
+        make_mail(2, subject="Otra cosa distinta"), references
     )
     assert b"In-Reply-To" not in reply_raw
     reply = await e.ingest(key(), reply_raw)
@@ -155,7 +155,7 @@ async def test_references_alone_of_a_long_thread_join_by_the_newest_reference(
     )
     older = " ".join(f"<agente-{n}@crm.example.org>" for n in range(60))
     reply_raw = _with_references(
-        make_mail(2, sender="vecino@example.net", subject="Otra cosa distinta"),
+        make_mail(2, subject="Otra cosa distinta"),
         f"{older} <parent@cliente.example>",
     )
     reply = await e.ingest(key(), reply_raw)

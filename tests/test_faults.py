@@ -191,7 +191,9 @@ async def test_acks_queued_while_the_sender_is_busy_do_not_wait_for_the_poll(
     seed(dovecot, user, mails(150, "aq"))
     (tmp_path / "smtp").mkdir()
     with SmtpTestServer(tmp_path / "smtp", "plain", auth=False) as smtp:
-        cfg = listener_config(dovecot, user, acknowledgement=ack_config(smtp, max_per_hour=100))
+        cfg = listener_config(
+            dovecot, user, acknowledgement=ack_config(smtp, max_per_recipient_per_hour=100)
+        )
         async with Harness(cfg, db, FakeClock()) as h:
             wake = asyncio.Event()
             listener = build_listener(cfg, h.store, h.clock, h.stop, None, wake)
@@ -294,7 +296,7 @@ async def test_connection_cut(
     # see the commands it cuts on.
     with TcpProxy(dovecot.host, dovecot.imap_port, strip_starttls=True) as proxy:
         CUTS[cut](proxy)
-        cfg = listener_config(dovecot, user, port=proxy.port)
+        cfg = listener_config(dovecot, user, port=proxy.port, allow_plaintext_login=True)
         with capture_logs() as logs:
             async with running(cfg, db, clock) as (_, listener):
                 await pump(
@@ -320,7 +322,9 @@ async def test_a_silent_dead_peer_is_noticed_and_replaced(
     first, later = mails(2, "dp1"), mails(3, "dp2")
     seed(dovecot, user, first)
     with TcpProxy(dovecot.host, dovecot.imap_port, strip_starttls=True) as proxy:
-        cfg = listener_config(dovecot, user, port=proxy.port, sync_max_changes_count=3)
+        cfg = listener_config(
+            dovecot, user, port=proxy.port, sync_max_changes_count=3, allow_plaintext_login=True
+        )
         async with Harness(cfg, db, clock) as h:
             endpoint = dataclasses.replace(endpoint_for(cfg), timeout=2.0)
 

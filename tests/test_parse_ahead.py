@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engage_listener.app import build_listener
 from engage_listener.batch import Ingested
-from engage_listener.engine import BIG_MAIL, CaseEngine, EngineSettings, Prepared
+from engage_listener.engine import CaseEngine, EngineSettings, Prepared
 from engage_listener.parse_ahead import AHEAD_BYTES, AHEAD_COUNT, ParseAhead
 from engage_listener.parser import parse
 from engage_listener.sandbox import DovecotSandbox
@@ -146,19 +146,22 @@ async def test_close_stops_it() -> None:
     assert len(handler.seen) <= 1
 
 
-def test_engine_prepares_what_ingest_would_parse() -> None:
+async def test_engine_prepares_what_ingest_would_parse() -> None:
     mail = (b"From: Ana <ana@example.com>\r\nSubject: =?utf-8?q?Factura_n=C2=BA_3?=\r\n"
             b"Auto-Submitted: auto-replied\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n\r\nHola\r\n")
     for strip in (True, False):
         engine = CaseEngine(None, EngineSettings("Default", extract_attachments=strip))  # type: ignore[arg-type]
-        prepared = engine.prepare(mail)
+        future = engine.prepare(mail)  # started in a parse worker, not on the event loop
+        assert isinstance(future, asyncio.Future)
+        prepared = await future
         assert isinstance(prepared, Prepared)
         assert prepared.mail == parse(mail, strip=strip)
         assert prepared.mail.subject == "Factura nº 3"
         assert prepared.sha256 == hashlib.sha256(mail).hexdigest()
         assert prepared.automatic is not None and "auto" in prepared.automatic
-    assert engine.prepare(b"x" * (BIG_MAIL + 1)) is None  # big mails: done in a thread
+    big = b"Subject: big\r\n\r\n" + b"x" * (2 * 1024 * 1024)  # any size: in the worker too
+    assert (await engine.prepare(big)).mail.subject == "big"
 
 
 async def test_ingest_uses_the_prepared_mail(store: SqliteStore) -> None:

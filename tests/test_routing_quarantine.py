@@ -156,3 +156,25 @@ async def test_failed_mail_is_retried_after_the_wait_time_without_new_mail(
                          and dovecot.count(mailbox_user, "IMAP/Error") == 1, what="quarantine")
         h.stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_an_oversize_mail_is_listed_and_never_replayed_from_its_headers(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    """MaxMessageSize from the XML: the big mail is quarantined with its headers only, and a
+    replay refuses to make a case of them (the body was never fetched)."""
+    dovecot.create_folder(mailbox_user, DONE)
+    big = make_mail(1, body="x" * 5000)
+    dovecot.append(mailbox_user, NEW, big)
+    dovecot.append(mailbox_user, NEW, make_mail(2))
+    xml = listener_xml(dovecot, mailbox_user, MaxMessageSize="3000")
+    config = write_config(tmp_path / "el.xml", xml)
+    run = _cli("run", "--once", "--config", str(config))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert dovecot.count(mailbox_user, "IMAP/Error") == 1
+    assert dovecot.count(mailbox_user, DONE) == 1
+    listed = json.loads(_cli("quarantine", "list", "--json", "--config", str(config)).stdout)
+    assert [e["reason"].split(":")[0] for e in listed] == ["oversize"]
+    replay = _cli("quarantine", "replay", str(listed[0]["id"]), "--config", str(config))
+    assert "not replayed" in replay.stdout
+    assert len(json.loads(_cli("cases", "--json", "--config", str(config)).stdout)) == 1

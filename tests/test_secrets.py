@@ -99,6 +99,7 @@ def test_missing_key_message(tmp_path: Path) -> None:
 def test_malformed_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.key"
     bad.write_text("short\n")
+    bad.chmod(0o600)
     with pytest.raises(SecretError, match="malformed"):
         load_key(bad)
 

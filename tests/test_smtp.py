@@ -190,7 +190,9 @@ async def test_server_without_auth_is_an_authentication_error(tmp_path: Path) ->
 async def test_auth_offered_only_over_tls_is_not_used_in_clear(tmp_path: Path) -> None:
     with SmtpTestServer(tmp_path, "starttls") as srv:
         with pytest.raises(AuthenticationError, match="offers no AUTH"):
-            await send_message(srv.endpoint(security="None"), make_ack())
+            await send_message(
+                srv.endpoint(security="None", allow_plaintext_login=True), make_ack()
+            )
         assert srv.messages == []
 
 

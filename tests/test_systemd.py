@@ -200,3 +200,20 @@ def test_unit_file_verifies() -> None:
     problems = [line for line in result.stderr.splitlines()
                 if "engage-listener.service" in line and "Command" not in line]
     assert problems == [], result.stderr
+
+
+def _unit_settings() -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def test_unit_caps_memory_tasks_and_never_dumps_core() -> None:
+    """A hostile server or mail cannot take the machine, nor leave secrets in a core file."""
+    settings = _unit_settings()
+    assert settings["LimitCORE"] == "0"
+    assert settings["TasksMax"].isdigit() and int(settings["TasksMax"]) <= 1024
+    assert settings["MemoryMax"].endswith(("M", "G"))
