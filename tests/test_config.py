@@ -478,3 +478,85 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path)
     assert where(caught.value.problems) == [(0, "-")]
+
+
+# ------------------------------------------------------------------ hardening elements
+
+_ACK = (
+    "<Acknowledgement>\n<Smtp><HostName>smtp.example.org</HostName>{smtp}</Smtp>\n"
+    "<FromAddress>soporte@example.org</FromAddress>\n{extra}</Acknowledgement>\n"
+)
+
+
+def test_hardening_elements_have_safe_defaults() -> None:
+    lst = parse(listener()).listeners[0]
+    assert lst.allow_plaintext_login is False
+    assert lst.max_message_size == 157_286_400
+    assert lst.follow_ups_from == "Participants"
+    assert lst.protocol_log_keep_days == 14
+    ack = parse(listener(_ACK.format(smtp="", extra=""))).listeners[0].acknowledgement
+    assert ack is not None
+    assert (ack.max_per_hour, ack.max_per_recipient_per_hour) == (200, 3)
+    assert ack.require_authenticated is None and ack.smtp.allow_plaintext_login is False
+
+
+def test_hardening_elements_are_read() -> None:
+    extra = (
+        "<AllowPlaintextLogin>True</AllowPlaintextLogin>\n<MaxMessageSize>1000</MaxMessageSize>\n"
+        "<FollowUpsFrom>Anyone</FollowUpsFrom>\n<ProtocolLogKeepDays>3</ProtocolLogKeepDays>\n"
+        + _ACK.format(
+            smtp="<Security>None</Security><UserName>u</UserName><Password>p</Password>"
+            "<AllowPlaintextLogin>True</AllowPlaintextLogin>",
+            extra="<MaxPerHour>7</MaxPerHour>\n"
+            '<RequireAuthenticated AuthServId="MX.Example.org">True</RequireAuthenticated>\n',
+        )
+    )
+    lst = parse(listener(extra)).listeners[0]
+    assert lst.allow_plaintext_login and lst.max_message_size == 1000
+    assert (lst.follow_ups_from, lst.protocol_log_keep_days) == ("Anyone", 3)
+    assert lst.acknowledgement is not None
+    assert lst.acknowledgement.max_per_hour == 7
+    assert lst.acknowledgement.require_authenticated == "mx.example.org"
+    assert lst.acknowledgement.smtp.allow_plaintext_login
+
+
+def test_check_config_warns_of_every_cleartext_login_setting() -> None:
+    body = listener(
+        "<UseSsl>False</UseSsl>\n<AllowPlaintextLogin>True</AllowPlaintextLogin>\n"
+        + _ACK.format(
+            smtp="<Security>None</Security><UserName>u</UserName><Password>p</Password>"
+            "<AllowPlaintextLogin>True</AllowPlaintextLogin>",
+            extra="",
+        )
+    )
+    warnings = parse(body).warnings()
+    assert any("A: AllowPlaintextLogin is True, credentials may be sent" in w for w in warnings)
+    assert any("A: Smtp AllowPlaintextLogin is True" in w for w in warnings)
+    plain = parse(listener("<UseSsl>False</UseSsl>\n")).warnings()
+    assert any("must offer STARTTLS (login is refused without it)" in w for w in plain)
+
+
+def test_smtp_security_none_with_a_username_needs_allow_plaintext_login() -> None:
+    smtp = "<Security>None</Security><UserName>u</UserName><Password>p</Password>"
+    found = problems_of(listener(_ACK.format(smtp=smtp, extra="")))
+    assert [p.element for p in found] == ["Acknowledgement"]
+    assert "would send the login in clear" in found[0].message
+    relay = "<Security>None</Security>"  # no login: nothing secret to send
+    assert parse(listener(_ACK.format(smtp=relay, extra=""))).listeners
+
+
+def test_require_authenticated_needs_the_servers_authserv_id() -> None:
+    extra = "<RequireAuthenticated>True</RequireAuthenticated>\n"
+    found = problems_of(listener(_ACK.format(smtp="", extra=extra)))
+    assert "needs AuthServId" in found[0].message
+
+
+def test_protocol_log_path_relative_to_the_config_and_windows_paths_refused(
+    tmp_path: Path,
+) -> None:
+    cfg = parse(listener("<ProtocolLogFile>logs/%listener%.log</ProtocolLogFile>\n"),
+                tmp_path / "el.xml")
+    assert cfg.listeners[0].protocol_log_file == str(tmp_path / "logs" / "%listener%.log")
+    found = problems_of(listener("<ProtocolLogFile>C:\\Logs\\imap.log</ProtocolLogFile>\n"))
+    assert where(found) == [(6, "ProtocolLogFile")]
+    assert "Windows path" in found[0].message
