@@ -10,7 +10,6 @@ for the messages to follow.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
 import zoneinfo
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from engage_listener import secrets
 from engage_listener.config_ack import AckConfig, ack_config, ack_problems
 from engage_listener.config_auth import AuthConfig, auth_config, auth_problems, password_problem
 from engage_listener.config_schema import parse_xml, schema_path, schema_problems
+from engage_listener.config_warnings import config_warnings
 from engage_listener.config_xml import ca_file_problem
 from engage_listener.config_xml import flag as _flag
 from engage_listener.config_xml import line as _line
@@ -155,83 +155,7 @@ class Config:
 
     def warnings(self) -> list[str]:
         """Valid but risky settings, for check-config and the start-up log."""
-        found: list[str] = []
-        if not self.use_imap_listener and self.imap_listeners:
-            found.append("IMAP listening is off: Process/UseImapListener is not True")
-        if not self.use_pop3_listener and self.pop3_listeners:
-            found.append("POP3 listening is off: Process/UsePop3Listener is not True")
-        if self.listeners and not self.enabled_listeners():
-            found.append("no listener will run: every one is disabled or switched off")
-        for lst in self.listeners:
-            found.extend(_listener_warnings(lst))
-        if self.metrics is not None and not _loopback(self.metrics.host):
-            where = f"[{self.metrics.host}]" if ":" in self.metrics.host else self.metrics.host
-            found.append(
-                f"metrics endpoint on {where}:{self.metrics.port} is reachable from the "
-                "network; it has no authentication"
-            )
-        return found
-
-
-def _loopback(host: str) -> bool:
-    """Whether only this machine can reach `host` (a name other than localhost: unknown)."""
-    if host.lower() in {"localhost", "localhost.localdomain"}:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _listener_warnings(lst: ImapListenerConfig) -> list[str]:
-    """Warnings for one listener; a disabled one only says so."""
-    if not lst.enabled:
-        return [f"listener {lst.id}: disabled (Enabled is False)"]
-    found: list[str] = []
-    if lst.protocol == "pop3":
-        found.extend(_pop3_warnings(lst))
-    elif lst.output_folder is None:
-        found.append(f"listener {lst.id}: no OutputFolder, processed mail will be DELETED")
-    return found + _cleartext_warnings(lst)
-
-
-def _pop3_warnings(lst: ImapListenerConfig) -> list[str]:
-    """What a POP3 listener ignores or does differently from an IMAP one."""
-    found: list[str] = []
-    if lst.output_folder is not None:
-        found.append(f"listener {lst.id}: POP3 cannot move mail, OutputFolder is ignored")
-    if not lst.leave_on_server:
-        found.append(f"listener {lst.id}: POP3 deletes processed mail from the server")
-    if lst.read_from_date is not None:
-        found.append(f"listener {lst.id}: POP3 has no received dates, ReadFromDate is ignored")
-    if lst.time_zone != "UTC":  # the default; `status` still counts "today" in it
-        found.append(
-            f"listener {lst.id}: POP3 has no received dates, TimeZone is ignored "
-            "(status still counts today's mails in it)"
-        )
-    return found
-
-
-def _cleartext_warnings(lst: ImapListenerConfig) -> list[str]:
-    """Every setting that lets a credential travel in clear: warned each time, on purpose."""
-    found: list[str] = []
-    if not lst.use_ssl and lst.allow_plaintext_login:
-        found.append(
-            f"listener {lst.id}: AllowPlaintextLogin is True, credentials may be sent in clear "
-            f"to {lst.host}:{lst.port} when it offers no STARTTLS"
-        )
-    elif not lst.use_ssl:
-        found.append(
-            f"listener {lst.id}: UseSsl is False, {lst.host}:{lst.port} must offer STARTTLS "
-            "(login is refused without it)"
-        )
-    ack = lst.acknowledgement
-    if ack is not None and ack.smtp.allow_plaintext_login and ack.smtp.security == "None":
-        found.append(
-            f"listener {lst.id}: Smtp AllowPlaintextLogin is True, the SMTP password to "
-            f"{ack.smtp.host}:{ack.smtp.port} is sent in clear"
-        )
-    return found
+        return config_warnings(self)
 
 
 def describe(listener: ImapListenerConfig) -> str:

@@ -20,12 +20,21 @@ from engage_listener.sqlite_store import SqliteStore
 
 def listener_config(dovecot: DovecotSandbox, user: str, **changes: Any) -> ImapListenerConfig:
     """A listener on the sandbox's plain port (STARTTLS is offered and used)."""
+    changes.setdefault("ca_file", dovecot.ca_file)
+    host, port = changes.pop("host", dovecot.host), changes.pop("port", dovecot.imap_port)
+    return server_listener_config(host, port, user, DovecotSandbox.PASSWORD, **changes)
+
+
+def server_listener_config(
+    host: str, port: int, user: str, password: str, /, **changes: Any
+) -> ImapListenerConfig:
+    """A listener on any loopback server (UseSsl False, IMAP/New -> IMAP/Done)."""
     cfg = ImapListenerConfig(
         id=changes.pop("id", "Default"),
-        host=dovecot.host,
-        port=dovecot.imap_port,
+        host=host,
+        port=port,
         username=user,
-        password=Secret(DovecotSandbox.PASSWORD),
+        password=Secret(password),
         use_ssl=False,
         input_folder="IMAP/New",
         output_folder="IMAP/Done",
@@ -33,7 +42,7 @@ def listener_config(dovecot: DovecotSandbox, user: str, **changes: Any) -> ImapL
         sync_max_wait_time=60,
         sync_max_changes_count=10,
         protocol_log_file=None,
-        ca_file=dovecot.ca_file,
+        ca_file=None,
         enabled=True,
         source_line=1,
     )

@@ -18,11 +18,12 @@ from typing import Any
 
 from engage_listener.app import build_listener, endpoint_for
 from engage_listener.clock import SystemClock
-from engage_listener.config import ImapListenerConfig, Secret
+from engage_listener.config import ImapListenerConfig
 from engage_listener.imap import ImapSession
 from engage_listener.imap_text import ImapEndpoint, ImapLimits
 from engage_listener.listener import Listener
 from engage_listener.sqlite_store import SqliteStore
+from tests.helpers import server_listener_config
 
 PASSWORD = "Hostile-Pa55word-7f3e"  # searched for in every byte received
 MAIL = (
@@ -187,24 +188,8 @@ async def peak_rss() -> AsyncIterator[list[int]]:
 
 def hostile_config(port: int, **changes: Any) -> ImapListenerConfig:
     """A listener on the hostile server (plain TCP, as it offers no STARTTLS)."""
-    cfg = ImapListenerConfig(
-        id=changes.pop("id", "Hostile"),
-        host="127.0.0.1",
-        port=port,
-        username="victim@example.org",
-        password=Secret(PASSWORD),
-        use_ssl=False,
-        input_folder="IMAP/New",
-        output_folder="IMAP/Done",
-        extract_attachments=False,
-        sync_max_wait_time=60,
-        sync_max_changes_count=10,
-        protocol_log_file=None,
-        ca_file=None,
-        enabled=True,
-        source_line=1,
-    )
-    return dataclasses.replace(cfg, **changes)
+    changes.setdefault("id", "Hostile")
+    return server_listener_config("127.0.0.1", port, "victim@example.org", PASSWORD, **changes)
 
 
 def endpoint(cfg: ImapListenerConfig, **changes: Any) -> ImapEndpoint:

@@ -26,6 +26,7 @@ from engage_listener.store import LedgerKey
 from engage_listener.terminal import visible, visible_lines
 from tests.fakes import FakeClock
 from tests.helpers import Harness
+from tests.test_daemon import config_text, listener_xml
 
 EVIL = "\x1b]0;pwned\x07\x1b[2J"
 CONTROL_BYTES = (b"\x1b", b"\x07", b"\xc2\x9b")  # ESC, BEL, and CSI as UTF-8 (C1)
@@ -48,28 +49,12 @@ def hostile_mail(address: str = f"ana\x9b2J@ex{EVIL}ample.com") -> bytes:
 
 
 def config_xml(dovecot: DovecotSandbox, user: str) -> str:
-    elements = {
-        "HostName": dovecot.host,
-        "Port": str(dovecot.imap_port),
-        "UserName": user,
-        "Password": DovecotSandbox.PASSWORD,
-        "UseSsl": "False",
-        "InputFolder": "IMAP/New",
-        "OutputFolder": "IMAP/Done",
-        "CaFile": str(dovecot.ca_file),
-    }
-    body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in elements.items())
-    ack = (  # never sent here: the acknowledgement only waits in the outbox
-        "    <Acknowledgement><Smtp><HostName>127.0.0.1</HostName><Port>2525</Port>"
-        "<Security>None</Security></Smtp>"
-        "<FromAddress>soporte@example.org</FromAddress></Acknowledgement>\n"
+    # never sent here: the acknowledgement only waits in the outbox
+    ack = (
+        "<Smtp><HostName>127.0.0.1</HostName><Port>2525</Port><Security>None</Security></Smtp>"
+        "<FromAddress>soporte@example.org</FromAddress>"
     )
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n<EngageIntegrationService>\n'
-        f'  <ImapListener ID="Default">\n{body}{ack}  </ImapListener>\n'
-        '  <Process ID="EIS"><UseImapListener>True</UseImapListener></Process>\n'
-        "  <Store><Path>store.sqlite3</Path></Store>\n</EngageIntegrationService>\n"
-    )
+    return config_text(listener_xml(dovecot, user, Acknowledgement=ack))
 
 
 def run_cli(*args: str) -> bytes:

@@ -38,13 +38,18 @@ def listener_xml(dovecot: DovecotSandbox, user: str, lid: str = "Default", **ext
     return f'  <ImapListener ID="{lid}">\n{body}  </ImapListener>\n'
 
 
-def write_config(path: Path, *listeners: str) -> Path:
-    path.write_text(
+def config_text(*listeners: str) -> str:
+    """A whole configuration file around listener blocks (IMAP on, a relative store)."""
+    return (
         '<?xml version="1.0" encoding="utf-8"?>\n<EngageIntegrationService>\n'
         + "".join(listeners)
         + '  <Process ID="EIS"><UseImapListener>True</UseImapListener></Process>\n'
         "  <Store><Path>store.sqlite3</Path></Store>\n</EngageIntegrationService>\n"
     )
+
+
+def write_config(path: Path, *listeners: str) -> Path:
+    path.write_text(config_text(*listeners))
     return path
 
 

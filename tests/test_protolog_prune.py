@@ -27,6 +27,7 @@ from engage_listener.sqlite_store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, listener_config, make_mail
 from tests.smtp_server import SmtpTestServer
+from tests.test_daemon import config_text, listener_xml
 
 DAY = 86400
 
@@ -85,29 +86,12 @@ def smtp(tmp_path: Path) -> Iterator[SmtpTestServer]:
 
 
 def config_xml(dovecot: DovecotSandbox, user: str, smtp: SmtpTestServer, log: str) -> str:
-    elements = {
-        "HostName": dovecot.host,
-        "Port": str(dovecot.imap_port),
-        "UserName": user,
-        "Password": DovecotSandbox.PASSWORD,
-        "UseSsl": "False",
-        "InputFolder": "IMAP/New",
-        "OutputFolder": "IMAP/Done",
-        "CaFile": str(dovecot.ca_file),
-        "ProtocolLogFile": log,
-    }
-    body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in elements.items())
     ack = (
-        "    <Acknowledgement><Smtp><HostName>127.0.0.1</HostName>"
-        f"<Port>{smtp.port}</Port><Security>None</Security></Smtp>"
-        "<FromAddress>soporte@example.org</FromAddress></Acknowledgement>\n"
+        f"<Smtp><HostName>127.0.0.1</HostName><Port>{smtp.port}</Port>"
+        "<Security>None</Security></Smtp><FromAddress>soporte@example.org</FromAddress>"
     )
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n<EngageIntegrationService>\n'
-        f'  <ImapListener ID="Soporte">\n{body}{ack}  </ImapListener>\n'
-        '  <Process ID="EIS"><UseImapListener>True</UseImapListener></Process>\n'
-        "  <Store><Path>store.sqlite3</Path></Store>\n</EngageIntegrationService>\n"
-    )
+    block = listener_xml(dovecot, user, "Soporte", ProtocolLogFile=log, Acknowledgement=ack)
+    return config_text(block)
 
 
 async def test_an_acknowledgements_smtp_session_is_logged_in_its_own_file(
