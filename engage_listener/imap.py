@@ -119,9 +119,23 @@ class ImapSession(ImapConnection):
         self._require_ok(response, "UID SEARCH")
         found: list[int] = []
         for line in response.lines[:-1]:
-            if isinstance(line, bytes):
-                found.extend(int(tok) for tok in line.split() if tok.isdigit())
+            if not isinstance(line, bytes):
+                continue
+            words = line.removeprefix(b"* ").split()
+            if words[:1] == [b"SEARCH"]:  # aioimaplib gives the result without it, but
+                words = words[1:]  # a line as the server sent it may come too
+            if all(word.isdigit() for word in words):
+                found.extend(int(word) for word in words)
+            else:  # "1 EXISTS" for mail that arrived meanwhile: no UID
+                self.unsolicited.append(line)
+        del self.unsolicited[:-100]  # the latest say enough; never grows without end
         return sorted(found)
+
+    def take_unsolicited(self) -> list[bytes]:
+        """The untagged lines no command took, since the last call (see `unsolicited`)."""
+        lines = self._proto.take_unsolicited() + self.unsolicited
+        self.unsolicited = []
+        return lines
 
     async def fetch_headers(self, uids: Sequence[int], fields: str) -> list[tuple[int, bytes]]:
         """Selected header fields of each UID (BODY.PEEK[HEADER.FIELDS (...)])."""

@@ -44,6 +44,9 @@ class ImapConnection:
         self.endpoint = endpoint
         self._proto = protocol
         self.selected: FolderState | None = None
+        # Untagged lines that came with a command's answer but are not its result (an
+        # EXISTS for mail that arrived meanwhile): the listener counts them as changes.
+        self.unsolicited: list[bytes] = []
         self._idle_task: asyncio.Future[Any] | None = None
         self._refusals: list[float] = []  # when the server last pushed an untagged NO
         self._idle_cmd: Any = None

@@ -107,6 +107,22 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         self._received = 0
         self._budget = self.limits.max_response
         self._line_cap = self.limits.max_line
+        self._unsolicited: list[bytes] = []
+
+    def _untagged_response(self, line: bytes) -> Any:
+        """aioimaplib drops an untagged line no running command asked for: an EXISTS that
+        Dovecot sends with a SEARCH answer for mail that arrived meanwhile, and never
+        again. Kept (the latest 100) for the listener, which counts it as a change."""
+        command = super()._untagged_response(line)
+        if command is None:
+            self._unsolicited.append(line.removeprefix(b"* "))
+            del self._unsolicited[:-100]
+        return command
+
+    def take_unsolicited(self) -> list[bytes]:
+        """The untagged lines no command took since the last call, oldest first."""
+        lines, self._unsolicited = self._unsolicited, []
+        return lines
 
     def expect(self, max_bytes: int | None = None, max_line: int | None = None) -> None:
         """Bounds for the response to the command about to be sent (one at a time)."""

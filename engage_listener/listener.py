@@ -257,8 +257,12 @@ class Listener(Retrying):
     async def _leftover(self, session: ImapSession, last: BatchResult) -> tuple[int, int]:
         """(mails left from the last batch, mails that arrived after it started)."""
         # Every mail, \\Deleted ones too: the server's EXISTS counts them all.
+        session.take_unsolicited()  # what came before this search is in its answer
         uids = await session.search("ALL", charset=None)
         new = sum(1 for uid in uids if uid > last.max_uid)
+        # Mail that arrived while the search ran is announced by an EXISTS with its answer,
+        # and never again: counted here, or it would wait for the next mail.
+        new += max(0, track_exists(len(uids), session.take_unsolicited()) - len(uids))
         self.oldest_unprocessed = None
         if uids:  # for `status`: how long the oldest mail has been waiting
             self.oldest_unprocessed = (await session.fetch_meta([uids[0]])).get(uids[0], (0, None))[

@@ -43,6 +43,7 @@ class Behaviour:
     login: str = "ok"
     body: str = "normal"
     trickle_every: float = 0.25
+    search_all: bytes | None = None  # the whole untagged answer to UID SEARCH ALL
 
 
 class HostileImap:
@@ -110,6 +111,8 @@ class HostileImap:
         elif command == b"LOGOUT":
             writer.write(b"* BYE bye\r\n" + ok)
             return False
+        elif words[:3] == [b"UID", b"SEARCH", b"ALL"] and self.behaviour.search_all is not None:
+            writer.write(self.behaviour.search_all + ok)
         elif words[:2] == [b"UID", b"SEARCH"]:
             writer.write(b"* SEARCH 1\r\n" + ok)
         elif words[:2] == [b"UID", b"FETCH"] and b"RFC822.SIZE" in words[-1]:

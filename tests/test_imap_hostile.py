@@ -207,3 +207,14 @@ async def test_a_mail_over_the_cap_the_server_underreports_is_refused_unread(
             await eventually(lambda: listener.last_error is not None)
     assert "over 16778216" in (listener.last_error or "")
     assert server.streamed < 64 * MB
+
+
+async def test_mail_announced_with_a_search_answer_starts_the_next_batch(tmp_path: Path) -> None:
+    """Dovecot answers the after-batch SEARCH with the mails it had, and announces a mail
+    that arrived meanwhile with an EXISTS in the same answer, never again: that EXISTS is
+    a change (it was once read as UID 1, and the mail waited for the next one)."""
+    behaviour = Behaviour(search_all=b"* SEARCH\r\n* 1 EXISTS\r\n")
+    async with HostileImap(behaviour) as server:
+        cfg = hostile_config(server.port, allow_plaintext_login=True, sync_max_changes_count=1)
+        async with running_listener(cfg, tmp_path / "s.sqlite3") as listener:
+            await eventually(lambda: listener.batches >= 2, timeout=5, what="a second batch")
