@@ -59,7 +59,7 @@ class ImapConnection:
         loop = asyncio.get_running_loop()
         proto = _Protocol(loop, endpoint)
         if endpoint.password:
-            proto.secrets += [endpoint.password, quote(endpoint.password)]
+            proto.keep_secrets(endpoint.password, quote(endpoint.password))
         session = cls(endpoint, proto)
         try:
             await session._connect(loop)
@@ -201,7 +201,7 @@ class ImapConnection:
         """One AUTHENTICATE XOAUTH2 (initial response with SASL-IR); (response, error)."""
         proto = self._proto
         payload = xoauth2_payload(self.endpoint.username, token)
-        proto.secrets += [token, payload]
+        proto.keep_secrets(token, payload)
         command = _Authenticate(
             proto.new_tag(), payload, self.has_capability("SASL-IR"), proto.loop
         )

@@ -12,8 +12,8 @@ that touch aioimaplib, and they own every workaround for it:
   ("unexpected tagged response with pending sync command (A1 LOGIN "u" "password")"),
   its debug lines and `CommandTimeout`, and raises from `data_received`, so asyncio's
   exception handler printed the password. Secret commands (`_Secret`) show `***` in
-  every str()/repr(); only `send` writes their real line, and every error text leaving
-  this module passes `scrub` with the session's secrets;
+  every str()/repr(); only `send` writes their real line, the session's secrets are
+  registered with `logs`, and every error text leaving this module passes `logs.scrub`;
   aioimaplib's own log lines quote what is sent and received (a server may echo the
   LOGIN back): its logger is muted, the protocol log (masked) says the same;
 - a dropped connection leaves commands waiting forever: we fail them at once;
@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from aioimaplib import aioimaplib as lib
 
 from .errors import ConnectionLostError, EngageError, ProtocolError
 from .imap_text import FETCH_HEAD_RE, ImapEndpoint
+from .logs import register_secret, scrub
 from .oauth import xoauth2_error
 from .protolog import ProtocolLog
 
@@ -40,13 +41,6 @@ def _mute(record: logging.LogRecord) -> bool:
 
 
 lib.log.addFilter(_mute)
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret (longest first) replaced by ***."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 class _Breach(Exception):
@@ -101,7 +95,6 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         self.limits = endpoint.limits
         self.max_literal = endpoint.max_literal
         self.lost = asyncio.Event()
-        self.secrets: list[str] = []
         self.failure: EngageError | None = None
         self.announced = 0  # literal bytes announced since `expect`
         self._received = 0
@@ -130,14 +123,16 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
         self._line_cap = max_line or self.limits.max_line
         self._received = self.announced = 0
 
-    def scrub(self, text: str) -> str:
-        return scrub(text, self.secrets)
+    @staticmethod
+    def keep_secrets(*values: str) -> None:
+        """Secrets this session sends: registered with the one scrub (`logs.scrub`) that
+        every error text, log line and protocol-log line passes through."""
+        for value in values:
+            register_secret(value)
 
-    def _scrub_line(self, line: bytes) -> bytes:
-        for secret in self.secrets:
-            if secret and (raw := secret.encode()) in line:
-                line = line.replace(raw, b"***")
-        return line
+    @staticmethod
+    def scrub(text: str) -> str:
+        return scrub(text)
 
     def fail(self, error: EngageError) -> None:
         """Drop the connection; every pending command fails with `error`."""
@@ -255,7 +250,7 @@ class _Protocol(lib.IMAP4ClientProtocol):  # type: ignore[misc]
     def _after_line(self, line: bytes, cmd: Any) -> Any:
         """The command that the following data belongs to, starting a literal if announced."""
         if self.protolog is not None:
-            self.protolog.received(self._scrub_line(line))
+            self.protolog.received(line)  # scrubbed there, as every protocol-log line
         literal = lib.literal_data_re.match(line) if line.endswith(b"}") else None
         if literal:
             size = int(literal.group("size"))
