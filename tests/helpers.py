@@ -11,10 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engage_listener.app import build_listener
-from engage_listener.config import ImapListenerConfig, Secret
+from engage_listener.app import build_listener, smtp_endpoints
+from engage_listener.config import Config, ImapListenerConfig, Secret
 from engage_listener.listener import Listener
+from engage_listener.logs import get_logger
+from engage_listener.outbox import OutboxSender
 from engage_listener.sandbox import DovecotSandbox
+from engage_listener.smtp import send_message
 from engage_listener.sqlite_store import SqliteStore
 
 
@@ -113,3 +116,22 @@ def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
     """Read the store from outside, the way an operator's second process would."""
     with sqlite3.connect(db) as conn:
         return list(conn.execute(sql, params))
+
+
+async def deliver(config: Config, send: Any = None) -> int:
+    """The daemon's sender, once: recover rows left `sending`, then send what is due."""
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        sender = OutboxSender(
+            store,
+            smtp_endpoints(config),
+            send or send_message,
+            wake=asyncio.Event(),
+            stop=asyncio.Event(),
+            log=get_logger(),
+        )
+        await sender.recover()
+        return await sender.deliver_due()
+    finally:
+        await store.close()

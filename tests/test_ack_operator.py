@@ -8,7 +8,6 @@ be sent) move them on. Real Dovecot in, a real store, aiosmtpd out, the real CLI
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +15,11 @@ from typing import Any
 
 import pytest
 
-from engage_listener.app import smtp_endpoints
 from engage_listener.config import Config, load_config
-from engage_listener.logs import get_logger
-from engage_listener.outbox import OutboxSender
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.smtp import SmtpEndpoint, send_message
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.smtp import SmtpEndpoint
 from tests.fakes import FakeClock
-from tests.helpers import Harness, db_rows, make_mail
+from tests.helpers import Harness, db_rows, deliver, make_mail
 from tests.smtp_server import SmtpTestServer
 from tests.test_daemon import cli, listener_xml, write_config
 
@@ -62,25 +57,6 @@ async def ingest(dovecot: DovecotSandbox, user: str, config: Config, mails: list
     async with Harness(cfg, config.store.path, FakeClock()) as h:
         assert h.listener is not None
         assert (await h.listener.run_once()).ingested == len(mails)
-
-
-async def deliver(config: Config, send: Any = None) -> int:
-    """The daemon's sender, once: recover rows left `sending`, then send what is due."""
-    store = SqliteStore(config.store.path)
-    await store.open()
-    try:
-        sender = OutboxSender(
-            store,
-            smtp_endpoints(config),
-            send or send_message,
-            wake=asyncio.Event(),
-            stop=asyncio.Event(),
-            log=get_logger(),
-        )
-        await sender.recover()
-        return await sender.deliver_due()
-    finally:
-        await store.close()
 
 
 def acks_json(config: Path, *args: str) -> list[dict[str, Any]]:

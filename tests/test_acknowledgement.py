@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from engage_listener.ack import DEFAULT_TEMPLATE, AckTemplate
-from engage_listener.app import build_listener, smtp_endpoints
+from engage_listener.app import build_listener
 from engage_listener.config import Config, ImapListenerConfig, StoreConfig, load_config
 from engage_listener.config_ack import AckConfig, SmtpConfig
 from engage_listener.errors import ConfigError
@@ -21,6 +21,7 @@ from engage_listener.smtp import SmtpEndpoint, send_message
 from engage_listener.sqlite_store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config, make_mail
+from tests.helpers import deliver as deliver_once
 from tests.smtp_server import SmtpTestServer
 from tests.test_daemon import listener_xml, write_config
 
@@ -365,21 +366,7 @@ async def test_smtp_session_goes_to_its_own_protocol_log_without_secrets(
     )
     await ingest(dovecot, mailbox_user, db, cfg, [make_mail(1)])
     config = Config(tmp_path / "el.xml", (cfg,), True, StoreConfig(db))
-    endpoints = smtp_endpoints(config)
-    store = SqliteStore(db)
-    await store.open()
-    try:
-        sender = OutboxSender(
-            store,
-            endpoints,
-            send_message,
-            wake=asyncio.Event(),
-            stop=asyncio.Event(),
-            log=get_logger(),
-        )
-        assert await sender.deliver_due() == 1
-    finally:
-        await store.close()
+    assert await deliver_once(config) == 1
     text = (tmp_path / "logs" / "Default.log").read_text()
     smtp_text = (tmp_path / "logs" / "Default-smtp.log").read_text()  # a file of its own
     assert "LOGIN ***" in text and "MAIL FROM:" not in text  # the IMAP session

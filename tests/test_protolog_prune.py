@@ -7,7 +7,6 @@ the listener's IMAP file.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import time
@@ -16,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.app import protolog_factory, smtp_endpoints
+from engage_listener.app import protolog_factory
 from engage_listener.config import load_config
-from engage_listener.logs import get_logger
-from engage_listener.outbox import OutboxSender
 from engage_listener.protolog import prune
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.smtp import send_message
-from engage_listener.sqlite_store import SqliteStore
 from tests.fakes import FakeClock
-from tests.helpers import Harness, listener_config, make_mail
+from tests.helpers import Harness, deliver, listener_config, make_mail
 from tests.smtp_server import SmtpTestServer
 from tests.test_daemon import config_text, listener_xml
 
@@ -107,20 +102,7 @@ async def test_an_acknowledgements_smtp_session_is_logged_in_its_own_file(
     async with Harness(dataclasses.replace(cfg), config.store.path, FakeClock()) as h:
         assert h.listener is not None
         assert (await h.listener.run_once()).ingested == 1
-    store = SqliteStore(config.store.path)
-    await store.open()
-    try:
-        sender = OutboxSender(
-            store,
-            smtp_endpoints(config),
-            send_message,
-            wake=asyncio.Event(),
-            stop=asyncio.Event(),
-            log=get_logger(),
-        )
-        assert await sender.deliver_due() == 1
-    finally:
-        await store.close()
+    assert await deliver(config) == 1
     assert len(smtp.messages) == 1
     imap_log = (tmp_path / "logs" / "Soporte.log").read_text()
     smtp_log = (tmp_path / "logs" / "Soporte-smtp.log").read_text()
