@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from engage_listener import imap_utf7
+from engage_listener.sources.imap import utf7 as imap_utf7
 
 __all__ = ["DovecotSandbox", "free_port", "sample_messages"]
 

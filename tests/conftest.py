@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engage_listener.sandbox import DOVECOT_BIN, DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.store.sqlite.store import SqliteStore
 
 _user_numbers = itertools.count(1)
 

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engage_listener.listener import Listener
 from engage_listener.sandbox import DovecotSandbox
+from engage_listener.sources.imap.listener import Listener
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, make_mail
 

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engage_listener.app import build_listener, smtp_endpoints
-from engage_listener.config import Config, ImapListenerConfig, Secret
-from engage_listener.listener import Listener
-from engage_listener.logs import get_logger
-from engage_listener.outbox import OutboxSender
+from engage_listener.config.load import Config, ImapListenerConfig, Secret
+from engage_listener.observe.logs import get_logger
+from engage_listener.outbox.delivery import OutboxSender
+from engage_listener.outbox.smtp import send_message
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.smtp import send_message
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.service.app import build_listener, smtp_endpoints
+from engage_listener.sources.imap.listener import Listener
+from engage_listener.store.sqlite.store import SqliteStore
 
 
 def listener_config(dovecot: DovecotSandbox, user: str, **changes: Any) -> ImapListenerConfig:

@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from engage_listener.app import build_listener, endpoint_for
 from engage_listener.clock import SystemClock
-from engage_listener.config import ImapListenerConfig
-from engage_listener.imap import ImapSession
-from engage_listener.imap_text import ImapEndpoint, ImapLimits
-from engage_listener.listener import Listener
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.config.load import ImapListenerConfig
+from engage_listener.service.app import build_listener, endpoint_for
+from engage_listener.sources.imap.listener import Listener
+from engage_listener.sources.imap.session import ImapSession
+from engage_listener.sources.imap.text import ImapEndpoint, ImapLimits
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import server_listener_config
 
 PASSWORD = "Hostile-Pa55word-7f3e"  # searched for in every byte received

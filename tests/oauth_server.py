@@ -42,10 +42,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.x509.oid import NameOID
 
-from engage_listener import secrets as engage_secrets
-from engage_listener.config_auth import AuthConfig
+from engage_listener.config import secret_refs as engage_secrets
+from engage_listener.config.auth import AuthConfig
+from engage_listener.oauth.token_cache import TokenCache
 from engage_listener.sandbox import _write_certs
-from engage_listener.token_cache import TokenCache
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

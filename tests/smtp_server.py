@@ -37,8 +37,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
+from engage_listener.outbox.smtp import SmtpEndpoint
 from engage_listener.sandbox import _write_certs
-from engage_listener.smtp import SmtpEndpoint
 
 MODES = {"plain": "None", "ssl": "SSL", "starttls": "StartTls"}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engage_listener.ack import (
+from engage_listener.cases.ack import (
     DEFAULT_TEMPLATE,
     MAX_REFERENCES,
     PLACEHOLDERS,
@@ -23,8 +23,8 @@ from engage_listener.ack import (
     skip_reason,
     template_problems,
 )
-from engage_listener.automail import automatic_reason
-from engage_listener.subjects import find_case_token
+from engage_listener.mail.automatic import automatic_reason
+from engage_listener.mail.subjects import find_case_token
 
 IDENTITY = AckIdentity("soporte@empresa.example", "Atención al Cliente", "casos@empresa.example")
 RECEIVED = datetime(2024, 5, 2, 9, 30, tzinfo=UTC)

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.ack import DEFAULT_TEMPLATE, AckIdentity
-from engage_listener.app import build_listener
-from engage_listener.config import load_config
-from engage_listener.engine import AckSettings, CaseEngine, EngineSettings
-from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor
-from engage_listener.logs import get_logger
-from engage_listener.outbox import OutboxSender
+from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckIdentity
+from engage_listener.cases.engine import AckSettings, CaseEngine, EngineSettings
+from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor
+from engage_listener.config.load import load_config
+from engage_listener.observe.logs import get_logger
+from engage_listener.outbox.delivery import OutboxSender
+from engage_listener.outbox.smtp import SmtpEndpoint, send_message
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.smtp import SmtpEndpoint, send_message
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.service.app import build_listener
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
 from tests.smtp_server import SmtpTestServer

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import admin
-from engage_listener.ack import DEFAULT_TEMPLATE, AckIdentity, AckTemplate
-from engage_listener.cli_parser import build_parser
-from engage_listener.engine import AckSettings, CaseEngine, EngineSettings
-from engage_listener.logs import get_logger
-from engage_listener.outbox import OutboxSender
-from engage_listener.smtp import send_message
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckIdentity, AckTemplate
+from engage_listener.cases.engine import AckSettings, CaseEngine, EngineSettings
+from engage_listener.observe.logs import get_logger
+from engage_listener.ops import admin
+from engage_listener.ops.cli_parser import build_parser
+from engage_listener.outbox.delivery import OutboxSender
+from engage_listener.outbox.smtp import send_message
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows
 from tests.smtp_server import SmtpTestServer
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from engage_listener.config import Config, load_config
+from engage_listener.config.load import Config, load_config
+from engage_listener.outbox.smtp import SmtpEndpoint
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.smtp import SmtpEndpoint
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, deliver, make_mail
 from tests.smtp_server import SmtpTestServer

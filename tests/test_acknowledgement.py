@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from engage_listener.ack import DEFAULT_TEMPLATE, AckTemplate
-from engage_listener.app import build_listener
-from engage_listener.config import Config, ImapListenerConfig, StoreConfig, load_config
-from engage_listener.config_ack import AckConfig, SmtpConfig
+from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckTemplate
+from engage_listener.config.ack import AckConfig, SmtpConfig
+from engage_listener.config.load import Config, ImapListenerConfig, StoreConfig, load_config
 from engage_listener.errors import ConfigError
-from engage_listener.logs import get_logger
-from engage_listener.outbox import OutboxSender
+from engage_listener.observe.logs import get_logger
+from engage_listener.outbox.delivery import OutboxSender
+from engage_listener.outbox.smtp import SmtpEndpoint, send_message
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.smtp import SmtpEndpoint, send_message
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.service.app import build_listener
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config, make_mail
 from tests.helpers import deliver as deliver_once

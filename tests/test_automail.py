@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.automail import automatic_reason, is_noreply_address
+from engage_listener.mail.automatic import automatic_reason, is_noreply_address
 
 CORPUS = Path("/work/shared/corpus")
 AUTOMATIC_NAME = re.compile(r"bounce|undeliver|auto.?repl|vacation|out.of.office|daemon", re.I)

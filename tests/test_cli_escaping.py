@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.app import engine_settings
-from engage_listener.config import load_config
-from engage_listener.engine import CaseEngine
+from engage_listener.cases.engine import CaseEngine
+from engage_listener.config.load import load_config
+from engage_listener.observe.status import write_heartbeats
+from engage_listener.ops.terminal import visible, visible_lines
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.status import write_heartbeats
-from engage_listener.store import LedgerKey
-from engage_listener.terminal import visible, visible_lines
+from engage_listener.service.app import engine_settings
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness
 from tests.test_daemon import config_text, listener_xml

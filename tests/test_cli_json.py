@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engage_listener.cli_parser import build_parser
+from engage_listener.ops.cli_parser import build_parser
 
 OPERATOR_COMMANDS = [
     ["cases"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from engage_listener.config import (
+from engage_listener.config.load import (
     DEFAULT_STORE_PATH,
     Config,
     ImapListenerConfig,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import parser
+from engage_listener.mail import parser
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 MAIL_SUFFIXES = {".box", ".eml", ".txt", ".elm"}

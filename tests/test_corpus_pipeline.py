@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.engine import CaseEngine, EngineSettings
+from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engage_listener.control import request_date, resume, start_of_day
-from engage_listener.listener import CONTROL_POLL
+from engage_listener.intake.control import request_date, resume, start_of_day
 from engage_listener.sandbox import DovecotSandbox
+from engage_listener.sources.imap.listener import CONTROL_POLL
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
 from tests.test_daemon import cli, listener_xml, write_config

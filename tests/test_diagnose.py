@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from engage_listener import diagnose
-from engage_listener.ack import DEFAULT_TEMPLATE
-from engage_listener.app import endpoint_for
-from engage_listener.config import ImapListenerConfig, Secret
-from engage_listener.config_ack import AckConfig, SmtpConfig
-from engage_listener.diagnose import Step, render_json, render_text
-from engage_listener.pop3 import Pop3Endpoint
+from engage_listener.cases.ack import DEFAULT_TEMPLATE
+from engage_listener.config.ack import AckConfig, SmtpConfig
+from engage_listener.config.load import ImapListenerConfig, Secret
+from engage_listener.ops import diagnose
+from engage_listener.ops.diagnose import Step, render_json, render_text
 from engage_listener.sandbox import DovecotSandbox, free_port
+from engage_listener.service.app import endpoint_for
+from engage_listener.sources.pop3.session import Pop3Endpoint
 from tests.helpers import listener_config, make_mail
 from tests.smtp_server import SmtpTestServer
 from tests.test_daemon import listener_xml, write_config

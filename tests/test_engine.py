@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import admin
-from engage_listener.engine import CaseEngine, EngineSettings
+from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.errors import QuarantineNow
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.sqlite_tx import BLOB_PIECE
-from engage_listener.store import LedgerKey
+from engage_listener.ops import admin
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
+from engage_listener.store.sqlite.transaction import BLOB_PIECE
 from tests.helpers import db_rows
 
 _uids = itertools.count(1)

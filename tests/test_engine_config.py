@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.app import build_listener, load_hooks
-from engage_listener.config import ImapListenerConfig, load_config
+from engage_listener.config.load import ImapListenerConfig, load_config
 from engage_listener.errors import ConfigError
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.service.app import build_listener, load_hooks
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, make_mail
 from tests.test_config import listener, wrap

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.app import load_hooks
-from engage_listener.config import load_config
+from engage_listener.config.load import load_config
 from engage_listener.errors import ConfigError
+from engage_listener.service.app import load_hooks
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted([*ROOT.joinpath("examples").glob("*.xml"), ROOT / "config" / "engage-listener.xml"])

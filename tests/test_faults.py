@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.app import build_listener, endpoint_for
-from engage_listener.imap import ImapSession
-from engage_listener.listener import CONTROL_POLL
-from engage_listener.logs import get_logger
-from engage_listener.outbox import OutboxSender
+from engage_listener.observe.logs import get_logger
+from engage_listener.outbox.delivery import OutboxSender
+from engage_listener.outbox.smtp import send_message
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.smtp import send_message
+from engage_listener.service.app import build_listener, endpoint_for
+from engage_listener.sources.imap.listener import CONTROL_POLL
+from engage_listener.sources.imap.session import ImapSession
 from tests.fakes import FakeClock
 from tests.faults import (
     CASE_TOKEN_RE,

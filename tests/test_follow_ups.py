@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engage_listener import admin
-from engage_listener.app import engine_settings
-from engage_listener.engine import CaseEngine, EngineSettings
-from engage_listener.sqlite_schema import MIGRATIONS
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.ops import admin
+from engage_listener.service.app import engine_settings
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.schema import MIGRATIONS
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows
 
 _uids = itertools.count(1)

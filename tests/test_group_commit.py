@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.app import build_listener
-from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
+from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
 from engage_listener.sandbox import DovecotSandbox
+from engage_listener.service.app import build_listener
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config, make_mail
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from engage_listener.errors import HookError
-from engage_listener.hooks import (
+from engage_listener.cases.hooks import (
     SQL_PARAMETERS,
     CaseView,
     CustomerView,
@@ -24,7 +23,8 @@ from engage_listener.hooks import (
     SqlHook,
     load_hook,
 )
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.errors import HookError
+from engage_listener.store.sqlite.store import SqliteStore
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "routing"
@@ -104,7 +104,7 @@ async def test_python_hook_results(
     kind: str, body: str, expected: RoutingDecision,
 ) -> None:
     spec = python_hook(f"""
-        from engage_listener.hooks import RoutingDecision
+        from engage_listener.cases.hooks import RoutingDecision
         {kind} route(ctx):
             {body}
     """)

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.app import build_listener
-from engage_listener.errors import HookError
-from engage_listener.hooks import (
+from engage_listener.cases.hooks import (
     HOOK_THREADS,
     CaseView,
     HookContext,
@@ -30,8 +28,10 @@ from engage_listener.hooks import (
     RoutingHook,
     load_hook,
 )
+from engage_listener.errors import HookError
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.service.app import build_listener
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import db_rows, listener_config, make_mail
 

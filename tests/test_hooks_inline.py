@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener import hooks_sql
+from engage_listener.cases import hooks_sql
+from engage_listener.cases.hooks import RoutingDecision, SqlHook, load_hook
+from engage_listener.cases.hooks_sql import INLINE_SECONDS
 from engage_listener.errors import StoreError
-from engage_listener.hooks import RoutingDecision, SqlHook, load_hook
-from engage_listener.hooks_sql import INLINE_SECONDS
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.store.sqlite.store import SqliteStore
 
 from .test_hooks import case_row, context, insert_case, sql_file
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener import diagnose
-from engage_listener.admin import get_quarantine, list_quarantine
-from engage_listener.oauth import TokenProvider, provider_for
+from engage_listener.oauth.provider import TokenProvider, provider_for
+from engage_listener.ops import diagnose
+from engage_listener.ops.admin import get_quarantine, list_quarantine
 from engage_listener.sandbox import DovecotSandbox
 from tests.fakes import FakeClock
 from tests.faults import errors

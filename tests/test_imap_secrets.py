@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from engage_listener.errors import EngageError
-from engage_listener.imap import ImapSession
-from engage_listener.oauth import provider_for, xoauth2_payload
-from engage_listener.protolog import ProtocolLog
+from engage_listener.oauth.provider import provider_for, xoauth2_payload
+from engage_listener.observe.protolog import ProtocolLog
+from engage_listener.sources.imap.session import ImapSession
 from tests.hostile_imap import PASSWORD, Behaviour, HostileImap, chain, endpoint, hostile_config
 from tests.oauth_server import OAuthTestServer, ms_auth, token_cache
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engage_listener.config.secret_refs import encrypt, generate_key, load_key
 from engage_listener.errors import SecretError
-from engage_listener.secrets import encrypt, generate_key, load_key
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.app import build_listener
+from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.clock import SystemClock
-from engage_listener.config import Secret
-from engage_listener.engine import CaseEngine, EngineSettings
+from engage_listener.config.load import Secret
 from engage_listener.errors import AuthenticationError, FolderMissingError, TlsError
-from engage_listener.listener import CONTROL_POLL, POLL_INTERVAL
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.store import LedgerKey
+from engage_listener.service.app import build_listener
+from engage_listener.sources.imap.listener import CONTROL_POLL, POLL_INTERVAL
+from engage_listener.store.interface import LedgerKey
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import parse_pool
+from engage_listener.mail import parse_pool
 from engage_listener.sandbox import DovecotSandbox
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config

@@ -10,7 +10,7 @@ import pytest
 
 PROGRAM = """
 import ctypes, sys, threading
-from engage_listener.memory import one_malloc_arena
+from engage_listener.service.memory import one_malloc_arena
 applied = one_malloc_arena() if sys.argv[1] == "one" else False
 kept = []
 def work():  # many small allocations, as parsing and the store's threads make

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engage_listener.metrics import MetricsServer
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.status import ListenerStatus, read_status, write_heartbeats
+from engage_listener.observe.metrics import MetricsServer
+from engage_listener.observe.status import ListenerStatus, read_status, write_heartbeats
+from engage_listener.store.sqlite.store import SqliteStore
 
 START = 1_700_000_000.0
 MAX_AGE = 900.0
@@ -203,7 +203,7 @@ async def test_malformed_requests_do_not_kill_the_server(served: Fixture) -> Non
 
 
 async def test_slow_client_is_cut_off(served: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("engage_listener.metrics.REQUEST_TIMEOUT", 0.2)
+    monkeypatch.setattr("engage_listener.observe.metrics.REQUEST_TIMEOUT", 0.2)
     reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
     writer.write(b"GET /metrics HTTP/1.1\r\n")  # never finishes the headers
     await writer.drain()

@@ -18,10 +18,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from engage_listener.config import load_config
-from engage_listener.metrics import MAX_CONNECTIONS, MetricsServer
+from engage_listener.config.load import load_config
+from engage_listener.observe.metrics import MAX_CONNECTIONS, MetricsServer
+from engage_listener.observe.status import ListenerStatus
 from engage_listener.sandbox import free_port
-from engage_listener.status import ListenerStatus
 
 IDLE = 300
 

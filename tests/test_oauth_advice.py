@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from engage_listener import diagnose
-from engage_listener.imap_text import ImapEndpoint
-from engage_listener.oauth import OAuthError, provider_for
-from engage_listener.oauth_advice import microsoft_advice
-from engage_listener.retry import backoff
+from engage_listener.intake.retry import backoff
+from engage_listener.oauth.advice import microsoft_advice
+from engage_listener.oauth.provider import OAuthError, provider_for
+from engage_listener.ops import diagnose
 from engage_listener.sandbox import DovecotSandbox
+from engage_listener.sources.imap.text import ImapEndpoint
 from tests import test_oauth_mail
 from tests.helpers import listener_config, make_mail
 from tests.oauth_server import OAuthTestServer, ms_auth

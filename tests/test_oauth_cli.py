@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import secrets as engage_secrets
-from engage_listener.config import load_config
-from engage_listener.oauth import provider_for
-from engage_listener.token_cache import TokenCache
+from engage_listener.config import secret_refs as engage_secrets
+from engage_listener.config.load import load_config
+from engage_listener.oauth.provider import provider_for
+from engage_listener.oauth.token_cache import TokenCache
 from tests.oauth_server import DEVICE_GRANT, OAuthTestServer, token_cache
 
 USER = "soporte@contoso.test"

@@ -25,23 +25,23 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import secrets as engage_secrets
-from engage_listener.app import engine_settings
+from engage_listener.cases.engine import CaseEngine
 from engage_listener.clock import SystemClock
-from engage_listener.config import parse_config
-from engage_listener.engine import CaseEngine
+from engage_listener.config import secret_refs as engage_secrets
+from engage_listener.config.load import parse_config
 from engage_listener.errors import AuthenticationError
-from engage_listener.imap import ImapSession
-from engage_listener.imap_text import ImapEndpoint
-from engage_listener.listener import Listener, ListenerSettings
-from engage_listener.logs import configure_logging, get_logger
-from engage_listener.oauth import TokenRefused, provider_for
-from engage_listener.pop3 import Pop3Endpoint, Pop3Session
-from engage_listener.protolog import ProtocolLog
+from engage_listener.oauth.provider import TokenRefused, provider_for
+from engage_listener.oauth.token_cache import TokenCache
+from engage_listener.observe.logs import configure_logging, get_logger
+from engage_listener.observe.protolog import ProtocolLog
+from engage_listener.outbox.smtp import SmtpTemporaryError, send_message
 from engage_listener.sandbox import DOVECOT_BIN, DovecotSandbox
-from engage_listener.smtp import SmtpTemporaryError, send_message
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.token_cache import TokenCache
+from engage_listener.service.app import engine_settings
+from engage_listener.sources.imap.listener import Listener, ListenerSettings
+from engage_listener.sources.imap.session import ImapSession
+from engage_listener.sources.imap.text import ImapEndpoint
+from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows, make_mail
 from tests.oauth_server import OAuthTestServer, ms_auth, token_cache
 from tests.smtp_server import SmtpTestServer

@@ -13,16 +13,16 @@ import dataclasses
 import time
 from pathlib import Path
 
-from engage_listener.app import engine_settings
+from engage_listener.cases.engine import CaseEngine
 from engage_listener.clock import SystemClock
-from engage_listener.config import parse_config
-from engage_listener.engine import CaseEngine
-from engage_listener.imap import ImapSession
-from engage_listener.listener import Listener, ListenerSettings
-from engage_listener.logs import get_logger
-from engage_listener.oauth import provider_for
+from engage_listener.config.load import parse_config
+from engage_listener.oauth.provider import provider_for
+from engage_listener.observe.logs import get_logger
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.service.app import engine_settings
+from engage_listener.sources.imap.listener import Listener, ListenerSettings
+from engage_listener.sources.imap.session import ImapSession
+from engage_listener.store.sqlite.store import SqliteStore
 from tests import test_oauth_mail
 from tests.helpers import db_rows, eventually, make_mail
 from tests.oauth_server import OAuthTestServer

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import oauth
-from engage_listener.oauth import (
+from engage_listener.oauth import provider as oauth
+from engage_listener.oauth.provider import (
     IdentityProviderUnavailable,
     OAuthError,
     auth_status,
     login_interactive,
     provider_for,
 )
-from engage_listener.token_cache import TokenCache, open_cache
+from engage_listener.oauth.token_cache import TokenCache, open_cache
 from tests.oauth_server import (
     DEVICE_GRANT,
     JWT_GRANT,

@@ -6,14 +6,14 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from engage_listener.app import build_listener
-from engage_listener.batch import Ingested
-from engage_listener.engine import CaseEngine, EngineSettings, Prepared
-from engage_listener.parse_ahead import AHEAD_BYTES, AHEAD_COUNT, ParseAhead
-from engage_listener.parser import parse
+from engage_listener.cases.engine import CaseEngine, EngineSettings, Prepared
+from engage_listener.intake.parse_ahead import AHEAD_BYTES, AHEAD_COUNT, ParseAhead
+from engage_listener.mail.parser import parse
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.service.app import build_listener
+from engage_listener.sources.imap.batch import Ingested
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config, make_mail
 

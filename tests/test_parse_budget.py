@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import mime_fields, parse_pool
-from engage_listener.engine import CaseEngine, EngineSettings
+from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.errors import QuarantineNow
-from engage_listener.mime_parts import MAX_ATTACHMENTS, REST_NAME
-from engage_listener.parse_pool import ParsePool, Prepared, prepare_mail
-from engage_listener.parser import parse
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.mail import fields as mime_fields
+from engage_listener.mail import parse_pool
+from engage_listener.mail.parse_pool import ParsePool, Prepared, prepare_mail
+from engage_listener.mail.parser import parse
+from engage_listener.mail.parts import MAX_ATTACHMENTS, REST_NAME
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows, make_mail
 from tests.hostile_mail import deep_nesting, many_parts, same_name_attachments, slow_mail
 

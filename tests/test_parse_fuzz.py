@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engage_listener import parse_pool
-from engage_listener.parse_pool import ParsePool, Prepared
+from engage_listener.mail import parse_pool
+from engage_listener.mail.parse_pool import ParsePool, Prepared
 from tests.hostile_mail import (
     duplicate_headers,
     flip_bytes,

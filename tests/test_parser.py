@@ -1,4 +1,4 @@
-"""Golden and property tests for the mail parser (engage_listener.parser).
+"""Golden and property tests for the mail parser (engage_listener.mail.parser).
 
 Every message here is hand-made to show one kind of breakage seen in real mail;
 the property tests then check that no input at all makes ``parse`` or
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engage_listener import parser
-from engage_listener.parser import parse, sanitize_filename, strip_attachments
+from engage_listener.mail import parser
+from engage_listener.mail.parser import parse, sanitize_filename, strip_attachments
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import cast
 
-from engage_listener.config import load_config
+from engage_listener.config.load import load_config
 from engage_listener.sandbox import DovecotSandbox
 from tests.helpers import db_rows, make_mail
 from tests.test_daemon import cli as daemon_cli

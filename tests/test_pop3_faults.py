@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.app import build_listener, build_pop3_listener
-from engage_listener.batch import Handler, Ingested
-from engage_listener.config import Secret
-from engage_listener.engine import CaseEngine, EngineSettings
+from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.config.load import Secret
 from engage_listener.errors import ConnectionLostError
-from engage_listener.logs import get_logger
-from engage_listener.pop3 import Pop3Endpoint, Pop3Session
-from engage_listener.pop3_listener import Pop3Listener, Pop3Settings
-from engage_listener.retry import BACKOFF_CAP, PERMANENT_RETRY
+from engage_listener.intake.retry import BACKOFF_CAP, PERMANENT_RETRY
+from engage_listener.observe.logs import get_logger
 from engage_listener.sandbox import DovecotSandbox, free_port
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.service.app import build_listener, build_pop3_listener
+from engage_listener.sources.imap.batch import Handler, Ingested
+from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
+from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import db_rows, eventually, listener_config, make_mail
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.engine import CaseEngine, EngineSettings
+from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.errors import TlsError, TransientError
-from engage_listener.logs import get_logger
-from engage_listener.pop3 import Pop3Endpoint, Pop3Session
-from engage_listener.pop3_listener import Pop3Listener, Pop3Settings
-from engage_listener.pop3_wire import ReadLimitExceeded, ReadLimits
+from engage_listener.observe.logs import get_logger
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
+from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
+from engage_listener.sources.pop3.wire import ReadLimitExceeded, ReadLimits
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import db_rows, eventually, make_mail
 from tests.hostile_pop3 import HostilePop3, Mail, PeakRss

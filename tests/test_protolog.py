@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from engage_listener.errors import PermanentError
-from engage_listener.protolog import (
+from engage_listener.observe.protolog import (
     ProtocolLog,
     ProtocolLogError,
     expand_path,

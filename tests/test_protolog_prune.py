@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.app import protolog_factory
-from engage_listener.config import load_config
-from engage_listener.protolog import prune
+from engage_listener.config.load import load_config
+from engage_listener.observe.protolog import prune
 from engage_listener.sandbox import DovecotSandbox
+from engage_listener.service.app import protolog_factory
 from tests.fakes import FakeClock
 from tests.helpers import Harness, deliver, listener_config, make_mail
 from tests.smtp_server import SmtpTestServer

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from engage_listener.app import build_listener
-from engage_listener.batch import CHUNK_COUNT
-from engage_listener.control import request_date
-from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor
-from engage_listener.imap import ImapSession
-from engage_listener.listener import CONTROL_POLL
+from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor
+from engage_listener.intake.control import request_date
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.service.app import build_listener
+from engage_listener.sources.imap.batch import CHUNK_COUNT
+from engage_listener.sources.imap.listener import CONTROL_POLL
+from engage_listener.sources.imap.session import ImapSession
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import db_rows, eventually, listener_config, make_mail
 

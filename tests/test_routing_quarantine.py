@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from engage_listener.app import build_listener
-from engage_listener.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
+from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
 from engage_listener.sandbox import DovecotSandbox
+from engage_listener.service.app import build_listener
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
 from tests.test_daemon import listener_xml, write_config

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener import imap_utf7
 from engage_listener.sandbox import DovecotSandbox, free_port, sample_messages
+from engage_listener.sources.imap import utf7 as imap_utf7
 
 FOLDER = "Entrée clients/Nuevo ñ"
 

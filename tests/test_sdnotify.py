@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.sdnotify import Notifier
+from engage_listener.service.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.config import load_config
+from engage_listener.config.load import load_config
 from engage_listener.errors import ConfigError
 from tests.test_daemon import listener_xml, write_config
 

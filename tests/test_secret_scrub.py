@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from engage_listener import secrets as engage_secrets
-from engage_listener.logs import (
+from engage_listener.config import secret_refs as engage_secrets
+from engage_listener.oauth.provider import login_interactive, provider_for, xoauth2_payload
+from engage_listener.observe.logs import (
     _SECRETS,
     configure_logging,
     install_exit_redaction,
@@ -35,7 +36,6 @@ from engage_listener.logs import (
     register_secret,
     scrub,
 )
-from engage_listener.oauth import login_interactive, provider_for, xoauth2_payload
 from engage_listener.sandbox import free_port
 from tests.hostile_login import MODES, HostileLoginServer
 from tests.oauth_server import OAuthTestServer, ms_auth, token_cache

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.errors import SecretError
-from engage_listener.logs import _SECRETS
-from engage_listener.secrets import (
+from engage_listener.config.secret_refs import (
     KEY_NAME,
     default_key_path,
     encrypt,
@@ -21,6 +19,8 @@ from engage_listener.secrets import (
     read_secret_interactively,
     resolve,
 )
+from engage_listener.errors import SecretError
+from engage_listener.observe.logs import _SECRETS
 
 
 @pytest.fixture(autouse=True)

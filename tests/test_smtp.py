@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.ack import DEFAULT_TEMPLATE, AckIdentity, build_ack
+from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckIdentity, build_ack
 from engage_listener.errors import AuthenticationError, TlsError
-from engage_listener.protolog import ProtocolLog
-from engage_listener.smtp import (
+from engage_listener.observe.protolog import ProtocolLog
+from engage_listener.outbox.smtp import (
     SmtpEndpoint,
     SmtpPermanentError,
     SmtpTemporaryError,

@@ -13,9 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from engage_listener.observe.status import (
+    ListenerStatus,
+    read_status,
+    render_status,
+    write_heartbeats,
+)
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.status import ListenerStatus, read_status, render_status, write_heartbeats
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.test_daemon import cli as engage_listener
 from tests.test_daemon import listener_xml
 from tests.test_pop3_config import pop3_xml, write

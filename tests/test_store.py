@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.batch import CHUNK_BYTES, CHUNK_COUNT, FIRST_CHUNK_COUNT, chunks
 from engage_listener.errors import StoreError
-from engage_listener.sqlite_schema import MIGRATIONS
-from engage_listener.sqlite_store import SqliteStore
+from engage_listener.sources.imap.batch import CHUNK_BYTES, CHUNK_COUNT, FIRST_CHUNK_COUNT, chunks
+from engage_listener.store.sqlite.schema import MIGRATIONS
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 from email.message import EmailMessage
 
-from engage_listener.engine import CaseEngine, EngineSettings
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.sqlite_tx import BLOB_PIECE
-from engage_listener.store import LedgerKey
+from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
+from engage_listener.store.sqlite.transaction import BLOB_PIECE
 from tests.helpers import db_rows
 
 BLOBS = (

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engage_listener.engine import CaseEngine, EngineSettings
-from engage_listener.hooks import load_hook
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.store import LedgerKey
+from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.cases.hooks import load_hook
+from engage_listener.store.interface import LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import make_mail
 
 REPO = Path(__file__).resolve().parent.parent

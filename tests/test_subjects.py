@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engage_listener.subjects import (
+from engage_listener.mail.subjects import (
     DEFAULT_PREFIXES,
     case_token,
     find_case_token,

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.app import build_any
-from engage_listener.config import Config, ImapListenerConfig, Secret, StoreConfig
-from engage_listener.logs import get_logger
-from engage_listener.retry import BACKOFF_CAP
+from engage_listener.config.load import Config, ImapListenerConfig, Secret, StoreConfig
+from engage_listener.intake.retry import BACKOFF_CAP
+from engage_listener.observe.logs import get_logger
 from engage_listener.sandbox import DovecotSandbox, free_port
-from engage_listener.sdnotify import Notifier
-from engage_listener.sqlite_store import SqliteStore
-from engage_listener.supervisor import Supervisor, Worker
+from engage_listener.service.app import build_any
+from engage_listener.service.sdnotify import Notifier
+from engage_listener.service.supervisor import Supervisor, Worker
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import listener_config, make_mail
 

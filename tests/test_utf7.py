@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engage_listener import imap_utf7
+from engage_listener.sources.imap import utf7 as imap_utf7
 
 ROUND_TRIPS = [
     ("", ""),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from engage_listener.hooks import HookContext, RoutingDecision
+from engage_listener.cases.hooks import HookContext, RoutingDecision
 
 # Keyword (lower case, without accents) -> inbox. The first keyword found in the subject
 # wins; only when the subject has none is the body searched, in the same order.

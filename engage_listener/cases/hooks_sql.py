@@ -1,0 +1,291 @@
+"""SQL routing hooks: a procedure file run statement by statement in the mail's transaction.
+
+See `hooks` for the forms a RoutingHook takes. The file is read and checked (syntax,
+parameter names, no BEGIN/COMMIT) whenever the configuration is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engage_listener.cases.hook_types import (
+    DECISION_FIELDS,
+    HookContext,
+    RoutingDecision,
+    SqlExecutor,
+    as_decision,
+)
+from engage_listener.errors import HookError, StoppedEarly, StoreError
+from engage_listener.observe.logs import get_logger
+from engage_listener.store.interface import SyncExecute
+
+INLINE_SECONDS = 0.05  # a run longer than this moves the hook to the store's thread
+INLINE_LIMIT = 0.5  # an inline run still going then is stopped and done on the thread
+
+SQL_PARAMETERS = (
+    "case_id",
+    "case_number",
+    "message_id",
+    "customer_id",
+    "sender",
+    "sender_name",
+    "subject",
+    "text",
+    "is_new_case",
+    "listener",
+    "process",
+)
+_SYNTAX_ERRORS = ("syntax error", "incomplete input", "unrecognized token")
+_LEXEMES = re.compile(  # quoted text is skipped, so ':' or '?' inside it is no parameter
+    r"""(?P<quoted>'(?:[^']|'')*'?|"(?:[^"]|"")*"?|`[^`]*`?|\[[^\]]*\]?)"""
+    r"""|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
+    r"""|[:@$](?P<param>[A-Za-z_]\w*)|(?P<positional>\?\d*)""",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class _Statement:
+    number: int
+    line: int
+    text: str
+    names: tuple[str, ...]
+
+
+class SqlHook:
+    """A SQL procedure file run statement by statement in the mail's transaction.
+
+    Where it runs: a routing procedure usually takes well under a millisecond, and a hop
+    to the store's thread and back costs more than that (it was a quarter of the ingest
+    time). So it runs inline, on the event loop, while it stays quick. A run that took
+    longer than INLINE_SECONDS moves the hook to the store's thread for good (until the
+    configuration is reloaded), where a slow procedure holds up nothing else. A run still
+    going after INLINE_LIMIT is stopped, so the loop is never held longer: its work is
+    undone and done again on the thread; if the stop took the mail's transaction with it
+    (an interrupted write), the mail is retried (`StoreError`), no attempt counted.
+    """
+
+    def __init__(self, name: str, statements: list[_Statement], timeout: float) -> None:
+        self.name = name
+        self._statements = statements
+        self._timeout = timeout
+        self.inline = True
+
+    async def run(self, ctx: HookContext, sql: SqlExecutor) -> RoutingDecision:
+        """Run every statement; at the timeout the one running is interrupted."""
+        values = _sql_values(ctx)
+        started = time.monotonic()
+        deadline = started + self._timeout
+
+        def work(execute: SyncExecute) -> dict[str, Any] | None:
+            return self._run_all(execute, values, deadline)
+
+        if self.inline:
+            try:
+                found = sql.run_inline(work, min(deadline, started + INLINE_LIMIT))
+            except StoppedEarly:  # undone: done again below, off the loop
+                self._off_the_loop(time.monotonic() - started)
+            except StoreError:  # the stop took the transaction along: the mail is retried
+                self._off_the_loop(time.monotonic() - started)
+                raise
+            else:
+                if time.monotonic() - started > INLINE_SECONDS:
+                    self._off_the_loop(time.monotonic() - started)
+                return self._decision(found)
+        return self._decision(await self._in_thread(sql, work, deadline))
+
+    def _decision(self, found: dict[str, Any] | None) -> RoutingDecision:
+        try:
+            return as_decision(found)
+        except TypeError as exc:
+            stmt = self._statements[-1]
+            raise HookError(
+                f"routing hook {self.name}: statement {stmt.number} (line {stmt.line})"
+                f" failed: {exc}"
+            ) from exc
+
+    async def _in_thread(
+        self,
+        sql: SqlExecutor,
+        work: Callable[[SyncExecute], dict[str, Any] | None],
+        deadline: float,
+    ) -> dict[str, Any] | None:
+        """All statements in one hop. A timer, not a cancellation, enforces the timeout:
+        a cancelled task would still wait for the thread; the interrupt makes it return."""
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + deadline - time.monotonic(), sql.interrupt)
+        try:
+            return await sql.run_sync(work)
+        finally:
+            timer.cancel()
+
+    def _off_the_loop(self, seconds: float) -> None:
+        self.inline = False
+        get_logger().warning(
+            "routing_hook_slow",
+            hook=self.name,
+            seconds=round(seconds, 3),
+            now="runs on the store's thread until the configuration is reloaded",
+        )
+
+    def _run_all(
+        self, execute: SyncExecute, values: dict[str, object], deadline: float
+    ) -> dict[str, Any] | None:
+        """Every statement, then the last one's decision row."""
+        found = None
+        for stmt in self._statements:
+            try:
+                cursor = execute(stmt.text, {n: values[n] for n in stmt.names})
+                if stmt is self._statements[-1]:
+                    found = _row_decision(cursor)
+                cursor.close()  # an unread SELECT must not linger in the transaction
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    raise self._timed_out() from None
+                raise HookError(
+                    f"routing hook {self.name}: statement {stmt.number}"
+                    f" (line {stmt.line}) failed: {exc}"
+                ) from exc
+            if time.monotonic() >= deadline:
+                raise self._timed_out()
+        return found
+
+    def _timed_out(self) -> HookError:
+        return HookError(
+            f"routing hook {self.name} timed out after {self._timeout:g} s"
+            " (its running statement was interrupted)"
+        )
+
+
+def _sql_values(ctx: HookContext) -> dict[str, object]:
+    return {
+        "case_id": ctx.case.id,
+        "case_number": ctx.case.case_number,
+        "message_id": ctx.message.row,
+        "customer_id": ctx.customer and ctx.customer.id,
+        "sender": ctx.message.sender,
+        "sender_name": ctx.message.sender_name,
+        "subject": ctx.message.subject,
+        "text": ctx.message.text,
+        "is_new_case": int(ctx.case.is_new),
+        "listener": ctx.listener,
+        "process": ctx.case.process,
+    }
+
+
+def _row_decision(cursor: Any) -> dict[str, Any] | None:
+    """The decision columns of the first row the last statement returned, if any."""
+    columns = [str(d[0]).lower() for d in getattr(cursor, "description", None) or ()]
+    if not set(columns) & set(DECISION_FIELDS):
+        return None
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    found = {c: v for c, v in zip(columns, row, strict=True) if c in DECISION_FIELDS}
+    if isinstance(found.get("tags"), str):
+        found["tags"] = tuple(t.strip() for t in found["tags"].split(",") if t.strip())
+    if found.get("acknowledge") in (0, 1):
+        found["acknowledge"] = bool(found["acknowledge"])
+    return found
+
+
+def load_sql(spec: str, path: Path, timeout: float) -> SqlHook:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HookError(f"routing hook {spec}: cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise HookError(f"routing hook {spec}: {path} is not UTF-8 text: {exc}") from exc
+    try:
+        statements = _split_sql(text)
+        if not statements:
+            raise ValueError("it holds no SQL statement")
+        _check_statements(statements)
+    except ValueError as exc:
+        raise HookError(f"routing hook {spec}: {path}: {exc}") from None
+    return SqlHook(spec, statements, timeout)
+
+
+def _blank_comments(text: str) -> str:
+    """The text with comments turned to spaces, keeping offsets and line breaks."""
+    return _LEXEMES.sub(lambda m: re.sub(r"[^\n]", " ", m[0]) if m["comment"] else m[0], text)
+
+
+def _split_sql(text: str) -> list[_Statement]:
+    """Statements in order, cut only where sqlite3 says one is complete (quotes, comments
+    and trigger bodies keep their ';'); the last one may lack its ';'."""
+    statements: list[_Statement] = []
+    start, chunk = 0, ""
+    for piece in re.split(r"(?<=;)", text):
+        chunk += piece
+        if piece.endswith(";") and not sqlite3.complete_statement(chunk):
+            continue
+        if not sqlite3.complete_statement(chunk + "\n;"):
+            raise ValueError(f"line {_line_of(text, start)}: unterminated quote or comment")
+        code = _blank_comments(chunk)
+        if code.strip().strip(";").strip():
+            offset = start + len(code) - len(code.lstrip())
+            statements.append(
+                _Statement(
+                    len(statements) + 1, _line_of(text, offset), chunk.strip(), _parameters(chunk)
+                )
+            )
+        start, chunk = start + len(chunk), ""
+    return statements
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def _parameters(text: str) -> tuple[str, ...]:
+    """Named parameters the statement uses; a positional '?' is an error."""
+    names: dict[str, None] = {}
+    for match in _LEXEMES.finditer(text):
+        if match["positional"]:
+            raise ValueError(f"use named parameters such as :case_id, not {match[0]!r}")
+        if match["param"]:
+            names[match["param"]] = None
+    return tuple(names)
+
+
+def _check_statements(statements: list[_Statement]) -> None:
+    """Refuse what would break the mail's transaction or fail on every mail."""
+    memory = sqlite3.connect(":memory:")
+    try:
+        for stmt in statements:
+            where = f"statement {stmt.number} (line {stmt.line})"
+            words = [*re.findall(r"\w+", _blank_comments(stmt.text).upper())[:3], ""]
+            if words[0] in ("BEGIN", "COMMIT", "END", "ROLLBACK") and "TO" not in words[1:]:
+                raise ValueError(
+                    f"{where}: {words[0]} is not allowed; the hook runs inside"
+                    " the mail's transaction, committed by engage-listener"
+                )
+            unknown = [n for n in stmt.names if n not in SQL_PARAMETERS]
+            if unknown:
+                raise ValueError(
+                    f"{where}: unknown parameter :{unknown[0]}; known: :"
+                    + ", :".join(SQL_PARAMETERS)
+                )
+            problem = _syntax_problem(memory, stmt) if words[0] != "EXPLAIN" else None
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+    finally:
+        memory.close()
+
+
+def _syntax_problem(memory: sqlite3.Connection, stmt: _Statement) -> str | None:
+    """A parse error, found by preparing the statement in an empty database: missing
+    tables or columns are fine there, the real database has them."""
+    try:
+        memory.execute(f"EXPLAIN {stmt.text}", dict.fromkeys(stmt.names))
+    except sqlite3.Error as exc:
+        return str(exc) if any(s in str(exc) for s in _SYNTAX_ERRORS) else None
+    return None

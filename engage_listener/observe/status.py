@@ -1,0 +1,259 @@
+"""Per-listener status for `engage-listener status` and the metrics endpoint.
+
+The daemon's supervisor writes one heartbeat row per running listener at each
+tick; `status`, run as a second process, reads those rows and adds what only the
+store knows (mails processed today, quarantine, pending acknowledgements). A
+heartbeat older than ALIVE_SECONDS, or one whose process is gone, means the
+figures are the last ones the daemon reported, not live ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engage_listener.intake.control import start_of_day
+from engage_listener.observe.logs import scrub
+from engage_listener.store.sqlite.store import SqliteStore
+
+ALIVE_SECONDS = 30.0  # well over the supervisor's 2 s tick, so a slow tick is not "down"
+ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ListenerStatus:
+    listener: str
+    state: str  # the worker's state; "stopped" when no heartbeat exists
+    alive: bool  # heartbeat younger than ALIVE_SECONDS and its process exists
+    last_success_at: str | None  # ISO UTC
+    processed_today: int  # ledger rows since 00:00 in the listener's zone, not quarantined
+    backlog: int | None  # mails waiting on the server, as last seen
+    oldest_unprocessed_age: float | None  # seconds
+    quarantined: int  # held in quarantine
+    pending_acks: int  # acknowledgements not yet handed to SMTP
+    last_error: str | None
+    paused_until: str | None  # ISO, aware
+    heartbeat_at: str | None  # ISO UTC
+    processed_total: int = 0  # every ledger row not quarantined: a true counter
+
+
+def _iso(value: object) -> str | None:
+    """Epoch seconds, an aware datetime or an ISO string, as ISO text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="seconds")
+    return str(value)
+
+
+def _parse(value: object) -> dt.datetime | None:
+    if not value:
+        return None
+    moment = dt.datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+async def write_heartbeats(
+    store: SqliteStore,
+    workers: Mapping[str, Any],
+    *,
+    paused: Mapping[str, str | None] | None = None,
+    pid: int | None = None,
+) -> None:
+    """Record every running worker in one short transaction and forget the others.
+
+    Workers need `state`, and may have `last_success_at` (epoch), `backlog`,
+    `last_error`, `paused_until`, `last_batch_at` and `oldest_unprocessed`
+    (epoch, datetime or ISO); missing ones are stored as NULL.
+    """
+    paused = paused or {}
+    pid = os.getpid() if pid is None else pid
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    rows = []
+    for lid, worker in workers.items():
+        error = getattr(worker, "last_error", None)
+        backlog = getattr(worker, "backlog", None)
+        rows.append(
+            (
+                lid,
+                str(getattr(worker, "state", "starting")),
+                pid,
+                _iso(getattr(worker, "last_batch_at", None)),
+                _iso(getattr(worker, "last_success_at", None)),
+                scrub(str(error))[:ERROR_CHARS] if error else None,  # scrub, then cut
+                None if backlog is None else int(backlog),
+                _iso(getattr(worker, "oldest_unprocessed", None)),
+                _iso(paused.get(lid) or getattr(worker, "paused_until", None)),
+                now,
+            )
+        )
+    async with store.transaction() as tx:  # the rows are exactly the running workers
+        await tx.execute("DELETE FROM heartbeats")
+        for row in rows:
+            await tx.execute(
+                "INSERT INTO heartbeats (listener, state, pid, last_batch_at, last_success_at,"
+                " last_error, backlog, oldest_unprocessed, paused_until, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+
+def _pid_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+async def _count(store: SqliteStore, sql: str, params: tuple[Any, ...]) -> int:
+    rows = await store.query(sql, params)
+    return int(rows[0][0]) if rows else 0
+
+
+async def read_status(
+    store: SqliteStore,
+    listener_ids: Sequence[str],
+    *,
+    now: dt.datetime | None = None,
+    tz: str | Mapping[str, str] = "UTC",
+) -> list[ListenerStatus]:
+    """One status per listener id, in the order given; "today" starts at 00:00 in `tz`
+    (one zone, or a zone per listener id, UTC for ids it lacks)."""
+    now = now or dt.datetime.now(dt.UTC)
+    beats = {
+        str(r[0]): r
+        for r in await store.query(
+            "SELECT listener, state, pid, last_success_at, last_error, backlog,"
+            " oldest_unprocessed, paused_until, updated_at FROM heartbeats"
+        )
+    }
+    control = {
+        str(r[0]): r[1]
+        for r in await store.query("SELECT listener, paused_until FROM listener_control")
+    }
+    result = []
+    for lid in listener_ids:
+        zone = tz if isinstance(tz, str) else tz.get(lid, "UTC")
+        local_day = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
+        since = start_of_day(local_day, zone).astimezone(dt.UTC).isoformat(timespec="seconds")
+        today = await _count(
+            store,
+            "SELECT count(*) FROM ledger WHERE listener = ? AND created_at >= ?"
+            " AND state != 'quarantined'",
+            (lid, since),
+        )
+        total = await _count(
+            store,
+            "SELECT count(*) FROM ledger WHERE listener = ? AND state != 'quarantined'",
+            (lid,),
+        )
+        held = await _count(
+            store,
+            "SELECT count(*) FROM quarantine WHERE listener = ? AND state = 'held'",
+            (lid,),
+        )
+        acks = await _count(
+            store,
+            "SELECT count(*) FROM outbox WHERE listener = ? AND state IN ('pending', 'sending')",
+            (lid,),
+        )
+        result.append(_status(lid, beats.get(lid), control.get(lid), now, today, total, held, acks))
+    return result
+
+
+def _status(
+    lid: str,
+    beat: Any,
+    control_pause: object,
+    now: dt.datetime,
+    today: int,
+    total: int,
+    held: int,
+    acks: int,
+) -> ListenerStatus:
+    requested = _parse(control_pause)
+    pause = _iso(requested) if requested and requested > now else None
+    if beat is None:
+        return ListenerStatus(
+            lid, "stopped", False, None, today, None, None, held, acks, None, pause, None, total
+        )
+    _, state, pid, success, error, backlog, oldest, paused, updated = beat
+    stamp = _parse(updated)
+    alive = bool(stamp and (now - stamp).total_seconds() < ALIVE_SECONDS and _pid_exists(int(pid)))
+    oldest_at = _parse(oldest)
+    age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at and backlog != 0 else None
+    return ListenerStatus(
+        listener=lid,
+        state=str(state),
+        alive=alive,
+        last_success_at=success,
+        processed_today=today,
+        backlog=None if backlog is None else int(backlog),
+        oldest_unprocessed_age=age,
+        quarantined=held,
+        pending_acks=acks,
+        last_error=error,
+        paused_until=paused or pause,
+        heartbeat_at=updated,
+        processed_total=total,
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} {s % size // sub_size}{sub}"
+    return f"{s // 60}m {s % 60}s" if s >= 60 else f"{s}s"
+
+
+def _state(row: ListenerStatus) -> str:
+    text = f"paused until {row.paused_until}" if row.paused_until else row.state
+    if row.heartbeat_at is None:
+        return "not running" if not row.paused_until else f"not running, {text}"
+    return text if row.alive else f"down (last: {text})"
+
+
+def render_status(rows: list[ListenerStatus]) -> str:
+    """A table for people, with each last error in full (one line) below it."""
+    header = ("LISTENER", "STATE", "LAST SUCCESS", "TODAY", "BACKLOG", "OLDEST", "QUAR", "ACKS")
+    table = [header]
+    for r in rows:
+        table.append(
+            (
+                r.listener,
+                _state(r),
+                r.last_success_at or "never",
+                str(r.processed_today),
+                "-" if r.backlog is None else str(r.backlog),
+                _duration(r.oldest_unprocessed_age),
+                str(r.quarantined),
+                str(r.pending_acks),
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table
+    ]
+    for r in rows:
+        if r.last_error:
+            error = " ".join(r.last_error.split())[:300]
+            lines.append(f"{r.listener}: last error: {error}")
+    if rows and not any(r.alive for r in rows):
+        lines.append(f"the daemon is not running (no heartbeat in the last {ALIVE_SECONDS:.0f} s)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,195 @@
+"""The command line's grammar: every command, its arguments and its help text.
+
+Kept apart from `cli` (what each command does) so each stays short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from engage_listener import __version__
+from engage_listener.outbox import delivery as outbox
+
+DEFAULT_CONFIG = Path("/etc/engage-listener/engage-listener.xml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="engage-listener",
+        description="Turns email in IMAP mailboxes into CRM cases, exactly once.",
+        epilog="Exit codes: 0 success, 2 configuration errors, 1 other failures. "
+        "--config defaults to $ENGAGE_LISTENER_CONFIG, then " + str(DEFAULT_CONFIG) + ".",
+    )
+    root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    _config_arg(run)
+    run.add_argument(
+        "--once", action="store_true", help="process every enabled listener's backlog once and exit"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="default: json unless stdout is a terminal",
+    )
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("path", nargs="?", type=Path, help="the XML file (default: --config)")
+    check.add_argument(
+        "--show", action="store_true", help="print the effective configuration, secrets masked"
+    )
+    _config_arg(check)
+
+    keygen = sub.add_parser("keygen", help="create the key file for enc: passwords (mode 0600)")
+    keygen.add_argument(
+        "--key-file", type=Path, help="default: $CREDENTIALS_DIRECTORY, then the state directory"
+    )
+    encrypt = sub.add_parser(
+        "encrypt-password", help="read a secret from the terminal or stdin, print its enc: form"
+    )
+    encrypt.add_argument("--key-file", type=Path)
+
+    cases = sub.add_parser("cases", help="list cases and their messages from the store")
+    _config_arg(cases)
+    cases.add_argument("--json", action="store_true", help="one JSON document")
+    cases.add_argument("--pending", action="store_true", help="only cases awaiting approval")
+    _add_control_commands(sub)
+    _add_search_command(sub)
+    _add_auth_command(sub)
+    status = sub.add_parser(
+        "status",
+        help="per listener: state, last batch, today's mails, "
+        "backlog, quarantine, pending acknowledgements (from the daemon)",
+    )
+    status.add_argument("--json", action="store_true", help="a JSON list, one object a listener")
+    _config_arg(status)
+    _add_acks_command(sub)
+
+    customers = sub.add_parser("customers", help="import or list customers")
+    csub = customers.add_subparsers(dest="action", required=True)
+    imp = csub.add_parser(
+        "import",
+        help="create/update customers from CSV: name, addresses"
+        "[, external_id]; several addresses separated by ; or spaces",
+    )
+    imp.add_argument("file", type=Path)
+    _config_arg(imp)
+    lst = csub.add_parser("list", help="list customers and their addresses")
+    _config_arg(lst)
+    lst.add_argument("--json", action="store_true")
+
+    quarantine = sub.add_parser("quarantine", help="mail that could not be processed")
+    qsub = quarantine.add_subparsers(dest="action", required=True)
+    qlist = qsub.add_parser("list", help="held mails with their reasons")
+    qlist.add_argument("--all", action="store_true", help="replayed ones too")
+    qlist.add_argument("--json", action="store_true")
+    _config_arg(qlist)
+    show = qsub.add_parser("show", help="one entry; --raw prints the mail itself")
+    show.add_argument("id", type=int)
+    show.add_argument("--raw", action="store_true")
+    _config_arg(show)
+    replay = qsub.add_parser("replay", help="process held mails again (after fixing the cause)")
+    replay.add_argument("ids", type=int, nargs="+")
+    _config_arg(replay)
+    return root
+
+
+def _add_control_commands(sub: Any) -> None:
+    """reset/resume (dates and pauses) and approve/reject (RequireApproval)."""
+    reset = sub.add_parser(
+        "reset",
+        help="a past date re-reads mail since 00:00 of that day; "
+        "a future date pauses intake until then",
+    )
+    reset.add_argument("listener")
+    reset.add_argument("--date", required=True, type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
+    reset.add_argument("--json", action="store_true")
+    _config_arg(reset)
+    resume = sub.add_parser("resume", help="end a pause set by reset --date")
+    resume.add_argument("listener")
+    resume.add_argument("--json", action="store_true")
+    _config_arg(resume)
+    for name, text in (("approve", "open, route and acknowledge"), ("reject", "turn down")):
+        decide = sub.add_parser(name, help=f"{text} cases awaiting approval (RequireApproval)")
+        decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
+        decide.add_argument("--json", action="store_true")
+        _config_arg(decide)
+
+
+def _add_acks_command(sub: Any) -> None:
+    """acks [list] / acks resend ID... / acks close ID... (the acknowledgement outbox)."""
+    acks = sub.add_parser(
+        "acks",
+        help="acknowledgements not sent (uncertain, failed, pending...); resend or close them",
+    )
+    _acks_list_args(acks, suppress=False)  # a plain `acks` lists
+    asub = acks.add_subparsers(dest="action", metavar="{list,resend,close}")
+    _acks_list_args(asub.add_parser("list", help="the default: list acknowledgements"))
+    for name, text in (
+        ("resend", "put uncertain, failed or closed ones back to pending, due now"),
+        ("close", "mark uncertain or failed ones closed: never to be sent"),
+    ):
+        change = asub.add_parser(name, help=text)
+        change.add_argument("ids", type=int, nargs="+", metavar="ID")
+        change.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        _config_arg(change, default=argparse.SUPPRESS)
+
+
+def _acks_list_args(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:
+    """Options given before a subcommand (`acks --json list`) must survive it: argparse
+    copies every value a subcommand's parser holds, defaults too, so those are SUPPRESS."""
+    unset = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False
+    )
+    parser.add_argument(
+        "--state",
+        action="append",
+        choices=(*outbox.STATES, "all"),
+        default=unset,
+        help="only rows in this state (repeatable; all: every row); default: all but sent",
+    )
+    _config_arg(parser, default=unset)
+
+
+def _add_search_command(sub: Any) -> None:
+    """search (the mailbox on the server) and test-connection (every account)."""
+    find = sub.add_parser("search", help="search a listener's mailbox on the server")
+    find.add_argument("listener")
+    find.add_argument("--folder", help="default: the listener's input folder")
+    find.add_argument("--from", dest="sender")
+    find.add_argument("--subject")
+    find.add_argument("--since", type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
+    find.add_argument("--before", type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
+    find.add_argument("--limit", type=int, default=50)
+    find.add_argument("--json", action="store_true")
+    _config_arg(find)
+    test = sub.add_parser("test-connection", help="check accounts, TLS, login, folders, SMTP")
+    test.add_argument("listeners", nargs="*", metavar="LISTENER", help="default: all")
+    test.add_argument("--create-folders", action="store_true", help="create missing folders")
+    test.add_argument("--send-to", metavar="ADDRESS", help="also send a test message via SMTP")
+    test.add_argument("--json", action="store_true")
+    _config_arg(test)
+
+
+def _add_auth_command(sub: Any) -> None:
+    """auth login / auth status (OAuth2 accounts)."""
+    auth = sub.add_parser("auth", help="OAuth2 accounts: one-time sign-in and their state")
+    asub = auth.add_subparsers(dest="action", required=True)
+    login = asub.add_parser("login", help="device code (Microsoft) or consent URL (Google)")
+    login.add_argument("listener")
+    _config_arg(login)
+    astatus = asub.add_parser("status", help="kind, expiry and last refresh; never a secret")
+    astatus.add_argument("--json", action="store_true")
+    _config_arg(astatus)
+
+
+def _config_arg(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=default, metavar="PATH", help="configuration file"
+    )

@@ -1,0 +1,269 @@
+"""Operator commands that act on the store or the servers outside the daemon.
+
+The second half of the application layer (see `app`, which builds the daemon): each
+function opens what it needs from the configuration, does one job, and closes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from engage_listener.cases.engine import PENDING, REPLAY_FOLDER, CaseEngine
+from engage_listener.cases.hooks import RoutingHook
+from engage_listener.config import secret_refs as secrets
+from engage_listener.config.auth import AuthConfig, oauth_logins
+from engage_listener.config.load import Config, ImapListenerConfig
+from engage_listener.errors import EngageError
+from engage_listener.intake.control import request_date, resume, start_of_day
+from engage_listener.oauth.provider import (
+    IdentityProviderUnavailable,
+    OAuthError,
+    auth_status,
+    login_interactive,
+)
+from engage_listener.oauth.token_cache import TokenCache, open_cache
+from engage_listener.observe.logs import register_secret
+from engage_listener.observe.status import ListenerStatus, read_status, render_status
+from engage_listener.ops import admin, diagnose
+from engage_listener.ops.search import Criteria, Hit, search_mailbox
+from engage_listener.service.app import (
+    endpoint_for,
+    engine_settings,
+    load_hooks,
+    pop3_endpoint_for,
+    smtp_endpoints,
+)
+from engage_listener.sources.imap.session import ImapSession
+from engage_listener.store.interface import CaseSummary, LedgerKey
+from engage_listener.store.sqlite.store import SqliteStore
+
+
+async def list_cases(config: Config) -> list[CaseSummary]:
+    """Cases in the store, for `engage-listener cases`."""
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        return await store.list_cases()
+    finally:
+        await store.close()
+
+
+async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[str]:
+    """Run quarantined mails through their listener's engine again; one line per mail."""
+    hooks = load_hooks(config)
+    listeners = {c.id: c for c in config.listeners}
+    store = SqliteStore(config.store.path)
+    await store.open()
+    lines: list[str] = []
+    try:
+        for entry_id in entry_ids:
+            lines.append(await _replay_one(store, listeners, hooks, entry_id))
+    finally:
+        await store.close()
+    return lines
+
+
+async def _replay_one(
+    store: SqliteStore,
+    listeners: dict[str, ImapListenerConfig],
+    hooks: dict[str, RoutingHook],
+    entry_id: int,
+) -> str:
+    found = await admin.get_quarantine(store, entry_id)
+    if found is None:
+        raise EngageError(f"no quarantine entry {entry_id}")
+    entry, raw = found
+    if entry.state != "held":
+        return f"{entry_id}: already {entry.state} (case {entry.case_id})"
+    if entry.reason.startswith("oversize"):
+        # Only the headers were fetched: a case made of them would lose the mail's body.
+        return (
+            f"{entry_id}: not replayed: only the headers of an oversize mail are stored; "
+            "raise MaxMessageSize, then move the mail back to the input folder"
+        )
+    cfg = listeners.get(entry.listener)
+    if cfg is None:
+        raise EngageError(
+            f"quarantine entry {entry_id}: listener {entry.listener!r} is no "
+            "longer in the configuration"
+        )
+    engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
+    key = LedgerKey(cfg.id, REPLAY_FOLDER, 0, entry_id)
+    done = await engine.ingest(key, raw)
+    await admin.mark_replayed(store, entry_id, done.case_id)
+    return f"{entry_id}: replayed into case {done.case_number or '(ignored)'}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What `approve`/`reject` did with one case id: `done` is False when the case does not
+    exist or was not pending-approval (nothing changed); `text` is the line to print."""
+
+    case_id: int
+    done: bool
+    text: str
+
+
+async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool) -> list[Decision]:
+    """`approve` (then route and acknowledge) or `reject` cases awaiting approval."""
+    hooks = load_hooks(config)
+    listeners = {c.id: c for c in config.listeners}
+    store = SqliteStore(config.store.path)
+    await store.open()
+    decisions: list[Decision] = []
+    try:
+        for case_id in case_ids:
+            rows = await store.query(
+                "SELECT listener, status, case_number FROM cases WHERE id = ?", (case_id,)
+            )
+            if not rows:
+                decisions.append(Decision(case_id, False, f"{case_id}: no such case"))
+                continue
+            listener, status, number = rows[0]
+            if status != PENDING:
+                # The same words the engine uses; nothing to decide, nothing written.
+                text = f"case {number} is {status}, not {PENDING}"
+                decisions.append(Decision(case_id, False, text))
+                continue
+            if not approve:
+                text = await admin.reject_case(store, case_id, str(number), str(status))
+                decisions.append(Decision(case_id, True, text))
+                continue
+            cfg = listeners.get(str(listener))
+            if cfg is None:
+                raise EngageError(f"case {number}: listener {listener!r} is not configured")
+            engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
+            decisions.append(Decision(case_id, True, await engine.approve(case_id)))
+    finally:
+        await store.close()
+    return decisions
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """What `reset`/`resume` did: `action` is "pause" (a future date), "reset" (a past or
+    present date: mail since then is re-examined) or "resume"; `date` the day given and
+    `time` its 00:00 in the listener's time zone (both None for resume)."""
+
+    listener: str
+    action: str
+    date: str | None
+    time: str | None
+    message: str
+
+
+async def control_listener(config: Config, listener: str, day: dt.date | None) -> ControlResult:
+    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP only."""
+    cfg = {c.id: c for c in config.listeners}.get(listener)
+    if cfg is None:
+        raise EngageError(f"no listener {listener!r} in {config.path}")
+    if cfg.protocol == "pop3":  # pop3_listener reads neither listener_control nor read_from
+        raise EngageError(
+            f"listener {listener!r} is a POP3 listener: POP3 has no received dates, "
+            "so reset/pause/resume apply to IMAP listeners only"
+        )
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        if day is None:
+            return ControlResult(listener, "resume", None, None, await resume(store, listener))
+        now = dt.datetime.now(dt.UTC)
+        moment = start_of_day(day, cfg.time_zone)  # request_date pauses when it is in the future
+        message = await request_date(store, listener, day, cfg.time_zone, now)
+        action = "pause" if moment > now else "reset"
+        return ControlResult(listener, action, day.isoformat(), moment.isoformat(), message)
+    finally:
+        await store.close()
+
+
+async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]:
+    """Search a listener's mailbox on the server (IMAP listeners only)."""
+    cfg = {c.id: c for c in config.listeners}.get(listener)
+    if cfg is None:
+        raise EngageError(f"no listener {listener!r} in {config.path}")
+    if cfg.protocol != "imap":
+        raise EngageError(f"listener {listener!r} reads POP3, which cannot search the mailbox")
+    register_secret(cfg.password.reveal())
+    store = SqliteStore(config.store.path)
+    await store.open()
+    session = await ImapSession.open(endpoint_for(cfg))
+    try:
+        return await search_mailbox(session, criteria, store=store, listener=cfg.id)
+    finally:
+        await session.logout()
+        await store.close()
+
+
+async def status_rows(config: Config) -> list[ListenerStatus]:
+    """Every configured listener's status, from the heartbeats the daemon writes to the store."""
+    store = SqliteStore(config.store.path)
+    await store.open()
+    try:
+        zones = {c.id: c.time_zone for c in config.listeners}
+        return await read_status(store, [c.id for c in config.listeners], tz=zones)
+    finally:
+        await store.close()
+
+
+async def status(config: Config) -> str:
+    """`engage-listener status`, from the heartbeats the daemon writes to the store."""
+    return render_status(await status_rows(config))
+
+
+async def test_connections(
+    config: Config, ids: Sequence[str], *, create_folders: bool, send_to: str | None
+) -> list[diagnose.Step]:
+    """`test-connection`: every step of every (chosen) listener's accounts, in order."""
+    chosen = [c for c in config.listeners if not ids or c.id in ids]
+    unknown = set(ids) - {c.id for c in config.listeners}
+    if unknown:
+        raise EngageError(f"no listener {', '.join(sorted(unknown))} in {config.path}")
+    smtp = smtp_endpoints(config, enabled_only=False)
+    steps: list[diagnose.Step] = []
+    for cfg in chosen:
+        register_secret(cfg.password.reveal())
+        pop3 = cfg.protocol == "pop3"
+        steps += await diagnose.test_listener(
+            cfg,
+            imap_endpoint=None if pop3 else endpoint_for(cfg),
+            pop3_endpoint=pop3_endpoint_for(cfg) if pop3 else None,
+            smtp_endpoint=smtp.get(cfg.id),
+            create_folders=create_folders,
+            send_to=send_to,
+        )
+    return steps
+
+
+def _logins(config: Config, listener: str | None) -> list[tuple[str, AuthConfig, str, str]]:
+    chosen = [c for c in config.listeners if listener is None or c.id == listener]
+    if listener is not None and not chosen:
+        raise EngageError(f"no listener {listener!r} in {config.path}")
+    return [entry for cfg in chosen for entry in oauth_logins(cfg)]
+
+
+def _cache(auth: AuthConfig) -> TokenCache:
+    return open_cache(auth.key_path or secrets.default_key_path())
+
+
+async def auth_login(config: Config, listener: str, out: TextIO, inp: TextIO) -> int:
+    """`auth login LISTENER`: the one-time interactive sign-in of its OAuth2 accounts."""
+    logins = _logins(config, listener)
+    if not logins:
+        raise EngageError(f"listener {listener!r} has no OAuth2 account (Authentication)")
+    for what, auth, user, purpose in logins:
+        print(f"{what}: signing in as {user}", file=out)
+        try:
+            await login_interactive(auth, user, _cache(auth), out=out, inp=inp, purpose=purpose)
+        except (OAuthError, IdentityProviderUnavailable) as exc:
+            print(f"{what}: {exc}", file=out)
+            return 1
+        print(f"{what}: signed in", file=out)
+    return 0
+
+
+def auth_statuses(config: Config) -> list[dict[str, str]]:
+    """`auth status`: kind, expiry and last refresh of every OAuth2 account; no secret."""
+    return [auth_status(auth, user, _cache(auth)) for _, auth, user, _ in _logins(config, None)]

@@ -1,0 +1,188 @@
+"""Delivers queued acknowledgements after their case committed, each at most once.
+
+Rows are written by the case engine in the mail's own transaction, so an
+acknowledgement is never lost. Once the server has accepted the recipients, and
+just before DATA (the only step after which the server may hold the message), the
+row is marked `sending` and committed; after the server's reply it becomes `sent`
+(with the reply), `pending` again (4xx or connection trouble: retried with
+back-off) or `failed` (5xx, with the server's reason). A crash before DATA leaves
+the row `pending`: it is sent after the restart. A row still `sending` at
+start-up was interrupted while the server may already have accepted it: it becomes
+`uncertain` and is never sent again automatically, so a customer never gets two.
+Only an operator moves a row out of `uncertain` or `failed` (`engage-listener acks
+resend`, back to `pending`, or `acks close`, to `closed`: never to be sent).
+Intake never waits for any of this: the sender is its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engage_listener.errors import EngageError, PermanentError
+from engage_listener.store.interface import Store
+from engage_listener.store.sqlite.transaction import now_iso
+
+if TYPE_CHECKING:  # smtp (aiosmtplib) is imported only once there is something to send
+    from engage_listener.outbox.smtp import BeforeData, SmtpEndpoint, SmtpTemporaryError
+
+
+class Send(Protocol):
+    """`smtp.send_message`'s shape (tests wrap it to simulate crashes)."""
+
+    def __call__(
+        self, endpoint: SmtpEndpoint, message: EmailMessage, *, before_data: BeforeData
+    ) -> Awaitable[str]: ...
+
+
+RETRY_BASE = 30.0
+RETRY_CAP = 3600.0
+POLL = 30.0
+BATCH = 50
+
+# Every state an outbox row can be in. The sender takes only `pending` rows that are due;
+# `closed` is written only by an operator (`acks close`): an acknowledgement never to be sent;
+# `suppressed` by the engine past the listener's MaxPerHour (why in last_error): recorded so
+# `acks` shows it, never sent, never retried.
+STATES = ("pending", "sending", "sent", "failed", "uncertain", "closed", "suppressed")
+RESENDABLE = ("uncertain", "failed", "closed")  # `acks resend`: back to pending, due now
+CLOSABLE = ("uncertain", "failed")  # `acks close`
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    listener: str
+    recipient: str
+    attempts: int
+    mime: bytes
+
+
+class OutboxSender:
+    """One task for every listener's acknowledgements."""
+
+    def __init__(
+        self,
+        store: Store,
+        endpoints: Mapping[str, SmtpEndpoint],
+        send: Send,
+        *,
+        wake: asyncio.Event,
+        stop: asyncio.Event,
+        log: Any,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.endpoints = endpoints
+        self.send = send
+        self.wake = wake
+        self.stop = stop
+        self.log = log
+        self.wall = wall
+
+    async def recover(self) -> int:
+        """Rows left `sending` by a crash become `uncertain` (never re-sent automatically)."""
+        rows = await self.store.query("SELECT id FROM outbox WHERE state = 'sending'")
+        for (row_id,) in rows:
+            await self._set(
+                row_id,
+                "uncertain",
+                last_error="interrupted while sending; the "
+                "server may have accepted it, so it is not sent again",
+            )
+            self.log.warning("ack_uncertain", outbox_id=row_id)
+        return len(rows)
+
+    async def run(self) -> None:
+        """Deliver due rows until stopped; woken at once when the engine queues one."""
+        await self.recover()
+        while not self.stop.is_set():
+            self.wake.clear()  # before looking: a row queued while sending wakes us again
+            try:
+                await self.deliver_due()
+            except EngageError as exc:  # the store itself failing: try again later
+                self.log.error("outbox_error", error=str(exc))
+            waiters = {asyncio.ensure_future(e.wait()) for e in (self.wake, self.stop)}
+            await asyncio.wait(waiters, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def deliver_due(self) -> int:
+        """Send every row whose time has come, BATCH rows a round; returns how many were sent.
+
+        Every row taken leaves `pending`-and-due (sent, failed, uncertain, or retried later),
+        so the rounds end.
+        """
+        sent, taken = 0, BATCH
+        while taken == BATCH and not self.stop.is_set():
+            rows = await self.store.query(
+                "SELECT id, listener, recipient, attempts, mime FROM outbox"
+                " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                (self.wall(), BATCH),
+            )
+            taken = len(rows)
+            for r in rows:
+                if self.stop.is_set():
+                    break
+                row = OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4]))
+                sent += await self._deliver(row)
+        return sent
+
+    async def _deliver(self, row: OutboxRow) -> int:
+        endpoint = self.endpoints.get(row.listener)
+        if endpoint is None:
+            await self._set(row.id, "failed", last_error="listener has no SMTP account now")
+            return 0
+        from engage_listener.outbox.smtp import SmtpTemporaryError  # noqa: PLC0415 - start-up time
+
+        message = email.message_from_bytes(row.mime, policy=email.policy.SMTP)
+        assert isinstance(message, EmailMessage)
+        await self._set(row.id, "pending", attempts=row.attempts + 1)
+
+        async def sending() -> None:  # committed before DATA: from here a crash is ambiguous
+            await self._set(row.id, "sending")
+
+        try:
+            reply = await self.send(endpoint, message, before_data=sending)
+        except SmtpTemporaryError as exc:
+            return await self._temporary(row, exc)
+        except PermanentError as exc:
+            await self._set(row.id, "failed", last_error=str(exc))
+            self.log.error("ack_failed", outbox_id=row.id, recipient=row.recipient, error=str(exc))
+            return 0
+        await self._set(row.id, "sent", smtp_reply=reply, sent_at=now_iso())
+        self.log.info(
+            "ack_sent",
+            outbox_id=row.id,
+            recipient=row.recipient,
+            reply=reply,
+            message_id=str(message["Message-ID"]),
+        )
+        return 1
+
+    async def _temporary(self, row: OutboxRow, exc: SmtpTemporaryError) -> int:
+        if exc.maybe_sent:  # the server may have it: never risk a second copy
+            await self._set(row.id, "uncertain", last_error=str(exc))
+            self.log.warning("ack_uncertain", outbox_id=row.id, error=str(exc))
+            return 0
+        delay = min(RETRY_CAP, RETRY_BASE * 2**row.attempts)
+        await self._set(row.id, "pending", last_error=str(exc), next_attempt_at=self.wall() + delay)
+        self.log.warning(
+            "ack_retry", outbox_id=row.id, recipient=row.recipient, error=str(exc), retry_in=delay
+        )
+        return 0
+
+    async def _set(self, row_id: int, state: str, **fields: Any) -> None:
+        """Update one row and commit: each state change is durable before the next step."""
+        assignments = ", ".join(f"{name} = ?" for name in ("state", *fields))
+        async with self.store.transaction() as tx:
+            await tx.execute(
+                f"UPDATE outbox SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
+                (state, *fields.values(), row_id),
+            )

@@ -1,0 +1,1 @@
+"""sources.pop3."""

@@ -1,0 +1,353 @@
+"""One POP3 listener: poll every SyncMaxWaitTime, take each new mail once, delete it after.
+
+POP3 has no folders, no push and no move, and DELE only takes effect at QUIT. The
+ledger, keyed by the message's UIDL, is what makes it exactly once: a message is
+deleted only after its transaction committed, and a message found in the ledger
+again (its deletion was lost with a broken connection, or LeaveOnServer keeps it)
+is never ingested again, only deleted (or left alone). Errors never escape `run`:
+transient ones back off with jitter, permanent ones are retried slowly.
+
+Decisions:
+
+* A UIDL is not trusted alone (`pop3_ledger`): before a DELE the mail is fetched and
+  its SHA-256 must be one taken under that UIDL; under LeaveOnServer the listed size
+  must match (else the hash decides). A different mail is taken as a new one.
+* A mail over MaxMessageSize (its LIST size) is never fetched whole: its `TOP n 0`
+  header is quarantined `oversize` and the mail is left on the server for good; the
+  ledger row (matched by the header's hash) keeps it from being quarantined again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engage_listener.clock import Clock
+from engage_listener.errors import ProtocolError, QuarantineNow, StoreError
+from engage_listener.intake.retry import Retrying
+from engage_listener.sources.imap.batch import Handler
+from engage_listener.sources.pop3.ledger import (
+    LEDGER_PREFIX,
+    OVERSIZE,
+    Seen,
+    by_hash,
+    by_size,
+    ledger_key,
+    next_generation,
+    seen,
+)
+from engage_listener.sources.pop3.session import Listed, Pop3Session
+from engage_listener.store.interface import LedgerKey, Store
+
+__all__ = ["LEDGER_PREFIX", "Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
+
+
+@dataclass(frozen=True)
+class Pop3Settings:
+    """What the loop needs from the listener's configuration."""
+
+    id: str
+    interval: float  # SyncMaxWaitTime: seconds between polls
+    max_per_batch: int  # SyncMaxChangesCount: new mails taken per poll
+    leave_on_server: bool = False
+    max_attempts: int = 3
+
+
+@dataclass
+class Pop3Result:
+    found: int = 0
+    ingested: int = 0
+    already_known: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    deleted: int = 0  # only counted once QUIT committed the deletions
+    deferred: int = 0  # new mails left for the next poll (max_per_batch reached)
+    seconds: float = 0.0
+
+
+class Pop3Listener(Retrying):
+    """The polling loop of one POP3 listener; `run` for the daemon, `run_once` for cron."""
+
+    def __init__(
+        self,
+        settings: Pop3Settings,
+        *,
+        connect: Callable[[], Awaitable[Pop3Session]],
+        store: Store,
+        handler: Handler,
+        clock: Clock,
+        stop: asyncio.Event,
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.connect = connect
+        self.store = store
+        self.handler = handler
+        self.clock = clock
+        self.stop = stop
+        self.log = log
+        self.state = "starting"
+        self.batches = 0
+        self.last_success_at: float | None = None  # wall time of the last completed poll
+        self.backlog: int | None = None  # messages still on the server and not yet taken
+        self.last_error: str | None = None
+        self.known: dict[str, tuple[Seen, ...]] = {}  # UIDL -> its ledger rows (never removed)
+        self.verified: dict[str, int] = {}  # UIDL -> listed size found to be a known mail
+
+    async def run(self) -> None:
+        """Poll until `stop` is set; never raises (except cancellation)."""
+        failures, reason = 0, "startup backlog"
+        while not self.stop.is_set():
+            try:
+                result = await self._poll(reason)
+            except Exception as exc:
+                failures += 1
+                await self._back_off(exc, failures)
+                continue
+            failures = 0
+            if result.deferred and result.ingested + result.quarantined:
+                # More new mail is waiting and this poll made progress: go on at once.
+                reason = "count"
+                continue
+            self.state = "idle"
+            if await self._sleep(self.settings.interval):
+                break
+            reason = "timeout"
+        self.state = "stopped"
+        self.log.info("listener_stopped")
+
+    async def run_once(self) -> Pop3Result:
+        """One poll; errors propagate to the caller."""
+        return await self._poll("once")
+
+    async def _poll(self, reason: str) -> Pop3Result:
+        self.state = "connecting"
+        session = await self.connect()
+        ep = session.endpoint
+        self.log.info("connected", host=ep.host, port=ep.port, tls=session.tls, protocol="pop3")
+        if session.tls == "none":  # AllowPlaintextLogin: said on every connection
+            self.log.warning("plaintext_login", host=ep.host, port=ep.port, protocol="pop3")
+        self.state = "processing"
+        self.log.info("batch_start", reason=reason)
+        poll = Pop3Poll(self, session)
+        result = await poll.run()
+        self.batches += 1
+        self.last_error = None
+        self.last_success_at = time.time()
+        self.backlog = result.found - result.ingested - result.already_known
+        self.log.info("batch_end", reason=reason, uidl=session.uidl_supported, **asdict(result))
+        return result
+
+
+class Pop3Poll:
+    """One connection's work: list, take new mail in order, DELE what committed, QUIT."""
+
+    def __init__(self, listener: Pop3Listener, session: Pop3Session) -> None:
+        self.listener = listener
+        self.settings = listener.settings
+        self.session = session
+        self.log = listener.log
+        self.result = Pop3Result()
+        self._taken = 0
+        self._deleted: list[tuple[LedgerKey, str]] = []  # DELE sent: (key, ledger state)
+
+    async def run(self) -> Pop3Result:
+        started = time.monotonic()
+        failed = True
+        try:
+            listing = await self.session.listing()
+            self._forget_gone({m.uidl for m in listing})
+            self.result.found = len(listing)
+            for listed in listing:
+                if self.listener.stop.is_set():
+                    break
+                await self._one(listed)
+            failed = False
+        finally:
+            await self._close(failed)
+            self.result.seconds = round(time.monotonic() - started, 3)
+        return self.result
+
+    def _forget_gone(self, present: set[str]) -> None:
+        for cache in (self.listener.known, self.listener.verified):
+            for uidl in [u for u in cache if u not in present]:
+                del cache[uidl]
+
+    async def _one(self, m: Listed) -> None:
+        rows = await self._rows(m.uidl)
+        if m.size > self.session.endpoint.max_message_size:
+            await self._oversize(m, rows)
+            return
+        if rows and self.settings.leave_on_server and self._same_size(m, rows):
+            self.result.already_known += 1  # nothing is deleted: the listed size suffices
+            return
+        if not rows and self._full():
+            return
+        raw = await self._retrieve(m.number, m.uidl, m.size)
+        if raw is None:  # a message the server cannot give us takes no slot
+            return
+        if rows:
+            same = by_hash(rows, hashlib.sha256(raw).hexdigest())
+            if same is not None:  # taken before: at most its deletion was lost
+                self.listener.verified[m.uidl] = m.size
+                self.result.already_known += 1
+                await self._done(m.number, self._key(m.uidl, same.generation), same.state)
+                return
+            self.log.warning("uidl_reused", uid=m.uidl, number=m.number, size=m.size)
+        self._taken += 1
+        await self._ingest(m.number, m.uidl, self._key(m.uidl, next_generation(rows)), raw)
+
+    def _key(self, uidl: str, generation: int) -> LedgerKey:
+        return ledger_key(self.settings.id, uidl, generation)
+
+    def _full(self) -> bool:
+        """max_per_batch new mails taken: the rest waits for the next poll."""
+        if self._taken < self.settings.max_per_batch:
+            return False
+        self.result.deferred += 1
+        return True
+
+    def _same_size(self, m: Listed, rows: tuple[Seen, ...]) -> bool:
+        return self.listener.verified.get(m.uidl) == m.size or by_size(rows, m.size) is not None
+
+    async def _rows(self, uidl: str) -> tuple[Seen, ...]:
+        if uidl not in self.listener.known:
+            self.listener.known[uidl] = await seen(self.listener.store, self.settings.id, uidl)
+        return self.listener.known[uidl]
+
+    def _remember(self, uidl: str, key: LedgerKey, state: str, sha256: str, size: int) -> None:
+        rows = self.listener.known.get(uidl, ())
+        self.listener.known[uidl] = (*rows, Seen(key.uid, state, sha256, size))
+
+    async def _oversize(self, m: Listed, rows: tuple[Seen, ...]) -> None:
+        """Over MaxMessageSize: quarantine its header once, never fetch it, never DELE it."""
+        if self.listener.verified.get(m.uidl) == m.size:
+            self.result.already_known += 1
+            return
+        header = await self._header(m)
+        if header is None:
+            return
+        sha256 = hashlib.sha256(header).hexdigest()
+        if by_hash(rows, sha256) is not None:
+            self.listener.verified[m.uidl] = m.size
+            self.result.already_known += 1
+            return
+        if self._full():
+            return
+        self._taken += 1
+        key = self._key(m.uidl, next_generation(rows))
+        limit = self.session.endpoint.max_message_size
+        reason = f"{OVERSIZE}: {m.size} bytes > MaxMessageSize {limit}"
+        entry = await self.listener.handler.quarantine(key, header, reason, 1)
+        self._remember(m.uidl, key, "quarantined", sha256, len(header))
+        self.listener.verified[m.uidl] = m.size
+        self.result.quarantined += 1
+        self.log.warning("message_quarantined", uid=m.uidl, quarantine_id=entry, reason=reason)
+
+    async def _header(self, m: Listed) -> bytes | None:
+        try:
+            return await self.session.header(m.number)
+        except ProtocolError as exc:  # -ERR for this message only; it stays on the server
+            self.result.failed += 1
+            self.log.error("message_failed", uid=m.uidl, number=m.number, error=str(exc))
+            return None
+
+    async def _retrieve(self, number: int, uidl: str, size: int) -> bytes | None:
+        try:
+            return await self.session.retrieve(number, size)
+        except ProtocolError as exc:  # -ERR for this message only; it stays on the server
+            self.result.failed += 1
+            self.log.error("message_failed", uid=uidl, number=number, error=str(exc))
+            return None
+
+    async def _ingest(self, number: int, uidl: str, key: LedgerKey, raw: bytes) -> None:
+        try:
+            done = await self.listener.handler.ingest(key, raw)
+        except StoreError:
+            raise  # nothing committed: stop here, QUIT deletes only what did
+        except QuarantineNow as exc:
+            await self._quarantine(number, uidl, key, raw, str(exc), 1)
+            return
+        except Exception as exc:  # one bad message never stops the poll
+            await self._failed(number, uidl, key, raw, exc)
+            return
+        self._remember(uidl, key, "committed", hashlib.sha256(raw).hexdigest(), len(raw))
+        self.result.ingested += 1
+        self.log.info(
+            "message",
+            uid=uidl,
+            number=number,
+            case_id=done.case_id,
+            case_number=done.case_number,
+            new_case=done.new_case,
+            duplicate=done.duplicate,
+            ignored=done.ignored,
+            ack=done.ack,
+            size=len(raw),
+        )
+        await self._done(number, key, "committed")
+
+    async def _failed(
+        self, number: int, uidl: str, key: LedgerKey, raw: bytes, exc: Exception
+    ) -> None:
+        """Count the attempt; at MaxAttempts the mail is quarantined (then deleted)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        attempts = await self.listener.store.record_failure(key, reason)
+        self.log.error(
+            "message_failed",
+            uid=uidl,
+            number=number,
+            size=len(raw),
+            error=reason,
+            attempts=attempts,
+            max_attempts=self.settings.max_attempts,
+        )
+        if attempts >= self.settings.max_attempts:
+            await self._quarantine(number, uidl, key, raw, reason, attempts)
+        else:
+            self.result.failed += 1
+
+    async def _quarantine(
+        self, number: int, uidl: str, key: LedgerKey, raw: bytes, reason: str, attempts: int
+    ) -> None:
+        """POP3 has no error folder: the store keeps the mail, so it may leave the server."""
+        entry = await self.listener.handler.quarantine(key, raw, reason, attempts)
+        self._remember(uidl, key, "quarantined", hashlib.sha256(raw).hexdigest(), len(raw))
+        self.result.quarantined += 1
+        self.log.warning(
+            "message_quarantined",
+            uid=uidl,
+            quarantine_id=entry,
+            reason=reason,
+            attempts=attempts,
+        )
+        await self._done(number, key, "quarantined")
+
+    async def _done(self, number: int, key: LedgerKey, state: str) -> None:
+        """DELE a message whose transaction committed, unless LeaveOnServer."""
+        if self.settings.leave_on_server:
+            return
+        await self.session.delete(number)
+        self._deleted.append((key, state))
+
+    async def _close(self, failed: bool) -> None:
+        """QUIT on a healthy connection, which commits every DELE sent (all after commit)."""
+        if not self.session.healthy:
+            self.session.abort()
+            return
+        try:
+            await self.session.quit()
+            self.result.deleted = len(self._deleted)
+            for key, state in self._deleted:
+                if state != "quarantined":  # the ledger keeps telling quarantined apart
+                    await self.listener.store.mark_done(
+                        key.listener, key.folder, 0, [key.uid], "deleted"
+                    )
+        except Exception as exc:
+            if not failed:
+                raise
+            self.log.warning("quit_failed", error=str(exc), error_type=type(exc).__name__)

@@ -1,0 +1,70 @@
+"""The look-ups and writes behind `follow_ups`: which open cases a mail names, and who
+takes part in a case. A part of `sqlite_tx.SqliteTransaction`, kept apart for size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from engage_listener.store.interface import CaseCandidate
+from engage_listener.store.sqlite.connection import AsyncCursor
+
+_CANDIDATE = "c.id, c.case_number, c.listener, c.process"
+
+
+def _candidate(row: Any) -> CaseCandidate:
+    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3])
+
+
+class FollowUpQueries:
+    """See `store.Transaction`; `execute` and `_one` come from the transaction."""
+
+    async def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
+        raise NotImplementedError
+
+    async def _one(self, sql: str, params: Any = ()) -> Any:
+        raise NotImplementedError
+
+    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
+        ids = list(dict.fromkeys(m for m in message_ids if m))  # every one: a parent may be last
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        sql = (
+            f"SELECT DISTINCT {_CANDIDATE} FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
+            " WHERE m.message_id IN ("
+            + marks
+            + ") AND c.status IN ('open', 'pending-approval') ORDER BY c.id DESC LIMIT 20"
+        )
+        cur = await self.execute(sql, ids)
+        return [_candidate(row) for row in await cur.fetchall()]
+
+    async def case_by_number(self, case_number: str) -> CaseCandidate | None:
+        row = await self._one(
+            f"SELECT {_CANDIDATE} FROM cases c WHERE c.case_number = ?"  # noqa: S608
+            " AND c.status IN ('open', 'pending-approval')",
+            (case_number,),
+        )
+        if row is None and case_number.isdigit():  # "[Case#123]" for case 000123
+            row = await self._one(
+                f"SELECT {_CANDIDATE} FROM cases c WHERE c.id = ?"  # noqa: S608
+                " AND c.status IN ('open', 'pending-approval')",
+                (int(case_number),),
+            )
+        return _candidate(row) if row else None
+
+    async def is_participant(self, case_id: int, address: str) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM case_participants WHERE case_id = ? AND address = ?"
+            " UNION ALL SELECT 1 FROM customer_addresses a JOIN cases c"
+            " ON c.customer_id = a.customer_id WHERE a.address = ? AND c.id = ? LIMIT 1",
+            (case_id, address.lower(), address.lower(), case_id),
+        )
+        return row is not None
+
+    async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
+        for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
+            await self.execute(
+                "INSERT OR IGNORE INTO case_participants (case_id, address) VALUES (?, ?)",
+                (case_id, address),
+            )
