@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engage_listener.config.load import Config, ImapListenerConfig, Secret
+from engage_listener.config.model import Config, ListenerConfig, Secret
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import send_message
@@ -21,7 +21,7 @@ from engage_listener.sources.imap.listener import Listener
 from engage_listener.store.sqlite.store import SqliteStore
 
 
-def listener_config(dovecot: DovecotSandbox, user: str, **changes: Any) -> ImapListenerConfig:
+def listener_config(dovecot: DovecotSandbox, user: str, **changes: Any) -> ListenerConfig:
     """A listener on the sandbox's plain port (STARTTLS is offered and used)."""
     changes.setdefault("ca_file", dovecot.ca_file)
     host, port = changes.pop("host", dovecot.host), changes.pop("port", dovecot.imap_port)
@@ -30,9 +30,9 @@ def listener_config(dovecot: DovecotSandbox, user: str, **changes: Any) -> ImapL
 
 def server_listener_config(
     host: str, port: int, user: str, password: str, /, **changes: Any
-) -> ImapListenerConfig:
+) -> ListenerConfig:
     """A listener on any loopback server (UseSsl False, IMAP/New -> IMAP/Done)."""
-    cfg = ImapListenerConfig(
+    cfg = ListenerConfig(
         id=changes.pop("id", "Default"),
         host=host,
         port=port,
@@ -78,7 +78,7 @@ def make_mail(
 class Harness:
     """A listener wired to a real store and the sandbox, with a fake (or real) clock."""
 
-    def __init__(self, cfg: ImapListenerConfig, db: Path, clock: Any) -> None:
+    def __init__(self, cfg: ListenerConfig, db: Path, clock: Any) -> None:
         self.cfg = cfg
         self.store = SqliteStore(db)
         self.clock = clock

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engage_listener.clock import SystemClock
-from engage_listener.config.load import ImapListenerConfig
+from engage_listener.config.model import ListenerConfig
 from engage_listener.service.app import build_listener, endpoint_for
 from engage_listener.sources.imap.listener import Listener
 from engage_listener.sources.imap.session import ImapSession
@@ -189,20 +189,20 @@ async def peak_rss() -> AsyncIterator[list[int]]:
         sample[1] = max(sample[1], rss_bytes())
 
 
-def hostile_config(port: int, **changes: Any) -> ImapListenerConfig:
+def hostile_config(port: int, **changes: Any) -> ListenerConfig:
     """A listener on the hostile server (plain TCP, as it offers no STARTTLS)."""
     changes.setdefault("id", "Hostile")
     return server_listener_config("127.0.0.1", port, "victim@example.org", PASSWORD, **changes)
 
 
-def endpoint(cfg: ImapListenerConfig, **changes: Any) -> ImapEndpoint:
+def endpoint(cfg: ListenerConfig, **changes: Any) -> ImapEndpoint:
     """The listener's endpoint with short timeouts; `limits` may shrink the bounds."""
     return dataclasses.replace(endpoint_for(cfg), timeout=changes.pop("timeout", 5.0), **changes)
 
 
 @contextlib.asynccontextmanager
 async def running_listener(
-    cfg: ImapListenerConfig, db: Path, ep: ImapEndpoint | None = None
+    cfg: ListenerConfig, db: Path, ep: ImapEndpoint | None = None
 ) -> AsyncIterator[Listener]:
     """The real listener (real store, real clock) running against `cfg`, `ep` if given."""
     store, stop = SqliteStore(db), asyncio.Event()

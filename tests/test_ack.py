@@ -11,19 +11,20 @@ from typing import Any
 import pytest
 
 from engage_listener.cases.ack import (
-    DEFAULT_TEMPLATE,
     MAX_REFERENCES,
-    PLACEHOLDERS,
     AckIdentity,
-    AckTemplate,
-    RateLimiter,
-    allowed,
     build_ack,
     render,
     skip_reason,
+)
+from engage_listener.config.templates import (
+    DEFAULT_TEMPLATE,
+    PLACEHOLDERS,
+    AckTemplate,
     template_problems,
 )
 from engage_listener.mail.automatic import automatic_reason
+from engage_listener.mail.fields import recipient_key
 from engage_listener.mail.subjects import find_case_token
 
 IDENTITY = AckIdentity("soporte@empresa.example", "Atención al Cliente", "casos@empresa.example")
@@ -236,22 +237,8 @@ def test_hook_cannot_override_loop_protection() -> None:
     assert skip(hook_acknowledge=True, sender="soporte@empresa.example") is not None
 
 
-def test_rate_limit_function() -> None:
-    now = 100_000.0
-    assert allowed("a@x", now, [])
-    assert allowed("a@x", now, [now - 10, now - 20])
-    assert not allowed("a@x", now, [now - 10, now - 20, now - 30])
-    assert allowed("a@x", now, [now - 4000, now - 3700, now - 3601, now - 5])
-    assert not allowed("a@x", now, [now - 1], limit=1)
-    assert allowed("a@x", now, [now - 61], limit=1, window=60)
-    assert not allowed("a@x", now, [now + 50], limit=1)  # clock stepped back
-
-
-def test_rate_limiter_counts_per_recipient_and_forgets_old_sends() -> None:
-    limiter = RateLimiter(limit=2, window=3600)
-    for t in (0.0, 10.0):
-        assert limiter.allowed("Ana@X.example", t)
-        limiter.record("ana@x.example", t)
-    assert not limiter.allowed("ana+promo@x.example", 20.0)
-    assert limiter.allowed("otro@x.example", 20.0)
-    assert limiter.allowed("ana@x.example", 3601.0)
+def test_recipient_key_ignores_case_and_plus_tags() -> None:
+    assert recipient_key("Ana <Ana+promo@X.example>") == "ana@x.example"
+    assert recipient_key("ana@x.example") == recipient_key("ANA+1@x.example")
+    assert recipient_key("otro@x.example") != recipient_key("ana@x.example")
+    assert recipient_key("no-at-sign") == "no-at-sign"

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckIdentity
+from engage_listener.cases.ack import AckIdentity
 from engage_listener.cases.engine import AckSettings, CaseEngine, EngineSettings
 from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor
 from engage_listener.config.load import load_config
+from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import SmtpEndpoint, send_message

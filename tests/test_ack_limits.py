@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckIdentity, AckTemplate
+from engage_listener.cases.ack import AckIdentity
 from engage_listener.cases.engine import AckSettings, CaseEngine, EngineSettings
+from engage_listener.config.templates import DEFAULT_TEMPLATE, AckTemplate
 from engage_listener.observe.logs import get_logger
 from engage_listener.ops import admin
 from engage_listener.ops.cli_parser import build_parser

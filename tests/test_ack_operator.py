@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from engage_listener.config.load import Config, load_config
+from engage_listener.config.load import load_config
+from engage_listener.config.model import Config
 from engage_listener.outbox.smtp import SmtpEndpoint
 from engage_listener.sandbox import DovecotSandbox
 from tests.fakes import FakeClock

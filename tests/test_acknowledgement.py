@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckTemplate
 from engage_listener.config.ack import AckConfig, SmtpConfig
-from engage_listener.config.load import Config, ImapListenerConfig, StoreConfig, load_config
+from engage_listener.config.load import load_config
+from engage_listener.config.model import Config, ListenerConfig, StoreConfig
+from engage_listener.config.templates import DEFAULT_TEMPLATE, AckTemplate
 from engage_listener.errors import ConfigError
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.delivery import OutboxSender
@@ -58,7 +59,7 @@ def ack_config(
     return AckConfig(**values)
 
 
-def endpoint(cfg: ImapListenerConfig) -> SmtpEndpoint:
+def endpoint(cfg: ListenerConfig) -> SmtpEndpoint:
     ack = cfg.acknowledgement
     assert ack is not None
     s = ack.smtp
@@ -68,7 +69,7 @@ def endpoint(cfg: ImapListenerConfig) -> SmtpEndpoint:
 
 
 def sender_for(
-    store: SqliteStore, cfg: ImapListenerConfig, send: Any = send_message, wall: Any = None
+    store: SqliteStore, cfg: ListenerConfig, send: Any = send_message, wall: Any = None
 ) -> OutboxSender:
     kwargs = {"wall": wall} if wall else {}
     return OutboxSender(
@@ -83,7 +84,7 @@ def sender_for(
 
 
 async def ingest(
-    dovecot: DovecotSandbox, user: str, db: Path, cfg: ImapListenerConfig, mails: list[bytes]
+    dovecot: DovecotSandbox, user: str, db: Path, cfg: ListenerConfig, mails: list[bytes]
 ) -> None:
     dovecot.create_folder(user, DONE)
     dovecot.append_many(user, NEW, mails)
@@ -93,7 +94,7 @@ async def ingest(
     assert result.ingested == len(mails)
 
 
-async def deliver(db: Path, cfg: ImapListenerConfig, **kwargs: Any) -> OutboxSender:
+async def deliver(db: Path, cfg: ListenerConfig, **kwargs: Any) -> OutboxSender:
     store = SqliteStore(db)
     await store.open()
     try:

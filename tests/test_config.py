@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from engage_listener.config.load import (
+from engage_listener.config.cautions import config_warnings
+from engage_listener.config.load import load_config, parse_config
+from engage_listener.config.model import (
     DEFAULT_STORE_PATH,
     Config,
-    ImapListenerConfig,
+    ListenerConfig,
     Secret,
     describe,
-    load_config,
-    parse_config,
-    schema_path,
 )
+from engage_listener.config.schema import schema_path
 from engage_listener.errors import ConfigError, ConfigProblem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_default_config_loads_with_every_value() -> None:
     assert lst.enabled is True
     assert lst.ca_file is None and lst.protocol_log_file is None
     assert config.enabled_listeners() == (lst,)
-    assert config.warnings() == []
+    assert config_warnings(config) == []
 
 
 def test_default_config_validates_against_shipped_schema_with_lxml_directly() -> None:
@@ -118,7 +118,7 @@ def test_schema_documents_every_element() -> None:
 def test_spec_block_loads_exactly() -> None:
     config = parse(SPEC_BLOCK)
     (lst,) = config.imap_listeners
-    assert lst == ImapListenerConfig(
+    assert lst == ListenerConfig(
         id="Default",
         host="imap.gmail.com",
         port=993,
@@ -227,7 +227,7 @@ def test_warnings() -> None:
         + listener("<UseSsl>False</UseSsl>\n<OutputFolder>Done</OutputFolder>\n", id_="B")
         + listener("<Enabled>False</Enabled>\n", id_="C")
     )
-    warnings = parse(body).warnings()
+    warnings = config_warnings(parse(body))
     assert "IMAP listening is off: Process/UseImapListener is not True" in warnings
     assert "listener A: no OutputFolder, processed mail will be DELETED" in warnings
     assert any(w.startswith("listener B: UseSsl is False") for w in warnings)
@@ -529,10 +529,10 @@ def test_check_config_warns_of_every_cleartext_login_setting() -> None:
             extra="",
         )
     )
-    warnings = parse(body).warnings()
+    warnings = config_warnings(parse(body))
     assert any("A: AllowPlaintextLogin is True, credentials may be sent" in w for w in warnings)
     assert any("A: Smtp AllowPlaintextLogin is True" in w for w in warnings)
-    plain = parse(listener("<UseSsl>False</UseSsl>\n")).warnings()
+    plain = config_warnings(parse(listener("<UseSsl>False</UseSsl>\n")))
     assert any("must offer STARTTLS (login is refused without it)" in w for w in plain)
 
 

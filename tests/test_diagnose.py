@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from engage_listener.cases.ack import DEFAULT_TEMPLATE
 from engage_listener.config.ack import AckConfig, SmtpConfig
-from engage_listener.config.load import ImapListenerConfig, Secret
+from engage_listener.config.model import ListenerConfig, Secret
+from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.ops import diagnose
 from engage_listener.ops.diagnose import Step, render_json, render_text
 from engage_listener.sandbox import DovecotSandbox, free_port
@@ -28,7 +28,7 @@ NEW, DONE, ERROR = "IMAP/New", "IMAP/Done", "IMAP/Error"
 IMAP_STEPS = ["dns", "tcp", "tls", "login", "capabilities"]
 
 
-async def run_imap(cfg: ImapListenerConfig, **options: Any) -> list[Step]:
+async def run_imap(cfg: ListenerConfig, **options: Any) -> list[Step]:
     return await diagnose.test_listener(
         cfg, imap_endpoint=endpoint_for(cfg), pop3_endpoint=None, smtp_endpoint=None, **options
     )

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.config.load import ImapListenerConfig, load_config
+from engage_listener.config.load import load_config
+from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import ConfigError
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.service.app import build_listener, load_hooks
@@ -26,13 +27,13 @@ from tests.test_group_commit import HOOKS
 NEW, DONE, ERROR = "IMAP/New", "IMAP/Done", "IMAP/Error"
 
 
-def _load(tmp_path: Path, dovecot: DovecotSandbox, user: str, **extra: str) -> ImapListenerConfig:
+def _load(tmp_path: Path, dovecot: DovecotSandbox, user: str, **extra: str) -> ListenerConfig:
     config = write_config(tmp_path / "el.xml", listener_xml(dovecot, user, **extra))
     (cfg,) = load_config(config).imap_listeners
     return cfg
 
 
-async def _run_once(dovecot: DovecotSandbox, user: str, db: Path, cfg: ImapListenerConfig,
+async def _run_once(dovecot: DovecotSandbox, user: str, db: Path, cfg: ListenerConfig,
                     mails: list[bytes]) -> None:  # fmt: skip
     dovecot.create_folder(user, DONE)
     dovecot.append_many(user, NEW, mails)

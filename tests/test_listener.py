@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.clock import SystemClock
-from engage_listener.config.load import Secret
+from engage_listener.config.model import Secret
 from engage_listener.errors import AuthenticationError, FolderMissingError, TlsError
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.service.app import build_listener

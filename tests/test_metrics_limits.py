@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from engage_listener.config.cautions import config_warnings
 from engage_listener.config.load import load_config
 from engage_listener.observe.metrics import MAX_CONNECTIONS, MetricsServer
 from engage_listener.observe.status import ListenerStatus
@@ -133,10 +134,10 @@ def test_check_config_warns_about_a_metrics_endpoint_reachable_from_the_network(
 ) -> None:
     warning = "metrics endpoint on 0.0.0.0:9464 is reachable from the network; it has no auth"
     exposed = load_config(config_xml(tmp_path / "a.xml", "0.0.0.0:9464"))
-    assert any(w.startswith(warning) for w in exposed.warnings())
+    assert any(w.startswith(warning) for w in config_warnings(exposed))
     for listen in ("127.0.0.1:9464", "[::1]:9464", "localhost:9464"):
         quiet = load_config(config_xml(tmp_path / "b.xml", listen))
-        assert not [w for w in quiet.warnings() if "metrics" in w], listen
+        assert not [w for w in config_warnings(quiet) if "metrics" in w], listen
     shown = subprocess.run(
         [sys.executable, "-m", "engage_listener", "check-config", str(tmp_path / "a.xml")],
         capture_output=True,

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from engage_listener.config import secret_refs as secrets
-from engage_listener.config.auth import AuthConfig, oauth_logins
+from engage_listener.config.auth import AuthConfig
 from engage_listener.config.load import parse_config
+from engage_listener.config.model import oauth_logins
 from engage_listener.errors import ConfigError
 from tests.oauth_server import OAuthTestServer, certificate_file, service_account_file
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import cast
 
+from engage_listener.config.cautions import config_warnings
 from engage_listener.config.load import load_config
 from engage_listener.sandbox import DovecotSandbox
 from tests.helpers import db_rows, make_mail
@@ -91,7 +92,7 @@ def test_pop3_defaults_and_warnings(tmp_path: Path) -> None:
     assert "Pop: POP3 pop.example.com:110" in text
     off = load_config(write(tmp_path / "off.xml", block, pop3="False"))
     assert off.enabled_listeners() == ()
-    assert any("POP3 listening is off" in w for w in off.warnings())
+    assert any("POP3 listening is off" in w for w in config_warnings(off))
 
 
 def test_dates_are_refused_for_pop3_listeners_and_warned_of(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
-from engage_listener.config.load import Secret
+from engage_listener.config.model import Secret
 from engage_listener.errors import ConnectionLostError
 from engage_listener.intake.retry import BACKOFF_CAP, PERMANENT_RETRY
 from engage_listener.observe.logs import get_logger

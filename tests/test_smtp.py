@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckIdentity, build_ack
+from engage_listener.cases.ack import AckIdentity, build_ack
+from engage_listener.config.ack import default_port
+from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.errors import AuthenticationError, TlsError
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.outbox.smtp import (
@@ -19,7 +21,6 @@ from engage_listener.outbox.smtp import (
     SmtpPermanentError,
     SmtpTemporaryError,
     check_smtp,
-    default_port,
     send_message,
 )
 from tests.smtp_server import SmtpTestServer

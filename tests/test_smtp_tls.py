@@ -10,7 +10,8 @@ from email.message import EmailMessage
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.cases.ack import DEFAULT_TEMPLATE, AckIdentity, build_ack
+from engage_listener.cases.ack import AckIdentity, build_ack
+from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.errors import TlsError
 from engage_listener.outbox.smtp import SmtpEndpoint, check_smtp, send_message
 from tests.hostile_smtp import RecordingSmtp

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.config.load import Config, ImapListenerConfig, Secret, StoreConfig
+from engage_listener.config.model import Config, ListenerConfig, Secret, StoreConfig
 from engage_listener.intake.retry import BACKOFF_CAP
 from engage_listener.observe.logs import get_logger
 from engage_listener.sandbox import DovecotSandbox, free_port
@@ -114,7 +114,7 @@ def notifier(path: str) -> Notifier:
     return n
 
 
-def config_of(tmp_path: Path, *listeners: ImapListenerConfig) -> Config:
+def config_of(tmp_path: Path, *listeners: ListenerConfig) -> Config:
     return Config(
         path=tmp_path / "el.xml",
         imap_listeners=listeners,
@@ -165,7 +165,7 @@ async def test_ready_once_every_listener_connected_or_backs_off_then_status_foll
     down = listener_config(dovecot, mailbox_user, id="Down", port=closed)
     clock = FakeClock()
 
-    def build(config: Config, cfg: ImapListenerConfig, stop: asyncio.Event) -> Worker:
+    def build(config: Config, cfg: ListenerConfig, stop: asyncio.Event) -> Worker:
         return build_any(cfg, store, clock, stop)
 
     systemd = Systemd(sock)
@@ -236,12 +236,12 @@ class Scripts:
         )
         self.workers: dict[str, Scripted] = {}
 
-    def build(self, config: Config, cfg: ImapListenerConfig, stop: asyncio.Event) -> Worker:
+    def build(self, config: Config, cfg: ListenerConfig, stop: asyncio.Event) -> Worker:
         self.workers[cfg.id] = Scripted(self.behaviours[cfg.id], stop)
         return self.workers[cfg.id]
 
 
-STUB = ImapListenerConfig(  # a listener block for workers that never connect
+STUB = ListenerConfig(  # a listener block for workers that never connect
     id="X",
     host="",
     port=0,

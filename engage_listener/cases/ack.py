@@ -20,7 +20,6 @@ from __future__ import annotations
 import html
 import re
 import secrets
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,90 +28,17 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
+from engage_listener.config.templates import AckTemplate, substitute
 from engage_listener.mail.automatic import is_noreply_address
+from engage_listener.mail.fields import recipient_key
 from engage_listener.mail.subjects import case_token, find_case_token
 
-PLACEHOLDERS: frozenset[str] = frozenset(
-    {"case_number", "case_token", "subject", "customer_name", "received_at", "sender"}
-)
-DEFAULT_MAX_PER_HOUR = 200  # acknowledgements one listener sends in an hour, in all
-DEFAULT_MAX_PER_RECIPIENT_PER_HOUR = 3
 MAX_REFERENCES = 20  # RFC 5322 3.6.4 lets us trim; keep the first and the latest ones
 MAX_SUBJECT_VALUE = 100  # characters of the customer's subject an acknowledgement repeats
 MAX_NAME_VALUE = 64  # characters of the sender's (or customer's) name
 _TOKEN_IN_SUBJECT = re.compile(r"\[\s*case\s*#\s*[0-9a-z][0-9a-z-]*\s*\]", re.IGNORECASE)
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]+")
 _MSGID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")  # printable ASCII, no < >
-
-
-@dataclass(frozen=True)
-class AckTemplate:
-    """Subject, plain-text body and optional HTML body, in ``str.format`` syntax."""
-
-    subject: str
-    text: str
-    html: str | None = None
-
-
-DEFAULT_TEMPLATE = AckTemplate(
-    subject="{case_token} Hemos recibido su mensaje / We have received your message: {subject}",
-    text=(
-        "Estimado/a {customer_name}:\n\n"
-        "Hemos recibido su mensaje del {received_at} con el asunto «{subject}» y hemos "
-        "abierto el caso número {case_number}.\n"
-        "Si desea añadir información, responda a este correo sin quitar {case_token} "
-        "del asunto.\n\n"
-        "Dear {customer_name},\n\n"
-        'We have received your message of {received_at} with the subject "{subject}" '
-        "and opened case number {case_number}.\n"
-        "To add information, reply to this email keeping {case_token} in the subject.\n\n"
-        "-- \n"
-        "Este es un mensaje automático. / This is an automated message.\n"
-    ),
-)
-
-
-def _field_problems(label: str, text: str) -> list[str]:
-    """Unknown or unsafe fields in one template part."""
-    problems: list[str] = []
-    for _literal, name, _spec, conversion in string.Formatter().parse(text):
-        if name is None:
-            continue
-        if name not in PLACEHOLDERS:
-            known = ", ".join(sorted(PLACEHOLDERS))
-            problems.append(f"{label}: unknown placeholder {{{name}}} (known: {known})")
-        elif conversion:
-            problems.append(f"{label}: placeholder {{{name}}} must not use !{conversion}")
-    return problems
-
-
-def template_problems(template: AckTemplate) -> list[str]:
-    """Everything wrong with a template, for the configuration check (empty = usable)."""
-    parts = [("subject", template.subject), ("text", template.text)]
-    if template.html is not None:
-        parts.append(("html", template.html))
-    problems: list[str] = []
-    for label, text in parts:
-        try:
-            found = _field_problems(label, text)
-            if not found:
-                _substitute(text, dict.fromkeys(PLACEHOLDERS, "x"))
-        except ValueError as exc:
-            found = [f"{label}: bad template syntax: {exc}"]
-        problems.extend(found)
-    if not template.subject.strip():
-        problems.append("subject: empty")
-    return problems
-
-
-def _substitute(text: str, values: Mapping[str, str]) -> str:
-    """Fill ``text``; values are formatted as plain strings, never parsed."""
-    out: list[str] = []
-    for literal, name, spec, _conversion in string.Formatter().parse(text):
-        out.append(literal)
-        if name is not None:
-            out.append(format(values.get(name, ""), spec or ""))
-    return "".join(out)
 
 
 def _one_line(value: str) -> str:
@@ -126,12 +52,12 @@ def render(template: AckTemplate, values: Mapping[str, str]) -> tuple[str, str, 
     Raises ValueError only for templates that :func:`template_problems` rejects.
     """
     subject_values = {k: _one_line(v) for k, v in values.items()}
-    subject = _one_line(_substitute(template.subject, subject_values))
-    text = _substitute(template.text, values)
+    subject = _one_line(substitute(template.subject, subject_values))
+    text = substitute(template.text, values)
     html_body = None
     if template.html is not None:
         escaped = {k: html.escape(v) for k, v in values.items()}
-        html_body = _substitute(template.html, escaped)
+        html_body = substitute(template.html, escaped)
     return subject, text, html_body
 
 
@@ -268,16 +194,6 @@ def _thread(message: EmailMessage, original_id: str | None, references: Sequence
         message["References"] = " ".join(refs)
 
 
-def recipient_key(address: str) -> str:
-    """Comparable form: lower-case, without ``+tag`` sub-addressing (``a+1@x`` and
-    ``A+2@x`` are one mailbox, for loop protection and the per-recipient limit)."""
-    bare = parseaddr(address)[1].strip().lower() or address.strip().lower()
-    local, at, domain = bare.rpartition("@")
-    if not at:
-        return bare
-    return f"{local.split('+', 1)[0]}@{domain}"
-
-
 def skip_reason(
     *,
     sender: str,
@@ -304,33 +220,3 @@ def skip_reason(
     if any(recipient_key(own) == key for own in own_addresses if own.strip()):
         return "sender is one of our own addresses (mail loop)"
     return None
-
-
-def allowed(
-    recipient: str, now: float, sent_times: Sequence[float], limit: int = 3, window: float = 3600
-) -> bool:
-    """Fewer than ``limit`` earlier sends (``sent_times``, that recipient's) in ``window`` s.
-
-    Times after ``now`` (clock stepped back) count too, erring against sending.
-    """
-    del recipient  # the caller already selected this recipient's times
-    return sum(1 for t in sent_times if t > now - window) < limit
-
-
-class RateLimiter:
-    """In-memory per-recipient limit, for callers without the times in a store."""
-
-    def __init__(self, limit: int = 3, window: float = 3600) -> None:
-        self.limit, self.window = limit, window
-        self._sent: dict[str, list[float]] = {}
-
-    def allowed(self, recipient: str, now: float) -> bool:
-        """Whether one more ack to ``recipient`` fits (does not record it)."""
-        times = self._sent.get(recipient_key(recipient), [])
-        return allowed(recipient, now, times, self.limit, self.window)
-
-    def record(self, recipient: str, now: float) -> None:
-        """Remember that an ack went to ``recipient`` at ``now``; forget expired ones."""
-        key, horizon = recipient_key(recipient), now - self.window
-        self._sent = {k: v for k, v in self._sent.items() if v and v[-1] > horizon}
-        self._sent[key] = [t for t in self._sent.get(key, []) if t > horizon] + [now]

@@ -14,15 +14,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from engage_listener.cases.ack import (
-    DEFAULT_MAX_PER_HOUR,
-    DEFAULT_MAX_PER_RECIPIENT_PER_HOUR,
-    AckIdentity,
-    AckTemplate,
-    build_ack,
-    recipient_key,
-    skip_reason,
-)
+from engage_listener.cases.ack import AckIdentity, build_ack, skip_reason
 from engage_listener.cases.follow_ups import Scope, named_case, participants
 from engage_listener.cases.hooks import (
     CaseView,
@@ -32,9 +24,13 @@ from engage_listener.cases.hooks import (
     RoutingDecision,
     RoutingHook,
 )
+from engage_listener.config.ack import DEFAULT_MAX_PER_HOUR, DEFAULT_MAX_PER_RECIPIENT_PER_HOUR
+from engage_listener.config.model import AutomaticMail, FollowUpsFrom, UnknownSender
+from engage_listener.config.templates import AckTemplate
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
 from engage_listener.mail.authres import unauthenticated
+from engage_listener.mail.fields import recipient_key
 from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
 from engage_listener.mail.subjects import normalize_subject
 from engage_listener.sources.imap.batch import Ingested
@@ -61,14 +57,14 @@ class EngineSettings:
     listener: str
     extract_attachments: bool
     process: str | None = None
-    unknown_sender: str = "CreateCustomer"  # CreateCustomer | DefaultCustomer | Quarantine
+    unknown_sender: UnknownSender = "CreateCustomer"
     default_customer_id: int | None = None
-    automatic_mail: str = "Ignore"  # Ignore: never opens a case | OpenCase: like any mail
+    automatic_mail: AutomaticMail = "Ignore"  # Ignore: never opens a case
     subject_prefixes: tuple[str, ...] = ()
     hook: RoutingHook | None = None
     ack: AckSettings | None = None
     require_approval: bool = False
-    follow_ups_from: str = "Participants"  # Participants | Anyone (see follow_ups)
+    follow_ups_from: FollowUpsFrom = "Participants"  # see follow_ups
 
 
 @dataclass(frozen=True)

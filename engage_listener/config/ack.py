@@ -11,15 +11,9 @@ from pathlib import Path
 
 from lxml import etree
 
-from engage_listener.cases.ack import (
-    DEFAULT_MAX_PER_HOUR,
-    DEFAULT_MAX_PER_RECIPIENT_PER_HOUR,
-    DEFAULT_TEMPLATE,
-    AckTemplate,
-    template_problems,
-)
 from engage_listener.config import secret_refs as secrets
 from engage_listener.config.auth import AuthConfig, auth_config, auth_problems, auth_type
+from engage_listener.config.templates import DEFAULT_TEMPLATE, AckTemplate, template_problems
 from engage_listener.config.xmltree import (
     ca_file_problem,
     flag,
@@ -30,6 +24,21 @@ from engage_listener.config.xmltree import (
     values,
 )
 from engage_listener.errors import ConfigProblem
+
+DEFAULT_MAX_PER_HOUR = 200  # acknowledgements one listener sends in an hour, in all
+DEFAULT_MAX_PER_RECIPIENT_PER_HOUR = 3
+SECURITIES = ("SSL", "StartTls", "None")
+_PORTS = {"SSL": 465, "StartTls": 587, "None": 25}
+
+
+def default_port(security: str) -> int:
+    """Well-known ports: 465 implicit TLS, 587 submission with STARTTLS, 25 plain."""
+    try:
+        return _PORTS[security]
+    except KeyError:
+        raise ValueError(
+            f"unknown SMTP security {security!r} (use SSL, StartTls or None)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,6 @@ def ack_config(
     node: etree._Element, path: Path, imap_username: str, key_path: Path | None = None
 ) -> AckConfig:
     """The AckConfig of a valid Acknowledgement block."""
-    from engage_listener.outbox.smtp import default_port  # noqa: PLC0415 - start-up time: aiosmtplib only when acking
 
     found = values(node)
     smtp = values(found["Smtp"])

@@ -22,7 +22,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -36,9 +35,6 @@ from engage_listener.config.xmltree import (
     values,
 )
 from engage_listener.errors import ConfigProblem, SecretError
-
-if TYPE_CHECKING:
-    from engage_listener.config.load import ImapListenerConfig
 
 AUTH_TYPES = ("Password", "Microsoft", "Google")
 _MICROSOFT_ONLY = ("TenantId", "CertificateFile", "CertificateThumbprint", "Authority")
@@ -272,21 +268,3 @@ def password_problem(
         what,
         "missing required element Password (or an Authentication of Type Microsoft or Google)",
     )
-
-
-def oauth_logins(listener: ImapListenerConfig) -> list[tuple[str, AuthConfig, str, str]]:
-    """(what, auth, username, purpose) of each OAuth2 account a listener uses.
-
-    The listener's own mailbox (purpose imap or pop3) and its Acknowledgement SMTP
-    account (purpose smtp), for `engage-listener auth login` and `auth status`.
-    """
-    found: list[tuple[str, AuthConfig, str, str]] = []
-    auth = listener.authentication
-    if auth is not None and auth.is_oauth:
-        kind = "POP3" if listener.protocol == "pop3" else "IMAP"
-        found.append((f"{listener.id} {kind}", auth, listener.username, listener.protocol))
-    ack = listener.acknowledgement
-    smtp = ack.smtp if ack is not None else None
-    if smtp is not None and smtp.authentication is not None and smtp.authentication.is_oauth:
-        found.append((f"{listener.id} SMTP", smtp.authentication, smtp.username or "", "smtp"))
-    return found

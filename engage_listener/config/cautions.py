@@ -11,7 +11,7 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engage_listener.config.load import Config, ImapListenerConfig
+    from engage_listener.config.model import Config, ListenerConfig
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -44,7 +44,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _listener_warnings(lst: ImapListenerConfig) -> list[str]:
+def _listener_warnings(lst: ListenerConfig) -> list[str]:
     """Warnings for one listener; a disabled one only says so."""
     if not lst.enabled:
         return [f"listener {lst.id}: disabled (Enabled is False)"]
@@ -56,7 +56,7 @@ def _listener_warnings(lst: ImapListenerConfig) -> list[str]:
     return found + _cleartext_warnings(lst)
 
 
-def _pop3_warnings(lst: ImapListenerConfig) -> list[str]:
+def _pop3_warnings(lst: ListenerConfig) -> list[str]:
     """What a POP3 listener ignores or does differently from an IMAP one."""
     found: list[str] = []
     if lst.output_folder is not None:
@@ -73,7 +73,7 @@ def _pop3_warnings(lst: ImapListenerConfig) -> list[str]:
     return found
 
 
-def _cleartext_warnings(lst: ImapListenerConfig) -> list[str]:
+def _cleartext_warnings(lst: ListenerConfig) -> list[str]:
     """Every setting that lets a credential travel in clear: warned each time, on purpose."""
     found: list[str] = []
     if not lst.use_ssl and lst.allow_plaintext_login:

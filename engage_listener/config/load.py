@@ -1,4 +1,4 @@
-"""The XML configuration, turned into frozen dataclasses in this one place.
+"""Loading the XML configuration into the frozen model (`config.model`), in this one place.
 
 The format is the original Engage Integration Service one, described by the shipped XSD.
 Nothing here exits or prints: every problem found (syntax, schema, meaning) is collected
@@ -12,17 +12,25 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 from lxml import etree
 
 from engage_listener.config import secret_refs as secrets
-from engage_listener.config.ack import AckConfig, ack_config, ack_problems
-from engage_listener.config.auth import AuthConfig, auth_config, auth_problems, password_problem
-from engage_listener.config.cautions import config_warnings
-from engage_listener.config.schema import parse_xml, schema_path, schema_problems
+from engage_listener.config.ack import ack_config, ack_problems
+from engage_listener.config.auth import auth_config, auth_problems, password_problem
+from engage_listener.config.model import (
+    DEFAULT_STORE_PATH,
+    Config,
+    ListenerConfig,
+    MetricsConfig,
+    Secret,
+    StoreConfig,
+)
+from engage_listener.config.schema import parse_xml, schema_problems
 from engage_listener.config.xmltree import ca_file_problem
 from engage_listener.config.xmltree import flag as _flag
 from engage_listener.config.xmltree import line as _line
@@ -31,154 +39,6 @@ from engage_listener.config.xmltree import relative_to as _relative_to
 from engage_listener.config.xmltree import text as _text
 from engage_listener.config.xmltree import values as _values
 from engage_listener.errors import ConfigError, ConfigProblem, SecretError
-
-DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
-DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # 150 MB: the largest mail Exchange Online accepts
-DEFAULT_PROTOCOL_LOG_KEEP_DAYS = 14
-
-FollowUpsFrom = Literal["Participants", "Anyone"]
-
-
-__all__ = [
-    "Config",
-    "ImapListenerConfig",
-    "MetricsConfig",
-    "Secret",
-    "StoreConfig",
-    "describe",
-    "load_config",
-    "parse_config",
-    "schema_path",
-]
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret; repr() and str() mask it so a logged or printed config never leaks it."""
-
-    _value: str = field(repr=False)
-
-    def reveal(self) -> str:
-        """Give the value; call it only where the secret is really used (the login)."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def __str__(self) -> str:
-        return "***"
-
-
-@dataclass(frozen=True)
-class ImapListenerConfig:
-    """One ImapListener block, defaults applied."""
-
-    id: str
-    host: str
-    port: int
-    username: str
-    password: Secret
-    use_ssl: bool
-    input_folder: str
-    output_folder: str | None
-    extract_attachments: bool
-    sync_max_wait_time: int
-    sync_max_changes_count: int
-    protocol_log_file: str | None
-    ca_file: Path | None
-    enabled: bool
-    source_line: int
-    case_process: str | None = None
-    unknown_sender: str = "CreateCustomer"
-    default_customer_id: int | None = None
-    automatic_mail: str = "Ignore"
-    subject_prefixes: tuple[str, ...] = ()
-    routing_hook: str | None = None
-    routing_hook_line: int = 0
-    routing_timeout: int = 10
-    max_attempts: int = 3
-    error_folder: str | None = None
-    acknowledgement: AckConfig | None = None
-    protocol_log_bodies: bool = False
-    protocol_log_max_size: int = 10 * 1024 * 1024
-    protocol_log_keep: int = 5
-    read_from_date: dt.date | None = None
-    time_zone: str = "UTC"
-    require_approval: bool = False
-    protocol: str = "imap"  # "imap" or "pop3" (a Pop3Listener block)
-    leave_on_server: bool = False  # POP3 only
-    authentication: AuthConfig | None = None  # None: the Password
-    allow_plaintext_login: bool = False  # UseSsl False without STARTTLS/STLS may log in
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail: quarantined `oversize`
-    follow_ups_from: FollowUpsFrom = "Participants"  # who may join a case by token/header
-    protocol_log_keep_days: int = DEFAULT_PROTOCOL_LOG_KEEP_DAYS  # prune older log files
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """Where the case store lives."""
-
-    path: Path
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """The optional Prometheus endpoint."""
-
-    host: str
-    port: int
-    health_max_age: int = 900
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration file."""
-
-    path: Path
-    imap_listeners: tuple[ImapListenerConfig, ...]
-    use_imap_listener: bool
-    store: StoreConfig
-    pop3_listeners: tuple[ImapListenerConfig, ...] = ()
-    use_pop3_listener: bool = False
-    metrics: MetricsConfig | None = None
-
-    @property
-    def listeners(self) -> tuple[ImapListenerConfig, ...]:
-        """Every listener block, IMAP and POP3, in file order within each kind."""
-        return self.imap_listeners + self.pop3_listeners
-
-    def enabled_listeners(self) -> tuple[ImapListenerConfig, ...]:
-        """The listeners to run: a kind runs only while its Process/Use... flag is True."""
-        imap = self.imap_listeners if self.use_imap_listener else ()
-        pop3 = self.pop3_listeners if self.use_pop3_listener else ()
-        return tuple(lst for lst in imap + pop3 if lst.enabled)
-
-    def warnings(self) -> list[str]:
-        """Valid but risky settings, for check-config and the start-up log."""
-        return config_warnings(self)
-
-
-def describe(listener: ImapListenerConfig) -> str:
-    """One line for check-config; shows no secret."""
-    lst = listener
-    target = f"{lst.output_folder} (move)" if lst.output_folder else "(delete)"
-    if lst.protocol == "pop3":
-        target = "(leave on server)" if lst.leave_on_server else "(delete)"
-    kind = "POP3 " if lst.protocol == "pop3" else ""
-    extras = [
-        "attachments extracted," if lst.extract_attachments else "",
-        f"CA {lst.ca_file}," if lst.ca_file else "",
-        f"protocol log {lst.protocol_log_file}," if lst.protocol_log_file else "",
-    ]
-    return " ".join(
-        [
-            f"{lst.id}: {kind}{lst.host}:{lst.port} {'TLS' if lst.use_ssl else 'plain'}",
-            f"user={lst.username} {lst.input_folder} -> {target},",
-            f"batch {lst.sync_max_changes_count} mails or {lst.sync_max_wait_time} s,",
-            *filter(None, extras),
-            "enabled" if lst.enabled else "disabled",
-        ]
-    )
 
 
 def load_config(path: Path) -> Config:
@@ -309,82 +169,88 @@ def _same_folder(a: str, b: str) -> bool:
     return a == b or a.upper() == b.upper() == "INBOX"
 
 
-def _listener(block: etree._Element, config_path: Path) -> ImapListenerConfig:
-    """One validated ImapListener block, defaults applied."""
+def _listener(block: etree._Element, config_path: Path) -> ListenerConfig:
+    """One validated ImapListener block; an absent element keeps the model's default."""
     values = _values(block)
+    root = block.getroottree().getroot()
     use_ssl = _flag(values, "UseSsl", True)
     port = _optional(values, "Port")
     ca_file = _optional(values, "CaFile")
-    return ImapListenerConfig(
+    return ListenerConfig(
         id=block.get("ID", "").strip(),
         host=_text(values["HostName"]),
         port=int(port) if port is not None else (993 if use_ssl else 143),
         username=_text(values["UserName"]),
-        password=Secret(_secret(values["Password"], block.getroottree().getroot(), config_path))
+        password=Secret(_secret(values["Password"], root, config_path))
         if "Password" in values
         else Secret(""),
         use_ssl=use_ssl,
-        input_folder=_optional(values, "InputFolder") or "INBOX",
+        source_line=_line(block),
         output_folder=_optional(values, "OutputFolder"),
-        extract_attachments=_flag(values, "ExtractAttachments", False),
-        sync_max_wait_time=int(_optional(values, "SyncMaxWaitTime") or 60),
-        sync_max_changes_count=int(_optional(values, "SyncMaxChangesCount") or 10),
+        error_folder=_optional(values, "ErrorFolder"),
+        case_process=_optional(values, "CaseProcess"),
         protocol_log_file=_protocol_log_path(config_path, _optional(values, "ProtocolLogFile")),
         ca_file=_relative_to(config_path, ca_file) if ca_file is not None else None,
-        enabled=_flag(values, "Enabled", True),
-        source_line=_line(block),
         acknowledgement=ack_config(
-            values["Acknowledgement"],
-            config_path,
-            _text(values["UserName"]),
-            key_path(block.getroottree().getroot(), config_path),
+            values["Acknowledgement"], config_path, _text(values["UserName"]),
+            key_path(root, config_path),
         )
         if "Acknowledgement" in values
         else None,
         authentication=auth_config(
-            values["Authentication"],
-            config_path,
-            key_path(block.getroottree().getroot(), config_path),
+            values["Authentication"], config_path, key_path(root, config_path)
         )
         if "Authentication" in values
         else None,
-        **_case_settings(values),
+        **_given(values),
     )
 
 
-def _case_settings(values: dict[str, etree._Element]) -> dict[str, Any]:
-    """The case-engine elements of a listener, defaults applied."""
-    customer = _optional(values, "DefaultCustomerId")
-    prefixes = _optional(values, "SubjectPrefixes") or ""
+def _boolean(value: str) -> bool:
+    return value.lower() == "true"
+
+
+# Elements whose value only needs converting: element -> (field, conversion). An element
+# that is absent leaves the field's default (config.model), defined there once.
+_CONVERTED: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "InputFolder": ("input_folder", str),
+    "ExtractAttachments": ("extract_attachments", _boolean),
+    "SyncMaxWaitTime": ("sync_max_wait_time", int),
+    "SyncMaxChangesCount": ("sync_max_changes_count", int),
+    "Enabled": ("enabled", _boolean),
+    "UnknownSender": ("unknown_sender", str),
+    "DefaultCustomerId": ("default_customer_id", int),
+    "AutomaticMail": ("automatic_mail", str),
+    "SubjectPrefixes": (
+        "subject_prefixes", lambda v: tuple(p.strip() for p in v.split(",") if p.strip())
+    ),
+    "RoutingTimeout": ("routing_timeout", int),
+    "MaxAttempts": ("max_attempts", int),
+    "ReadFromDate": ("read_from_date", dt.date.fromisoformat),
+    "TimeZone": ("time_zone", str),
+    "RequireApproval": ("require_approval", _boolean),
+    "ProtocolLogBodies": ("protocol_log_bodies", _boolean),
+    "ProtocolLogMaxSize": ("protocol_log_max_size", int),
+    "ProtocolLogKeep": ("protocol_log_keep", int),
+    "ProtocolLogKeepDays": ("protocol_log_keep_days", int),
+    "AllowPlaintextLogin": ("allow_plaintext_login", _boolean),
+    "MaxMessageSize": ("max_message_size", int),
+    "FollowUpsFrom": ("follow_ups_from", str),
+    "LeaveOnServer": ("leave_on_server", _boolean),
+}
+
+
+def _given(values: dict[str, etree._Element]) -> dict[str, Any]:
+    """The fields of the elements present in a listener block, converted."""
+    found: dict[str, Any] = {}
+    for element, (name, convert) in _CONVERTED.items():
+        value = _optional(values, element)
+        if value:  # absent or empty: the default
+            found[name] = convert(value)
     hook = values.get("RoutingHook")
-    return {
-        "case_process": _optional(values, "CaseProcess"),
-        "unknown_sender": _optional(values, "UnknownSender") or "CreateCustomer",
-        "default_customer_id": int(customer) if customer else None,
-        "automatic_mail": _optional(values, "AutomaticMail") or "Ignore",
-        "subject_prefixes": tuple(p.strip() for p in prefixes.split(",") if p.strip()),
-        "routing_hook": _text(hook) if hook is not None else None,
-        "routing_hook_line": _line(hook) if hook is not None else 0,
-        "routing_timeout": int(_optional(values, "RoutingTimeout") or 10),
-        "max_attempts": int(_optional(values, "MaxAttempts") or 3),
-        "error_folder": _optional(values, "ErrorFolder"),
-        "read_from_date": dt.date.fromisoformat(date)
-        if (date := _optional(values, "ReadFromDate"))
-        else None,
-        "time_zone": _optional(values, "TimeZone") or "UTC",
-        "require_approval": _flag(values, "RequireApproval", False),
-        "protocol_log_bodies": _flag(values, "ProtocolLogBodies", False),
-        "protocol_log_max_size": int(_optional(values, "ProtocolLogMaxSize") or 10 * 1024 * 1024),
-        "protocol_log_keep": int(_optional(values, "ProtocolLogKeep") or 5),
-        "protocol_log_keep_days": int(
-            _optional(values, "ProtocolLogKeepDays") or DEFAULT_PROTOCOL_LOG_KEEP_DAYS
-        ),
-        "allow_plaintext_login": _flag(values, "AllowPlaintextLogin", False),
-        "max_message_size": int(_optional(values, "MaxMessageSize") or DEFAULT_MAX_MESSAGE_SIZE),
-        "follow_ups_from": cast(
-            FollowUpsFrom, _optional(values, "FollowUpsFrom") or "Participants"
-        ),
-    }
+    if hook is not None:
+        found["routing_hook"], found["routing_hook_line"] = _text(hook), _line(hook)
+    return found
 
 
 def _protocol_log_path(config_path: Path, value: str | None) -> str | None:
@@ -403,16 +269,13 @@ def _metrics(node: etree._Element) -> MetricsConfig:
     return MetricsConfig(host.strip("[]") or "127.0.0.1", int(port), int(age))
 
 
-def _pop3(block: etree._Element, config_path: Path) -> ImapListenerConfig:
+def _pop3(block: etree._Element, config_path: Path) -> ListenerConfig:
     """A Pop3Listener block: the same settings, POP3 port defaults, LeaveOnServer."""
     values = _values(block)
     cfg = _listener(block, config_path)
     port = _optional(values, "Port")
     return replace(
-        cfg,
-        protocol="pop3",
-        port=int(port) if port is not None else (995 if cfg.use_ssl else 110),
-        leave_on_server=_flag(values, "LeaveOnServer", False),
+        cfg, protocol="pop3", port=int(port) if port is not None else (995 if cfg.use_ssl else 110)
     )
 
 

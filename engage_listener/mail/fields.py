@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import mimetypes
 import re
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
 from engage_listener.mail.text import decode_words
 
@@ -232,3 +232,13 @@ def _fit(stem: str, ext: str, suffix: str) -> str:
         stem = stem[:-1]
     stem = stem if ext else stem.rstrip(" .")
     return (stem or "_") + suffix + ext
+
+
+def recipient_key(address: str) -> str:
+    """Comparable form: lower-case, without ``+tag`` sub-addressing (``a+1@x`` and
+    ``A+2@x`` are one mailbox, for loop protection and the per-recipient limit)."""
+    bare = parseaddr(address)[1].strip().lower() or address.strip().lower()
+    local, at, domain = bare.rpartition("@")
+    if not at:
+        return bare
+    return f"{local.split('+', 1)[0]}@{domain}"

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engage_listener.config import secret_refs as secrets
-from engage_listener.config.load import Config, describe, load_config
+from engage_listener.config.cautions import config_warnings
+from engage_listener.config.load import load_config
+from engage_listener.config.model import Config, describe
 from engage_listener.errors import ConfigError, EngageError
 from engage_listener.observe.logs import configure_logging
 from engage_listener.ops.cli_parser import DEFAULT_CONFIG, build_parser
@@ -82,7 +84,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     for listener in config.listeners:
         print(f"  {describe(listener)}")
-    for warning in config.warnings():
+    for warning in config_warnings(config):
         print(f"  warning: {warning}")
     if args.show:
         _show(config)

@@ -14,8 +14,8 @@ from typing import TextIO
 from engage_listener.cases.engine import PENDING, REPLAY_FOLDER, CaseEngine
 from engage_listener.cases.hooks import RoutingHook
 from engage_listener.config import secret_refs as secrets
-from engage_listener.config.auth import AuthConfig, oauth_logins
-from engage_listener.config.load import Config, ImapListenerConfig
+from engage_listener.config.auth import AuthConfig
+from engage_listener.config.model import Config, ListenerConfig, oauth_logins
 from engage_listener.errors import EngageError
 from engage_listener.intake.control import request_date, resume, start_of_day
 from engage_listener.oauth.provider import (
@@ -68,7 +68,7 @@ async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[st
 
 async def _replay_one(
     store: SqliteStore,
-    listeners: dict[str, ImapListenerConfig],
+    listeners: dict[str, ListenerConfig],
     hooks: dict[str, RoutingHook],
     entry_id: int,
 ) -> str:

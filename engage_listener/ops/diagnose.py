@@ -23,7 +23,7 @@ from email.utils import formatdate, make_msgid
 from socket import SOCK_STREAM
 from typing import Any, TypeVar
 
-from engage_listener.config.load import ImapListenerConfig
+from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import AuthenticationError, EngageError, ProtocolError, TlsError
 from engage_listener.oauth.provider import TokenRefused
 from engage_listener.ops.diagnose_oauth import Watched, provider_failure, watched, without
@@ -185,7 +185,7 @@ def _logged_in(run: _Run, tls: str | None, user: str | None, oauth: bool) -> Non
 
 
 async def _imap(
-    run: _Run, cfg: ImapListenerConfig, ep: ImapEndpoint, create: bool, error_default: str
+    run: _Run, cfg: ListenerConfig, ep: ImapEndpoint, create: bool, error_default: str
 ) -> None:
     if not await _reach(run, ep):
         return
@@ -230,7 +230,7 @@ def _capabilities(run: _Run, session: ImapSession) -> None:
 
 
 async def _folders(
-    run: _Run, session: ImapSession, cfg: ImapListenerConfig, create: bool, error_default: str
+    run: _Run, session: ImapSession, cfg: ListenerConfig, create: bool, error_default: str
 ) -> bool:
     """Input, output and error folders; returns whether the input folder is usable."""
     run.doing = "folders"
@@ -281,7 +281,7 @@ async def _pop3(run: _Run, ep: Pop3Endpoint) -> None:
             await session.quit()  # nothing was deleted, so QUIT commits nothing
 
 
-async def _smtp(run: _Run, cfg: ImapListenerConfig, ep: SmtpEndpoint, send_to: str | None) -> None:
+async def _smtp(run: _Run, cfg: ListenerConfig, ep: SmtpEndpoint, send_to: str | None) -> None:
     if not await _reach(run, ep):
         return
     tls = {"SSL": "implicit", "StartTls": "starttls"}.get(ep.security)
@@ -301,7 +301,7 @@ async def _smtp(run: _Run, cfg: ImapListenerConfig, ep: SmtpEndpoint, send_to: s
     run.add("send", True, f"sent to {send_to} from {message['From']}: {reply}")
 
 
-def _test_message(cfg: ImapListenerConfig, ep: SmtpEndpoint, send_to: str) -> EmailMessage:
+def _test_message(cfg: ListenerConfig, ep: SmtpEndpoint, send_to: str) -> EmailMessage:
     """From the acknowledgements' FromAddress, as the daemon's own mail would be."""
     sender = cfg.acknowledgement.from_address if cfg.acknowledgement else (ep.username or "")
     sender = sender if "@" in sender else "engage-listener@localhost"
@@ -317,7 +317,7 @@ def _test_message(cfg: ImapListenerConfig, ep: SmtpEndpoint, send_to: str) -> Em
 
 
 async def test_listener(
-    cfg: ImapListenerConfig,
+    cfg: ListenerConfig,
     *,
     imap_endpoint: ImapEndpoint | None,
     pop3_endpoint: Pop3Endpoint | None,

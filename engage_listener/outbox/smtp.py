@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import aiosmtplib
 
+from engage_listener.config.ack import SECURITIES
 from engage_listener.errors import (
     AuthenticationError,
     PermanentError,
@@ -57,8 +58,6 @@ from engage_listener.observe.protolog import ProtocolLog
 if TYPE_CHECKING:
     from engage_listener.oauth.provider import TokenProvider
 
-SECURITIES = ("SSL", "StartTls", "None")
-_PORTS = {"SSL": 465, "StartTls": 587, "None": 25}
 _T = TypeVar("_T")
 
 
@@ -87,16 +86,6 @@ class SmtpEndpoint:
         """Credentials would cross the network unencrypted."""
         has_credentials = bool(self.username) or self.token_provider is not None
         return self.security == "None" and has_credentials
-
-
-def default_port(security: str) -> int:
-    """Well-known ports: 465 implicit TLS, 587 submission with STARTTLS, 25 plain."""
-    try:
-        return _PORTS[security]
-    except KeyError:
-        raise ValueError(
-            f"unknown SMTP security {security!r} (use SSL, StartTls or None)"
-        ) from None
 
 
 class SmtpTemporaryError(TransientError):

@@ -19,7 +19,9 @@ from engage_listener.cases.hooks import RoutingHook, load_hook
 from engage_listener.clock import Clock, SystemClock
 from engage_listener.config import secret_refs as secrets
 from engage_listener.config.auth import AuthConfig
-from engage_listener.config.load import Config, ImapListenerConfig, load_config
+from engage_listener.config.cautions import config_warnings
+from engage_listener.config.load import load_config
+from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.errors import ConfigError, ConfigProblem, EngageError, HookError
 from engage_listener.intake.control import start_of_day
 from engage_listener.intake.retry import backoff
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 SHUTDOWN_GRACE = 6.0  # seconds for listeners to finish the mail in hand
 
 
-def protolog_factory(cfg: ImapListenerConfig, suffix: str = "") -> Callable[[], ProtocolLog | None]:
+def protolog_factory(cfg: ListenerConfig, suffix: str = "") -> Callable[[], ProtocolLog | None]:
     """Opens a connection's protocol log, if configured; `%listener%` is the listener's ID
     plus `suffix` ("-smtp" for its acknowledgements' SMTP sessions, a file of their own)."""
     pattern, name = cfg.protocol_log_file, cfg.id + suffix
@@ -72,7 +74,7 @@ def protolog_factory(cfg: ImapListenerConfig, suffix: str = "") -> Callable[[], 
     return protolog
 
 
-def endpoint_for(cfg: ImapListenerConfig) -> ImapEndpoint:
+def endpoint_for(cfg: ListenerConfig) -> ImapEndpoint:
     """The IMAP endpoint of a listener, with its protocol log if configured."""
     protolog = protolog_factory(cfg)
     return ImapEndpoint(
@@ -132,7 +134,7 @@ def load_hooks(config: Config) -> dict[str, RoutingHook]:
     return hooks
 
 
-def ack_settings(cfg: ImapListenerConfig) -> AckSettings | None:
+def ack_settings(cfg: ListenerConfig) -> AckSettings | None:
     ack = cfg.acknowledgement
     if ack is None or not ack.enabled:
         return None
@@ -183,7 +185,7 @@ async def _send_message(
     return await send_message(endpoint, message, before_data=before_data)
 
 
-def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> EngineSettings:
+def engine_settings(cfg: ListenerConfig, hook: RoutingHook | None) -> EngineSettings:
     return EngineSettings(
         listener=cfg.id,
         extract_attachments=cfg.extract_attachments,
@@ -200,7 +202,7 @@ def engine_settings(cfg: ImapListenerConfig, hook: RoutingHook | None) -> Engine
 
 
 def build_listener(
-    cfg: ImapListenerConfig,
+    cfg: ListenerConfig,
     store: Store,
     clock: Clock,
     stop: asyncio.Event,
@@ -237,7 +239,7 @@ def build_listener(
     )
 
 
-def pop3_endpoint_for(cfg: ImapListenerConfig) -> Pop3Endpoint:
+def pop3_endpoint_for(cfg: ListenerConfig) -> Pop3Endpoint:
     """The same host, credentials, CA and protocol log settings as an IMAP endpoint."""
     from engage_listener.sources.pop3.session import Pop3Endpoint  # noqa: PLC0415 - start-up time
 
@@ -257,7 +259,7 @@ def pop3_endpoint_for(cfg: ImapListenerConfig) -> Pop3Endpoint:
 
 
 def build_pop3_listener(
-    cfg: ImapListenerConfig,
+    cfg: ListenerConfig,
     store: Store,
     clock: Clock,
     stop: asyncio.Event,
@@ -294,7 +296,7 @@ def build_pop3_listener(
 
 
 def build_any(
-    cfg: ImapListenerConfig,
+    cfg: ListenerConfig,
     store: Store,
     clock: Clock,
     stop: asyncio.Event,
@@ -312,7 +314,7 @@ async def run(config: Config, *, once: bool = False) -> int:
     install_loop_exception_handler()  # asyncio's reports go through the secret scrubber
     log = get_logger()
     listeners_cfg = config.enabled_listeners()
-    for warning in config.warnings():
+    for warning in config_warnings(config):
         log.warning("config_warning", message=warning)
     hooks = load_hooks(config)
     check_log_directories(config)
@@ -376,7 +378,7 @@ async def _serve(
     from engage_listener.service.supervisor import Supervisor  # noqa: PLC0415
 
     def build(
-        cfg_all: Config, cfg: ImapListenerConfig, own_stop: asyncio.Event
+        cfg_all: Config, cfg: ListenerConfig, own_stop: asyncio.Event
     ) -> Listener | Pop3Listener:
         return build_any(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), ack_queued)
 

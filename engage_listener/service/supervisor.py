@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engage_listener.config.load import Config, ImapListenerConfig
+from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.errors import ConfigError, EngageError
 from engage_listener.observe.logs import scrub
 
@@ -53,14 +53,14 @@ class Notify(Protocol):
 
 @dataclass
 class Running:
-    config: ImapListenerConfig
+    config: ListenerConfig
     worker: Worker
     stop: asyncio.Event
     task: asyncio.Task[None]
     died: str | None = None  # why the task ended, once noticed
 
 
-Build = Callable[[Config, ImapListenerConfig, asyncio.Event], Worker]
+Build = Callable[[Config, ListenerConfig, asyncio.Event], Worker]
 
 
 class Supervisor:
@@ -79,7 +79,7 @@ class Supervisor:
         for cfg in config.enabled_listeners():
             self._start(config, cfg)
 
-    def _start(self, config: Config, cfg: ImapListenerConfig) -> None:
+    def _start(self, config: Config, cfg: ListenerConfig) -> None:
         stop = asyncio.Event()
         worker = self.build(config, cfg, stop)
         task = asyncio.create_task(worker.run(), name=f"listener:{cfg.id}")

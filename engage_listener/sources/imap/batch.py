@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import QuarantineNow, StoreError
 from engage_listener.intake.parse_ahead import ParseAhead, Preparer
 from engage_listener.sources.imap.session import ImapSession
@@ -57,7 +58,7 @@ class Destination:
 
     output_folder: str | None
     error_folder: str
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     read_from: dt.datetime | None = None  # mail received earlier is left where it is
     max_message_size: int | None = None  # larger mail: only its header is read, quarantined
 

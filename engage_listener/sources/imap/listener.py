@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engage_listener.clock import Clock
+from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import FolderMissingError
 from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.retry import Retrying
@@ -41,7 +42,7 @@ class ListenerSettings:
     max_wait: float
     max_changes: int
     error_folder: str | None = None  # None: "Error" beside the input folder
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail is quarantined unread
 

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from engage_listener.clock import Clock
+from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import ProtocolError, QuarantineNow, StoreError
 from engage_listener.intake.retry import Retrying
 from engage_listener.sources.imap.batch import Handler
@@ -54,7 +55,7 @@ class Pop3Settings:
     interval: float  # SyncMaxWaitTime: seconds between polls
     max_per_batch: int  # SyncMaxChangesCount: new mails taken per poll
     leave_on_server: bool = False
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
 @dataclass

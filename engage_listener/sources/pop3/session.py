@@ -29,7 +29,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engage_listener.config.load import DEFAULT_MAX_MESSAGE_SIZE
+from engage_listener.config.model import DEFAULT_MAX_MESSAGE_SIZE
 from engage_listener.errors import AuthenticationError, ConnectionLostError, ProtocolError, TlsError
 from engage_listener.oauth.provider import TokenRefused, xoauth2_error, xoauth2_payload
 from engage_listener.observe.protolog import ProtocolLog

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from engage_listener.cases.ack import recipient_key
 from engage_listener.errors import StoppedEarly, StoreError
+from engage_listener.mail.fields import recipient_key
 from engage_listener.observe.logs import scrub
 from engage_listener.store.interface import (
     CaseInfo,

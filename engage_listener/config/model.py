@@ -1,0 +1,175 @@
+"""The configuration as the daemon uses it: frozen dataclasses, each default defined once.
+
+`config.load` builds these from the XML (and applies nothing but what the file says:
+an absent element leaves the field's default here). Every name follows its XML element
+(`SyncMaxWaitTime` is `sync_max_wait_time` wherever it is used).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from engage_listener.config.ack import AckConfig
+from engage_listener.config.auth import AuthConfig
+
+DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
+DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # 150 MB: the largest mail Exchange Online accepts
+DEFAULT_PROTOCOL_LOG_KEEP_DAYS = 14
+
+DEFAULT_MAX_ATTEMPTS = 3  # failed tries of one mail before it is quarantined
+DEFAULT_SYNC_MAX_WAIT_TIME = 60  # seconds a change waits for its batch
+DEFAULT_SYNC_MAX_CHANGES_COUNT = 10  # changes that start a batch at once
+DEFAULT_ROUTING_TIMEOUT = 10  # seconds a routing hook may take
+
+FollowUpsFrom = Literal["Participants", "Anyone"]  # who may join a case by token or header
+UnknownSender = Literal["CreateCustomer", "DefaultCustomer", "Quarantine"]
+AutomaticMail = Literal["Ignore", "OpenCase"]  # Ignore: never opens a case
+Protocol = Literal["imap", "pop3"]
+
+
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret; repr() and str() mask it so a logged or printed config never leaks it."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """Give the value; call it only where the secret is really used (the login)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One ImapListener block, defaults applied."""
+
+    id: str
+    host: str
+    port: int
+    username: str
+    password: Secret
+    use_ssl: bool
+    source_line: int
+    input_folder: str = "INBOX"
+    output_folder: str | None = None
+    extract_attachments: bool = False
+    sync_max_wait_time: int = DEFAULT_SYNC_MAX_WAIT_TIME
+    sync_max_changes_count: int = DEFAULT_SYNC_MAX_CHANGES_COUNT
+    protocol_log_file: str | None = None
+    ca_file: Path | None = None
+    enabled: bool = True
+    case_process: str | None = None
+    unknown_sender: UnknownSender = "CreateCustomer"
+    default_customer_id: int | None = None
+    automatic_mail: AutomaticMail = "Ignore"
+    subject_prefixes: tuple[str, ...] = ()
+    routing_hook: str | None = None
+    routing_hook_line: int = 0
+    routing_timeout: int = DEFAULT_ROUTING_TIMEOUT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    error_folder: str | None = None
+    acknowledgement: AckConfig | None = None
+    protocol_log_bodies: bool = False
+    protocol_log_max_size: int = 10 * 1024 * 1024
+    protocol_log_keep: int = 5
+    read_from_date: dt.date | None = None
+    time_zone: str = "UTC"
+    require_approval: bool = False
+    protocol: Protocol = "imap"  # "pop3": a Pop3Listener block
+    leave_on_server: bool = False  # POP3 only
+    authentication: AuthConfig | None = None  # None: the Password
+    allow_plaintext_login: bool = False  # UseSsl False without STARTTLS/STLS may log in
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail: quarantined `oversize`
+    follow_ups_from: FollowUpsFrom = "Participants"  # who may join a case by token/header
+    protocol_log_keep_days: int = DEFAULT_PROTOCOL_LOG_KEEP_DAYS  # prune older log files
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the case store lives."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The optional Prometheus endpoint."""
+
+    host: str
+    port: int
+    health_max_age: int = 900
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration file."""
+
+    path: Path
+    imap_listeners: tuple[ListenerConfig, ...]
+    use_imap_listener: bool
+    store: StoreConfig
+    pop3_listeners: tuple[ListenerConfig, ...] = ()
+    use_pop3_listener: bool = False
+    metrics: MetricsConfig | None = None
+
+    @property
+    def listeners(self) -> tuple[ListenerConfig, ...]:
+        """Every listener block, IMAP and POP3, in file order within each kind."""
+        return self.imap_listeners + self.pop3_listeners
+
+    def enabled_listeners(self) -> tuple[ListenerConfig, ...]:
+        """The listeners to run: a kind runs only while its Process/Use... flag is True."""
+        imap = self.imap_listeners if self.use_imap_listener else ()
+        pop3 = self.pop3_listeners if self.use_pop3_listener else ()
+        return tuple(lst for lst in imap + pop3 if lst.enabled)
+
+
+def describe(listener: ListenerConfig) -> str:
+    """One line for check-config; shows no secret."""
+    lst = listener
+    target = f"{lst.output_folder} (move)" if lst.output_folder else "(delete)"
+    if lst.protocol == "pop3":
+        target = "(leave on server)" if lst.leave_on_server else "(delete)"
+    kind = "POP3 " if lst.protocol == "pop3" else ""
+    extras = [
+        "attachments extracted," if lst.extract_attachments else "",
+        f"CA {lst.ca_file}," if lst.ca_file else "",
+        f"protocol log {lst.protocol_log_file}," if lst.protocol_log_file else "",
+    ]
+    return " ".join(
+        [
+            f"{lst.id}: {kind}{lst.host}:{lst.port} {'TLS' if lst.use_ssl else 'plain'}",
+            f"user={lst.username} {lst.input_folder} -> {target},",
+            f"batch {lst.sync_max_changes_count} mails or {lst.sync_max_wait_time} s,",
+            *filter(None, extras),
+            "enabled" if lst.enabled else "disabled",
+        ]
+    )
+
+
+def oauth_logins(listener: ListenerConfig) -> list[tuple[str, AuthConfig, str, str]]:
+    """(what, auth, username, purpose) of each OAuth2 account a listener uses.
+
+    The listener's own mailbox (purpose imap or pop3) and its Acknowledgement SMTP
+    account (purpose smtp), for `engage-listener auth login` and `auth status`.
+    """
+    found: list[tuple[str, AuthConfig, str, str]] = []
+    auth = listener.authentication
+    if auth is not None and auth.is_oauth:
+        kind = "POP3" if listener.protocol == "pop3" else "IMAP"
+        found.append((f"{listener.id} {kind}", auth, listener.username, listener.protocol))
+    ack = listener.acknowledgement
+    smtp = ack.smtp if ack is not None else None
+    if smtp is not None and smtp.authentication is not None and smtp.authentication.is_oauth:
+        found.append((f"{listener.id} SMTP", smtp.authentication, smtp.username or "", "smtp"))
+    return found
