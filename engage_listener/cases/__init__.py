@@ -1,1 +1,11 @@
-"""cases."""
+"""The case engine: a parsed mail becomes a case or joins one, routed and maybe
+acknowledged, in one store transaction.
+
+- `engine`: customer, case, follow-up, routing and acknowledgement decisions for one mail.
+- `follow_ups`: which case a reply may join (participants only, within the process).
+- `ack`: composing acknowledgements and whether to send one at all.
+- `hooks`, `hook_types`, `hooks_sql`: the installation's routing procedure (python:, sql:).
+
+May import: `store` (the interface only), `mail`, `config`, `observe.logs`, `errors`.
+Never a source, never a concrete store (import-linter contracts).
+"""
