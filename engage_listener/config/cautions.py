@@ -1,6 +1,6 @@
 """The warnings of a valid configuration: settings that work but an operator should know of.
 
-Part of `config` (`Config.warnings`), kept apart for size. Every setting that lets a
+Read by check-config and at start-up (`config_warnings`). Every setting that lets a
 credential travel in clear is warned each time check-config runs and at start-up, on
 purpose: it must never become something people stop seeing.
 """
@@ -31,7 +31,7 @@ def config_warnings(config: Config) -> list[str]:
             f"metrics endpoint on {where}:{config.metrics.port} is reachable from the "
             "network; it has no authentication"
         )
-    return found
+    return [*config.notices, *found]
 
 
 def _loopback(host: str) -> bool:

@@ -146,6 +146,22 @@ def _secret_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     return problems
 
 
+def _password_notices(root: etree._Element, path: Path) -> tuple[str, ...]:
+    """Passwords typed as is that look encrypted by the original service (see
+    `secret_refs.looks_like_original_cipher`): valid, so a warning, not a problem."""
+    found = []
+    for node in root.iter("Password"):
+        value = _text(node)
+        if secrets.looks_like_original_cipher(value):
+            found.append(
+                f"{path}:{_line(node)}: Password looks encrypted by the original integration "
+                "service; engage-listener cannot decrypt it and will send it as typed. Put the "
+                "real password in with `engage-listener encrypt-password` (enc:...) or "
+                "env:/file:/credential:, or write plain:VALUE if it really is the password"
+            )
+    return tuple(found)
+
+
 def _known_zone(name: str) -> bool:
     try:
         zoneinfo.ZoneInfo(name)
@@ -291,5 +307,6 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         pop3_listeners=tuple(_pop3(b, path) for b in root.iterchildren("Pop3Listener")),
         use_pop3_listener=_flag(process, "UsePop3Listener", False),
         metrics=_metrics(blocks["Metrics"]) if "Metrics" in blocks else None,
+        notices=_password_notices(root, path),
         store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),
     )

@@ -121,6 +121,7 @@ class Config:
     pop3_listeners: tuple[ListenerConfig, ...] = ()
     use_pop3_listener: bool = False
     metrics: MetricsConfig | None = None
+    notices: tuple[str, ...] = ()  # warnings only the XML text shows (see config.cautions)
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:

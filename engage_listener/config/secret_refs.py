@@ -26,6 +26,7 @@ import base64
 import binascii
 import getpass
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -178,6 +179,22 @@ def resolve(
         secret = _credential(rest, environ)
     register_secret(secret)
     return secret
+
+
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]{22,}={0,2}$")
+
+
+def looks_like_original_cipher(value: str) -> bool:
+    """Whether a Password typed as is looks like a value the original integration service
+    encrypted (``ZR9Zf9oiGhE3olsLuXgnUA==``): base64 of whole 16-byte blocks and nothing
+    else. We cannot decrypt those, and would send them as typed, failing every login."""
+    if not _BASE64.match(value) or len(value) % 4:
+        return False
+    try:
+        size = len(base64.b64decode(value, validate=True))
+    except ValueError:
+        return False
+    return size > 0 and size % 16 == 0
 
 
 def _credential(name: str, environ: Mapping[str, str]) -> str:
