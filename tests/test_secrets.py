@@ -89,8 +89,8 @@ def test_missing_key_message(tmp_path: Path) -> None:
     missing = tmp_path / KEY_NAME
     with pytest.raises(SecretError) as info:
         load_key(missing)
-    assert str(info.value) == (
-        f"no key file at {missing}: create one with `engage-listener keygen`"
+    assert str(info.value).startswith(
+        f"no key file at {missing}: create one with `engage-listener keygen --key-file {missing}`"
     )
     with pytest.raises(SecretError, match="no key file"):
         resolve("enc:v1:QUJD", key_path=missing)

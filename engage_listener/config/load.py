@@ -126,7 +126,7 @@ def key_path(root: etree._Element, path: Path) -> Path:
     """The key for enc: values: Secrets/KeyFile, else the systemd/state default."""
     block = _values(root).get("Secrets")
     key = _optional(_values(block), "KeyFile") if block is not None else None
-    return _relative_to(path, key) if key else secrets.default_key_path()
+    return _relative_to(path, key) if key else secrets.default_key_path(config_dir=path.parent)
 
 
 def _secret(node: etree._Element, root: etree._Element, path: Path) -> str:

@@ -37,6 +37,7 @@ from engage_listener.observe.logs import register_secret
 
 KEY_NAME = "engage-listener.key"
 DEFAULT_STATE_DIR = Path("/var/lib/engage-listener")
+DEFAULT_CONFIG_DIR = Path("/etc/engage-listener")  # where the README keeps the XML and key
 
 _ENC_PREFIX = "enc:"
 _ENC_VERSION = "v1:"
@@ -47,15 +48,34 @@ _TAG_BYTES = 16
 _DECRYPT_FAILED = "cannot decrypt: wrong key or tampered value"
 
 
-def default_key_path(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the key lives: a systemd credential if one was passed, else the state directory."""
+def default_key_path(
+    environ: Mapping[str, str] = os.environ, config_dir: Path | None = None
+) -> Path:
+    """Where the key lives: the first existing of `key_candidates`, else the last of them.
+
+    The service finds it as a systemd credential; a command run from a shell finds the
+    very same file next to the configuration (the README's layout keeps it in
+    /etc/engage-listener and hands it to the service with LoadCredential=). Looking only
+    in the state directory made every shell command fail, and its advice (`keygen`)
+    create a second, different key.
+    """
+    candidates = key_candidates(environ, config_dir)
+    return next((path for path in candidates if path.is_file()), candidates[-1])
+
+
+def key_candidates(
+    environ: Mapping[str, str] = os.environ, config_dir: Path | None = None
+) -> list[Path]:
+    """Where a key is looked for, in order: the systemd credential, the configuration's
+    directory (DEFAULT_CONFIG_DIR when not given), the state directory."""
+    found: list[Path] = []
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
-        candidate = Path(credentials) / KEY_NAME
-        if candidate.is_file():
-            return candidate
+        found.append(Path(credentials) / KEY_NAME)
+    found.append((config_dir or DEFAULT_CONFIG_DIR) / KEY_NAME)
     state = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return (Path(state) if state else DEFAULT_STATE_DIR) / KEY_NAME
+    found.append((Path(state) if state else DEFAULT_STATE_DIR) / KEY_NAME)
+    return found
 
 
 def generate_key(path: Path) -> None:
@@ -90,7 +110,9 @@ def load_key(path: Path) -> bytes:
             text = handle.read(4096).decode("ascii")
     except FileNotFoundError:
         raise SecretError(
-            f"no key file at {path}: create one with `engage-listener keygen`"
+            f"no key file at {path}: create one with `engage-listener keygen --key-file "
+            f"{path}` (looked for, in order: $CREDENTIALS_DIRECTORY, the configuration's "
+            "directory, the state directory; Secrets/KeyFile names it outright)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not a key file"

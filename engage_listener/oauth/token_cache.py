@@ -187,6 +187,7 @@ class TokenCache:
         lock_path = self.path.with_name(self.path.name + ".lock")
         with self._lock:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _give_to_directory_owner(fd, directory)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -199,6 +200,7 @@ class TokenCache:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 os.fchmod(out.fileno(), 0o600)
+                _give_to_directory_owner(out.fileno(), self.path.parent)
                 json.dump({"version": _VERSION, "entries": entries}, out, indent=1)
                 out.flush()
                 os.fsync(out.fileno())
@@ -206,3 +208,14 @@ class TokenCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _give_to_directory_owner(fd: int, directory: Path) -> None:
+    """Root writing into someone else's state directory (`auth login` from a shell, the
+    service running as systemd's DynamicUser) gives the file to that directory's owner:
+    a root-owned 0600 file there is one the service can never read."""
+    if os.geteuid() != 0:
+        return
+    info = directory.stat()
+    if info.st_uid != 0 or info.st_gid != 0:
+        os.fchown(fd, info.st_uid, info.st_gid)

@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     keygen = sub.add_parser("keygen", help="create the key file for enc: passwords (mode 0600)")
     keygen.add_argument(
-        "--key-file", type=Path, help="default: $CREDENTIALS_DIRECTORY, then the state directory"
+        "--key-file",
+        type=Path,
+        help="default: the key already found ($CREDENTIALS_DIRECTORY, /etc/engage-listener, the "
+        "state directory), else the state directory",
     )
     encrypt = sub.add_parser(
         "encrypt-password", help="read a secret from the terminal or stdin, print its enc: form"
