@@ -90,6 +90,7 @@ class AuthCode:
     challenge: str
     redirect_uri: str
     scope: str
+    nonce: str = ""  # Microsoft: echoed in the id token, which msal checks
 
 
 @dataclass
@@ -194,13 +195,17 @@ class OAuthTestServer:
             self.state.service_accounts[email] = (key, subjects)
 
     def consent(self, url: str, user: str) -> str:
-        """The user allows access at the printed consent URL: the address they land on."""
+        """The user allows access at the printed consent URL: the address they land on.
+        A Microsoft authorize URL must ask for S256 PKCE, as msal does."""
         query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        if "/oauth2/v2.0/authorize" in url:
+            assert query.get("code_challenge_method") == "S256", query
+            assert query.get("response_type") == "code", query
         code = "code-" + secrets.token_urlsafe(12)
         with self.lock:
             self.state.codes[code] = AuthCode(
                 query["client_id"], user, query["code_challenge"], query["redirect_uri"],
-                query["scope"],
+                query["scope"], query.get("nonce", ""),
             )  # fmt: skip
         return f"{query['redirect_uri']}/?state={query['state']}&code={code}&scope=x"
 
@@ -272,7 +277,7 @@ class OAuthTestServer:
             body["refresh_token"] = refresh
         return body
 
-    def _ms_identity(self, grant: Grant) -> dict[str, Any]:
+    def _ms_identity(self, grant: Grant, nonce: str = "") -> dict[str, Any]:
         issuer = f"{self.authority}/{grant.tenant}/v2.0"
         uid = hashlib.sha256(grant.user.encode()).hexdigest()[:16]
         claims = {
@@ -280,6 +285,8 @@ class OAuthTestServer:
             "preferred_username": grant.user, "iat": int(time.time()),
             "exp": int(time.time()) + 3600,
         }  # fmt: skip
+        if nonce:
+            claims["nonce"] = nonce
         header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
         info = {"uid": uid, "utid": grant.tenant}
         return {
@@ -328,6 +335,8 @@ class OAuthTestServer:
             del self.state.devices[form["device_code"]]
             grant = Grant(device.user, app.client_id, device.scope, tenant)
             return 200, {**self._tokens(device.user, grant), **self._ms_identity(grant)}
+        if grant_type == "authorization_code":
+            return self._ms_code(app, tenant, form)
         if grant_type == "refresh_token":
             grant = self.state.refresh.get(form.get("refresh_token", ""))
             if grant is None:
@@ -338,6 +347,24 @@ class OAuthTestServer:
             self.state.refresh[body["refresh_token"]] = grant
             return 200, {**body, **self._ms_identity(grant)}
         return 400, {"error": "unsupported_grant_type"}
+
+    def _ms_code(self, app: MsApp, tenant: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Authorization code with PKCE: the code once, its verifier and redirect URI."""
+        code = self.state.codes.pop(form.get("code", ""), None)
+        verifier = form.get("code_verifier", "")
+        challenge = _b64(hashlib.sha256(verifier.encode()).digest())
+        if code is None or code.client_id != app.client_id:
+            return self._ms_error(400, "invalid_grant", 70008, "The provided authorization "
+                                  "code or refresh token has expired.")  # fmt: skip
+        if code.challenge != challenge:
+            return self._ms_error(400, "invalid_grant", 501481, "The Code_Verifier does not "
+                                  "match the code_challenge supplied in the authorization "
+                                  "request.")  # fmt: skip
+        if code.redirect_uri != form.get("redirect_uri"):
+            return self._ms_error(400, "invalid_grant", 50148, "The redirect_uri does not "
+                                  "match.")  # fmt: skip
+        grant = Grant(code.user, app.client_id, code.scope, tenant)
+        return 200, {**self._tokens(code.user, grant), **self._ms_identity(grant, code.nonce)}
 
     def _ms_client_auth(self, app: MsApp, form: dict[str, str], endpoint: str) -> Any:
         if "client_assertion" in form:

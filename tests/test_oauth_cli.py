@@ -1,7 +1,9 @@
 """`engage-listener auth login` as operators run it: a subprocess, the XML file, the local
 identity provider, the terminal (stdout for what to do, stdin for a pasted address).
 
-The Microsoft device code flow is driven for real: the command prints the verification
+Microsoft and Google sign in by default with a printed address and a pasted one (the
+authorization code flow with PKCE): the test plays the browser with the identity provider's
+`consent`. The Microsoft device code flow (`--device-code`) is driven for real too: the command prints the verification
 URL and code and keeps polling the identity provider, which answers
 "authorization_pending" until the test approves the sign-in (what the user's browser would
 do), then the command stores the tokens and exits 0.
@@ -102,10 +104,12 @@ def cli(state: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess
 class Terminal:
     """`auth login` running as a subprocess; stdout is collected line by line."""
 
-    def __init__(self, state: Path, config: Path, listener: str = "Cloud") -> None:
+    def __init__(
+        self, state: Path, config: Path, listener: str = "Cloud", *options: str
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engage_listener", "auth", "login", listener,
-             "--config", str(config)],
+             "--config", str(config), *options],
             env=env(state), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -190,9 +194,9 @@ def test_device_code_login_shows_url_and_code_waits_for_approval_then_status_is_
     (before,) = status_rows(state, config)
     assert before["account"] == USER
     assert before["state"].startswith("not signed in")
-    assert before["kind"] == "Microsoft delegated (device code sign-in)"
+    assert before["kind"] == "Microsoft delegated (sign-in by pasted address or device code)"
 
-    terminal = Terminal(state, config)
+    terminal = Terminal(state, config, "Cloud", "--device-code")
     try:
         terminal.wait_for(lambda: CODE_LINE.search(terminal.output) is not None, "the code")
         url, code = CODE_LINE.search(terminal.output).groups()  # type: ignore[union-attr]
@@ -242,7 +246,7 @@ def test_device_code_never_approved_fails_with_advice(
     idp.add_ms_app("tenant-a", "public-1")
     idp.device_user, idp.device_pending = USER, 10_000
     config = write_config(tmp_path, state, USER, microsoft_block(idp))
-    terminal = Terminal(state, config)
+    terminal = Terminal(state, config, "Cloud", "--device-code")
     try:
         terminal.wait_for(lambda: CODE_LINE.search(terminal.output) is not None, "the code")
         abandon_device_sign_in(idp)
@@ -318,6 +322,88 @@ def test_google_login_with_another_attempts_address_fails(
     finally:
         terminal.kill()
     assert "another sign-in attempt" in terminal.output
+    assert idp.grants("authorization_code") == 0
+    (row,) = status_rows(state, config)
+    assert row["state"] != "signed in"
+
+
+# ----- Microsoft by pasted address (authorization code with PKCE) -------------------------------
+def microsoft_sign_in(terminal: Terminal, idp: OAuthTestServer) -> str:
+    """Wait for the printed sign-in address; the user signs in there: where they land."""
+    terminal.wait_for(lambda: "Paste that whole address" in terminal.output, "the prompt")
+    url = next(w for w in terminal.output.split() if "/oauth2/v2.0/authorize?" in w)
+    assert "code_challenge=" in url and "code_challenge_method=S256" in url
+    return idp.consent(url, USER)
+
+
+@pytest.mark.parametrize("paste", ["url", "code"])
+def test_microsoft_login_by_pasted_address_where_device_code_is_blocked(
+    idp: OAuthTestServer, state: Path, tmp_path: Path, paste: str
+) -> None:
+    idp.add_ms_app("tenant-a", "public-1")
+    config = write_config(tmp_path, state, USER, microsoft_block(idp))
+    terminal = Terminal(state, config)
+    try:
+        landed = microsoft_sign_in(terminal, idp)
+        assert landed.startswith("http://localhost/?")  # the default RedirectUri
+        terminal.paste(landed if paste == "url" else landed.split("code=")[1].split("&")[0])
+        assert terminal.finish() == 0, terminal.output + terminal.stderr()
+    finally:
+        terminal.kill()
+    assert f"Signed in as {USER}; the tokens are stored encrypted." in terminal.output
+    assert idp.grants("authorization_code") == 1 and idp.grants(DEVICE_GRANT) == 0
+    no_secrets(terminal.output + (state / "oauth-tokens.json").read_text(), idp)
+    # The daemon then refreshes silently with what was stored.
+    (cfg, _) = load_config(config).imap_listeners
+    assert cfg.authentication is not None
+    key = engage_secrets.load_key(state / "engage-listener.key")
+    cache = TokenCache(state / "oauth-tokens.json", key)
+    imap = provider_for(cfg.authentication, USER, cache=cache, purpose="imap")
+    assert idp.valid(USER, asyncio.run(imap.token(force_refresh=True)))
+    assert idp.grants("refresh_token") == 1
+
+
+def test_microsoft_login_uses_the_configured_redirect_uri(
+    idp: OAuthTestServer, state: Path, tmp_path: Path
+) -> None:
+    idp.add_ms_app("tenant-a", "public-1")
+    block = microsoft_block(idp).replace(
+        "</Authentication>", "<RedirectUri>https://login.microsoftonline.com/common/oauth2/"
+        "nativeclient</RedirectUri></Authentication>"
+    )
+    config = write_config(tmp_path, state, USER, block)
+    terminal = Terminal(state, config)
+    try:
+        landed = microsoft_sign_in(terminal, idp)
+        assert landed.startswith("https://login.microsoftonline.com/common/oauth2/nativeclient")
+        terminal.paste(landed)
+        assert terminal.finish() == 0, terminal.output + terminal.stderr()
+    finally:
+        terminal.kill()
+
+
+@pytest.mark.parametrize(
+    ("pasted", "expected"),
+    [
+        ("http://localhost/?state=someone-else&code=code-xyz", "another sign-in attempt"),
+        ("http://localhost/?error=access_denied&error_description=AADSTS65004%3A+declined",
+         "access_denied"),
+    ],
+)
+def test_microsoft_login_refuses_another_attempt_or_a_denial(
+    idp: OAuthTestServer, state: Path, tmp_path: Path, pasted: str, expected: str
+) -> None:
+    idp.add_ms_app("tenant-a", "public-1")
+    config = write_config(tmp_path, state, USER, microsoft_block(idp))
+    terminal = Terminal(state, config)
+    try:
+        microsoft_sign_in(terminal, idp)
+        terminal.paste(pasted)
+        assert terminal.finish() == 1
+        errors = terminal.stderr()
+    finally:
+        terminal.kill()
+    assert expected in terminal.output and "Traceback" not in errors
     assert idp.grants("authorization_code") == 0
     (row,) = status_rows(state, config)
     assert row["state"] != "signed in"

@@ -71,7 +71,7 @@ def test_microsoft_app_only_with_encrypted_secret_needs_no_password(tmp_path: Pa
 
 def test_delegated_certificate_and_google_kinds(tmp_path: Path) -> None:
     cases = {
-        "<Type>Microsoft</Type><TenantId>t</TenantId><ClientId>c</ClientId>": "device_code",
+        "<Type>Microsoft</Type><TenantId>t</TenantId><ClientId>c</ClientId>": "delegated",
         "<Type>Microsoft</Type><TenantId>t</TenantId><ClientId>c</ClientId>"
         "<CertificateFile>app.pem</CertificateFile>": "client_credentials",
         "<Type>Google</Type><ServiceAccountKeyFile>sa.json</ServiceAccountKeyFile>": (

@@ -191,7 +191,9 @@ async def sign_in_by_device_code(
     idp.device_user, idp.device_pending = user, pending  # each pending poll waits 1 s
     auth = ms_auth(idp, key_file, client_id="public-1")
     out = io.StringIO()
-    await login_interactive(auth, user, tokens, out=out, inp=io.StringIO(), purpose="imap")
+    await login_interactive(
+        auth, user, tokens, out=out, inp=io.StringIO(), purpose="imap", device_code=True
+    )
     return auth, out.getvalue()
 
 

@@ -37,6 +37,7 @@ from engage_listener.config.xmltree import (
 from engage_listener.errors import ConfigProblem, SecretError
 
 AUTH_TYPES = ("Password", "Microsoft", "Google")
+DEFAULT_REDIRECT_URI = "http://localhost"
 _MICROSOFT_ONLY = ("TenantId", "CertificateFile", "CertificateThumbprint", "Authority")
 _GOOGLE_ONLY = ("ServiceAccountKeyFile", "TokenUri")
 _THUMBPRINT = re.compile(r"^[0-9A-Fa-f]{40}$")
@@ -57,6 +58,7 @@ class AuthConfig:
     service_account_key_file: Path | None = None
     token_uri: str | None = None
     ca_file: Path | None = None
+    redirect_uri: str = DEFAULT_REDIRECT_URI  # delegated sign-in: where the browser lands
     key_path: Path | None = None  # the key that seals the token cache
     source_line: int = 0
 
@@ -66,10 +68,10 @@ class AuthConfig:
 
     @property
     def flow(self) -> str:
-        """password, client_credentials, device_code, service_account or installed_app."""
+        """password, client_credentials, delegated, service_account or installed_app."""
         if self.type == "Microsoft":
             app_only = self.client_secret is not None or self.certificate_file is not None
-            return "client_credentials" if app_only else "device_code"
+            return "client_credentials" if app_only else "delegated"
         if self.type == "Google":
             return "service_account" if self.service_account_key_file else "installed_app"
         return "password"
@@ -81,7 +83,7 @@ class AuthConfig:
             "client_credentials": "Microsoft app-only ("
             + ("certificate" if self.certificate_file else "client secret")
             + ")",
-            "device_code": "Microsoft delegated (device code sign-in)",
+            "delegated": "Microsoft delegated (sign-in by pasted address or device code)",
             "service_account": "Google service account (domain-wide delegation)",
             "installed_app": "Google installed app (refresh token)",
         }.get(self.flow, "password")
@@ -250,6 +252,7 @@ def auth_config(node: etree._Element, path: Path, key_path: Path | None = None) 
         service_account_key_file=file("ServiceAccountKeyFile"),
         token_uri=optional(found, "TokenUri"),
         ca_file=file("CaFile"),
+        redirect_uri=optional(found, "RedirectUri") or DEFAULT_REDIRECT_URI,
         key_path=key_path or secrets.default_key_path(),
         source_line=line(node),
     )

@@ -36,7 +36,6 @@ from engage_listener.observe.logs import register_secret
 
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
 AUTH_URI = "https://accounts.google.com/o/oauth2/v2/auth"
-REDIRECT_URI = "http://localhost"
 HTTP_TIMEOUT = 30
 
 
@@ -114,7 +113,8 @@ class GoogleAccount(Account):
         )
 
     # ----- sign-in ----------------------------------------------------------------------
-    def _sign_in(self, scopes: list[str], out: TextIO, inp: TextIO) -> float:
+    def _sign_in(self, scopes: list[str], out: TextIO, inp: TextIO, device_code: bool) -> float:
+        del device_code  # Google's installed apps have no device code flow for Gmail
         if self._service_account:
             _token, expires_in, _fresh = self._fetch(scopes, True)
             print(f"Service account access to {self.username} works (no sign-in needed).", file=out)
@@ -124,7 +124,7 @@ class GoogleAccount(Account):
         state = secrets.token_urlsafe(16)
         query = {
             "client_id": self.auth.client_id,
-            "redirect_uri": REDIRECT_URI,
+            "redirect_uri": self.auth.redirect_uri,
             "response_type": "code",
             "scope": " ".join(scopes),
             "access_type": "offline",
@@ -136,7 +136,8 @@ class GoogleAccount(Account):
         }
         print(f"1. Open this address in a browser and sign in as {self.username}:", file=out)
         print(f"   {AUTH_URI}?{urlencode(query)}", file=out)
-        print("2. Allow access. The browser then goes to http://localhost/?...code=...", file=out)
+        print(f"2. Allow access. The browser then goes to {self.auth.redirect_uri}/?...code=...",
+              file=out)
         print("   and shows an error page: that is expected.", file=out)
         print("3. Paste that whole address (or only the code) here and press Enter:", file=out)
         out.flush()
@@ -149,7 +150,7 @@ class GoogleAccount(Account):
             "code": code,
             "client_id": self.auth.client_id,
             "client_secret": self.auth.client_secret,
-            "redirect_uri": REDIRECT_URI,
+            "redirect_uri": self.auth.redirect_uri,
             "code_verifier": verifier,
         }
         try:

@@ -1,4 +1,5 @@
-"""Microsoft Entra ID with msal: app-only client credentials, or delegated device code.
+"""Microsoft Entra ID with msal: app-only client credentials, or a delegated sign-in by a
+pasted address (authorization code with PKCE) or by device code.
 
 MSAL keeps its own cache (access tokens per scope, the refresh token, the
 account); it is serialised into the encrypted token cache entry whenever MSAL
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, TextIO
+from urllib.parse import parse_qs, urlsplit
 
 import msal
 import requests
@@ -152,26 +154,61 @@ class MicrosoftAccount(Account):
         )
 
     # ----- sign-in ----------------------------------------------------------------------
-    def _sign_in(self, scopes: list[str], out: TextIO, inp: TextIO) -> float:
+    def _sign_in(self, scopes: list[str], out: TextIO, inp: TextIO, device_code: bool) -> float:
         app = self._application()
         if self.app_only:
             _token, expires_in, _fresh = self._fetch(scopes, True)
             print(f"App-only access for {self.username} works (no sign-in needed).", file=out)
             return expires_in
         try:
-            flow = app.initiate_device_flow(scopes=scopes)
-            if "user_code" not in flow:
-                raise self._error(flow)
-            message = flow.get("message") or (
-                f"To sign in, open {flow['verification_uri']} and enter the code "
-                f"{flow['user_code']}."
-            )
-            print(message, file=out)
-            print(f"Sign in as {self.username} (or a user who may open it); waiting...", file=out)
-            out.flush()
-            result = app.acquire_token_by_device_flow(flow)
+            if device_code:
+                result = self._by_device_code(app, scopes, out)
+            else:
+                result = self._by_pasted_address(app, scopes, out, inp)
         except requests.RequestException as exc:
             raise _unreachable(exc) from None
+        return self._signed_in(app, result, out)
+
+    def _by_device_code(self, app: Any, scopes: list[str], out: TextIO) -> dict[str, Any]:
+        flow = app.initiate_device_flow(scopes=scopes)
+        if "user_code" not in flow:
+            raise self._error(flow)
+        message = flow.get("message") or (
+            f"To sign in, open {flow['verification_uri']} and enter the code "
+            f"{flow['user_code']}."
+        )
+        print(message, file=out)
+        print(f"Sign in as {self.username} (or a user who may open it); waiting...", file=out)
+        out.flush()
+        result: dict[str, Any] = app.acquire_token_by_device_flow(flow)
+        return result
+
+    def _by_pasted_address(
+        self, app: Any, scopes: list[str], out: TextIO, inp: TextIO
+    ) -> dict[str, Any]:
+        """Authorization code with PKCE (msal makes the verifier, state and nonce): works
+        where Conditional Access blocks the device code flow. The browser lands on the
+        redirect URI, which nothing serves; the operator pastes that address back."""
+        redirect = self.auth.redirect_uri
+        flow = app.initiate_auth_code_flow(
+            scopes, redirect_uri=redirect, login_hint=self.username, prompt="select_account"
+        )
+        print(f"1. Open this address in a browser and sign in as {self.username}:", file=out)
+        print(f"   {flow['auth_uri']}", file=out)
+        print(f"2. The browser then goes to {redirect}/?code=...", file=out)
+        print("   and shows an error page: that is expected.", file=out)
+        print("3. Paste that whole address (or only the code) here and press Enter:", file=out)
+        out.flush()
+        response = _pasted_response(inp.readline(), str(flow["state"]))
+        try:
+            result: dict[str, Any] = app.acquire_token_by_auth_code_flow(flow, response)
+        except ValueError:  # msal: state mismatch or a flow it cannot continue
+            raise OAuthError(
+                "the pasted address belongs to another sign-in attempt", LOGIN_AGAIN
+            ) from None
+        return result
+
+    def _signed_in(self, app: Any, result: dict[str, Any], out: TextIO) -> float:
         _token, expires_in, _fresh = self._token_of(result)
         claims = result.get("id_token_claims") or {}
         signed_in = str(claims.get("preferred_username") or self.username)
@@ -182,6 +219,25 @@ class MicrosoftAccount(Account):
         self._msal_cache.has_state_changed = False
         print(f"Signed in as {signed_in}; the tokens are stored encrypted.", file=out)
         return expires_in
+
+
+def _pasted_response(line: str, state: str) -> dict[str, str]:
+    """The redirect's query parameters from a pasted address, or the pasted code alone."""
+    text = line.strip()
+    if not text:
+        raise OAuthError("nothing was pasted", "Run the sign-in again and paste the address.")
+    if "code=" not in text and "error=" not in text:
+        return {"code": text, "state": state}
+    query = urlsplit(text).query if "?" in text else text.lstrip("#")
+    params = {name: values[0] for name, values in parse_qs(query).items()}
+    if "error" in params:
+        codes = _codes(params.get("error_description", ""))
+        raise OAuthError(
+            f"Microsoft sign-in: {params['error']}",
+            microsoft_advice(codes, params["error"]),
+            f"AADSTS{codes[0]}" if codes else params["error"],
+        )
+    return params
 
 
 def _codes(text: str) -> list[str]:

@@ -170,11 +170,13 @@ class Account:
             self._note(**changes)
             return token
 
-    def login(self, scopes: list[str], out: TextIO, inp: TextIO) -> None:
+    def login(
+        self, scopes: list[str], out: TextIO, inp: TextIO, device_code: bool = False
+    ) -> None:
         with self._lock:
             self._reload()
             try:
-                expires_in = self._sign_in(scopes, out, inp)
+                expires_in = self._sign_in(scopes, out, inp, device_code)
             except OAuthError as exc:
                 self._note(last_error=exc.advice or str(exc))
                 raise
@@ -188,8 +190,9 @@ class Account:
         """(access token, seconds it stays valid, whether it came from the provider)."""
         raise NotImplementedError
 
-    def _sign_in(self, scopes: list[str], out: TextIO, inp: TextIO) -> float:
-        """The interactive part; returns how long the access token it got stays valid."""
+    def _sign_in(self, scopes: list[str], out: TextIO, inp: TextIO, device_code: bool) -> float:
+        """The interactive part; returns how long the access token it got stays valid.
+        `device_code`: Microsoft's device code flow instead of a pasted sign-in address."""
         raise NotImplementedError
 
     def _save(self, **meta: Any) -> None:
@@ -291,10 +294,12 @@ async def login_interactive(
     out: TextIO,
     inp: TextIO,
     purpose: str,
+    device_code: bool = False,
 ) -> None:
-    """The once-only sign-in (device code, consent URL); app-only kinds just get a token."""
+    """The once-only sign-in (a pasted sign-in address, or Microsoft's device code);
+    app-only kinds just get a token."""
     account = account_for(auth, username, cache)
-    await _in_daemon_thread(account.login, scopes_for(auth, purpose), out, inp)
+    await _in_daemon_thread(account.login, scopes_for(auth, purpose), out, inp, device_code)
 
 
 async def _in_daemon_thread(fn: Callable[..., None], *args: Any) -> None:
@@ -325,7 +330,7 @@ async def _in_daemon_thread(fn: Callable[..., None], *args: Any) -> None:
 def auth_status(auth: AuthConfig, username: str, cache: TokenCache) -> dict[str, str]:
     """Kind of credential, state, token expiry and last refresh; never a secret."""
     meta = cache.metas().get(account_name(auth, username), {})
-    interactive = auth.flow in ("device_code", "installed_app")
+    interactive = auth.flow in ("delegated", "installed_app")
     if meta.get("signed_in_at"):
         state = "signed in"
     elif interactive:

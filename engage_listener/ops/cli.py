@@ -147,7 +147,11 @@ def cmd_auth(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     if args.action == "login":
-        return asyncio.run(commands.auth_login(config, args.listener, sys.stdout, sys.stdin))
+        return asyncio.run(
+            commands.auth_login(
+                config, args.listener, sys.stdout, sys.stdin, device_code=args.device_code
+            )
+        )
     rows = commands.auth_statuses(config)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -184,8 +184,15 @@ def _add_auth_command(sub: Any) -> None:
     """auth login / auth status (OAuth2 accounts)."""
     auth = sub.add_parser("auth", help="OAuth2 accounts: one-time sign-in and their state")
     asub = auth.add_subparsers(dest="action", required=True)
-    login = asub.add_parser("login", help="device code (Microsoft) or consent URL (Google)")
+    login = asub.add_parser(
+        "login", help="print a sign-in address, then paste back where the browser landed"
+    )
     login.add_argument("listener")
+    login.add_argument(
+        "--device-code",
+        action="store_true",
+        help="Microsoft: sign in with a device code instead (where Conditional Access allows it)",
+    )
     _config_arg(login)
     astatus = asub.add_parser("status", help="kind, expiry and last refresh; never a secret")
     astatus.add_argument("--json", action="store_true")

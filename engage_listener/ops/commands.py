@@ -248,7 +248,9 @@ def _cache(auth: AuthConfig) -> TokenCache:
     return open_cache(auth.key_path or secrets.default_key_path())
 
 
-async def auth_login(config: Config, listener: str, out: TextIO, inp: TextIO) -> int:
+async def auth_login(
+    config: Config, listener: str, out: TextIO, inp: TextIO, device_code: bool = False
+) -> int:
     """`auth login LISTENER`: the one-time interactive sign-in of its OAuth2 accounts."""
     logins = _logins(config, listener)
     if not logins:
@@ -256,7 +258,10 @@ async def auth_login(config: Config, listener: str, out: TextIO, inp: TextIO) ->
     for what, auth, user, purpose in logins:
         print(f"{what}: signing in as {user}", file=out)
         try:
-            await login_interactive(auth, user, _cache(auth), out=out, inp=inp, purpose=purpose)
+            await login_interactive(
+                auth, user, _cache(auth), out=out, inp=inp, purpose=purpose,
+                device_code=device_code,
+            )
         except (OAuthError, IdentityProviderUnavailable) as exc:
             print(f"{what}: {exc}", file=out)
             return 1
