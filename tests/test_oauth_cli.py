@@ -3,8 +3,9 @@ identity provider, the terminal (stdout for what to do, stdin for a pasted addre
 
 Microsoft and Google sign in by default with a printed address and a pasted one (the
 authorization code flow with PKCE): the test plays the browser with the identity provider's
-`consent`. The Microsoft device code flow (`--device-code`) is driven for real too: the command prints the verification
-URL and code and keeps polling the identity provider, which answers
+`consent`. The Microsoft device code flow (`--device-code`) is driven for real too: the
+command prints the verification URL and code and keeps polling the identity provider, which
+answers
 "authorization_pending" until the test approves the sign-in (what the user's browser would
 do), then the command stores the tokens and exits 0.
 """
