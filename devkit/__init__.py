@@ -1,0 +1,1 @@
+"""Development tools for the tests, the demo and the benchmarks; never installed."""
