@@ -5,6 +5,7 @@ acknowledged, in one store transaction.
 - `follow_ups`: which case a reply may join (participants only, within the process).
 - `ack`: composing acknowledgements and whether to send one at all.
 - `hooks`, `hook_types`, `hooks_sql`: the installation's routing procedure (python:, sql:).
+- `rules`: the listener's Rules (XML) evaluated on a view of the mail, before the hook.
 
 May import: `store` (the interface only), `mail`, `config`, `observe.logs`, `errors`.
 Never a source, never a concrete store (import-linter contracts).

@@ -30,6 +30,7 @@ from engage_listener.config.model import (
     Secret,
     StoreConfig,
 )
+from engage_listener.config.rules import rules_config, rules_problems
 from engage_listener.config.schema import parse_xml, schema_problems
 from engage_listener.config.xmltree import ca_file_problem
 from engage_listener.config.xmltree import flag as _flag
@@ -111,6 +112,8 @@ def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[Co
     ca = values.get("CaFile")
     if ca is not None and _text(ca) and (ca_problem := ca_file_problem(path, _text(ca))):
         problems.append(ConfigProblem(file, _line(ca), "CaFile", ca_problem))
+    if "Rules" in values:
+        problems.extend(rules_problems(values["Rules"], file))
     return problems
 
 
@@ -218,6 +221,7 @@ def _listener(block: etree._Element, config_path: Path) -> ListenerConfig:
         )
         if "Authentication" in values
         else None,
+        rules=rules_config(values["Rules"]) if "Rules" in values else (),
         **_given(values),
     )
 

@@ -29,7 +29,83 @@ UnknownSender = Literal["CreateCustomer", "DefaultCustomer", "Quarantine"]
 AutomaticMail = Literal["Ignore", "OpenCase"]  # Ignore: never opens a case
 Protocol = Literal["imap", "pop3"]
 
+RuleField = Literal["From", "To", "Cc", "Subject", "Body"]  # To: To, Cc and Delivered-To
+RuleOperator = Literal["Contains", "Equals", "Regex", "Domain", "Exists"]
+RULE_FIELDS: tuple[RuleField, ...] = ("From", "To", "Cc", "Subject", "Body")
+RULE_OPERATORS: tuple[RuleOperator, ...] = ("Contains", "Equals", "Regex", "Domain", "Exists")
 
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """One `<Match>` of a rule: a field (or a header) and one operator with its value.
+
+    `value` is the operator's attribute as written (trimmed); for Exists it is "true"
+    or "false". Exactly one of `field` and `header` is set.
+    """
+
+    operator: RuleOperator
+    value: str
+    field: RuleField | None = None
+    header: str | None = None  # a header name, e.g. X-Spam-Flag
+    case_sensitive: bool = False
+    source_line: int = 0
+
+
+@dataclass(frozen=True)
+class SetProcess:
+    process: str
+
+
+@dataclass(frozen=True)
+class SetInbox:
+    inbox: str
+
+
+@dataclass(frozen=True)
+class SetPriority:
+    priority: int
+
+
+@dataclass(frozen=True)
+class AddTag:
+    tag: str
+
+
+@dataclass(frozen=True)
+class NoAcknowledgement:
+    """The mail gets no acknowledgement."""
+
+
+@dataclass(frozen=True)
+class Discard:
+    """The mail is kept, marked ignored, no case; evaluation ends."""
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """The mail is quarantined with this reason; evaluation ends."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """No later rule is looked at."""
+
+
+RuleAction = (
+    SetProcess | SetInbox | SetPriority | AddTag | NoAcknowledgement | Discard | Quarantine | Stop
+)
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """One `<Rule>`: when every match holds, its actions apply in document order."""
+
+    name: str
+    matches: tuple[MatchConfig, ...]
+    actions: tuple[RuleAction, ...]
+    source_line: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +168,7 @@ class ListenerConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail: quarantined `oversize`
     follow_ups_from: FollowUpsFrom = "Participants"  # who may join a case by token/header
     protocol_log_keep_days: int = DEFAULT_PROTOCOL_LOG_KEEP_DAYS  # prune older log files
+    rules: tuple[RuleConfig, ...] = ()  # the Rules block, in order (see cases.rules)
 
 
 @dataclass(frozen=True)
@@ -146,6 +223,7 @@ def describe(listener: ListenerConfig) -> str:
         "attachments extracted," if lst.extract_attachments else "",
         f"CA {lst.ca_file}," if lst.ca_file else "",
         f"protocol log {lst.protocol_log_file}," if lst.protocol_log_file else "",
+        f"{len(lst.rules)} rule(s)," if lst.rules else "",
     ]
     return " ".join(
         [

@@ -212,6 +212,10 @@ _FACETS: tuple[tuple[str, str], ...] = (  # libxml2 wording -> ours
     (r"\[facet 'maxInclusive'\].*'(.*)' is greater.*\('(.*)'\)", r"\1 is above the maximum \2"),
     (r"\[facet 'minLength'\].*minimum length of '1'", "must not be empty"),
     (
+        r"\[facet 'enumeration'\] The value '(.*)' is not an element of the set \{(.*)\}",
+        r"'\1' is not valid; expected one of \2",
+    ),
+    (
         r"\[facet 'pattern'\] The value '(.*)' is not accepted .*\[Tt\]\[Rr\]",
         r"'\1' is not True or False",
     ),

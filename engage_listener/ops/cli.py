@@ -1,4 +1,4 @@
-"""Command line: `engage-listener run | check-config | cases | status | acks | ...`.
+"""Command line: `engage-listener run | check-config | cases | status | acks | rules ...`.
 
 Exit codes: 0 success, 2 configuration errors, 1 any other failure. Problems are
 printed as plain lines for operators, never as tracebacks. Everything printed passes
@@ -125,6 +125,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     criteria = Criteria(folder, args.sender, args.subject, args.since, args.before, args.limit)
     hits = asyncio.run(commands.search(config, args.listener, criteria))
     print(json_text([asdict(h) for h in hits]) if args.json else render_search(hits))
+    return EXIT_OK
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from engage_listener.ops import rules  # noqa: PLC0415 - start-up time
+
+    config = _load(args.config)
+    report = rules.run_rules(config, args.file, args.listener)
+    print(rules.render_json(report) if args.json else rules.render_text(report))
     return EXIT_OK
 
 
@@ -337,6 +346,7 @@ COMMANDS = {
     "quarantine": cmd_quarantine,
     "keygen": cmd_keygen,
     "search": cmd_search,
+    "rules": cmd_rules,
     "status": cmd_status,
     "acks": cmd_acks,
     "auth": cmd_auth,

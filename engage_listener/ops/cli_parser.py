@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_commands(sub)
     _add_search_command(sub)
     _add_auth_command(sub)
+    _add_rules_command(sub)
     status = sub.add_parser(
         "status",
         help="per listener: state, last batch, today's mails, "
@@ -176,6 +177,19 @@ def _add_search_command(sub: Any) -> None:
     test.add_argument("listeners", nargs="*", metavar="LISTENER", help="default: all")
     test.add_argument("--create-folders", action="store_true", help="create missing folders")
     test.add_argument("--send-to", metavar="ADDRESS", help="also send a test message via SMTP")
+    test.add_argument("--json", action="store_true")
+    _config_arg(test)
+
+
+def _add_rules_command(sub: Any) -> None:
+    """rules test FILE.eml (the listener's Rules on one mail, writing nothing)."""
+    rules = sub.add_parser("rules", help="routing rules (Rules in a listener block)")
+    rsub = rules.add_subparsers(dest="action", required=True)
+    test = rsub.add_parser(
+        "test", help="which rules a mail matches and the final decision; writes nothing"
+    )
+    test.add_argument("file", type=Path, metavar="FILE.eml")
+    test.add_argument("--listener", help="default: the first listener with rules")
     test.add_argument("--json", action="store_true")
     _config_arg(test)
 
