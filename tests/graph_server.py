@@ -43,6 +43,15 @@ Behaviour and the documentation page it follows (learn.microsoft.com/graph/...):
 * Errors: ``{"error": {"code", "message", "innerError": {"date", "request-id",
   "client-request-id"}}}`` (errors).
 
+Not imitated (the Graph source must not rely on them without a test elsewhere): hidden
+folders, ``$search``, ``changeType``, ``$expand``, attachments as resources, ids in Graph's
+real format (ours are random and case-sensitive, regular and immutable ids differ), the
+other throttling limits (10,000 requests per 10 minutes, upload bytes), faults inside a
+``$batch`` other than its throttling (scripted faults act on top-level requests). The docs
+disagree on the expired-token answer (delta-query-overview: 410 with ``Location`` on a reset,
+"a 40X-series error with syncStateNotFound" on expiry); we answer both at once: 410,
+``syncStateNotFound``, ``Location``.
+
 Tokens come from `issue_token` or, with ``idp=``, from the identity-provider imitation (any live
 access token it issued). Faults are scripted with `fault`; every request is logged
 (`requests`), and the highest number of concurrent requests per mailbox is kept (`peak`).
