@@ -30,8 +30,6 @@ AutomaticMail = Literal["Ignore", "OpenCase"]  # Ignore: never opens a case
 Protocol = Literal["imap", "pop3"]
 
 
-
-
 @dataclass(frozen=True)
 class Secret:
     """A secret; repr() and str() mask it so a logged or printed config never leaks it."""
