@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.cases.ingested import Ingested
 from engage_listener.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -21,7 +22,6 @@ from engage_listener.observe.logs import get_logger
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.sandbox import DovecotSandbox, free_port
 from engage_listener.service.app import build_listener
-from engage_listener.cases.ingested import Ingested
 from engage_listener.sources.pop3 import session as pop3
 from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings, ledger_key
 from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session

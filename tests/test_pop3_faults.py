@@ -15,14 +15,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.cases.ingested import Ingested
 from engage_listener.config.model import Secret
 from engage_listener.errors import ConnectionLostError
+from engage_listener.intake.contract import Handler
 from engage_listener.intake.retry import BACKOFF_CAP, PERMANENT_RETRY
 from engage_listener.observe.logs import get_logger
 from engage_listener.sandbox import DovecotSandbox, free_port
 from engage_listener.service.app import build_listener, build_pop3_listener
-from engage_listener.cases.ingested import Ingested
-from engage_listener.intake.contract import Handler
 from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
 from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
 from engage_listener.store.interface import MailKey
