@@ -36,7 +36,7 @@ async def test_per_mail_statements_use_indexes(store: SqliteStore) -> None:
     ]
     for uid, mail in enumerate(mails, start=1):
         await engine.ingest(MailKey("L", "IMAP/New", "1", str(uid)), mail)
-    await store.mark_done("L", "IMAP/New", 1, [1, 2, 3, 4, 5], "moved")
+    await store.mark_done([MailKey("L", "IMAP/New", "1", str(uid)) for uid in range(1, 6)], "moved")
     raw.set_trace_callback(None)
     scans = {}
     for sql in seen:
