@@ -23,7 +23,7 @@ from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import SmtpEndpoint, send_message
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.service.app import build_listener
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
@@ -232,10 +232,10 @@ async def test_hook_returning_acknowledge_false_leaves_no_outbox_row(store: Sqli
         store, EngineSettings("L", extract_attachments=False, hook=hook, ack=_ack_settings())
     )
     vetoed = await engine.ingest(
-        LedgerKey("L", NEW, 1, 1), make_mail(1, sender="a@example.com", subject="Baja sin acuse")
+        MailKey("L", NEW, "1", "1"), make_mail(1, sender="a@example.com", subject="Baja sin acuse")
     )
     kept = await engine.ingest(
-        LedgerKey("L", NEW, 1, 2), make_mail(2, sender="b@example.com", subject="Baja normal")
+        MailKey("L", NEW, "1", "2"), make_mail(2, sender="b@example.com", subject="Baja normal")
     )
     assert hook.seen == ["Baja sin acuse", "Baja normal"]
     assert vetoed.new_case and kept.new_case
@@ -256,7 +256,7 @@ async def test_the_same_mail_without_a_hook_is_acknowledged(store: SqliteStore) 
     """The control for the veto test: the subject alone does not prevent an acknowledgement."""
     engine = CaseEngine(store, EngineSettings("L", extract_attachments=False, ack=_ack_settings()))
     done = await engine.ingest(
-        LedgerKey("L", NEW, 1, 1), make_mail(1, sender="a@example.com", subject="Baja sin acuse")
+        MailKey("L", NEW, "1", "1"), make_mail(1, sender="a@example.com", subject="Baja sin acuse")
     )
     assert done.ack == "queued"
     assert db_rows(store.path, "SELECT recipient FROM outbox") == [("a@example.com",)]

@@ -24,7 +24,7 @@ from engage_listener.ops import admin
 from engage_listener.ops.cli_parser import build_parser
 from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import send_message
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows
 from tests.smtp_server import SmtpTestServer
@@ -58,7 +58,7 @@ def mail(sender: str, subject: str = "Consulta", name: str = "Cliente", extra: s
 
 
 async def ingest(engine: CaseEngine, raw: bytes) -> str | None:
-    return (await engine.ingest(LedgerKey("L", "IMAP/New", 1, next(_uids)), raw)).ack
+    return (await engine.ingest(MailKey("L", "IMAP/New", "1", str(next(_uids))), raw)).ack
 
 
 def outbox(store: SqliteStore) -> list[tuple[str, str, str | None]]:

@@ -22,7 +22,7 @@ from engage_listener.observe.status import write_heartbeats
 from engage_listener.ops.terminal import visible, visible_lines
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.service.app import engine_settings
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness
@@ -83,7 +83,7 @@ async def hostile_store(dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Pa
         assert h.listener is not None
         assert (await h.listener.run_once()).ingested == 2
         engine = CaseEngine(h.store, engine_settings(cfg, None))
-        key = LedgerKey(cfg.id, "IMAP/New", 1, 999)
+        key = MailKey(cfg.id, "IMAP/New", "1", "999")
         await engine.quarantine(key, hostile_mail(), f"bad header {EVIL}\x9b", 3)
     store = SqliteStore(config.store.path)
     await store.open()

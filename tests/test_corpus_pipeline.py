@@ -15,7 +15,7 @@ import pytest
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.sandbox import DovecotSandbox
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config
@@ -78,7 +78,7 @@ async def test_mails_the_server_refuses_still_go_through_the_engine(tmp_path: Pa
     engine = CaseEngine(store, EngineSettings("L", extract_attachments=True))
     try:
         for uid, path in enumerate(corpus_mails(), start=1):
-            done = await engine.ingest(LedgerKey("L", "direct", 1, uid), path.read_bytes())
+            done = await engine.ingest(MailKey("L", "direct", "1", str(uid)), path.read_bytes())
             assert done.case_id is not None or done.ignored or done.duplicate, path.name
     finally:
         await store.close()

@@ -12,7 +12,7 @@ import pytest
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.errors import QuarantineNow
 from engage_listener.ops import admin
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from engage_listener.store.sqlite.transaction import BLOB_PIECE
 from tests.helpers import db_rows
@@ -20,8 +20,8 @@ from tests.helpers import db_rows
 _uids = itertools.count(1)
 
 
-def key() -> LedgerKey:
-    return LedgerKey("L", "IMAP/New", 1, next(_uids))
+def key() -> MailKey:
+    return MailKey("L", "IMAP/New", "1", str(next(_uids)))
 
 
 def engine(store: SqliteStore, **settings: object) -> CaseEngine:

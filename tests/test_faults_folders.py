@@ -47,7 +47,7 @@ async def test_input_folder_recreated_while_idle(
             dovecot.append_many(user, NEW, second)  # a new folder: a new UIDVALIDITY
             await pump(clock, idle_with(listener, db, 8), what="new mail processed")
     assert_no_unexpected_errors(logs)
-    assert db_rows(db, "SELECT count(DISTINCT uidvalidity) FROM ledger") == [(2,)]
+    assert db_rows(db, "SELECT count(DISTINCT epoch) FROM ledger") == [(2,)]
     assert_exactly_once(dovecot, user, db, first + second)
 
 

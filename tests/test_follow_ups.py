@@ -15,7 +15,7 @@ from pathlib import Path
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.ops import admin
 from engage_listener.service.app import engine_settings
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.schema import MIGRATIONS
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows
@@ -36,8 +36,8 @@ CONFIG = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
-def key(listener: str = "L") -> LedgerKey:
-    return LedgerKey(listener, "IMAP/New", 1, next(_uids))
+def key(listener: str = "L") -> MailKey:
+    return MailKey(listener, "IMAP/New", "1", str(next(_uids)))
 
 
 def engine(store: SqliteStore, listener: str = "L", **settings: object) -> CaseEngine:

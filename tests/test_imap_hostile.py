@@ -189,7 +189,7 @@ async def test_an_oversize_mail_is_quarantined_with_its_header_only(
     assert dovecot.count(user, "IMAP/Error") == 1
     assert dovecot.count(user, "IMAP/Done") == 2 and dovecot.count(user, "IMAP/New") == 0
     assert db_rows(db, "SELECT count(*) FROM cases") == [(2,)]
-    assert db_rows(db, "SELECT state FROM ledger ORDER BY uid") == [
+    assert db_rows(db, "SELECT state FROM ledger ORDER BY CAST(item AS INTEGER)") == [
         ("moved",),
         ("quarantined",),
         ("moved",),

@@ -16,7 +16,7 @@ from engage_listener.errors import AuthenticationError, FolderMissingError, TlsE
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.service.app import build_listener
 from engage_listener.sources.imap.listener import CONTROL_POLL, POLL_INTERVAL
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, eventually, listener_config, make_mail
 
@@ -104,7 +104,7 @@ async def test_folder_names_with_spaces_and_non_ascii(
         await h.listener.run_once()
     assert dovecot.count(mailbox_user, src) == 0
     assert dovecot.count(mailbox_user, dst) == 2
-    assert db_rows(db, "SELECT DISTINCT folder FROM ledger") == [(src,)]
+    assert db_rows(db, "SELECT DISTINCT mailbox FROM ledger") == [(src,)]
 
 
 @pytest.mark.parametrize("implicit", [True, False], ids=["imaps", "starttls"])
@@ -168,7 +168,7 @@ async def test_committed_mail_is_moved_without_a_second_case(
         ((_, raw),) = await session.fetch_bodies([uid])
         await session.logout()
         engine = CaseEngine(h.store, EngineSettings(cfg.id, extract_attachments=False))
-        await engine.ingest(LedgerKey(cfg.id, NEW, folder.uidvalidity, uid), raw)
+        await engine.ingest(MailKey(cfg.id, NEW, str(folder.uidvalidity), str(uid)), raw)
         result = await h.listener.run_once()
     assert (result.already_known, result.ingested, result.done) == (1, 0, 1)
     assert db_rows(db, "SELECT count(*) FROM cases") == [(1,)]
@@ -207,7 +207,7 @@ async def test_same_mail_seen_again_under_new_uidvalidity_is_not_a_second_case(
         result = await h.listener.run_once()
     assert result.ingested == 1
     assert db_rows(db, "SELECT count(*) FROM cases") == [(1,)]
-    assert db_rows(db, "SELECT count(DISTINCT uidvalidity), count(*) FROM ledger") == [(2, 2)]
+    assert db_rows(db, "SELECT count(DISTINCT epoch), count(*) FROM ledger") == [(2, 2)]
 
 
 async def test_server_without_idle_and_move_is_polled_and_copied(
@@ -327,7 +327,7 @@ async def test_long_responses_do_not_overflow_the_stack(
         session = await h.listener.connect()
         await session.select(NEW)
         uids = await session.search_all()
-        sizes = await session.fetch_sizes(uids)  # one response of 2500 lines
+        sizes = await session.fetch_meta(uids)  # one response of 2500 lines
         await session.logout()
     assert len(sizes) == 2500
 

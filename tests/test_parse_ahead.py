@@ -7,12 +7,12 @@ import hashlib
 from pathlib import Path
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings, Prepared
+from engage_listener.cases.ingested import Ingested
 from engage_listener.intake.parse_ahead import AHEAD_BYTES, AHEAD_COUNT, ParseAhead
 from engage_listener.mail.parser import parse
 from engage_listener.sandbox import DovecotSandbox
 from engage_listener.service.app import build_listener
-from engage_listener.sources.imap.batch import Ingested
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import Harness, db_rows, listener_config, make_mail
@@ -30,10 +30,10 @@ class Preparer:
             raise ValueError("boom")
         return ("prepared", raw)
 
-    async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
+    async def ingest(self, key: MailKey, raw: bytes, prepared: object = None) -> Ingested:
         raise AssertionError("not used here")
 
-    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
+    async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:
         raise AssertionError("not used here")
 
 
@@ -169,11 +169,11 @@ async def test_ingest_uses_the_prepared_mail(store: SqliteStore) -> None:
     engine = CaseEngine(store, EngineSettings("Default", extract_attachments=True))
     raw = b"From: ana@example.com\r\nSubject: from the bytes\r\n\r\nHola\r\n"
     prepared = engine.prepare(raw.replace(b"from the bytes", b"parsed ahead"))
-    done = await engine.ingest(LedgerKey("Default", "IMAP/New", 1, 1), raw, prepared)
+    done = await engine.ingest(MailKey("Default", "IMAP/New", "1", "1"), raw, prepared)
     rows = await store.query("SELECT subject FROM cases WHERE id = ?", (done.case_id,))
     assert rows[0][0] == "parsed ahead"
     raw = raw.replace(b"Hola", b"Otra")  # not a duplicate of the first
-    await engine.ingest(LedgerKey("Default", "IMAP/New", 1, 2), raw, ("not", "a mail"))
+    await engine.ingest(MailKey("Default", "IMAP/New", "1", "2"), raw, ("not", "a mail"))
     rows = await store.query("SELECT subject FROM messages ORDER BY id DESC LIMIT 1")
     assert rows[0][0] == "from the bytes"  # anything else: parsed here
 
@@ -187,12 +187,12 @@ class Counting:
     def prepare(self, raw: bytes) -> object:
         return self.inner.prepare(raw)
 
-    async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
+    async def ingest(self, key: MailKey, raw: bytes, prepared: object = None) -> Ingested:
         self.total += 1
         self.prepared += prepared is not None
         return await self.inner.ingest(key, raw, prepared)
 
-    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
+    async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:
         return await self.inner.quarantine(key, raw, reason, attempts)
 
 

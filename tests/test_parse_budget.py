@@ -18,7 +18,7 @@ from engage_listener.mail import parse_pool
 from engage_listener.mail.parse_pool import ParsePool, Prepared, prepare_mail
 from engage_listener.mail.parser import parse
 from engage_listener.mail.parts import MAX_ATTACHMENTS, REST_NAME
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import db_rows, make_mail
 from tests.hostile_mail import deep_nesting, many_parts, same_name_attachments, slow_mail
@@ -138,14 +138,14 @@ async def test_the_engine_quarantines_the_slow_mail_without_parsing_it_again(
     store: SqliteStore, small_budget: float, db: Path
 ) -> None:
     engine = CaseEngine(store, EngineSettings("Default", extract_attachments=True))
-    key, raw = LedgerKey("Default", "IMAP/New", 1, 7), slow_mail()
+    key, raw = MailKey("Default", "IMAP/New", "1", "7"), slow_mail()
     with pytest.raises(QuarantineNow) as caught:
         await engine.ingest(key, raw, engine.prepare(raw))
     started = time.monotonic()
     await engine.quarantine(key, raw, str(caught.value), 1)
     assert time.monotonic() - started < small_budget  # no second budget spent on it
-    rows = db_rows(db, "SELECT reason, uid FROM quarantine")
-    assert len(rows) == 1 and rows[0][0].startswith("parse-timeout") and rows[0][1] == 7
+    rows = db_rows(db, "SELECT reason, item FROM quarantine")
+    assert len(rows) == 1 and rows[0][0].startswith("parse-timeout") and rows[0][1] == "7"
     assert db_rows(db, "SELECT count(*) FROM cases") == [(0,)]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.cases.ingested import Ingested
 from engage_listener.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -21,11 +22,10 @@ from engage_listener.observe.logs import get_logger
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.sandbox import DovecotSandbox, free_port
 from engage_listener.service.app import build_listener
-from engage_listener.sources.imap.batch import Ingested
 from engage_listener.sources.pop3 import session as pop3
 from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings, ledger_key
 from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import db_rows, eventually, listener_config, make_mail
@@ -90,14 +90,14 @@ class KillAfter:
         self.inner, self.dovecot, self.user, self.n = inner, dovecot, user, n
         self.calls = 0
 
-    async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested:
+    async def ingest(self, key: MailKey, raw: bytes, prepared: object = None) -> Ingested:
         done = await self.inner.ingest(key, raw)
         self.calls += 1
         if self.calls == self.n:
             await asyncio.to_thread(self.dovecot.kill_connections, self.user)
         return done
 
-    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
+    async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:
         return await self.inner.quarantine(key, raw, reason, attempts)
 
 
@@ -107,12 +107,12 @@ class RefuseSubject:
     def __init__(self, inner: CaseEngine, word: bytes) -> None:
         self.inner, self.word = inner, word
 
-    async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested:
+    async def ingest(self, key: MailKey, raw: bytes, prepared: object = None) -> Ingested:
         if self.word in raw:
             raise ValueError("cannot route this one")
         return await self.inner.ingest(key, raw)
 
-    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
+    async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:
         return await self.inner.quarantine(key, raw, reason, attempts)
 
 
@@ -130,9 +130,9 @@ async def test_mail_is_ingested_then_deleted(
     assert sorted(r[0] for r in db_rows(db, "SELECT subject FROM cases")) == [
         f"Consulta {i}" for i in range(3)
     ]
-    rows = db_rows(db, "SELECT folder, uidvalidity, uid, state FROM ledger")
-    assert len(rows) == 3
-    assert all(f.startswith("#pop3:") and (v, u, s) == (0, 0, "deleted") for f, v, u, s in rows)
+    rows = db_rows(db, "SELECT mailbox, epoch, item, state FROM ledger")
+    assert len(rows) == 3  # POP3's key: no mailbox, generation 0 of each UIDL
+    assert all(m == "" and i and (e, s) == ("0", "deleted") for m, e, i, s in rows)
 
 
 async def test_leave_on_server_takes_each_mail_once_across_polls(

@@ -15,16 +15,17 @@ import pytest
 from structlog.testing import capture_logs
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.cases.ingested import Ingested
 from engage_listener.config.model import Secret
 from engage_listener.errors import ConnectionLostError
+from engage_listener.intake.contract import Handler
 from engage_listener.intake.retry import BACKOFF_CAP, PERMANENT_RETRY
 from engage_listener.observe.logs import get_logger
 from engage_listener.sandbox import DovecotSandbox, free_port
 from engage_listener.service.app import build_listener, build_pop3_listener
-from engage_listener.sources.imap.batch import Handler, Ingested
 from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
 from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.fakes import FakeClock
 from tests.helpers import db_rows, eventually, listener_config, make_mail
@@ -142,13 +143,13 @@ class ExpungeWhenIngested:
         self.inner = CaseEngine(store, EngineSettings("Pop", extract_attachments=False))
         self.dovecot, self.user, self.trigger, self.victim = dovecot, user, trigger, victim
 
-    async def ingest(self, key: LedgerKey, raw: bytes) -> Ingested:
+    async def ingest(self, key: MailKey, raw: bytes, prepared: object = None) -> Ingested:
         done = await self.inner.ingest(key, raw)
         if f"Subject: {self.trigger}\r\n".encode() in raw:
             await asyncio.to_thread(expunge, self.dovecot, self.user, self.victim)
         return done
 
-    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
+    async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:
         return await self.inner.quarantine(key, raw, reason, attempts)
 
 

@@ -202,9 +202,9 @@ async def test_a_reused_uidl_is_fetched_and_ingested_not_deleted_unseen(
         assert server.mails == []
     assert subjects(db) == ["primera", "segunda"]
     assert [e["uid"] for e in logs if e["event"] == "uidl_reused"] == ["u1"]
-    assert db_rows(db, "SELECT folder, uid, state FROM ledger ORDER BY uid") == [
-        ("#pop3:u1", 0, "deleted"),
-        ("#pop3:u1", 1, "deleted"),
+    assert db_rows(db, "SELECT item, epoch, state FROM ledger ORDER BY epoch") == [
+        ("u1", "0", "deleted"),
+        ("u1", "1", "deleted"),
     ]
 
 

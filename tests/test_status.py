@@ -55,8 +55,8 @@ def worker(state: str = "idle", **attrs: object) -> SimpleNamespace:
 async def ledger(store: SqliteStore, listener: str, uid: int, created: str, state: str) -> None:
     async with store.transaction() as tx:
         await tx.execute(
-            "INSERT INTO ledger (listener, folder, uidvalidity, uid, sha256, state, created_at)"
-            " VALUES (?, 'INBOX', 1, ?, 'x', ?, ?)",
+            "INSERT INTO ledger (listener, mailbox, epoch, item, sha256, state, created_at)"
+            " VALUES (?, 'INBOX', '1', ?, 'x', ?, ?)",
             (listener, uid, state, created),
         )
 
@@ -145,8 +145,8 @@ async def test_quarantine_and_pending_acknowledgements(
     async with daemon.transaction() as tx:
         for uid, state in enumerate(["held", "held", "replayed"]):
             await tx.execute(
-                "INSERT INTO quarantine (listener, folder, uidvalidity, uid, sha256, reason,"
-                " attempts, state, created_at, raw) VALUES ('A', 'INBOX', 1, ?, 'x', 'bad',"
+                "INSERT INTO quarantine (listener, mailbox, epoch, item, sha256, reason,"
+                " attempts, state, created_at, raw) VALUES ('A', 'INBOX', '1', ?, 'x', 'bad',"
                 " 3, ?, ?, x'00')",
                 (uid, state, stamp),
             )

@@ -7,7 +7,7 @@ import random
 from email.message import EmailMessage
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from engage_listener.store.sqlite.transaction import BLOB_PIECE
 from tests.helpers import db_rows
@@ -32,7 +32,7 @@ async def test_extract_attachments_false_keeps_the_mail_bytes_once(store: Sqlite
     engine = CaseEngine(store, EngineSettings("L", extract_attachments=False))
     mails = [_mail(2000), _mail(3 * BLOB_PIECE)]  # a small one and one written in pieces
     for uid, raw in enumerate(mails, start=1):
-        await engine.ingest(LedgerKey("L", "IMAP/New", 1, uid), raw)
+        await engine.ingest(MailKey("L", "IMAP/New", "1", str(uid)), raw)
     assert db_rows(store.path, BLOBS) == [(sum(len(raw) for raw in mails),)]
     listed = db_rows(
         store.path,
@@ -46,7 +46,7 @@ async def test_extract_attachments_false_keeps_the_mail_bytes_once(store: Sqlite
 async def test_extract_attachments_true_still_stores_each_attachment(store: SqliteStore) -> None:
     engine = CaseEngine(store, EngineSettings("L", extract_attachments=True))
     raw = _mail(5000)
-    await engine.ingest(LedgerKey("L", "IMAP/New", 1, 1), raw)
+    await engine.ingest(MailKey("L", "IMAP/New", "1", "1"), raw)
     ((name, content),) = db_rows(store.path, "SELECT filename, content FROM attachment_files")
     assert name == "planos.pdf" and content == random.Random(5000).randbytes(5000)
     assert db_rows(store.path, "SELECT raw_of_message FROM attachments") == [(0,)]

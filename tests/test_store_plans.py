@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.cases.hooks import load_hook
-from engage_listener.store.interface import LedgerKey
+from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.helpers import make_mail
 
@@ -35,8 +35,8 @@ async def test_per_mail_statements_use_indexes(store: SqliteStore) -> None:
         make_mail(4, sender="carla@example.com", subject="Consulta [C-000001]"),  # by number
     ]
     for uid, mail in enumerate(mails, start=1):
-        await engine.ingest(LedgerKey("L", "IMAP/New", 1, uid), mail)
-    await store.mark_done("L", "IMAP/New", 1, [1, 2, 3, 4, 5], "moved")
+        await engine.ingest(MailKey("L", "IMAP/New", "1", str(uid)), mail)
+    await store.mark_done([MailKey("L", "IMAP/New", "1", str(uid)) for uid in range(1, 6)], "moved")
     raw.set_trace_callback(None)
     scans = {}
     for sql in seen:

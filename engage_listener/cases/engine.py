@@ -24,6 +24,7 @@ from engage_listener.cases.hooks import (
     RoutingDecision,
     RoutingHook,
 )
+from engage_listener.cases.ingested import Ingested
 from engage_listener.config.ack import DEFAULT_MAX_PER_HOUR, DEFAULT_MAX_PER_RECIPIENT_PER_HOUR
 from engage_listener.config.model import AutomaticMail, FollowUpsFrom, UnknownSender
 from engage_listener.config.templates import AckTemplate
@@ -33,11 +34,10 @@ from engage_listener.mail.authres import unauthenticated
 from engage_listener.mail.fields import recipient_key
 from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
 from engage_listener.mail.subjects import normalize_subject
-from engage_listener.sources.imap.batch import Ingested
 from engage_listener.store.interface import (
     CaseRef,
     Customer,
-    LedgerKey,
+    MailKey,
     NewAck,
     NewAttachment,
     NewCase,
@@ -45,9 +45,10 @@ from engage_listener.store.interface import (
     Store,
     Transaction,
 )
+from engage_listener.store.records import CaseStatus
 
-REPLAY_FOLDER = "#quarantine"
-PENDING = "pending-approval"  # ledger folder of mails replayed from quarantine
+REPLAY_MAILBOX = "#quarantine"  # ledger mailbox of mails replayed from quarantine
+PENDING: CaseStatus = "pending-approval"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class AckSettings:
 
 
 class CaseEngine:
-    """Ingests mails of one listener into the store (see `batch.Handler`)."""
+    """Ingests mails of one listener into the store (see `intake.contract.Handler`)."""
 
     def __init__(
         self, store: Store, settings: EngineSettings, ack_queued: asyncio.Event | None = None
@@ -108,7 +109,7 @@ class CaseEngine:
         is what `ingest` takes as `prepared`); see parse_pool."""
         return shared().submit(raw, self.settings.extract_attachments)
 
-    async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
+    async def ingest(self, key: MailKey, raw: bytes, prepared: object = None) -> Ingested:
         """Parse (unless `prepare` did), then commit customer, case, message, attachments,
         routing and ledger."""
         if isinstance(prepared, asyncio.Future):  # from `prepare`; parse-timeout raises here
@@ -149,22 +150,19 @@ class CaseEngine:
             info = await tx.case_info(case_id)
             if info.status != PENDING:
                 return f"case {info.case_number} is {info.status}, not {PENDING}"
-            await tx.execute("UPDATE cases SET status = 'open' WHERE id = ?", (case_id,))
-            cur = await tx.execute(
-                "SELECT id, raw FROM messages WHERE case_id = ? ORDER BY id LIMIT 1", (case_id,)
-            )
-            row, raw = await cur.fetchone()
-            ready = await _prepare(bytes(raw))
+            await tx.set_case_status(case_id, "open")
+            row, raw = await tx.first_message(case_id)
+            ready = await _prepare(raw)
             mail, automatic = ready.mail, ready.automatic
             customer = await tx.get_customer(info.customer_id) if info.customer_id else None
             case = CaseRef(info.id, info.case_number)
-            arrival = Arrival(case, True, int(row), mail, customer, automatic, bytes(raw))
+            arrival = Arrival(case, True, row, mail, customer, automatic, raw)
             ack = await self._route_and_acknowledge(tx, arrival)
         if ack == "queued" and self.ack_queued is not None:
             self.ack_queued.set()
         return f"case {info.case_number} approved (acknowledgement: {ack or 'not configured'})"
 
-    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int:
+    async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:
         """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
         strip = self.settings.extract_attachments
         message = self._message(raw, await prepare_for_quarantine(raw, strip, reason), None)
@@ -175,7 +173,7 @@ class CaseEngine:
     async def _awaits_approval(self, tx: Transaction, case: CaseRef, is_new: bool) -> bool:
         """New cases wait for a supervisor under RequireApproval; so do their follow-ups."""
         if is_new and self.settings.require_approval:
-            await tx.execute("UPDATE cases SET status = ? WHERE id = ?", (PENDING, case.id))
+            await tx.set_case_status(case.id, PENDING)
             return True
         return not is_new and (await tx.case_info(case.id)).status == PENDING
 

@@ -73,8 +73,8 @@ class SqlExecutor(Protocol):
     def interrupt(self) -> None: ...  # abort the running statement (Connection.interrupt)
 
     async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
-        """`work(execute)` on the store's thread: plain sqlite3 calls, one hop for them all,
-        where `interrupt` reaches them."""
+        """`work(execute)` on the store's thread: the store's own driver calls, one hop for
+        them all, where `interrupt` reaches them."""
         ...
 
     def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from engage_listener.cases.hook_types import (
 )
 from engage_listener.errors import HookError, StoppedEarly, StoreError
 from engage_listener.observe.logs import get_logger
-from engage_listener.store.interface import SyncExecute
+from engage_listener.store.interface import SqlDialect, SyncExecute
+from engage_listener.store.open import sql_dialect
 
 INLINE_SECONDS = 0.05  # a run longer than this moves the hook to the store's thread
 INLINE_LIMIT = 0.5  # an inline run still going then is stopped and done on the thread
@@ -42,7 +42,6 @@ SQL_PARAMETERS = (
     "listener",
     "process",
 )
-_SYNTAX_ERRORS = ("syntax error", "incomplete input", "unrecognized token")
 _LEXEMES = re.compile(  # quoted text is skipped, so ':' or '?' inside it is no parameter
     r"""(?P<quoted>'(?:[^']|'')*'?|"(?:[^"]|"")*"?|`[^`]*`?|\[[^\]]*\]?)"""
     r"""|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
@@ -196,7 +195,9 @@ def _row_decision(cursor: Any) -> dict[str, Any] | None:
     return found
 
 
-def load_sql(spec: str, path: Path, timeout: float) -> SqlHook:
+def load_sql(spec: str, path: Path, timeout: float, dialect: SqlDialect | None = None) -> SqlHook:
+    """Read and check the file, in the store's SQL dialect (the configured store's)."""
+    dialect = dialect or sql_dialect()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -204,10 +205,10 @@ def load_sql(spec: str, path: Path, timeout: float) -> SqlHook:
     except UnicodeDecodeError as exc:
         raise HookError(f"routing hook {spec}: {path} is not UTF-8 text: {exc}") from exc
     try:
-        statements = _split_sql(text)
+        statements = _split_sql(text, dialect)
         if not statements:
             raise ValueError("it holds no SQL statement")
-        _check_statements(statements)
+        _check_statements(statements, dialect)
     except ValueError as exc:
         raise HookError(f"routing hook {spec}: {path}: {exc}") from None
     return SqlHook(spec, statements, timeout)
@@ -218,16 +219,16 @@ def _blank_comments(text: str) -> str:
     return _LEXEMES.sub(lambda m: re.sub(r"[^\n]", " ", m[0]) if m["comment"] else m[0], text)
 
 
-def _split_sql(text: str) -> list[_Statement]:
+def _split_sql(text: str, dialect: SqlDialect) -> list[_Statement]:
     """Statements in order, cut only where sqlite3 says one is complete (quotes, comments
     and trigger bodies keep their ';'); the last one may lack its ';'."""
     statements: list[_Statement] = []
     start, chunk = 0, ""
     for piece in re.split(r"(?<=;)", text):
         chunk += piece
-        if piece.endswith(";") and not sqlite3.complete_statement(chunk):
+        if piece.endswith(";") and not dialect.is_complete(chunk):
             continue
-        if not sqlite3.complete_statement(chunk + "\n;"):
+        if not dialect.is_complete(chunk + "\n;"):
             raise ValueError(f"line {_line_of(text, start)}: unterminated quote or comment")
         code = _blank_comments(chunk)
         if code.strip().strip(";").strip():
@@ -256,36 +257,21 @@ def _parameters(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_statements(statements: list[_Statement]) -> None:
+def _check_statements(statements: list[_Statement], dialect: SqlDialect) -> None:
     """Refuse what would break the mail's transaction or fail on every mail."""
-    memory = sqlite3.connect(":memory:")
-    try:
-        for stmt in statements:
-            where = f"statement {stmt.number} (line {stmt.line})"
-            words = [*re.findall(r"\w+", _blank_comments(stmt.text).upper())[:3], ""]
-            if words[0] in ("BEGIN", "COMMIT", "END", "ROLLBACK") and "TO" not in words[1:]:
-                raise ValueError(
-                    f"{where}: {words[0]} is not allowed; the hook runs inside"
-                    " the mail's transaction, committed by engage-listener"
-                )
-            unknown = [n for n in stmt.names if n not in SQL_PARAMETERS]
-            if unknown:
-                raise ValueError(
-                    f"{where}: unknown parameter :{unknown[0]}; known: :"
-                    + ", :".join(SQL_PARAMETERS)
-                )
-            problem = _syntax_problem(memory, stmt) if words[0] != "EXPLAIN" else None
-            if problem:
-                raise ValueError(f"{where}: {problem}")
-    finally:
-        memory.close()
-
-
-def _syntax_problem(memory: sqlite3.Connection, stmt: _Statement) -> str | None:
-    """A parse error, found by preparing the statement in an empty database: missing
-    tables or columns are fine there, the real database has them."""
-    try:
-        memory.execute(f"EXPLAIN {stmt.text}", dict.fromkeys(stmt.names))
-    except sqlite3.Error as exc:
-        return str(exc) if any(s in str(exc) for s in _SYNTAX_ERRORS) else None
-    return None
+    for stmt in statements:
+        where = f"statement {stmt.number} (line {stmt.line})"
+        words = [*re.findall(r"\w+", _blank_comments(stmt.text).upper())[:3], ""]
+        if words[0] in ("BEGIN", "COMMIT", "END", "ROLLBACK") and "TO" not in words[1:]:
+            raise ValueError(
+                f"{where}: {words[0]} is not allowed; the hook runs inside"
+                " the mail's transaction, committed by engage-listener"
+            )
+        unknown = [n for n in stmt.names if n not in SQL_PARAMETERS]
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown parameter :{unknown[0]}; known: :" + ", :".join(SQL_PARAMETERS)
+            )
+        problem = dialect.syntax_problem(stmt.text, stmt.names) if words[0] != "EXPLAIN" else None
+        if problem:
+            raise ValueError(f"{where}: {problem}")

@@ -211,7 +211,9 @@ def _listener(block: etree._Element, config_path: Path) -> ListenerConfig:
         protocol_log_file=_protocol_log_path(config_path, _optional(values, "ProtocolLogFile")),
         ca_file=_relative_to(config_path, ca_file) if ca_file is not None else None,
         acknowledgement=ack_config(
-            values["Acknowledgement"], config_path, _text(values["UserName"]),
+            values["Acknowledgement"],
+            config_path,
+            _text(values["UserName"]),
             key_path(root, config_path),
         )
         if "Acknowledgement" in values
@@ -242,7 +244,8 @@ _CONVERTED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DefaultCustomerId": ("default_customer_id", int),
     "AutomaticMail": ("automatic_mail", str),
     "SubjectPrefixes": (
-        "subject_prefixes", lambda v: tuple(p.strip() for p in v.split(",") if p.strip())
+        "subject_prefixes",
+        lambda v: tuple(p.strip() for p in v.split(",") if p.strip()),
     ),
     "RoutingTimeout": ("routing_timeout", int),
     "MaxAttempts": ("max_attempts", int),

@@ -108,6 +108,8 @@ class RuleConfig:
     source_line: int = 0
 
 
+
+
 @dataclass(frozen=True)
 class Secret:
     """A secret; repr() and str() mask it so a logged or printed config never leaks it."""

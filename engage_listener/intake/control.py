@@ -12,6 +12,7 @@ import zoneinfo
 from dataclasses import dataclass
 
 from engage_listener.store.interface import Store
+from engage_listener.store.records import ControlField
 
 
 @dataclass(frozen=True)
@@ -31,25 +32,15 @@ def _parse(value: object) -> dt.datetime | None:
 
 async def read_control(store: Store, listener: str, now: dt.datetime) -> Control:
     """The listener's pending pause and reset; a pause that has expired is no pause."""
-    rows = await store.query(
-        "SELECT paused_until, reset_from FROM listener_control WHERE listener = ?", (listener,)
-    )
-    if not rows:
+    row = await store.read_control(listener)
+    if row is None:
         return Control()
-    paused, reset = _parse(rows[0][0]), _parse(rows[0][1])
+    paused, reset = _parse(row.paused_until), _parse(row.reset_from)
     return Control(paused if paused and paused > now else None, reset)
 
 
-async def _set(store: Store, listener: str, column: str, value: dt.datetime | None) -> None:
-    assert column in {"paused_until", "reset_from"}
-    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    async with store.transaction() as tx:
-        await tx.execute(
-            f"INSERT INTO listener_control (listener, {column}, updated_at) VALUES (?, ?, ?)"  # noqa: S608
-            f" ON CONFLICT (listener) DO UPDATE SET {column} = excluded.{column},"
-            " updated_at = excluded.updated_at",
-            (listener, value.isoformat() if value else None, stamp),
-        )
+async def _set(store: Store, listener: str, field: ControlField, value: dt.datetime | None) -> None:
+    await store.set_control(listener, field, value.isoformat() if value else None)
 
 
 async def request_date(
@@ -75,10 +66,4 @@ async def reset_done(store: Store, listener: str, since: dt.datetime | None = No
     if since is None:
         await _set(store, listener, "reset_from", None)
         return
-    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    async with store.transaction() as tx:
-        await tx.execute(
-            "UPDATE listener_control SET reset_from = NULL, updated_at = ?"
-            " WHERE listener = ? AND reset_from = ?",
-            (stamp, listener, since.isoformat()),
-        )
+    await store.clear_reset(listener, since.isoformat())

@@ -18,7 +18,7 @@ from typing import Any
 
 from engage_listener.intake.control import start_of_day
 from engage_listener.observe.logs import scrub
-from engage_listener.store.sqlite.store import SqliteStore
+from engage_listener.store.interface import Heartbeat, ListenerCounts, Store
 
 ALIVE_SECONDS = 30.0  # well over the supervisor's 2 s tick, so a slow tick is not "down"
 ERROR_CHARS = 2000
@@ -60,7 +60,7 @@ def _parse(value: object) -> dt.datetime | None:
 
 
 async def write_heartbeats(
-    store: SqliteStore,
+    store: Store,
     workers: Mapping[str, Any],
     *,
     paused: Mapping[str, str | None] | None = None,
@@ -69,39 +69,30 @@ async def write_heartbeats(
     """Record every running worker in one short transaction and forget the others.
 
     Workers need `state`, and may have `last_success_at` (epoch), `backlog`,
-    `last_error`, `paused_until`, `last_batch_at` and `oldest_unprocessed`
-    (epoch, datetime or ISO); missing ones are stored as NULL.
+    `last_error`, `paused_until` and `oldest_unprocessed` (epoch, datetime or ISO);
+    missing ones are stored as NULL.
     """
     paused = paused or {}
     pid = os.getpid() if pid is None else pid
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    rows = []
+    beats = []
     for lid, worker in workers.items():
         error = getattr(worker, "last_error", None)
         backlog = getattr(worker, "backlog", None)
-        rows.append(
-            (
-                lid,
-                str(getattr(worker, "state", "starting")),
-                pid,
-                _iso(getattr(worker, "last_batch_at", None)),
-                _iso(getattr(worker, "last_success_at", None)),
-                scrub(str(error))[:ERROR_CHARS] if error else None,  # scrub, then cut
-                None if backlog is None else int(backlog),
-                _iso(getattr(worker, "oldest_unprocessed", None)),
-                _iso(paused.get(lid) or getattr(worker, "paused_until", None)),
-                now,
+        beats.append(
+            Heartbeat(
+                listener=lid,
+                state=str(getattr(worker, "state", "starting")),
+                pid=pid,
+                last_success_at=_iso(getattr(worker, "last_success_at", None)),
+                last_error=scrub(str(error))[:ERROR_CHARS] if error else None,  # scrub, then cut
+                backlog=None if backlog is None else int(backlog),
+                oldest_unprocessed=_iso(getattr(worker, "oldest_unprocessed", None)),
+                paused_until=_iso(paused.get(lid) or getattr(worker, "paused_until", None)),
+                updated_at=now,
             )
         )
-    async with store.transaction() as tx:  # the rows are exactly the running workers
-        await tx.execute("DELETE FROM heartbeats")
-        for row in rows:
-            await tx.execute(
-                "INSERT INTO heartbeats (listener, state, pid, last_batch_at, last_success_at,"
-                " last_error, backlog, oldest_unprocessed, paused_until, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
+    await store.write_heartbeats(beats)
 
 
 def _pid_exists(pid: int) -> bool:
@@ -118,13 +109,8 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-async def _count(store: SqliteStore, sql: str, params: tuple[Any, ...]) -> int:
-    rows = await store.query(sql, params)
-    return int(rows[0][0]) if rows else 0
-
-
 async def read_status(
-    store: SqliteStore,
+    store: Store,
     listener_ids: Sequence[str],
     *,
     now: dt.datetime | None = None,
@@ -133,81 +119,51 @@ async def read_status(
     """One status per listener id, in the order given; "today" starts at 00:00 in `tz`
     (one zone, or a zone per listener id, UTC for ids it lacks)."""
     now = now or dt.datetime.now(dt.UTC)
-    beats = {
-        str(r[0]): r
-        for r in await store.query(
-            "SELECT listener, state, pid, last_success_at, last_error, backlog,"
-            " oldest_unprocessed, paused_until, updated_at FROM heartbeats"
-        )
-    }
-    control = {
-        str(r[0]): r[1]
-        for r in await store.query("SELECT listener, paused_until FROM listener_control")
-    }
+    beats = {b.listener: b for b in await store.heartbeats()}
+    control = await store.paused_until()
     result = []
     for lid in listener_ids:
         zone = tz if isinstance(tz, str) else tz.get(lid, "UTC")
         local_day = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
         since = start_of_day(local_day, zone).astimezone(dt.UTC).isoformat(timespec="seconds")
-        today = await _count(
-            store,
-            "SELECT count(*) FROM ledger WHERE listener = ? AND created_at >= ?"
-            " AND state != 'quarantined'",
-            (lid, since),
-        )
-        total = await _count(
-            store,
-            "SELECT count(*) FROM ledger WHERE listener = ? AND state != 'quarantined'",
-            (lid,),
-        )
-        held = await _count(
-            store,
-            "SELECT count(*) FROM quarantine WHERE listener = ? AND state = 'held'",
-            (lid,),
-        )
-        acks = await _count(
-            store,
-            "SELECT count(*) FROM outbox WHERE listener = ? AND state IN ('pending', 'sending')",
-            (lid,),
-        )
-        result.append(_status(lid, beats.get(lid), control.get(lid), now, today, total, held, acks))
+        counts = await store.listener_counts(lid, since)
+        result.append(_status(lid, beats.get(lid), control.get(lid), now, counts))
     return result
 
 
 def _status(
     lid: str,
-    beat: Any,
+    beat: Heartbeat | None,
     control_pause: object,
     now: dt.datetime,
-    today: int,
-    total: int,
-    held: int,
-    acks: int,
+    counts: ListenerCounts,
 ) -> ListenerStatus:
     requested = _parse(control_pause)
     pause = _iso(requested) if requested and requested > now else None
+    today, total = counts.processed_today, counts.processed_total
+    held, acks = counts.quarantined, counts.pending_acks
     if beat is None:
         return ListenerStatus(
             lid, "stopped", False, None, today, None, None, held, acks, None, pause, None, total
         )
-    _, state, pid, success, error, backlog, oldest, paused, updated = beat
-    stamp = _parse(updated)
-    alive = bool(stamp and (now - stamp).total_seconds() < ALIVE_SECONDS and _pid_exists(int(pid)))
-    oldest_at = _parse(oldest)
+    stamp = _parse(beat.updated_at)
+    alive = bool(stamp and (now - stamp).total_seconds() < ALIVE_SECONDS and _pid_exists(beat.pid))
+    oldest_at = _parse(beat.oldest_unprocessed)
+    backlog = beat.backlog
     age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at and backlog != 0 else None
     return ListenerStatus(
         listener=lid,
-        state=str(state),
+        state=beat.state,
         alive=alive,
-        last_success_at=success,
+        last_success_at=beat.last_success_at,
         processed_today=today,
-        backlog=None if backlog is None else int(backlog),
+        backlog=backlog,
         oldest_unprocessed_age=age,
         quarantined=held,
         pending_acks=acks,
-        last_error=error,
-        paused_until=paused or pause,
-        heartbeat_at=updated,
+        last_error=beat.last_error,
+        paused_until=beat.paused_until or pause,
+        heartbeat_at=beat.updated_at,
         processed_total=total,
     )
 

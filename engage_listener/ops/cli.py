@@ -34,7 +34,8 @@ from engage_listener.ops.terminal import (
 )
 from engage_listener.outbox import delivery as outbox
 from engage_listener.service import app
-from engage_listener.store.sqlite.store import SqliteStore
+from engage_listener.store.interface import Store
+from engage_listener.store.open import open_store
 
 # The operator commands' modules (commands, admin, diagnose, mailsearch) are imported by
 # the functions that use them, so `run` does not pay for them at start-up.
@@ -268,9 +269,8 @@ def cmd_cases(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _with_store(config: Config, work: Callable[[SqliteStore], Awaitable[T]]) -> T:
-    store = SqliteStore(config.store.path)
-    await store.open()
+async def _with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
+    store = await open_store(config.store)
     try:
         return await work(store)
     finally:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from engage_listener.cases.engine import PENDING, REPLAY_FOLDER, CaseEngine
+from engage_listener.cases.engine import PENDING, REPLAY_MAILBOX, CaseEngine
 from engage_listener.cases.hooks import RoutingHook
 from engage_listener.config import secret_refs as secrets
 from engage_listener.config.auth import AuthConfig
@@ -37,14 +37,13 @@ from engage_listener.service.app import (
     smtp_endpoints,
 )
 from engage_listener.sources.imap.session import ImapSession
-from engage_listener.store.interface import CaseSummary, LedgerKey
-from engage_listener.store.sqlite.store import SqliteStore
+from engage_listener.store.interface import CaseSummary, MailKey, Store
+from engage_listener.store.open import open_store
 
 
 async def list_cases(config: Config) -> list[CaseSummary]:
     """Cases in the store, for `engage-listener cases`."""
-    store = SqliteStore(config.store.path)
-    await store.open()
+    store = await open_store(config.store)
     try:
         return await store.list_cases()
     finally:
@@ -55,8 +54,7 @@ async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[st
     """Run quarantined mails through their listener's engine again; one line per mail."""
     hooks = load_hooks(config)
     listeners = {c.id: c for c in config.listeners}
-    store = SqliteStore(config.store.path)
-    await store.open()
+    store = await open_store(config.store)
     lines: list[str] = []
     try:
         for entry_id in entry_ids:
@@ -67,7 +65,7 @@ async def replay_quarantine(config: Config, entry_ids: Sequence[int]) -> list[st
 
 
 async def _replay_one(
-    store: SqliteStore,
+    store: Store,
     listeners: dict[str, ListenerConfig],
     hooks: dict[str, RoutingHook],
     entry_id: int,
@@ -91,7 +89,7 @@ async def _replay_one(
             "longer in the configuration"
         )
     engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
-    key = LedgerKey(cfg.id, REPLAY_FOLDER, 0, entry_id)
+    key = MailKey(cfg.id, REPLAY_MAILBOX, "", str(entry_id))
     done = await engine.ingest(key, raw)
     await admin.mark_replayed(store, entry_id, done.case_id)
     return f"{entry_id}: replayed into case {done.case_number or '(ignored)'}"
@@ -111,18 +109,15 @@ async def decide_cases(config: Config, case_ids: Sequence[int], *, approve: bool
     """`approve` (then route and acknowledge) or `reject` cases awaiting approval."""
     hooks = load_hooks(config)
     listeners = {c.id: c for c in config.listeners}
-    store = SqliteStore(config.store.path)
-    await store.open()
+    store = await open_store(config.store)
     decisions: list[Decision] = []
     try:
         for case_id in case_ids:
-            rows = await store.query(
-                "SELECT listener, status, case_number FROM cases WHERE id = ?", (case_id,)
-            )
-            if not rows:
+            found = await store.case_state(case_id)
+            if found is None:
                 decisions.append(Decision(case_id, False, f"{case_id}: no such case"))
                 continue
-            listener, status, number = rows[0]
+            listener, status, number = found.listener, found.status, found.case_number
             if status != PENDING:
                 # The same words the engine uses; nothing to decide, nothing written.
                 text = f"case {number} is {status}, not {PENDING}"
@@ -165,8 +160,7 @@ async def control_listener(config: Config, listener: str, day: dt.date | None) -
             f"listener {listener!r} is a POP3 listener: POP3 has no received dates, "
             "so reset/pause/resume apply to IMAP listeners only"
         )
-    store = SqliteStore(config.store.path)
-    await store.open()
+    store = await open_store(config.store)
     try:
         if day is None:
             return ControlResult(listener, "resume", None, None, await resume(store, listener))
@@ -187,8 +181,7 @@ async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]
     if cfg.protocol != "imap":
         raise EngageError(f"listener {listener!r} reads POP3, which cannot search the mailbox")
     register_secret(cfg.password.reveal())
-    store = SqliteStore(config.store.path)
-    await store.open()
+    store = await open_store(config.store)
     session = await ImapSession.open(endpoint_for(cfg))
     try:
         return await search_mailbox(session, criteria, store=store, listener=cfg.id)
@@ -199,8 +192,7 @@ async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]
 
 async def status_rows(config: Config) -> list[ListenerStatus]:
     """Every configured listener's status, from the heartbeats the daemon writes to the store."""
-    store = SqliteStore(config.store.path)
-    await store.open()
+    store = await open_store(config.store)
     try:
         zones = {c.id: c.time_zone for c in config.listeners}
         return await read_status(store, [c.id for c in config.listeners], tz=zones)

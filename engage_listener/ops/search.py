@@ -60,7 +60,8 @@ async def search_mailbox(
     uids = (await session.search(*imap_criteria(criteria)))[-criteria.limit :]
     meta = await session.fetch_meta(uids)
     heads = dict(await session.fetch_headers(uids, "FROM SUBJECT DATE MESSAGE-ID"))
-    known = await store.known_states(listener, criteria.folder, state.uidvalidity, uids)
+    epoch, items = str(state.uidvalidity), [str(u) for u in uids]  # IMAP's mail key
+    known = {int(i) for i in await store.known_states(listener, criteria.folder, epoch, items)}
     parsed = {uid: parser.parse(heads.get(uid, b"") + b"\r\n") for uid in uids}
     ids = [m.message_id for m in parsed.values() if m.message_id]
     have = await store.known_message_ids(listener, ids)

@@ -17,17 +17,17 @@ Intake never waits for any of this: the sender is its own task.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email
 import email.policy
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engage_listener.errors import EngageError, PermanentError
-from engage_listener.store.interface import Store
-from engage_listener.store.sqlite.transaction import now_iso
+from engage_listener.store.interface import OutboxRow, Store
+from engage_listener.store.records import OUTBOX_STATES, OutboxState
 
 if TYPE_CHECKING:  # smtp (aiosmtplib) is imported only once there is something to send
     from engage_listener.outbox.smtp import BeforeData, SmtpEndpoint, SmtpTemporaryError
@@ -50,18 +50,13 @@ BATCH = 50
 # `closed` is written only by an operator (`acks close`): an acknowledgement never to be sent;
 # `suppressed` by the engine past the listener's MaxPerHour (why in last_error): recorded so
 # `acks` shows it, never sent, never retried.
-STATES = ("pending", "sending", "sent", "failed", "uncertain", "closed", "suppressed")
-RESENDABLE = ("uncertain", "failed", "closed")  # `acks resend`: back to pending, due now
-CLOSABLE = ("uncertain", "failed")  # `acks close`
+STATES = OUTBOX_STATES
+RESENDABLE: tuple[OutboxState, ...] = ("uncertain", "failed", "closed")  # `acks resend`
+CLOSABLE: tuple[OutboxState, ...] = ("uncertain", "failed")  # `acks close`
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    listener: str
-    recipient: str
-    attempts: int
-    mime: bytes
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class OutboxSender:
@@ -88,8 +83,8 @@ class OutboxSender:
 
     async def recover(self) -> int:
         """Rows left `sending` by a crash become `uncertain` (never re-sent automatically)."""
-        rows = await self.store.query("SELECT id FROM outbox WHERE state = 'sending'")
-        for (row_id,) in rows:
+        rows = await self.store.outbox_in_state("sending")
+        for row_id in rows:
             await self._set(
                 row_id,
                 "uncertain",
@@ -121,16 +116,11 @@ class OutboxSender:
         """
         sent, taken = 0, BATCH
         while taken == BATCH and not self.stop.is_set():
-            rows = await self.store.query(
-                "SELECT id, listener, recipient, attempts, mime FROM outbox"
-                " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-                (self.wall(), BATCH),
-            )
+            rows = await self.store.due_outbox(self.wall(), BATCH)
             taken = len(rows)
-            for r in rows:
+            for row in rows:
                 if self.stop.is_set():
                     break
-                row = OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4]))
                 sent += await self._deliver(row)
         return sent
 
@@ -178,11 +168,6 @@ class OutboxSender:
         )
         return 0
 
-    async def _set(self, row_id: int, state: str, **fields: Any) -> None:
+    async def _set(self, row_id: int, state: OutboxState, **fields: Any) -> None:
         """Update one row and commit: each state change is durable before the next step."""
-        assignments = ", ".join(f"{name} = ?" for name in ("state", *fields))
-        async with self.store.transaction() as tx:
-            await tx.execute(
-                f"UPDATE outbox SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
-                (state, *fields.values(), row_id),
-            )
+        await self.store.update_outbox(row_id, state, **fields)

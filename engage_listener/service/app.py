@@ -37,7 +37,7 @@ from engage_listener.sources.imap.listener import Listener, ListenerSettings
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import ImapEndpoint
 from engage_listener.store.interface import Store
-from engage_listener.store.sqlite.store import SqliteStore
+from engage_listener.store.open import build_store
 
 # For annotations only: what a plain `run --once` does not use (SMTP, metrics, POP3, the
 # daemon's supervisor) is imported where it is used, to keep start-up short.
@@ -323,7 +323,7 @@ async def run(config: Config, *, once: bool = False) -> int:
             "no_listeners", message="no enabled listener: nothing to do", config=str(config.path)
         )
         return 1
-    store = SqliteStore(config.store.path)
+    store = build_store(config.store)
     try:
         await store.open()
     except EngageError as exc:
@@ -365,7 +365,7 @@ async def run(config: Config, *, once: bool = False) -> int:
 async def _serve(
     config: Config,
     hooks: dict[str, RoutingHook],
-    store: SqliteStore,
+    store: Store,
     sender: OutboxSender,
     ack_queued: asyncio.Event,
     stop: asyncio.Event,
@@ -451,7 +451,7 @@ async def _run_once(listeners: Sequence[Listener | Pop3Listener], log: Any) -> i
 
 
 async def _start_metrics(
-    config: Config, store: SqliteStore, supervisor: Supervisor, log: Any
+    config: Config, store: Store, supervisor: Supervisor, log: Any
 ) -> MetricsServer | None:
     """The optional Prometheus endpoint, fed from the same figures as `status`."""
     if config.metrics is None:

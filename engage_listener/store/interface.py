@@ -1,180 +1,96 @@
-"""The case store's interface and records, independent of any database.
+"""The case store's interface, independent of any database.
 
-The listener and the case engine talk to these protocols only, so the embedded
-SQLite store can be joined by a PostgreSQL one without touching them.
+Callers (the case engine, intake, the outbox, status, the operator commands) talk to
+these protocols only, with the records of `store.records`, so the embedded SQLite store
+can be joined by a PostgreSQL one without touching them.
+
+Decisions:
+
+* No SQL crosses this interface: every read and write a caller needs is a named method.
+  The one exception is the operators' own `sql:` routing hooks, run through
+  `Transaction.run_sync`/`run_inline` inside the mail's transaction, in the dialect of
+  the store (`SqlDialect` checks their files when the configuration is loaded).
+* Each `Store` method that writes is its own transaction; `Transaction` methods are the
+  writes of one mail (or one operator action), committed together.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from engage_listener.store.records import (
+    AckRow,
+    CaseCandidate,
+    CaseInfo,
+    CaseRef,
+    CaseState,
+    CaseStatus,
+    CaseSummary,
+    ControlField,
+    ControlRow,
+    Customer,
+    Heartbeat,
+    LedgerEntry,
+    LedgerState,
+    ListenerCounts,
+    MailKey,
+    NewAck,
+    NewAttachment,
+    NewCase,
+    NewMessage,
+    OutboxRow,
+    OutboxState,
+    Quarantined,
+    SettledState,
+)
+
+__all__ = [
+    "AckRow", "CaseCandidate", "CaseInfo", "CaseRef", "CaseState", "CaseSummary",
+    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey",
+    "NewAck", "NewAttachment", "NewCase", "NewMessage", "OutboxRow", "Quarantined",
+    "SqlCursor", "SqlDialect", "Store", "SyncExecute", "Transaction",
+]  # fmt: skip
+
 T = TypeVar("T")
-SyncExecute = Callable[[str, Any], sqlite3.Cursor]  # sqlite3.Connection.execute
 
 
-@dataclass(frozen=True)
-class LedgerKey:
-    """Where a mail was seen: unique for the life of the mailbox (RFC 3501 UIDs)."""
-
-    listener: str
-    folder: str
-    uidvalidity: int
-    uid: int
-
-
-@dataclass(frozen=True)
-class NewCase:
-    listener: str
-    process: str | None
-    sender: str
-    sender_name: str
-    subject: str
-    normalized_subject: str
-    status: str = "open"
-    customer_id: int | None = None
-    related_case_id: int | None = None  # the case it named but may not join
-
-
-@dataclass(frozen=True)
-class CaseRef:
-    id: int
-    case_number: str
-
-
-@dataclass(frozen=True)
-class CaseCandidate:
-    """An open case a mail names (by header or token), with what decides if it may join."""
-
-    id: int
-    case_number: str
-    listener: str
-    process: str | None
+class SqlCursor(Protocol):
+    """A statement's result as an operator's SQL hook reads it (DB-API cursor)."""
 
     @property
-    def ref(self) -> CaseRef:
-        return CaseRef(self.id, self.case_number)
+    def description(self) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class NewMessage:
-    listener: str
-    message_id: str | None
-    in_reply_to: str | None
-    sender: str
-    sender_name: str
-    subject: str
-    sent_at: dt.datetime | None
-    received_at: dt.datetime
-    sha256: str
-    raw: bytes
-    parsed: bool
-    body_text: str
-    body_html: str | None
-    defects: str
-    automatic: str | None = None
-    stored_mime: bytes | None = None  # the mail without its attachments (ExtractAttachments)
-    ignored: bool = False  # automatic mail stored without a case
+SyncExecute = Callable[[str, Mapping[str, object]], SqlCursor]  # one statement, named params
 
 
-@dataclass(frozen=True)
-class NewAttachment:
-    filename: str
-    content_type: str
-    content: bytes
-    content_id: str | None = None
-    inline: bool = False
-    raw_of_message: bool = False  # `content` is the message's raw: stored there, not again
+class SqlDialect(Protocol):
+    """What loading an operator's SQL hook file needs to know of the store's SQL."""
 
+    def is_complete(self, text: str) -> bool:
+        """Whether `text` ends with a complete statement (quotes, comments, triggers)."""
+        ...
 
-@dataclass(frozen=True)
-class NewAck:
-    """An acknowledgement to deliver after commit (the outbox row)."""
-
-    listener: str
-    case_id: int
-    message_row: int
-    recipient: str
-    subject: str
-    smtp_message_id: str
-    mime: bytes
-
-
-@dataclass(frozen=True)
-class Customer:
-    id: int
-    name: str
-    addresses: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CaseInfo:
-    """A case as routing hooks see it."""
-
-    id: int
-    case_number: str
-    process: str | None
-    status: str
-    inbox: str | None
-    subject: str
-    customer_id: int | None
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    """A mail that could not be processed, kept with the reason (`quarantine list`)."""
-
-    id: int
-    listener: str
-    folder: str
-    uid: int
-    message_id: str | None
-    sender: str
-    subject: str
-    reason: str
-    attempts: int
-    state: str
-    case_id: int | None
-    created_at: str
-    size: int
-
-
-@dataclass(frozen=True)
-class CaseSummary:
-    """One row of `engage-listener cases`."""
-
-    id: int
-    case_number: str
-    listener: str
-    sender: str
-    subject: str
-    status: str
-    inbox: str | None
-    messages: int
-    attachments: int
-    created_at: str
-    ack: str | None = None  # state of the latest acknowledgement, with the error if failed
-    related_case_id: int | None = None  # the case this one's first mail named, not joined
-    related_case_number: str | None = None
+    def syntax_problem(self, text: str, names: Sequence[str]) -> str | None:
+        """A syntax error in this statement, if any (unknown tables are no error)."""
+        ...
 
 
 class Transaction(Protocol):
-    """Writes of one message, committed together or not at all."""
-
-    async def execute(self, sql: str, params: Any = ()) -> Any:
-        """Raw SQL in this transaction (operator commands, control, outbox)."""
-        ...
+    """Writes of one message (or one operator action), committed together or not at all."""
 
     def interrupt(self) -> None:
         """Abort the statement running now (a routing procedure past its timeout)."""
         ...
 
     async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
-        """`work(execute)` with plain sqlite3 calls, off the event loop (SQL hooks)."""
+        """`work(execute)` off the event loop: the operator's SQL hooks."""
         ...
 
     def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
@@ -183,6 +99,7 @@ class Transaction(Protocol):
         went with it."""
         ...
 
+    # ----- the case engine --------------------------------------------------------------
     async def find_duplicate(
         self, listener: str, sha256: str, message_id: str | None
     ) -> int | None:
@@ -220,6 +137,16 @@ class Transaction(Protocol):
 
     async def create_case(self, case: NewCase) -> CaseRef: ...
 
+    async def set_case_status(
+        self, case_id: int, status: CaseStatus, *, touch: bool = False
+    ) -> None:
+        """Change a case's status (`touch`: and its updated_at)."""
+        ...
+
+    async def first_message(self, case_id: int) -> tuple[int, bytes]:
+        """The row and raw bytes of the case's first mail (approval routes it)."""
+        ...
+
     async def add_message(self, case_id: int | None, message: NewMessage) -> int: ...
 
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None: ...
@@ -234,8 +161,15 @@ class Transaction(Protocol):
         acknowledge: bool | None,
     ) -> None: ...
 
-    async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None: ...
+    async def add_ledger(self, key: MailKey, message_row: int, message: NewMessage) -> None: ...
 
+    async def add_quarantine(
+        self, key: MailKey, raw: bytes, message: NewMessage, reason: str, attempts: int
+    ) -> int:
+        """Keep the mail with its reason, and a ledger row so it is never taken again."""
+        ...
+
+    # ----- acknowledgements -------------------------------------------------------------
     async def recent_acks(self, recipient_key: str, since: str) -> int:
         """Acknowledgements to `recipient_key` (`ack.recipient_key`) created since the ISO
         time `since`, not failed nor suppressed (the per-recipient limit)."""
@@ -246,20 +180,48 @@ class Transaction(Protocol):
         ...
 
     async def add_outbox(
-        self, ack: NewAck, *, state: str = "pending", last_error: str | None = None
+        self, ack: NewAck, *, state: OutboxState = "pending", last_error: str | None = None
     ) -> int:
         """Queue an acknowledgement (`pending`), or record one held back (`suppressed`)."""
         ...
 
-    async def add_quarantine(
-        self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int
-    ) -> int:
-        """Keep the mail with its reason, and a ledger row so it is never taken again."""
+    async def get_ack(self, ack_id: int) -> AckRow | None: ...
+
+    async def change_ack(
+        self,
+        ack_id: int,
+        state: OutboxState,
+        note: str,
+        allowed: Sequence[OutboxState],
+        *,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        """The operator's change of a row still in one of `allowed`; False if it was not."""
+        ...
+
+    # ----- operator commands ------------------------------------------------------------
+    async def customer_by_external_id(self, external_id: str) -> int | None: ...
+
+    async def address_owner(self, address: str) -> int | None:
+        """The customer an address (lower-cased) belongs to."""
+        ...
+
+    async def import_customer(self, name: str, external_id: str | None) -> int:
+        """A new customer from an import, without addresses yet."""
+        ...
+
+    async def update_customer(self, customer_id: int, name: str, external_id: str | None) -> None:
+        """Set the name (unless empty) and the external id (unless None)."""
+        ...
+
+    async def add_customer_address(self, customer_id: int, address: str) -> None:
+        """Give the customer this (lower-cased) address; one it has already is kept."""
         ...
 
 
 class Store(Protocol):
-    """Persistence of cases, messages and the exactly-once ledger."""
+    """Persistence of cases, messages, the exactly-once ledger, the outbox, operator
+    control and heartbeats."""
 
     async def open(self) -> None: ...
 
@@ -271,28 +233,94 @@ class Store(Protocol):
         """Commit the transactions this task opens inside the block together, at its end."""
         ...
 
+    # ----- the ledger -------------------------------------------------------------------
     async def known_states(
-        self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int]
-    ) -> dict[int, str]:
-        """Ledger state of those UIDs already in the ledger (committed, quarantined, ...)."""
+        self, listener: str, mailbox: str, epoch: str, items: Sequence[str]
+    ) -> dict[str, LedgerState]:
+        """Ledger state of those items already in the ledger (committed, quarantined, ...)."""
+        ...
+
+    async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
+        """Every mail taken under this item id in any epoch, oldest epoch first."""
         ...
 
     async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
         """Which of these Message-IDs this listener already has (date resets)."""
         ...
 
-    async def record_failure(self, key: LedgerKey, error: str) -> int:
+    async def record_failure(self, key: MailKey, error: str) -> int:
         """Count one more failed attempt at a mail; returns the attempts so far."""
         ...
 
-    async def mark_done(
-        self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int], state: str
-    ) -> None:
-        """Record that these mails were moved or deleted on the server."""
+    async def mark_done(self, keys: Sequence[MailKey], state: SettledState) -> None:
+        """Record that these mails were moved, deleted or quarantined on the server."""
         ...
 
+    # ----- cases, customers, quarantine (operator commands) -----------------------------
     async def list_cases(self) -> list[CaseSummary]: ...
 
-    async def query(self, sql: str, params: Any = ()) -> list[Any]:
-        """Read-only rows (operator commands, the outbox sender)."""
+    async def case_state(self, case_id: int) -> CaseState | None: ...
+
+    async def list_customers(self) -> list[Customer]: ...
+
+    async def list_quarantine(self, *, include_replayed: bool = False) -> list[Quarantined]:
+        """Held entries (and replayed ones too if asked), oldest first."""
+        ...
+
+    async def get_quarantine(self, entry_id: int) -> tuple[Quarantined, bytes] | None:
+        """The entry and the raw bytes kept."""
+        ...
+
+    async def mark_replayed(self, entry_id: int, case_id: int | None) -> None: ...
+
+    # ----- the outbox -------------------------------------------------------------------
+    async def outbox_in_state(self, state: OutboxState) -> list[int]:
+        """Ids of the rows in `state`, in order."""
+        ...
+
+    async def due_outbox(self, now: float, limit: int) -> list[OutboxRow]:
+        """Pending rows whose next attempt (epoch seconds) has come, oldest first."""
+        ...
+
+    async def update_outbox(
+        self,
+        row_id: int,
+        state: OutboxState,
+        *,
+        attempts: int | None = None,
+        last_error: str | None = None,
+        smtp_reply: str | None = None,
+        sent_at: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Set the state, and each other field given (None: left as it is); committed."""
+        ...
+
+    async def list_acks(self, states: Sequence[OutboxState] | None = None) -> list[AckRow]:
+        """Rows in `states`, oldest first; by default every row not `sent`."""
+        ...
+
+    # ----- operator control and status --------------------------------------------------
+    async def read_control(self, listener: str) -> ControlRow | None: ...
+
+    async def set_control(self, listener: str, field: ControlField, value: str | None) -> None:
+        """Set one request (an ISO time) or clear it (None)."""
+        ...
+
+    async def clear_reset(self, listener: str, reset_from: str) -> None:
+        """Clear the reset request if it is still `reset_from` (a newer one stays)."""
+        ...
+
+    async def write_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
+        """Replace every heartbeat with these (the running listeners)."""
+        ...
+
+    async def heartbeats(self) -> list[Heartbeat]: ...
+
+    async def paused_until(self) -> dict[str, str | None]:
+        """Every listener's requested pause (ISO) from operator control."""
+        ...
+
+    async def listener_counts(self, listener: str, since: str) -> ListenerCounts:
+        """Counts for `status`; `since` (ISO UTC) starts "today"."""
         ...

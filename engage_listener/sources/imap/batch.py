@@ -14,42 +14,21 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
-from engage_listener.errors import QuarantineNow, StoreError
-from engage_listener.intake.parse_ahead import ParseAhead, Preparer
+from engage_listener.intake.contract import Delivered, Handled, Handler
+from engage_listener.intake.parse_ahead import ParseAhead
+from engage_listener.intake.per_mail import MailPath
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import FolderState
-from engage_listener.store.interface import LedgerKey, Store
+from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.records import LedgerState, SettledState
 
 CHUNK_COUNT = 100
 FIRST_CHUNK_COUNT = 10
 CHUNK_BYTES = 16 * 1024 * 1024
 GROUP_SECONDS = 0.5  # a group commit holds the store no longer than about this
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """What ingesting one mail produced (for the log)."""
-
-    case_id: int | None
-    case_number: str | None
-    new_case: bool
-    duplicate: bool
-    ignored: bool = False
-    ack: str | None = None  # "queued", or why no acknowledgement is sent
-
-
-class Handler(Preparer, Protocol):
-    """Turns one mail into a case (the case engine), or keeps it in quarantine; its
-    `prepare` (parsing) runs ahead while the store is busy (`ParseAhead`)."""
-
-    async def ingest(self, key: LedgerKey, raw: bytes, prepared: object = None) -> Ingested:
-        """`prepared` is what `prepare` returned for these bytes, if it ran."""
-        ...
-
-    async def quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -139,6 +118,23 @@ class Batch:
         self._too_old: set[int] = set()
         self._sizes: dict[int, int] = {}
         self._ahead = ParseAhead(handler)
+        self.path = MailPath(
+            store,
+            handler,
+            max_attempts=destination.max_attempts,
+            log=log,
+            quarantine_fields={"error_folder": destination.error_folder},
+        )
+
+    def _key(self, uid: int) -> MailKey:
+        """IMAP's mail key: the folder, its UIDVALIDITY (the epoch) and the UID."""
+        return MailKey(self.listener, self.folder.name, str(self.folder.uidvalidity), str(uid))
+
+    async def _known(self, uids: Sequence[int]) -> dict[int, LedgerState]:
+        known = await self.store.known_states(
+            self.listener, self.folder.name, str(self.folder.uidvalidity), [str(u) for u in uids]
+        )
+        return {int(item): state for item, state in known.items()}
 
     async def run(self) -> BatchResult:
         started = time.monotonic()
@@ -184,9 +180,7 @@ class Batch:
 
     async def _unknown(self, uids: list[int]) -> list[int]:
         """UIDs to ingest; those already in the ledger (a crash before the move) only move."""
-        known = await self.store.known_states(
-            self.listener, self.folder.name, self.folder.uidvalidity, uids
-        )
+        known = await self._known(uids)
         for uid, state in known.items():
             (self._quarantined if state == "quarantined" else self._committed).append(uid)
         self.result.already_known += len(known)
@@ -208,9 +202,9 @@ class Batch:
         for uid in big:
             if self.stop.is_set():
                 break
-            key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)
             reason = f"oversize: {self._sizes[uid]} bytes > MaxMessageSize {cap}"
-            await self._quarantine(key, heads.get(uid, b""), reason, 1)
+            mail = Delivered(self._key(uid), heads.get(uid, b""), {"uid": uid})
+            self._count(uid, await self.path.quarantine(mail, reason, 1))
         skip = set(big)
         return [uid for uid in todo if uid not in skip]
 
@@ -267,7 +261,7 @@ class Batch:
         saved = (len(self._committed), len(self._quarantined), dataclasses.replace(self.result))
         saved[2].failed_uids = list(self.result.failed_uids)
         log, deferred = self.log, _DeferredLog()
-        self.log = deferred
+        self.log = self.path.log = deferred
         taken, started = 0, time.monotonic()
         try:
             async with self.store.group():
@@ -284,66 +278,26 @@ class Batch:
             log.warning("group_commit_failed", error=str(exc), mails=len(bodies))
             return None
         finally:
-            self.log = log
+            self.log = self.path.log = log
         deferred.replay(log)
         return taken
 
     async def _process_one(self, uid: int, raw: bytes) -> None:
-        key = LedgerKey(self.listener, self.folder.name, self.folder.uidvalidity, uid)
-        try:
-            done = await self.handler.ingest(key, raw, self._ahead.take(uid, raw))
-        except StoreError:
-            raise
-        except QuarantineNow as exc:
-            await self._quarantine(key, raw, str(exc), 1)
-            return
-        except Exception as exc:  # one bad message never stops the batch
-            await self._failed(key, raw, exc)
-            return
-        self._committed.append(uid)
-        self.result.ingested += 1
-        self.log.info(
-            "message",
-            uid=uid,
-            case_id=done.case_id,
-            case_number=done.case_number,
-            new_case=done.new_case,
-            duplicate=done.duplicate,
-            ignored=done.ignored,
-            ack=done.ack,
-            size=len(raw),
-        )
+        mail = Delivered(self._key(uid), raw, {"uid": uid}, self._ahead.take(uid, raw))
+        self._count(uid, await self.path.take(mail))
 
-    async def _failed(self, key: LedgerKey, raw: bytes, exc: Exception) -> None:
-        """Count the attempt; at MaxAttempts the mail goes to quarantine."""
-        reason = f"{type(exc).__name__}: {exc}"
-        attempts = await self.store.record_failure(key, reason)
-        self.log.error(
-            "message_failed",
-            uid=key.uid,
-            size=len(raw),
-            error=reason,
-            attempts=attempts,
-            max_attempts=self.destination.max_attempts,
-        )
-        if attempts >= self.destination.max_attempts:
-            await self._quarantine(key, raw, reason, attempts)
+    def _count(self, uid: int, handled: Handled) -> None:
+        """Committed mail is moved at the batch's end, quarantined mail to the error
+        folder; a failed one stays for the next batch."""
+        if handled.outcome == "committed":
+            self._committed.append(uid)
+            self.result.ingested += 1
+        elif handled.outcome == "quarantined":
+            self._quarantined.append(uid)
+            self.result.quarantined += 1
         else:
             self.result.failed += 1
-            self.result.failed_uids.append(key.uid)
-
-    async def _quarantine(self, key: LedgerKey, raw: bytes, reason: str, attempts: int) -> None:
-        entry = await self.handler.quarantine(key, raw, reason, attempts)
-        self._quarantined.append(key.uid)
-        self.result.quarantined += 1
-        self.log.warning(
-            "message_quarantined",
-            uid=key.uid,
-            quarantine_id=entry,
-            reason=reason,
-            attempts=attempts,
-            error_folder=self.destination.error_folder,
-        )
+            self.result.failed_uids.append(uid)
 
     async def _finish(self) -> None:
         """Move (or delete) every committed mail, quarantined ones to the error folder."""
@@ -355,7 +309,7 @@ class Batch:
         ours = await self._ours_left_flagged()
         if self.destination.output_folder is not None:
             flagged = await self.session.move(uids, self.destination.output_folder, ours)
-            state = "moved"
+            state: SettledState = "moved"
         else:
             flagged = await self.session.delete(uids, ours)
             state = "deleted"
@@ -367,9 +321,7 @@ class Batch:
                 " input folder: expunging would remove theirs too",
             )
         self.result.done = len(uids)
-        await self.store.mark_done(
-            self.listener, self.folder.name, self.folder.uidvalidity, uids, state
-        )
+        await self.store.mark_done([self._key(uid) for uid in uids], state)
 
     async def _ours_left_flagged(self) -> set[int]:
         """Mails an earlier batch copied and left flagged \\Deleted (a server without
@@ -377,9 +329,7 @@ class Batch:
         if self.session.has_capability("UIDPLUS"):
             return set()
         flagged = await self.session.search("DELETED", charset=None)
-        known = await self.store.known_states(
-            self.listener, self.folder.name, self.folder.uidvalidity, flagged
-        )
+        known = await self._known(flagged)
         return {uid for uid, state in known.items() if state in ("moved", "deleted")}
 
     async def _move_quarantined(self, uids: list[int]) -> None:
@@ -388,6 +338,4 @@ class Batch:
             await self.session.create_folder(folder)
             self.log.info("folder_created", folder=folder)
         await self.session.move(uids, folder)
-        await self.store.mark_done(
-            self.listener, self.folder.name, self.folder.uidvalidity, uids, "quarantined"
-        )
+        await self.store.mark_done([self._key(uid) for uid in uids], "quarantined")

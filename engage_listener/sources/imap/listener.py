@@ -19,9 +19,10 @@ from typing import Any
 from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import FolderMissingError
+from engage_listener.intake.contract import Handler
 from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.retry import Retrying
-from engage_listener.sources.imap.batch import Batch, BatchResult, Destination, Handler
+from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.reset import reset_folder
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import DEFAULT_MAX_MESSAGE_SIZE, FolderState, track_exists

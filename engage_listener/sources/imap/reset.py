@@ -24,7 +24,8 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from engage_listener.sources.imap.batch import Batch, BatchResult, Destination, Handler
+from engage_listener.intake.contract import Handler
+from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import imap_date
 from engage_listener.store.interface import Store

@@ -90,10 +90,6 @@ class ImapSession(ImapConnection):
         """
         return await self.search("UNDELETED", charset=None)
 
-    async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
-        """RFC822.SIZE of each UID, to plan fetch chunks without loading bodies."""
-        return {uid: size for uid, (size, _) in (await self.fetch_meta(uids)).items()}
-
     async def fetch_meta(self, uids: Sequence[int]) -> dict[int, tuple[int, dt.datetime | None]]:
         """(RFC822.SIZE, INTERNALDATE) of each UID: chunk planning and date filters."""
         meta: dict[int, tuple[int, dt.datetime | None]] = {}

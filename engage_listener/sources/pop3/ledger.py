@@ -5,11 +5,14 @@ RFC 1939 asks a server never to reuse a UIDL, but servers that rebuild their mai
 new mail look taken, and the listener would DELE it unseen. So each ledger row of a
 POP3 mail is compared with what the server lists now (size, and before a DELE the
 SHA-256 of the whole mail) and a different mail under an old UIDL is taken as a new
-generation of that UIDL: its own ledger key, (listener, "#pop3:" + UIDL, 0, generation).
+generation of that UIDL: its own mail key, (listener, mailbox "", epoch generation,
+item UIDL). POP3 has one maildrop, hence no mailbox; the generation is the epoch of
+that UIDL, as UIDVALIDITY is the epoch of an IMAP folder's UIDs.
 
 Decisions:
 
-* Generation 0 is the key every earlier version used, so existing ledgers stay valid.
+* Generation 0 is the first mail under a UIDL; schema migration 6 turned the keys of
+  earlier versions, ("#pop3:" + UIDL, 0, generation), into these.
 * The size of a row is its stored mail's (`messages.size`, or the quarantined raw's);
   an `oversize` quarantine stores only the header, so such a row matches by the
   SHA-256 of `TOP n 0`, never by size.
@@ -19,22 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engage_listener.store.interface import LedgerKey, Store
+from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.records import LedgerState
 
-LEDGER_PREFIX = "#pop3:"  # ledger "folder" of a POP3 mail: the prefix and its UIDL
+MAILBOX = ""  # a POP3 maildrop has no folders
 OVERSIZE = "oversize"  # the quarantine reason of a mail over MaxMessageSize starts with it
 
-_ROWS = (
-    "SELECT l.uid, l.state, l.sha256, COALESCE(m.size, length(q.raw))"
-    " FROM ledger l LEFT JOIN messages m ON m.id = l.message_row"
-    " LEFT JOIN quarantine q ON q.id = l.quarantine_id"
-    " WHERE l.listener = ? AND l.folder = ? AND l.uidvalidity = 0 ORDER BY l.uid"
-)
 
-
-def ledger_key(listener: str, uidl: str, generation: int = 0) -> LedgerKey:
-    """The ledger key of a POP3 mail: its UIDL, and which mail under that UIDL it is."""
-    return LedgerKey(listener, LEDGER_PREFIX + uidl, 0, generation)
+def ledger_key(listener: str, uidl: str, generation: int = 0) -> MailKey:
+    """The mail key of a POP3 mail: its UIDL, and which mail under that UIDL it is."""
+    return MailKey(listener, MAILBOX, str(generation), uidl)
 
 
 @dataclass(frozen=True)
@@ -42,17 +39,15 @@ class Seen:
     """One mail taken under a UIDL: its generation, ledger state, SHA-256 and size."""
 
     generation: int
-    state: str
+    state: LedgerState
     sha256: str
     size: int | None
 
 
 async def seen(store: Store, listener: str, uidl: str) -> tuple[Seen, ...]:
     """Every mail this listener took under `uidl`, oldest first."""
-    rows = await store.query(_ROWS, (listener, LEDGER_PREFIX + uidl))
-    return tuple(
-        Seen(int(r[0]), str(r[1]), str(r[2]), None if r[3] is None else int(r[3])) for r in rows
-    )
+    rows = await store.ledger_history(listener, MAILBOX, uidl)
+    return tuple(Seen(int(r.epoch), r.state, r.sha256, r.size) for r in rows)
 
 
 def next_generation(rows: tuple[Seen, ...]) -> int:

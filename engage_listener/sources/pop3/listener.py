@@ -28,11 +28,11 @@ from typing import Any
 
 from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
-from engage_listener.errors import ProtocolError, QuarantineNow, StoreError
+from engage_listener.errors import ProtocolError
+from engage_listener.intake.contract import Delivered, Handled, Handler
+from engage_listener.intake.per_mail import MailPath
 from engage_listener.intake.retry import Retrying
-from engage_listener.sources.imap.batch import Handler
 from engage_listener.sources.pop3.ledger import (
-    LEDGER_PREFIX,
     OVERSIZE,
     Seen,
     by_hash,
@@ -42,9 +42,10 @@ from engage_listener.sources.pop3.ledger import (
     seen,
 )
 from engage_listener.sources.pop3.session import Listed, Pop3Session
-from engage_listener.store.interface import LedgerKey, Store
+from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.records import LedgerState
 
-__all__ = ["LEDGER_PREFIX", "Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
+__all__ = ["Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,10 @@ class Pop3Poll:
         self.log = listener.log
         self.result = Pop3Result()
         self._taken = 0
-        self._deleted: list[tuple[LedgerKey, str]] = []  # DELE sent: (key, ledger state)
+        self._deleted: list[tuple[MailKey, LedgerState]] = []  # DELE sent: (key, state)
+        self.path = MailPath(
+            listener.store, listener.handler, max_attempts=self.settings.max_attempts, log=self.log
+        )
 
     async def run(self) -> Pop3Result:
         started = time.monotonic()
@@ -202,7 +206,7 @@ class Pop3Poll:
         self._taken += 1
         await self._ingest(m.number, m.uidl, self._key(m.uidl, next_generation(rows)), raw)
 
-    def _key(self, uidl: str, generation: int) -> LedgerKey:
+    def _key(self, uidl: str, generation: int) -> MailKey:
         return ledger_key(self.settings.id, uidl, generation)
 
     def _full(self) -> bool:
@@ -220,9 +224,11 @@ class Pop3Poll:
             self.listener.known[uidl] = await seen(self.listener.store, self.settings.id, uidl)
         return self.listener.known[uidl]
 
-    def _remember(self, uidl: str, key: LedgerKey, state: str, sha256: str, size: int) -> None:
+    def _remember(
+        self, uidl: str, key: MailKey, state: LedgerState, sha256: str, size: int
+    ) -> None:
         rows = self.listener.known.get(uidl, ())
-        self.listener.known[uidl] = (*rows, Seen(key.uid, state, sha256, size))
+        self.listener.known[uidl] = (*rows, Seen(int(key.epoch), state, sha256, size))
 
     async def _oversize(self, m: Listed, rows: tuple[Seen, ...]) -> None:
         """Over MaxMessageSize: quarantine its header once, never fetch it, never DELE it."""
@@ -243,11 +249,10 @@ class Pop3Poll:
         key = self._key(m.uidl, next_generation(rows))
         limit = self.session.endpoint.max_message_size
         reason = f"{OVERSIZE}: {m.size} bytes > MaxMessageSize {limit}"
-        entry = await self.listener.handler.quarantine(key, header, reason, 1)
+        await self.path.quarantine(Delivered(key, header, {"uid": m.uidl}), reason, 1)
         self._remember(m.uidl, key, "quarantined", sha256, len(header))
         self.listener.verified[m.uidl] = m.size
         self.result.quarantined += 1
-        self.log.warning("message_quarantined", uid=m.uidl, quarantine_id=entry, reason=reason)
 
     async def _header(self, m: Listed) -> bytes | None:
         try:
@@ -265,70 +270,23 @@ class Pop3Poll:
             self.log.error("message_failed", uid=uidl, number=number, error=str(exc))
             return None
 
-    async def _ingest(self, number: int, uidl: str, key: LedgerKey, raw: bytes) -> None:
-        try:
-            done = await self.listener.handler.ingest(key, raw)
-        except StoreError:
-            raise  # nothing committed: stop here, QUIT deletes only what did
-        except QuarantineNow as exc:
-            await self._quarantine(number, uidl, key, raw, str(exc), 1)
-            return
-        except Exception as exc:  # one bad message never stops the poll
-            await self._failed(number, uidl, key, raw, exc)
-            return
-        self._remember(uidl, key, "committed", hashlib.sha256(raw).hexdigest(), len(raw))
-        self.result.ingested += 1
-        self.log.info(
-            "message",
-            uid=uidl,
-            number=number,
-            case_id=done.case_id,
-            case_number=done.case_number,
-            new_case=done.new_case,
-            duplicate=done.duplicate,
-            ignored=done.ignored,
-            ack=done.ack,
-            size=len(raw),
+    async def _ingest(self, number: int, uidl: str, key: MailKey, raw: bytes) -> None:
+        """The per-mail path; what committed (a case or the quarantine: POP3 has no error
+        folder, the store keeps the mail) may leave the server."""
+        handled: Handled = await self.path.take(
+            Delivered(key, raw, {"uid": uidl, "number": number})
         )
-        await self._done(number, key, "committed")
-
-    async def _failed(
-        self, number: int, uidl: str, key: LedgerKey, raw: bytes, exc: Exception
-    ) -> None:
-        """Count the attempt; at MaxAttempts the mail is quarantined (then deleted)."""
-        reason = f"{type(exc).__name__}: {exc}"
-        attempts = await self.listener.store.record_failure(key, reason)
-        self.log.error(
-            "message_failed",
-            uid=uidl,
-            number=number,
-            size=len(raw),
-            error=reason,
-            attempts=attempts,
-            max_attempts=self.settings.max_attempts,
-        )
-        if attempts >= self.settings.max_attempts:
-            await self._quarantine(number, uidl, key, raw, reason, attempts)
-        else:
+        if handled.outcome == "failed":
             self.result.failed += 1
+            return
+        self._remember(uidl, key, handled.outcome, hashlib.sha256(raw).hexdigest(), len(raw))
+        if handled.outcome == "committed":
+            self.result.ingested += 1
+        else:
+            self.result.quarantined += 1
+        await self._done(number, key, handled.outcome)
 
-    async def _quarantine(
-        self, number: int, uidl: str, key: LedgerKey, raw: bytes, reason: str, attempts: int
-    ) -> None:
-        """POP3 has no error folder: the store keeps the mail, so it may leave the server."""
-        entry = await self.listener.handler.quarantine(key, raw, reason, attempts)
-        self._remember(uidl, key, "quarantined", hashlib.sha256(raw).hexdigest(), len(raw))
-        self.result.quarantined += 1
-        self.log.warning(
-            "message_quarantined",
-            uid=uidl,
-            quarantine_id=entry,
-            reason=reason,
-            attempts=attempts,
-        )
-        await self._done(number, key, "quarantined")
-
-    async def _done(self, number: int, key: LedgerKey, state: str) -> None:
+    async def _done(self, number: int, key: MailKey, state: LedgerState) -> None:
         """DELE a message whose transaction committed, unless LeaveOnServer."""
         if self.settings.leave_on_server:
             return
@@ -343,11 +301,10 @@ class Pop3Poll:
         try:
             await self.session.quit()
             self.result.deleted = len(self._deleted)
-            for key, state in self._deleted:
-                if state != "quarantined":  # the ledger keeps telling quarantined apart
-                    await self.listener.store.mark_done(
-                        key.listener, key.folder, 0, [key.uid], "deleted"
-                    )
+            # The ledger keeps telling quarantined mail apart.
+            gone = [key for key, state in self._deleted if state != "quarantined"]
+            if gone:
+                await self.listener.store.mark_done(gone, "deleted")
         except Exception as exc:
             if not failed:
                 raise

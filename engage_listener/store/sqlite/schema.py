@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+# Migration 6: the key of a row written under the old (folder, uidvalidity, uid).
+_POP3 = "(substr(folder, 1, 6) = '#pop3:' AND uidvalidity = 0)"
+_MAILBOX = f"CASE WHEN {_POP3} THEN '' ELSE folder END"
+_EPOCH = (
+    f"CASE WHEN {_POP3} THEN CAST(uid AS TEXT) WHEN uidvalidity = 0 THEN ''"
+    " ELSE CAST(uidvalidity AS TEXT) END"
+)
+_ITEM = f"CASE WHEN {_POP3} THEN substr(folder, 7) ELSE CAST(uid AS TEXT) END"
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: cases, messages, attachments and the exactly-once ledger.
     """
@@ -204,4 +213,54 @@ MIGRATIONS: tuple[str, ...] = (
             CASE WHEN a.raw_of_message THEN m.raw ELSE a.content END AS content
         FROM attachments a JOIN messages m ON m.id = a.message_row;
     """,
+    # 6: one source-neutral mail key (listener, mailbox, epoch, item), all text, instead of
+    # IMAP's (folder, uidvalidity, uid) that POP3 borrowed as ("#pop3:" + UIDL, 0,
+    # generation): POP3 rows become ("", generation, UIDL), quarantine replays
+    # ("#quarantine", "", entry id), IMAP rows (folder, UIDVALIDITY, UID). The ledger's
+    # key puts the item before the epoch: POP3 looks a UIDL up in every epoch.
+    # heartbeats.last_batch_at, never written, goes.
+    f"""
+    CREATE TABLE ledger_new (
+        listener TEXT NOT NULL,
+        mailbox TEXT NOT NULL,
+        epoch TEXT NOT NULL,
+        item TEXT NOT NULL,
+        message_row INTEGER REFERENCES messages(id),  -- NULL when quarantined
+        quarantine_id INTEGER REFERENCES quarantine(id),
+        message_id TEXT,
+        sha256 TEXT NOT NULL,
+        state TEXT NOT NULL,  -- committed, moved, deleted, quarantined
+        created_at TEXT NOT NULL,
+        done_at TEXT,
+        PRIMARY KEY (listener, mailbox, item, epoch)
+    );
+    INSERT INTO ledger_new SELECT listener, {_MAILBOX}, {_EPOCH}, {_ITEM}, message_row,
+        quarantine_id, message_id, sha256, state, created_at, done_at FROM ledger;
+    DROP TABLE ledger;
+    ALTER TABLE ledger_new RENAME TO ledger;
+    CREATE INDEX ledger_hash ON ledger(listener, sha256);
+    CREATE INDEX ledger_created ON ledger(listener, created_at);
+    CREATE TABLE attempts_new (
+        listener TEXT NOT NULL,
+        mailbox TEXT NOT NULL,
+        epoch TEXT NOT NULL,
+        item TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (listener, mailbox, item, epoch)
+    );
+    INSERT INTO attempts_new SELECT listener, {_MAILBOX}, {_EPOCH}, {_ITEM}, attempts,
+        last_error, updated_at FROM attempts;
+    DROP TABLE attempts;
+    ALTER TABLE attempts_new RENAME TO attempts;
+    ALTER TABLE quarantine ADD COLUMN mailbox TEXT NOT NULL DEFAULT '';
+    ALTER TABLE quarantine ADD COLUMN epoch TEXT NOT NULL DEFAULT '';
+    ALTER TABLE quarantine ADD COLUMN item TEXT NOT NULL DEFAULT '';
+    UPDATE quarantine SET mailbox = {_MAILBOX}, epoch = {_EPOCH}, item = {_ITEM};
+    ALTER TABLE quarantine DROP COLUMN folder;
+    ALTER TABLE quarantine DROP COLUMN uidvalidity;
+    ALTER TABLE quarantine DROP COLUMN uid;
+    ALTER TABLE heartbeats DROP COLUMN last_batch_at;
+    """,  # noqa: S608 - fixed text
 )

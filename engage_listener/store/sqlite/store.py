@@ -19,13 +19,23 @@ from typing import Any
 
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
-from engage_listener.store.interface import CaseSummary, LedgerKey
+from engage_listener.store.records import (
+    CaseSummary,
+    LedgerEntry,
+    LedgerState,
+    MailKey,
+    SettledState,
+)
 from engage_listener.store.sqlite.connection import AUTOCHECKPOINT_PAGES, WAL_SIZE_LIMIT, Connection
+from engage_listener.store.sqlite.dialect import SQLITE_DIALECT
+from engage_listener.store.sqlite.operator import OperatorQueries
 from engage_listener.store.sqlite.schema import MIGRATIONS
 from engage_listener.store.sqlite.transaction import SqliteTransaction, now_iso
 
+__all__ = ["SQLITE_DIALECT", "SqliteStore"]
 
-class SqliteStore:
+
+class SqliteStore(OperatorQueries):
     """See `store.Store`."""
 
     def __init__(self, path: Path) -> None:
@@ -178,19 +188,33 @@ class SqliteStore:
             raise
 
     async def known_states(
-        self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int]
-    ) -> dict[int, str]:
-        found: dict[int, str] = {}
-        for start in range(0, len(uids), 500):
-            chunk = list(uids[start : start + 500])
+        self, listener: str, mailbox: str, epoch: str, items: Sequence[str]
+    ) -> dict[str, LedgerState]:
+        found: dict[str, LedgerState] = {}
+        for start in range(0, len(items), 500):
+            chunk = list(items[start : start + 500])
             marks = ",".join("?" * len(chunk))
             rows = await self.query(
-                f"SELECT uid, state FROM ledger WHERE listener = ? AND folder = ? "  # noqa: S608
-                f"AND uidvalidity = ? AND uid IN ({marks})",
-                (listener, folder, uidvalidity, *chunk),
+                f"SELECT item, state FROM ledger WHERE listener = ? AND mailbox = ? "  # noqa: S608
+                f"AND epoch = ? AND item IN ({marks})",
+                (listener, mailbox, epoch, *chunk),
             )
-            found.update((int(r[0]), str(r[1])) for r in rows)
+            found.update((str(r[0]), r[1]) for r in rows)
         return found
+
+    async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
+        rows = await self.query(
+            "SELECT l.epoch, l.state, l.sha256, COALESCE(m.size, length(q.raw))"
+            " FROM ledger l LEFT JOIN messages m ON m.id = l.message_row"
+            " LEFT JOIN quarantine q ON q.id = l.quarantine_id"
+            " WHERE l.listener = ? AND l.mailbox = ? AND l.item = ?"
+            " ORDER BY length(l.epoch), l.epoch",
+            (listener, mailbox, item),
+        )
+        return [
+            LedgerEntry(str(r[0]), r[1], str(r[2]), None if r[3] is None else int(r[3]))
+            for r in rows
+        ]
 
     async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -206,34 +230,33 @@ class SqliteStore:
             found.update(str(r[0]) for r in rows)
         return found
 
-    async def record_failure(self, key: LedgerKey, error: str) -> int:
+    async def record_failure(self, key: MailKey, error: str) -> int:
         error = scrub(error)[:2000]  # scrubbed before cut: no half secret is left
+        where = (key.listener, key.mailbox, key.epoch, key.item)
         async with self.transaction() as tx:
             await tx.execute(
-                "INSERT INTO attempts (listener, folder, uidvalidity, uid, attempts, last_error,"
+                "INSERT INTO attempts (listener, mailbox, epoch, item, attempts, last_error,"
                 " updated_at) VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT DO UPDATE SET"
                 " attempts = attempts + 1, last_error = excluded.last_error,"
                 " updated_at = excluded.updated_at",
-                (key.listener, key.folder, key.uidvalidity, key.uid, error, now_iso()),
+                (*where, error, now_iso()),
             )
             cur = await tx.execute(
-                "SELECT attempts FROM attempts WHERE listener = ? AND folder = ?"
-                " AND uidvalidity = ? AND uid = ?",
-                (key.listener, key.folder, key.uidvalidity, key.uid),
+                "SELECT attempts FROM attempts WHERE listener = ? AND mailbox = ?"
+                " AND epoch = ? AND item = ?",
+                where,
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 1
 
-    async def mark_done(
-        self, listener: str, folder: str, uidvalidity: int, uids: Sequence[int], state: str
-    ) -> None:
+    async def mark_done(self, keys: Sequence[MailKey], state: SettledState) -> None:
         now = now_iso()
         async with self.transaction() as tx:
-            for uid in uids:
+            for key in keys:
                 await tx.execute(
-                    "UPDATE ledger SET state = ?, done_at = ? WHERE listener = ? AND folder = ?"
-                    " AND uidvalidity = ? AND uid = ?",
-                    (state, now, listener, folder, uidvalidity, uid),
+                    "UPDATE ledger SET state = ?, done_at = ? WHERE listener = ? AND mailbox = ?"
+                    " AND epoch = ? AND item = ?",
+                    (state, now, key.listener, key.mailbox, key.epoch, key.item),
                 )
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
@@ -263,7 +286,7 @@ class SqliteStore:
                 str(r[2]),
                 str(r[3]),
                 str(r[4]),
-                str(r[5]),
+                r[5],
                 r[6],
                 int(r[7]),
                 int(r[8]),

@@ -14,25 +14,25 @@ from engage_listener.store.interface import (
     CaseInfo,
     CaseRef,
     Customer,
-    LedgerKey,
+    MailKey,
     NewAck,
     NewAttachment,
     NewCase,
     NewMessage,
     SyncExecute,
 )
+from engage_listener.store.records import LedgerState, OutboxState
 from engage_listener.store.sqlite.connection import AsyncCursor, Connection
 from engage_listener.store.sqlite.follow_ups import FollowUpQueries
+from engage_listener.store.sqlite.operator_tx import OperatorWrites, now_iso
+
+__all__ = ["SqliteTransaction", "now_iso"]
 
 T = TypeVar("T")
 BLOB_PIECE = 1 << 20  # blobs larger than this are written piece by piece
 PROGRESS_STEPS = 1000  # SQLite VM steps between two deadline checks of an inline hook
 
 # New mail may still join open cases and new ones awaiting approval (RequireApproval).
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -48,13 +48,14 @@ def _scrubbed(params: Any) -> Any:
     return params
 
 
-class SqliteTransaction(FollowUpQueries):
+class SqliteTransaction(FollowUpQueries, OperatorWrites):
     """See `store.Transaction`; only valid inside `SqliteStore.transaction()`."""
 
     def __init__(self, db: Connection) -> None:
         self._db = db
 
     async def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
+        """One statement in this transaction (this store's own SQL; tests)."""
         if "last_error" in sql:  # error text (outbox, attempts, heartbeats): no secret in it
             params = _scrubbed(params)
         return self._db.execute(sql, params)
@@ -188,7 +189,7 @@ class SqliteTransaction(FollowUpQueries):
             " FROM cases WHERE id = ?",
             (case_id,),
         )
-        return CaseInfo(int(row[0]), str(row[1]), row[2], str(row[3]), row[4], str(row[5]), row[6])
+        return CaseInfo(int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]), row[6])
 
     # ----- writes -------------------------------------------------------------------
     async def create_case(self, case: NewCase) -> CaseRef:
@@ -303,7 +304,7 @@ class SqliteTransaction(FollowUpQueries):
         return int(row[0]) if row else 0
 
     async def add_outbox(
-        self, ack: NewAck, *, state: str = "pending", last_error: str | None = None
+        self, ack: NewAck, *, state: OutboxState = "pending", last_error: str | None = None
     ) -> int:
         cur = await self.execute(
             "INSERT INTO outbox (listener, case_id, message_row, recipient, recipient_key,"
@@ -325,19 +326,19 @@ class SqliteTransaction(FollowUpQueries):
         )
         return int(cur.lastrowid or 0)
 
-    async def add_ledger(self, key: LedgerKey, message_row: int, message: NewMessage) -> None:
+    async def add_ledger(self, key: MailKey, message_row: int, message: NewMessage) -> None:
         await self._ledger(key, message_row, None, message, "committed")
 
     async def add_quarantine(
-        self, key: LedgerKey, raw: bytes, message: NewMessage, reason: str, attempts: int
+        self, key: MailKey, raw: bytes, message: NewMessage, reason: str, attempts: int
     ) -> int:
         quarantine_id = self._insert(
             "quarantine",
             {
                 "listener": key.listener,
-                "folder": key.folder,
-                "uidvalidity": key.uidvalidity,
-                "uid": key.uid,
+                "mailbox": key.mailbox,
+                "epoch": key.epoch,
+                "item": key.item,
                 "message_id": message.message_id,
                 "sender": message.sender,
                 "subject": message.subject,
@@ -353,20 +354,20 @@ class SqliteTransaction(FollowUpQueries):
 
     async def _ledger(
         self,
-        key: LedgerKey,
+        key: MailKey,
         message_row: int | None,
         quarantine_id: int | None,
         message: NewMessage,
-        state: str,
+        state: LedgerState,
     ) -> None:
         await self.execute(
-            "INSERT INTO ledger (listener, folder, uidvalidity, uid, message_row, quarantine_id,"
+            "INSERT INTO ledger (listener, mailbox, epoch, item, message_row, quarantine_id,"
             " message_id, sha256, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key.listener,
-                key.folder,
-                key.uidvalidity,
-                key.uid,
+                key.mailbox,
+                key.epoch,
+                key.item,
                 message_row,
                 quarantine_id,
                 message.message_id,
@@ -376,7 +377,6 @@ class SqliteTransaction(FollowUpQueries):
             ),
         )
         await self.execute(
-            "DELETE FROM attempts WHERE listener = ? AND folder = ? AND uidvalidity = ?"
-            " AND uid = ?",
-            (key.listener, key.folder, key.uidvalidity, key.uid),
+            "DELETE FROM attempts WHERE listener = ? AND mailbox = ? AND epoch = ? AND item = ?",
+            (key.listener, key.mailbox, key.epoch, key.item),
         )

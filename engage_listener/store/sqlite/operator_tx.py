@@ -1,0 +1,128 @@
+"""Writes of operator commands and of case approval, inside one SQLite transaction.
+
+A part of `transaction.SqliteTransaction`, kept apart for size: importing customers,
+changing an acknowledgement's state, and a case's status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from engage_listener.store.records import AckRow, CaseStatus, OutboxState
+from engage_listener.store.sqlite.connection import AsyncCursor
+
+ACK_COLUMNS = (
+    "o.id, o.listener, o.case_id, c.case_number, o.recipient, o.subject, o.state, o.attempts,"
+    " o.last_error, o.smtp_message_id, o.smtp_reply, o.created_at, o.sent_at, o.next_attempt_at"
+)
+ACK_FROM = "FROM outbox o LEFT JOIN cases c ON c.id = o.case_id"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def ack_row(r: Any) -> AckRow:
+    due = r[13]
+    return AckRow(
+        id=int(r[0]),
+        listener=str(r[1]),
+        case_id=int(r[2]),
+        case_number=None if r[3] is None else str(r[3]),
+        recipient=str(r[4]),
+        subject=str(r[5]),
+        state=r[6],
+        attempts=int(r[7]),
+        last_error=r[8],
+        smtp_message_id=str(r[9]),
+        smtp_reply=r[10],
+        created_at=str(r[11]),
+        sent_at=r[12],
+        next_attempt_at=(
+            dt.datetime.fromtimestamp(float(due), dt.UTC).isoformat(timespec="seconds")
+            if r[6] == "pending" and due
+            else None
+        ),
+    )
+
+
+class OperatorWrites:
+    """See `store.Transaction`; `execute` and `_one` come from the transaction."""
+
+    async def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
+        raise NotImplementedError
+
+    async def _one(self, sql: str, params: Any = ()) -> Any:
+        raise NotImplementedError
+
+    async def set_case_status(
+        self, case_id: int, status: CaseStatus, *, touch: bool = False
+    ) -> None:
+        if touch:
+            await self.execute(
+                "UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
+                (status, now_iso(), case_id),
+            )
+        else:
+            await self.execute("UPDATE cases SET status = ? WHERE id = ?", (status, case_id))
+
+    async def first_message(self, case_id: int) -> tuple[int, bytes]:
+        row = await self._one(
+            "SELECT id, raw FROM messages WHERE case_id = ? ORDER BY id LIMIT 1", (case_id,)
+        )
+        return int(row[0]), bytes(row[1])
+
+    async def get_ack(self, ack_id: int) -> AckRow | None:
+        row = await self._one(f"SELECT {ACK_COLUMNS} {ACK_FROM} WHERE o.id = ?", (ack_id,))
+        return ack_row(row) if row else None
+
+    async def change_ack(
+        self,
+        ack_id: int,
+        state: OutboxState,
+        note: str,
+        allowed: Sequence[OutboxState],
+        *,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        marks = ", ".join("?" for _ in allowed)
+        due = "" if next_attempt_at is None else ", next_attempt_at = ?"
+        values = () if next_attempt_at is None else (next_attempt_at,)
+        cur = await self.execute(
+            f"UPDATE outbox SET state = ?{due}, last_error = ?"  # noqa: S608 - fixed text
+            f" WHERE id = ? AND state IN ({marks})",
+            (state, *values, note, ack_id, *allowed),
+        )
+        return cur.rowcount == 1
+
+    async def customer_by_external_id(self, external_id: str) -> int | None:
+        row = await self._one("SELECT id FROM customers WHERE external_id = ?", (external_id,))
+        return int(row[0]) if row else None
+
+    async def address_owner(self, address: str) -> int | None:
+        row = await self._one(
+            "SELECT customer_id FROM customer_addresses WHERE address = ?", (address,)
+        )
+        return int(row[0]) if row else None
+
+    async def import_customer(self, name: str, external_id: str | None) -> int:
+        cur = await self.execute(
+            "INSERT INTO customers (name, external_id, source, created_at) VALUES (?, ?, ?, ?)",
+            (name, external_id, "import", now_iso()),
+        )
+        return int(cur.lastrowid or 0)
+
+    async def update_customer(self, customer_id: int, name: str, external_id: str | None) -> None:
+        await self.execute(
+            "UPDATE customers SET name = coalesce(nullif(?, ''), name),"
+            " external_id = coalesce(?, external_id) WHERE id = ?",
+            (name, external_id, customer_id),
+        )
+
+    async def add_customer_address(self, customer_id: int, address: str) -> None:
+        await self.execute(
+            "INSERT OR IGNORE INTO customer_addresses (address, customer_id) VALUES (?, ?)",
+            (address, customer_id),
+        )

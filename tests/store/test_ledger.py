@@ -1,0 +1,130 @@
+"""The exactly-once ledger: a mail key is taken once, and only what committed counts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from engage_listener.errors import StoreError
+from engage_listener.store.interface import MailKey, NewCase, NewMessage, Store
+
+MessageFactory = Callable[..., NewMessage]  # the `message` fixture
+
+KEY = MailKey("L", "INBOX", "7", "1")
+
+
+async def _commit(store: Store, key: MailKey, message: MessageFactory) -> int:
+    async with store.transaction() as tx:
+        row = await tx.add_message(None, message(key.listener))
+        await tx.add_ledger(key, row, message(key.listener))
+    return row
+
+
+async def test_a_committed_key_is_known_in_its_epoch_only(
+    store: Store, message: MessageFactory
+) -> None:
+    await _commit(store, KEY, message)
+    assert await store.known_states("L", "INBOX", "7", ["1", "2"]) == {"1": "committed"}
+    assert await store.known_states("L", "INBOX", "8", ["1"]) == {}
+    assert await store.known_states("L", "Other", "7", ["1"]) == {}
+    assert await store.known_states("M", "INBOX", "7", ["1"]) == {}
+
+
+async def test_a_key_is_taken_once(store: Store, message: MessageFactory) -> None:
+    await _commit(store, KEY, message)
+    with pytest.raises(StoreError):
+        await _commit(store, KEY, message)
+    assert await store.known_states("L", "INBOX", "7", ["1"]) == {"1": "committed"}
+
+
+async def test_nothing_of_a_failed_transaction_stays(store: Store, message: MessageFactory) -> None:
+    mail = message()
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            case = await tx.create_case(NewCase("L", None, "a@example.com", "", "S", "s"))
+            row = await tx.add_message(case.id, mail)
+            await tx.add_ledger(KEY, row, mail)
+            raise RuntimeError("the routing hook failed")
+    assert await store.known_states("L", "INBOX", "7", ["1"]) == {}
+    assert await store.list_cases() == []
+    async with store.transaction() as tx:
+        assert await tx.find_duplicate("L", mail.sha256, mail.message_id) is None
+
+
+async def test_a_group_commits_together_or_not_at_all(
+    store: Store, message: MessageFactory
+) -> None:
+    keys = [MailKey("L", "INBOX", "7", str(n)) for n in range(3)]
+    async with store.group():
+        for key in keys[:2]:
+            await _commit(store, key, message)
+    assert set(await store.known_states("L", "INBOX", "7", ["0", "1", "2"])) == {"0", "1"}
+    with pytest.raises(RuntimeError):
+        async with store.group():
+            await _commit(store, keys[2], message)
+            raise RuntimeError("crash before the group's commit")
+    assert set(await store.known_states("L", "INBOX", "7", ["0", "1", "2"])) == {"0", "1"}
+
+
+async def test_one_mail_of_a_group_rolls_back_alone(store: Store, message: MessageFactory) -> None:
+    async with store.group():
+        await _commit(store, MailKey("L", "INBOX", "7", "1"), message)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.add_message(None, message())
+                raise RuntimeError("one bad mail")
+        await _commit(store, MailKey("L", "INBOX", "7", "3"), message)
+    assert set(await store.known_states("L", "INBOX", "7", ["1", "3"])) == {"1", "3"}
+
+
+async def test_settled_mail_changes_state(store: Store, message: MessageFactory) -> None:
+    other = MailKey("L", "INBOX", "7", "2")
+    await _commit(store, KEY, message)
+    await _commit(store, other, message)
+    await store.mark_done([KEY], "moved")
+    await store.mark_done([other], "deleted")
+    assert await store.known_states("L", "INBOX", "7", ["1", "2"]) == {
+        "1": "moved",
+        "2": "deleted",
+    }
+
+
+async def test_history_of_an_item_in_every_epoch(store: Store, message: MessageFactory) -> None:
+    first, later = message(raw=b"one\r\n"), message(raw=b"second mail\r\n")
+    for epoch, mail in (("0", first), ("1", later)):
+        async with store.transaction() as tx:
+            row = await tx.add_message(None, mail)
+            await tx.add_ledger(MailKey("P", "", epoch, "uidl-1"), row, mail)
+    history = await store.ledger_history("P", "", "uidl-1")
+    assert [(h.epoch, h.state, h.sha256, h.size) for h in history] == [
+        ("0", "committed", first.sha256, len(first.raw)),
+        ("1", "committed", later.sha256, len(later.raw)),
+    ]
+    assert await store.ledger_history("P", "", "uidl-2") == []
+
+
+async def test_failures_are_counted_until_the_mail_is_taken(
+    store: Store, message: MessageFactory
+) -> None:
+    assert await store.record_failure(KEY, "boom") == 1
+    assert await store.record_failure(KEY, "boom again") == 2
+    assert await store.record_failure(MailKey("L", "INBOX", "8", "1"), "other epoch") == 1
+    await _commit(store, KEY, message)
+    assert await store.record_failure(KEY, "seen again") == 1  # the count started over
+
+
+async def test_duplicates_and_known_message_ids(store: Store, message: MessageFactory) -> None:
+    mail = message(message_id="<same@example.com>")
+    async with store.transaction() as tx:
+        case = await tx.create_case(NewCase("L", None, "a@example.com", "", "S", "s"))
+        row = await tx.add_message(case.id, mail)
+        await tx.add_ledger(KEY, row, mail)
+    async with store.transaction() as tx:
+        assert await tx.find_duplicate("L", mail.sha256, mail.message_id) == row
+        assert await tx.find_duplicate("M", mail.sha256, mail.message_id) is None
+        assert await tx.find_duplicate("L", mail.sha256, "<other@example.com>") is None
+        assert await tx.case_of_message(row) == case
+    ids = ["<same@example.com>", "<unknown@example.com>"]
+    assert await store.known_message_ids("L", ids) == {"<same@example.com>"}
+    assert await store.known_message_ids("M", ids) == set()
