@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from devkit.dovecot import DovecotSandbox
 from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
 from engage_listener.service.app import build_listener
@@ -82,6 +84,7 @@ async def test_sql_hook_routes_in_the_same_transaction(
     assert inboxes == {"Factura pendiente": "Facturacion", "Queja por demora": "Reclamos"}
 
 
+@pytest.mark.slow
 async def test_quarantine_replay_after_fixing_the_cause(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:

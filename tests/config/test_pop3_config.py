@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from devkit.dovecot import DovecotSandbox
 from engage_listener.config.cautions import config_warnings
 from engage_listener.config.load import load_config
@@ -75,6 +77,7 @@ def test_pop3_defaults_and_warnings(tmp_path: Path) -> None:
     assert any("POP3 listening is off" in w for w in config_warnings(off))
 
 
+@pytest.mark.slow
 def test_dates_are_refused_for_pop3_listeners_and_warned_of(tmp_path: Path) -> None:
     server = fake_server(tmp_path)
     config = write_config(

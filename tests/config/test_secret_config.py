@@ -54,6 +54,7 @@ def test_keygen_and_encrypt_password_round_trip_through_the_config(tmp_path: Pat
     assert "password = Secret('***')" in shown.stdout
 
 
+@pytest.mark.slow
 def test_wrong_key_or_tampered_value_is_a_config_error_naming_the_element(tmp_path: Path) -> None:
     key, other = tmp_path / "a.key", tmp_path / "b.key"
     assert cli("keygen", "--key-file", str(key)).returncode == 0

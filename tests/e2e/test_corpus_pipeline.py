@@ -30,6 +30,7 @@ def corpus_mails() -> list[Path]:
     return sorted(p for p in CORPUS.rglob("*") if p.suffix in MAIL_SUFFIXES and p.is_file())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extract", [True, False], ids=["extract", "whole-mail"])
 async def test_every_corpus_mail_becomes_a_case_or_a_quarantine_entry(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, extract: bool

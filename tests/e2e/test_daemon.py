@@ -15,11 +15,12 @@ from types import SimpleNamespace
 import pytest
 
 from devkit.dovecot import DovecotSandbox
-from tests.support.config_xml import DONE, NEW, listener_xml, write_config
+from tests.support.config_xml import DONE, NEW, listener_xml, wrap, write_config
 from tests.support.daemon import cli, events, start_daemon, wait_for
 from tests.support.helpers import db_rows, make_mail
 
 
+@pytest.mark.slow
 def test_kill_9_mid_batch_then_restart_loses_nothing_and_duplicates_nothing(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
@@ -125,14 +126,14 @@ def test_cases_command_lists_cases(
 
 def test_check_config_reports_every_problem_with_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.xml"
-    bad.write_text(
-        "<EngageIntegrationService>\n"
-        '  <ImapListener ID="A">\n'
-        "    <HostName>h</HostName><UserName>u</UserName><Password>p</Password>\n"
-        "    <SyncMaxWaitTime>30</SyncMaxWaitTime>\n"
-        "    <Colour>blue</Colour>\n"
-        "  </ImapListener>\n"
-        "</EngageIntegrationService>\n"
+    bad.write_bytes(
+        wrap(
+            '  <ImapListener ID="A">\n'
+            "    <HostName>h</HostName><UserName>u</UserName><Password>p</Password>\n"
+            "    <SyncMaxWaitTime>30</SyncMaxWaitTime>\n"
+            "    <Colour>blue</Colour>\n"
+            "  </ImapListener>\n"
+        )
     )
     result = cli("check-config", str(bad))
     assert result.returncode == 2

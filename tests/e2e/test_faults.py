@@ -47,6 +47,7 @@ from tests.support.faults import (
     running,
     seed,
 )
+from tests.support.fixtures import StartTcpProxy
 from tests.support.helpers import Harness, db_rows, eventually, listener_config
 from tests.support.servers.smtp_server import SmtpTestServer
 from tests.support.servers.tcp_proxy import TcpProxy
@@ -144,9 +145,11 @@ def _kill_trial(
     return phase
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(170)
+@pytest.mark.smtp("plain", auth=False)
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(
-    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, smtp: SmtpTestServer
 ) -> None:
     rng = random.Random(1234)
     plans = [
@@ -155,11 +158,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
         else KillPlan(t, None, rng.randint(1, PER_TRIAL - 1))
         for t in range(TRIALS)
     ]
-    (tmp_path / "smtp").mkdir()
-    with (
-        SmtpTestServer(tmp_path / "smtp", "plain", auth=False) as smtp,
-        ThreadPoolExecutor(2) as pool,  # two trials at a time: each is mostly waiting
-    ):
+    with ThreadPoolExecutor(2) as pool:  # two trials at a time: each is mostly waiting
         phases = collections.Counter(
             pool.map(
                 lambda plan: _kill_trial(
@@ -173,37 +172,36 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     assert TRIALS - phases["after the batch"] >= TRIALS // 2, phases
 
 
+@pytest.mark.smtp("plain", auth=False)
 async def test_acks_queued_while_the_sender_is_busy_do_not_wait_for_the_poll(
-    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, smtp: SmtpTestServer
 ) -> None:
     user, db = mailbox_user, tmp_path / "store.sqlite3"
     seed(dovecot, user, mails(150, "aq"))
-    (tmp_path / "smtp").mkdir()
-    with SmtpTestServer(tmp_path / "smtp", "plain", auth=False) as smtp:
-        cfg = listener_config(
-            dovecot, user, acknowledgement=ack_config(smtp, max_per_recipient_per_hour=100)
-        )
-        async with Harness(cfg, db, FakeClock()) as h:
-            wake = asyncio.Event()
-            listener = build_listener(cfg, h.store, h.clock, h.stop, None, wake)
-            sender = OutboxSender(
-                h.store, {cfg.id: smtp.endpoint()}, send_message, wake=wake, stop=h.stop,
-                log=get_logger(),
-            )  # fmt: skip
-            tasks = [asyncio.create_task(listener.run()), asyncio.create_task(sender.run())]
-            try:
-                await eventually(idle_with(listener, db, 150), timeout=30, what="batch done")
-                sent = -1
-                for _ in range(20):  # until nothing more is sent for a second
-                    if len(smtp.messages) == sent:
-                        break
-                    sent = len(smtp.messages)
-                    await asyncio.sleep(1.0)
-            finally:
-                h.stop.set()
-                await asyncio.wait_for(asyncio.gather(*tasks), 15)
-        pending = db_rows(db, "SELECT count(*) FROM outbox WHERE state = 'pending'")
-        assert (len(smtp.messages), pending) == (150, [(0,)])
+    cfg = listener_config(
+        dovecot, user, acknowledgement=ack_config(smtp, max_per_recipient_per_hour=100)
+    )
+    async with Harness(cfg, db, FakeClock()) as h:
+        wake = asyncio.Event()
+        listener = build_listener(cfg, h.store, h.clock, h.stop, None, wake)
+        sender = OutboxSender(
+            h.store, {cfg.id: smtp.endpoint()}, send_message, wake=wake, stop=h.stop,
+            log=get_logger(),
+        )  # fmt: skip
+        tasks = [asyncio.create_task(listener.run()), asyncio.create_task(sender.run())]
+        try:
+            await eventually(idle_with(listener, db, 150), timeout=30, what="batch done")
+            sent = -1
+            for _ in range(20):  # until nothing more is sent for a second
+                if len(smtp.messages) == sent:
+                    break
+                sent = len(smtp.messages)
+                await asyncio.sleep(1.0)
+        finally:
+            h.stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 15)
+    pending = db_rows(db, "SELECT count(*) FROM outbox WHERE state = 'pending'")
+    assert (len(smtp.messages), pending) == (150, [(0,)])
 
 
 # ----- 2. Dovecot restarted under the daemon ---------------------------------------
@@ -242,6 +240,7 @@ async def test_dovecot_restart_while_idle(
     assert_exactly_once(dc, user, db, first + later)
 
 
+@pytest.mark.slow
 async def test_dovecot_restart_while_fetching(
     own_dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
@@ -276,63 +275,63 @@ CUTS: dict[str, Callable[[TcpProxy], None]] = {
 
 @pytest.mark.parametrize("cut", sorted(CUTS))
 async def test_connection_cut(
-    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, cut: str
+    tcp_proxy: StartTcpProxy, dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, cut: str
 ) -> None:
     user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     sent = mails(200, "cut")
     seed(dovecot, user, sent)
     # The proxy hides STARTTLS, so the listener stays in clear text and the proxy can
     # see the commands it cuts on.
-    with TcpProxy(dovecot.host, dovecot.imap_port, strip_starttls=True) as proxy:
-        CUTS[cut](proxy)
-        cfg = listener_config(dovecot, user, port=proxy.port, allow_plaintext_login=True)
-        with capture_logs() as logs:
-            async with running(cfg, db, clock) as (_, listener):
-                await pump(
-                    clock,
-                    lambda: (
-                        proxy.cuts == 1
-                        and proxy.connections >= 2
-                        and idle_with(listener, db, len(sent))()
-                    ),
-                    what="cut, reconnected, all cases",
-                )
+    proxy = tcp_proxy(dovecot.host, dovecot.imap_port, strip_starttls=True)
+    CUTS[cut](proxy)
+    cfg = listener_config(dovecot, user, port=proxy.port, allow_plaintext_login=True)
+    with capture_logs() as logs:
+        async with running(cfg, db, clock) as (_, listener):
+            await pump(
+                clock,
+                lambda: (
+                    proxy.cuts == 1
+                    and proxy.connections >= 2
+                    and idle_with(listener, db, len(sent))()
+                ),
+                what="cut, reconnected, all cases",
+            )
     assert any(e["error_type"] == "ConnectionLostError" for e in errors(logs))
     assert_no_unexpected_errors(logs)
     assert_exactly_once(dovecot, user, db, sent)
 
 
 async def test_a_silent_dead_peer_is_noticed_and_replaced(
-    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+    tcp_proxy: StartTcpProxy, dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
     """No FIN, no RST, nothing: the next IDLE round's DONE gets no answer within the
     command timeout, the session is dropped and a new one takes the new mail."""
     user, db, clock = mailbox_user, tmp_path / "store.sqlite3", FakeClock()
     first, later = mails(2, "dp1"), mails(3, "dp2")
     seed(dovecot, user, first)
-    with TcpProxy(dovecot.host, dovecot.imap_port, strip_starttls=True) as proxy:
-        cfg = listener_config(
-            dovecot, user, port=proxy.port, sync_max_changes_count=3, allow_plaintext_login=True
-        )
-        async with Harness(cfg, db, clock) as h:
-            endpoint = dataclasses.replace(endpoint_for(cfg), timeout=2.0)
+    proxy = tcp_proxy(dovecot.host, dovecot.imap_port, strip_starttls=True)
+    cfg = listener_config(
+        dovecot, user, port=proxy.port, sync_max_changes_count=3, allow_plaintext_login=True
+    )
+    async with Harness(cfg, db, clock) as h:
+        endpoint = dataclasses.replace(endpoint_for(cfg), timeout=2.0)
 
-            async def connect() -> ImapSession:
-                return await ImapSession.open(endpoint)
+        async def connect() -> ImapSession:
+            return await ImapSession.open(endpoint)
 
-            listener = build_listener(cfg, h.store, clock, h.stop)
-            listener.connect = connect  # the same listener, with a short command timeout
-            with capture_logs() as logs:
-                task = asyncio.create_task(listener.run())
-                try:
-                    await eventually(idle_with(listener, db, 2), what="backlog done, idle")
-                    proxy.freeze_all()
-                    dovecot.append_many(user, NEW, later)  # pushed into the void
-                    clock.advance(CONTROL_POLL)  # the IDLE round ends: DONE, no answer
-                    await pump(clock, idle_with(listener, db, 5), what="new session, 5 cases")
-                finally:
-                    h.stop.set()
-                    await asyncio.wait_for(task, 15)
+        listener = build_listener(cfg, h.store, clock, h.stop)
+        listener.connect = connect  # the same listener, with a short command timeout
+        with capture_logs() as logs:
+            task = asyncio.create_task(listener.run())
+            try:
+                await eventually(idle_with(listener, db, 2), what="backlog done, idle")
+                proxy.freeze_all()
+                dovecot.append_many(user, NEW, later)  # pushed into the void
+                clock.advance(CONTROL_POLL)  # the IDLE round ends: DONE, no answer
+                await pump(clock, idle_with(listener, db, 5), what="new session, 5 cases")
+            finally:
+                h.stop.set()
+                await asyncio.wait_for(task, 15)
     lost = [e for e in errors(logs) if e["error_type"] == "ConnectionLostError"]
     assert lost and "timed out after 2 s" in lost[0]["error"], errors(logs)
     assert proxy.connections >= 2

@@ -9,6 +9,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from devkit.dovecot import DovecotSandbox
@@ -76,6 +77,7 @@ async def _swap_input_folder_at_once(dovecot: DovecotSandbox, user: str, db: Pat
     assert_exactly_once(dovecot, user, db, first + second)
 
 
+@pytest.mark.slow
 async def test_input_folder_recreated_at_once_behind_the_session(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:
@@ -106,6 +108,7 @@ def _meddle(dc: DovecotSandbox, user: str, move: list[int], delete: list[int]) -
         conn.logout()
 
 
+@pytest.mark.slow
 async def test_another_client_moves_and_deletes_mail_during_a_batch(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
 ) -> None:

@@ -50,6 +50,7 @@ def events(log: Path, name: str) -> list[dict[str, object]]:
     return [e for e in found if e.get("event") == name]
 
 
+@pytest.mark.slow
 def test_read_only_store_moves_nothing_then_recovers(
     dovecot: DovecotSandbox, mailbox_user: str, nobody_dir: tuple[Path, list[str]]
 ) -> None:

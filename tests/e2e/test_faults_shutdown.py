@@ -41,6 +41,7 @@ def _silent_smtp() -> socket.socket:
     return server
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_signal_mid_batch_exits_0_within_10_s_and_loses_nothing(
     dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, case: str

@@ -88,6 +88,7 @@ def _append_all(dovecot: DovecotSandbox, user: str, raws: list[bytes]) -> int:
     return appended
 
 
+@pytest.mark.slow
 async def test_no_mail_stalls_the_event_loop_and_the_slow_one_is_quarantined(
     dovecot: DovecotSandbox,
     mailbox_user: str,

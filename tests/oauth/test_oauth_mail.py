@@ -242,17 +242,16 @@ async def test_smtp_xoauth2_send_refresh_refusal_and_provider_down(
 
 
 async def test_smtp_server_without_xoauth2_is_a_clear_error(
-    shared_idp: OAuthTestServer, account: Account, tmp_path: Path
+    shared_idp: OAuthTestServer, account: Account, smtp: SmtpTestServer
 ) -> None:
-    (tmp_path / "smtp").mkdir()
-    with SmtpTestServer(tmp_path / "smtp") as server:  # PLAIN and LOGIN only
-        endpoint = server.endpoint(
-            username=account.user,
-            password=None,
-            token_provider=account.provider(shared_idp, "smtp"),
-        )
-        with pytest.raises(AuthenticationError, match="does not offer AUTH XOAUTH2"):
-            await send_message(endpoint, ack(account.user))
+    server = smtp  # PLAIN and LOGIN only
+    endpoint = server.endpoint(
+        username=account.user,
+        password=None,
+        token_provider=account.provider(shared_idp, "smtp"),
+    )
+    with pytest.raises(AuthenticationError, match="does not offer AUTH XOAUTH2"):
+        await send_message(endpoint, ack(account.user))
 
 
 def test_daemon_and_auth_status_commands_over_oauth2(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import logging
@@ -38,6 +37,7 @@ from engage_listener.observe.logs import (
     scrub,
 )
 from tests.support.config_xml import block, block_element, write_config
+from tests.support.fixtures import StartHostileLogin
 from tests.support.servers.hostile_login import MODES, HostileLoginServer
 from tests.support.servers.oauth_server import OAuthTestServer, ms_auth, token_cache
 
@@ -143,7 +143,7 @@ def assert_nowhere(haystacks: dict[str, bytes], secrets: list[str]) -> None:
 
 
 def test_no_password_or_token_escapes_when_login_servers_misbehave(
-    idp: OAuthTestServer, tmp_path: Path
+    hostile_login: StartHostileLogin, idp: OAuthTestServer, tmp_path: Path
 ) -> None:
     idp.add_ms_app("tenant-a", APP, secret=CLIENT_SECRET, mailbox=USER)
     state, run_dir = tmp_path / "state", tmp_path / "run"
@@ -151,47 +151,41 @@ def test_no_password_or_token_escapes_when_login_servers_misbehave(
     _, key = token_cache(state)
     port = free_port()
     env = {**os.environ, "STATE_DIRECTORY": str(state), "EL_HOSTILE_PASSWORD": PASSWORD}
-    with contextlib.ExitStack() as stack:
-        servers: dict[str, HostileLoginServer] = {
-            mode: stack.enter_context(HostileLoginServer(tmp_path / f"srv-{mode}", mode))
-            for mode in MODES
-        }
-        config = run_dir / "el.xml"
-        hostile_config(config, servers, idp, key, port)
-        out, err = run_dir / "daemon.out", run_dir / "daemon.err"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "engage_listener", "run", "--config", str(config)],
-                stdout=stdout,
-                stderr=stderr,
-                env=env,
-            )
+    servers = {mode: hostile_login(tmp_path / f"srv-{mode}", mode) for mode in MODES}
+    config = run_dir / "el.xml"
+    hostile_config(config, servers, idp, key, port)
+    out, err = run_dir / "daemon.out", run_dir / "daemon.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "engage_listener", "run", "--config", str(config)],
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+        )
+    try:
+        wait_until(lambda: all(s.logins >= 2 for s in servers.values()), 60, "every login attempt")
+        wait_until(
+            lambda: all(r["last_error"] for r in status_rows(config, env)),
+            30,
+            "every listener's last error in the store",
+        )
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        shown = subprocess.run(
+            [sys.executable, "-m", "engage_listener", "status", "--config", str(config)],
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=True,
+        ).stdout
+        rows = status_rows(config, env)
+        running = files_under(run_dir, set())  # the WAL before shutdown checkpoints it
+    finally:
+        daemon.send_signal(signal.SIGTERM)
         try:
-            wait_until(
-                lambda: all(s.logins >= 2 for s in servers.values()), 60, "every login attempt"
-            )
-            wait_until(
-                lambda: all(r["last_error"] for r in status_rows(config, env)),
-                30,
-                "every listener's last error in the store",
-            )
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-            shown = subprocess.run(
-                [sys.executable, "-m", "engage_listener", "status", "--config", str(config)],
-                capture_output=True,
-                env=env,
-                timeout=60,
-                check=True,
-            ).stdout
-            rows = status_rows(config, env)
-            running = files_under(run_dir, set())  # the WAL before shutdown checkpoints it
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-        received = {mode: bytes(s.received) for mode, s in servers.items()}
+            daemon.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+    received = {mode: bytes(s.received) for mode, s in servers.items()}
     tokens = [t for t in idp.issued if t.startswith("at-")]
     # The test means something: the password and a token really went to the servers.
     assert all(PASSWORD.encode() in data for data in received.values())

@@ -250,8 +250,7 @@ async def test_daemon_sends_acks_as_mail_arrives(
 def _config_with(tmp_path: Path, ack_xml: str) -> Path:
     (tmp_path / "ca.pem").write_text("x")
     server = type("S", (), {"host": "h", "imap_port": 143, "ca_file": tmp_path / "ca.pem"})
-    xml = listener_xml(server, "soporte@example.org")  # type: ignore[arg-type]
-    xml = xml.replace("  </ImapListener>", ack_xml + "  </ImapListener>")
+    xml = listener_xml(server, "soporte@example.org", inner=ack_xml)  # type: ignore[arg-type]
     return write_config(tmp_path / "el.xml", xml)
 
 

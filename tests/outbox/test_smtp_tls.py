@@ -14,6 +14,7 @@ from engage_listener.cases.ack import AckIdentity, build_ack
 from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.errors import TlsError
 from engage_listener.outbox.smtp import SmtpEndpoint, check_smtp, send_message
+from tests.support.fixtures import StartRecordingSmtp
 from tests.support.servers.hostile_smtp import RecordingSmtp
 
 PASSWORD = "smtp-Secret-0042"
@@ -51,47 +52,57 @@ def assert_no_secret(received: bytes) -> None:
 
 
 @pytest.mark.parametrize("oauth", [False, True], ids=["password", "xoauth2"])
-async def test_starttls_required_a_server_without_it_gets_no_credentials(oauth: bool) -> None:
-    async with RecordingSmtp() as server:
-        changes = {"password": None, "token_provider": FixedToken()} if oauth else {}
-        ep = endpoint(server, "StartTls", **changes)
-        with pytest.raises(TlsError, match=NO_STARTTLS):
-            await send_message(ep, ack())
-        with pytest.raises(TlsError, match=NO_STARTTLS):  # test-connection's SMTP step
-            await check_smtp(ep)
+async def test_starttls_required_a_server_without_it_gets_no_credentials(
+    recording_smtp: StartRecordingSmtp, oauth: bool
+) -> None:
+    server = await recording_smtp()
+    changes = {"password": None, "token_provider": FixedToken()} if oauth else {}
+    ep = endpoint(server, "StartTls", **changes)
+    with pytest.raises(TlsError, match=NO_STARTTLS):
+        await send_message(ep, ack())
+    with pytest.raises(TlsError, match=NO_STARTTLS):  # test-connection's SMTP step
+        await check_smtp(ep)
     assert b"EHLO" in server.received
     assert_no_secret(bytes(server.received))
     assert (server.logins, server.messages) == (0, 0)
 
 
-async def test_a_refused_starttls_is_a_tls_error_before_auth() -> None:
-    async with RecordingSmtp(offer_starttls=True) as server:
-        with pytest.raises(TlsError, match="refused STARTTLS: 454"):
-            await send_message(endpoint(server, "StartTls"), ack())
+async def test_a_refused_starttls_is_a_tls_error_before_auth(
+    recording_smtp: StartRecordingSmtp,
+) -> None:
+    server = await recording_smtp(offer_starttls=True)
+    with pytest.raises(TlsError, match="refused STARTTLS: 454"):
+        await send_message(endpoint(server, "StartTls"), ack())
     assert b"STARTTLS" in server.received
     assert_no_secret(bytes(server.received))
 
 
-async def test_security_none_with_a_username_is_refused_without_allow_plaintext_login() -> None:
-    async with RecordingSmtp() as server:
-        for ep in (endpoint(server, "None"), endpoint(server, "None", token_provider=FixedToken())):
-            with pytest.raises(TlsError, match="AllowPlaintextLogin"):
-                await send_message(ep, ack())
-            with pytest.raises(TlsError, match="AllowPlaintextLogin"):
-                await check_smtp(ep)
+async def test_security_none_with_a_username_is_refused_without_allow_plaintext_login(
+    recording_smtp: StartRecordingSmtp,
+) -> None:
+    server = await recording_smtp()
+    for ep in (endpoint(server, "None"), endpoint(server, "None", token_provider=FixedToken())):
+        with pytest.raises(TlsError, match="AllowPlaintextLogin"):
+            await send_message(ep, ack())
+        with pytest.raises(TlsError, match="AllowPlaintextLogin"):
+            await check_smtp(ep)
     assert server.received == b""  # refused before connecting: nothing at all was sent
 
 
-async def test_security_none_with_allow_plaintext_login_logs_in_and_warns() -> None:
-    async with RecordingSmtp() as server:
-        with capture_logs() as logs:
-            reply = await send_message(endpoint(server, "None", allow_plaintext_login=True), ack())
+async def test_security_none_with_allow_plaintext_login_logs_in_and_warns(
+    recording_smtp: StartRecordingSmtp,
+) -> None:
+    server = await recording_smtp()
+    with capture_logs() as logs:
+        reply = await send_message(endpoint(server, "None", allow_plaintext_login=True), ack())
     assert reply.startswith("250") and (server.logins, server.messages) == (1, 1)
     assert b"AUTH PLAIN" in server.received
     assert [e["protocol"] for e in logs if e["event"] == "plaintext_login"] == ["smtp"]
 
 
-async def test_security_none_without_a_username_needs_no_allowance() -> None:
-    async with RecordingSmtp() as server:
-        reply = await send_message(endpoint(server, "None", username=None, password=None), ack())
+async def test_security_none_without_a_username_needs_no_allowance(
+    recording_smtp: StartRecordingSmtp,
+) -> None:
+    server = await recording_smtp()
+    reply = await send_message(endpoint(server, "None", username=None, password=None), ack())
     assert reply.startswith("250") and server.logins == 0

@@ -2,8 +2,9 @@
 
 Loaded by tests/conftest.py (`pytest_plugins`). Servers are real on loopback: Dovecot
 (devkit.dovecot), aiosmtpd (servers/smtp_server.py) and the identity-provider imitation
-(servers/oauth_server.py). The hostile servers take their misbehaviour per test, so
-tests start them from their classes in servers/ with the behaviour they need.
+(servers/oauth_server.py), and the misbehaving ones (servers/hostile_*.py, tcp_proxy.py),
+which take their misbehaviour per test: their fixture is a function that starts one with
+the behaviour given and stops it after the test.
 
 Decisions:
 - Every test that uses a Dovecot fixture is marked `dovecot` (conftest), so
@@ -22,16 +23,29 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devkit.dovecot import DOVECOT_BIN, DovecotSandbox
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.oauth import SECRET, Account
+from tests.support.servers.hostile_imap import Behaviour, HostileImap
+from tests.support.servers.hostile_login import HostileLoginServer, Mode
+from tests.support.servers.hostile_pop3 import HostilePop3, Mail
+from tests.support.servers.hostile_smtp import RecordingSmtp
 from tests.support.servers.oauth_server import OAuthTestServer, token_cache
 from tests.support.servers.smtp_server import SmtpTestServer
+from tests.support.servers.tcp_proxy import TcpProxy
+
+StartHostileImap = Callable[..., Awaitable[HostileImap]]
+StartRecordingSmtp = Callable[..., Awaitable[RecordingSmtp]]
+StartHostilePop3 = Callable[..., HostilePop3]
+StartHostileLogin = Callable[[Path, Mode], HostileLoginServer]
+StartTcpProxy = Callable[..., TcpProxy]
 
 _user_numbers = itertools.count(1)
 _account_numbers = itertools.count(1)
@@ -100,6 +114,61 @@ def smtp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SmtpTestSer
     directory.mkdir(exist_ok=True)
     with SmtpTestServer(directory, *args, **kwargs) as server:
         yield server
+
+
+@pytest.fixture
+async def hostile_imap() -> AsyncIterator[StartHostileImap]:
+    """Start IMAP servers that misbehave as told (`hostile_imap(Behaviour(...))`)."""
+    async with AsyncExitStack() as stack:
+
+        async def start(behaviour: Behaviour | None = None) -> HostileImap:
+            return await stack.enter_async_context(HostileImap(behaviour))
+
+        yield start
+
+
+@pytest.fixture
+def hostile_pop3() -> Iterator[StartHostilePop3]:
+    """Start POP3 servers that misbehave as told (`hostile_pop3([Mail(...)], retr=...)`)."""
+    with ExitStack() as stack:
+
+        def start(mails: list[Mail], **behaviour: Any) -> HostilePop3:
+            return stack.enter_context(HostilePop3(mails, **behaviour))
+
+        yield start
+
+
+@pytest.fixture
+def hostile_login() -> Iterator[StartHostileLogin]:
+    """Start TLS IMAP servers that answer the login oddly (`hostile_login(directory, mode)`)."""
+    with ExitStack() as stack:
+
+        def start(directory: Path, mode: Mode) -> HostileLoginServer:
+            return stack.enter_context(HostileLoginServer(directory, mode))
+
+        yield start
+
+
+@pytest.fixture
+async def recording_smtp() -> AsyncIterator[StartRecordingSmtp]:
+    """Start SMTP servers that record what clients send and offer only what they are told."""
+    async with AsyncExitStack() as stack:
+
+        async def start(**behaviour: Any) -> RecordingSmtp:
+            return await stack.enter_async_context(RecordingSmtp(**behaviour))
+
+        yield start
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[StartTcpProxy]:
+    """Start TCP proxies to a server, whose connections the test cuts or stalls."""
+    with ExitStack() as stack:
+
+        def start(host: str, port: int, **options: Any) -> TcpProxy:
+            return stack.enter_context(TcpProxy(host, port, **options))
+
+        yield start
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from engage_listener.errors import EngageError
 from engage_listener.oauth.provider import provider_for, xoauth2_payload
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.sources.imap.session import ImapSession
+from tests.support.fixtures import StartHostileImap
 from tests.support.servers.hostile_imap import (
     PASSWORD,
     Behaviour,
@@ -69,15 +70,15 @@ async def _open_against(
 
 @pytest.mark.parametrize("odd", ODD)
 async def test_an_odd_answer_to_login_never_carries_the_password(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, odd: str
+    hostile_imap: StartHostileImap, tmp_path: Path, caplog: pytest.LogCaptureFixture, odd: str
 ) -> None:
     log_file = tmp_path / "proto.log"
-    async with HostileImap(Behaviour(login=odd)) as server:
-        cfg = hostile_config(server.port, allow_plaintext_login=True)
-        ep = dataclasses.replace(
-            endpoint(cfg), protolog_factory=lambda: ProtocolLog(log_file, bodies=True)
-        )
-        error, others = await _open_against(server, ep, caplog)
+    server = await hostile_imap(Behaviour(login=odd))
+    cfg = hostile_config(server.port, allow_plaintext_login=True)
+    ep = dataclasses.replace(
+        endpoint(cfg), protolog_factory=lambda: ProtocolLog(log_file, bodies=True)
+    )
+    error, others = await _open_against(server, ep, caplog)
     assert PASSWORD.encode() in server.received  # it was sent (in clear, allowed) ...
     for text in (_texts(error), others, log_file.read_text()):
         assert PASSWORD not in text  # ... and is nowhere else
@@ -86,7 +87,11 @@ async def test_an_odd_answer_to_login_never_carries_the_password(
 
 @pytest.mark.parametrize("odd", ODD)
 async def test_an_odd_answer_to_xoauth2_never_carries_the_token(
-    shared_idp: OAuthTestServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, odd: str
+    hostile_imap: StartHostileImap,
+    shared_idp: OAuthTestServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    odd: str,
 ) -> None:
     user = f"odd-{odd}-{time.monotonic_ns()}@contoso.test"
     shared_idp.add_ms_app("tenant-a", f"app-{user}", secret=SECRET, mailbox=user)
@@ -94,15 +99,15 @@ async def test_an_odd_answer_to_xoauth2_never_carries_the_token(
     auth = ms_auth(shared_idp, key_file, client_id=f"app-{user}", client_secret=SECRET)
     provider = provider_for(auth, user, cache=cache, purpose="imap")
     log_file = tmp_path / "proto.log"
-    async with HostileImap(Behaviour(login=odd)) as server:
-        cfg = hostile_config(server.port, allow_plaintext_login=True, username=user)
-        ep = dataclasses.replace(
-            endpoint(cfg),
-            password="",
-            token_provider=provider,
-            protolog_factory=lambda: ProtocolLog(log_file, bodies=True),
-        )
-        error, others = await _open_against(server, ep, caplog)
+    server = await hostile_imap(Behaviour(login=odd))
+    cfg = hostile_config(server.port, allow_plaintext_login=True, username=user)
+    ep = dataclasses.replace(
+        endpoint(cfg),
+        password="",
+        token_provider=provider,
+        protolog_factory=lambda: ProtocolLog(log_file, bodies=True),
+    )
+    error, others = await _open_against(server, ep, caplog)
     tokens = [t for t in shared_idp.issued if t != SECRET and t.encode() in server.received]
     payloads = [xoauth2_payload(user, t) for t in shared_idp.issued]
     assert any(p.encode() in server.received for p in payloads)  # the token was sent ...

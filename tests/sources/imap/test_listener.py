@@ -319,6 +319,7 @@ async def test_reconnects_after_the_server_drops_the_connection(
         await eventually(lambda: dovecot.count(mailbox_user, DONE) == 1, what="after reconnect")
 
 
+@pytest.mark.slow
 async def test_long_responses_do_not_overflow_the_stack(
     dovecot: DovecotSandbox, mailbox_user: str, db: Path
 ) -> None:

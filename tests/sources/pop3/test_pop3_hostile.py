@@ -22,6 +22,7 @@ from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
 from engage_listener.sources.pop3.wire import ReadLimitExceeded, ReadLimits
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.fakes import FakeClock
+from tests.support.fixtures import StartHostilePop3
 from tests.support.helpers import db_rows, eventually, make_mail
 from tests.support.servers.hostile_pop3 import HostilePop3, Mail, PeakRss
 
@@ -69,17 +70,17 @@ def subjects(db: Path, listener: str = "Pop") -> list[str]:
 
 
 async def test_no_stls_offered_no_password_sent_and_the_listener_fails_permanently(
-    store: SqliteStore, db: Path
+    hostile_pop3: StartHostilePop3, store: SqliteStore, db: Path
 ) -> None:
-    with HostilePop3([Mail("u1", make_mail(1))]) as server:
-        listener = pop3_listener(hostile_endpoint(server), store)
-        with pytest.raises(TlsError, match=NO_STLS):
-            await listener.run_once()
-        task = asyncio.create_task(listener.run())
-        await eventually(lambda: listener.state == "failing", what="listener failing")
-        listener.stop.set()
-        await asyncio.wait_for(task, 10)
-        received = server.got()
+    server = hostile_pop3([Mail("u1", make_mail(1))])
+    listener = pop3_listener(hostile_endpoint(server), store)
+    with pytest.raises(TlsError, match=NO_STLS):
+        await listener.run_once()
+    task = asyncio.create_task(listener.run())
+    await eventually(lambda: listener.state == "failing", what="listener failing")
+    listener.stop.set()
+    await asyncio.wait_for(task, 10)
+    received = server.got()
     assert NO_STLS in (listener.last_error or "")
     assert b"CAPA" in received  # it did ask
     assert b"USER" not in received and b"PASS" not in received
@@ -87,34 +88,38 @@ async def test_no_stls_offered_no_password_sent_and_the_listener_fails_permanent
     assert server.logins == 0 and subjects(db) == []
 
 
-async def test_no_stls_offered_no_xoauth2_token_sent(store: SqliteStore) -> None:
-    with HostilePop3([Mail("u1", make_mail(1))]) as server:
-        ep = hostile_endpoint(server, password="", token_provider=FixedToken())
-        with pytest.raises(TlsError, match=NO_STLS):
-            await pop3_listener(ep, store).run_once()
-        received = server.got()
+async def test_no_stls_offered_no_xoauth2_token_sent(
+    hostile_pop3: StartHostilePop3, store: SqliteStore
+) -> None:
+    server = hostile_pop3([Mail("u1", make_mail(1))])
+    ep = hostile_endpoint(server, password="", token_provider=FixedToken())
+    with pytest.raises(TlsError, match=NO_STLS):
+        await pop3_listener(ep, store).run_once()
+    received = server.got()
     assert b"AUTH" not in received and TOKEN.encode() not in received
     assert base64.b64encode(f"auth=Bearer {TOKEN}".encode())[:20] not in received
 
 
-async def test_a_refused_stls_is_a_permanent_error_before_any_login(store: SqliteStore) -> None:
-    with HostilePop3([Mail("u1", make_mail(1))], offer_stls=True) as server:
-        ep = hostile_endpoint(server, allow_plaintext_login=True)  # even then: no quiet fallback
-        with pytest.raises(TlsError, match=r"STLS .* failed: -ERR TLS not available"):
-            await pop3_listener(ep, store).run_once()
-        received = server.got()
+async def test_a_refused_stls_is_a_permanent_error_before_any_login(
+    hostile_pop3: StartHostilePop3, store: SqliteStore
+) -> None:
+    server = hostile_pop3([Mail("u1", make_mail(1))], offer_stls=True)
+    ep = hostile_endpoint(server, allow_plaintext_login=True)  # even then: no quiet fallback
+    with pytest.raises(TlsError, match=r"STLS .* failed: -ERR TLS not available"):
+        await pop3_listener(ep, store).run_once()
+    received = server.got()
     assert b"STLS" in received and b"PASS" not in received and PASSWORD.encode() not in received
 
 
 async def test_allow_plaintext_login_logs_in_and_warns_every_connection(
-    store: SqliteStore, db: Path
+    hostile_pop3: StartHostilePop3, store: SqliteStore, db: Path
 ) -> None:
-    with HostilePop3([Mail("u1", make_mail(1))]) as server:
-        ep = hostile_endpoint(server, allow_plaintext_login=True)
-        with capture_logs() as logs:
-            first = await pop3_listener(ep, store).run_once()
-            second = await pop3_listener(ep, store).run_once()
-        received = server.got()
+    server = hostile_pop3([Mail("u1", make_mail(1))])
+    ep = hostile_endpoint(server, allow_plaintext_login=True)
+    with capture_logs() as logs:
+        first = await pop3_listener(ep, store).run_once()
+        second = await pop3_listener(ep, store).run_once()
+    received = server.got()
     assert (first.ingested, first.deleted, second.found) == (1, 1, 0)
     assert b"PASS " + PASSWORD.encode() in received and server.logins == 2
     warnings = [e for e in logs if e["event"] == "plaintext_login"]
@@ -143,14 +148,19 @@ def shrunk(server: HostilePop3, **limits: Any) -> Pop3Endpoint:
     ],
 )
 async def test_a_hostile_retr_aborts_the_session_within_its_deadline(
-    store: SqliteStore, db: Path, mode: str, limits: dict[str, Any], error: str
+    hostile_pop3: StartHostilePop3,
+    store: SqliteStore,
+    db: Path,
+    mode: str,
+    limits: dict[str, Any],
+    error: str,
 ) -> None:
-    with HostilePop3([Mail("u1", make_mail(1))], retr=mode, trickle_every=0.2) as server:
-        listener = pop3_listener(shrunk(server, **limits), store)
-        started = time.monotonic()
-        with PeakRss() as rss, pytest.raises(ReadLimitExceeded, match=error) as info:
-            await listener.run_once()
-        elapsed = time.monotonic() - started
+    server = hostile_pop3([Mail("u1", make_mail(1))], retr=mode, trickle_every=0.2)
+    listener = pop3_listener(shrunk(server, **limits), store)
+    started = time.monotonic()
+    with PeakRss() as rss, pytest.raises(ReadLimitExceeded, match=error) as info:
+        await listener.run_once()
+    elapsed = time.monotonic() - started
     assert isinstance(info.value, TransientError)  # back-off and reconnect, not a verdict
     assert elapsed < 1.5 + 2.0, f"{mode}: took {elapsed:.1f} s"
     assert rss.growth < 64 * MB, f"{mode}: RSS grew {rss.growth / MB:.0f} MB"
@@ -158,22 +168,20 @@ async def test_a_hostile_retr_aborts_the_session_within_its_deadline(
 
 
 async def test_a_trickling_server_backs_off_while_another_listener_takes_its_mail(
-    store: SqliteStore, db: Path
+    hostile_pop3: StartHostilePop3, store: SqliteStore, db: Path
 ) -> None:
-    with (
-        HostilePop3([Mail("u1", make_mail(1))], retr="trickle", trickle_every=0.2) as slow,
-        HostilePop3([Mail("v1", make_mail(2, subject="sano"))]) as sane,
-    ):
-        bad = pop3_listener(shrunk(slow), store, lid="Slow")
-        good = pop3_listener(hostile_endpoint(sane, allow_plaintext_login=True), store, "Sane")
-        tasks = [asyncio.create_task(bad.run()), asyncio.create_task(good.run())]
-        try:
-            await eventually(lambda: subjects(db, "Sane") == ["sano"], what="sane listener")
-            await eventually(lambda: bad.state == "backing off", timeout=5, what="slow backs off")
-        finally:
-            bad.stop.set()
-            good.stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    slow = hostile_pop3([Mail("u1", make_mail(1))], retr="trickle", trickle_every=0.2)
+    sane = hostile_pop3([Mail("v1", make_mail(2, subject="sano"))])
+    bad = pop3_listener(shrunk(slow), store, lid="Slow")
+    good = pop3_listener(hostile_endpoint(sane, allow_plaintext_login=True), store, "Sane")
+    tasks = [asyncio.create_task(bad.run()), asyncio.create_task(good.run())]
+    try:
+        await eventually(lambda: subjects(db, "Sane") == ["sano"], what="sane listener")
+        await eventually(lambda: bad.state == "backing off", timeout=5, what="slow backs off")
+    finally:
+        bad.stop.set()
+        good.stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert "deadline" in (bad.last_error or "")
     assert subjects(db, "Slow") == []
 
@@ -183,7 +191,7 @@ async def test_a_trickling_server_backs_off_while_another_listener_takes_its_mai
 
 @pytest.mark.parametrize("same_size", [False, True], ids=["other-size", "same-size"])
 async def test_a_reused_uidl_is_fetched_and_ingested_not_deleted_unseen(
-    store: SqliteStore, db: Path, same_size: bool
+    hostile_pop3: StartHostilePop3, store: SqliteStore, db: Path, same_size: bool
 ) -> None:
     first = make_mail(1, subject="primera")
     second = make_mail(2, subject="segunda", body="Otra consulta, otro texto.")
@@ -191,15 +199,15 @@ async def test_a_reused_uidl_is_fetched_and_ingested_not_deleted_unseen(
         second = second[: len(first)] if len(second) > len(first) else second
         second += b"x" * (len(first) - len(second))
         assert len(second) == len(first) and second != first
-    with HostilePop3([Mail("u1", first)]) as server:
-        ep = hostile_endpoint(server, allow_plaintext_login=True)
-        assert (await pop3_listener(ep, store).run_once()).ingested == 1
-        assert server.mails == []
-        server.mails = [Mail("u1", second)]  # the server hands the old UIDL to a new mail
-        with capture_logs() as logs:
-            again = await pop3_listener(ep, store).run_once()
-        assert (again.ingested, again.already_known, again.deleted) == (1, 0, 1)
-        assert server.mails == []
+    server = hostile_pop3([Mail("u1", first)])
+    ep = hostile_endpoint(server, allow_plaintext_login=True)
+    assert (await pop3_listener(ep, store).run_once()).ingested == 1
+    assert server.mails == []
+    server.mails = [Mail("u1", second)]  # the server hands the old UIDL to a new mail
+    with capture_logs() as logs:
+        again = await pop3_listener(ep, store).run_once()
+    assert (again.ingested, again.already_known, again.deleted) == (1, 0, 1)
+    assert server.mails == []
     assert subjects(db) == ["primera", "segunda"]
     assert [e["uid"] for e in logs if e["event"] == "uidl_reused"] == ["u1"]
     assert db_rows(db, "SELECT folder, uid, state FROM ledger ORDER BY uid") == [
@@ -209,16 +217,16 @@ async def test_a_reused_uidl_is_fetched_and_ingested_not_deleted_unseen(
 
 
 async def test_leave_on_server_takes_a_mail_under_a_reused_uidl_once(
-    store: SqliteStore, db: Path
+    hostile_pop3: StartHostilePop3, store: SqliteStore, db: Path
 ) -> None:
-    with HostilePop3([Mail("u1", make_mail(1, subject="primera"))]) as server:
-        ep = hostile_endpoint(server, allow_plaintext_login=True)
-        listener = pop3_listener(ep, store, leave_on_server=True)
-        assert (await listener.run_once()).ingested == 1
-        server.mails = [Mail("u1", make_mail(2, subject="segunda, más larga"))]
-        assert (await listener.run_once()).ingested == 1
-        again = await pop3_listener(ep, store, leave_on_server=True).run_once()  # cold cache
-        assert (again.ingested, again.already_known) == (0, 1)
+    server = hostile_pop3([Mail("u1", make_mail(1, subject="primera"))])
+    ep = hostile_endpoint(server, allow_plaintext_login=True)
+    listener = pop3_listener(ep, store, leave_on_server=True)
+    assert (await listener.run_once()).ingested == 1
+    server.mails = [Mail("u1", make_mail(2, subject="segunda, más larga"))]
+    assert (await listener.run_once()).ingested == 1
+    again = await pop3_listener(ep, store, leave_on_server=True).run_once()  # cold cache
+    assert (again.ingested, again.already_known) == (0, 1)
     assert subjects(db) == ["primera", "segunda, más larga"]
 
 
