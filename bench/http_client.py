@@ -3,7 +3,8 @@
     .venv/bin/python bench/http_client.py                  # 1,000 GETs of ~50 kB, 3 rounds
     .venv/bin/python bench/http_client.py --count 200 --rounds 1
 
-The Graph imitation (tests/graph_server.py, HTTPS from a private CA, HTTP/1.1 keep-alive)
+The Graph imitation (tests/support/servers/graph_server.py, HTTPS from a private CA,
+HTTP/1.1 keep-alive)
 runs in its own process, so its threads do not share the GIL with the client measured. Each
 client and mode runs in a fresh process: wall time, CPU time of the client process per
 request (user + system), and peak RSS (ru_maxrss) beside the RSS right after import.
@@ -46,7 +47,7 @@ def _mail(number: int, size: int) -> bytes:
 
 
 def _serve(count: int, size: int, pipe: Any) -> None:
-    from tests.graph_server import GraphServer
+    from tests.support.servers.graph_server import GraphServer
 
     with GraphServer(Path(tempfile.mkdtemp(prefix="graph-bench-"))) as server:
         server.add_mailbox(MAILBOX)

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 import mailgen  # stdlib only, like everything the baseline process imports
 
 if TYPE_CHECKING:
-    from engage_listener.sandbox import DovecotSandbox
+    from devkit.dovecot import DovecotSandbox
 
 REPO = Path(__file__).resolve().parent.parent
 ROUTING_SQL = REPO / "examples" / "routing" / "pa_sys_msg_in.sql"
@@ -303,8 +303,11 @@ def load() -> str:
 
 class Bench:
     def __init__(self, root: Path, timeout_per_mail: float) -> None:
-        # Imported here: the baseline runs this file too, and must not pay for it.
-        from engage_listener.sandbox import DovecotSandbox  # noqa: PLC0415
+        # Imported here: the baseline runs this file too, and must not pay for it. devkit
+        # lives beside the package (never installed), so the checkout goes on the path.
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from devkit.dovecot import DovecotSandbox  # noqa: PLC0415
 
         self.root = root
         self.sandbox: DovecotSandbox = DovecotSandbox(root / "dovecot")

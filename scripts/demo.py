@@ -11,10 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engage_listener.sandbox import DovecotSandbox, sample_messages
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # devkit lives beside the package and is never installed
+    sys.path.insert(0, str(REPO))
 
-ROOT = Path(__file__).resolve().parents[1] / "demo-run"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "routing"
+from devkit.dovecot import DovecotSandbox  # noqa: E402
+from devkit.samples import sample_messages  # noqa: E402
+
+ROOT = REPO / "demo-run"
+EXAMPLES = REPO / "examples" / "routing"
 USER = "soporte"
 
 
