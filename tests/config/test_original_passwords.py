@@ -54,7 +54,7 @@ def test_check_config_warns_naming_file_line_and_the_way_out() -> None:
 
 
 def test_the_smtp_password_is_checked_too() -> None:
-    config = parse_config(config_with("secret", "ZR9Zf9oiGhE3olsLuXgnUA=="), Path("/x.xml"))
+    config = parse_config(config_with("Imap-Pw-4711", "ZR9Zf9oiGhE3olsLuXgnUA=="), Path("/x.xml"))
     assert [w for w in config_warnings(config) if "original" in w]
 
 
