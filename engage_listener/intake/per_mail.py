@@ -15,10 +15,10 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from engage_listener.errors import QuarantineNow, StoreError
 from engage_listener.intake.contract import Delivered, Handled, Handler
+from engage_listener.observe.logs import Logger
 from engage_listener.store.interface import Store
 
 
@@ -36,7 +36,7 @@ class MailPath:
         handler: Handler,
         *,
         max_attempts: int,
-        log: Any,
+        log: Logger,
         quarantine_fields: Mapping[str, object] | None = None,
     ) -> None:
         self.store = store

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
 
 from engage_listener.clock import Clock
 from engage_listener.errors import PermanentError, TransientError
+from engage_listener.observe.logs import Logger
 
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
@@ -36,7 +36,7 @@ class Retrying:
     stop: asyncio.Event
     state: str
     last_error: str | None
-    log: Any
+    log: Logger
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep on the clock; True when `stop` was set meanwhile."""

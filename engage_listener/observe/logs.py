@@ -246,7 +246,10 @@ def configure_logging(
     logging.getLogger("aioimaplib").setLevel(logging.WARNING)
 
 
-def get_logger(**bound: Any) -> FilteringBoundLogger:
+Logger = FilteringBoundLogger  # what every component is handed to log with (typed, not Any)
+
+
+def get_logger(**bound: Any) -> Logger:
     """A structlog logger with `bound` context on every line."""
     logger: FilteringBoundLogger = structlog.get_logger("engage_listener").bind(**bound)
     return logger

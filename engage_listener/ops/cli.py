@@ -33,7 +33,7 @@ from engage_listener.ops.terminal import (
     visible_lines,
 )
 from engage_listener.outbox import delivery as outbox
-from engage_listener.service import app
+from engage_listener.service import app, build
 from engage_listener.store.interface import Store
 from engage_listener.store.open import open_store
 
@@ -77,7 +77,7 @@ def _report_config_error(exc: ConfigError) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.path or args.config)
-    app.load_hooks(config)
+    build.load_hooks(config)
     print(
         f"{config.path}: OK, {len(config.imap_listeners)} IMAP and "
         f"{len(config.pop3_listeners)} POP3 listener(s), "

@@ -29,7 +29,7 @@ from engage_listener.observe.logs import register_secret
 from engage_listener.observe.status import ListenerStatus, read_status, render_status
 from engage_listener.ops import admin, diagnose
 from engage_listener.ops.search import Criteria, Hit, search_mailbox
-from engage_listener.service.app import (
+from engage_listener.service.build import (
     endpoint_for,
     engine_settings,
     load_hooks,

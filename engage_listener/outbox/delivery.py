@@ -26,6 +26,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engage_listener.errors import EngageError, PermanentError
+from engage_listener.observe.logs import Logger
 from engage_listener.store.interface import OutboxRow, Store
 from engage_listener.store.records import OUTBOX_STATES, OutboxState
 
@@ -70,7 +71,7 @@ class OutboxSender:
         *,
         wake: asyncio.Event,
         stop: asyncio.Event,
-        log: Any,
+        log: Logger,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.errors import ConfigError, EngageError
-from engage_listener.observe.logs import scrub
+from engage_listener.observe.logs import Logger, scrub
 
 SETTLING = {"starting", "connecting"}
 TICK = 2.0
@@ -66,7 +66,7 @@ Build = Callable[[Config, ListenerConfig, asyncio.Event], Worker]
 class Supervisor:
     """Owns one task per enabled listener; see the module docstring."""
 
-    def __init__(self, build: Build, notify: Notify, log: Any) -> None:
+    def __init__(self, build: Build, notify: Notify, log: Logger) -> None:
         self.build = build
         self.notify = notify
         self.log = log

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.ops import admin
-from engage_listener.service.app import engine_settings
+from engage_listener.service.build import engine_settings
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.schema import MIGRATIONS
 from engage_listener.store.sqlite.store import SqliteStore

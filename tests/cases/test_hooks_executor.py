@@ -30,7 +30,7 @@ from engage_listener.cases.hooks import (
     load_hook,
 )
 from engage_listener.errors import HookError
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.fakes import FakeClock
 from tests.support.helpers import db_rows, listener_config, make_mail

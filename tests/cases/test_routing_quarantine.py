@@ -14,7 +14,7 @@ import pytest
 
 from devkit.dovecot import DovecotSandbox
 from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from tests.support.config_xml import listener_xml, write_config
 from tests.support.fakes import FakeClock
 from tests.support.helpers import Harness, db_rows, eventually, listener_config, make_mail

@@ -15,7 +15,7 @@ from devkit.dovecot import DovecotSandbox
 from engage_listener.config.load import load_config
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import ConfigError
-from engage_listener.service.app import build_listener, load_hooks
+from engage_listener.service.build import build_listener, load_hooks
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.config_xml import listener_xml, minimal_listener, wrap, write_config
 from tests.support.engine import HOOKS, engine, key

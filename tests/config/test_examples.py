@@ -8,7 +8,7 @@ import pytest
 
 from engage_listener.config.load import load_config
 from engage_listener.errors import ConfigError
-from engage_listener.service.app import load_hooks
+from engage_listener.service.build import load_hooks
 from tests.support.paths import REPO
 
 ROOT = REPO

@@ -26,7 +26,7 @@ from devkit.dovecot import DovecotSandbox
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import send_message
-from engage_listener.service.app import build_listener, endpoint_for
+from engage_listener.service.build import build_listener, endpoint_for
 from engage_listener.sources.imap.listener import CONTROL_POLL
 from engage_listener.sources.imap.session import ImapSession
 from tests.support.acks import ack_config

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from devkit.dovecot import DovecotSandbox
 from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor, load_hook
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from tests.support.engine import HOOKS
 from tests.support.fakes import FakeClock
 from tests.support.helpers import Harness, db_rows, listener_config, make_mail

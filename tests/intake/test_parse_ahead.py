@@ -11,7 +11,7 @@ from engage_listener.cases.engine import CaseEngine, EngineSettings, Prepared
 from engage_listener.cases.ingested import Ingested
 from engage_listener.intake.parse_ahead import AHEAD_BYTES, AHEAD_COUNT, ParseAhead
 from engage_listener.mail.parser import parse
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.fakes import FakeClock

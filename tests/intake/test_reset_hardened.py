@@ -17,7 +17,7 @@ import pytest
 from devkit.dovecot import DovecotSandbox
 from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor
 from engage_listener.intake.control import request_date
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from engage_listener.sources.imap.batch import CHUNK_COUNT
 from engage_listener.sources.imap.listener import CONTROL_POLL
 from engage_listener.sources.imap.session import ImapSession

@@ -32,7 +32,7 @@ from engage_listener.oauth.provider import TokenRefused, provider_for
 from engage_listener.observe.logs import configure_logging, get_logger
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.outbox.smtp import SmtpTemporaryError, send_message
-from engage_listener.service.app import engine_settings
+from engage_listener.service.build import engine_settings
 from engage_listener.sources.imap.listener import Listener, ListenerSettings
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.pop3.session import Pop3Session
@@ -145,8 +145,8 @@ async def test_listener_turns_mail_into_cases_over_oauth2(
                 id=cfg.id,
                 input_folder="IMAP/New",
                 output_folder="IMAP/Done",
-                max_wait=60.0,
-                max_changes=10,
+                sync_max_wait_time=60.0,
+                sync_max_changes_count=10,
             ),
             connect=lambda: ImapSession.open(endpoint),
             store=store,

@@ -19,7 +19,7 @@ from engage_listener.clock import SystemClock
 from engage_listener.config.load import parse_config
 from engage_listener.oauth.provider import provider_for
 from engage_listener.observe.logs import get_logger
-from engage_listener.service.app import engine_settings
+from engage_listener.service.build import engine_settings
 from engage_listener.sources.imap.listener import Listener, ListenerSettings
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.store.sqlite.store import SqliteStore
@@ -51,8 +51,8 @@ async def test_session_ended_at_token_expiry_logs_in_again_with_a_new_token(
             id=cfg.id,
             input_folder="IMAP/New",
             output_folder="IMAP/Done",
-            max_wait=60.0,
-            max_changes=1,
+            sync_max_wait_time=60.0,
+            sync_max_changes_count=1,
         ),
         connect=lambda: ImapSession.open(endpoint),
         store=store,

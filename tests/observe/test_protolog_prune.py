@@ -17,7 +17,7 @@ import pytest
 from devkit.dovecot import DovecotSandbox
 from engage_listener.config.load import load_config
 from engage_listener.observe.protolog import prune
-from engage_listener.service.app import protolog_factory
+from engage_listener.service.build import protolog_factory
 from tests.support.config_xml import ack_xml, config_text, listener_xml
 from tests.support.fakes import FakeClock
 from tests.support.helpers import Harness, deliver, listener_config, make_mail

@@ -21,7 +21,7 @@ from engage_listener.cases.engine import CaseEngine
 from engage_listener.config.load import load_config
 from engage_listener.observe.status import write_heartbeats
 from engage_listener.ops.terminal import visible, visible_lines
-from engage_listener.service.app import engine_settings
+from engage_listener.service.build import engine_settings
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.config_xml import ack_xml, config_text, listener_xml

@@ -17,7 +17,7 @@ from engage_listener.config.model import ListenerConfig, Secret
 from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.ops import diagnose
 from engage_listener.ops.diagnose import Step, render_json, render_text
-from engage_listener.service.app import endpoint_for
+from engage_listener.service.build import endpoint_for
 from engage_listener.sources.pop3.session import Pop3Endpoint
 from tests.support.config_xml import listener_xml, write_config
 from tests.support.helpers import listener_config, make_mail

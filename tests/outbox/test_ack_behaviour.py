@@ -22,7 +22,7 @@ from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import SmtpEndpoint, send_message
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.acks import OWN, ack_config, ingest

@@ -16,7 +16,7 @@ from engage_listener.errors import ConfigError
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import SmtpEndpoint, send_message
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.acks import OWN, ack_config, endpoint, ingest, sender_for
 from tests.support.config_xml import listener_xml, write_config

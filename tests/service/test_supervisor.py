@@ -24,7 +24,7 @@ from devkit.dovecot import DovecotSandbox, free_port
 from engage_listener.config.model import Config, ListenerConfig, Secret, StoreConfig
 from engage_listener.intake.retry import BACKOFF_CAP
 from engage_listener.observe.logs import get_logger
-from engage_listener.service.app import build_any
+from engage_listener.service.build import build_any
 from engage_listener.service.sdnotify import Notifier
 from engage_listener.service.supervisor import Supervisor, Worker
 from engage_listener.store.sqlite.store import SqliteStore

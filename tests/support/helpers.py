@@ -16,7 +16,7 @@ from engage_listener.config.model import Config, ListenerConfig, Secret
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.delivery import OutboxSender
 from engage_listener.outbox.smtp import send_message
-from engage_listener.service.app import build_listener, smtp_endpoints
+from engage_listener.service.build import build_listener, smtp_endpoints
 from engage_listener.sources.imap.listener import Listener
 from engage_listener.store.sqlite.store import SqliteStore
 

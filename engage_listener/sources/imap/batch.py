@@ -14,12 +14,13 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.intake.contract import Delivered, Handled, Handler
 from engage_listener.intake.parse_ahead import ParseAhead
 from engage_listener.intake.per_mail import MailPath
+from engage_listener.observe.logs import Logger
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import FolderState
 from engage_listener.store.interface import MailKey, Store
@@ -65,7 +66,7 @@ class _DeferredLog:
     def __getattr__(self, level: str) -> Callable[..., None]:
         return lambda event, **fields: self.calls.append((level, event, fields))
 
-    def replay(self, log: Any) -> None:
+    def replay(self, log: Logger) -> None:
         for level, event, fields in self.calls:
             getattr(log, level)(event, **fields)
 
@@ -102,7 +103,7 @@ class Batch:
         handler: Handler,
         destination: Destination,
         stop: asyncio.Event,
-        log: Any,
+        log: Logger,
     ) -> None:
         self.session = session
         self.folder = folder
@@ -261,7 +262,8 @@ class Batch:
         saved = (len(self._committed), len(self._quarantined), dataclasses.replace(self.result))
         saved[2].failed_uids = list(self.result.failed_uids)
         log, deferred = self.log, _DeferredLog()
-        self.log = self.path.log = deferred
+        # it answers every logging method a Logger has (by __getattr__), so it stands in
+        self.log = self.path.log = cast(Logger, deferred)
         taken, started = 0, time.monotonic()
         try:
             async with self.store.group():

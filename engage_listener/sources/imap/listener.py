@@ -14,7 +14,6 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
@@ -22,6 +21,7 @@ from engage_listener.errors import FolderMissingError
 from engage_listener.intake.contract import Handler
 from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.retry import Retrying
+from engage_listener.observe.logs import Logger
 from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.reset import reset_folder
 from engage_listener.sources.imap.session import ImapSession
@@ -40,8 +40,8 @@ class ListenerSettings:
     id: str
     input_folder: str
     output_folder: str | None
-    max_wait: float
-    max_changes: int
+    sync_max_wait_time: float  # seconds a change waits for its batch
+    sync_max_changes_count: int  # changes that start a batch at once
     error_folder: str | None = None  # None: "Error" beside the input folder
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
@@ -60,7 +60,7 @@ class Listener(Retrying):
         handler: Handler,
         clock: Clock,
         stop: asyncio.Event,
-        log: Any,
+        log: Logger,
     ) -> None:
         self.settings = settings
         self.connect = connect
@@ -286,10 +286,10 @@ class Listener(Retrying):
         self.state = "idle"
         next_control = self.clock.now() + CONTROL_POLL
         while True:
-            if self.pending >= self.settings.max_changes:
+            if self.pending >= self.settings.sync_max_changes_count:
                 return "count"
             if first_change is not None and (
-                self.clock.now() - first_change >= self.settings.max_wait
+                self.clock.now() - first_change >= self.settings.sync_max_wait_time
             ):
                 return "timeout"
             if self.clock.now() >= next_control:
@@ -316,7 +316,7 @@ class Listener(Retrying):
         """One wait: lines pushed by the server ([] on a timer), or None when stopping."""
         timeout = min(IDLE_REFRESH if idle else POLL_INTERVAL, next_control - self.clock.now())
         if first_change is not None:
-            deadline = first_change + self.settings.max_wait - self.clock.now()
+            deadline = first_change + self.settings.sync_max_wait_time - self.clock.now()
             timeout = max(0.0, min(timeout, deadline))
         if not idle:
             if await self._sleep(timeout):

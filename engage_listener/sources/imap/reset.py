@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
 
 from engage_listener.intake.contract import Handler
+from engage_listener.observe.logs import Logger
 from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import imap_date
@@ -45,7 +45,7 @@ async def reset_folder(
     *,
     destination: Destination,
     stop: asyncio.Event,
-    log: Any,
+    log: Logger,
 ) -> BatchResult:
     """Ingest every mail of `folder` received since `since` that the ledger lacks.
 

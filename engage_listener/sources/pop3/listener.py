@@ -24,7 +24,6 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
@@ -32,6 +31,7 @@ from engage_listener.errors import ProtocolError
 from engage_listener.intake.contract import Delivered, Handled, Handler
 from engage_listener.intake.per_mail import MailPath
 from engage_listener.intake.retry import Retrying
+from engage_listener.observe.logs import Logger
 from engage_listener.sources.pop3.ledger import (
     OVERSIZE,
     Seen,
@@ -53,8 +53,8 @@ class Pop3Settings:
     """What the loop needs from the listener's configuration."""
 
     id: str
-    interval: float  # SyncMaxWaitTime: seconds between polls
-    max_per_batch: int  # SyncMaxChangesCount: new mails taken per poll
+    sync_max_wait_time: float  # seconds between polls
+    sync_max_changes_count: int  # new mails taken per poll
     leave_on_server: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
@@ -67,7 +67,7 @@ class Pop3Result:
     failed: int = 0
     quarantined: int = 0
     deleted: int = 0  # only counted once QUIT committed the deletions
-    deferred: int = 0  # new mails left for the next poll (max_per_batch reached)
+    deferred: int = 0  # new mails left for the next poll (sync_max_changes_count reached)
     seconds: float = 0.0
 
 
@@ -83,7 +83,7 @@ class Pop3Listener(Retrying):
         handler: Handler,
         clock: Clock,
         stop: asyncio.Event,
-        log: Any,
+        log: Logger,
     ) -> None:
         self.settings = settings
         self.connect = connect
@@ -116,7 +116,7 @@ class Pop3Listener(Retrying):
                 reason = "count"
                 continue
             self.state = "idle"
-            if await self._sleep(self.settings.interval):
+            if await self._sleep(self.settings.sync_max_wait_time):
                 break
             reason = "timeout"
         self.state = "stopped"
@@ -210,8 +210,8 @@ class Pop3Poll:
         return ledger_key(self.settings.id, uidl, generation)
 
     def _full(self) -> bool:
-        """max_per_batch new mails taken: the rest waits for the next poll."""
-        if self._taken < self.settings.max_per_batch:
+        """sync_max_changes_count new mails taken: the rest waits for the next poll."""
+        if self._taken < self.settings.sync_max_changes_count:
             return False
         self.result.deferred += 1
         return True

@@ -14,7 +14,7 @@ from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.clock import SystemClock
 from engage_listener.config.model import Secret
 from engage_listener.errors import AuthenticationError, FolderMissingError, TlsError
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from engage_listener.sources.imap.listener import CONTROL_POLL, POLL_INTERVAL
 from engage_listener.store.interface import MailKey
 from tests.support.fakes import FakeClock

@@ -21,7 +21,7 @@ from engage_listener.errors import (
 )
 from engage_listener.observe.logs import get_logger
 from engage_listener.observe.protolog import ProtocolLog
-from engage_listener.service.app import build_listener
+from engage_listener.service.build import build_listener
 from engage_listener.sources.pop3 import session as pop3
 from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings, ledger_key
 from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
@@ -64,8 +64,8 @@ def make_listener(
 ) -> Pop3Listener:
     cfg = Pop3Settings(
         id=settings.pop("id", "Pop"),
-        interval=settings.pop("interval", INTERVAL),
-        max_per_batch=settings.pop("max_per_batch", 10),
+        sync_max_wait_time=settings.pop("sync_max_wait_time", INTERVAL),
+        sync_max_changes_count=settings.pop("sync_max_changes_count", 10),
         **settings,
     )
 
@@ -280,16 +280,16 @@ async def test_unreachable_server_backs_off(
     await asyncio.wait_for(task, 10)
 
 
-async def test_max_per_batch_is_respected(
+async def test_sync_max_changes_count_is_respected(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, db: Path
 ) -> None:
     dovecot.append_many(mailbox_user, INBOX, [make_mail(i) for i in range(5)])
     ep = endpoint(dovecot, mailbox_user)
-    result = await make_listener(ep, store, max_per_batch=2).run_once()
+    result = await make_listener(ep, store, sync_max_changes_count=2).run_once()
     assert (result.ingested, result.deferred, result.deleted) == (2, 3, 2)
     assert dovecot.count(mailbox_user, INBOX) == 3
     clock = FakeClock()  # never advanced: the rest must follow at once, 2 per poll
-    listener = make_listener(ep, store, clock=clock, max_per_batch=2)
+    listener = make_listener(ep, store, clock=clock, sync_max_changes_count=2)
     task = asyncio.create_task(listener.run())
     try:
         await eventually(lambda: listener.state == "idle", what="backlog drained")

@@ -22,7 +22,7 @@ from engage_listener.errors import ConnectionLostError
 from engage_listener.intake.contract import Handler
 from engage_listener.intake.retry import BACKOFF_CAP, PERMANENT_RETRY
 from engage_listener.observe.logs import get_logger
-from engage_listener.service.app import build_listener, build_pop3_listener
+from engage_listener.service.build import build_listener, build_pop3_listener
 from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
 from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
 from engage_listener.store.interface import MailKey
@@ -45,7 +45,7 @@ def pop3_listener(
         return await Pop3Session.open(ep)
 
     return Pop3Listener(
-        Pop3Settings(lid, interval=60.0, max_per_batch=10),
+        Pop3Settings(lid, sync_max_wait_time=60.0, sync_max_changes_count=10),
         connect=connect,
         store=store,
         handler=handler or CaseEngine(store, EngineSettings(lid, extract_attachments=False)),

@@ -51,7 +51,7 @@ def pop3_listener(
         return await Pop3Session.open(ep)
 
     return Pop3Listener(
-        Pop3Settings(lid, interval=60.0, max_per_batch=10, **settings),
+        Pop3Settings(lid, sync_max_wait_time=60.0, sync_max_changes_count=10, **settings),
         connect=connect,
         store=store,
         handler=CaseEngine(store, EngineSettings(lid, extract_attachments=False)),

@@ -18,7 +18,7 @@ from typing import Any
 
 from engage_listener.clock import SystemClock
 from engage_listener.config.model import ListenerConfig
-from engage_listener.service.app import build_listener, endpoint_for
+from engage_listener.service.build import build_listener, endpoint_for
 from engage_listener.sources.imap.listener import Listener
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import ImapEndpoint, ImapLimits
