@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import parser
@@ -179,12 +179,13 @@ def _write_all(fd: int, pieces: list[bytes]) -> None:
             views[0] = views[0][written:]
 
 
-def _unchanged_left_out(prepared: Prepared, raw: bytes) -> Prepared | SameAsRaw:
+def _unchanged_left_out(prepared: Prepared, raw: bytes) -> tuple[Prepared, bool]:
     """Most mails have nothing to strip: their stripped copy (the whole mail again) need
-    not cross the pipe; the parent puts its own bytes back (`take_answer`)."""
-    if prepared.mail.stripped is not None and prepared.mail.stripped == raw:
-        return SameAsRaw(replace(prepared, mail=replace(prepared.mail, stripped=None)))
-    return prepared
+    not cross the pipe; True tells the parent to put its own bytes back (`take_answer`)."""
+    same = prepared.mail.stripped is not None and prepared.mail.stripped == raw
+    if same:  # (a fresh object nobody else holds: changed in place, no copy of the mail)
+        object.__setattr__(prepared.mail, "stripped", None)
+    return prepared, same
 
 
 def take_answer(buffer: bytearray, raw: bytes) -> Prepared | RuntimeError | None:
@@ -202,15 +203,11 @@ def take_answer(buffer: bytearray, raw: bytes) -> Prepared | RuntimeError | None
     with memoryview(buffer) as view:
         answer = pickle.loads(view[SIZE.size : end])  # noqa: S301 - our own worker's
     del buffer[:end]
-    if isinstance(answer, SameAsRaw):  # put back what `_unchanged_left_out` took out
-        answer = replace(answer.prepared, mail=replace(answer.prepared.mail, stripped=raw))
-    if isinstance(answer, Prepared):
-        return answer
-    return RuntimeError(f"parse worker failed: {answer}")
-
-
-@dataclass(frozen=True)
-class SameAsRaw:
-    """A Prepared whose mail's stripped copy is the raw mail itself."""
-
-    prepared: Prepared
+    if isinstance(answer, str):
+        return RuntimeError(f"parse worker failed: {answer}")
+    prepared, same = answer
+    if not isinstance(prepared, Prepared):
+        raise ValueError(f"an answer out of step: {type(prepared).__name__}")
+    if same:  # put back what `_unchanged_left_out` took out (in our fresh copy)
+        object.__setattr__(prepared.mail, "stripped", raw)
+    return prepared
