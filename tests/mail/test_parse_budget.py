@@ -14,7 +14,7 @@ import pytest
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import fields as mime_fields
-from engage_listener.mail import parse_pool
+from engage_listener.mail import parse_pool, parse_worker
 from engage_listener.mail.parse_pool import ParsePool, Prepared, prepare_mail
 from engage_listener.mail.parser import parse
 from engage_listener.mail.parts import MAX_ATTACHMENTS, REST_NAME
@@ -166,7 +166,7 @@ async def test_a_worker_running_other_code_is_refused_not_misread(
 ) -> None:
     """The files were upgraded under a running daemon: new workers would speak another
     format. They are refused at start (the mail is not blamed for a hang or garbage)."""
-    monkeypatch.setattr(parse_pool, "_HELLO", b"engage-parse " + b"0" * 16)
+    monkeypatch.setattr(parse_worker, "HELLO", b"engage-parse " + b"0" * 16)
     with pytest.raises(parse_pool.WorkerDied, match="other code"):
         await pool.prepare(make_mail(1), False)
     assert not _worker_pids(pool)
