@@ -86,6 +86,7 @@ class WorkerDied(RuntimeError):
     """The worker process ended while parsing (killed from outside, out of memory)."""
 
 
+# TODO(issue 18): compute mail.reply.new_text here (the engine does it, see cases.engine).
 def prepare_mail(raw: bytes, strip: bool) -> Prepared:
     """Parse, hash and judge one mail (in a worker, or in-process for the tests)."""
     mail = parser.parse(raw, strip=strip)
