@@ -45,11 +45,12 @@ class Discarded(Exception):
 def check_rules(outcome: RuleOutcome) -> None:
     """Quarantine (QuarantineNow) or discard (Discarded) as the Rules said, before any
     customer or case is made."""
-    last = outcome.matched[-1] if outcome.matched else "?"
-    if outcome.quarantine is not None:
-        raise QuarantineNow(f"rule {last}: {outcome.quarantine}")
+    rule = f"rule {outcome.matched[-1] if outcome.matched else '?'}"
+    if outcome.quarantine is not None:  # the reason is `rule NAME` when none was given
+        reason = outcome.quarantine
+        raise QuarantineNow(reason if reason == rule else f"{rule}: {reason}")
     if outcome.discard:
-        raise Discarded(f"rule {last}: Discard")
+        raise Discarded(f"{rule}: Discard")
 
 
 def combine(rules: RuleOutcome, hook: RoutingDecision | None) -> RoutingDecision:
