@@ -17,8 +17,8 @@ case's inbox (queue / team). `RoutingHook` in the XML names one of:
   statement getting only those it uses. The SQL may update ``cases`` itself; if its LAST
   statement returns rows with columns of `DECISION_FIELDS` (tags comma-separated,
   acknowledge and discard 0/1), the first row is also the decision. A statement running
-  at the timeout is interrupted. The file is read and checked (syntax, parameter names, no BEGIN/COMMIT)
-  whenever the configuration is loaded.
+  at the timeout is interrupted. The file is read and checked (syntax, parameter names,
+  no BEGIN/COMMIT) whenever the configuration is loaded.
 
 Every failure is a `HookError`: a configuration problem at load, a failed mail (rolled back)
 at run time.
