@@ -11,6 +11,7 @@ from devkit.dovecot import DovecotSandbox
 from engage_listener.cases.hooks import HookContext, RoutingDecision, SqlExecutor
 from engage_listener.config.load import load_config
 from engage_listener.config.model import ListenerConfig
+from engage_listener.ops.commands import replay_quarantine
 from engage_listener.service.build import build_listener
 from engage_listener.sources.imap.listener import Listener
 from tests.support.config_xml import DONE, NEW, OWN, listener_xml, write_config
@@ -242,3 +243,22 @@ async def test_recipient_reply_to_alone_keeps_the_customer_by_from(
         assert (await _listener(h).run_once()).ingested == 1
     assert db_rows(db, "SELECT sender FROM cases") == [("no-reply@forms.example",)]
     assert db_rows(db, "SELECT recipient FROM outbox") == [("maria@cliente.example",)]
+
+
+async def test_a_mail_a_rule_quarantines_stays_held_when_replayed(
+    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path
+) -> None:
+    path = write_config(
+        tmp_path / "engage.xml", listener_xml(dovecot, mailbox_user, inner=ISSUE_EXAMPLE)
+    )
+    loaded = load_config(path)
+    dovecot.create_folder(mailbox_user, DONE)
+    dovecot.append_many(mailbox_user, NEW, [mail("Hola", sender="x@spammer.example")])
+    async with Harness(loaded.listeners[0], loaded.store.path, FakeClock()) as h:
+        assert (await _listener(h).run_once()).quarantined == 1
+    [(entry,)] = db_rows(loaded.store.path, "SELECT id FROM quarantine")
+    assert await replay_quarantine(loaded, [entry]) == [
+        f"{entry}: not replayed: rule Banned: banned"
+    ]
+    assert db_rows(loaded.store.path, "SELECT state FROM quarantine") == [("held",)]
+    assert db_rows(loaded.store.path, "SELECT count(*) FROM cases") == [(0,)]
