@@ -14,31 +14,31 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from engage_listener.cases.ack import AckIdentity, build_ack, skip_reason
+from engage_listener.cases.acknowledging import AckSettings, Arrival, acknowledge
+from engage_listener.cases.addresses import automatic_unless_replied_to, chosen_address
 from engage_listener.cases.follow_ups import Scope, named_case, participants
-from engage_listener.cases.hooks import (
-    CaseView,
-    CustomerView,
-    HookContext,
-    MessageView,
-    RoutingDecision,
-    RoutingHook,
-)
+from engage_listener.cases.hooks import RoutingDecision, RoutingHook
 from engage_listener.cases.ingested import Ingested
-from engage_listener.config.ack import DEFAULT_MAX_PER_HOUR, DEFAULT_MAX_PER_RECIPIENT_PER_HOUR
-from engage_listener.config.model import AutomaticMail, FollowUpsFrom, UnknownSender
-from engage_listener.config.templates import AckTemplate
+from engage_listener.cases.routing import (
+    Discarded,
+    apply,
+    check_rules,
+    combine,
+    hook_context,
+    message_view,
+)
+from engage_listener.cases.rules import RuleOutcome, evaluate, mail_view
+from engage_listener.config.ack import AddressChoice
+from engage_listener.config.model import AutomaticMail, FollowUpsFrom, RuleConfig, UnknownSender
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
-from engage_listener.mail.authres import unauthenticated
-from engage_listener.mail.fields import recipient_key
 from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
+from engage_listener.mail.reply import new_text
 from engage_listener.mail.subjects import normalize_subject
 from engage_listener.store.interface import (
     CaseRef,
     Customer,
     MailKey,
-    NewAck,
     NewAttachment,
     NewCase,
     NewMessage,
@@ -46,6 +46,8 @@ from engage_listener.store.interface import (
     Transaction,
 )
 from engage_listener.store.records import CaseStatus
+
+__all__ = ["PENDING", "REPLAY_MAILBOX", "AckSettings", "CaseEngine", "EngineSettings", "Prepared"]
 
 REPLAY_MAILBOX = "#quarantine"  # ledger mailbox of mails replayed from quarantine
 PENDING: CaseStatus = "pending-approval"
@@ -66,32 +68,21 @@ class EngineSettings:
     ack: AckSettings | None = None
     require_approval: bool = False
     follow_ups_from: FollowUpsFrom = "Participants"  # see follow_ups
+    rules: tuple[RuleConfig, ...] = ()  # applied before the hook (see routing)
+    own_addresses: tuple[str, ...] = ()  # the listener's (cases.rules.listener_addresses)
+    customer_from: AddressChoice = "From"  # see addresses
 
+    @property
+    def all_own_addresses(self) -> tuple[str, ...]:
+        """The listener's own addresses and its acknowledgement's."""
+        ack_own = self.ack.own_addresses if self.ack is not None else ()
+        return (*self.own_addresses, *ack_own)
 
-@dataclass(frozen=True)
-class Arrival:
-    """A mail that joined or opened a case, as routing and acknowledgement see it."""
-
-    case: CaseRef
-    is_new: bool
-    row: int
-    mail: parser.ParsedMail
-    customer: Customer | None
-    automatic: str | None
-    raw: bytes = b""  # the mail as received (RequireAuthenticated reads its header)
-
-
-@dataclass(frozen=True)
-class AckSettings:
-    """How and when this listener acknowledges (from its Acknowledgement block)."""
-
-    identity: AckIdentity
-    template: AckTemplate
-    own_addresses: tuple[str, ...]
-    on_follow_ups: bool = False
-    max_per_recipient_per_hour: int = DEFAULT_MAX_PER_RECIPIENT_PER_HOUR
-    max_per_hour: int = DEFAULT_MAX_PER_HOUR  # all recipients together
-    require_authenticated: str | None = None  # AuthServId whose dmarc=pass is required
+    @property
+    def uses_reply_to(self) -> bool:
+        """CustomerFrom or Recipient is ReplyTo (see addresses)."""
+        recipient = self.ack.recipient if self.ack is not None else "From"
+        return "ReplyTo" in (self.customer_from, recipient)
 
 
 class CaseEngine:
@@ -111,41 +102,77 @@ class CaseEngine:
 
     async def ingest(self, key: MailKey, raw: bytes, prepared: object = None) -> Ingested:
         """Parse (unless `prepare` did), then commit customer, case, message, attachments,
-        routing and ledger."""
+        routing and ledger. A mail the Rules or the hook discard is kept, ignored."""
         if isinstance(prepared, asyncio.Future):  # from `prepare`; parse-timeout raises here
             prepared = await prepared
         if not isinstance(prepared, Prepared):
             prepared = await _prepare(raw, strip=self.settings.extract_attachments)
-        mail, automatic = prepared.mail, prepared.automatic
-        message = self._message(raw, prepared, automatic)
+        s = self.settings
+        mail = prepared.mail
+        automatic = automatic_unless_replied_to(
+            prepared.automatic, mail, s.uses_reply_to, s.all_own_addresses
+        )
+        # TODO(issue 18): compute new_text in the parse worker (parse_pool.prepare_mail).
+        message = self._message(raw, prepared, automatic, new_text(mail.text))
+        try:
+            return await self._ingest(key, raw, mail, automatic, message)
+        except Discarded:  # rolled back (the case it opened too): kept without a case
+            async with self.store.transaction() as tx:
+                await self._ignore(tx, key, message)
+            return Ingested(None, None, False, False, ignored=True)
+
+    async def _ingest(
+        self,
+        key: MailKey,
+        raw: bytes,
+        mail: parser.ParsedMail,
+        automatic: str | None,
+        message: NewMessage,
+    ) -> Ingested:
         async with self.store.transaction() as tx:
             duplicate = await tx.find_duplicate(key.listener, message.sha256, message.message_id)
             if duplicate is not None:
                 await tx.add_ledger(key, duplicate, message)
                 case = await tx.case_of_message(duplicate)
-                if case is None:  # the first copy was automatic mail, kept without a case
+                if case is None:  # the first copy was kept without a case (ignored)
                     return Ingested(None, None, False, True, ignored=True)
                 return Ingested(case.id, case.case_number, False, True)
+            rules = self._rules(mail)
+            check_rules(rules)  # Quarantine or Discard: before any customer or case
             customer = await self._customer(tx, mail)
-            case, is_new = await self._find_or_open(tx, mail, customer, automatic)
+            case, is_new = await self._find_or_open(tx, mail, customer, automatic, rules)
             if case is None:  # automatic mail that matches no case: kept, ignored
-                row = await tx.add_message(None, dataclasses.replace(message, ignored=True))
-                await tx.add_ledger(key, row, message)
+                await self._ignore(tx, key, message)
                 return Ingested(None, None, False, False, ignored=True)
             row = await tx.add_message(case.id, message)
             await tx.add_participants(case.id, participants(mail))
             await self._attach(tx, row, raw, mail)
             ack = None
             if not await self._awaits_approval(tx, case, is_new):
-                arrival = Arrival(case, is_new, row, mail, customer, automatic, raw)
+                arrival = Arrival(
+                    case, is_new, row, mail, customer, automatic, raw, message.new_text or "", rules
+                )
                 ack = await self._route_and_acknowledge(tx, arrival)
             await tx.add_ledger(key, row, message)
         if ack == "queued" and self.ack_queued is not None:
             self.ack_queued.set()
         return Ingested(case.id, case.case_number, is_new, False, ack=ack)
 
+    @staticmethod
+    async def _ignore(tx: Transaction, key: MailKey, message: NewMessage) -> None:
+        """Keep the mail without a case, marked ignored, and its ledger row."""
+        row = await tx.add_message(None, dataclasses.replace(message, ignored=True))
+        await tx.add_ledger(key, row, message)
+
+    def _rules(self, mail: parser.ParsedMail) -> RuleOutcome:
+        if not self.settings.rules:
+            return RuleOutcome()
+        return evaluate(self.settings.rules, mail_view(mail, self.settings.all_own_addresses))
+
     async def approve(self, case_id: int) -> str:
-        """Open a case that awaited approval, then route and acknowledge its first mail."""
+        """Open a case that awaited approval, then route and acknowledge its first mail.
+        Routing that discards or quarantines it now rejects the case instead."""
+        why = ""
         async with self.store.transaction() as tx:
             info = await tx.case_info(case_id)
             if info.status != PENDING:
@@ -153,11 +180,32 @@ class CaseEngine:
             await tx.set_case_status(case_id, "open")
             row, raw = await tx.first_message(case_id)
             ready = await _prepare(raw)
-            mail, automatic = ready.mail, ready.automatic
+            mail, s = ready.mail, self.settings
+            automatic = automatic_unless_replied_to(
+                ready.automatic, mail, s.uses_reply_to, s.all_own_addresses
+            )
             customer = await tx.get_customer(info.customer_id) if info.customer_id else None
             case = CaseRef(info.id, info.case_number)
-            arrival = Arrival(case, True, row, mail, customer, automatic, raw)
-            ack = await self._route_and_acknowledge(tx, arrival)
+            arrival = Arrival(
+                case,
+                True,
+                row,
+                mail,
+                customer,
+                automatic,
+                raw,
+                new_text(mail.text),
+                self._rules(mail),
+            )
+            try:
+                ack = await self._route_and_acknowledge(tx, arrival)
+            except (Discarded, QuarantineNow) as exc:  # nothing to quarantine any more
+                ack = None
+                why = str(exc)
+        if ack is None and why:
+            async with self.store.transaction() as tx:
+                await tx.set_case_status(case_id, "rejected")
+            return f"case {info.case_number} rejected by routing ({why})"
         if ack == "queued" and self.ack_queued is not None:
             self.ack_queued.set()
         return f"case {info.case_number} approved (acknowledgement: {ack or 'not configured'})"
@@ -178,13 +226,28 @@ class CaseEngine:
         return not is_new and (await tx.case_info(case.id)).status == PENDING
 
     async def _route_and_acknowledge(self, tx: Transaction, arrival: Arrival) -> str | None:
-        decision = await self._route(tx, arrival) if self.settings.hook is not None else None
-        hook_says = decision.acknowledge if decision else None
-        return await self._acknowledge(tx, arrival, hook_says)
+        """The Rules' outcome and the hook's decision applied, then the acknowledgement."""
+        hook = self.settings.hook
+        said = await self._run_hook(tx, arrival) if hook is not None else None
+        decision = combine(arrival.rules, said)
+        await apply(tx, arrival.case.id, arrival.row, decision, _who(hook, arrival.rules))
+        if decision.acknowledge is False and (said is None or said.acknowledge is None):
+            vetoed = ", ".join(arrival.rules.matched)
+            return f"skipped: NoAcknowledgement (rule {vetoed})" if self.settings.ack else None
+        return await acknowledge(
+            tx,
+            self.settings.listener,
+            self.settings.ack,
+            self.settings.all_own_addresses,
+            arrival,
+            decision.acknowledge,
+        )
 
     async def _customer(self, tx: Transaction, mail: parser.ParsedMail) -> Customer | None:
-        """The sender's customer, or what UnknownSender says to do without one."""
-        address = mail.sender.normalized if mail.sender else ""
+        """The sender's (CustomerFrom) customer, or what UnknownSender says without one."""
+        s = self.settings
+        person = chosen_address(mail, s.customer_from, s.all_own_addresses)
+        address = person.normalized if person else ""
         found = await tx.find_customer(address) if address else None
         if found is not None:
             return found
@@ -198,8 +261,7 @@ class CaseEngine:
             return default
         if not address:
             return None
-        name = mail.sender.name if mail.sender else ""
-        return await tx.create_customer(name, address, "auto")
+        return await tx.create_customer(person.name if person else "", address, "auto")
 
     async def _find_or_open(
         self,
@@ -207,26 +269,30 @@ class CaseEngine:
         mail: parser.ParsedMail,
         customer: Customer | None,
         automatic: str | None,
+        rules: RuleOutcome,
     ) -> tuple[CaseRef | None, bool]:
         """Join an open case by headers or case token (see `follow_ups`: its participants
-        only), or the customer's by subject; else open one."""
+        only), or the customer's by subject; else open one. In the process a rule's
+        SetProcess names, else the listener's CaseProcess."""
         normalized = normalize_subject(mail.subject, self.settings.subject_prefixes)
         s = self.settings
+        process = rules.process or s.process
         named = await named_case(
-            tx, mail, Scope(s.listener, s.process, anyone=s.follow_ups_from == "Anyone")
+            tx, mail, Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
         )
         case = named.join
         if case is None:
             customer_id = customer.id if customer else None
-            case = await tx.open_case_by_subject(customer_id, self.settings.process, normalized)
+            case = await tx.open_case_by_subject(customer_id, process, normalized)
         if case is not None:
             return case, False
         if automatic and self.settings.automatic_mail == "Ignore":
             return None, False
-        sender = mail.sender or parser.Address("", "")
+        sender = chosen_address(mail, s.customer_from, s.all_own_addresses)
+        sender = sender or parser.Address("", "")
         new = NewCase(
             listener=self.settings.listener,
-            process=self.settings.process,
+            process=process,
             sender=sender.address,
             sender_name=sender.name,
             subject=mail.subject,
@@ -236,98 +302,25 @@ class CaseEngine:
         )
         return await tx.create_case(new), True
 
-    async def _route(self, tx: Transaction, arrival: Arrival) -> RoutingDecision:
-        """Run the installation's routing procedure in this transaction, then apply it."""
+    async def _run_hook(self, tx: Transaction, arrival: Arrival) -> RoutingDecision:
+        """Run the installation's routing procedure in this transaction."""
         assert self.settings.hook is not None
-        case, mail, customer, row = arrival.case, arrival.mail, arrival.customer, arrival.row
-        info = await tx.case_info(case.id)
-        sender = mail.sender or parser.Address("", "")
-        context = HookContext(
-            listener=self.settings.listener,
-            case=CaseView(
-                info.id,
-                info.case_number,
-                info.process,
-                info.status,
-                info.inbox,
-                info.subject,
-                arrival.is_new,
-            ),
-            message=MessageView(
-                row,
-                mail.message_id,
-                sender.address,
-                sender.name,
-                mail.subject,
-                mail.text,
-                tuple(a.filename for a in mail.attachments),
-                arrival.automatic,
-            ),
-            customer=CustomerView(customer.id, customer.name, customer.addresses)
-            if customer
-            else None,
-        )
-        decision = await self.settings.hook.run(context, tx)
-        await tx.apply_decision(
-            case.id, row, decision.inbox, decision.priority, decision.tags, decision.acknowledge
-        )
-        return decision
-
-    async def _acknowledge(
-        self, tx: Transaction, arrival: Arrival, hook_says: bool | None
-    ) -> str | None:
-        """Queue the acknowledgement in this transaction; returns "queued" or why not."""
-        ack = self.settings.ack
-        if ack is None:
-            return None
-        case, mail, customer = arrival.case, arrival.mail, arrival.customer
-        sender = mail.sender or parser.Address("", "")
-        reason = skip_reason(
-            sender=sender.address,
-            automatic=arrival.automatic,
-            own_addresses=ack.own_addresses,
-            hook_acknowledge=hook_says,
-            is_new_case=arrival.is_new,
-            on_follow_ups=ack.on_follow_ups,
-        ) or unauthenticated(ack.require_authenticated, arrival.raw)
-        if reason:
-            return f"skipped: {reason}"
-        since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
-        limit_key = recipient_key(sender.address)  # victim+1@ and victim+2@ count together
-        if await tx.recent_acks(limit_key, since) >= ack.max_per_recipient_per_hour:
-            return f"skipped: rate limit of {ack.max_per_recipient_per_hour} per hour reached"
-        try:
-            message = build_ack(
-                ack.identity,
-                ack.template,
-                to_address=sender.address,
-                to_name=sender.name,
-                case_number=case.case_number,
-                original_subject=mail.subject,
-                original_message_id=mail.message_id,
-                original_references=mail.references,
-                customer_name=customer.name if customer else sender.name,
-                received_at=dt.datetime.now(dt.UTC),
-            )
-        except ValueError as exc:
-            return f"skipped: {exc}"
-        row = NewAck(
-            self.settings.listener,
-            case.id,
+        info = await tx.case_info(arrival.case.id)
+        message = message_view(
             arrival.row,
-            sender.address,
-            str(message["Subject"]),
-            str(message["Message-ID"]),
-            message.as_bytes(),
+            arrival.mail,
+            arrival.automatic,
+            arrival.new_text,
+            self.settings.all_own_addresses,
         )
-        if await tx.listener_acks(self.settings.listener, since) >= ack.max_per_hour:
-            why = f"MaxPerHour: {ack.max_per_hour} acknowledgements in the last hour"
-            await tx.add_outbox(row, state="suppressed", last_error=why)  # recorded, never sent
-            return f"suppressed: {why}"
-        await tx.add_outbox(row)
-        return "queued"
+        context = hook_context(
+            self.settings.listener, info, arrival.is_new, message, arrival.customer, arrival.rules
+        )
+        return await self.settings.hook.run(context, tx)
 
-    def _message(self, raw: bytes, ready: Prepared, automatic: str | None) -> NewMessage:
+    def _message(
+        self, raw: bytes, ready: Prepared, automatic: str | None, text_new: str | None = None
+    ) -> NewMessage:
         mail = ready.mail
         sender = mail.sender or parser.Address("", "")
         stored = mail.stripped if self.settings.extract_attachments else None
@@ -348,6 +341,7 @@ class CaseEngine:
             defects="\n".join(mail.defects),
             automatic=automatic,
             stored_mime=stored,
+            new_text=text_new,
         )
 
     async def _attach(self, tx: Transaction, row: int, raw: bytes, mail: parser.ParsedMail) -> None:
@@ -369,6 +363,13 @@ class CaseEngine:
 async def _prepare(raw: bytes, *, strip: bool = False) -> Prepared:
     """Parsed in a worker process, within the per-mail budget (QuarantineNow past it)."""
     return await shared().prepare(raw, strip)
+
+
+def _who(hook: RoutingHook | None, rules: RuleOutcome) -> str:
+    """Who decided, for a quarantine reason: the hook, else the last rule that applied."""
+    if hook is not None:
+        return f"routing hook {hook.name}"
+    return f"rule {rules.matched[-1]}" if rules.matched else "rules"
 
 
 def _eml_name(subject: str) -> str:

@@ -15,10 +15,10 @@ case's inbox (queue / team). `RoutingHook` in the XML names one of:
 - ``sql:path/to/procedure.sql``: statements run in order in the mail's own transaction, so
   their writes commit or roll back with the case. Named parameters: `SQL_PARAMETERS`, each
   statement getting only those it uses. The SQL may update ``cases`` itself; if its LAST
-  statement returns rows with columns inbox, priority, tags (comma-separated) or acknowledge
-  (0/1), the first row is also the decision. A statement running at the timeout is
-  interrupted. The file is read and checked (syntax, parameter names, no BEGIN/COMMIT)
-  whenever the configuration is loaded.
+  statement returns rows with columns of `DECISION_FIELDS` (tags comma-separated,
+  acknowledge and discard 0/1), the first row is also the decision. A statement running
+  at the timeout is interrupted. The file is read and checked (syntax, parameter names,
+  no BEGIN/COMMIT) whenever the configuration is loaded.
 
 Every failure is a `HookError`: a configuration problem at load, a failed mail (rolled back)
 at run time.
@@ -40,6 +40,7 @@ from typing import Any
 
 from engage_listener.cases.hook_types import (
     DECISION_FIELDS,
+    AttachmentView,
     CaseView,
     CustomerView,
     HookContext,
@@ -55,6 +56,7 @@ from engage_listener.errors import HookError
 __all__ = [
     "DECISION_FIELDS",
     "SQL_PARAMETERS",
+    "AttachmentView",
     "CaseView",
     "CustomerView",
     "HookContext",

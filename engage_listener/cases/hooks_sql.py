@@ -7,6 +7,7 @@ parameter names, no BEGIN/COMMIT) whenever the configuration is loaded.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from engage_listener.cases.hook_types import (
     as_decision,
 )
 from engage_listener.errors import HookError, StoppedEarly, StoreError
+from engage_listener.mail.parser import Address
 from engage_listener.observe.logs import get_logger
 from engage_listener.store.interface import SqlDialect, SyncExecute
 from engage_listener.store.open import sql_dialect
@@ -41,6 +43,18 @@ SQL_PARAMETERS = (
     "is_new_case",
     "listener",
     "process",
+    "to_addresses",
+    "cc_addresses",
+    "reply_to",
+    "delivered_to",
+    "new_text",
+    "headers",
+    "attachments",
+    "automatic",
+    "rules_matched",
+    "rules_inbox",
+    "rules_priority",
+    "rules_tags",
 )
 _LEXEMES = re.compile(  # quoted text is skipped, so ':' or '?' inside it is no parameter
     r"""(?P<quoted>'(?:[^']|'')*'?|"(?:[^"]|"")*"?|`[^`]*`?|\[[^\]]*\]?)"""
@@ -176,7 +190,36 @@ def _sql_values(ctx: HookContext) -> dict[str, object]:
         "is_new_case": int(ctx.case.is_new),
         "listener": ctx.listener,
         "process": ctx.case.process,
+        **_mail_values(ctx),
     }
+
+
+def _mail_values(ctx: HookContext) -> dict[str, object]:
+    """The issue-18 parameters: address lists comma-separated (lower-cased), the headers
+    (lower-cased names) and the attachments as JSON for SQLite's json_extract/json_each,
+    and what the Rules decided."""
+    m, rules = ctx.message, ctx.rules
+    return {
+        "to_addresses": _addresses(m.to),
+        "cc_addresses": _addresses(m.cc),
+        "reply_to": _addresses(m.reply_to),
+        "delivered_to": m.delivered_to,
+        "new_text": m.new_text,
+        "headers": json.dumps(dict(m.headers), ensure_ascii=False),
+        "attachments": json.dumps(
+            [{"name": a.filename, "type": a.content_type, "size": a.size} for a in m.attachments],
+            ensure_ascii=False,
+        ),
+        "automatic": m.automatic,
+        "rules_matched": ",".join(rules.matched),
+        "rules_inbox": rules.inbox,
+        "rules_priority": rules.priority,
+        "rules_tags": ",".join(rules.tags),
+    }
+
+
+def _addresses(found: tuple[Address, ...]) -> str:
+    return ",".join(a.normalized for a in found if a.address)
 
 
 def _row_decision(cursor: Any) -> dict[str, Any] | None:
@@ -190,8 +233,9 @@ def _row_decision(cursor: Any) -> dict[str, Any] | None:
     found = {c: v for c, v in zip(columns, row, strict=True) if c in DECISION_FIELDS}
     if isinstance(found.get("tags"), str):
         found["tags"] = tuple(t.strip() for t in found["tags"].split(",") if t.strip())
-    if found.get("acknowledge") in (0, 1):
-        found["acknowledge"] = bool(found["acknowledge"])
+    for flag in ("acknowledge", "discard"):
+        if found.get(flag) in (0, 1):
+            found[flag] = bool(found[flag])
     return found
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 from lxml import etree
 
@@ -28,6 +29,9 @@ from engage_listener.errors import ConfigProblem
 DEFAULT_MAX_PER_HOUR = 200  # acknowledgements one listener sends in an hour, in all
 DEFAULT_MAX_PER_RECIPIENT_PER_HOUR = 3
 SECURITIES = ("SSL", "StartTls", "None")
+# Which address of a mail gets the acknowledgement (Recipient) or finds the customer
+# (the listener's CustomerFrom): From, or a usable Reply-To (see cases.addresses).
+AddressChoice = Literal["From", "ReplyTo"]
 _PORTS = {"SSL": 465, "StartTls": 587, "None": 25}
 
 
@@ -69,6 +73,7 @@ class AckConfig:
     # RequireAuthenticated's AuthServId: acknowledge only mail that this server's
     # Authentication-Results header says passed DMARC (None: no such requirement).
     require_authenticated: str | None = None
+    recipient: AddressChoice = "From"  # ReplyTo: a usable Reply-To, else From
 
 
 def _template_text(
@@ -179,7 +184,14 @@ def ack_config(
         source_line=line(node),
         max_per_hour=int(optional(found, "MaxPerHour") or DEFAULT_MAX_PER_HOUR),
         require_authenticated=_required_authserv(found.get("RequireAuthenticated")),
+        **_recipient(found),
     )
+
+
+def _recipient(found: dict[str, etree._Element]) -> dict[str, AddressChoice]:
+    """Recipient when given (the XSD allows From or ReplyTo only); else the default."""
+    value = optional(found, "Recipient")
+    return {"recipient": cast(AddressChoice, value)} if value else {}
 
 
 def _required_authserv(node: etree._Element | None) -> str | None:

@@ -259,6 +259,7 @@ _CONVERTED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AllowPlaintextLogin": ("allow_plaintext_login", _boolean),
     "MaxMessageSize": ("max_message_size", int),
     "FollowUpsFrom": ("follow_ups_from", str),
+    "CustomerFrom": ("customer_from", str),
     "LeaveOnServer": ("leave_on_server", _boolean),
 }
 

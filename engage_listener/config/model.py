@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from engage_listener.config.ack import AckConfig
+from engage_listener.config.ack import AckConfig, AddressChoice
 from engage_listener.config.auth import AuthConfig
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
@@ -171,6 +171,7 @@ class ListenerConfig:
     follow_ups_from: FollowUpsFrom = "Participants"  # who may join a case by token/header
     protocol_log_keep_days: int = DEFAULT_PROTOCOL_LOG_KEEP_DAYS  # prune older log files
     rules: tuple[RuleConfig, ...] = ()  # the Rules block, in order (see cases.rules)
+    customer_from: AddressChoice = "From"  # ReplyTo: the customer is found by Reply-To
 
 
 @dataclass(frozen=True)

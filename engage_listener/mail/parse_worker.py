@@ -46,6 +46,7 @@ class Prepared:
     automatic: str | None  # why it is automatic mail (auto-reply, bounce), or None
 
 
+# TODO(issue 18.3): compute new_text here too (off the event loop); the engine does it today.
 def prepare_mail(raw: bytes, strip: bool) -> Prepared:
     """Parse, hash and judge one mail (in a worker, or in-process for the tests)."""
     mail = parser.parse(raw, strip=strip)

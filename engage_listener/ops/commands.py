@@ -16,7 +16,7 @@ from engage_listener.cases.hooks import RoutingHook
 from engage_listener.config import secret_refs as secrets
 from engage_listener.config.auth import AuthConfig
 from engage_listener.config.model import Config, ListenerConfig, oauth_logins
-from engage_listener.errors import EngageError
+from engage_listener.errors import EngageError, QuarantineNow
 from engage_listener.intake.control import request_date, resume, start_of_day
 from engage_listener.oauth.provider import (
     IdentityProviderUnavailable,
@@ -90,7 +90,10 @@ async def _replay_one(
         )
     engine = CaseEngine(store, engine_settings(cfg, hooks.get(cfg.id)))
     key = MailKey(cfg.id, REPLAY_MAILBOX, "", str(entry_id))
-    done = await engine.ingest(key, raw)
+    try:
+        done = await engine.ingest(key, raw)
+    except QuarantineNow as exc:  # a Rule or the hook quarantines it again: left held
+        return f"{entry_id}: not replayed: {exc}"
     await admin.mark_replayed(store, entry_id, done.case_id)
     return f"{entry_id}: replayed into case {done.case_number or '(ignored)'}"
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from engage_listener.cases.ack import AckIdentity
 from engage_listener.cases.engine import AckSettings, CaseEngine, EngineSettings
 from engage_listener.cases.hooks import RoutingHook, load_hook
+from engage_listener.cases.rules import listener_addresses
 from engage_listener.clock import Clock
 from engage_listener.config import secret_refs as secrets
 from engage_listener.config.auth import AuthConfig
@@ -134,6 +135,7 @@ def ack_settings(cfg: ListenerConfig) -> AckSettings | None:
         max_per_recipient_per_hour=ack.max_per_recipient_per_hour,
         max_per_hour=ack.max_per_hour,
         require_authenticated=ack.require_authenticated,
+        recipient=ack.recipient,
     )
 
 
@@ -173,6 +175,7 @@ async def send_message(
 
 
 def engine_settings(cfg: ListenerConfig, hook: RoutingHook | None) -> EngineSettings:
+    """The case engine's settings of a listener; its Rules are applied before the hook."""
     return EngineSettings(
         listener=cfg.id,
         extract_attachments=cfg.extract_attachments,
@@ -185,6 +188,9 @@ def engine_settings(cfg: ListenerConfig, hook: RoutingHook | None) -> EngineSett
         ack=ack_settings(cfg),
         require_approval=cfg.require_approval,
         follow_ups_from=cfg.follow_ups_from,
+        rules=cfg.rules,
+        own_addresses=listener_addresses(cfg),
+        customer_from=cfg.customer_from,
     )
 
 

@@ -133,7 +133,13 @@ class Transaction(Protocol):
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> CaseRef | None: ...
 
-    async def case_info(self, case_id: int) -> CaseInfo: ...
+    async def case_info(self, case_id: int) -> CaseInfo:
+        """The case as it stands in this transaction, with its priority and tags."""
+        ...
+
+    async def message_new_text(self, message_row: int) -> str | None:
+        """The stored new text of a mail (None: not computed, or no such mail)."""
+        ...
 
     async def create_case(self, case: NewCase) -> CaseRef: ...
 
@@ -159,7 +165,13 @@ class Transaction(Protocol):
         priority: int | None,
         tags: Sequence[str],
         acknowledge: bool | None,
-    ) -> None: ...
+        *,
+        process: str | None = None,
+        status: CaseStatus | None = None,
+    ) -> None:
+        """Routing's changes: None leaves a field as it is; tags are added (once each);
+        `acknowledge` records routing's say on the mail's acknowledgement."""
+        ...
 
     async def add_ledger(self, key: MailKey, message_row: int, message: NewMessage) -> None: ...
 

@@ -112,6 +112,7 @@ class NewMessage:
     automatic: str | None = None
     stored_mime: bytes | None = None  # the mail without its attachments (ExtractAttachments)
     ignored: bool = False  # automatic mail stored without a case
+    new_text: str | None = None  # what the customer wrote (mail.reply.new_text); None: unknown
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ class CaseInfo:
     inbox: str | None
     subject: str
     customer_id: int | None
+    priority: int | None = None
+    tags: tuple[str, ...] = ()  # sorted
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,19 @@
 --       :subject       this mail's subject            :text         its plain-text body
 --       :is_new_case   1 if this mail opened the case, 0 if it joined an open one
 --       :listener      the ImapListener ID            :process      its CaseProcess (or NULL)
+--       :new_text      what the customer wrote, without quoted history and signature
+--       :to_addresses, :cc_addresses, :reply_to   comma-separated, lower-cased addresses
+--       :delivered_to  the address it was delivered to (Delivered-To, X-Original-To, ...)
+--       :headers       JSON of every header: json_extract(:headers, '$."x-spam-flag"')
+--       :attachments   JSON array of {name, type, size}: SELECT ... FROM json_each(:attachments)
+--       :automatic     why it looks machine-made, or NULL
+--       :rules_matched, :rules_inbox, :rules_priority, :rules_tags   what the listener's
+--                      Rules decided before this procedure runs
 --   * The procedure may change `cases` itself, as below, or write tables of its own. If the
---     LAST statement returns rows with columns named inbox, priority, tags (comma-separated)
---     or acknowledge (0 or 1), the first row is applied too (see the end of this file).
+--     LAST statement returns rows with columns named inbox, priority, tags (comma-separated),
+--     acknowledge (0 or 1), process, status (open, closed, pending-approval), discard (0 or
+--     1: keep the mail ignored, no case) or quarantine (a reason), the first row is applied
+--     too (see the end of this file). A column left out, or NULL, changes nothing.
 
 
 -- 1. The rules: an ordinary table, which operators edit with any SQLite client

@@ -327,7 +327,7 @@ async def test_sql_parameters_and_splitting(tmp_path: Path, store: SqliteStore) 
         "process": "EIS",
         "colon in text": ":not_a_parameter",
     }
-    assert set(seen) - {"colon in text"} == set(SQL_PARAMETERS)
+    assert set(seen) - {"colon in text"} == set(SQL_PARAMETERS[:11])  # the rest: test_hook_view
     notes = [r[0] for r in await store.query("SELECT note FROM log")]
     assert notes[0] == "a;b" and "trigger; case_id" in notes and len(notes) == 13
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from engage_listener.store.interface import (
@@ -126,3 +127,22 @@ async def test_sql_hooks_run_inside_the_mail_transaction(store: Store) -> None:
         )
         inline = tx.run_inline(lambda execute: execute("SELECT 2 AS priority", {}).fetchone(), 1e12)
     assert tuple(found) == ("ventas",) and tuple(inline) == (2,)
+
+
+async def test_routing_sets_process_status_priority_and_tags_and_new_text_is_kept(
+    store: Store, message: MessageFactory
+) -> None:
+    async with store.transaction() as tx:
+        case = await tx.create_case(_case())
+        first = dataclasses.replace(message(), new_text="Lo nuevo")
+        row = await tx.add_message(case.id, first)
+        old = await tx.add_message(case.id, message())  # stored without a new text
+        await tx.apply_decision(case.id, row, None, 3, ["b", "a", "b"], None)
+        await tx.apply_decision(
+            case.id, row, "soporte", None, [], False, process="cobros", status="closed"
+        )
+        info = await tx.case_info(case.id)
+        assert await tx.message_new_text(row) == "Lo nuevo"
+        assert await tx.message_new_text(old) is None
+    assert (info.inbox, info.priority, info.tags) == ("soporte", 3, ("a", "b"))
+    assert (info.process, info.status) == ("cobros", "closed")

@@ -263,4 +263,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE quarantine DROP COLUMN uid;
     ALTER TABLE heartbeats DROP COLUMN last_batch_at;
     """,  # noqa: S608 - fixed text
+    # 7: the new text of each mail (issue 18): what the customer wrote, without the quoted
+    # history and signature (mail.reply.new_text), written with the mail. NULL for mails
+    # stored before (their whole text is still body_text).
+    """
+    ALTER TABLE messages ADD COLUMN new_text TEXT;
+    """,
 )

@@ -21,7 +21,7 @@ from engage_listener.store.interface import (
     NewMessage,
     SyncExecute,
 )
-from engage_listener.store.records import LedgerState, OutboxState
+from engage_listener.store.records import CaseStatus, LedgerState, OutboxState
 from engage_listener.store.sqlite.connection import AsyncCursor, Connection
 from engage_listener.store.sqlite.follow_ups import FollowUpQueries
 from engage_listener.store.sqlite.operator_tx import OperatorWrites, now_iso
@@ -185,11 +185,21 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites):
 
     async def case_info(self, case_id: int) -> CaseInfo:
         row = await self._one(
-            "SELECT id, case_number, process, status, inbox, subject, customer_id"
+            "SELECT id, case_number, process, status, inbox, subject, customer_id, priority"
             " FROM cases WHERE id = ?",
             (case_id,),
         )
-        return CaseInfo(int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]), row[6])
+        cur = await self.execute(
+            "SELECT tag FROM case_tags WHERE case_id = ? ORDER BY tag", (case_id,)
+        )
+        tags = tuple(str(r[0]) for r in await cur.fetchall())
+        return CaseInfo(
+            int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]), row[6], row[7], tags
+        )
+
+    async def message_new_text(self, message_row: int) -> str | None:
+        row = await self._one("SELECT new_text FROM messages WHERE id = ?", (message_row,))
+        return None if row is None or row[0] is None else str(row[0])
 
     # ----- writes -------------------------------------------------------------------
     async def create_case(self, case: NewCase) -> CaseRef:
@@ -237,6 +247,7 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites):
                 "automatic": m.automatic,
                 "ignored": int(m.ignored),
                 "body_text": m.body_text,
+                "new_text": m.new_text,
                 "body_html": m.body_html,
                 "defects": m.defects,
                 "stored_mime": m.stored_mime,
@@ -271,12 +282,15 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites):
         priority: int | None,
         tags: Sequence[str],
         acknowledge: bool | None,
+        *,
+        process: str | None = None,
+        status: CaseStatus | None = None,
     ) -> None:
-        if inbox is not None or priority is not None:
+        if inbox is not None or priority is not None or process is not None or status:
             await self.execute(
-                "UPDATE cases SET inbox = coalesce(?, inbox), priority = coalesce(?, priority)"
-                " WHERE id = ?",
-                (inbox, priority, case_id),
+                "UPDATE cases SET inbox = coalesce(?, inbox), priority = coalesce(?, priority),"
+                " process = coalesce(?, process), status = coalesce(?, status) WHERE id = ?",
+                (inbox, priority, process, status, case_id),
             )
         for tag in tags:
             await self.execute(
