@@ -1,0 +1,218 @@
+"""One Microsoft Graph listener: the IMAP listener's cycle over HTTPS.
+
+Connect (a `GraphSession`), resolve the folders, take the backlog, then batch new mail
+as delta finds it: a batch starts when new mails reach SyncMaxChangesCount, or when
+SyncMaxWaitTime has passed since the first of them, exactly as for IMAP; delta is asked
+every PollSeconds (Graph has no push a contact centre behind a firewall can receive).
+Errors never escape `run`: transient ones (throttling past its retries, 5xx, dropped
+connections) back off with jitter, permanent ones (403 with its advice, a missing
+folder) are reported and retried slowly, as for IMAP and POP3.
+
+Decisions:
+
+* A `reset`/`resume` pause written by the operator is honoured (no mail is taken until
+  it ends); a date reset is not done for Graph yet: it is logged and left pending.
+* Mail that failed and waits for another attempt counts as a change, so it is retried
+  after SyncMaxWaitTime even when no new mail arrives (as IMAP does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from engage_listener.clock import Clock
+from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
+from engage_listener.intake.contract import Handler
+from engage_listener.intake.control import read_control
+from engage_listener.intake.retry import Retrying
+from engage_listener.observe.logs import Logger
+from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult
+from engage_listener.sources.graph.delta import DeltaWatch
+from engage_listener.sources.graph.folders import ensure_folder, resolve_folder, sibling
+from engage_listener.sources.graph.http import GraphSession
+from engage_listener.store.interface import Store
+
+CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """What the loop needs from the listener's configuration."""
+
+    id: str
+    input_folder: str
+    output_folder: str | None  # None: processed mail is deleted (to Deleted Items)
+    sync_max_wait_time: float  # seconds a change waits for its batch
+    sync_max_changes_count: int  # changes that start a batch at once
+    poll_seconds: float = 15.0  # seconds between two delta rounds
+    error_folder: str | None = None  # None: "Error" beside the input folder
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+
+class GraphListener(Retrying):
+    """The batching loop of one Graph listener; `run` for the daemon, `run_once` for cron."""
+
+    def __init__(
+        self,
+        settings: GraphSettings,
+        *,
+        connect: Callable[[], GraphSession],
+        store: Store,
+        handler: Handler,
+        clock: Clock,
+        stop: asyncio.Event,
+        log: Logger,
+    ) -> None:
+        self.settings = settings
+        self.connect = connect
+        self.store = store
+        self.handler = handler
+        self.clock = clock
+        self.stop = stop
+        self.log = log
+        self.state = "starting"
+        self.pending = 0
+        self.batches = 0
+        self.paused_until: dt.datetime | None = None
+        self.oldest_unprocessed: str | None = None
+        self.last_success_at: float | None = None
+        self.backlog: int | None = None
+        self.last_error: str | None = None
+        self.failures = 0  # errors in a row since the last completed batch
+        self.error_folder = settings.error_folder or sibling(settings.input_folder, "Error")
+        self._error_id: str | None = None  # the error folder's id, once looked up
+
+    # ----- public ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until `stop` is set; never raises (except cancellation)."""
+        while not self.stop.is_set():
+            try:
+                async with self.connect() as session:
+                    await self._serve(session)
+            except Exception as exc:
+                self.failures += 1
+                await self._back_off(exc, self.failures)
+        self.state = "stopped"
+        self.log.info("listener_stopped")
+
+    async def run_once(self) -> GraphBatchResult:
+        """Process the current backlog once; errors propagate to the caller."""
+        async with self.connect() as session:
+            folders = await self._folders(session)
+            control = await read_control(self.store, self.settings.id, self.clock.wall())
+            if control.paused_until is not None:
+                self.paused_until, self.state = control.paused_until, "paused"
+                self.log.info("paused", until=control.paused_until.isoformat())
+                return GraphBatchResult()
+            return await self._batch(session, folders, "once")
+
+    # ----- connection -----------------------------------------------------------------
+    async def _folders(self, session: GraphSession) -> Folders:
+        self.state = "connecting"
+        input_id = await resolve_folder(session, self.settings.input_folder, "input folder")
+        out = self.settings.output_folder
+        output_id = await resolve_folder(session, out, "output folder") if out else None
+        self.log.info("connected", protocol="graph", mailbox=session.mailbox,
+                      endpoint=session.settings.endpoint)  # fmt: skip
+        return Folders(input_id, output_id, self.error_folder)
+
+    async def _serve(self, session: GraphSession) -> None:
+        self._error_id = None  # looked up again on each connection
+        folders = await self._folders(session)
+        watch = DeltaWatch(session, folders.input_id)
+        await watch.poll()  # the starting point; the first batch takes the backlog
+        reason: str | None = "startup backlog"
+        while reason is not None and not self.stop.is_set():
+            control = await read_control(self.store, self.settings.id, self.clock.wall())
+            if control.paused_until is not None:
+                await self._pause(control.paused_until)
+                reason = "resumed"
+                continue
+            self.paused_until = None
+            if control.reset_from is not None:
+                self.log.warning("reset_not_supported", protocol="graph",
+                                 since=control.reset_from.isoformat())  # fmt: skip
+            result = await self._batch(session, folders, reason)
+            reason = await self._wait_for_trigger(watch, result)
+
+    async def _pause(self, until: dt.datetime) -> None:
+        if self.paused_until != until:
+            self.log.info("paused", until=until.isoformat())
+        self.paused_until, self.state = until, "paused"
+        left = (until - self.clock.wall()).total_seconds()
+        await self._sleep(max(0.0, min(left, CONTROL_POLL)))
+
+    # ----- batches --------------------------------------------------------------------
+    async def _batch(self, session: GraphSession, folders: Folders,
+                     reason: str) -> GraphBatchResult:  # fmt: skip
+        self.state = "processing"
+        self.log.info("batch_start", reason=reason, pending=self.pending)
+
+        async def error_folder() -> str:
+            if self._error_id is None:
+                self._error_id, created = await ensure_folder(session, self.error_folder)
+                if created:
+                    self.log.info("folder_created", folder=self.error_folder)
+            return self._error_id
+
+        batch = GraphBatch(
+            session, folders, self.settings.id, self.store, self.handler,
+            max_attempts=self.settings.max_attempts,
+            max_message_size=self.settings.max_message_size,
+            stop=self.stop, log=self.log, ensure_error_folder=error_folder,
+        )  # fmt: skip
+        result = await batch.run()
+        self.batches += 1
+        self.failures = 0
+        self.pending = 0
+        self.last_error = None
+        self.last_success_at = time.time()
+        self.backlog = result.failed + len(result.settle_failed)
+        self.oldest_unprocessed = result.oldest if self.backlog else None
+        moved = result.done if self.settings.output_folder else 0
+        fields = asdict(result)
+        fields.pop("settle_failed")
+        fields.pop("oldest")
+        fields.pop("done")
+        fields["seconds"] = round(result.seconds, 3)
+        self.log.info("batch_end", reason=reason, moved=moved,
+                      deleted=result.done - moved, **fields)  # fmt: skip
+        return result
+
+    async def _wait_for_trigger(self, watch: DeltaWatch, last: GraphBatchResult) -> str | None:
+        """Wait until the count or the time trigger fires; None when stopping."""
+        retry = last.failed or last.settle_failed
+        first_change = self.clock.now() if retry else None
+        self.state = "idle"
+        next_control = self.clock.now() + CONTROL_POLL
+        while True:
+            if self.pending >= self.settings.sync_max_changes_count:
+                return "count"
+            now = self.clock.now()
+            if first_change is not None and now - first_change >= self.settings.sync_max_wait_time:
+                return "timeout"
+            if now >= next_control:
+                next_control = now + CONTROL_POLL
+                control = await read_control(self.store, self.settings.id, self.clock.wall())
+                if control.paused_until is not None:
+                    return "control"
+            wait = min(self.settings.poll_seconds, next_control - now)
+            if first_change is not None:
+                wait = min(wait, first_change + self.settings.sync_max_wait_time - now)
+            if await self._sleep(max(0.0, wait)):
+                return None
+            found = await watch.poll()
+            self.last_success_at = time.time()
+            if found.resync:
+                self.log.warning("delta_resync", new=found.new)
+                return "resync"
+            self.pending += found.new
+            self.backlog = (self.backlog or 0) + found.new
+            if self.pending and first_change is None:
+                first_change = self.clock.now()
+                self.log.info("change_pending", pending=self.pending)
