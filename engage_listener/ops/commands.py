@@ -160,11 +160,16 @@ async def control_listener(config: Config, listener: str, day: dt.date | None) -
             f"listener {listener!r} is a POP3 listener: POP3 has no received dates, "
             "so reset/pause/resume apply to IMAP listeners only"
         )
+    now = dt.datetime.now(dt.UTC)
+    if cfg.protocol == "graph" and day is not None and start_of_day(day, cfg.time_zone) <= now:
+        raise EngageError(
+            f"listener {listener!r} reads Microsoft Graph: reset --date to a past day is not "
+            "done for Graph yet; a future day (a pause) and resume are"
+        )
     store = await open_store(config.store)
     try:
         if day is None:
             return ControlResult(listener, "resume", None, None, await resume(store, listener))
-        now = dt.datetime.now(dt.UTC)
         moment = start_of_day(day, cfg.time_zone)  # request_date pauses when it is in the future
         message = await request_date(store, listener, day, cfg.time_zone, now)
         action = "pause" if moment > now else "reset"
@@ -178,6 +183,8 @@ async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
         raise EngageError(f"no listener {listener!r} in {config.path}")
+    if cfg.protocol == "graph":
+        raise EngageError(f"listener {listener!r} reads Microsoft Graph: search is IMAP only yet")
     if cfg.protocol != "imap":
         raise EngageError(f"listener {listener!r} reads POP3, which cannot search the mailbox")
     register_secret(cfg.password.reveal())
@@ -205,6 +212,15 @@ async def status(config: Config) -> str:
     return render_status(await status_rows(config))
 
 
+async def _test_graph(cfg: ListenerConfig, create_folders: bool) -> list[diagnose.Step]:
+    """`test-connection` of a Graph listener (imported here: aiohttp only when needed)."""
+    from engage_listener.ops.diagnose_graph import test_graph  # noqa: PLC0415
+    from engage_listener.service.build_graph import graph_connect, graph_token_source  # noqa: PLC0415
+
+    token = graph_token_source(cfg)
+    return await test_graph(cfg, token, graph_connect(cfg, token), create_folders=create_folders)
+
+
 async def test_connections(
     config: Config, ids: Sequence[str], *, create_folders: bool, send_to: str | None
 ) -> list[diagnose.Step]:
@@ -216,6 +232,9 @@ async def test_connections(
     smtp = smtp_endpoints(config, enabled_only=False)
     steps: list[diagnose.Step] = []
     for cfg in chosen:
+        if cfg.protocol == "graph":
+            steps += await _test_graph(cfg, create_folders)
+            continue
         register_secret(cfg.password.reveal())
         pop3 = cfg.protocol == "pop3"
         steps += await diagnose.test_listener(
@@ -251,7 +270,12 @@ async def auth_login(
         print(f"{what}: signing in as {user}", file=out)
         try:
             await login_interactive(
-                auth, user, _cache(auth), out=out, inp=inp, purpose=purpose,
+                auth,
+                user,
+                _cache(auth),
+                out=out,
+                inp=inp,
+                purpose=purpose,
                 device_code=device_code,
             )
         except (OAuthError, IdentityProviderUnavailable) as exc:
