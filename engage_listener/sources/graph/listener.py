@@ -79,13 +79,14 @@ class GraphListener(Retrying):
         self.pending = 0
         self.batches = 0
         self.paused_until: dt.datetime | None = None
-        self.oldest_unprocessed: str | None = None
+        self.oldest_unprocessed: dt.datetime | None = None  # received, of the oldest left
         self.last_success_at: float | None = None
         self.backlog: int | None = None
         self.last_error: str | None = None
         self.failures = 0  # errors in a row since the last completed batch
         self.error_folder = settings.error_folder or sibling(settings.input_folder, "Error")
         self._error_id: str | None = None  # the error folder's id, once looked up
+        self._first_change: float | None = None  # when the first waiting change was seen
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -173,7 +174,7 @@ class GraphListener(Retrying):
         self.last_error = None
         self.last_success_at = time.time()
         self.backlog = result.failed + len(result.settle_failed)
-        self.oldest_unprocessed = result.oldest if self.backlog else None
+        self.oldest_unprocessed = received(result.oldest) if self.backlog else None
         moved = result.done if self.settings.output_folder else 0
         fields = asdict(result)
         fields.pop("settle_failed")
@@ -187,23 +188,22 @@ class GraphListener(Retrying):
     async def _wait_for_trigger(self, watch: DeltaWatch, last: GraphBatchResult) -> str | None:
         """Wait until the count or the time trigger fires; None when stopping."""
         retry = last.failed or last.settle_failed
-        first_change = self.clock.now() if retry else None
+        self._first_change = self.clock.now() if retry else None
         self.state = "idle"
         next_control = self.clock.now() + CONTROL_POLL
         while True:
-            if self.pending >= self.settings.sync_max_changes_count:
-                return "count"
+            fired = self._fired()
+            if fired is not None:
+                return fired
             now = self.clock.now()
-            if first_change is not None and now - first_change >= self.settings.sync_max_wait_time:
-                return "timeout"
             if now >= next_control:
                 next_control = now + CONTROL_POLL
                 control = await read_control(self.store, self.settings.id, self.clock.wall())
                 if control.paused_until is not None:
                     return "control"
             wait = min(self.settings.poll_seconds, next_control - now)
-            if first_change is not None:
-                wait = min(wait, first_change + self.settings.sync_max_wait_time - now)
+            if self._first_change is not None:
+                wait = min(wait, self._first_change + self.settings.sync_max_wait_time - now)
             if await self._sleep(max(0.0, wait)):
                 return None
             found = await watch.poll()
@@ -211,8 +211,32 @@ class GraphListener(Retrying):
             if found.resync:
                 self.log.warning("delta_resync", new=found.new)
                 return "resync"
-            self.pending += found.new
-            self.backlog = (self.backlog or 0) + found.new
-            if self.pending and first_change is None:
-                first_change = self.clock.now()
-                self.log.info("change_pending", pending=self.pending)
+            self._count_new(found.new)
+
+    def _fired(self) -> str | None:
+        """ "count" or "timeout" when a trigger has fired, else None."""
+        if self.pending >= self.settings.sync_max_changes_count:
+            return "count"
+        first = self._first_change
+        if first is not None and self.clock.now() - first >= self.settings.sync_max_wait_time:
+            return "timeout"
+        return None
+
+    def _count_new(self, new: int) -> None:
+        """Mail delta found: pending changes, backlog, how long the oldest has waited."""
+        self.pending += new
+        self.backlog = (self.backlog or 0) + new
+        if new and self.oldest_unprocessed is None:  # waiting since it was seen
+            self.oldest_unprocessed = self.clock.wall()
+        if self.pending and self._first_change is None:
+            self._first_change = self.clock.now()
+            self.log.info("change_pending", pending=self.pending)
+
+
+def received(stamp: str | None) -> dt.datetime | None:
+    """A Graph ``receivedDateTime`` (ISO 8601, UTC) as an aware datetime; None if unreadable."""
+    try:
+        moment = dt.datetime.fromisoformat(stamp) if stamp else None
+    except ValueError:
+        return None
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=dt.UTC)

@@ -22,6 +22,7 @@ from engage_listener.clock import SystemClock
 from engage_listener.config.load import load_config
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import PermanentError
+from engage_listener.observe.status import read_status, write_heartbeats
 from engage_listener.service.build_graph import build_graph_listener
 from engage_listener.sources.graph.http import GraphAccessDenied, GraphThrottled
 from engage_listener.sources.graph.listener import GraphListener
@@ -393,3 +394,22 @@ async def test_no_more_than_four_requests_in_flight_per_mailbox(
     assert cases(db) == 30 and len(in_folder(graph, DONE)) == 30
     assert 2 <= graph.peak(BOX) <= 4  # fetches overlap, never past Outlook's limit
     assert 429 not in {r.status for r in graph.requests()}
+
+
+async def test_status_of_a_graph_listener(
+    tmp_path: Path, graph: GraphServer, store: SqliteStore
+) -> None:
+    """The heartbeat the daemon writes, read back as `engage-listener status` reads it: a
+    mail found by delta and waiting for its batch is the backlog, with its age."""
+    listener = make(tmp_path, graph, store)
+    task = await start(listener, poll_seconds=0.1, sync_max_wait_time=600.0)
+    try:
+        graph.append(BOX, NEW, mail(1))
+        await eventually(lambda: listener.pending == 1)
+        await write_heartbeats(store, {"Graph": listener})
+        (row,) = await read_status(store, ["Graph"])
+    finally:
+        await stop(listener, task)
+    assert (row.state, row.backlog) == ("idle", 1)
+    assert row.last_success_at is not None
+    assert row.oldest_unprocessed_age is not None
