@@ -39,7 +39,7 @@ MS_DELEGATED_SCOPES = {
     "imap": "https://outlook.office.com/IMAP.AccessAsUser.All",
     "pop3": "https://outlook.office.com/POP.AccessAsUser.All",
     "smtp": "https://outlook.office.com/SMTP.Send",
-    "graph": "https://graph.microsoft.com/Mail.ReadWrite",
+    "graph": "https://graph.microsoft.com/Mail.ReadWrite.Shared",  # own and shared mailboxes
 }
 GOOGLE_SCOPE = "https://mail.google.com/"
 
@@ -96,7 +96,7 @@ def scopes_for(auth: AuthConfig, purpose: str, resource: str | None = None) -> l
         origin = (resource or MS_GRAPH_RESOURCE).rstrip("/")
         if auth.flow == "client_credentials":
             return [f"{origin}/.default"]
-        return [f"{origin}/Mail.ReadWrite"]
+        return [f"{origin}/Mail.ReadWrite.Shared"]  # delegated: own and shared mailboxes
     if auth.flow == "client_credentials":
         return [MS_APP_SCOPE]
     return [MS_DELEGATED_SCOPES[purpose]]
