@@ -151,7 +151,8 @@ class ControlResult:
 
 
 async def control_listener(config: Config, listener: str, day: dt.date | None) -> ControlResult:
-    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP only."""
+    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP and
+    Graph listeners."""
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
         raise EngageError(f"no listener {listener!r} in {config.path}")
@@ -160,16 +161,11 @@ async def control_listener(config: Config, listener: str, day: dt.date | None) -
             f"listener {listener!r} is a POP3 listener: POP3 has no received dates, "
             "so reset/pause/resume apply to IMAP listeners only"
         )
-    now = dt.datetime.now(dt.UTC)
-    if cfg.protocol == "graph" and day is not None and start_of_day(day, cfg.time_zone) <= now:
-        raise EngageError(
-            f"listener {listener!r} reads Microsoft Graph: reset --date to a past day is not "
-            "done for Graph yet; a future day (a pause) and resume are"
-        )
     store = await open_store(config.store)
     try:
         if day is None:
             return ControlResult(listener, "resume", None, None, await resume(store, listener))
+        now = dt.datetime.now(dt.UTC)
         moment = start_of_day(day, cfg.time_zone)  # request_date pauses when it is in the future
         message = await request_date(store, listener, day, cfg.time_zone, now)
         action = "pause" if moment > now else "reset"

@@ -79,15 +79,11 @@ async def test_access_denied_says_what_to_grant(tmp_path: Path, graph: GraphServ
     assert "access policy" in found["mailbox"].detail
 
 
-async def test_reset_to_a_past_day_and_search_refused_pause_allowed(
-    tmp_path: Path, graph: GraphServer
-) -> None:
+async def test_search_refused_reset_and_resume_accepted(tmp_path: Path, graph: GraphServer) -> None:
     cfg = config(tmp_path, graph)
-    with pytest.raises(EngageError, match="not done for Graph yet"):
-        await commands.control_listener(cfg, "Graph", dt.date(2020, 1, 1))
     with pytest.raises(EngageError, match="Microsoft Graph"):
         await commands.search(cfg, "Graph", Criteria("Inbox"))
     tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=2)
-    paused = await commands.control_listener(cfg, "Graph", tomorrow)
-    assert paused.action == "pause"
+    assert (await commands.control_listener(cfg, "Graph", tomorrow)).action == "pause"
     assert (await commands.control_listener(cfg, "Graph", None)).action == "resume"
+    assert (await commands.control_listener(cfg, "Graph", dt.date(2020, 1, 1))).action == "reset"

@@ -31,6 +31,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,10 +144,31 @@ class GraphBatch:
             self.result.seconds = time.monotonic() - started
         return self.result
 
-    async def listing(self) -> list[dict[str, Any]]:
-        """Every mail in the input folder, oldest first."""
-        where = f"{self.session.base}/mailFolders/{self.folders.input_id}/messages"
+    async def run_in_place(self, rows: list[dict[str, Any]]) -> GraphBatchResult:
+        """Ingest `rows` (of the output folder, after `reset --date`) as `run` does, but
+        leave committed mail where it is: processed mail already lives there. Quarantined
+        mail still goes to the error folder. The key stays the input folder's: an
+        immutable id is the same wherever the mail was moved, so the ledger knows it."""
+        started = time.monotonic()
+        self.result.found = len(rows)
+        try:
+            await self._take_all(await self._unknown(rows))
+        finally:
+            self.committed.clear()
+            await self._settle()
+            self.result.seconds = time.monotonic() - started
+        return self.result
+
+    async def listing(
+        self, folder_id: str | None = None, since: dt.datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Every mail in the input folder (or `folder_id`, received since `since`), oldest
+        first."""
+        where = f"{self.session.base}/mailFolders/{folder_id or self.folders.input_id}/messages"
         params = {"$select": LIST_SELECT, "$orderby": "receivedDateTime asc", "$top": "100"}
+        if since is not None:  # $orderby's property must be filtered on too, first (Graph)
+            stamp = since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            params["$filter"] = f"receivedDateTime ge {stamp}"
         rows: list[dict[str, Any]] = []
         async for page in self.session.pages(where, params):
             rows.extend(r for r in page.get("value", []) if isinstance(r, dict) and "id" in r)

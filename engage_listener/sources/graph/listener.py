@@ -10,8 +10,8 @@ folder) are reported and retried slowly, as for IMAP and POP3.
 
 Decisions:
 
-* A `reset`/`resume` pause written by the operator is honoured (no mail is taken until
-  it ends); a date reset is not done for Graph yet: it is logged and left pending.
+* `reset --date` and `resume` work as for IMAP: a future day pauses intake until then; a
+  past day re-examines the output folder from that day (`_reset`).
 * Mail that failed and waits for another attempt counts as a change, so it is retried
   after SyncMaxWaitTime even when no new mail arrives (as IMAP does).
 """
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
 from engage_listener.intake.contract import Handler
-from engage_listener.intake.control import read_control
+from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.retry import Retrying
 from engage_listener.observe.logs import Logger
 from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult
@@ -110,6 +110,8 @@ class GraphListener(Retrying):
                 self.paused_until, self.state = control.paused_until, "paused"
                 self.log.info("paused", until=control.paused_until.isoformat())
                 return GraphBatchResult()
+            if control.reset_from is not None:
+                await self._reset(session, folders, control.reset_from)
             return await self._batch(session, folders, "once")
 
     # ----- connection -----------------------------------------------------------------
@@ -136,8 +138,7 @@ class GraphListener(Retrying):
                 continue
             self.paused_until = None
             if control.reset_from is not None:
-                self.log.warning("reset_not_supported", protocol="graph",
-                                 since=control.reset_from.isoformat())  # fmt: skip
+                await self._reset(session, folders, control.reset_from)
             result = await self._batch(session, folders, reason)
             reason = await self._wait_for_trigger(watch, result)
 
@@ -154,19 +155,7 @@ class GraphListener(Retrying):
         self.state = "processing"
         self.log.info("batch_start", reason=reason, pending=self.pending)
 
-        async def error_folder() -> str:
-            if self._error_id is None:
-                self._error_id, created = await ensure_folder(session, self.error_folder)
-                if created:
-                    self.log.info("folder_created", folder=self.error_folder)
-            return self._error_id
-
-        batch = GraphBatch(
-            session, folders, self.settings.id, self.store, self.handler,
-            max_attempts=self.settings.max_attempts,
-            max_message_size=self.settings.max_message_size,
-            stop=self.stop, log=self.log, ensure_error_folder=error_folder,
-        )  # fmt: skip
+        batch = self._new_batch(session, folders)
         result = await batch.run()
         self.batches += 1
         self.failures = 0
@@ -185,6 +174,35 @@ class GraphListener(Retrying):
                       deleted=result.done - moved, **fields)  # fmt: skip
         return result
 
+    def _new_batch(self, session: GraphSession, folders: Folders) -> GraphBatch:
+        async def error_folder() -> str:
+            if self._error_id is None:
+                self._error_id, created = await ensure_folder(session, self.error_folder)
+                if created:
+                    self.log.info("folder_created", folder=self.error_folder)
+            return self._error_id
+
+        return GraphBatch(
+            session, folders, self.settings.id, self.store, self.handler,
+            max_attempts=self.settings.max_attempts,
+            max_message_size=self.settings.max_message_size,
+            stop=self.stop, log=self.log, ensure_error_folder=error_folder,
+        )  # fmt: skip
+
+    async def _reset(self, session: GraphSession, folders: Folders, since: dt.datetime) -> None:
+        """Re-examine mail received since `since`: the output folder now (what the ledger
+        lacks is ingested and stays there), the input folder through the next batch (which
+        takes all of it anyway). A mail that failed below MaxAttempts leaves the reset
+        pending, tried again at the next control check, as for IMAP."""
+        result = GraphBatchResult()
+        if folders.output_id is not None:
+            batch = self._new_batch(session, folders)
+            result = await batch.run_in_place(await batch.listing(folders.output_id, since))
+        if not result.failed and not self.stop.is_set():
+            await reset_done(self.store, self.settings.id, since)
+        self.log.info("reset", since=since.isoformat(), output_folder_ingested=result.ingested,
+                      quarantined=result.quarantined, to_retry=result.failed)  # fmt: skip
+
     async def _wait_for_trigger(self, watch: DeltaWatch, last: GraphBatchResult) -> str | None:
         """Wait until the count or the time trigger fires; None when stopping."""
         retry = last.failed or last.settle_failed
@@ -199,7 +217,7 @@ class GraphListener(Retrying):
             if now >= next_control:
                 next_control = now + CONTROL_POLL
                 control = await read_control(self.store, self.settings.id, self.clock.wall())
-                if control.paused_until is not None:
+                if control.paused_until is not None or control.reset_from is not None:
                     return "control"
             wait = min(self.settings.poll_seconds, next_control - now)
             if self._first_change is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from engage_listener.clock import SystemClock
 from engage_listener.config.load import load_config
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import PermanentError
+from engage_listener.intake.control import read_control, request_date
 from engage_listener.observe.status import read_status, write_heartbeats
 from engage_listener.service.build_graph import build_graph_listener
 from engage_listener.sources.graph.http import GraphAccessDenied, GraphThrottled
@@ -413,3 +415,22 @@ async def test_status_of_a_graph_listener(
     assert (row.state, row.backlog) == ("idle", 1)
     assert row.last_success_at is not None
     assert row.oldest_unprocessed_age is not None
+
+
+async def test_reset_to_a_past_day_ingests_what_the_ledger_lacks_in_the_output_folder(
+    tmp_path: Path, graph: GraphServer, store: SqliteStore, db: Path
+) -> None:
+    """Mail moved to the output folder by hand (or before a restore of the store) becomes
+    its case and stays there; mail the ledger has is not taken twice; older mail is left."""
+    listener = make(tmp_path, graph, store)
+    taken = graph.append(BOX, NEW, mail(1))
+    await listener.run_once()
+    by_hand = graph.append(BOX, DONE, mail(2))
+    old = graph.append(BOX, DONE, mail(3), received=dt.datetime(2020, 5, 1, tzinfo=dt.UTC))
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    await request_date(store, "Graph", yesterday, "UTC", dt.datetime.now(dt.UTC))
+    await listener.run_once()
+    assert cases(db) == 2
+    assert ledger(db) == {taken: "moved", by_hand: "committed"}
+    assert sorted(in_folder(graph, DONE)) == sorted([taken, by_hand, old])
+    assert (await read_control(store, "Graph", dt.datetime.now(dt.UTC))).reset_from is None
