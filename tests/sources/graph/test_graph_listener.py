@@ -1,5 +1,6 @@
 """The Graph source end to end against the Graph imitation: configuration -> listener ->
-cases in the store, mail moved or deleted, exactly once through Graph's faults.
+cases in the store, mail moved or deleted, the batch triggers, an expired delta token,
+status and reset (the faults are in test_graph_faults.py).
 
 Each listener is built from a configuration file as the daemon builds it
 (`service.build_graph.build_graph_listener`); tokens come from the imitation through an
@@ -10,50 +11,36 @@ imitation as the daemon does.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from engage_listener.clock import SystemClock
 from engage_listener.config.load import load_config
-from engage_listener.config.model import ListenerConfig
-from engage_listener.errors import PermanentError
 from engage_listener.intake.control import read_control, request_date
 from engage_listener.observe.status import read_status, write_heartbeats
 from engage_listener.service.build_graph import build_graph_listener
-from engage_listener.sources.graph.http import GraphAccessDenied, GraphThrottled
-from engage_listener.sources.graph.listener import GraphListener
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.config_xml import WITH_GRAPH, graph_xml, write_config
+from tests.support.graph import (
+    BOX,
+    DONE,
+    NEW,
+    cases,
+    eventually,
+    in_folder,
+    ledger,
+    mail,
+    make,
+    start,
+    stop,
+)  # fmt: skip
 from tests.support.helpers import db_rows
 from tests.support.servers.graph_server import GraphServer
 from tests.support.servers.oauth_server import OAuthTestServer, token_cache
-
-BOX = "support@contoso.test"
-NEW, DONE = "Inbox/New", "Inbox/Done"
-
-
-def mail(number: int, size: int = 0) -> bytes:
-    body = b"x" * size if size else f"Hello {number}".encode()
-    head = f"From: Customer {number} <c{number}@example.test>\r\nSubject: Question {number}\r\n"
-    return head.encode() + f"Message-ID: <{number}@graph.test>\r\n\r\n".encode() + body + b"\r\n"
-
-
-class Tokens:
-    """The injected token callback: the imitation's own tokens; records `force`."""
-
-    def __init__(self, server: GraphServer) -> None:
-        self.server, self.calls, self.issued = server, list[bool](), list[str]()
-
-    async def __call__(self, force: bool) -> str:
-        self.calls.append(force)
-        self.issued.append(self.server.issue_token())
-        return self.issued[-1]
 
 
 @pytest.fixture
@@ -62,47 +49,6 @@ def graph(tmp_path: Path) -> Iterator[GraphServer]:
     with GraphServer(tmp_path / "graph") as server:
         server.add_mailbox(BOX)
         yield server
-
-
-def graph_config(tmp_path: Path, server: GraphServer, **extra: Any) -> ListenerConfig:
-    _cache, key = token_cache(tmp_path / "state")
-    xml = graph_xml(server.endpoint, server.ca_file, BOX, "Graph", **extra)
-    path = write_config(tmp_path / "graph.xml", xml, process=WITH_GRAPH, key_file=key)
-    return load_config(path).graph_listeners[0]
-
-
-def make(
-    tmp_path: Path,
-    server: GraphServer,
-    store: SqliteStore,
-    token: Callable[[bool], Awaitable[str]] | None = None,
-    **extra: str,
-) -> GraphListener:
-    server.create_folder(BOX, NEW)
-    server.create_folder(BOX, DONE)
-    cfg = graph_config(tmp_path, server, **extra)
-    return build_graph_listener(
-        cfg, store, SystemClock(), asyncio.Event(), token=token or Tokens(server)
-    )
-
-
-def cases(db: Path) -> int:
-    return int(db_rows(db, "SELECT COUNT(*) FROM cases")[0][0])
-
-
-def ledger(db: Path) -> dict[str, str]:
-    return {str(item): str(state) for item, state in db_rows(db, "SELECT item, state FROM ledger")}
-
-
-def in_folder(server: GraphServer, folder: str) -> list[str]:
-    return [m.immutable_id for m in server.messages(BOX, folder)]
-
-
-async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.05)
 
 
 # ----- the cycle ------------------------------------------------------------------------
@@ -197,18 +143,6 @@ async def test_signs_in_at_the_identity_provider_and_logs_the_protocol(
 
 
 # ----- the batch triggers ---------------------------------------------------------------
-async def start(listener: GraphListener, **settings: Any) -> asyncio.Task[None]:
-    listener.settings = dataclasses.replace(listener.settings, **settings)
-    task = asyncio.create_task(listener.run())
-    await eventually(lambda: listener.batches >= 1 and listener.state == "idle")
-    return task
-
-
-async def stop(listener: GraphListener, task: asyncio.Task[None]) -> None:
-    listener.stop.set()
-    await asyncio.wait_for(task, 10)
-
-
 async def test_batch_starts_on_the_count(
     tmp_path: Path,
     graph: GraphServer,
@@ -272,130 +206,6 @@ async def test_expired_delta_token_resyncs_without_duplicates(
     finally:
         await stop(listener, task)
     assert cases(db) == 2
-
-
-# ----- Graph's faults -------------------------------------------------------------------
-async def test_throttling_5xx_and_dropped_connections_lose_and_duplicate_nothing(
-    tmp_path: Path,
-    graph: GraphServer,
-    store: SqliteStore,
-    db: Path,
-) -> None:
-    listener = make(tmp_path, graph, store)
-    ids = [graph.append(BOX, NEW, mail(n)) for n in range(6)]
-    graph.fault("429", path="/messages?", retry_after="1")  # the listing
-    graph.fault("503", path="$value", retry_after="1")
-    graph.fault("500", path="$value")
-    graph.fault("drop", path="$value")
-    graph.fault("reset", path="$value")
-    began = time.monotonic()
-    result = await listener.run_once()
-    assert time.monotonic() - began >= 1.0  # Retry-After was honoured
-    assert (result.ingested, result.done, cases(db)) == (6, 6, 6)
-    assert sorted(in_folder(graph, DONE)) == sorted(ids)
-    statuses = {r.status for r in graph.requests()}
-    assert {429, 503, 500} <= statuses
-
-
-async def test_throttled_past_the_retries_is_transient_and_the_next_batch_finishes(
-    tmp_path: Path,
-    graph: GraphServer,
-    store: SqliteStore,
-    db: Path,
-) -> None:
-    listener = make(tmp_path, graph, store)
-    [graph.append(BOX, NEW, mail(n)) for n in range(3)]
-    graph.fault("503", path="$value", times=50, retry_after="0")
-    with pytest.raises(GraphThrottled):
-        await listener.run_once()
-    assert cases(db) == 0
-    graph.traffic.faults.clear()
-    await listener.run_once()
-    assert (cases(db), len(in_folder(graph, DONE))) == (3, 3)
-
-
-async def test_an_expired_token_is_refreshed_once(
-    tmp_path: Path,
-    graph: GraphServer,
-    store: SqliteStore,
-    db: Path,
-) -> None:
-    tokens = Tokens(graph)
-    listener = make(tmp_path, graph, store, token=tokens)
-    graph.append(BOX, NEW, mail(1))
-    original = graph.issue_token
-
-    def expiring(lifetime: float = 3600) -> str:  # the first token dies after the listing
-        token = original(lifetime)
-        if len(tokens.issued) == 0:
-            asyncio.get_running_loop().call_later(0, graph.expire_token, token)
-        return token
-
-    graph.issue_token = expiring  # type: ignore[method-assign]
-    await listener.run_once()
-    assert cases(db) == 1
-    assert tokens.calls == [False, True]
-    assert 401 in {r.status for r in graph.requests()}
-
-
-async def test_access_denied_is_permanent_with_advice(
-    tmp_path: Path,
-    graph: GraphServer,
-    store: SqliteStore,
-    db: Path,
-) -> None:
-    listener = make(tmp_path, graph, store)
-    graph.append(BOX, NEW, mail(1))
-    graph.allow(BOX, False)
-    with pytest.raises(GraphAccessDenied) as caught:
-        await listener.run_once()
-    assert isinstance(caught.value, PermanentError)
-    assert "Mail.ReadWrite" in str(caught.value) and "access policy" in str(caught.value)
-    task = asyncio.create_task(listener.run())
-    try:
-        await eventually(lambda: listener.state == "failing")
-        assert "Mail.ReadWrite" in (listener.last_error or "")
-    finally:
-        await stop(listener, task)
-    assert cases(db) == 0
-
-
-# ----- exactly once and the per-mailbox limit --------------------------------------------
-async def test_restart_after_commit_before_move_moves_without_a_second_case(
-    tmp_path: Path,
-    graph: GraphServer,
-    store: SqliteStore,
-    db: Path,
-) -> None:
-    listener = make(tmp_path, graph, store)
-    ids = [graph.append(BOX, NEW, mail(n)) for n in range(5)]
-    graph.fault("500", path="$batch", times=10)  # the moves fail: a POST is not retried
-    with pytest.raises(Exception):  # noqa: B017 - whichever Graph error ended it
-        await listener.run_once()
-    assert cases(db) == 5 and set(ledger(db).values()) == {"committed"}
-    assert sorted(in_folder(graph, NEW)) == sorted(ids)
-    graph.traffic.faults.clear()
-    restarted = make(tmp_path / "again", graph, store)
-    result = await restarted.run_once()
-    assert (result.already_known, result.ingested, result.done) == (5, 0, 5)
-    assert cases(db) == 5
-    assert sorted(in_folder(graph, DONE)) == sorted(ids)
-    assert ledger(db) == dict.fromkeys(ids, "moved")
-
-
-async def test_no_more_than_four_requests_in_flight_per_mailbox(
-    tmp_path: Path,
-    graph: GraphServer,
-    store: SqliteStore,
-    db: Path,
-) -> None:
-    listener = make(tmp_path, graph, store)
-    [graph.append(BOX, NEW, mail(n)) for n in range(30)]
-    graph.fault("slow", path="$value", times=30, delay=0.05)
-    await listener.run_once()
-    assert cases(db) == 30 and len(in_folder(graph, DONE)) == 30
-    assert 2 <= graph.peak(BOX) <= 4  # fetches overlap, never past Outlook's limit
-    assert 429 not in {r.status for r in graph.requests()}
 
 
 async def test_status_of_a_graph_listener(
