@@ -70,6 +70,7 @@ TARGET_RSS_10K = 150 * MIB
 TARGET_HUGE_FACTOR = 4.0
 TARGET_LATENCY_OVER_IDLE = 0.150
 PROTOLOG_TOOL = "engage+protolog"
+GRAPH_TOOL = "engage-graph"  # --source graph: the Graph listener against the imitation
 SPY_RATE = 250  # py-spy samples per second
 
 
@@ -476,7 +477,31 @@ class Bench:
         self.drop_user(user)
         return row
 
-    def throughput(self, n: int, results: Results, protocol_log: bool = False) -> None:
+    def run_graph(self, messages: Sequence[bytes], n: int, raw_bytes: int) -> ThroughputRow:
+        """The same corpus through a Graph listener against the Graph imitation."""
+        from graph_ingest import graph_run  # noqa: PLC0415 - only with --source graph
+
+        work = self.workdir(f"graph-{n}")
+        timeout = 60 + n * self.timeout_per_mail * 3
+        m, moved, left, note = graph_run(work, messages, timeout, run_measured)
+        note = self._note(m, work / "stderr.txt") + note
+        row = ThroughputRow(GRAPH_TOOL, n, raw_bytes, m.seconds, m.peak_rss, moved, left,
+                            m.cpu_seconds, note.strip("; "))  # fmt: skip
+        print(
+            f"  {GRAPH_TOOL:<16} N={n:<6} {row.seconds:8.2f} s (CPU {row.cpu_seconds:7.2f} s) "
+            f"{row.msgs_per_s:9.1f} msg/s  peak RSS {mib(row.peak_rss):>6} MiB  moved {moved}"
+            f"  {row.note}",
+            flush=True,
+        )
+        return row
+
+    def throughput(
+        self,
+        n: int,
+        results: Results,
+        protocol_log: bool = False,
+        sources: Sequence[str] = ("imap",),
+    ) -> None:
         corpus = mailgen.corpus(n)
         results.mixes[n] = corpus.summary()
         print(f"N={n}: {corpus.summary()}", flush=True)
@@ -488,6 +513,8 @@ class Bench:
         print(f"  seeded two mailboxes in {time.perf_counter() - started:.1f} s", flush=True)
         results.throughput.append(self.run_baseline(base_user, n, corpus.total_bytes, str(n)))
         results.throughput.append(self.run_daemon(el_user, n, corpus.total_bytes, str(n)))
+        if "graph" in sources:
+            results.throughput.append(self.run_graph(corpus.messages, n, corpus.total_bytes))
         if protocol_log:  # the same run with the IMAP protocol log on, as operators use it
             user = self.seed(f"protolog-{n}", corpus.messages)
             row = self.run_daemon(
@@ -831,10 +858,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also run the daemon on each size with its IMAP protocol log on",
     )
+    parser.add_argument(
+        "--source",
+        default="imap",
+        help="comma-separated: imap (always), graph (also a Graph listener against the "
+        "Graph imitation, same corpus, beside IMAP's rows)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    sources = [s.strip() for s in args.source.split(",") if s.strip()]
 
     spy = None
     if args.py_spy is not None:
@@ -858,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "throughput" not in skip:
             bench.floor(results)
             for n in sizes:
-                bench.throughput(n, results, args.protocol_log)
+                bench.throughput(n, results, args.protocol_log, sources)
         if "latency" not in skip and args.rounds > 0:
             bench.latency(args.rounds, results)
         if "huge" not in skip:

@@ -21,6 +21,8 @@ def config_warnings(config: Config) -> list[str]:
         found.append("IMAP listening is off: Process/UseImapListener is not True")
     if not config.use_pop3_listener and config.pop3_listeners:
         found.append("POP3 listening is off: Process/UsePop3Listener is not True")
+    if not config.use_graph_listener and config.graph_listeners:
+        found.append("Graph listening is off: Process/UseGraphListener is not True")
     if config.listeners and not config.enabled_listeners():
         found.append("no listener will run: every one is disabled or switched off")
     for lst in config.listeners:
@@ -51,6 +53,11 @@ def _listener_warnings(lst: ListenerConfig) -> list[str]:
     found: list[str] = []
     if lst.protocol == "pop3":
         found.extend(_pop3_warnings(lst))
+    elif lst.protocol == "graph" and lst.output_folder is None:
+        found.append(
+            f"listener {lst.id}: no OutputFolder, processed mail will be DELETED "
+            "(moved to Deleted Items)"
+        )
     elif lst.output_folder is None:
         found.append(f"listener {lst.id}: no OutputFolder, processed mail will be DELETED")
     return found + _cleartext_warnings(lst)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lxml import etree
 
@@ -23,6 +24,8 @@ from engage_listener.config import secret_refs as secrets
 from engage_listener.config.ack import ack_config, ack_problems
 from engage_listener.config.auth import auth_config, auth_problems, password_problem
 from engage_listener.config.model import (
+    DEFAULT_GRAPH_ENDPOINT,
+    DEFAULT_GRAPH_INPUT_FOLDER,
     DEFAULT_STORE_PATH,
     Config,
     ListenerConfig,
@@ -76,17 +79,43 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     for block in root.iterchildren("ImapListener", "Pop3Listener"):
         problems.extend(_listener_problems(_values(block), path))
         problems.extend(_auth_problems(block, root, path))
+    for block in root.iterchildren("GraphListener"):
+        problems.extend(_listener_problems(_values(block), path, DEFAULT_GRAPH_INPUT_FOLDER))
+        problems.extend(_graph_problems(block, root, path))
     return problems
 
 
-def _listener_problems(values: dict[str, etree._Element], path: Path) -> list[ConfigProblem]:
+def _graph_problems(
+    block: etree._Element, root: etree._Element, path: Path
+) -> list[ConfigProblem]:
+    """A GraphListener logs in with Microsoft only, on an https GraphEndpoint."""
+    file, found = str(path), _values(block)
+    problems: list[ConfigProblem] = []
+    node = found.get("Authentication")
+    if node is not None:
+        kind = _optional(_values(node), "Type") or "Password"
+        if kind != "Microsoft":
+            message = f"a GraphListener needs Type Microsoft, not {kind}"
+            problems.append(ConfigProblem(file, _line(node), "Authentication", message))
+        else:
+            problems.extend(auth_problems(node, path, key_path(root, path)))
+    endpoint = found.get("GraphEndpoint")
+    if endpoint is not None and not re.match(r"^https://[^/\s]+(/\S*)?$", _text(endpoint)):
+        message = "must be an https:// address, e.g. https://graph.microsoft.com/v1.0"
+        problems.append(ConfigProblem(file, _line(endpoint), "GraphEndpoint", message))
+    return problems
+
+
+def _listener_problems(
+    values: dict[str, etree._Element], path: Path, default_input: str = "INBOX"
+) -> list[ConfigProblem]:
     """Folders that clash, hosts with spaces, CA files that are not there."""
     file = str(path)
     problems: list[ConfigProblem] = []
     host = values.get("HostName")
     if host is not None and len(_text(host).split()) > 1:
         problems.append(ConfigProblem(file, _line(host), "HostName", "contains whitespace"))
-    source = _text(values["InputFolder"]) if "InputFolder" in values else "INBOX"
+    source = _text(values["InputFolder"]) if "InputFolder" in values else default_input
     target = values.get("OutputFolder")
     if target is not None and _same_folder(source, _text(target)):
         message = f"same as InputFolder '{source}'; processed mail would be read again"
@@ -261,6 +290,7 @@ _CONVERTED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "FollowUpsFrom": ("follow_ups_from", str),
     "CustomerFrom": ("customer_from", str),
     "LeaveOnServer": ("leave_on_server", _boolean),
+    "PollSeconds": ("poll_seconds", int),
 }
 
 
@@ -303,6 +333,42 @@ def _pop3(block: etree._Element, config_path: Path) -> ListenerConfig:
     )
 
 
+def _graph(block: etree._Element, config_path: Path) -> ListenerConfig:
+    """A GraphListener block: Mailbox for UserName, the endpoint's host for HostName."""
+    values = _values(block)
+    root = block.getroottree().getroot()
+    mailbox = _text(values["Mailbox"])
+    given = _given(values)
+    given.setdefault("input_folder", DEFAULT_GRAPH_INPUT_FOLDER)
+    endpoint = _optional(values, "GraphEndpoint")
+    if endpoint:
+        given["graph_endpoint"] = endpoint.rstrip("/")
+    ca_file = _optional(values, "CaFile")
+    keys = key_path(root, config_path)
+    where = urlsplit(given.get("graph_endpoint", DEFAULT_GRAPH_ENDPOINT))
+    return ListenerConfig(
+        id=block.get("ID", "").strip(),
+        host=where.hostname or "",
+        port=where.port or 443,
+        username=mailbox,
+        password=Secret(""),
+        use_ssl=True,
+        source_line=_line(block),
+        protocol="graph",
+        output_folder=_optional(values, "OutputFolder"),
+        error_folder=_optional(values, "ErrorFolder"),
+        case_process=_optional(values, "CaseProcess"),
+        protocol_log_file=_protocol_log_path(config_path, _optional(values, "ProtocolLogFile")),
+        ca_file=_relative_to(config_path, ca_file) if ca_file is not None else None,
+        acknowledgement=ack_config(values["Acknowledgement"], config_path, mailbox, keys)
+        if "Acknowledgement" in values
+        else None,
+        authentication=auth_config(values["Authentication"], config_path, keys),
+        rules=rules_config(values["Rules"]) if "Rules" in values else (),
+        **given,
+    )
+
+
 def _build_config(root: etree._Element, path: Path) -> Config:
     """The Config of a valid tree."""
     blocks = _values(root)
@@ -314,6 +380,8 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         use_imap_listener=_flag(process, "UseImapListener", False),
         pop3_listeners=tuple(_pop3(b, path) for b in root.iterchildren("Pop3Listener")),
         use_pop3_listener=_flag(process, "UsePop3Listener", False),
+        graph_listeners=tuple(_graph(b, path) for b in root.iterchildren("GraphListener")),
+        use_graph_listener=_flag(process, "UseGraphListener", False),
         metrics=_metrics(blocks["Metrics"]) if "Metrics" in blocks else None,
         notices=_password_notices(root, path),
         store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),

@@ -23,11 +23,14 @@ DEFAULT_MAX_ATTEMPTS = 3  # failed tries of one mail before it is quarantined
 DEFAULT_SYNC_MAX_WAIT_TIME = 60  # seconds a change waits for its batch
 DEFAULT_SYNC_MAX_CHANGES_COUNT = 10  # changes that start a batch at once
 DEFAULT_ROUTING_TIMEOUT = 10  # seconds a routing hook may take
+DEFAULT_POLL_SECONDS = 15  # Graph: seconds between two delta queries
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
+DEFAULT_GRAPH_INPUT_FOLDER = "Inbox"  # Graph: the well-known name of the inbox
 
 FollowUpsFrom = Literal["Participants", "Anyone"]  # who may join a case by token or header
 UnknownSender = Literal["CreateCustomer", "DefaultCustomer", "Quarantine"]
 AutomaticMail = Literal["Ignore", "OpenCase"]  # Ignore: never opens a case
-Protocol = Literal["imap", "pop3"]
+Protocol = Literal["imap", "pop3", "graph"]
 
 RuleField = Literal["From", "To", "Cc", "Subject", "Body"]  # To: To, Cc and Delivered-To
 RuleOperator = Literal["Contains", "Equals", "Regex", "Domain", "Exists"]
@@ -163,7 +166,7 @@ class ListenerConfig:
     read_from_date: dt.date | None = None
     time_zone: str = "UTC"
     require_approval: bool = False
-    protocol: Protocol = "imap"  # "pop3": a Pop3Listener block
+    protocol: Protocol = "imap"  # "pop3": a Pop3Listener block; "graph": a GraphListener
     leave_on_server: bool = False  # POP3 only
     authentication: AuthConfig | None = None  # None: the Password
     allow_plaintext_login: bool = False  # UseSsl False without STARTTLS/STLS may log in
@@ -172,6 +175,8 @@ class ListenerConfig:
     protocol_log_keep_days: int = DEFAULT_PROTOCOL_LOG_KEEP_DAYS  # prune older log files
     rules: tuple[RuleConfig, ...] = ()  # the Rules block, in order (see cases.rules)
     customer_from: AddressChoice = "From"  # ReplyTo: the customer is found by Reply-To
+    poll_seconds: int = DEFAULT_POLL_SECONDS  # Graph only: how often delta is asked
+    graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # Graph only (national clouds, tests)
 
 
 @dataclass(frozen=True)
@@ -200,24 +205,29 @@ class Config:
     store: StoreConfig
     pop3_listeners: tuple[ListenerConfig, ...] = ()
     use_pop3_listener: bool = False
+    graph_listeners: tuple[ListenerConfig, ...] = ()
+    use_graph_listener: bool = False
     metrics: MetricsConfig | None = None
     notices: tuple[str, ...] = ()  # warnings only the XML text shows (see config.cautions)
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:
-        """Every listener block, IMAP and POP3, in file order within each kind."""
-        return self.imap_listeners + self.pop3_listeners
+        """Every listener block, IMAP, POP3 and Graph, in file order within each kind."""
+        return self.imap_listeners + self.pop3_listeners + self.graph_listeners
 
     def enabled_listeners(self) -> tuple[ListenerConfig, ...]:
         """The listeners to run: a kind runs only while its Process/Use... flag is True."""
         imap = self.imap_listeners if self.use_imap_listener else ()
         pop3 = self.pop3_listeners if self.use_pop3_listener else ()
-        return tuple(lst for lst in imap + pop3 if lst.enabled)
+        graph = self.graph_listeners if self.use_graph_listener else ()
+        return tuple(lst for lst in imap + pop3 + graph if lst.enabled)
 
 
 def describe(listener: ListenerConfig) -> str:
     """One line for check-config; shows no secret."""
     lst = listener
+    if lst.protocol == "graph":
+        return _describe_graph(lst)
     target = f"{lst.output_folder} (move)" if lst.output_folder else "(delete)"
     if lst.protocol == "pop3":
         target = "(leave on server)" if lst.leave_on_server else "(delete)"
@@ -239,6 +249,22 @@ def describe(listener: ListenerConfig) -> str:
     )
 
 
+def _describe_graph(lst: ListenerConfig) -> str:
+    target = f"{lst.output_folder} (move)" if lst.output_folder else "Deleted Items (delete)"
+    return " ".join(
+        [
+            f"{lst.id}: Graph {lst.graph_endpoint} mailbox={lst.username}",
+            f"{lst.input_folder} -> {target},",
+            f"delta every {lst.poll_seconds} s,",
+            f"batch {lst.sync_max_changes_count} mails or {lst.sync_max_wait_time} s,",
+            *(["attachments extracted,"] if lst.extract_attachments else []),
+            *([f"protocol log {lst.protocol_log_file},"] if lst.protocol_log_file else []),
+            *([f"{len(lst.rules)} rule(s),"] if lst.rules else []),
+            "enabled" if lst.enabled else "disabled",
+        ]
+    )
+
+
 def oauth_logins(listener: ListenerConfig) -> list[tuple[str, AuthConfig, str, str]]:
     """(what, auth, username, purpose) of each OAuth2 account a listener uses.
 
@@ -248,7 +274,7 @@ def oauth_logins(listener: ListenerConfig) -> list[tuple[str, AuthConfig, str, s
     found: list[tuple[str, AuthConfig, str, str]] = []
     auth = listener.authentication
     if auth is not None and auth.is_oauth:
-        kind = "POP3" if listener.protocol == "pop3" else "IMAP"
+        kind = {"pop3": "POP3", "graph": "Graph"}.get(listener.protocol, "IMAP")
         found.append((f"{listener.id} {kind}", auth, listener.username, listener.protocol))
     ack = listener.acknowledgement
     smtp = ack.smtp if ack is not None else None

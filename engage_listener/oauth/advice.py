@@ -117,6 +117,12 @@ def google_advice(error: str, description: str = "", service_account: bool = Fal
 def refusal_advice(auth: AuthConfig, purpose: str) -> str:
     """What to check when the mail server refuses a freshly issued token."""
     service = {"imap": "IMAP", "pop3": "POP", "smtp": "authenticated SMTP"}.get(purpose, purpose)
+    if purpose == "graph":
+        return (
+            "Microsoft Graph refused the token: check that the app registration has the "
+            "Mail.ReadWrite permission (application permission with admin consent for app-only "
+            "access) and that GraphEndpoint and Authority are of the same cloud."
+        )
     if auth.type == "Google":
         return (
             f"Gmail refused the token: enable {service} for the mailbox (Gmail settings or the "

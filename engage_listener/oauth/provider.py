@@ -32,12 +32,14 @@ from engage_listener.oauth.token_cache import TokenCache, register_state_secrets
 from engage_listener.observe.logs import register_secret, scrub
 
 REFRESH_MARGIN = 300.0  # seconds: a token this close to its expiry is renewed first
-PURPOSES = ("imap", "pop3", "smtp")
+PURPOSES = ("imap", "pop3", "smtp", "graph")
 MS_APP_SCOPE = "https://outlook.office365.com/.default"
+MS_GRAPH_RESOURCE = "https://graph.microsoft.com"  # Graph's app-only scope is this + /.default
 MS_DELEGATED_SCOPES = {
     "imap": "https://outlook.office.com/IMAP.AccessAsUser.All",
     "pop3": "https://outlook.office.com/POP.AccessAsUser.All",
     "smtp": "https://outlook.office.com/SMTP.Send",
+    "graph": "https://graph.microsoft.com/Mail.ReadWrite.Shared",  # own and shared mailboxes
 }
 GOOGLE_SCOPE = "https://mail.google.com/"
 
@@ -83,11 +85,18 @@ def xoauth2_error(challenge: bytes) -> str:
     return " ".join(text.split())[:200]
 
 
-def scopes_for(auth: AuthConfig, purpose: str) -> list[str]:
+def scopes_for(auth: AuthConfig, purpose: str, resource: str | None = None) -> list[str]:
+    """The scopes of a token for `purpose`; `resource` is Graph's origin for purpose graph
+    (a national cloud's Graph host, or a test's imitation), default graph.microsoft.com."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, not {purpose!r}")
     if auth.type == "Google":
         return [GOOGLE_SCOPE]
+    if purpose == "graph":
+        origin = (resource or MS_GRAPH_RESOURCE).rstrip("/")
+        if auth.flow == "client_credentials":
+            return [f"{origin}/.default"]
+        return [f"{origin}/Mail.ReadWrite.Shared"]  # delegated: own and shared mailboxes
     if auth.flow == "client_credentials":
         return [MS_APP_SCOPE]
     return [MS_DELEGATED_SCOPES[purpose]]
@@ -280,10 +289,13 @@ _SHARED_LOCK = threading.Lock()
 
 
 def provider_for(
-    auth: AuthConfig, username: str, *, cache: TokenCache, purpose: str
-) -> TokenProvider:
-    """The token provider of `username` for `purpose` (imap, pop3 or smtp)."""
-    return _Provider(account_for(auth, username, cache), scopes_for(auth, purpose), purpose)
+    auth: AuthConfig, username: str, *, cache: TokenCache, purpose: str,
+    resource: str | None = None,
+) -> TokenProvider:  # fmt: skip
+    """The token provider of `username` for `purpose` (imap, pop3, smtp or graph; for
+    graph, `resource` is the Graph origin whose scope is asked for)."""
+    scopes = scopes_for(auth, purpose, resource)
+    return _Provider(account_for(auth, username, cache), scopes, purpose)
 
 
 async def login_interactive(

@@ -78,8 +78,9 @@ def _report_config_error(exc: ConfigError) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.path or args.config)
     build.load_hooks(config)
+    graph = f", {len(config.graph_listeners)} Graph" if config.graph_listeners else ""
     print(
-        f"{config.path}: OK, {len(config.imap_listeners)} IMAP and "
+        f"{config.path}: OK, {len(config.imap_listeners)} IMAP{graph} and "
         f"{len(config.pop3_listeners)} POP3 listener(s), "
         f"store {config.store.path}"
     )

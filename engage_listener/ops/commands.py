@@ -154,7 +154,8 @@ class ControlResult:
 
 
 async def control_listener(config: Config, listener: str, day: dt.date | None) -> ControlResult:
-    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP only."""
+    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP and
+    Graph listeners."""
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
         raise EngageError(f"no listener {listener!r} in {config.path}")
@@ -181,6 +182,8 @@ async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
         raise EngageError(f"no listener {listener!r} in {config.path}")
+    if cfg.protocol == "graph":
+        raise EngageError(f"listener {listener!r} reads Microsoft Graph: search is IMAP only yet")
     if cfg.protocol != "imap":
         raise EngageError(f"listener {listener!r} reads POP3, which cannot search the mailbox")
     register_secret(cfg.password.reveal())
@@ -208,6 +211,15 @@ async def status(config: Config) -> str:
     return render_status(await status_rows(config))
 
 
+async def _test_graph(cfg: ListenerConfig, create_folders: bool) -> list[diagnose.Step]:
+    """`test-connection` of a Graph listener (imported here: aiohttp only when needed)."""
+    from engage_listener.ops.diagnose_graph import test_graph  # noqa: PLC0415
+    from engage_listener.service.build_graph import graph_connect, graph_token_source  # noqa: PLC0415
+
+    token = graph_token_source(cfg)
+    return await test_graph(cfg, token, graph_connect(cfg, token), create_folders=create_folders)
+
+
 async def test_connections(
     config: Config, ids: Sequence[str], *, create_folders: bool, send_to: str | None
 ) -> list[diagnose.Step]:
@@ -219,6 +231,9 @@ async def test_connections(
     smtp = smtp_endpoints(config, enabled_only=False)
     steps: list[diagnose.Step] = []
     for cfg in chosen:
+        if cfg.protocol == "graph":
+            steps += await _test_graph(cfg, create_folders)
+            continue
         register_secret(cfg.password.reveal())
         pop3 = cfg.protocol == "pop3"
         steps += await diagnose.test_listener(
@@ -254,7 +269,12 @@ async def auth_login(
         print(f"{what}: signing in as {user}", file=out)
         try:
             await login_interactive(
-                auth, user, _cache(auth), out=out, inp=inp, purpose=purpose,
+                auth,
+                user,
+                _cache(auth),
+                out=out,
+                inp=inp,
+                purpose=purpose,
                 device_code=device_code,
             )
         except (OAuthError, IdentityProviderUnavailable) as exc:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from engage_listener.observe.metrics import MetricsServer
     from engage_listener.observe.status import ListenerStatus
     from engage_listener.service.supervisor import Supervisor
+    from engage_listener.sources.graph.listener import GraphListener
     from engage_listener.sources.pop3.listener import Pop3Listener
 
 SHUTDOWN_GRACE = 6.0  # seconds for listeners to finish the mail in hand
@@ -123,7 +124,7 @@ async def _serve(
 
     def build(
         cfg_all: Config, cfg: ListenerConfig, own_stop: asyncio.Event
-    ) -> Listener | Pop3Listener:
+    ) -> Listener | Pop3Listener | GraphListener:
         return build_any(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), ack_queued)
 
     def load() -> Config:
@@ -178,7 +179,9 @@ async def _stop_with_grace(task: asyncio.Task[None], stop: asyncio.Event) -> Non
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def _run_once(listeners: Sequence[Listener | Pop3Listener], log: Logger) -> int:
+async def _run_once(
+    listeners: Sequence[Listener | Pop3Listener | GraphListener], log: Logger
+) -> int:
     results = await asyncio.gather(*(lst.run_once() for lst in listeners), return_exceptions=True)
     failed = 0
     for lst, result in zip(listeners, results, strict=True):

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
     from engage_listener.outbox.smtp import BeforeData, SmtpEndpoint
+    from engage_listener.sources.graph.listener import GraphListener
     from engage_listener.sources.pop3.listener import Pop3Listener
     from engage_listener.sources.pop3.session import Pop3Endpoint
 
@@ -79,12 +80,14 @@ def endpoint_for(cfg: ListenerConfig) -> ImapEndpoint:
     )
 
 
-def token_provider(auth: AuthConfig | None, username: str, purpose: str) -> TokenProvider | None:
+def token_provider(
+    auth: AuthConfig | None, username: str, purpose: str, resource: str | None = None
+) -> TokenProvider | None:
     """OAuth2 tokens for one account (None for passwords); one cache per process."""
     if auth is None or not auth.is_oauth:
         return None
     cache = open_cache(auth.key_path or secrets.default_key_path())
-    return provider_for(auth, username, cache=cache, purpose=purpose)
+    return provider_for(auth, username, cache=cache, purpose=purpose, resource=resource)
 
 
 def check_log_directories(config: Config) -> None:
@@ -295,7 +298,11 @@ def build_any(
     stop: asyncio.Event,
     hook: RoutingHook | None = None,
     ack_queued: asyncio.Event | None = None,
-) -> Listener | Pop3Listener:
+) -> Listener | Pop3Listener | GraphListener:
     """The right kind of listener for a block."""
+    if cfg.protocol == "graph":
+        from engage_listener.service.build_graph import build_graph_listener  # noqa: PLC0415
+
+        return build_graph_listener(cfg, store, clock, stop, hook, ack_queued)
     build = build_pop3_listener if cfg.protocol == "pop3" else build_listener
     return build(cfg, store, clock, stop, hook, ack_queued)

@@ -22,6 +22,7 @@ NEW, DONE = "IMAP/New", "IMAP/Done"
 OWN = "soporte@example.org"  # the support desk's own address, acknowledgements' sender
 DEFAULT_PROCESS = {"UseImapListener": "True"}
 WITH_POP3 = {"UseImapListener": "True", "UsePop3Listener": "True"}
+WITH_GRAPH = {"UseGraphListener": "True"}
 
 
 def elements(values: Mapping[str, str], indent: str = "    ") -> str:
@@ -91,6 +92,37 @@ def pop3_xml(dovecot: DovecotSandbox, user: str, lid: str = "Pop", **extra: str)
         **extra,
     }
     return block("Pop3Listener", lid, values)
+
+
+def graph_xml(
+    endpoint: str,
+    ca_file: Path | str,
+    mailbox: str,
+    lid: str = "Graph",
+    *,
+    auth: Mapping[str, str] | None = None,
+    inner: str = "",
+    **extra: str,
+) -> str:
+    """A GraphListener on `endpoint` (the Graph imitation), Inbox/New -> Inbox/Done unless
+    `extra` says otherwise (OutputFolder="" leaves it out: delete). `auth` replaces the
+    default app-only Authentication (tenant-a, app-1, a plain client secret)."""
+    values = {
+        "Mailbox": mailbox,
+        "GraphEndpoint": endpoint,
+        "CaFile": str(ca_file),
+        "InputFolder": "Inbox/New",
+        "OutputFolder": "Inbox/Done",
+        **extra,
+    }
+    values = {name: value for name, value in values.items() if value != ""}
+    login = auth or {
+        "Type": "Microsoft",
+        "TenantId": "tenant-a",
+        "ClientId": "app-1",
+        "ClientSecret": "plain:graph-app-secret",
+    }
+    return block("GraphListener", lid, values, block_element("Authentication", login) + inner)
 
 
 def config_text(
