@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,6 @@ from tests.support.graph import (
     stop,
 )  # fmt: skip
 from tests.support.servers.graph_server import GraphServer
-
-
-@pytest.fixture
-def graph(tmp_path: Path) -> Iterator[GraphServer]:
-    """The Graph imitation with the support mailbox."""
-    with GraphServer(tmp_path / "graph") as server:
-        server.add_mailbox(BOX)
-        yield server
 
 
 # ----- Graph's faults -------------------------------------------------------------------

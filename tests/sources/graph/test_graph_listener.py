@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,14 +40,6 @@ from tests.support.graph import (
 from tests.support.helpers import db_rows
 from tests.support.servers.graph_server import GraphServer
 from tests.support.servers.oauth_server import OAuthTestServer, token_cache
-
-
-@pytest.fixture
-def graph(tmp_path: Path) -> Iterator[GraphServer]:
-    """The Graph imitation with the support mailbox."""
-    with GraphServer(tmp_path / "graph") as server:
-        server.add_mailbox(BOX)
-        yield server
 
 
 # ----- the cycle ------------------------------------------------------------------------
