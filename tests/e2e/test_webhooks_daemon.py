@@ -7,7 +7,10 @@ import sqlite3
 from pathlib import Path
 
 from devkit.dovecot import DovecotSandbox
-from tests.support.config_xml import DONE, NEW, listener_xml, webhook_xml, write_config
+from tests.support.servers.smtp_server import SmtpTestServer
+import pytest
+
+from tests.support.config_xml import DONE, NEW, ack_xml, listener_xml, webhook_xml, write_config
 from tests.support.daemon import cli, events, start_daemon, wait_for
 from tests.support.helpers import db_rows, make_mail
 from tests.support.servers.webhook_server import Reply, WebhookReceiver
@@ -22,16 +25,22 @@ def _states(db: Path) -> dict[str, int]:
     return {str(state): int(count) for state, count in rows}
 
 
+@pytest.mark.smtp("plain", auth=False)
 def test_kill_9_between_commit_and_delivery_every_event_arrives_after_restart_once_per_id(
-    dovecot: DovecotSandbox, mailbox_user: str, tmp_path: Path, webhook_receiver: object
+    dovecot: DovecotSandbox,
+    mailbox_user: str,
+    tmp_path: Path,
+    webhook_receiver: object,
+    smtp: SmtpTestServer,
 ) -> None:
     assert callable(webhook_receiver)
     receiver: WebhookReceiver = webhook_receiver(SECRET)
     receiver.script(Reply(delay=120))  # the first POST hangs: the kill finds it in flight
     total = 5
     dovecot.create_folder(mailbox_user, DONE)
-    dovecot.append_many(mailbox_user, NEW, [make_mail(i) for i in range(total)])
-    hook = webhook_xml(receiver.url, "env:EL_TEST_HOOK", Timeout="60")
+    mails = [make_mail(i, sender=f"cliente{i}@example.com") for i in range(total)]
+    dovecot.append_many(mailbox_user, NEW, mails)
+    hook = webhook_xml(receiver.url, "env:EL_TEST_HOOK", Timeout="60") + ack_xml(smtp.port)
     config = write_config(
         tmp_path / "el.xml",
         listener_xml(dovecot, mailbox_user, inner=hook, SyncMaxChangesCount="1"),
@@ -39,10 +48,12 @@ def test_kill_9_between_commit_and_delivery_every_event_arrives_after_restart_on
     db, log = tmp_path / "store.sqlite3", tmp_path / "daemon.log"
     env = {"EL_TEST_HOOK": SECRET}
     daemon = start_daemon(config, log, env=env)
-    try:  # intake goes on while the receiver holds the first event
+    try:  # intake and acknowledgements go on while the receiver holds the first event
         wait_for(lambda: _states(db).get("pending") == total, what="every case's event committed")
         wait_for(lambda: len(receiver.requests()) == 1, what="the first POST in flight")
+        wait_for(lambda: len(smtp.messages) == total, what="every acknowledgement sent")
         assert dovecot.count(mailbox_user, DONE) == total
+        assert len(receiver.requests()) == 1 and receiver.requests()[0].status is None
     finally:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
