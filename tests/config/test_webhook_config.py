@@ -43,7 +43,9 @@ def test_the_top_level_webhook_serves_listeners_without_their_own(tmp_path: Path
     body = (
         webhook("https://crm.example.org/all", Events="case-opened")
         + minimal_listener(id_="A")
-        + minimal_listener(webhook("https://crm.example.org/b", Events="case-closed,message-added"), id_="B")
+        + minimal_listener(
+            webhook("https://crm.example.org/b", Events="case-closed,message-added"), id_="B"
+        )
     )
     config = parse_config(wrap(body), tmp_path / "el.xml")
     a, b = config.listeners
@@ -102,7 +104,8 @@ def test_every_secret_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     }
     for form, expected in forms.items():
         tail = f"<Secrets><KeyFile>{key}</KeyFile></Secrets>\n"
-        config = parse_config(wrap(minimal_listener(webhook(secret=form)) + tail), tmp_path / "el.xml")
+        xml = wrap(minimal_listener(webhook(secret=form)) + tail)
+        config = parse_config(xml, tmp_path / "el.xml")
         (listener,) = config.listeners
         assert listener.webhook is not None and listener.webhook.secret == expected
 

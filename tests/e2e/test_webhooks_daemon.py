@@ -6,13 +6,13 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from devkit.dovecot import DovecotSandbox
-from tests.support.servers.smtp_server import SmtpTestServer
 import pytest
 
+from devkit.dovecot import DovecotSandbox
 from tests.support.config_xml import DONE, NEW, ack_xml, listener_xml, webhook_xml, write_config
 from tests.support.daemon import cli, events, start_daemon, wait_for
 from tests.support.helpers import db_rows, make_mail
+from tests.support.servers.smtp_server import SmtpTestServer
 from tests.support.servers.webhook_server import Reply, WebhookReceiver
 from tests.support.webhooks import SECRET
 

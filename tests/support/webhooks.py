@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.config.webhook import WEBHOOK_EVENTS
 from engage_listener.observe.logs import get_logger
 from engage_listener.outbox.webhooks import WebhookEndpoint, WebhookSender
 from engage_listener.store.sqlite.store import SqliteStore
-from engage_listener.cases.engine import CaseEngine, EngineSettings
 from tests.support.servers.webhook_server import WebhookReceiver
 
 SECRET = "crm-shared-secret-9f1c"
