@@ -112,3 +112,22 @@ def status_event(before: CaseStatus, after: CaseStatus) -> WebhookEventName | No
     if before == "closed" and after == "open":
         return "case-reopened"
     return None
+
+
+async def queue_status_change(
+    tx: Transaction,
+    listener: str,
+    wanted: Collection[WebhookEventName],
+    case_id: int,
+    before: CaseStatus,
+    after: CaseStatus,
+    *,
+    message: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    """Queue the event of a case's status change (an operator's close or reopen, a mail that
+    reopens a closed case), if it is one the CRM hears of; True if queued."""
+    event = status_event(before, after)
+    if event is None:
+        return False
+    return await queue_event(tx, listener, wanted, event, case_id, message, extra=extra)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from engage_listener.cases.hooks import load_hook
+from engage_listener.cases.webhooks import queue_status_change
+from engage_listener.config.webhook import WEBHOOK_EVENTS
 from engage_listener.errors import EngageError
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.engine import key
@@ -60,3 +62,21 @@ async def test_a_case_awaiting_approval_is_opened_for_the_crm_when_approved(
     assert done.case_id is not None
     await eng.approve(done.case_id)
     assert [(e, s) for e, _, s in await _events(store)] == [("case-opened", "open")]
+
+
+async def test_an_operators_close_and_reopen_queue_their_events(store: SqliteStore) -> None:
+    done = await engine(store).ingest(key(), make_mail(1))
+    assert done.case_id is not None
+    for before, after in (("open", "closed"), ("closed", "open"), ("open", "open")):
+        async with store.transaction() as tx:
+            await tx.set_case_status(done.case_id, after, touch=True)  # type: ignore[arg-type]
+            await queue_status_change(
+                tx, "L", WEBHOOK_EVENTS, done.case_id, before, after,  # type: ignore[arg-type]
+                extra={"reason": "resuelto por teléfono"},
+            )  # fmt: skip
+    rows = await store.query("SELECT event, body FROM webhook_events ORDER BY id")
+    bodies = [(str(r[0]), json.loads(r[1])) for r in rows]
+    assert [event for event, _ in bodies] == ["case-opened", "case-closed", "case-reopened"]
+    closed = bodies[1][1]
+    assert closed["message"] is None and closed["reason"] == "resuelto por teléfono"
+    assert closed["case"]["status"] == "closed" and bodies[2][1]["case"]["status"] == "open"
