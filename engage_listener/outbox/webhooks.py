@@ -199,7 +199,8 @@ class WebhookSender:
     ) -> None:
         """Back off this event, and hold every pending event of its receiver as long."""
         backoff = min(self.retry_cap, self.retry_base * 2 ** (attempts - 1))
-        delay = backoff if answer.retry_after is None else min(self.retry_cap, answer.retry_after)
+        asked = answer.retry_after  # honoured, within [1 s, the cap]: never a busy loop
+        delay = backoff if asked is None else min(self.retry_cap, max(1.0, asked))
         until = self.wall() + delay
         await self.store.update_webhook_event(
             row.id, "pending", attempts=attempts, last_error=answer.detail, next_attempt_at=until
