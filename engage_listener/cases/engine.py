@@ -28,8 +28,10 @@ from engage_listener.cases.routing import (
     message_view,
 )
 from engage_listener.cases.rules import RuleOutcome, evaluate, mail_view
+from engage_listener.cases.webhooks import message_json, queue_event, status_event
 from engage_listener.config.ack import AddressChoice
 from engage_listener.config.model import AutomaticMail, FollowUpsFrom, RuleConfig, UnknownSender
+from engage_listener.config.webhook import WebhookEventName
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
 from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
@@ -71,6 +73,7 @@ class EngineSettings:
     rules: tuple[RuleConfig, ...] = ()  # applied before the hook (see routing)
     own_addresses: tuple[str, ...] = ()  # the listener's (cases.rules.listener_addresses)
     customer_from: AddressChoice = "From"  # see addresses
+    webhook_events: tuple[WebhookEventName, ...] = ()  # the Webhook's Events (cases.webhooks)
 
     @property
     def all_own_addresses(self) -> tuple[str, ...]:
@@ -93,7 +96,9 @@ class CaseEngine:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.ack_queued = ack_queued  # set after a commit that queued an acknowledgement
+        # Set after a commit that queued an acknowledgement or a webhook event (the daemon
+        # hands in one that wakes both senders).
+        self.ack_queued = ack_queued
 
     def prepare(self, raw: bytes) -> asyncio.Future[Prepared]:
         """What `ingest` would first do, started ahead of it in a parse worker (its future
@@ -147,16 +152,36 @@ class CaseEngine:
             row = await tx.add_message(case.id, message)
             await tx.add_participants(case.id, participants(mail))
             await self._attach(tx, row, raw, mail)
-            ack = None
+            ack, told = None, False
             if not await self._awaits_approval(tx, case, is_new):
                 arrival = Arrival(
                     case, is_new, row, mail, customer, automatic, raw, message.new_text or "", rules
                 )
                 ack = await self._route_and_acknowledge(tx, arrival)
+                told = await self._tell_crm(tx, arrival)
             await tx.add_ledger(key, row, message)
-        if ack == "queued" and self.ack_queued is not None:
-            self.ack_queued.set()
+        self._wake(ack, told)
         return Ingested(case.id, case.case_number, is_new, False, ack=ack)
+
+    def _wake(self, ack: str | None, told: bool) -> None:
+        """After the commit: the senders have something new (an ack, an event)."""
+        if (ack == "queued" or told) and self.ack_queued is not None:
+            self.ack_queued.set()
+
+    async def _tell_crm(self, tx: Transaction, arrival: Arrival) -> bool:
+        """Queue the Webhook's events of this mail: case-opened or message-added, then
+        case-closed if routing closed the case; True if any was queued."""
+        wanted = self.settings.webhook_events
+        if not wanted:
+            return False
+        listener, case_id = self.settings.listener, arrival.case.id
+        message = message_json(arrival.row, arrival.mail, arrival.new_text, arrival.customer)
+        first: WebhookEventName = "case-opened" if arrival.is_new else "message-added"
+        told = await queue_event(tx, listener, wanted, first, case_id, message)
+        change = status_event("open", (await tx.case_info(case_id)).status)  # open before routing
+        if change is not None:
+            told = await queue_event(tx, listener, wanted, change, case_id, message) or told
+        return told
 
     @staticmethod
     async def _ignore(tx: Transaction, key: MailKey, message: NewMessage) -> None:
@@ -197,8 +222,10 @@ class CaseEngine:
                 new_text(mail.text),
                 self._rules(mail),
             )
+            told = False
             try:
                 ack = await self._route_and_acknowledge(tx, arrival)
+                told = await self._tell_crm(tx, arrival)
             except (Discarded, QuarantineNow) as exc:  # nothing to quarantine any more
                 ack = None
                 why = str(exc)
@@ -206,8 +233,7 @@ class CaseEngine:
             async with self.store.transaction() as tx:
                 await tx.set_case_status(case_id, "rejected")
             return f"case {info.case_number} rejected by routing ({why})"
-        if ack == "queued" and self.ack_queued is not None:
-            self.ack_queued.set()
+        self._wake(ack, told)
         return f"case {info.case_number} approved (acknowledgement: {ack or 'not configured'})"
 
     async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:

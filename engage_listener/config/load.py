@@ -35,6 +35,7 @@ from engage_listener.config.model import (
 )
 from engage_listener.config.rules import rules_config, rules_problems
 from engage_listener.config.schema import parse_xml, schema_problems
+from engage_listener.config.webhook import WebhookConfig, webhook_config, webhook_problems
 from engage_listener.config.xmltree import ca_file_problem
 from engage_listener.config.xmltree import flag as _flag
 from engage_listener.config.xmltree import line as _line
@@ -73,7 +74,9 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     problems.extend(_secret_problems(root, path))
     problems.extend(_metrics_problems(root, file))
-    for name in ("Process", "Store", "Secrets", "Metrics"):
+    for node in root.iter("Webhook"):
+        problems.extend(webhook_problems(node, path, key_path(root, path)))
+    for name in ("Process", "Store", "Secrets", "Metrics", "Webhook"):
         for extra in list(root.iterchildren(name))[1:]:
             problems.append(ConfigProblem(file, _line(extra), name, "only one is allowed"))
     for block in root.iterchildren("ImapListener", "Pop3Listener"):
@@ -253,8 +256,17 @@ def _listener(block: etree._Element, config_path: Path) -> ListenerConfig:
         if "Authentication" in values
         else None,
         rules=rules_config(values["Rules"]) if "Rules" in values else (),
+        webhook=_webhook(values, root, config_path),
         **_given(values),
     )
+
+
+def _webhook(
+    values: dict[str, etree._Element], root: etree._Element, path: Path
+) -> WebhookConfig | None:
+    """A listener's Webhook: its own, else the one at the top of the file, else None."""
+    node = values.get("Webhook", _values(root).get("Webhook"))
+    return webhook_config(node, path, key_path(root, path)) if node is not None else None
 
 
 def _boolean(value: str) -> bool:
@@ -365,6 +377,7 @@ def _graph(block: etree._Element, config_path: Path) -> ListenerConfig:
         else None,
         authentication=auth_config(values["Authentication"], config_path, keys),
         rules=rules_config(values["Rules"]) if "Rules" in values else (),
+        webhook=_webhook(values, root, config_path),
         **given,
     )
 
@@ -384,5 +397,8 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         use_graph_listener=_flag(process, "UseGraphListener", False),
         metrics=_metrics(blocks["Metrics"]) if "Metrics" in blocks else None,
         notices=_password_notices(root, path),
+        webhook=webhook_config(blocks["Webhook"], path, key_path(root, path))
+        if "Webhook" in blocks
+        else None,
         store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),
     )

@@ -14,6 +14,7 @@ from typing import Literal
 
 from engage_listener.config.ack import AckConfig, AddressChoice
 from engage_listener.config.auth import AuthConfig
+from engage_listener.config.webhook import WebhookConfig
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
 DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # 150 MB: the largest mail Exchange Online accepts
@@ -177,6 +178,7 @@ class ListenerConfig:
     customer_from: AddressChoice = "From"  # ReplyTo: the customer is found by Reply-To
     poll_seconds: int = DEFAULT_POLL_SECONDS  # Graph only: how often delta is asked
     graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # Graph only (national clouds, tests)
+    webhook: WebhookConfig | None = None  # its own Webhook, else the file's (config.webhook)
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ class Config:
     use_graph_listener: bool = False
     metrics: MetricsConfig | None = None
     notices: tuple[str, ...] = ()  # warnings only the XML text shows (see config.cautions)
+    webhook: WebhookConfig | None = None  # the top-level Webhook (listeners inherit it)
 
     @property
     def listeners(self) -> tuple[ListenerConfig, ...]:
@@ -237,6 +240,7 @@ def describe(listener: ListenerConfig) -> str:
         f"CA {lst.ca_file}," if lst.ca_file else "",
         f"protocol log {lst.protocol_log_file}," if lst.protocol_log_file else "",
         f"{len(lst.rules)} rule(s)," if lst.rules else "",
+        f"webhook {lst.webhook.url}," if lst.webhook else "",
     ]
     return " ".join(
         [
@@ -260,6 +264,7 @@ def _describe_graph(lst: ListenerConfig) -> str:
             *(["attachments extracted,"] if lst.extract_attachments else []),
             *([f"protocol log {lst.protocol_log_file},"] if lst.protocol_log_file else []),
             *([f"{len(lst.rules)} rule(s),"] if lst.rules else []),
+            *([f"webhook {lst.webhook.url},"] if lst.webhook else []),
             "enabled" if lst.enabled else "disabled",
         ]
     )

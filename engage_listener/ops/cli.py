@@ -214,6 +214,12 @@ def cmd_acks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from engage_listener.ops import webhooks  # noqa: PLC0415 - start-up time
+
+    return webhooks.cmd_webhooks(args, _load(args.config))
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     path = args.key_file or secrets.default_key_path()
     secrets.generate_key(path)
@@ -350,6 +356,7 @@ COMMANDS = {
     "rules": cmd_rules,
     "status": cmd_status,
     "acks": cmd_acks,
+    "webhooks": cmd_webhooks,
     "auth": cmd_auth,
     "test-connection": cmd_test_connection,
     "reset": cmd_control,

@@ -12,6 +12,7 @@ from typing import Any
 
 from engage_listener import __version__
 from engage_listener.outbox import delivery as outbox
+from engage_listener.store.records import WEBHOOK_STATES
 
 DEFAULT_CONFIG = Path("/etc/engage-listener/engage-listener.xml")
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="a JSON list, one object a listener")
     _config_arg(status)
     _add_acks_command(sub)
+    _add_webhooks_command(sub)
 
     customers = sub.add_parser("customers", help="import or list customers")
     csub = customers.add_subparsers(dest="action", required=True)
@@ -144,7 +146,31 @@ def _add_acks_command(sub: Any) -> None:
         _config_arg(change, default=argparse.SUPPRESS)
 
 
-def _acks_list_args(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:
+def _add_webhooks_command(sub: Any) -> None:
+    """webhooks [list] / webhooks resend ID... / webhooks close ID... (the CRM's events)."""
+    hooks = sub.add_parser(
+        "webhooks", help="case events for the CRM not delivered (pending, failed...); resend "
+        "or close them",
+    )  # fmt: skip
+    _acks_list_args(hooks, suppress=False, states=WEBHOOK_STATES)
+    wsub = hooks.add_subparsers(dest="action", metavar="{list,resend,close}")
+    _acks_list_args(wsub.add_parser("list", help="the default: list events"), states=WEBHOOK_STATES)
+    for name, text in (
+        ("resend", "put failed or closed ones back to pending, due now (same event id)"),
+        ("close", "mark failed or pending ones closed: never to be sent"),
+    ):
+        change = wsub.add_parser(name, help=text)
+        change.add_argument("ids", type=int, nargs="+", metavar="ID")
+        change.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        _config_arg(change, default=argparse.SUPPRESS)
+
+
+def _acks_list_args(
+    parser: argparse.ArgumentParser,
+    *,
+    suppress: bool = True,
+    states: tuple[str, ...] = outbox.STATES,
+) -> None:
     """Options given before a subcommand (`acks --json list`) must survive it: argparse
     copies every value a subcommand's parser holds, defaults too, so those are SUPPRESS."""
     unset = argparse.SUPPRESS if suppress else None
@@ -154,9 +180,10 @@ def _acks_list_args(parser: argparse.ArgumentParser, *, suppress: bool = True) -
     parser.add_argument(
         "--state",
         action="append",
-        choices=(*outbox.STATES, "all"),
+        choices=(*states, "all"),
         default=unset,
-        help="only rows in this state (repeatable; all: every row); default: all but sent",
+        help="only rows in this state (repeatable; all: every row); default: all but "
+        + ("sent" if states == outbox.STATES else "delivered"),
     )
     _config_arg(parser, default=unset)
 

@@ -28,12 +28,14 @@ from engage_listener.observe.logs import (
     install_loop_exception_handler,
 )
 from engage_listener.outbox.delivery import OutboxSender
+from engage_listener.outbox.webhooks import WebhookSender
 from engage_listener.service.build import (
     build_any,
     check_log_directories,
     load_hooks,
     send_message,
     smtp_endpoints,
+    webhook_endpoints,
 )
 from engage_listener.service.memory import one_malloc_arena
 from engage_listener.sources.imap.listener import Listener
@@ -51,6 +53,19 @@ if TYPE_CHECKING:
     from engage_listener.sources.pop3.listener import Pop3Listener
 
 SHUTDOWN_GRACE = 6.0  # seconds for listeners to finish the mail in hand
+
+
+class Wakes(asyncio.Event):
+    """The event the engines set after a commit that queued something for after it: it
+    wakes every sender (acknowledgements, webhooks), each waiting on its own event."""
+
+    def __init__(self, *events: asyncio.Event) -> None:
+        super().__init__()
+        self.events = events
+
+    def set(self) -> None:
+        for event in self.events:
+            event.set()
 
 
 async def run(config: Config, *, once: bool = False) -> int:
@@ -74,7 +89,7 @@ async def run(config: Config, *, once: bool = False) -> int:
     except EngageError as exc:
         log.error("store_error", error=str(exc))
         return 1
-    stop, ack_queued = asyncio.Event(), asyncio.Event()
+    stop, ack_queued, event_queued = asyncio.Event(), asyncio.Event(), asyncio.Event()
     sender = OutboxSender(
         store,
         smtp_endpoints(config),
@@ -83,10 +98,18 @@ async def run(config: Config, *, once: bool = False) -> int:
         stop=stop,
         log=get_logger(component="outbox"),
     )
+    webhooks = WebhookSender(
+        store,
+        webhook_endpoints(config),
+        wake=event_queued,
+        stop=stop,
+        log=get_logger(component="webhooks"),
+    )
+    queued = Wakes(ack_queued, event_queued)
     parse_pool().warm_up()  # every mail is parsed in a worker process (parse_pool)
     try:
         listeners = [
-            build_any(c, store, SystemClock(), stop, hooks.get(c.id), ack_queued)
+            build_any(c, store, SystemClock(), stop, hooks.get(c.id), queued)
             for c in listeners_cfg
         ]
         log.info(
@@ -99,8 +122,9 @@ async def run(config: Config, *, once: bool = False) -> int:
             code = await _run_once(listeners, log)
             await sender.recover()
             await sender.deliver_due()
+            await _deliver_webhooks_once(webhooks, log)
             return code
-        await _serve(config, hooks, store, sender, ack_queued, stop, log)
+        await _serve(config, hooks, store, (sender, webhooks), queued, stop, log)
         return 0
     finally:
         close_parse_pool()
@@ -111,8 +135,8 @@ async def _serve(
     config: Config,
     hooks: dict[str, RoutingHook],
     store: Store,
-    sender: OutboxSender,
-    ack_queued: asyncio.Event,
+    senders: tuple[OutboxSender, WebhookSender],
+    queued: asyncio.Event,
     stop: asyncio.Event,
     log: Logger,
 ) -> None:
@@ -125,7 +149,7 @@ async def _serve(
     def build(
         cfg_all: Config, cfg: ListenerConfig, own_stop: asyncio.Event
     ) -> Listener | Pop3Listener | GraphListener:
-        return build_any(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), ack_queued)
+        return build_any(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), queued)
 
     def load() -> Config:
         fresh = load_config(config.path)
@@ -137,8 +161,11 @@ async def _serve(
         hooks.update(new_hooks)
         return fresh
 
+    sender, webhooks = senders
+
     def reloaded(fresh: Config) -> None:
         sender.endpoints = smtp_endpoints(fresh)
+        webhooks.endpoints = webhook_endpoints(fresh)
 
     supervisor = Supervisor(build, Notifier(), log)
     supervisor.on_reload = reloaded
@@ -149,25 +176,39 @@ async def _serve(
     supervisor.start(config)
     outbox = asyncio.create_task(sender.run(), name="outbox")
     outbox.add_done_callback(lambda task: _report_death(task, stop, log))
-    outbox_stopped = asyncio.create_task(_stop_with_grace(outbox, stop))
+    hooks_task = asyncio.create_task(webhooks.run(), name="webhooks")
+    hooks_task.add_done_callback(lambda task: _report_death(task, stop, log, "webhooks"))
+    stopped = [asyncio.create_task(_stop_with_grace(t, stop)) for t in (outbox, hooks_task)]
     await supervisor.serve(reload, stop, load)
-    await outbox_stopped
+    await asyncio.gather(*stopped)
     await write_heartbeats(store, {})
     if metrics is not None:
         await metrics.stop()
     log.info("stopped")
 
 
-def _report_death(task: asyncio.Task[None], stop: asyncio.Event, log: Logger) -> None:
-    """The acknowledgement sender must never end before shutdown: say so if it does."""
+def _report_death(
+    task: asyncio.Task[None], stop: asyncio.Event, log: Logger, what: str = "acknowledgements"
+) -> None:
+    """A sender (acknowledgements, webhooks) must never end before shutdown: say so."""
     if stop.is_set() or task.cancelled():
         return
     error = task.exception()
     log.error(
-        "outbox_died",
+        "outbox_died" if what == "acknowledgements" else "webhooks_died",
         error=f"{type(error).__name__}: {error}" if error else "returned",
-        message="acknowledgements are not sent until the daemon is restarted",
+        message=f"{what} are not sent until the daemon is restarted",
     )
+
+
+async def _deliver_webhooks_once(webhooks: WebhookSender, log: Logger) -> None:
+    """`run --once`: the events due now, one pass (later retries wait for the next run)."""
+    try:
+        await webhooks.deliver_due()
+    except EngageError as exc:
+        log.error("webhook_outbox_error", error=str(exc))
+    finally:
+        await webhooks.close()
 
 
 async def _stop_with_grace(task: asyncio.Task[None], stop: asyncio.Event) -> None:

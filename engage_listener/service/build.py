@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from email.message import EmailMessage
 
     from engage_listener.outbox.smtp import BeforeData, SmtpEndpoint
+    from engage_listener.outbox.webhooks import WebhookEndpoint
     from engage_listener.sources.graph.listener import GraphListener
     from engage_listener.sources.pop3.listener import Pop3Listener
     from engage_listener.sources.pop3.session import Pop3Endpoint
@@ -168,6 +169,26 @@ def smtp_endpoints(config: Config, *, enabled_only: bool = True) -> dict[str, Sm
     return endpoints
 
 
+def webhook_endpoints(config: Config) -> dict[str, WebhookEndpoint]:
+    """The Webhook of every enabled listener that has one (its own or the file's)."""
+    from engage_listener.outbox.webhooks import WebhookEndpoint  # noqa: PLC0415 - start-up time
+
+    endpoints: dict[str, WebhookEndpoint] = {}
+    for cfg in config.enabled_listeners():
+        hook = cfg.webhook
+        if hook is None:
+            continue
+        register_secret(hook.secret)
+        endpoints[cfg.id] = WebhookEndpoint(
+            hook.url,
+            hook.secret,
+            str(hook.ca_file) if hook.ca_file else None,
+            float(hook.timeout),
+            hook.max_attempts,
+        )
+    return endpoints
+
+
 async def send_message(
     endpoint: SmtpEndpoint, message: EmailMessage, *, before_data: BeforeData
 ) -> str:
@@ -194,6 +215,7 @@ def engine_settings(cfg: ListenerConfig, hook: RoutingHook | None) -> EngineSett
         rules=cfg.rules,
         own_addresses=listener_addresses(cfg),
         customer_from=cfg.customer_from,
+        webhook_events=cfg.webhook.events if cfg.webhook else (),
     )
 
 

@@ -40,17 +40,43 @@ from engage_listener.store.records import (
     NewAttachment,
     NewCase,
     NewMessage,
+    NewWebhookEvent,
     OutboxRow,
     OutboxState,
     Quarantined,
     SettledState,
+    WebhookDelivery,
+    WebhookEventRow,
+    WebhookState,
 )
 
 __all__ = [
-    "AckRow", "CaseCandidate", "CaseInfo", "CaseRef", "CaseState", "CaseSummary",
-    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey",
-    "NewAck", "NewAttachment", "NewCase", "NewMessage", "OutboxRow", "Quarantined",
-    "SqlCursor", "SqlDialect", "Store", "SyncExecute", "Transaction",
+    "AckRow",
+    "CaseCandidate",
+    "CaseInfo",
+    "CaseRef",
+    "CaseState",
+    "CaseSummary",
+    "ControlRow",
+    "Customer",
+    "Heartbeat",
+    "LedgerEntry",
+    "ListenerCounts",
+    "MailKey",
+    "NewAck",
+    "NewAttachment",
+    "NewCase",
+    "NewMessage",
+    "NewWebhookEvent",
+    "OutboxRow",
+    "Quarantined",
+    "SqlCursor",
+    "SqlDialect",
+    "Store",
+    "SyncExecute",
+    "Transaction",
+    "WebhookDelivery",
+    "WebhookEventRow",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -211,6 +237,26 @@ class Transaction(Protocol):
         """The operator's change of a row still in one of `allowed`; False if it was not."""
         ...
 
+    # ----- webhook events (outbox.webhooks) ----------------------------------------------
+    async def add_webhook_event(self, event: NewWebhookEvent) -> int:
+        """Queue a case event for the CRM (`pending`, due now), with the case's writes."""
+        ...
+
+    async def get_webhook_event(self, row_id: int) -> WebhookEventRow | None: ...
+
+    async def change_webhook_event(
+        self,
+        row_id: int,
+        state: WebhookState,
+        note: str,
+        allowed: Sequence[WebhookState],
+        *,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        """The operator's change of a row still in one of `allowed` (attempts start again
+        from 0 when it becomes `pending`); False if it was not."""
+        ...
+
     # ----- operator commands ------------------------------------------------------------
     async def customer_by_external_id(self, external_id: str) -> int | None: ...
 
@@ -310,6 +356,41 @@ class Store(Protocol):
 
     async def list_acks(self, states: Sequence[OutboxState] | None = None) -> list[AckRow]:
         """Rows in `states`, oldest first; by default every row not `sent`."""
+        ...
+
+    # ----- webhook events ---------------------------------------------------------------
+    async def due_webhook_events(self, now: float, limit: int) -> list[WebhookDelivery]:
+        """Pending events whose next attempt (epoch seconds) has come and that no earlier
+        event of their case still waits before (pending or failed): oldest first."""
+        ...
+
+    async def next_webhook_attempt(self) -> float | None:
+        """When the earliest pending event not waiting behind another is due (None: none)."""
+        ...
+
+    async def update_webhook_event(
+        self,
+        row_id: int,
+        state: WebhookState,
+        *,
+        attempts: int | None = None,
+        last_error: str | None = None,
+        response: str | None = None,
+        delivered_at: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Set the state, and each other field given (None: left as it is); committed."""
+        ...
+
+    async def postpone_webhook_events(self, listeners: Sequence[str], until: float) -> None:
+        """Pending events of these listeners are not due before `until` (their receiver is
+        unavailable); committed."""
+        ...
+
+    async def list_webhook_events(
+        self, states: Sequence[WebhookState] | None = None
+    ) -> list[WebhookEventRow]:
+        """Rows in `states`, oldest first; by default every row not `delivered`."""
         ...
 
     # ----- operator control and status --------------------------------------------------

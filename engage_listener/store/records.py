@@ -10,6 +10,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
+from engage_listener.config.webhook import WebhookEventName
+
 # States as the store keeps them (text columns); a `Literal` so a typo is a type error.
 CaseStatus = Literal["open", "pending-approval", "rejected", "closed"]
 # committed: in the store, not yet settled on the server; moved/deleted: settled there;
@@ -19,6 +21,10 @@ SettledState = Literal["moved", "deleted", "quarantined"]  # what `mark_done` re
 # See outbox.delivery for the life of an acknowledgement.
 OutboxState = Literal["pending", "sending", "sent", "failed", "uncertain", "closed", "suppressed"]
 QuarantineState = Literal["held", "replayed"]
+# See outbox.webhooks for the life of a webhook event: pending until the receiver answers
+# 2xx (delivered), failed past MaxAttempts or on a refusal, closed by an operator.
+WebhookState = Literal["pending", "delivered", "failed", "closed"]
+WEBHOOK_STATES: tuple[WebhookState, ...] = ("pending", "delivered", "failed", "closed")
 ControlField = Literal["paused_until", "reset_from"]
 
 OPEN_STATUSES: tuple[CaseStatus, ...] = ("open", "pending-approval")  # new mail may join
@@ -136,6 +142,53 @@ class NewAck:
     subject: str
     smtp_message_id: str
     mime: bytes
+
+
+@dataclass(frozen=True)
+class NewWebhookEvent:
+    """A case event for the CRM, queued in the transaction that made it (the outbox row).
+
+    `body` is the JSON sent, byte for byte, every attempt; `event_id` (in it too) is what
+    the receiver drops repeats by."""
+
+    listener: str
+    case_id: int
+    message_row: int | None
+    event: WebhookEventName
+    event_id: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """A webhook event due for delivery."""
+
+    id: int
+    listener: str
+    case_id: int
+    event: WebhookEventName
+    event_id: str
+    attempts: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class WebhookEventRow:
+    """One webhook event for `engage-listener webhooks`; never its body."""
+
+    id: int
+    event_id: str
+    listener: str
+    case_id: int
+    case_number: str | None
+    event: WebhookEventName
+    state: WebhookState
+    attempts: int
+    last_error: str | None
+    response: str | None  # the receiver's status line when delivered
+    created_at: str
+    delivered_at: str | None
+    next_attempt_at: str | None  # ISO UTC, pending rows only
 
 
 @dataclass(frozen=True)

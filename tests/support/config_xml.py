@@ -60,6 +60,13 @@ def ack_xml(
     )
 
 
+def webhook_xml(url: str, secret: str, **extra: str) -> str:
+    """A Webhook block (a listener's `inner`, or a file's `tail`); `extra` adds elements
+    (Events, Timeout, MaxAttempts, CaFile)."""
+    values = {"Url": url, "Secret": secret, **extra}
+    return f"    <Webhook>\n{elements(values, '      ')}    </Webhook>\n"
+
+
 def listener_xml(
     dovecot: DovecotSandbox, user: str, lid: str = "Default", inner: str = "", **extra: str
 ) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,13 +22,17 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """`run --config` in the background, stdout and stderr appended to `log`."""
+def start_daemon(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`run --config` in the background, stdout and stderr appended to `log`; `env` adds
+    environment variables (env: secrets)."""
     out = log.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "engage_listener", "run", "--config", str(config)],
         stdout=out,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **env} if env else None,
     )
 
 

@@ -40,12 +40,14 @@ from tests.support.servers.hostile_smtp import RecordingSmtp
 from tests.support.servers.oauth_server import OAuthTestServer, token_cache
 from tests.support.servers.smtp_server import SmtpTestServer
 from tests.support.servers.tcp_proxy import TcpProxy
+from tests.support.servers.webhook_server import WebhookReceiver
 
 StartHostileImap = Callable[..., Awaitable[HostileImap]]
 StartRecordingSmtp = Callable[..., Awaitable[RecordingSmtp]]
 StartHostilePop3 = Callable[..., HostilePop3]
 StartHostileLogin = Callable[[Path, Mode], HostileLoginServer]
 StartTcpProxy = Callable[..., TcpProxy]
+StartWebhookReceiver = Callable[..., WebhookReceiver]
 
 _user_numbers = itertools.count(1)
 _account_numbers = itertools.count(1)
@@ -193,6 +195,20 @@ def account(shared_idp: OAuthTestServer, tmp_path: Path) -> Account:
     shared_idp.add_ms_app("tenant-a", f"app-{user}", secret=SECRET, mailbox=user)
     tokens, key_file = token_cache(tmp_path / "state")
     return Account(user, tokens, key_file, tmp_path / "proto.log")
+
+
+@pytest.fixture
+def webhook_receiver(tmp_path: Path) -> Iterator[StartWebhookReceiver]:
+    """Starts CRM webhook receivers (servers/webhook_server.py): `start(secret, tls=False)`;
+    HTTPS from a private CA when `tls`. Every one is stopped after the test."""
+    numbers = itertools.count(1)
+    with ExitStack() as stack:
+
+        def start(secret: str, *, tls: bool = False) -> WebhookReceiver:
+            directory = tmp_path / f"webhook-{next(numbers)}" if tls else None
+            return stack.enter_context(WebhookReceiver(secret, directory))
+
+        yield start
 
 
 @pytest.fixture

@@ -269,4 +269,33 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN new_text TEXT;
     """,
+    # 8: reserved for the cases-ops branch (issue 18 points 1-2); empty here. MERGE: their
+    # migration 8 replaces this placeholder, 9 stays after it.
+    """
+    SELECT 1;
+    """,
+    # 9: case events for the CRM (issue 18 point 7), written in the case's transaction and
+    # POSTed after commit by outbox.webhooks. `body` is the JSON sent every attempt;
+    # `event_id` is the receiver's key to drop repeats. Delivery is in order per case: an
+    # event waits while an earlier one of its case is pending or failed (webhooks_case).
+    """
+    CREATE TABLE webhook_events (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        listener TEXT NOT NULL,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        message_row INTEGER REFERENCES messages(id),
+        event TEXT NOT NULL,  -- case-opened, message-added, case-closed, case-reopened
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,  -- pending, delivered, failed, closed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        response TEXT,
+        created_at TEXT NOT NULL,
+        delivered_at TEXT
+    );
+    CREATE INDEX webhooks_due ON webhook_events(state, next_attempt_at);
+    CREATE INDEX webhooks_case ON webhook_events(case_id, state, id);
+    """,
 )

@@ -31,11 +31,12 @@ from engage_listener.store.sqlite.dialect import SQLITE_DIALECT
 from engage_listener.store.sqlite.operator import OperatorQueries
 from engage_listener.store.sqlite.schema import MIGRATIONS
 from engage_listener.store.sqlite.transaction import SqliteTransaction, now_iso
+from engage_listener.store.sqlite.webhooks import WebhookQueries
 
 __all__ = ["SQLITE_DIALECT", "SqliteStore"]
 
 
-class SqliteStore(OperatorQueries):
+class SqliteStore(OperatorQueries, WebhookQueries):
     """See `store.Store`."""
 
     def __init__(self, path: Path) -> None:

@@ -25,6 +25,7 @@ from engage_listener.store.records import CaseStatus, LedgerState, OutboxState
 from engage_listener.store.sqlite.connection import AsyncCursor, Connection
 from engage_listener.store.sqlite.follow_ups import FollowUpQueries
 from engage_listener.store.sqlite.operator_tx import OperatorWrites, now_iso
+from engage_listener.store.sqlite.webhooks import WebhookWrites
 
 __all__ = ["SqliteTransaction", "now_iso"]
 
@@ -48,7 +49,7 @@ def _scrubbed(params: Any) -> Any:
     return params
 
 
-class SqliteTransaction(FollowUpQueries, OperatorWrites):
+class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
     """See `store.Transaction`; only valid inside `SqliteStore.transaction()`."""
 
     def __init__(self, db: Connection) -> None:
