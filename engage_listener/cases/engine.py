@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from engage_listener.cases.acknowledging import AckSettings, Arrival, acknowledge
 from engage_listener.cases.addresses import automatic_unless_replied_to, chosen_address
-from engage_listener.cases.follow_ups import Scope, named_case, participants
+from engage_listener.cases.follow_ups import Scope, closed_case, named_case, participants, reopens
 from engage_listener.cases.hooks import RoutingDecision, RoutingHook
 from engage_listener.cases.ingested import Ingested
 from engage_listener.cases.routing import (
@@ -29,7 +29,13 @@ from engage_listener.cases.routing import (
 )
 from engage_listener.cases.rules import RuleOutcome, evaluate, mail_view
 from engage_listener.config.ack import AddressChoice
-from engage_listener.config.model import AutomaticMail, FollowUpsFrom, RuleConfig, UnknownSender
+from engage_listener.config.model import (
+    DEFAULT_REOPEN_DAYS,
+    AutomaticMail,
+    FollowUpsFrom,
+    RuleConfig,
+    UnknownSender,
+)
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
 from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
@@ -71,6 +77,7 @@ class EngineSettings:
     rules: tuple[RuleConfig, ...] = ()  # applied before the hook (see routing)
     own_addresses: tuple[str, ...] = ()  # the listener's (cases.rules.listener_addresses)
     customer_from: AddressChoice = "From"  # see addresses
+    reopen_days: int = DEFAULT_REOPEN_DAYS  # a mail for a case closed since fewer reopens it
 
     @property
     def all_own_addresses(self) -> tuple[str, ...]:
@@ -272,20 +279,27 @@ class CaseEngine:
         rules: RuleOutcome,
     ) -> tuple[CaseRef | None, bool]:
         """Join an open case by headers or case token (see `follow_ups`: its participants
-        only), or the customer's by subject; else open one. In the process a rule's
-        SetProcess names, else the listener's CaseProcess."""
+        only), or the customer's by subject; else reopen the closed case it would have
+        joined (closed less than ReopenDays ago); else open one, related to the case it
+        named or that closed case. In the process a rule's SetProcess names, else the
+        listener's CaseProcess. An automatic mail never reopens a case."""
         normalized = normalize_subject(mail.subject, self.settings.subject_prefixes)
         s = self.settings
         process = rules.process or s.process
-        named = await named_case(
-            tx, mail, Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
-        )
-        case = named.join
-        if case is None:
-            customer_id = customer.id if customer else None
-            case = await tx.open_case_by_subject(customer_id, process, normalized)
+        scope = Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
+        named = await named_case(tx, mail, scope)
+        customer_id = customer.id if customer else None
+        case = named.join or await tx.open_case_by_subject(customer_id, process, normalized)
         if case is not None:
             return case, False
+        related = named.related_case_id
+        closed = await closed_case(tx, mail, scope, customer_id, normalized)
+        if closed is not None:
+            now = dt.datetime.now(dt.UTC)
+            if not automatic and reopens(closed, s.reopen_days, now):
+                await tx.reopen_case(closed.id, now.isoformat(timespec="seconds"))
+                return closed.ref, False
+            related = closed.id
         if automatic and self.settings.automatic_mail == "Ignore":
             return None, False
         sender = chosen_address(mail, s.customer_from, s.all_own_addresses)
@@ -298,7 +312,7 @@ class CaseEngine:
             subject=mail.subject,
             normalized_subject=normalized,
             customer_id=customer.id if customer else None,
-            related_case_id=named.related_case_id,
+            related_case_id=related,
         )
         return await tx.create_case(new), True
 

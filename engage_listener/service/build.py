@@ -194,6 +194,7 @@ def engine_settings(cfg: ListenerConfig, hook: RoutingHook | None) -> EngineSett
         rules=cfg.rules,
         own_addresses=listener_addresses(cfg),
         customer_from=cfg.customer_from,
+        reopen_days=cfg.reopen_days,
     )
 
 

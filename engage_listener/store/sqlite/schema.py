@@ -269,4 +269,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN new_text TEXT;
     """,
+    # 8: closing and reopening cases (issue 18): when a case was closed and why, and when
+    # it was last reopened. Cases closed before (by hand-written SQL) take their last
+    # change as their close time. related_case_id is looked up both ways by `cases show`.
+    """
+    ALTER TABLE cases ADD COLUMN closed_at TEXT;
+    ALTER TABLE cases ADD COLUMN close_reason TEXT;
+    ALTER TABLE cases ADD COLUMN reopened_at TEXT;
+    UPDATE cases SET closed_at = updated_at WHERE status = 'closed';
+    CREATE INDEX cases_related ON cases(related_case_id);
+    CREATE INDEX cases_updated ON cases(updated_at);
+    """,
 )

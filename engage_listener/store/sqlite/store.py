@@ -26,6 +26,7 @@ from engage_listener.store.records import (
     MailKey,
     SettledState,
 )
+from engage_listener.store.sqlite.case_reads import CaseReads
 from engage_listener.store.sqlite.connection import AUTOCHECKPOINT_PAGES, WAL_SIZE_LIMIT, Connection
 from engage_listener.store.sqlite.dialect import SQLITE_DIALECT
 from engage_listener.store.sqlite.operator import OperatorQueries
@@ -35,7 +36,7 @@ from engage_listener.store.sqlite.transaction import SqliteTransaction, now_iso
 __all__ = ["SQLITE_DIALECT", "SqliteStore"]
 
 
-class SqliteStore(OperatorQueries):
+class SqliteStore(OperatorQueries, CaseReads):
     """See `store.Store`."""
 
     def __init__(self, path: Path) -> None:
