@@ -31,8 +31,8 @@ _CASE_COLUMNS = (
     " c.sender, c.sender_name, c.customer_id, c.created_at, c.updated_at, c.closed_at,"
     " c.close_reason, c.reopened_at, c.related_case_id"
 )
-_MESSAGE_COLUMNS = (
-    "m.id, m.case_id, m.message_id, m.sender, m.sender_name, m.subject, m.sent_at,"
+_MESSAGE_COLUMNS = (  # fixed text and a number
+    "m.id, m.case_id, m.message_id, m.sender, m.sender_name, m.subject, m.sent_at,"  # noqa: S608
     " m.received_at, m.size, m.automatic, m.body_text, m.new_text, m.body_html IS NOT NULL,"
     f" substr(m.raw, 1, {HEADER_BYTES}), m.acknowledge,"
     " (SELECT o.state || coalesce(': ' || o.last_error, '') FROM outbox o"
@@ -87,7 +87,9 @@ class CaseReads:
 
     async def _detail(self, r: Any) -> CaseDetail:
         case_id, related_id = int(r[0]), r[16]
-        tags = await self.query("SELECT tag FROM case_tags WHERE case_id = ? ORDER BY tag", (case_id,))
+        tags = await self.query(
+            "SELECT tag FROM case_tags WHERE case_id = ? ORDER BY tag", (case_id,)
+        )
         linked = await self.query(
             "SELECT id, case_number FROM cases WHERE id = ? OR related_case_id = ? ORDER BY id",
             (related_id, case_id),

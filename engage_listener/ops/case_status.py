@@ -1,0 +1,83 @@
+"""`cases close ID... [--reason]`, `cases close --idle-days N` and `cases reopen ID...`.
+
+Each case is changed in its own transaction, and only from the status the command
+expects (`Transaction.close_case`/`reopen_case` check it in the same statement), so a
+command racing the daemon (a mail reopening the case meanwhile) changes nothing it did
+not see.
+
+Decisions:
+
+* Open and pending-approval cases may be closed; rejected ones are final and closed
+  ones are closed already. Only closed cases may be reopened.
+* `--idle-days N` closes open cases whose newest mail came N days ago or more (cases
+  without mail: their creation), with the reason "no mail for N days" unless `--reason`
+  says otherwise.
+* A mail for a case closed later still reopens it within the listener's ReopenDays
+  (see `cases.follow_ups`); closing here is not final.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engage_listener.store.interface import Store
+
+__all__ = ["CaseChange", "close_cases", "close_idle", "reopen_cases"]
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    """What the command did with one case: `done` False when nothing changed; `status`
+    the case's status afterwards (None: no such case); `text` the line to print."""
+
+    case_id: int
+    done: bool
+    status: str | None
+    text: str
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+async def _change(store: Store, case_id: int, reason: str | None, *, close: bool) -> CaseChange:
+    async with store.transaction() as tx:
+        if close:
+            done = await tx.close_case(case_id, reason, _now())
+        else:
+            done = await tx.reopen_case(case_id, _now())
+    state = await store.case_state(case_id)
+    if state is None:
+        return CaseChange(case_id, False, None, f"{case_id}: no such case")
+    what = f"case {state.case_number}"
+    if done and close:
+        text = f"{what} closed" + (f" ({reason})" if reason else "")
+    elif done:
+        text = f"{what} reopened"
+    else:
+        wanted = "open or pending-approval" if close else "closed"
+        text = f"{what} is {state.status}, not {wanted}: nothing done"
+    return CaseChange(case_id, done, state.status, text)
+
+
+async def close_cases(
+    store: Store, case_ids: Sequence[int], reason: str | None
+) -> list[CaseChange]:
+    """Close each case that is open (or awaiting approval)."""
+    return [await _change(store, case_id, reason, close=True) for case_id in case_ids]
+
+
+async def close_idle(
+    store: Store, days: int, reason: str | None, now: dt.datetime | None = None
+) -> list[CaseChange]:
+    """Close the open cases without mail for `days` days."""
+    moment = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=days)
+    ids = await store.idle_cases(moment.isoformat(timespec="seconds"))
+    return await close_cases(store, ids, reason or f"no mail for {days} days")
+
+
+async def reopen_cases(store: Store, case_ids: Sequence[int]) -> list[CaseChange]:
+    """Open each closed case again."""
+    return [await _change(store, case_id, None, close=False) for case_id in case_ids]
