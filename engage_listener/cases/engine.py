@@ -294,12 +294,13 @@ class CaseEngine:
             return case, False
         related = named.related_case_id
         closed = await closed_case(tx, mail, scope, customer_id, normalized)
-        if closed is not None:
+        if closed.case is not None:
             now = dt.datetime.now(dt.UTC)
-            if not automatic and reopens(closed, s.reopen_days, now):
-                await tx.reopen_case(closed.id, now.isoformat(timespec="seconds"))
-                return closed.ref, False
-            related = closed.id
+            if not automatic and reopens(closed.case, s.reopen_days, now):
+                await tx.reopen_case(closed.case.id, now.isoformat(timespec="seconds"))
+                return closed.case.ref, False
+            related = closed.case.id
+        related = related or closed.related_case_id
         if automatic and self.settings.automatic_mail == "Ignore":
             return None, False
         sender = chosen_address(mail, s.customer_from, s.all_own_addresses)

@@ -83,25 +83,39 @@ async def _may_join(tx: Transaction, case: CaseCandidate, sender: str, scope: Sc
     return scope.anyone or (bool(sender) and await tx.is_participant(case.id, sender))
 
 
+@dataclass(frozen=True)
+class ClosedNamed:
+    """A closed case the mail would have joined were it open (`case`), else one it named
+    but may not join (`related_case_id`), as `Named` for open cases."""
+
+    case: CaseCandidate | None
+    related_case_id: int | None
+
+
 async def closed_case(
     tx: Transaction,
     mail: parser.ParsedMail,
     scope: Scope,
     customer_id: int | None,
     normalized_subject: str,
-) -> CaseCandidate | None:
+) -> ClosedNamed:
     """The closed case the mail would have joined were it open: by header or token (its
     participants only, in scope), else the customer's by subject."""
     sender = mail.sender.normalized if mail.sender else ""
     refs = [r for r in (mail.in_reply_to, *mail.references) if r]
+    refused: CaseCandidate | None = None
     for case in await tx.closed_cases_by_message_ids(refs):
         if await _may_join(tx, case, sender, scope):
-            return case
+            return ClosedNamed(case, None)
+        refused = refused or case
     token = find_case_token(mail.subject)
     by_number = await tx.closed_case_by_number(token) if token else None
-    if by_number is not None and await _may_join(tx, by_number, sender, scope):
-        return by_number
-    return await tx.closed_case_by_subject(customer_id, scope.process, normalized_subject)
+    if by_number is not None:
+        if await _may_join(tx, by_number, sender, scope):
+            return ClosedNamed(by_number, None)
+        refused = refused or by_number
+    by_subject = await tx.closed_case_by_subject(customer_id, scope.process, normalized_subject)
+    return ClosedNamed(by_subject, refused.id if refused else None)
 
 
 def reopens(case: CaseCandidate, reopen_days: int, now: dt.datetime) -> bool:
