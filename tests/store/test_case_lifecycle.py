@@ -12,7 +12,9 @@ MessageFactory = Callable[..., NewMessage]  # the `message` fixture
 AT = "2026-01-10T09:00:00+00:00"
 
 
-def _case(customer_id: int | None = None, listener: str = "L", related: int | None = None) -> NewCase:
+def _case(
+    customer_id: int | None = None, listener: str = "L", related: int | None = None
+) -> NewCase:
     return NewCase(
         listener=listener,
         process="ventas",
@@ -113,7 +115,9 @@ async def test_case_detail_messages_and_attachments(store: Store, message: Messa
         mail = dataclasses.replace(message(raw=raw), new_text="hola", body_html="<p>hola</p>")
         row = await tx.add_message(first.id, mail)
         await tx.add_attachment(row, NewAttachment("a.pdf", "application/pdf", b"%PDF-1"))
-        await tx.add_attachment(row, NewAttachment("m.eml", "message/rfc822", raw, raw_of_message=True))
+        await tx.add_attachment(
+            row, NewAttachment("m.eml", "message/rfc822", raw, raw_of_message=True)
+        )
         await tx.apply_decision(first.id, row, "Ventas", 2, ("vip",), False)
     detail = await store.case_detail(first.id)
     assert detail is not None and detail.related == (later,)
