@@ -279,6 +279,7 @@ def build_pop3_listener(
         cfg.sync_max_changes_count,
         cfg.leave_on_server,
         cfg.max_attempts,
+        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
     )
     engine = CaseEngine(store, engine_settings(cfg, hook), ack_queued)
     return Pop3Listener(

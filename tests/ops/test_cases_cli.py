@@ -240,7 +240,7 @@ def test_export_streams_a_page_at_a_time(tmp_path: Path) -> None:
             seen.append((after_id, limit, out.getvalue().count("\n")))
             return await self.store.cases_page(after_id, 2, **kw)
 
-    count = _run(db, lambda s: case_export.export_cases(Watching(s), out, "jsonl"))  # type: ignore[arg-type]
+    count = _run(db, lambda s: case_export.export_cases(Watching(s), out, "jsonl"))
     assert count == 5 and out.getvalue().count("\n") == 5
     assert seen == [(0, case_export.PAGE, 0), (2, case_export.PAGE, 2),
                     (4, case_export.PAGE, 4), (5, case_export.PAGE, 5)]  # fmt: skip
