@@ -77,11 +77,18 @@ class CaseReads:
     async def cases_page(
         self, after_id: int, limit: int, *, since: str | None = None, listener: str | None = None
     ) -> list[CaseDetail]:
+        where: list[str] = ["c.id > ?"]
+        params: list[object] = [after_id]
+        if since is not None:
+            where.append("c.updated_at >= ?")
+            params.append(since)
+        if listener is not None:
+            where.append("c.listener = ?")
+            params.append(listener)
         rows = await self.query(
-            f"SELECT {_CASE_COLUMNS} FROM cases c WHERE c.id > ?"  # noqa: S608
-            " AND (? IS NULL OR c.updated_at >= ?) AND (? IS NULL OR c.listener = ?)"
+            f"SELECT {_CASE_COLUMNS} FROM cases c WHERE {' AND '.join(where)}"  # noqa: S608
             " ORDER BY c.id LIMIT ?",
-            (after_id, since, since, listener, listener, limit),
+            (*params, limit),
         )
         return [await self._detail(r) for r in rows]
 
