@@ -12,6 +12,7 @@ from typing import Any
 
 from devkit.dovecot import DovecotSandbox
 from engage_listener.config.load import load_config
+from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.config_xml import DONE, NEW, listener_xml, write_config
 from tests.support.daemon import cli
 from tests.support.fakes import FakeClock
@@ -53,10 +54,13 @@ async def test_close_reopen_and_a_late_reply_through_imap(
     # Closed 4 days ago (more than ReopenDays 3): the next reply opens a related case.
     await _cli_json("cases", "close", "1", *c)
     long_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(days=4)).isoformat(timespec="seconds")
-    (cfg,) = load_config(config).imap_listeners
-    async with Harness(cfg, tmp_path / "store.sqlite3", FakeClock()) as h:
-        async with h.store.transaction() as tx:
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    try:
+        async with store.transaction() as tx:
             assert await tx.reopen_case(1, long_ago) and await tx.close_case(1, "viejo", long_ago)
+    finally:
+        await store.close()
     late = make_mail(3, subject="Re: otra vez").replace(
         b"MIME-Version", b"In-Reply-To: <hilo@cliente.example>\r\nMIME-Version"
     )
