@@ -11,7 +11,8 @@ Decisions:
   ones are closed already. Only closed cases may be reopened.
 * `--idle-days N` closes open cases whose newest mail came N days ago or more (cases
   without mail: their creation), with the reason "no mail for N days" unless `--reason`
-  says otherwise.
+  says otherwise. The idleness is checked again in the closing statement: a case that
+  got mail between the look-up and the close stays open.
 * A mail for a case closed later still reopens it within the listener's ReopenDays
   (see `cases.follow_ups`); closing here is not final.
 """
@@ -42,10 +43,12 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-async def _change(store: Store, case_id: int, reason: str | None, *, close: bool) -> CaseChange:
+async def _change(
+    store: Store, case_id: int, reason: str | None, *, close: bool, idle_before: str | None = None
+) -> CaseChange:
     async with store.transaction() as tx:
         if close:
-            done = await tx.close_case(case_id, reason, _now())
+            done = await tx.close_case(case_id, reason, _now(), idle_before=idle_before)
         else:
             done = await tx.reopen_case(case_id, _now())
     state = await store.case_state(case_id)
@@ -56,6 +59,8 @@ async def _change(store: Store, case_id: int, reason: str | None, *, close: bool
         text = f"{what} closed" + (f" ({reason})" if reason else "")
     elif done:
         text = f"{what} reopened"
+    elif idle_before is not None and state.status == "open":
+        text = f"{what} had mail meanwhile: left open"
     else:
         wanted = "open or pending-approval" if close else "closed"
         text = f"{what} is {state.status}, not {wanted}: nothing done"
@@ -73,9 +78,14 @@ async def close_idle(
     store: Store, days: int, reason: str | None, now: dt.datetime | None = None
 ) -> list[CaseChange]:
     """Close the open cases without mail for `days` days."""
-    moment = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=days)
-    ids = await store.idle_cases(moment.isoformat(timespec="seconds"))
-    return await close_cases(store, ids, reason or f"no mail for {days} days")
+    before = ((now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=days)).isoformat(
+        timespec="seconds"
+    )
+    why = reason or f"no mail for {days} days"
+    return [
+        await _change(store, case_id, why, close=True, idle_before=before)
+        for case_id in await store.idle_cases(before)
+    ]
 
 
 async def reopen_cases(store: Store, case_ids: Sequence[int]) -> list[CaseChange]:

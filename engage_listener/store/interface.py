@@ -137,9 +137,7 @@ class Transaction(Protocol):
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> CaseRef | None: ...
 
-    async def closed_cases_by_message_ids(
-        self, message_ids: Sequence[str]
-    ) -> list[CaseCandidate]:
+    async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
         """Closed cases holding mails with these Message-IDs, newest case first, with
         their `closed_at` (a follow-up to a closed case: see cases.closed)."""
         ...
@@ -154,9 +152,12 @@ class Transaction(Protocol):
         """The customer's newest closed case of this process and subject, if any."""
         ...
 
-    async def close_case(self, case_id: int, reason: str | None, at: str) -> bool:
+    async def close_case(
+        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
+    ) -> bool:
         """Close an open (or pending-approval) case at the ISO time `at`, with the
-        operator's reason; False (nothing written) if it was in another status."""
+        operator's reason; False (nothing written) if it was in another status, or, with
+        `idle_before`, if its newest mail (else its creation) is not older than that."""
         ...
 
     async def reopen_case(self, case_id: int, at: str) -> bool:

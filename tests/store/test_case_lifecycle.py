@@ -102,6 +102,9 @@ async def test_idle_cases_are_open_ones_whose_newest_mail_is_older(
         await tx.close_case(closed.id, None, AT)
     assert await store.idle_cases("2000-01-01T00:00:00+00:00") == []
     assert await store.idle_cases("2999-01-01T00:00:00+00:00") == [quiet.id]
+    async with store.transaction() as tx:  # mail came after the cut-off: left open
+        assert not await tx.close_case(quiet.id, None, AT, idle_before="2000-01-01T00:00:00+00:00")
+        assert await tx.close_case(quiet.id, None, AT, idle_before="2999-01-01T00:00:00+00:00")
 
 
 async def test_case_detail_messages_and_attachments(store: Store, message: MessageFactory) -> None:

@@ -25,6 +25,7 @@ from engage_listener.store.records import (
     StoredAttachment,
     StoredMessage,
 )
+from engage_listener.store.sqlite.operator_tx import LAST_MAIL
 
 _CASE_COLUMNS = (
     "c.id, c.case_number, c.listener, c.process, c.status, c.inbox, c.priority, c.subject,"
@@ -150,9 +151,7 @@ class CaseReads:
 
     async def idle_cases(self, before: str) -> list[int]:
         rows = await self.query(
-            "SELECT c.id FROM cases c WHERE c.status = 'open' AND coalesce("
-            "(SELECT max(m.received_at) FROM messages m WHERE m.case_id = c.id), c.created_at)"
-            " < ? ORDER BY c.id",
+            f"SELECT id FROM cases WHERE status = 'open' AND {LAST_MAIL} < ? ORDER BY id",  # noqa: S608
             (before,),
         )
         return [int(r[0]) for r in rows]

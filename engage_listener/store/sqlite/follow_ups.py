@@ -31,9 +31,7 @@ class FollowUpQueries:
     async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
         return await self._by_message_ids(message_ids, _OPEN)
 
-    async def closed_cases_by_message_ids(
-        self, message_ids: Sequence[str]
-    ) -> list[CaseCandidate]:
+    async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
         return await self._by_message_ids(message_ids, _CLOSED)
 
     async def case_by_number(self, case_number: str) -> CaseCandidate | None:

@@ -18,6 +18,11 @@ ACK_COLUMNS = (
     " o.last_error, o.smtp_message_id, o.smtp_reply, o.created_at, o.sent_at, o.next_attempt_at"
 )
 ACK_FROM = "FROM outbox o LEFT JOIN cases c ON c.id = o.case_id"
+# When a case last had mail (its creation, for a case without): `cases close --idle-days`.
+LAST_MAIL = (
+    "coalesce((SELECT max(m.received_at) FROM messages m WHERE m.case_id = cases.id),"
+    " cases.created_at)"
+)
 
 
 def now_iso() -> str:
@@ -70,11 +75,14 @@ class OperatorWrites:
             (status, status, now, *((now,) if touch else ()), case_id),
         )
 
-    async def close_case(self, case_id: int, reason: str | None, at: str) -> bool:
+    async def close_case(
+        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
+    ) -> bool:
+        idle = "" if idle_before is None else f" AND {LAST_MAIL} < ?"
         cur = await self.execute(
-            "UPDATE cases SET status = 'closed', closed_at = ?, close_reason = ?, updated_at = ?"
-            " WHERE id = ? AND status IN ('open', 'pending-approval')",
-            (at, reason, at, case_id),
+            "UPDATE cases SET status = 'closed', closed_at = ?, close_reason = ?, updated_at = ?"  # noqa: S608
+            f" WHERE id = ? AND status IN ('open', 'pending-approval'){idle}",
+            (at, reason, at, case_id, *(() if idle_before is None else (idle_before,))),
         )
         return cur.rowcount == 1
 
