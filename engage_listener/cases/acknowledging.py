@@ -41,6 +41,7 @@ class Arrival:
     raw: bytes = b""  # the mail as received (RequireAuthenticated reads its header)
     new_text: str = ""  # what the customer wrote (mail.reply.new_text)
     rules: RuleOutcome = field(default_factory=RuleOutcome)  # what the Rules decided
+    reopened: bool = False  # it reopened a closed case (ReopenDays)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from engage_listener.cases.acknowledging import AckSettings, Arrival, acknowledge
 from engage_listener.cases.addresses import automatic_unless_replied_to, chosen_address
-from engage_listener.cases.follow_ups import Scope, named_case, participants
+from engage_listener.cases.follow_ups import Scope, closed_case, named_case, participants, reopens
 from engage_listener.cases.hooks import RoutingDecision, RoutingHook
 from engage_listener.cases.ingested import Ingested
 from engage_listener.cases.routing import (
@@ -28,9 +28,15 @@ from engage_listener.cases.routing import (
     message_view,
 )
 from engage_listener.cases.rules import RuleOutcome, evaluate, mail_view
-from engage_listener.cases.webhooks import message_json, queue_event, status_event
+from engage_listener.cases.webhooks import tell_crm
 from engage_listener.config.ack import AddressChoice
-from engage_listener.config.model import AutomaticMail, FollowUpsFrom, RuleConfig, UnknownSender
+from engage_listener.config.model import (
+    DEFAULT_REOPEN_DAYS,
+    AutomaticMail,
+    FollowUpsFrom,
+    RuleConfig,
+    UnknownSender,
+)
 from engage_listener.config.webhook import WebhookEventName
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
@@ -74,6 +80,7 @@ class EngineSettings:
     own_addresses: tuple[str, ...] = ()  # the listener's (cases.rules.listener_addresses)
     customer_from: AddressChoice = "From"  # see addresses
     webhook_events: tuple[WebhookEventName, ...] = ()  # the Webhook's Events (cases.webhooks)
+    reopen_days: int = DEFAULT_REOPEN_DAYS  # a mail for a case closed since fewer reopens it
 
     @property
     def all_own_addresses(self) -> tuple[str, ...]:
@@ -145,7 +152,7 @@ class CaseEngine:
             rules = self._rules(mail)
             check_rules(rules)  # Quarantine or Discard: before any customer or case
             customer = await self._customer(tx, mail)
-            case, is_new = await self._find_or_open(tx, mail, customer, automatic, rules)
+            case, is_new, reopened = await self._find_or_open(tx, mail, customer, automatic, rules)
             if case is None:  # automatic mail that matches no case: kept, ignored
                 await self._ignore(tx, key, message)
                 return Ingested(None, None, False, False, ignored=True)
@@ -155,10 +162,21 @@ class CaseEngine:
             ack, told = None, False
             if not await self._awaits_approval(tx, case, is_new):
                 arrival = Arrival(
-                    case, is_new, row, mail, customer, automatic, raw, message.new_text or "", rules
+                    case,
+                    is_new,
+                    row,
+                    mail,
+                    customer,
+                    automatic,
+                    raw,
+                    message.new_text or "",
+                    rules,
+                    reopened=reopened,
                 )
                 ack = await self._route_and_acknowledge(tx, arrival)
-                told = await self._tell_crm(tx, arrival)
+                told = await tell_crm(
+                    tx, self.settings.listener, self.settings.webhook_events, arrival
+                )
             await tx.add_ledger(key, row, message)
         self._wake(ack, told)
         return Ingested(case.id, case.case_number, is_new, False, ack=ack)
@@ -167,21 +185,6 @@ class CaseEngine:
         """After the commit: the senders have something new (an ack, an event)."""
         if (ack == "queued" or told) and self.ack_queued is not None:
             self.ack_queued.set()
-
-    async def _tell_crm(self, tx: Transaction, arrival: Arrival) -> bool:
-        """Queue the Webhook's events of this mail: case-opened or message-added, then
-        case-closed if routing closed the case; True if any was queued."""
-        wanted = self.settings.webhook_events
-        if not wanted:
-            return False
-        listener, case_id = self.settings.listener, arrival.case.id
-        message = message_json(arrival.row, arrival.mail, arrival.new_text, arrival.customer)
-        first: WebhookEventName = "case-opened" if arrival.is_new else "message-added"
-        told = await queue_event(tx, listener, wanted, first, case_id, message)
-        change = status_event("open", (await tx.case_info(case_id)).status)  # open before routing
-        if change is not None:
-            told = await queue_event(tx, listener, wanted, change, case_id, message) or told
-        return told
 
     @staticmethod
     async def _ignore(tx: Transaction, key: MailKey, message: NewMessage) -> None:
@@ -225,7 +228,9 @@ class CaseEngine:
             told = False
             try:
                 ack = await self._route_and_acknowledge(tx, arrival)
-                told = await self._tell_crm(tx, arrival)
+                told = await tell_crm(
+                    tx, self.settings.listener, self.settings.webhook_events, arrival
+                )
             except (Discarded, QuarantineNow) as exc:  # nothing to quarantine any more
                 ack = None
                 why = str(exc)
@@ -296,24 +301,33 @@ class CaseEngine:
         customer: Customer | None,
         automatic: str | None,
         rules: RuleOutcome,
-    ) -> tuple[CaseRef | None, bool]:
-        """Join an open case by headers or case token (see `follow_ups`: its participants
-        only), or the customer's by subject; else open one. In the process a rule's
-        SetProcess names, else the listener's CaseProcess."""
+    ) -> tuple[CaseRef | None, bool, bool]:
+        """(case, opened, reopened): join an open case by headers or case token (see
+        `follow_ups`: its participants only), or the customer's by subject; else reopen the
+        closed case it would have joined (closed less than ReopenDays ago); else open one,
+        related to the case it named or that closed case. In the process a rule's
+        SetProcess names, else the listener's CaseProcess. An automatic mail never reopens
+        a case."""
         normalized = normalize_subject(mail.subject, self.settings.subject_prefixes)
         s = self.settings
         process = rules.process or s.process
-        named = await named_case(
-            tx, mail, Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
-        )
-        case = named.join
-        if case is None:
-            customer_id = customer.id if customer else None
-            case = await tx.open_case_by_subject(customer_id, process, normalized)
+        scope = Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
+        named = await named_case(tx, mail, scope)
+        customer_id = customer.id if customer else None
+        case = named.join or await tx.open_case_by_subject(customer_id, process, normalized)
         if case is not None:
-            return case, False
+            return case, False, False
+        related = named.related_case_id
+        closed = await closed_case(tx, mail, scope, customer_id, normalized)
+        if closed.case is not None:
+            now = dt.datetime.now(dt.UTC)
+            if not automatic and reopens(closed.case, s.reopen_days, now):
+                await tx.reopen_case(closed.case.id, now.isoformat(timespec="seconds"))
+                return closed.case.ref, False, True
+            related = closed.case.id
+        related = related or closed.related_case_id
         if automatic and self.settings.automatic_mail == "Ignore":
-            return None, False
+            return None, False, False
         sender = chosen_address(mail, s.customer_from, s.all_own_addresses)
         sender = sender or parser.Address("", "")
         new = NewCase(
@@ -324,9 +338,9 @@ class CaseEngine:
             subject=mail.subject,
             normalized_subject=normalized,
             customer_id=customer.id if customer else None,
-            related_case_id=named.related_case_id,
+            related_case_id=related,
         )
-        return await tx.create_case(new), True
+        return await tx.create_case(new), True, False
 
     async def _run_hook(self, tx: Transaction, arrival: Arrival) -> RoutingDecision:
         """Run the installation's routing procedure in this transaction."""

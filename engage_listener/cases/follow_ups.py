@@ -16,10 +16,15 @@ Decisions:
   name a stranger's thread still finds the case the sender takes part in.
 * Participants are kept per case (`case_participants`), bounded per mail, so the check is
   one indexed look-up however long the case.
+* A closed case is looked for only when no open case takes the mail (`closed_case`), by
+  the same three ways (headers, token, the customer's subject) and the same rules: an
+  open case of the thread always wins over a closed one. What then happens (reopen
+  within ReopenDays, else a new related case) is the engine's (`reopens`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,6 +81,52 @@ async def _may_join(tx: Transaction, case: CaseCandidate, sender: str, scope: Sc
     if not in_scope(case, scope):
         return False
     return scope.anyone or (bool(sender) and await tx.is_participant(case.id, sender))
+
+
+@dataclass(frozen=True)
+class ClosedNamed:
+    """A closed case the mail would have joined were it open (`case`), else one it named
+    but may not join (`related_case_id`), as `Named` for open cases."""
+
+    case: CaseCandidate | None
+    related_case_id: int | None
+
+
+async def closed_case(
+    tx: Transaction,
+    mail: parser.ParsedMail,
+    scope: Scope,
+    customer_id: int | None,
+    normalized_subject: str,
+) -> ClosedNamed:
+    """The closed case the mail would have joined were it open: by header or token (its
+    participants only, in scope), else the customer's by subject."""
+    sender = mail.sender.normalized if mail.sender else ""
+    refs = [r for r in (mail.in_reply_to, *mail.references) if r]
+    refused: CaseCandidate | None = None
+    for case in await tx.closed_cases_by_message_ids(refs):
+        if await _may_join(tx, case, sender, scope):
+            return ClosedNamed(case, None)
+        refused = refused or case
+    token = find_case_token(mail.subject)
+    by_number = await tx.closed_case_by_number(token) if token else None
+    if by_number is not None:
+        if await _may_join(tx, by_number, sender, scope):
+            return ClosedNamed(by_number, None)
+        refused = refused or by_number
+    by_subject = await tx.closed_case_by_subject(customer_id, scope.process, normalized_subject)
+    return ClosedNamed(by_subject, refused.id if refused else None)
+
+
+def reopens(case: CaseCandidate, reopen_days: int, now: dt.datetime) -> bool:
+    """Whether a mail for this closed case reopens it: closed less than `reopen_days`
+    ago (0: never). A case without a close time counts as closed long ago."""
+    if reopen_days <= 0 or not case.closed_at:
+        return False
+    closed = dt.datetime.fromisoformat(case.closed_at)
+    if closed.tzinfo is None:
+        closed = closed.replace(tzinfo=dt.UTC)
+    return now - closed < dt.timedelta(days=reopen_days)
 
 
 def participants(mail: parser.ParsedMail) -> Sequence[str]:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any
 
+from engage_listener.cases.acknowledging import Arrival
 from engage_listener.config.webhook import WebhookEventName
 from engage_listener.mail import parser
 from engage_listener.store.interface import Customer, NewWebhookEvent, Transaction
@@ -131,3 +132,24 @@ async def queue_status_change(
     if event is None:
         return False
     return await queue_event(tx, listener, wanted, event, case_id, message, extra=extra)
+
+
+async def tell_crm(
+    tx: Transaction, listener: str, wanted: Collection[WebhookEventName], arrival: Arrival
+) -> bool:
+    """Queue the Webhook's events of a mail: case-reopened if it reopened a closed case,
+    case-opened or message-added, then case-closed if routing closed the case; True if any
+    was queued."""
+    if not wanted:
+        return False
+    case_id = arrival.case.id
+    message = message_json(arrival.row, arrival.mail, arrival.new_text, arrival.customer)
+    told = False
+    if arrival.reopened:
+        told = await queue_event(tx, listener, wanted, "case-reopened", case_id, message)
+    first: WebhookEventName = "case-opened" if arrival.is_new else "message-added"
+    told = await queue_event(tx, listener, wanted, first, case_id, message) or told
+    change = status_event("open", (await tx.case_info(case_id)).status)  # open before routing
+    if change is not None:
+        told = await queue_event(tx, listener, wanted, change, case_id, message) or told
+    return told

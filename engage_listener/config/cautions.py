@@ -71,11 +71,9 @@ def _pop3_warnings(lst: ListenerConfig) -> list[str]:
     if not lst.leave_on_server:
         found.append(f"listener {lst.id}: POP3 deletes processed mail from the server")
     if lst.read_from_date is not None:
-        found.append(f"listener {lst.id}: POP3 has no received dates, ReadFromDate is ignored")
-    if lst.time_zone != "UTC":  # the default; `status` still counts "today" in it
         found.append(
-            f"listener {lst.id}: POP3 has no received dates, TimeZone is ignored "
-            "(status still counts today's mails in it)"
+            f"listener {lst.id}: POP3 has no received dates, ReadFromDate is compared with "
+            "each mail's Date header (set by the sender: approximate)"
         )
     return found
 

@@ -300,6 +300,7 @@ _CONVERTED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AllowPlaintextLogin": ("allow_plaintext_login", _boolean),
     "MaxMessageSize": ("max_message_size", int),
     "FollowUpsFrom": ("follow_ups_from", str),
+    "ReopenDays": ("reopen_days", int),
     "CustomerFrom": ("customer_from", str),
     "LeaveOnServer": ("leave_on_server", _boolean),
     "PollSeconds": ("poll_seconds", int),

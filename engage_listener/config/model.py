@@ -24,6 +24,7 @@ DEFAULT_MAX_ATTEMPTS = 3  # failed tries of one mail before it is quarantined
 DEFAULT_SYNC_MAX_WAIT_TIME = 60  # seconds a change waits for its batch
 DEFAULT_SYNC_MAX_CHANGES_COUNT = 10  # changes that start a batch at once
 DEFAULT_ROUTING_TIMEOUT = 10  # seconds a routing hook may take
+DEFAULT_REOPEN_DAYS = 7  # a mail for a case closed fewer days ago reopens it
 DEFAULT_POLL_SECONDS = 15  # Graph: seconds between two delta queries
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 DEFAULT_GRAPH_INPUT_FOLDER = "Inbox"  # Graph: the well-known name of the inbox
@@ -176,6 +177,7 @@ class ListenerConfig:
     protocol_log_keep_days: int = DEFAULT_PROTOCOL_LOG_KEEP_DAYS  # prune older log files
     rules: tuple[RuleConfig, ...] = ()  # the Rules block, in order (see cases.rules)
     customer_from: AddressChoice = "From"  # ReplyTo: the customer is found by Reply-To
+    reopen_days: int = DEFAULT_REOPEN_DAYS  # ReopenDays: 0 never reopens a closed case
     poll_seconds: int = DEFAULT_POLL_SECONDS  # Graph only: how often delta is asked
     graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # Graph only (national clouds, tests)
     webhook: WebhookConfig | None = None  # its own Webhook, else the file's (config.webhook)

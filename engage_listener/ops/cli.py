@@ -1,4 +1,4 @@
-"""Command line: `engage-listener run | check-config | cases | status | acks | rules ...`.
+"""Command line: `engage-listener run | check-config | cases | attachments | status | acks ...`.
 
 Exit codes: 0 success, 2 configuration errors, 1 any other failure. Problems are
 printed as plain lines for operators, never as tracebacks. Everything printed passes
@@ -250,9 +250,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
-    from engage_listener.ops import commands  # noqa: PLC0415 - start-up time
+    from engage_listener.ops import cases_cli, commands  # noqa: PLC0415 - start-up time
 
     config = _load(args.config)
+    if args.action not in (None, "list"):
+        return cases_cli.run_cases(args, config)
     cases = asyncio.run(commands.list_cases(config))
     if args.pending:
         cases = [c for c in cases if c.status == "pending-approval"]
@@ -282,6 +284,12 @@ async def _with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> 
         return await work(store)
     finally:
         await store.close()
+
+
+def cmd_attachments(args: argparse.Namespace) -> int:
+    from engage_listener.ops import cases_cli  # noqa: PLC0415 - start-up time
+
+    return cases_cli.run_attachments(args, _load(args.config))
 
 
 def cmd_customers(args: argparse.Namespace) -> int:
@@ -349,6 +357,7 @@ COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "cases": cmd_cases,
+    "attachments": cmd_attachments,
     "customers": cmd_customers,
     "quarantine": cmd_quarantine,
     "keygen": cmd_keygen,

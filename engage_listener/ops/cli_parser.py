@@ -58,10 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encrypt.add_argument("--key-file", type=Path)
 
-    cases = sub.add_parser("cases", help="list cases and their messages from the store")
-    _config_arg(cases)
-    cases.add_argument("--json", action="store_true", help="one JSON document")
-    cases.add_argument("--pending", action="store_true", help="only cases awaiting approval")
+    _add_cases_command(sub)
     _add_control_commands(sub)
     _add_search_command(sub)
     _add_auth_command(sub)
@@ -125,6 +122,73 @@ def _add_control_commands(sub: Any) -> None:
         decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
         decide.add_argument("--json", action="store_true")
         _config_arg(decide)
+
+
+def _cases_list_args(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:
+    """`cases [--json] [--pending]` and `cases list ...` (see `_acks_list_args`)."""
+    unset = argparse.SUPPRESS if suppress else False
+    parser.add_argument("--json", action="store_true", default=unset, help="one JSON document")
+    parser.add_argument(
+        "--pending", action="store_true", default=unset, help="only cases awaiting approval"
+    )
+    _config_arg(parser, default=argparse.SUPPRESS if suppress else None)
+
+
+def _add_cases_command(sub: Any) -> None:
+    """cases [list] / show / export / close / reopen, and attachments save."""
+    cases = sub.add_parser("cases", help="list, show, export, close and reopen cases")
+    _cases_list_args(cases, suppress=False)  # a plain `cases` lists
+    csub = cases.add_subparsers(dest="action", metavar="{list,show,export,close,reopen}")
+    _cases_list_args(csub.add_parser("list", help="the default: one line a case"))
+    show = csub.add_parser("show", help="a case and each of its mails")
+    show.add_argument("case_id", type=int, metavar="ID")
+    _json_arg(show)
+    export = csub.add_parser(
+        "export", help="stream cases and their mails for other systems (stdout)"
+    )
+    export.add_argument("--format", required=True, choices=("jsonl", "csv"))
+    export.add_argument(
+        "--since",
+        type=dt.date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="cases changed (new mail, status) since 00:00 UTC of that day",
+    )
+    export.add_argument("--listener", help="only this listener's cases")
+    _config_arg(export, default=argparse.SUPPRESS)
+    close = csub.add_parser("close", help="close cases (new mail may reopen them: ReopenDays)")
+    close.add_argument("ids", type=int, nargs="*", metavar="ID")
+    close.add_argument("--reason", help="why, kept with the case")
+    close.add_argument(
+        "--idle-days",
+        type=_non_negative,
+        metavar="N",
+        help="close every open case with no mail for N days (instead of IDs)",
+    )
+    _json_arg(close)
+    reopen = csub.add_parser("reopen", help="open closed cases again")
+    reopen.add_argument("ids", type=int, nargs="+", metavar="ID")
+    _json_arg(reopen)
+    attachments = sub.add_parser("attachments", help="a case's attachments")
+    asub = attachments.add_subparsers(dest="action", required=True)
+    save = asub.add_parser(
+        "save", help="write a case's attachments into a directory, under safe names"
+    )
+    save.add_argument("case_id", type=int, metavar="CASE_ID")
+    save.add_argument("--to", required=True, type=Path, metavar="DIR")
+    save.add_argument("--json", action="store_true")
+    _config_arg(save)
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    _config_arg(parser, default=argparse.SUPPRESS)
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _add_acks_command(sub: Any) -> None:

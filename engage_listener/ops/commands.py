@@ -154,22 +154,25 @@ class ControlResult:
 
 
 async def control_listener(config: Config, listener: str, day: dt.date | None) -> ControlResult:
-    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None); IMAP and
-    Graph listeners."""
+    """`reset --date DAY` (a pause or a re-examination) or `resume` (day None). A POP3
+    listener may be paused and resumed; a past day re-reads only under LeaveOnServer (see
+    `sources.pop3.dates`: without it, mail taken was deleted from the server)."""
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
         raise EngageError(f"no listener {listener!r} in {config.path}")
-    if cfg.protocol == "pop3":  # pop3_listener reads neither listener_control nor read_from
+    now = dt.datetime.now(dt.UTC)
+    moment = start_of_day(day, cfg.time_zone) if day is not None else None
+    if cfg.protocol == "pop3" and moment is not None and moment <= now and not cfg.leave_on_server:
         raise EngageError(
-            f"listener {listener!r} is a POP3 listener: POP3 has no received dates, "
-            "so reset/pause/resume apply to IMAP listeners only"
+            f"listener {listener!r} is a POP3 listener without LeaveOnServer: each mail it "
+            "took was deleted from the server, so there is nothing to read again "
+            "(a future date still pauses it)"
         )
     store = await open_store(config.store)
     try:
-        if day is None:
+        if day is None or moment is None:
             return ControlResult(listener, "resume", None, None, await resume(store, listener))
-        now = dt.datetime.now(dt.UTC)
-        moment = start_of_day(day, cfg.time_zone)  # request_date pauses when it is in the future
+        # request_date pauses when the day is in the future
         message = await request_date(store, listener, day, cfg.time_zone, now)
         action = "pause" if moment > now else "reset"
         return ControlResult(listener, action, day.isoformat(), moment.isoformat(), message)

@@ -216,6 +216,7 @@ def engine_settings(cfg: ListenerConfig, hook: RoutingHook | None) -> EngineSett
         own_addresses=listener_addresses(cfg),
         customer_from=cfg.customer_from,
         webhook_events=cfg.webhook.events if cfg.webhook else (),
+        reopen_days=cfg.reopen_days,
     )
 
 
@@ -300,6 +301,7 @@ def build_pop3_listener(
         cfg.sync_max_changes_count,
         cfg.leave_on_server,
         cfg.max_attempts,
+        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
     )
     engine = CaseEngine(store, engine_settings(cfg, hook), ack_queued)
     return Pop3Listener(

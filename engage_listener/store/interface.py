@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from engage_listener.store.records import (
     AckRow,
     CaseCandidate,
+    CaseDetail,
     CaseInfo,
     CaseRef,
     CaseState,
@@ -45,38 +46,19 @@ from engage_listener.store.records import (
     OutboxState,
     Quarantined,
     SettledState,
+    StoredAttachment,
+    StoredMessage,
     WebhookDelivery,
     WebhookEventRow,
     WebhookState,
 )
 
 __all__ = [
-    "AckRow",
-    "CaseCandidate",
-    "CaseInfo",
-    "CaseRef",
-    "CaseState",
-    "CaseSummary",
-    "ControlRow",
-    "Customer",
-    "Heartbeat",
-    "LedgerEntry",
-    "ListenerCounts",
-    "MailKey",
-    "NewAck",
-    "NewAttachment",
-    "NewCase",
-    "NewMessage",
-    "NewWebhookEvent",
-    "OutboxRow",
-    "Quarantined",
-    "SqlCursor",
-    "SqlDialect",
-    "Store",
-    "SyncExecute",
-    "Transaction",
-    "WebhookDelivery",
-    "WebhookEventRow",
+    "AckRow", "CaseCandidate", "CaseDetail", "CaseInfo", "CaseRef", "CaseState", "CaseSummary",
+    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey",
+    "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent", "OutboxRow",
+    "Quarantined", "SqlCursor", "SqlDialect", "Store", "StoredAttachment", "StoredMessage",
+    "SyncExecute", "Transaction", "WebhookDelivery", "WebhookEventRow",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -158,6 +140,34 @@ class Transaction(Protocol):
     async def open_case_by_subject(
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> CaseRef | None: ...
+
+    async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
+        """Closed cases holding mails with these Message-IDs, newest case first, with
+        their `closed_at` (a follow-up to a closed case: see cases.closed)."""
+        ...
+
+    async def closed_case_by_number(self, case_number: str) -> CaseCandidate | None:
+        """The closed case with this number (or id, for a bare number), with `closed_at`."""
+        ...
+
+    async def closed_case_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> CaseCandidate | None:
+        """The customer's newest closed case of this process and subject, if any."""
+        ...
+
+    async def close_case(
+        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
+    ) -> bool:
+        """Close an open (or pending-approval) case at the ISO time `at`, with the
+        operator's reason; False (nothing written) if it was in another status, or, with
+        `idle_before`, if its newest mail (else its creation) is not older than that."""
+        ...
+
+    async def reopen_case(self, case_id: int, at: str) -> bool:
+        """Open a closed case again (its close time and reason are cleared); False
+        (nothing written) if it was not closed."""
+        ...
 
     async def case_info(self, case_id: int) -> CaseInfo:
         """The case as it stands in this transaction, with its priority and tags."""
@@ -318,6 +328,35 @@ class Store(Protocol):
     async def list_cases(self) -> list[CaseSummary]: ...
 
     async def case_state(self, case_id: int) -> CaseState | None: ...
+
+    async def case_detail(self, case_id: int) -> CaseDetail | None:
+        """The case whole, with its tags and related cases (`cases show`)."""
+        ...
+
+    async def cases_page(
+        self, after_id: int, limit: int, *, since: str | None = None, listener: str | None = None
+    ) -> list[CaseDetail]:
+        """Up to `limit` cases with an id above `after_id`, by id: those of `listener`
+        (every one for None) changed (updated_at) at or after the ISO time `since`. The
+        caller pages through (`cases export` streams; nothing holds every case)."""
+        ...
+
+    async def case_messages(self, case_id: int) -> list[StoredMessage]:
+        """The case's mails, oldest first, without their raw bytes."""
+        ...
+
+    async def case_attachments(self, case_id: int) -> list[StoredAttachment]:
+        """The attachments of every mail of the case, by message then id."""
+        ...
+
+    async def attachment_content(self, attachment_id: int) -> bytes | None:
+        """One attachment's bytes (for ExtractAttachments False: the whole mail)."""
+        ...
+
+    async def idle_cases(self, before: str) -> list[int]:
+        """Ids of open cases whose newest mail (else their creation) is older than the
+        ISO UTC time `before` (`cases close --idle-days`)."""
+        ...
 
     async def list_customers(self) -> list[Customer]: ...
 

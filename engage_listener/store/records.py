@@ -93,6 +93,7 @@ class CaseCandidate:
     case_number: str
     listener: str
     process: str | None
+    closed_at: str | None = None  # a closed case (ISO UTC): see cases.closed
 
     @property
     def ref(self) -> CaseRef:
@@ -249,6 +250,72 @@ class CaseSummary:
     ack: str | None = None  # state of the latest acknowledgement, with the error if failed
     related_case_id: int | None = None  # the case this one's first mail named, not joined
     related_case_number: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseDetail:
+    """One case whole, for `cases show` and `cases export` (its mails: `StoredMessage`).
+
+    `related` are the other cases linked to this one: the case its first mail named
+    (`related_case_id`) and the cases whose first mail named this one, by number."""
+
+    id: int
+    case_number: str
+    listener: str
+    process: str | None
+    status: CaseStatus
+    inbox: str | None
+    priority: int | None
+    subject: str
+    sender: str
+    sender_name: str
+    customer_id: int | None
+    created_at: str
+    updated_at: str
+    closed_at: str | None
+    close_reason: str | None
+    reopened_at: str | None
+    related_case_id: int | None
+    related: tuple[CaseRef, ...] = ()
+    tags: tuple[str, ...] = ()  # sorted
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One mail of a case as stored, without its raw bytes: `header` is the start of the
+    raw mail (at most HEADER_BYTES), where To, Cc and Reply-To are read from."""
+
+    id: int
+    case_id: int | None
+    message_id: str | None
+    sender: str
+    sender_name: str
+    subject: str
+    sent_at: str | None
+    received_at: str
+    size: int
+    automatic: str | None
+    body_text: str
+    new_text: str | None
+    has_html: bool
+    header: bytes
+    acknowledge: bool | None  # routing's say on its acknowledgement (None: none)
+    ack: str | None  # state of its latest acknowledgement, with the error if any
+
+
+@dataclass(frozen=True)
+class StoredAttachment:
+    """One attachment's description (its bytes: `Store.attachment_content`)."""
+
+    id: int
+    message_row: int
+    filename: str
+    content_type: str
+    size: int
+    inline: bool
+
+
+HEADER_BYTES = 65536  # how much of a raw mail `StoredMessage.header` holds
 
 
 @dataclass(frozen=True)

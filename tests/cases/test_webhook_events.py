@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from engage_listener.cases.hooks import load_hook
-from engage_listener.cases.webhooks import queue_status_change
 from engage_listener.config.webhook import WEBHOOK_EVENTS
 from engage_listener.errors import EngageError
+from engage_listener.ops import case_status
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.engine import key
 from tests.support.helpers import make_mail
@@ -67,16 +67,27 @@ async def test_a_case_awaiting_approval_is_opened_for_the_crm_when_approved(
 async def test_an_operators_close_and_reopen_queue_their_events(store: SqliteStore) -> None:
     done = await engine(store).ingest(key(), make_mail(1))
     assert done.case_id is not None
-    for before, after in (("open", "closed"), ("closed", "open"), ("open", "open")):
-        async with store.transaction() as tx:
-            await tx.set_case_status(done.case_id, after, touch=True)  # type: ignore[arg-type]
-            await queue_status_change(
-                tx, "L", WEBHOOK_EVENTS, done.case_id, before, after,  # type: ignore[arg-type]
-                extra={"reason": "resuelto por teléfono"},
-            )  # fmt: skip
+    wanted = {"L": WEBHOOK_EVENTS}
+    await case_status.close_cases(store, [done.case_id], "resuelto por teléfono", wanted)
+    await case_status.close_cases(store, [done.case_id], "otra vez", wanted)  # closed: nothing
+    await case_status.reopen_cases(store, [done.case_id], wanted)
+    await case_status.reopen_cases(store, [done.case_id], {"Other": WEBHOOK_EVENTS})
     rows = await store.query("SELECT event, body FROM webhook_events ORDER BY id")
     bodies = [(str(r[0]), json.loads(r[1])) for r in rows]
     assert [event for event, _ in bodies] == ["case-opened", "case-closed", "case-reopened"]
     closed = bodies[1][1]
     assert closed["message"] is None and closed["reason"] == "resuelto por teléfono"
     assert closed["case"]["status"] == "closed" and bodies[2][1]["case"]["status"] == "open"
+
+
+async def test_a_mail_that_reopens_a_closed_case_queues_case_reopened_then_the_mail(
+    store: SqliteStore,
+) -> None:
+    eng = engine(store)
+    done = await eng.ingest(key(), make_mail(1, subject="Consulta"))
+    assert done.case_id is not None
+    await case_status.close_cases(store, [done.case_id], None)  # no Webhook: no event
+    again = await eng.ingest(key(), make_mail(2, subject="RE: Consulta"))
+    assert again.case_id == done.case_id
+    found = [(event, status) for event, _, status in await _events(store)]
+    assert found == [("case-opened", "open"), ("case-reopened", "open"), ("message-added", "open")]

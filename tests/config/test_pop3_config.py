@@ -78,39 +78,46 @@ def test_pop3_defaults_and_warnings(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dates_are_refused_for_pop3_listeners_and_warned_of(tmp_path: Path) -> None:
+def test_pop3_dates_are_approximate_and_a_reset_needs_leave_on_server(tmp_path: Path) -> None:
+    """Issue 18.10: ReadFromDate is read (by the Date header: check-config says it is
+    approximate); a past `reset --date` is refused without LeaveOnServer, before the store
+    is opened, while a future date (a pause) and `resume` are taken."""
     server = fake_server(tmp_path)
     config = write_config(
         tmp_path / "el.xml",
         listener_xml(server, "u", "Imap", ReadFromDate="2024-01-01", TimeZone="America/Santiago"),
         pop3_xml(server, "u", ReadFromDate="2024-01-01", TimeZone="America/Santiago"),
+        pop3_xml(server, "u", "Kept", LeaveOnServer="True"),
         process=WITH_POP3,
     )
     check = cli("check-config", str(config))
     assert check.returncode == 0, check.stderr
-    assert "warning: listener Pop: POP3 has no received dates, ReadFromDate is ignored" in (
-        check.stdout
-    )
-    assert "warning: listener Pop: POP3 has no received dates, TimeZone is ignored" in (
-        check.stdout
-    )
-    assert check.stdout.count("no received dates") == 2  # the IMAP listener uses both
+    assert (
+        "warning: listener Pop: POP3 has no received dates, ReadFromDate is compared with "
+        "each mail's Date header (set by the sender: approximate)"
+    ) in check.stdout
+    assert check.stdout.count("no received dates") == 1  # the IMAP listener uses its own
+    assert load_config(config).pop3_listeners[0].read_from_date == dt.date(2024, 1, 1)
     refusal = (
-        "engage-listener: listener 'Pop' is a POP3 listener: POP3 has no received dates, "
-        "so reset/pause/resume apply to IMAP listeners only\n"
+        "engage-listener: listener 'Pop' is a POP3 listener without LeaveOnServer: each mail "
+        "it took was deleted from the server, so there is nothing to read again "
+        "(a future date still pauses it)\n"
     )
     today = dt.date.today()
     past = (today - dt.timedelta(days=3)).isoformat()
     future = (today + dt.timedelta(days=3)).isoformat()  # a pause
     db = tmp_path / "store.sqlite3"
-    attempts = [["reset", "Pop", "--date", day] for day in (past, future)] + [["resume", "Pop"]]
-    for args in attempts:
-        result = cli(*args, "--config", str(config))
-        assert (result.returncode, result.stdout, result.stderr) == (1, "", refusal), args
+    result = cli("reset", "Pop", "--date", past, "--config", str(config))
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", refusal)
     assert not db.exists()  # the store was not even opened
-    # Still refused once the store exists; only the IMAP listener's pause is in it.
-    paused = cli("reset", "Imap", "--date", future, "--config", str(config))
+    paused = cli("reset", "Pop", "--date", future, "--config", str(config))
     assert paused.returncode == 0 and "paused until" in paused.stdout
-    for args in attempts:
-        assert cli(*args, "--config", str(config)).returncode == 1
-    assert [r[0] for r in db_rows(db, "SELECT listener FROM listener_control")] == ["Imap"]
+    resumed = cli("resume", "Pop", "--config", str(config))
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+    kept = cli("reset", "Kept", "--date", past, "--json", "--config", str(config))
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["action"] == "reset"
+    rows = db_rows(
+        db, "SELECT listener, paused_until, reset_from IS NOT NULL FROM listener_control"
+    )
+    assert sorted(rows) == [("Kept", None, 1), ("Pop", None, 0)]

@@ -22,6 +22,12 @@ OPERATOR_COMMANDS = [
     ["acks", "list"],
     ["acks", "resend", "1"],
     ["acks", "close", "1", "2"],
+    ["cases", "list"],
+    ["cases", "show", "1"],
+    ["cases", "close", "1", "2"],
+    ["cases", "close", "--idle-days", "30"],
+    ["cases", "reopen", "1"],
+    ["attachments", "save", "1", "--to", "out"],
 ]
 
 
@@ -29,6 +35,18 @@ OPERATOR_COMMANDS = [
 def test_operator_commands_take_json(command: list[str]) -> None:
     assert build_parser().parse_args(command).json is False
     assert build_parser().parse_args([*command, "--json"]).json is True
+
+
+def test_cases_options_before_or_after_the_subcommand() -> None:
+    for argv in (
+        ["cases", "--json", "--config", "x.xml", "show", "3"],
+        ["cases", "show", "3", "--json", "--config", "x.xml"],
+        ["cases", "--json", "--config", "x.xml", "close", "3", "--reason", "hecho"],
+    ):
+        args = build_parser().parse_args(argv)
+        assert (args.json, str(args.config)) == (True, "x.xml"), argv
+    args = build_parser().parse_args(["cases", "--pending"])
+    assert (args.action, args.pending, args.json, args.config) == (None, True, False, None)
 
 
 def test_acks_options_before_or_after_the_subcommand() -> None:

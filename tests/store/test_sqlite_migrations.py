@@ -106,3 +106,30 @@ async def test_a_new_store_gets_every_migration(tmp_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
     finally:
         db.close()
+
+
+async def test_cases_closed_before_schema_8_take_their_last_change_as_close_time(
+    tmp_path: Path,
+) -> None:
+    """Issue 18.2: cases closed by hand-written SQL keep a close time (their updated_at),
+    so ReopenDays counts from then; open cases have none."""
+    path = tmp_path / "seven.sqlite3"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:7]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version=7")
+    for n, status in ((1, "closed"), (2, "open")):
+        db.execute(
+            "INSERT INTO cases (id, case_number, listener, sender, subject, status,"
+            " created_at, updated_at) VALUES (?, ?, 'L', 'a@example.com', 's', ?, ?, ?)",
+            (n, f"00000{n}", status, STAMP, STAMP),
+        )
+    db.commit()
+    db.close()
+    store = await open_store(StoreConfig(path))
+    try:
+        closed, still_open = await store.case_detail(1), await store.case_detail(2)
+    finally:
+        await store.close()
+    assert closed is not None and (closed.status, closed.closed_at) == ("closed", STAMP)
+    assert still_open is not None and still_open.closed_at is None

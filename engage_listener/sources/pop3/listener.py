@@ -15,11 +15,16 @@ Decisions:
 * A mail over MaxMessageSize (its LIST size) is never fetched whole: its `TOP n 0`
   header is quarantined `oversize` and the mail is left on the server for good; the
   ledger row (matched by the header's hash) keeps it from being quarantined again.
+* ReadFromDate compares each new mail's Date header (`dates`: approximate). Operator
+  control is read before each poll: a pause (`reset` to a future day) waits, `resume`
+  ends it, and a date reset lowers the date (LeaveOnServer: `dates`), cleared once a
+  poll took everything it found.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -29,9 +34,11 @@ from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import ProtocolError
 from engage_listener.intake.contract import Delivered, Handled, Handler
+from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.per_mail import MailPath
 from engage_listener.intake.retry import Retrying
 from engage_listener.observe.logs import Logger
+from engage_listener.sources.pop3.dates import DateFilter
 from engage_listener.sources.pop3.ledger import (
     OVERSIZE,
     Seen,
@@ -47,6 +54,8 @@ from engage_listener.store.records import LedgerState
 
 __all__ = ["Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
 
+CONTROL_POLL = 60.0  # how often a paused listener looks for `resume`
+
 
 @dataclass(frozen=True)
 class Pop3Settings:
@@ -57,6 +66,7 @@ class Pop3Settings:
     sync_max_changes_count: int  # new mails taken per poll
     leave_on_server: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
 
 
 @dataclass
@@ -68,6 +78,7 @@ class Pop3Result:
     quarantined: int = 0
     deleted: int = 0  # only counted once QUIT committed the deletions
     deferred: int = 0  # new mails left for the next poll (sync_max_changes_count reached)
+    too_old: int = 0  # new mails left on the server: Date before ReadFromDate (or a reset)
     seconds: float = 0.0
 
 
@@ -99,12 +110,16 @@ class Pop3Listener(Retrying):
         self.last_error: str | None = None
         self.known: dict[str, tuple[Seen, ...]] = {}  # UIDL -> its ledger rows (never removed)
         self.verified: dict[str, int] = {}  # UIDL -> listed size found to be a known mail
+        self.dates = DateFilter(settings.read_from)
+        self.paused_until: dt.datetime | None = None
 
     async def run(self) -> None:
         """Poll until `stop` is set; never raises (except cancellation)."""
         failures, reason = 0, "startup backlog"
         while not self.stop.is_set():
             try:
+                if await self._paused():
+                    continue
                 result = await self._poll(reason)
             except Exception as exc:
                 failures += 1
@@ -123,10 +138,33 @@ class Pop3Listener(Retrying):
         self.log.info("listener_stopped")
 
     async def run_once(self) -> Pop3Result:
-        """One poll; errors propagate to the caller."""
+        """One poll (none while paused); errors propagate to the caller."""
+        control = await read_control(self.store, self.settings.id, self.clock.wall())
+        if control.paused_until is not None:
+            self.paused_until, self.state = control.paused_until, "paused"
+            self.log.info("paused", until=control.paused_until.isoformat())
+            return Pop3Result()
         return await self._poll("once")
 
+    async def _paused(self) -> bool:
+        """While a pause is requested: wait a while (or until stopped), True."""
+        control = await read_control(self.store, self.settings.id, self.clock.wall())
+        until = control.paused_until
+        if until is None:
+            self.paused_until = None
+            return False
+        if self.paused_until != until:
+            self.log.info("paused", until=until.isoformat())
+        self.paused_until, self.state = until, "paused"
+        left = (until - self.clock.wall()).total_seconds()
+        await self._sleep(max(0.0, min(left, CONTROL_POLL)))
+        return True
+
     async def _poll(self, reason: str) -> Pop3Result:
+        control = await read_control(self.store, self.settings.id, self.clock.wall())
+        reset = control.reset_from
+        if reset is not None:
+            self.dates.lower_to(reset)
         self.state = "connecting"
         session = await self.connect()
         ep = session.endpoint
@@ -140,8 +178,11 @@ class Pop3Listener(Retrying):
         self.batches += 1
         self.last_error = None
         self.last_success_at = time.time()
-        self.backlog = result.found - result.ingested - result.already_known
+        self.backlog = result.found - result.ingested - result.already_known - result.too_old
         self.log.info("batch_end", reason=reason, uidl=session.uidl_supported, **asdict(result))
+        if reset is not None and not result.failed and not result.deferred:
+            await reset_done(self.store, self.settings.id, reset)
+            self.log.info("reset", since=reset.isoformat(), ingested=result.ingested)
         return result
 
 
@@ -181,6 +222,7 @@ class Pop3Poll:
         for cache in (self.listener.known, self.listener.verified):
             for uidl in [u for u in cache if u not in present]:
                 del cache[uidl]
+        self.listener.dates.forget_gone(present)
 
     async def _one(self, m: Listed) -> None:
         rows = await self._rows(m.uidl)
@@ -190,7 +232,7 @@ class Pop3Poll:
         if rows and self.settings.leave_on_server and self._same_size(m, rows):
             self.result.already_known += 1  # nothing is deleted: the listed size suffices
             return
-        if not rows and self._full():
+        if not rows and (await self._too_old(m) or self._full()):
             return
         raw = await self._retrieve(m.number, m.uidl, m.size)
         if raw is None:  # a message the server cannot give us takes no slot
@@ -205,6 +247,20 @@ class Pop3Poll:
             self.log.warning("uidl_reused", uid=m.uidl, number=m.number, size=m.size)
         self._taken += 1
         await self._ingest(m.number, m.uidl, self._key(m.uidl, next_generation(rows)), raw)
+
+    async def _too_old(self, m: Listed) -> bool:
+        """A new mail dated before ReadFromDate (or a reset's day) is left untaken."""
+        dates = self.listener.dates
+        if dates.since is None:
+            return False
+        if not dates.known_old(m.uidl, m.size):
+            header = await self._header(m)
+            if header is None:  # -ERR for this one (counted failed): left for the next poll
+                return True
+            if not dates.judge(m.uidl, m.size, header):
+                return False
+        self.result.too_old += 1
+        return True
 
     def _key(self, uidl: str, generation: int) -> MailKey:
         return ledger_key(self.settings.id, uidl, generation)

@@ -18,6 +18,11 @@ ACK_COLUMNS = (
     " o.last_error, o.smtp_message_id, o.smtp_reply, o.created_at, o.sent_at, o.next_attempt_at"
 )
 ACK_FROM = "FROM outbox o LEFT JOIN cases c ON c.id = o.case_id"
+# When a case last had mail (its creation, for a case without): `cases close --idle-days`.
+LAST_MAIL = (
+    "coalesce((SELECT max(m.received_at) FROM messages m WHERE m.case_id = cases.id),"
+    " cases.created_at)"
+)
 
 
 def now_iso() -> str:
@@ -60,13 +65,34 @@ class OperatorWrites:
     async def set_case_status(
         self, case_id: int, status: CaseStatus, *, touch: bool = False
     ) -> None:
-        if touch:
-            await self.execute(
-                "UPDATE cases SET status = ?, updated_at = ? WHERE id = ?",
-                (status, now_iso(), case_id),
-            )
-        else:
-            await self.execute("UPDATE cases SET status = ? WHERE id = ?", (status, case_id))
+        # A case that becomes closed (a routing hook's say) is closed now; one that leaves
+        # `closed` has no close time any more.
+        now = now_iso()
+        touched = ", updated_at = ?" if touch else ""
+        await self.execute(
+            f"UPDATE cases SET status = ?, closed_at = CASE WHEN ? = 'closed'"  # noqa: S608
+            f" THEN coalesce(closed_at, ?) END{touched} WHERE id = ?",
+            (status, status, now, *((now,) if touch else ()), case_id),
+        )
+
+    async def close_case(
+        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
+    ) -> bool:
+        idle = "" if idle_before is None else f" AND {LAST_MAIL} < ?"
+        cur = await self.execute(
+            "UPDATE cases SET status = 'closed', closed_at = ?, close_reason = ?, updated_at = ?"  # noqa: S608
+            f" WHERE id = ? AND status IN ('open', 'pending-approval'){idle}",
+            (at, reason, at, case_id, *(() if idle_before is None else (idle_before,))),
+        )
+        return cur.rowcount == 1
+
+    async def reopen_case(self, case_id: int, at: str) -> bool:
+        cur = await self.execute(
+            "UPDATE cases SET status = 'open', closed_at = NULL, close_reason = NULL,"
+            " reopened_at = ?, updated_at = ? WHERE id = ? AND status = 'closed'",
+            (at, at, case_id),
+        )
+        return cur.rowcount == 1
 
     async def first_message(self, case_id: int) -> tuple[int, bytes]:
         row = await self._one(

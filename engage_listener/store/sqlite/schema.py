@@ -269,10 +269,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN new_text TEXT;
     """,
-    # 8: reserved for the cases-ops branch (issue 18 points 1-2); empty here. MERGE: their
-    # migration 8 replaces this placeholder, 9 stays after it.
+    # 8: closing and reopening cases (issue 18): when a case was closed and why, and when
+    # it was last reopened. Cases closed before (by hand-written SQL) take their last
+    # change as their close time. related_case_id is looked up both ways by `cases show`.
     """
-    SELECT 1;
+    ALTER TABLE cases ADD COLUMN closed_at TEXT;
+    ALTER TABLE cases ADD COLUMN close_reason TEXT;
+    ALTER TABLE cases ADD COLUMN reopened_at TEXT;
+    UPDATE cases SET closed_at = updated_at WHERE status = 'closed';
+    CREATE INDEX cases_related ON cases(related_case_id);
+    CREATE INDEX cases_updated ON cases(updated_at);
     """,
     # 9: case events for the CRM (issue 18 point 7), written in the case's transaction and
     # POSTed after commit by outbox.webhooks. `body` is the JSON sent every attempt;

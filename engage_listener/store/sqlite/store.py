@@ -26,6 +26,7 @@ from engage_listener.store.records import (
     MailKey,
     SettledState,
 )
+from engage_listener.store.sqlite.case_reads import CaseReads
 from engage_listener.store.sqlite.connection import AUTOCHECKPOINT_PAGES, WAL_SIZE_LIMIT, Connection
 from engage_listener.store.sqlite.dialect import SQLITE_DIALECT
 from engage_listener.store.sqlite.operator import OperatorQueries
@@ -36,7 +37,7 @@ from engage_listener.store.sqlite.webhooks import WebhookQueries
 __all__ = ["SQLITE_DIALECT", "SqliteStore"]
 
 
-class SqliteStore(OperatorQueries, WebhookQueries):
+class SqliteStore(OperatorQueries, CaseReads, WebhookQueries):
     """See `store.Store`."""
 
     def __init__(self, path: Path) -> None:

@@ -290,8 +290,10 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
         if inbox is not None or priority is not None or process is not None or status:
             await self.execute(
                 "UPDATE cases SET inbox = coalesce(?, inbox), priority = coalesce(?, priority),"
-                " process = coalesce(?, process), status = coalesce(?, status) WHERE id = ?",
-                (inbox, priority, process, status, case_id),
+                " process = coalesce(?, process), status = coalesce(?, status),"
+                " closed_at = CASE WHEN coalesce(?, status) = 'closed'"
+                " THEN coalesce(closed_at, ?) END WHERE id = ?",
+                (inbox, priority, process, status, status, now_iso(), case_id),
             )
         for tag in tags:
             await self.execute(
