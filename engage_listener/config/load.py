@@ -373,7 +373,9 @@ def _build_config(root: etree._Element, path: Path) -> Config:
     """The Config of a valid tree."""
     blocks = _values(root)
     process = _values(blocks["Process"]) if "Process" in blocks else {}
-    store = _optional(_values(blocks["Store"]), "Path") if "Store" in blocks else None
+    store_values = _values(blocks["Store"]) if "Store" in blocks else {}
+    store = _optional(store_values, "Path")
+    lease = _optional(store_values, "LeaseSeconds")
     return Config(
         path=path,
         imap_listeners=tuple(_listener(b, path) for b in root.iterchildren("ImapListener")),
@@ -384,5 +386,8 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         use_graph_listener=_flag(process, "UseGraphListener", False),
         metrics=_metrics(blocks["Metrics"]) if "Metrics" in blocks else None,
         notices=_password_notices(root, path),
-        store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),
+        store=StoreConfig(
+            _relative_to(path, store) if store else DEFAULT_STORE_PATH,
+            **({"lease_seconds": int(lease)} if lease else {}),
+        ),
     )

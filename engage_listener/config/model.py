@@ -16,6 +16,7 @@ from engage_listener.config.ack import AckConfig, AddressChoice
 from engage_listener.config.auth import AuthConfig
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
+DEFAULT_LEASE_SECONDS = 30  # <Store><LeaseSeconds>: several daemons on one PostgreSQL
 DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # 150 MB: the largest mail Exchange Online accepts
 DEFAULT_PROTOCOL_LOG_KEEP_DAYS = 14
 
@@ -181,9 +182,10 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the case store lives."""
+    """Where the case store lives, and how long a daemon's hold on a listener lasts."""
 
     path: Path
+    lease_seconds: int = DEFAULT_LEASE_SECONDS  # PostgreSQL: take-over within this after a death
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,17 @@ The daemon's supervisor writes one heartbeat row per running listener at each
 tick; `status`, run as a second process, reads those rows and adds what only the
 store knows (mails processed today, quarantine, pending acknowledgements). A
 heartbeat older than ALIVE_SECONDS, or one whose process is gone, means the
-figures are the last ones the daemon reported, not live ones.
+figures are the last ones the daemon reported, not live ones. `owner` is the daemon
+(host and pid) running the listener: given by the caller when several daemons share a
+PostgreSQL store (their leases), else this host and the pid of the heartbeat.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import socket
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +26,14 @@ from engage_listener.store.interface import Heartbeat, ListenerCounts, Store
 
 ALIVE_SECONDS = 30.0  # well over the supervisor's 2 s tick, so a slow tick is not "down"
 ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ListenerOwner:
+    """The daemon that runs a listener."""
+
+    host: str
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class ListenerStatus:
     paused_until: str | None  # ISO, aware
     heartbeat_at: str | None  # ISO UTC
     processed_total: int = 0  # every ledger row not quarantined: a true counter
+    owner: ListenerOwner | None = None  # None: no daemon holds it
 
 
 def _iso(value: object) -> str | None:
@@ -115,9 +128,11 @@ async def read_status(
     *,
     now: dt.datetime | None = None,
     tz: str | Mapping[str, str] = "UTC",
+    owners: Mapping[str, ListenerOwner] | None = None,
 ) -> list[ListenerStatus]:
     """One status per listener id, in the order given; "today" starts at 00:00 in `tz`
-    (one zone, or a zone per listener id, UTC for ids it lacks)."""
+    (one zone, or a zone per listener id, UTC for ids it lacks). `owners`: who holds each
+    listener (several daemons); None: one daemon on this host, the heartbeat's pid."""
     now = now or dt.datetime.now(dt.UTC)
     beats = {b.listener: b for b in await store.heartbeats()}
     control = await store.paused_until()
@@ -127,8 +142,21 @@ async def read_status(
         local_day = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
         since = start_of_day(local_day, zone).astimezone(dt.UTC).isoformat(timespec="seconds")
         counts = await store.listener_counts(lid, since)
-        result.append(_status(lid, beats.get(lid), control.get(lid), now, counts))
+        row = _status(lid, beats.get(lid), control.get(lid), now, counts)
+        result.append(dataclasses.replace(row, owner=_owner(lid, row, beats, owners)))
     return result
+
+
+def _owner(
+    lid: str,
+    row: ListenerStatus,
+    beats: Mapping[str, Heartbeat],
+    owners: Mapping[str, ListenerOwner] | None,
+) -> ListenerOwner | None:
+    if owners is not None:
+        return owners.get(lid)
+    beat = beats.get(lid)
+    return ListenerOwner(socket.gethostname(), beat.pid) if beat and row.alive else None
 
 
 def _status(

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="a JSON list, one object a listener")
     _config_arg(status)
+    _add_cluster_command(sub)
     _add_acks_command(sub)
 
     customers = sub.add_parser("customers", help="import or list customers")
@@ -123,6 +124,17 @@ def _add_control_commands(sub: Any) -> None:
         decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
         decide.add_argument("--json", action="store_true")
         _config_arg(decide)
+
+
+def _add_cluster_command(sub: Any) -> None:
+    """cluster [--json] (several daemons on one PostgreSQL; solo: the one daemon)."""
+    cluster = sub.add_parser(
+        "cluster",
+        help="the daemons sharing the listeners (host, pid, started, last heartbeat, "
+        "listeners owned) and each listener's lease",
+    )
+    cluster.add_argument("--json", action="store_true", help="one JSON document")
+    _config_arg(cluster)
 
 
 def _add_acks_command(sub: Any) -> None:

@@ -35,6 +35,7 @@ from engage_listener.service.build import (
     send_message,
     smtp_endpoints,
 )
+from engage_listener.service.coordinator import Coordinator, build_coordinator
 from engage_listener.service.memory import one_malloc_arena
 from engage_listener.sources.imap.listener import Listener
 from engage_listener.store.interface import Store
@@ -68,6 +69,9 @@ async def run(config: Config, *, once: bool = False) -> int:
             "no_listeners", message="no enabled listener: nothing to do", config=str(config.path)
         )
         return 1
+    coordinator = build_coordinator(config.store)
+    # MERGE POINT (pg-store): the PostgreSQL store fences each commit on this daemon's
+    # leases: build_store(config.store, owner=coordinator.store_owner).
     store = build_store(config.store)
     try:
         await store.open()
@@ -100,7 +104,15 @@ async def run(config: Config, *, once: bool = False) -> int:
             await sender.recover()
             await sender.deliver_due()
             return code
-        await _serve(config, hooks, store, sender, ack_queued, stop, log)
+        try:
+            await coordinator.open([c.id for c in listeners_cfg])
+        except EngageError as exc:
+            log.error("coordinator_error", error=str(exc))
+            return 1
+        try:
+            await _serve(config, hooks, store, sender, coordinator, stop, log)
+        finally:
+            await coordinator.close()
         return 0
     finally:
         close_parse_pool()
@@ -112,11 +124,12 @@ async def _serve(
     hooks: dict[str, RoutingHook],
     store: Store,
     sender: OutboxSender,
-    ack_queued: asyncio.Event,
+    coordinator: Coordinator,
     stop: asyncio.Event,
     log: Logger,
 ) -> None:
-    """The daemon proper: supervised listeners, the outbox, signals, systemd."""
+    """The daemon proper: supervised listeners (those `coordinator` gives this daemon),
+    the outbox, signals, systemd."""
     # Imported here, not at the top: start-up time (`run --once` needs none of them).
     from engage_listener.observe.status import write_heartbeats  # noqa: PLC0415
     from engage_listener.service.sdnotify import Notifier  # noqa: PLC0415
@@ -125,7 +138,7 @@ async def _serve(
     def build(
         cfg_all: Config, cfg: ListenerConfig, own_stop: asyncio.Event
     ) -> Listener | Pop3Listener | GraphListener:
-        return build_any(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), ack_queued)
+        return build_any(cfg, store, SystemClock(), own_stop, hooks.get(cfg.id), sender.wake)
 
     def load() -> Config:
         fresh = load_config(config.path)
@@ -140,10 +153,10 @@ async def _serve(
     def reloaded(fresh: Config) -> None:
         sender.endpoints = smtp_endpoints(fresh)
 
-    supervisor = Supervisor(build, Notifier(), log)
+    supervisor = Supervisor(build, Notifier(), log, coordinator)
     supervisor.on_reload = reloaded
     supervisor.heartbeat = lambda workers: write_heartbeats(store, workers)
-    metrics = await _start_metrics(config, store, supervisor, log)
+    metrics = await _start_metrics(config, store, supervisor, coordinator, log)
     reload = asyncio.Event()
     _install_signal_handlers(stop, reload, log)
     supervisor.start(config)
@@ -198,7 +211,7 @@ async def _run_once(
 
 
 async def _start_metrics(
-    config: Config, store: Store, supervisor: Supervisor, log: Logger
+    config: Config, store: Store, supervisor: Supervisor, coordinator: Coordinator, log: Logger
 ) -> MetricsServer | None:
     """The optional Prometheus endpoint, fed from the same figures as `status`."""
     if config.metrics is None:
@@ -209,7 +222,9 @@ async def _start_metrics(
     zones = {c.id: c.time_zone for c in config.listeners}
 
     async def collect() -> list[ListenerStatus]:
-        return await read_status(store, list(supervisor.running), tz=zones)
+        running = list(supervisor.running)  # this daemon's listeners: it is their owner
+        owners = dict.fromkeys(running, coordinator.identity.owner)
+        return await read_status(store, running, tz=zones, owners=owners)
 
     m = config.metrics
     server = MetricsServer(m.host, m.port, collect, health_max_age=float(m.health_max_age))
