@@ -85,11 +85,16 @@ async def read_cluster(config: Config) -> ClusterView:
     lease = config.store.lease_seconds
     if coordinator_kind(config.store) == "solo":
         return ClusterView("solo", lease, await _solo_daemons(config), ())
+    async with _tables(config) as tables:
+        return await cluster_from_tables(tables, lease)
+
+
+async def cluster_from_tables(tables: LeaseTables, lease: int) -> ClusterView:
+    """The PostgreSQL view, from the lease tables' named methods."""
     from engage_listener.service.coordinator_pg import alive_seconds  # noqa: PLC0415
 
-    async with _tables(config) as tables:
-        daemons = await tables.daemons(alive_seconds(lease))
-        leases = await tables.leases()
+    daemons = await tables.daemons(alive_seconds(lease))
+    leases = await tables.leases()
     by_id = {d.id: d for d in daemons}
     held: dict[str, list[str]] = {}
     rows = []

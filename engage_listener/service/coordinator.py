@@ -140,20 +140,22 @@ def _score(listener: str, daemon: str) -> bytes:
 
 
 def spread(listeners: Collection[str], daemons: Collection[str]) -> dict[str, str]:
-    """Listener -> daemon: rendezvous hashing, at most ceil(L/D) listeners a daemon.
+    """Listener -> daemon: rendezvous hashing, ceil(L/D) or floor(L/D) listeners a daemon.
 
     Listeners are placed in name order, each with the highest-ranked daemon that still has
     room; the same inputs give the same answer in every daemon.
     """
     if not daemons:
         return {}
-    ids = sorted(set(daemons))
-    cap = math.ceil(len(set(listeners)) / len(ids))
+    ids, names = sorted(set(daemons)), sorted(set(listeners))
+    cap = math.ceil(len(names) / len(ids))
+    extra = len(names) % len(ids) or len(ids)  # how many daemons may reach `cap`
     load = dict.fromkeys(ids, 0)
     result: dict[str, str] = {}
-    for lid in sorted(set(listeners)):
+    for lid in names:
+        full = sum(1 for n in load.values() if n == cap)
         for daemon in sorted(ids, key=lambda d: _score(lid, d), reverse=True):
-            if load[daemon] < cap:
+            if load[daemon] < cap - 1 or (load[daemon] == cap - 1 and full < extra):
                 result[lid] = daemon
                 load[daemon] += 1
                 break
