@@ -26,6 +26,7 @@ from engage_listener.store.interface import Heartbeat, ListenerCounts, Store
 
 ALIVE_SECONDS = 30.0  # well over the supervisor's 2 s tick, so a slow tick is not "down"
 ERROR_CHARS = 2000
+_HOST = socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ async def read_status(
         local_day = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
         since = start_of_day(local_day, zone).astimezone(dt.UTC).isoformat(timespec="seconds")
         counts = await store.listener_counts(lid, since)
-        row = _status(lid, beats.get(lid), control.get(lid), now, counts)
+        # Several daemons: a pid of another host says nothing here; its lease does.
+        remote = owners is not None and (lid not in owners or owners[lid].host != _HOST)
+        row = _status(lid, beats.get(lid), control.get(lid), now, counts, remote=remote)
         result.append(dataclasses.replace(row, owner=_owner(lid, row, beats, owners)))
     return result
 
@@ -156,7 +159,7 @@ def _owner(
     if owners is not None:
         return owners.get(lid)
     beat = beats.get(lid)
-    return ListenerOwner(socket.gethostname(), beat.pid) if beat and row.alive else None
+    return ListenerOwner(_HOST, beat.pid) if beat and row.alive else None
 
 
 def _status(
@@ -165,6 +168,8 @@ def _status(
     control_pause: object,
     now: dt.datetime,
     counts: ListenerCounts,
+    *,
+    remote: bool = False,
 ) -> ListenerStatus:
     requested = _parse(control_pause)
     pause = _iso(requested) if requested and requested > now else None
@@ -175,7 +180,8 @@ def _status(
             lid, "stopped", False, None, today, None, None, held, acks, None, pause, None, total
         )
     stamp = _parse(beat.updated_at)
-    alive = bool(stamp and (now - stamp).total_seconds() < ALIVE_SECONDS and _pid_exists(beat.pid))
+    fresh = bool(stamp and (now - stamp).total_seconds() < ALIVE_SECONDS)
+    alive = fresh and (remote or _pid_exists(beat.pid))
     oldest_at = _parse(beat.oldest_unprocessed)
     backlog = beat.backlog
     age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at and backlog != 0 else None

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
 T = TypeVar("T")
+RETRY_FRACTION = 0.25  # of the tick: how soon a failed tick is tried again
 CLOSE_WAIT = 11.0  # psycopg's cancellation of an abandoned query: 5 s + 5 s
 
 
@@ -128,6 +129,9 @@ class PostgresCoordinator:
                     "coordinator_db_error", error=scrub(str(exc)) or type(exc).__name__
                 )
                 self._discard()
+                await self._expire(changed)
+                await self._sleep(stop, RETRY_FRACTION)  # soon: the deadline is running
+                continue
             await self._expire(changed)
             await self._sleep(stop)
 
@@ -191,8 +195,8 @@ class PostgresCoordinator:
             )
             await self._set(frozenset(), changed)
 
-    async def _sleep(self, stop: asyncio.Event) -> None:
-        wait = self.interval
+    async def _sleep(self, stop: asyncio.Event, fraction: float = 1.0) -> None:
+        wait = self.interval * fraction
         if self._held:
             wait = min(wait, max(0.0, self._valid_until - asyncio.get_running_loop().time()))
         with contextlib.suppress(TimeoutError):

@@ -35,6 +35,8 @@ LEASE_DDL = (
     " owner text REFERENCES daemons(id) ON DELETE SET NULL,"
     " fence bigint NOT NULL DEFAULT 0, expires_at timestamptz NOT NULL DEFAULT 'epoch')",
 )
+FORGET_DAYS = 7  # `cluster` shows a week of daemons, restarts included
+
 
 @dataclass(frozen=True)
 class DaemonRow:
@@ -71,7 +73,12 @@ class LeaseTables:
         return list(await cursor.fetchall()) if cursor.description else []
 
     async def register(self, daemon_id: str, host: str, pid: int) -> None:
-        """This daemon's row, started and beating now (again, after a reconnection)."""
+        """This daemon's row, started and beating now (again, after a reconnection); rows
+        of daemons silent for FORGET_DAYS go (their leases, long expired, lose the owner)."""
+        await self._rows(
+            "DELETE FROM daemons WHERE heartbeat_at < now() - make_interval(days => %s)",
+            (FORGET_DAYS,),
+        )
         await self._rows(
             "INSERT INTO daemons (id, host, pid, started_at, heartbeat_at)"
             " VALUES (%s, %s, %s, now(), now())"

@@ -31,16 +31,16 @@ from tests.support.servers.tcp_proxy import TcpProxy
 
 __all__ = ["lease_db", "postgres_server"]  # fixtures, imported to be used here
 
-LEASE = 2  # LeaseSeconds: a lease lasts 1 s, renewed every 1/3 s
+LEASE = 3  # LeaseSeconds: a lease lasts 1.5 s, renewed every 0.5 s
 LISTENERS = [f"L{i}" for i in range(7)]
 
 
 class Member:
     """One coordinator running in a task, with every ownership change it reported."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, lease: int = LEASE) -> None:
         self.name = name
-        self.coord = PostgresCoordinator(StoreConfig(Path("-")), conninfo=url, lease_seconds=LEASE)
+        self.coord = PostgresCoordinator(StoreConfig(Path("-")), conninfo=url, lease_seconds=lease)
         self.changes: list[tuple[float, frozenset[str]]] = []
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -217,19 +217,20 @@ async def test_brief_reconnection_keeps_the_leases(
     postgres_server: PostgresServer, lease_db: str, members: list[Member]
 ) -> None:
     """A connection reset with the database still reachable: a reconnects and renews in
-    time, so nothing changes hands."""
-    listeners = LISTENERS[:4]
+    time, so nothing changes hands (a longer lease: reconnecting is a new TCP connection
+    and a SCRAM login, on a busy machine)."""
+    listeners, lease = LISTENERS[:4], 10
     with TcpProxy(postgres_server.host, postgres_server.port) as proxy:
         proxied = lease_db.replace(f":{postgres_server.port}/", f":{proxy.port}/")
-        a = await Member(proxied, "a").start(listeners)
-        b = await Member(lease_db, "b").start(listeners)
+        a = await Member(proxied, "a", lease).start(listeners)
+        b = await Member(lease_db, "b", lease).start(listeners)
         members += [a, b]
         await until(lambda: balanced(members, listeners))
         mine, changes = a.owned(), len(a.changes)
         connections = proxy.connections
         proxy.cut_all()
         await until(lambda: proxy.connections > connections)  # a came back
-        await asyncio.sleep(LEASE)
+        await asyncio.sleep(lease / 2)  # a whole lease period: renewed on the new connection
         assert a.owned() == mine and len(a.changes) == changes
 
 
