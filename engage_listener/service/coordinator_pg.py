@@ -23,6 +23,13 @@ Decisions:
   cancellation can wait 10 s) when it runs out: a frozen connection cannot delay the stop.
 - Its own connection (autocommit, psycopg imported here only): heartbeats and renewals
   never queue behind the store's pool, and a lost connection is simply opened again.
+- Ownership changes are awaited (`changed`) inside the tick: the supervisor cancels a lost
+  listener before the tick goes on, at the cost of delaying the next renewal by as long as
+  a cancelled task takes to end (or a reload in progress, up to its 6 s grace). With the
+  default 30 s (leases of 15 s) that leaves ample room; LeaseSeconds below ~15 is for tests.
+- Every daemon must have the same listeners (the same XML): `spread()` over different
+  sets can give a listener to a daemon that does not know it, and nobody takes it
+  (`cluster` shows it without an owner).
 """
 
 from __future__ import annotations
