@@ -88,9 +88,7 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     return problems
 
 
-def _graph_problems(
-    block: etree._Element, root: etree._Element, path: Path
-) -> list[ConfigProblem]:
+def _graph_problems(block: etree._Element, root: etree._Element, path: Path) -> list[ConfigProblem]:
     """A GraphListener logs in with Microsoft only, on an https GraphEndpoint."""
     file, found = str(path), _values(block)
     problems: list[ConfigProblem] = []
@@ -387,7 +385,9 @@ def _build_config(root: etree._Element, path: Path) -> Config:
     """The Config of a valid tree."""
     blocks = _values(root)
     process = _values(blocks["Process"]) if "Process" in blocks else {}
-    store = _optional(_values(blocks["Store"]), "Path") if "Store" in blocks else None
+    store_values = _values(blocks["Store"]) if "Store" in blocks else {}
+    store = _optional(store_values, "Path")
+    lease = _optional(store_values, "LeaseSeconds")
     return Config(
         path=path,
         imap_listeners=tuple(_listener(b, path) for b in root.iterchildren("ImapListener")),
@@ -401,5 +401,8 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         webhook=webhook_config(blocks["Webhook"], path, key_path(root, path))
         if "Webhook" in blocks
         else None,
-        store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),
+        store=StoreConfig(
+            _relative_to(path, store) if store else DEFAULT_STORE_PATH,
+            **({"lease_seconds": int(lease)} if lease else {}),
+        ),
     )

@@ -17,6 +17,7 @@ from engage_listener.config.auth import AuthConfig
 from engage_listener.config.webhook import WebhookConfig
 
 DEFAULT_STORE_PATH = Path("/var/lib/engage-listener/engage-listener.sqlite3")
+DEFAULT_LEASE_SECONDS = 30  # <Store><LeaseSeconds>: several daemons on one PostgreSQL
 DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # 150 MB: the largest mail Exchange Online accepts
 DEFAULT_PROTOCOL_LOG_KEEP_DAYS = 14
 
@@ -113,8 +114,6 @@ class RuleConfig:
     source_line: int = 0
 
 
-
-
 @dataclass(frozen=True)
 class Secret:
     """A secret; repr() and str() mask it so a logged or printed config never leaks it."""
@@ -185,9 +184,10 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the case store lives."""
+    """Where the case store lives, and how long a daemon's hold on a listener lasts."""
 
     path: Path
+    lease_seconds: int = DEFAULT_LEASE_SECONDS  # PostgreSQL: take-over within this after a death
 
 
 @dataclass(frozen=True)

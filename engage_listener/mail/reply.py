@@ -45,11 +45,32 @@ _ORIGINAL = re.compile(
 )
 _HEADER_NAMES = {
     "from": ("from", "de", "von", "da", "van", "от", "od"),
-    "sent": ("sent", "date", "enviado", "enviada", "fecha", "data", "envoyé", "gesendet",
-             "datum", "inviato", "verzonden", "отправлено"),
+    "sent": (
+        "sent",
+        "date",
+        "enviado",
+        "enviada",
+        "fecha",
+        "data",
+        "envoyé",
+        "gesendet",
+        "datum",
+        "inviato",
+        "verzonden",
+        "отправлено",
+    ),
     "to": ("to", "para", "à", "a", "an", "aan", "кому", "do"),
-    "subject": ("subject", "asunto", "assunto", "objet", "betreff", "oggetto", "onderwerp",
-                "тема", "temat"),
+    "subject": (
+        "subject",
+        "asunto",
+        "assunto",
+        "objet",
+        "betreff",
+        "oggetto",
+        "onderwerp",
+        "тема",
+        "temat",
+    ),
 }
 _HEADER = re.compile(r"^\s*\*?([^\W\d_]{1,12})\*?\s?:\s*\S", re.IGNORECASE)
 _UNDERSCORES = re.compile(r"^\s*_{20,}\s*$")

@@ -136,8 +136,10 @@ class GoogleAccount(Account):
         }
         print(f"1. Open this address in a browser and sign in as {self.username}:", file=out)
         print(f"   {AUTH_URI}?{urlencode(query)}", file=out)
-        print(f"2. Allow access. The browser then goes to {self.auth.redirect_uri}/?...code=...",
-              file=out)
+        print(
+            f"2. Allow access. The browser then goes to {self.auth.redirect_uri}/?...code=...",
+            file=out,
+        )
         print("   and shows an error page: that is expected.", file=out)
         print("3. Paste that whole address (or only the code) here and press Enter:", file=out)
         out.flush()

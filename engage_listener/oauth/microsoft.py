@@ -174,8 +174,7 @@ class MicrosoftAccount(Account):
         if "user_code" not in flow:
             raise self._error(flow)
         message = flow.get("message") or (
-            f"To sign in, open {flow['verification_uri']} and enter the code "
-            f"{flow['user_code']}."
+            f"To sign in, open {flow['verification_uri']} and enter the code {flow['user_code']}."
         )
         print(message, file=out)
         print(f"Sign in as {self.username} (or a user who may open it); waiting...", file=out)

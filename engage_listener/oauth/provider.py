@@ -179,9 +179,7 @@ class Account:
             self._note(**changes)
             return token
 
-    def login(
-        self, scopes: list[str], out: TextIO, inp: TextIO, device_code: bool = False
-    ) -> None:
+    def login(self, scopes: list[str], out: TextIO, inp: TextIO, device_code: bool = False) -> None:
         with self._lock:
             self._reload()
             try:

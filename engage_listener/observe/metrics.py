@@ -15,6 +15,11 @@ Decisions:
   within `request_timeout` (10 s).
 - Labels are listener IDs and state names, values numbers: no error text is
   ever exported, and the text of a failed collection is scrubbed of secrets.
+- The owner (several daemons on one PostgreSQL) is one info gauge,
+  `engage_listener_owner_info{listener,host,pid} 1`, not a label on every series: a
+  take-over would otherwise start new series for every figure (breaking `rate()` of the
+  processed counter and every alert's history); join it where the owner is wanted
+  (`* on(listener) group_left(host, pid) engage_listener_owner_info`).
 """
 
 from __future__ import annotations
@@ -88,8 +93,15 @@ class StatusCollector:
         processed = CounterMetricFamily(
             "engage_listener_processed", "Mails processed (ledger rows)", labels=["listener"]
         )
+        owner = GaugeMetricFamily(
+            "engage_listener_owner_info",
+            "1 for the daemon (host, pid) running the listener",
+            labels=["listener", "host", "pid"],
+        )
         for r in self.rows:
             lid = [r.listener]
+            if r.owner is not None:
+                owner.add_metric([r.listener, r.owner.host, str(r.owner.pid)], 1.0)
             up.add_metric(lid, 1.0 if r.alive and r.state != "failing" else 0.0)
             for name in (*STATES, *([r.state] if r.state not in STATES else [])):
                 state.add_metric([r.listener, name], 1.0 if name == r.state else 0.0)
@@ -104,7 +116,7 @@ class StatusCollector:
             ):
                 if value is not None:  # unknown is absent, not zero
                     family.add_metric(lid, float(value))
-        yield from (up, state, success, today, backlog, oldest, held, acks, processed)
+        yield from (up, state, success, today, backlog, oldest, held, acks, processed, owner)
 
 
 def stale_listeners(

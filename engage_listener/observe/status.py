@@ -4,13 +4,17 @@ The daemon's supervisor writes one heartbeat row per running listener at each
 tick; `status`, run as a second process, reads those rows and adds what only the
 store knows (mails processed today, quarantine, pending acknowledgements). A
 heartbeat older than ALIVE_SECONDS, or one whose process is gone, means the
-figures are the last ones the daemon reported, not live ones.
+figures are the last ones the daemon reported, not live ones. `owner` is the daemon
+(host and pid) running the listener: given by the caller when several daemons share a
+PostgreSQL store (their leases), else this host and the pid of the heartbeat.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import socket
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +26,15 @@ from engage_listener.store.interface import Heartbeat, ListenerCounts, Store
 
 ALIVE_SECONDS = 30.0  # well over the supervisor's 2 s tick, so a slow tick is not "down"
 ERROR_CHARS = 2000
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class ListenerOwner:
+    """The daemon that runs a listener."""
+
+    host: str
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,7 @@ class ListenerStatus:
     paused_until: str | None  # ISO, aware
     heartbeat_at: str | None  # ISO UTC
     processed_total: int = 0  # every ledger row not quarantined: a true counter
+    owner: ListenerOwner | None = None  # None: no daemon holds it
 
 
 def _iso(value: object) -> str | None:
@@ -115,9 +129,11 @@ async def read_status(
     *,
     now: dt.datetime | None = None,
     tz: str | Mapping[str, str] = "UTC",
+    owners: Mapping[str, ListenerOwner] | None = None,
 ) -> list[ListenerStatus]:
     """One status per listener id, in the order given; "today" starts at 00:00 in `tz`
-    (one zone, or a zone per listener id, UTC for ids it lacks)."""
+    (one zone, or a zone per listener id, UTC for ids it lacks). `owners`: who holds each
+    listener (several daemons); None: one daemon on this host, the heartbeat's pid."""
     now = now or dt.datetime.now(dt.UTC)
     beats = {b.listener: b for b in await store.heartbeats()}
     control = await store.paused_until()
@@ -127,8 +143,23 @@ async def read_status(
         local_day = now.astimezone(zoneinfo.ZoneInfo(zone)).date()
         since = start_of_day(local_day, zone).astimezone(dt.UTC).isoformat(timespec="seconds")
         counts = await store.listener_counts(lid, since)
-        result.append(_status(lid, beats.get(lid), control.get(lid), now, counts))
+        # Several daemons: a pid of another host says nothing here; its lease does.
+        remote = owners is not None and (lid not in owners or owners[lid].host != _HOST)
+        row = _status(lid, beats.get(lid), control.get(lid), now, counts, remote=remote)
+        result.append(dataclasses.replace(row, owner=_owner(lid, row, beats, owners)))
     return result
+
+
+def _owner(
+    lid: str,
+    row: ListenerStatus,
+    beats: Mapping[str, Heartbeat],
+    owners: Mapping[str, ListenerOwner] | None,
+) -> ListenerOwner | None:
+    if owners is not None:
+        return owners.get(lid)
+    beat = beats.get(lid)
+    return ListenerOwner(_HOST, beat.pid) if beat and row.alive else None
 
 
 def _status(
@@ -137,6 +168,8 @@ def _status(
     control_pause: object,
     now: dt.datetime,
     counts: ListenerCounts,
+    *,
+    remote: bool = False,
 ) -> ListenerStatus:
     requested = _parse(control_pause)
     pause = _iso(requested) if requested and requested > now else None
@@ -147,7 +180,8 @@ def _status(
             lid, "stopped", False, None, today, None, None, held, acks, None, pause, None, total
         )
     stamp = _parse(beat.updated_at)
-    alive = bool(stamp and (now - stamp).total_seconds() < ALIVE_SECONDS and _pid_exists(beat.pid))
+    fresh = bool(stamp and (now - stamp).total_seconds() < ALIVE_SECONDS)
+    alive = fresh and (remote or _pid_exists(beat.pid))
     oldest_at = _parse(beat.oldest_unprocessed)
     backlog = beat.backlog
     age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at and backlog != 0 else None

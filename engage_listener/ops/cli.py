@@ -186,6 +186,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from engage_listener.ops import cluster, commands  # noqa: PLC0415 - start-up time
+
+    view = asyncio.run(commands.cluster_view(_load(args.config)))
+    if args.json:
+        _print_json(cluster.as_json(view))
+    else:
+        print(visible_lines(cluster.render_cluster(view)), end="")
+    return EXIT_OK
+
+
 def cmd_acks(args: argparse.Namespace) -> int:
     from engage_listener.ops import admin  # noqa: PLC0415 - start-up time
 
@@ -364,6 +375,7 @@ COMMANDS = {
     "search": cmd_search,
     "rules": cmd_rules,
     "status": cmd_status,
+    "cluster": cmd_cluster,
     "acks": cmd_acks,
     "webhooks": cmd_webhooks,
     "auth": cmd_auth,

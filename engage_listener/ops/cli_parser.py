@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="a JSON list, one object a listener")
     _config_arg(status)
+    _add_cluster_command(sub)
     _add_acks_command(sub)
     _add_webhooks_command(sub)
 
@@ -189,6 +190,17 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _add_cluster_command(sub: Any) -> None:
+    """cluster [--json] (several daemons on one PostgreSQL; solo: the one daemon)."""
+    cluster = sub.add_parser(
+        "cluster",
+        help="the daemons sharing the listeners (host, pid, started, last heartbeat, "
+        "listeners owned) and each listener's lease",
+    )
+    cluster.add_argument("--json", action="store_true", help="one JSON document")
+    _config_arg(cluster)
 
 
 def _add_acks_command(sub: Any) -> None:

@@ -36,6 +36,7 @@ from engage_listener.service.build import (
     pop3_endpoint_for,
     smtp_endpoints,
 )
+from engage_listener.service.cluster import ClusterView, listener_owners, read_cluster
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.store.interface import CaseSummary, MailKey, Store
 from engage_listener.store.open import open_store
@@ -201,12 +202,19 @@ async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]
 
 async def status_rows(config: Config) -> list[ListenerStatus]:
     """Every configured listener's status, from the heartbeats the daemon writes to the store."""
+    owners = await listener_owners(config)  # None: one daemon, the heartbeats' pid
     store = await open_store(config.store)
     try:
         zones = {c.id: c.time_zone for c in config.listeners}
-        return await read_status(store, [c.id for c in config.listeners], tz=zones)
+        ids = [c.id for c in config.listeners]
+        return await read_status(store, ids, tz=zones, owners=owners)
     finally:
         await store.close()
+
+
+async def cluster_view(config: Config) -> ClusterView:
+    """`engage-listener cluster`: the daemons and the leases."""
+    return await read_cluster(config)
 
 
 async def status(config: Config) -> str:

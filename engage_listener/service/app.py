@@ -37,6 +37,7 @@ from engage_listener.service.build import (
     smtp_endpoints,
     webhook_endpoints,
 )
+from engage_listener.service.coordinator import Coordinator, build_coordinator
 from engage_listener.service.memory import one_malloc_arena
 from engage_listener.sources.imap.listener import Listener
 from engage_listener.store.interface import Store
@@ -45,7 +46,6 @@ from engage_listener.store.open import build_store
 # For annotations only: what a plain `run --once` does not use (SMTP, metrics, POP3, the
 # daemon's supervisor) is imported where it is used, to keep start-up short.
 if TYPE_CHECKING:
-
     from engage_listener.observe.metrics import MetricsServer
     from engage_listener.observe.status import ListenerStatus
     from engage_listener.service.supervisor import Supervisor
@@ -83,6 +83,9 @@ async def run(config: Config, *, once: bool = False) -> int:
             "no_listeners", message="no enabled listener: nothing to do", config=str(config.path)
         )
         return 1
+    coordinator = build_coordinator(config.store)
+    # MERGE POINT (pg-store): the PostgreSQL store fences each commit on this daemon's
+    # leases: build_store(config.store, owner=coordinator.store_owner).
     store = build_store(config.store)
     try:
         await store.open()
@@ -109,8 +112,7 @@ async def run(config: Config, *, once: bool = False) -> int:
     parse_pool().warm_up()  # every mail is parsed in a worker process (parse_pool)
     try:
         listeners = [
-            build_any(c, store, SystemClock(), stop, hooks.get(c.id), queued)
-            for c in listeners_cfg
+            build_any(c, store, SystemClock(), stop, hooks.get(c.id), queued) for c in listeners_cfg
         ]
         log.info(
             "starting",
@@ -124,7 +126,15 @@ async def run(config: Config, *, once: bool = False) -> int:
             await sender.deliver_due()
             await _deliver_webhooks_once(webhooks, log)
             return code
-        await _serve(config, hooks, store, (sender, webhooks), queued, stop, log)
+        try:
+            await coordinator.open([c.id for c in listeners_cfg])
+        except EngageError as exc:
+            log.error("coordinator_error", error=str(exc))
+            return 1
+        try:
+            await _serve(config, hooks, store, (sender, webhooks), queued, coordinator, stop, log)
+        finally:
+            await coordinator.close()
         return 0
     finally:
         close_parse_pool()
@@ -137,10 +147,12 @@ async def _serve(
     store: Store,
     senders: tuple[OutboxSender, WebhookSender],
     queued: asyncio.Event,
+    coordinator: Coordinator,
     stop: asyncio.Event,
     log: Logger,
 ) -> None:
-    """The daemon proper: supervised listeners, the outbox, signals, systemd."""
+    """The daemon proper: supervised listeners (those `coordinator` gives this daemon),
+    the outbox, signals, systemd."""
     # Imported here, not at the top: start-up time (`run --once` needs none of them).
     from engage_listener.observe.status import write_heartbeats  # noqa: PLC0415
     from engage_listener.service.sdnotify import Notifier  # noqa: PLC0415
@@ -155,8 +167,8 @@ async def _serve(
         fresh = load_config(config.path)
         new_hooks = load_hooks(fresh)
         check_log_directories(fresh)
-        if fresh.store.path != config.store.path:
-            log.warning("reload_store_ignored", message="Store/Path changes need a restart")
+        if fresh.store != config.store:
+            log.warning("reload_store_ignored", message="Store changes need a restart")
         hooks.clear()
         hooks.update(new_hooks)
         return fresh
@@ -167,10 +179,10 @@ async def _serve(
         sender.endpoints = smtp_endpoints(fresh)
         webhooks.endpoints = webhook_endpoints(fresh)
 
-    supervisor = Supervisor(build, Notifier(), log)
+    supervisor = Supervisor(build, Notifier(), log, coordinator)
     supervisor.on_reload = reloaded
     supervisor.heartbeat = lambda workers: write_heartbeats(store, workers)
-    metrics = await _start_metrics(config, store, supervisor, log)
+    metrics = await _start_metrics(config, store, supervisor, coordinator, log)
     reload = asyncio.Event()
     _install_signal_handlers(stop, reload, log)
     supervisor.start(config)
@@ -239,7 +251,7 @@ async def _run_once(
 
 
 async def _start_metrics(
-    config: Config, store: Store, supervisor: Supervisor, log: Logger
+    config: Config, store: Store, supervisor: Supervisor, coordinator: Coordinator, log: Logger
 ) -> MetricsServer | None:
     """The optional Prometheus endpoint, fed from the same figures as `status`."""
     if config.metrics is None:
@@ -250,7 +262,9 @@ async def _start_metrics(
     zones = {c.id: c.time_zone for c in config.listeners}
 
     async def collect() -> list[ListenerStatus]:
-        return await read_status(store, list(supervisor.running), tz=zones)
+        running = list(supervisor.running)  # this daemon's listeners: it is their owner
+        owners = dict.fromkeys(running, coordinator.identity.owner)
+        return await read_status(store, running, tz=zones, owners=owners)
 
     m = config.metrics
     server = MetricsServer(m.host, m.port, collect, health_max_age=float(m.health_max_age))

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from engage_listener.sources.pop3.listener import Pop3Listener
     from engage_listener.sources.pop3.session import Pop3Endpoint
 
+
 def protolog_factory(cfg: ListenerConfig, suffix: str = "") -> Callable[[], ProtocolLog | None]:
     """Opens a connection's protocol log, if configured; `%listener%` is the listener's ID
     plus `suffix` ("-smtp" for its acknowledgements' SMTP sessions, a file of their own)."""

@@ -9,6 +9,12 @@ while every task is alive, and RELOADING=1 / STOPPING=1 around those events.
 A listener task that ends while the daemon serves (run() is never meant to return)
 is logged once as listener_died, shown as "died" in STATUS=, and stops the watchdog
 pings, so systemd restarts the daemon.
+
+With a coordinator (several daemons on one PostgreSQL) only the listeners this daemon
+owns run: one starts when its lease is taken and is cancelled at once (no grace: the
+store's fencing would refuse its next commit anyway) when the lease is lost or given up.
+A coordinator task that ends while the daemon serves stops every listener and the
+watchdog pings, like a listener's death.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Protocol
 from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.errors import ConfigError, EngageError
 from engage_listener.observe.logs import Logger, scrub
+from engage_listener.service.coordinator import Coordinator
 
 SETTLING = {"starting", "connecting"}
 TICK = 2.0
@@ -66,24 +73,70 @@ Build = Callable[[Config, ListenerConfig, asyncio.Event], Worker]
 class Supervisor:
     """Owns one task per enabled listener; see the module docstring."""
 
-    def __init__(self, build: Build, notify: Notify, log: Logger) -> None:
+    def __init__(
+        self, build: Build, notify: Notify, log: Logger, coordinator: Coordinator | None = None
+    ) -> None:
         self.build = build
         self.notify = notify
         self.log = log
+        self.coordinator = coordinator  # None: every enabled listener is this daemon's
         self.running: dict[str, Running] = {}
         self.ready_sent = False
         self.on_reload: Callable[[Config], None] = lambda config: None
         self.heartbeat: Callable[[Mapping[str, Worker]], Awaitable[None]] | None = None
+        self.config: Config | None = None
+        self._changing = asyncio.Lock()  # ownership changes and reloads, one at a time
+        self._stopping = False
+        self._coordinating: asyncio.Task[None] | None = None
+        self._coordinator_died = False
+        self._dropping: asyncio.Task[None] | None = None
+
+    def _mine(self, config: Config) -> list[ListenerConfig]:
+        if self._coordinator_died:
+            return []
+        owned = None if self.coordinator is None else self.coordinator.owned()
+        return [c for c in config.enabled_listeners() if owned is None or c.id in owned]
 
     def start(self, config: Config) -> None:
-        for cfg in config.enabled_listeners():
+        self.config = config
+        for cfg in self._mine(config):
             self._start(config, cfg)
 
     def _start(self, config: Config, cfg: ListenerConfig) -> None:
         stop = asyncio.Event()
-        worker = self.build(config, cfg, stop)
+        try:
+            worker = self.build(config, cfg, stop)
+        except Exception as exc:  # one listener that cannot be built never stops the others
+            self.log.error("listener_build_failed", listener=cfg.id, error=scrub(str(exc)))
+            return
         task = asyncio.create_task(worker.run(), name=f"listener:{cfg.id}")
         self.running[cfg.id] = Running(cfg, worker, stop, task)
+
+    async def ownership(self, owned: frozenset[str]) -> None:
+        """The coordinator's callback: cancel the listeners no longer owned (before this
+        returns), start the newly owned ones."""
+        async with self._changing:
+            lost = sorted(i for i in self.running if i not in owned)
+            if lost:
+                self.log.warning("listeners_released", listeners=lost)
+                await self._cancel(lost)
+            if self.config is None or self._stopping:
+                return
+            gained = [c for c in self._mine(self.config) if c.id not in self.running]
+            for cfg in gained:
+                self._start(self.config, cfg)
+            if gained:
+                self.log.info("listeners_taken", listeners=[c.id for c in gained])
+
+    async def _cancel(self, ids: list[str]) -> None:
+        """Stop these listeners now: cancelled, not left to finish the mail in hand."""
+        entries = [self.running.pop(i) for i in ids]
+        for entry in entries:
+            entry.stop.set()
+            entry.task.cancel()
+        tasks = [e.task for e in entries]
+        if tasks:
+            await asyncio.wait(tasks, timeout=GRACE)
 
     async def _stop(self, ids: list[str]) -> None:
         """Stop these listeners after the mail in hand (cancelled after GRACE seconds)."""
@@ -103,6 +156,11 @@ class Supervisor:
         """Tick (status, watchdog), apply reloads, until `stop` is set."""
         interval = min(TICK, self.notify.watchdog_interval or TICK)
         beating: asyncio.Task[None] | None = None
+        coordinator_stop = asyncio.Event()
+        if self.coordinator is not None:
+            self._coordinating = asyncio.create_task(
+                self.coordinator.run(self.ownership, coordinator_stop), name="coordinator"
+            )
         while not stop.is_set():
             self._tick()
             if beating is None or beating.done():  # never wait for the store here: the
@@ -116,7 +174,15 @@ class Supervisor:
                 await self.reload(load)
         self.notify.stopping()
         self.log.info("stopping", listeners=len(self.running), grace_seconds=GRACE)
-        await self._stop(list(self.running))
+        async with self._changing:
+            self._stopping = True
+            await self._stop(list(self.running))
+        coordinator_stop.set()  # renewing until the listeners stopped: then `close()`
+        if self._coordinating is not None:
+            _, pending = await asyncio.wait({self._coordinating}, timeout=GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(self._coordinating, return_exceptions=True)
         if beating is not None:  # a heartbeat stuck on a busy store is not waited for
             await asyncio.wait({beating}, timeout=1.0)
             beating.cancel()
@@ -132,7 +198,7 @@ class Supervisor:
             self.log.warning("heartbeat_failed", error=str(exc))
 
     def _tick(self) -> None:
-        alive = not self._check_deaths()
+        alive = not self._check_deaths() and not self._check_coordinator()
         if alive:
             self.notify.watchdog()
         status = self.status_line()
@@ -172,6 +238,19 @@ class Supervisor:
             )
         return dead
 
+    def _check_coordinator(self) -> bool:
+        """True when the coordinator task has ended: every listener is stopped (their
+        leases are no longer renewed), once."""
+        task = self._coordinating
+        if task is None or not task.done():
+            return False
+        if not self._coordinator_died:
+            self._coordinator_died = True
+            exc = None if task.cancelled() else task.exception()
+            self.log.error("coordinator_died", error=scrub(str(exc)) if exc else "returned")
+            self._dropping = asyncio.create_task(self.ownership(frozenset()))
+        return True
+
     def status_line(self) -> str:
         parts = []
         for lid, r in sorted(self.running.items()):
@@ -203,7 +282,14 @@ class Supervisor:
         self.notify.ready(self.status_line())
 
     async def _apply(self, config: Config) -> None:
-        wanted = {c.id: c for c in config.enabled_listeners()}
+        async with self._changing:
+            if self.coordinator is not None:
+                self.coordinator.set_listeners([c.id for c in config.enabled_listeners()])
+            self.config = config
+            await self._apply_owned(config)
+
+    async def _apply_owned(self, config: Config) -> None:
+        wanted = {c.id: c for c in self._mine(config)}
         removed = [i for i in self.running if i not in wanted]
         changed = [
             i for i, c in wanted.items() if i in self.running and self.running[i].config != c

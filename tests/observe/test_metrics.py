@@ -15,7 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engage_listener.observe.metrics import MetricsServer
-from engage_listener.observe.status import ListenerStatus, read_status, write_heartbeats
+from engage_listener.observe.status import (
+    ListenerOwner,
+    ListenerStatus,
+    read_status,
+    write_heartbeats,
+)
 from engage_listener.store.sqlite.store import SqliteStore
 
 START = 1_700_000_000.0
@@ -52,7 +57,7 @@ class Fixture(SimpleNamespace):
 async def served() -> AsyncIterator[Fixture]:
     fx = Fixture(
         rows=[
-            status("A"),
+            status("A", owner=ListenerOwner("db1.example.org", 4242)),
             status(
                 "B",
                 state="failing",
@@ -131,6 +136,10 @@ async def test_metrics(served: Fixture) -> None:
     assert value("pending_acknowledgements", "A") == 2.0
     assert value("processed_total", "A") == 70.0
     types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    # The owner is one info series a listener, not a label on every figure.
+    assert value("owner_info", "A", host="db1.example.org", pid="4242") == 1.0
+    assert not any(n == "engage_listener_owner_info" and ("listener", "B") in lb for n, lb in found)
+    assert all("host" not in dict(lb) for n, lb in found if n != "engage_listener_owner_info")
     assert types["engage_listener_processed"] == "counter"
     assert types["engage_listener_backlog"] == "gauge"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -307,6 +309,7 @@ async def test_status_command_prints_json_with_json(
         "paused_until",
         "heartbeat_at",
         "processed_total",
+        "owner",
     ]
     assert (soporte["listener"], soporte["kind"], soporte["state"]) == ("Soporte", "imap", "idle")
     assert soporte["alive"] is True and soporte["heartbeat_at"]
@@ -328,6 +331,9 @@ async def test_status_command_prints_json_with_json(
         False,
     )
     assert pop["heartbeat_at"] is None and pop["backlog"] is None and pop["last_success_at"] is None
+    # One daemon on SQLite owns what it runs: this host and the pid of its heartbeat.
+    assert soporte["owner"] == {"host": socket.gethostname(), "pid": os.getpid()}
+    assert pop["owner"] is None  # nobody runs it
 
     text = engage_listener("status", "--config", str(config))
     assert text.returncode == 0 and text.stdout.startswith("LISTENER")

@@ -14,6 +14,7 @@ OPERATOR_COMMANDS = [
     ["customers", "list"],
     ["quarantine", "list"],
     ["status"],
+    ["cluster"],
     ["reset", "Default", "--date", "2024-03-10"],
     ["resume", "Default"],
     ["approve", "1"],
