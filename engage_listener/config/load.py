@@ -35,6 +35,7 @@ from engage_listener.config.model import (
 )
 from engage_listener.config.rules import rules_config, rules_problems
 from engage_listener.config.schema import parse_xml, schema_problems
+from engage_listener.config.store import store_config, store_problems
 from engage_listener.config.xmltree import ca_file_problem
 from engage_listener.config.xmltree import flag as _flag
 from engage_listener.config.xmltree import line as _line
@@ -73,6 +74,7 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     problems.extend(_secret_problems(root, path))
     problems.extend(_metrics_problems(root, file))
+    problems.extend(store_problems(root, path))
     for name in ("Process", "Store", "Secrets", "Metrics"):
         for extra in list(root.iterchildren(name))[1:]:
             problems.append(ConfigProblem(file, _line(extra), name, "only one is allowed"))
@@ -373,7 +375,6 @@ def _build_config(root: etree._Element, path: Path) -> Config:
     """The Config of a valid tree."""
     blocks = _values(root)
     process = _values(blocks["Process"]) if "Process" in blocks else {}
-    store = _optional(_values(blocks["Store"]), "Path") if "Store" in blocks else None
     return Config(
         path=path,
         imap_listeners=tuple(_listener(b, path) for b in root.iterchildren("ImapListener")),
@@ -384,5 +385,10 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         use_graph_listener=_flag(process, "UseGraphListener", False),
         metrics=_metrics(blocks["Metrics"]) if "Metrics" in blocks else None,
         notices=_password_notices(root, path),
-        store=StoreConfig(_relative_to(path, store) if store else DEFAULT_STORE_PATH),
+        store=(
+            store_config(blocks["Store"], path, lambda node: _secret(node, root, path))
+            if "Store" in blocks
+            else StoreConfig(DEFAULT_STORE_PATH)
+        ),
     )
+

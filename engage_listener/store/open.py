@@ -4,8 +4,12 @@ Decisions:
 
 * Implementations are named here by module path and imported by name when chosen (like
   uvicorn's event loops), so nothing that only knows `store.interface` loads a database
-  driver, and a PostgreSQL store (issue 16) is one more entry.
-* Today there is one implementation, SQLite; `config.store` names only its path.
+  driver: an installation without psycopg (the `postgres` extra) runs SQLite as before.
+* The configuration picks the implementation (`StoreConfig.kind`: `Url` is PostgreSQL,
+  `Path` SQLite); `kind` overrides it for tests.
+* `owner` is the daemon's id for fencing (issue 16): a store that may be shared by several
+  daemons commits a mail only while that daemon holds the listener's lease. SQLite is
+  never shared, and ignores it; None (operator commands) fences nothing.
 """
 
 from __future__ import annotations
@@ -14,29 +18,40 @@ import importlib
 from typing import Any
 
 from engage_listener.config.model import StoreConfig
+from engage_listener.errors import StoreError
 from engage_listener.store.interface import SqlDialect, Store
 
 DEFAULT = "sqlite"
-# name -> (module, store class, SQL dialect of its routing hooks)
+# name -> (module, factory `(config, owner) -> Store`, SQL dialect of its routing hooks)
 IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
-    "sqlite": ("engage_listener.store.sqlite.store", "SqliteStore", "SQLITE_DIALECT"),
+    "sqlite": ("engage_listener.store.sqlite.store", "from_config", "SQLITE_DIALECT"),
+    "postgres": ("engage_listener.store.postgres.store", "from_config", "POSTGRES_DIALECT"),
 }
+_EXTRA = {"postgres": "engage-listener[postgres] (psycopg)"}
 
 
 def _member(kind: str, index: int) -> Any:
     module, *names = IMPLEMENTATIONS[kind]
-    return getattr(importlib.import_module(module), names[index])
+    try:
+        found = importlib.import_module(module)
+    except ImportError as exc:  # the driver is an optional dependency
+        raise StoreError(
+            f"the {kind} store needs {_EXTRA.get(kind, 'its driver')}, not installed: {exc}"
+        ) from None
+    return getattr(found, names[index])
 
 
-def build_store(config: StoreConfig, kind: str = DEFAULT) -> Store:
+def build_store(config: StoreConfig, kind: str | None = None, owner: str | None = None) -> Store:
     """The store `config` names, not yet opened (`await store.open()`)."""
-    store: Store = _member(kind, 0)(config.path)
+    store: Store = _member(kind or config.kind, 0)(config, owner)
     return store
 
 
-async def open_store(config: StoreConfig, kind: str = DEFAULT) -> Store:
+async def open_store(
+    config: StoreConfig, kind: str | None = None, owner: str | None = None
+) -> Store:
     """The store `config` names, opened (created and migrated if need be); close it."""
-    store = build_store(config, kind)
+    store = build_store(config, kind, owner)
     await store.open()
     return store
 
