@@ -20,6 +20,7 @@ def store(sqlite_store: SqliteStore) -> SqliteStore:
     """The SQLite store only: these tests read its file and its query plans."""
     return sqlite_store
 
+
 BLOBS = (
     "SELECT (SELECT coalesce(sum(length(raw)), 0) + coalesce(sum(length(stored_mime)), 0)"
     " FROM messages) + (SELECT coalesce(sum(length(content)), 0) FROM attachments)"

@@ -25,8 +25,13 @@ from psycopg_pool import AsyncConnectionPool
 from engage_listener.config.model import mask_url
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import register_secret, scrub
-from engage_listener.store.postgres.schema import BASELINE, LATEST, MIGRATION_LOCK, MIGRATIONS
-from engage_listener.store.postgres.schema import lz4_statements
+from engage_listener.store.postgres.schema import (
+    BASELINE,
+    LATEST,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    lz4_statements,
+)
 
 POOL_MAX = 8  # connections per daemon: listeners' transactions, the outbox, status
 CONNECT_SECONDS = 30.0

@@ -31,6 +31,7 @@ from engage_listener.store.postgres.dialect import to_pyformat
 T = TypeVar("T")
 MAX_TIMER_SECONDS = 3600.0
 
+_blocking_wait: Callable[..., Any] | None
 try:  # psycopg's own blocking wait (see Decisions)
     from psycopg.waiting import wait as _blocking_wait
 except ImportError:  # pragma: no cover - another psycopg

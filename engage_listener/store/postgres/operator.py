@@ -141,7 +141,7 @@ class OperatorQueries:
         if "last_error" in fields:
             fields["last_error"] = scrub(str(fields["last_error"]))
         if "next_attempt_at" in fields:
-            fields["next_attempt_at"] = float(fields["next_attempt_at"])  # type: ignore[arg-type]
+            fields["next_attempt_at"] = float(fields["next_attempt_at"])
         assignments = ", ".join(f"{name} = %s" for name in ("state", *fields))
         await self._write_one(
             f"UPDATE outbox SET {assignments} WHERE id = %s",  # noqa: S608 - fixed names

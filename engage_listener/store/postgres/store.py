@@ -110,9 +110,8 @@ class PostgresStore(OperatorQueries):
         if conn is not None:
             yield conn
             return
-        async with self._errors("store unavailable"):
-            async with self._pool_().connection() as pooled:
-                yield pooled
+        async with self._errors("store unavailable"), self._pool_().connection() as pooled:
+            yield pooled
 
     @asynccontextmanager
     async def group(self) -> AsyncIterator[None]:
@@ -120,20 +119,26 @@ class PostgresStore(OperatorQueries):
         Nothing in it is durable before the block exits without an error."""
         task = asyncio.current_task()
         assert task is not None
-        async with self._connection() as conn, self._errors("store write failed"):
-            async with conn.transaction():
-                self._groups[task] = conn
-                try:
-                    yield
-                finally:
-                    del self._groups[task]
+        async with (
+            self._connection() as conn,
+            self._errors("store write failed"),
+            conn.transaction(),
+        ):
+            self._groups[task] = conn
+            try:
+                yield
+            finally:
+                del self._groups[task]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """One mail's writes, committed together or not at all (a savepoint in a group)."""
-        async with self._connection() as conn, self._errors("store write failed"):
-            async with conn.transaction():
-                yield PostgresTransaction(conn, self.owner)
+        async with (
+            self._connection() as conn,
+            self._errors("store write failed"),
+            conn.transaction(),
+        ):
+            yield PostgresTransaction(conn, self.owner)
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
         """Rows of one read (binary: bytea as bytes)."""

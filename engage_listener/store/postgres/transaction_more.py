@@ -133,7 +133,7 @@ class MoreWrites:
         return int(row[0])
 
     async def get_ack(self, ack_id: int) -> AckRow | None:
-        row = await self._one(f"SELECT {ACK_COLUMNS} {ACK_FROM} WHERE o.id = %s", (ack_id,))  # noqa: S608
+        row = await self._one(f"SELECT {ACK_COLUMNS} {ACK_FROM} WHERE o.id = %s", (ack_id,))
         return ack_row(row) if row else None
 
     async def change_ack(
