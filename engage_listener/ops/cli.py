@@ -82,7 +82,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(
         f"{config.path}: OK, {len(config.imap_listeners)} IMAP{graph} and "
         f"{len(config.pop3_listeners)} POP3 listener(s), "
-        f"store {config.store.path}"
+        f"store {config.store.where}"
     )
     for listener in config.listeners:
         print(f"  {describe(listener)}")
@@ -339,6 +339,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    """`store migrate`: open the store (which migrates it, under the store's lock) and say so."""
+    config = _load(args.config)
+    asyncio.run(_with_store(config, lambda s: asyncio.sleep(0)))
+    print(f"store {config.store.where}: schema up to date")
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -357,6 +365,7 @@ COMMANDS = {
     "approve": cmd_decide,
     "reject": cmd_decide,
     "encrypt-password": cmd_encrypt_password,
+    "store": cmd_store,
 }
 
 

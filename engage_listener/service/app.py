@@ -93,7 +93,7 @@ async def run(config: Config, *, once: bool = False) -> int:
             "starting",
             listeners=[c.id for c in listeners_cfg],
             once=once,
-            store=str(config.store.path),
+            store=config.store.where,
         )
         if once:
             code = await _run_once(listeners, log)
@@ -131,8 +131,8 @@ async def _serve(
         fresh = load_config(config.path)
         new_hooks = load_hooks(fresh)
         check_log_directories(fresh)
-        if fresh.store.path != config.store.path:
-            log.warning("reload_store_ignored", message="Store/Path changes need a restart")
+        if fresh.store != config.store:
+            log.warning("reload_store_ignored", message="Store changes need a restart")
         hooks.clear()
         hooks.update(new_hooks)
         return fresh
