@@ -184,7 +184,11 @@ async def _connect(url: str) -> Any:
     return await psycopg.AsyncConnection.connect(url)
 
 
-async def test_a_30_mb_mail_round_trips(stores: Callable[..., Store]) -> None:
+async def test_a_30_mb_mail_round_trips(
+    postgres_server: PostgresServer, url: str, stores: Callable[..., Store]
+) -> None:
+    """Sent in pieces (binary COPY) rather than as one INSERT parameter: every column of
+    those rows must arrive as an INSERT would have written it."""
     store = stores()
     await store.open()
     raw = bytes(range(256)) * (30 * 4096)  # 30 MiB
@@ -197,6 +201,8 @@ async def test_a_30_mb_mail_round_trips(stores: Callable[..., Store]) -> None:
         row = await tx.add_message(case.id, mail)
         await tx.add_attachment(row, NewAttachment("big.eml", "message/rfc822", raw,
                                                    raw_of_message=True))  # fmt: skip
+        await tx.add_attachment(row, NewAttachment("big.bin", "application/x", raw[::-1],
+                                                   content_id="<c1>", inline=True))  # fmt: skip
         await tx.add_ledger(KEY, row, mail)
         await tx.add_quarantine(MailKey("L", "INBOX", "7", "2"), raw, mail, "too big", 1)
     async with store.transaction() as tx:
@@ -206,6 +212,25 @@ async def test_a_30_mb_mail_round_trips(stores: Callable[..., Store]) -> None:
     assert found is not None and found[1] == raw and entry.size == len(raw)
     [history] = await store.ledger_history("L", "INBOX", "1")
     assert history.size == len(raw)
+    [summary] = await store.list_cases()
+    assert (summary.messages, summary.attachments) == (1, 2)
+    files = _sql(
+        postgres_server, url,
+        "SELECT filename, size, inline, content_id, octet_length(content), md5(content)"
+        " FROM attachment_files ORDER BY id",
+    )  # fmt: skip
+    assert files.split() == [
+        f"big.eml|{len(raw)}|0||{len(raw)}|{hashlib.md5(raw).hexdigest()}",
+        f"big.bin|{len(raw)}|1|<c1>|{len(raw)}|{hashlib.md5(raw[::-1]).hexdigest()}",
+    ]
+    fields = _sql(
+        postgres_server, url,
+        "SELECT case_id, listener, message_id, sender, size, parsed, ignored, received_at"
+        " = %s, in_reply_to IS NULL, stored_mime IS NULL FROM messages".replace(
+            "%s", f"'{mail.received_at.isoformat(timespec='seconds')}'"
+        ),
+    )  # fmt: skip
+    assert fields.strip() == f"{case.id}|L|<big@example.com>|a@example.com|{len(raw)}|1|0|t|t|t"
 
 
 async def test_errors_name_the_store_without_its_password(

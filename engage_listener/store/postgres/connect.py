@@ -16,6 +16,7 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,15 @@ def connect_kwargs(password: str | None, ca_file: Path | None) -> dict[str, Any]
     return kwargs
 
 
+async def first_connection(url: str, kwargs: dict[str, Any]) -> psycopg.AsyncConnection[Any]:
+    """One connection outside the pool: the pool retries a refused login until its
+    timeout, where this fails at once with the server's reason."""
+    async with asyncio.timeout(CONNECT_SECONDS):
+        return await psycopg.AsyncConnection.connect(url, **kwargs)
+
+
 async def open_pool(url: str, kwargs: dict[str, Any]) -> AsyncConnectionPool:
-    """A pool with one connection made (so a wrong URL or password fails here)."""
+    """A pool with its first connection made."""
     pool: AsyncConnectionPool = AsyncConnectionPool(
         url,
         kwargs=kwargs,

@@ -27,7 +27,13 @@ from psycopg_pool import AsyncConnectionPool
 from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
-from engage_listener.store.postgres.connect import connect_kwargs, message, migrate, open_pool
+from engage_listener.store.postgres.connect import (
+    connect_kwargs,
+    first_connection,
+    message,
+    migrate,
+    open_pool,
+)
 from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
 from engage_listener.store.postgres.transaction import PostgresTransaction, check_lease, now_iso
@@ -66,8 +72,9 @@ class PostgresStore(OperatorQueries):
     async def open(self) -> None:
         """Connect, and migrate to the latest schema (once, whoever starts first)."""
         try:
+            async with await first_connection(self.url, self._kwargs) as conn:
+                await migrate(conn)  # and a wrong URL or password fails here, at once
             self._pool = await open_pool(self.url, self._kwargs)
-            await self.migrate()
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self.close()
             raise StoreError(message("cannot open the store", exc, self.url)) from None

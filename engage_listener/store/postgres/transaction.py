@@ -33,6 +33,7 @@ from engage_listener.store.interface import (
     SyncExecute,
 )
 from engage_listener.store.postgres import hooks
+from engage_listener.store.postgres.rows import Column, insert_row
 from engage_listener.store.postgres.transaction_more import MoreWrites, now_iso
 from engage_listener.store.records import CaseStatus, LedgerState
 
@@ -48,6 +49,10 @@ _LEASE = (
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
+
+
+def _texts(**values: str | None) -> list[Column]:
+    return [Column(name, "text", value) for name, value in values.items()]
 
 
 async def check_lease(conn: psycopg.AsyncConnection[Any], listener: str, owner: str) -> None:
@@ -184,35 +189,46 @@ class PostgresTransaction(MoreWrites):
 
     async def add_message(self, case_id: int | None, message: NewMessage) -> int:
         m = message
-        row = await self._one(
-            "INSERT INTO messages (case_id, listener, message_id, in_reply_to, sender,"
-            " sender_name, subject, sent_at, received_at, sha256, size, parsed, automatic,"
-            " ignored, body_text, new_text, body_html, defects, stored_mime, raw) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %b, %b)"
-            " RETURNING id",
-            (
-                case_id, m.listener, m.message_id, m.in_reply_to, m.sender, m.sender_name,
-                m.subject, _iso(m.sent_at), _iso(m.received_at), m.sha256, len(m.raw),
-                int(m.parsed), m.automatic, int(m.ignored), m.body_text, m.new_text,
-                m.body_html, m.defects, m.stored_mime, m.raw,
-            ),
+        row = await insert_row(
+            self._conn,
+            "messages",
+            [
+                Column("case_id", "bigint", case_id),
+                *_texts(listener=m.listener, message_id=m.message_id, in_reply_to=m.in_reply_to,
+                        sender=m.sender, sender_name=m.sender_name, subject=m.subject,
+                        sent_at=_iso(m.sent_at), received_at=_iso(m.received_at),
+                        sha256=m.sha256),
+                Column("size", "bigint", len(m.raw)),
+                Column("parsed", "integer", int(m.parsed)),
+                Column("automatic", "text", m.automatic),
+                Column("ignored", "integer", int(m.ignored)),
+                *_texts(body_text=m.body_text, new_text=m.new_text, body_html=m.body_html,
+                        defects=m.defects),
+                Column("stored_mime", "bytea", m.stored_mime),
+                Column("raw", "bytea", m.raw),
+            ],
         )  # fmt: skip
         if case_id is not None:
             await self.execute(
                 "UPDATE cases SET updated_at = %s WHERE id = %s", (now_iso(), case_id)
             )
-        return int(row[0])
+        return row
 
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:
         a = attachment
-        await self.execute(
-            "INSERT INTO attachments (message_row, filename, content_type, size, content_id,"
-            " inline, raw_of_message, content) VALUES (%s, %s, %s, %s, %s, %s, %s, %b)",
-            (
-                message_row, a.filename, a.content_type, len(a.content), a.content_id,
-                int(a.inline), int(a.raw_of_message), b"" if a.raw_of_message else a.content,
-            ),
-        )  # fmt: skip
+        await insert_row(
+            self._conn,
+            "attachments",
+            [
+                Column("message_row", "bigint", message_row),
+                *_texts(filename=a.filename, content_type=a.content_type),
+                Column("size", "bigint", len(a.content)),
+                Column("content_id", "text", a.content_id),
+                Column("inline", "integer", int(a.inline)),
+                Column("raw_of_message", "integer", int(a.raw_of_message)),
+                Column("content", "bytea", b"" if a.raw_of_message else a.content),
+            ],
+        )
 
     async def apply_decision(
         self,
@@ -250,18 +266,21 @@ class PostgresTransaction(MoreWrites):
     async def add_quarantine(
         self, key: MailKey, raw: bytes, message: NewMessage, reason: str, attempts: int
     ) -> int:
-        row = await self._one(
-            "INSERT INTO quarantine (listener, mailbox, epoch, item, message_id, sender,"
-            " subject, sha256, reason, attempts, created_at, raw) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %b) RETURNING id",
-            (
-                key.listener, key.mailbox, key.epoch, key.item, message.message_id,
-                message.sender, message.subject, message.sha256, scrub(reason), attempts,
-                now_iso(), raw,
-            ),
+        m = message
+        quarantine_id = await insert_row(
+            self._conn,
+            "quarantine",
+            [
+                *_texts(listener=key.listener, mailbox=key.mailbox, epoch=key.epoch,
+                        item=key.item, message_id=m.message_id, sender=m.sender,
+                        subject=m.subject, sha256=m.sha256, reason=scrub(reason)),
+                Column("attempts", "integer", attempts),
+                Column("created_at", "text", now_iso()),
+                Column("raw", "bytea", raw),
+            ],
         )  # fmt: skip
-        await self._ledger(key, None, int(row[0]), message, "quarantined")
-        return int(row[0])
+        await self._ledger(key, None, quarantine_id, message, "quarantined")
+        return quarantine_id
 
     async def _ledger(
         self,
