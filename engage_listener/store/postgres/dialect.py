@@ -57,6 +57,8 @@ def _code(text: str) -> str:
 
 
 class PostgresDialect:
+    name = "postgres"
+
     def is_complete(self, text: str) -> bool:
         """Ends with a ';' outside quotes, dollar-quoted bodies and comments."""
         if _unterminated(text):
