@@ -15,6 +15,7 @@ Decisions:
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from engage_listener.config.model import StoreConfig
@@ -60,3 +61,16 @@ def sql_dialect(kind: str = DEFAULT) -> SqlDialect:
     """The SQL dialect operators' `sql:` routing hooks are written in for this store."""
     dialect: SqlDialect = _member(kind, 1)
     return dialect
+
+
+async def copy_into(config: StoreConfig, source: Path) -> list[str]:
+    """`store copy --from`: the SQLite store at `source` into the PostgreSQL store `config`
+    names; a line per table with its counts. Safe to run again."""
+    if config.kind != "postgres":
+        raise StoreError("store copy needs a PostgreSQL store (Store/Url) to copy into")
+    store = await open_store(config)
+    try:
+        lines: list[str] = await store.copy_from_sqlite(source)  # type: ignore[attr-defined]
+        return lines
+    finally:
+        await store.close()

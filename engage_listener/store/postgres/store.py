@@ -87,6 +87,14 @@ class PostgresStore(OperatorQueries):
         async with self._pool_().connection() as conn:
             return await migrate(conn)
 
+    async def copy_from_sqlite(self, path: Path) -> list[str]:
+        """`store copy`: the SQLite store at `path` into this one (see `copy`); a line per
+        table with its counts."""
+        from engage_listener.store.postgres.copy import copy_sqlite, summary  # noqa: PLC0415
+
+        async with self._connection() as conn, self._errors("store copy failed"):
+            return summary(await copy_sqlite(conn, path))
+
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
