@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
@@ -115,7 +115,7 @@ class PostgresStore(OperatorQueries):
             yield
         except StoreError:
             raise
-        except psycopg.Error as exc:
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:  # pool: none free in time
             raise StoreError(message(what, exc, self.url)) from None
 
     @asynccontextmanager
