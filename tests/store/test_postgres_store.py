@@ -15,11 +15,13 @@ from urllib.parse import quote
 import pytest
 
 from devkit.postgres import PostgresServer
+from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.config.model import Secret, StoreConfig
 from engage_listener.errors import LeaseLost, StoreError
 from engage_listener.store.interface import MailKey, NewAttachment, NewCase, NewMessage, Store
 from engage_listener.store.open import build_store
 from engage_listener.store.postgres.schema import LATEST
+from tests.support.helpers import make_mail
 from tests.support.postgres import fresh_database
 
 MessageFactory = Callable[..., NewMessage]  # the `message` fixture
@@ -251,3 +253,22 @@ async def test_errors_name_the_store_without_its_password(
 
 def _quoted(server: PostgresServer) -> str:
     return quote(server.password, safe="")
+
+
+async def test_two_daemons_taking_the_same_mail_make_one_case(stores: Callable[..., Store]) -> None:
+    """Point 4: while ownership changes hands, two daemons may both take a mail; the
+    ledger's primary key lets one commit and rolls the other back whole."""
+    first, second = stores(), stores()
+    await asyncio.gather(first.open(), second.open())
+    engines = [
+        CaseEngine(s, EngineSettings("L", extract_attachments=True)) for s in (first, second)
+    ]
+    for round_ in range(3):
+        key, raw = MailKey("L", "INBOX", "7", str(round_)), make_mail(round_, subject="Factura")
+        done = await asyncio.gather(*(e.ingest(key, raw) for e in engines), return_exceptions=True)
+        assert sorted(type(d).__name__ for d in done) == ["Ingested", "StoreError"], done
+    assert await first.known_states("L", "INBOX", "7", ["0", "1", "2"]) == dict.fromkeys(
+        ["0", "1", "2"], "committed"
+    )
+    [case] = await second.list_cases()  # three mails of one customer and subject: one case
+    assert case.messages == 3
