@@ -110,3 +110,16 @@ def test_pg_hooks_need_a_postgresql_store() -> None:
         load_hook("pg:crm.route", REPO, 5, "sqlite")
     with pytest.raises(HookError, match=r"pg:SCHEMA\.NAME"):
         load_hook("pg:route", REPO, 5, "postgres")
+
+
+async def test_a_slow_sql_hook_is_cancelled_at_its_timeout(store: Store, tmp_path: Path) -> None:
+    """Stopped inline (the loop is never held past INLINE_LIMIT), run again on a thread,
+    cancelled on the server at RoutingTimeout; nothing of the mail is committed."""
+    (tmp_path / "slow.sql").write_text("SELECT pg_sleep(30), 'X' AS inbox WHERE :case_id > 0;\n")
+    hook = load_hook("sql:slow.sql", tmp_path, 1.5, "postgres")
+    engine = CaseEngine(store, EngineSettings("L", extract_attachments=True, hook=hook))
+    with pytest.raises(HookError, match=r"timed out after 1\.5 s"):
+        await engine.ingest(MailKey("L", "INBOX", "1", "1"), make_mail(1))
+    assert getattr(hook, "inline", None) is False  # moved off the event loop
+    assert await store.list_cases() == []
+    assert await store.known_states("L", "INBOX", "1", ["1"]) == {}
