@@ -149,8 +149,8 @@ async def test_a_take_over_waits_for_a_fenced_commit_in_flight(
     url: str, stores: Callable[..., Store], postgres_server: PostgresServer,
     message: MessageFactory,
 ) -> None:  # fmt: skip
-    """The lease manager locks the lease row FOR UPDATE to take it: it waits until a mail
-    checked against the old owner has committed, so ownership never changes under it."""
+    """A take-over (any UPDATE of the lease row) waits until a mail checked against the old
+    owner has committed, so ownership never changes between the check and the commit."""
     mine = stores(owner="daemon-a")
     await mine.open()
     _lease(postgres_server, url, "daemon-a", 60)
@@ -168,16 +168,18 @@ async def test_a_take_over_waits_for_a_fenced_commit_in_flight(
     work = asyncio.create_task(commit_slowly())
     await checked.wait()
     take = asyncio.create_task(
-        taker.execute("SELECT owner FROM listener_leases WHERE listener = 'L' FOR UPDATE")
+        taker.execute("UPDATE listener_leases SET owner = NULL WHERE listener = 'L'")
     )
     await asyncio.sleep(0.3)
-    assert not take.done()  # blocked by the mail's FOR KEY SHARE
+    assert not take.done()  # blocked by the mail's FOR SHARE
     release.set()
     await work
     await take
-    await taker.rollback()
+    await taker.commit()
     await taker.close()
     assert await mine.known_states("L", "INBOX", "7", ["1"]) == {"1": "committed"}
+    with pytest.raises(LeaseLost):  # and now it is gone
+        await mine.mark_done([KEY], "moved")
 
 
 async def _connect(url: str) -> Any:

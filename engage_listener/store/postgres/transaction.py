@@ -5,9 +5,11 @@ Decisions:
 * Binary results (`binary=True`): raw mail and attachments arrive as bytes, not as hex
   text twice their size (bench/README.md, "PostgreSQL driver").
 * Fencing: a store built with an `owner` (the daemon's id) writes a mail's ledger row only
-  while that daemon holds the listener's lease (`listener_leases`), checked in the same
-  transaction with `FOR KEY SHARE`: a take-over that locks the lease row `FOR UPDATE` waits
-  until this commit is done, while renewals (plain UPDATEs of expires_at) never wait.
+  while that daemon holds the listener's lease (`listener_leases`: owner, and expires_at
+  later than the clock now), checked in the same transaction with `FOR SHARE`: any UPDATE
+  of that lease row (a take-over, whatever way the lease manager writes it) waits until
+  this commit is done, so ownership cannot change between the check and the commit. A
+  renewal by the owner waits too, for as long as its own mail transaction lasts.
   `LeaseLost` rolls the mail back, so it is not moved on the server.
 * A case's number is its id from the `cases` identity sequence, unique across daemons.
 """
@@ -43,7 +45,7 @@ T = TypeVar("T")
 
 _LEASE = (
     "SELECT 1 FROM listener_leases WHERE listener = %s AND owner = %s"
-    " AND expires_at > clock_timestamp() FOR KEY SHARE"
+    " AND expires_at > clock_timestamp() FOR SHARE"
 )
 
 
