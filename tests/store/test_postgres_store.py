@@ -274,3 +274,29 @@ async def test_two_daemons_taking_the_same_mail_make_one_case(stores: Callable[.
     )
     [case] = await second.list_cases()  # three mails of one customer and subject: one case
     assert case.messages == 3
+
+
+async def test_extract_attachments_false_keeps_the_mail_bytes_once(
+    postgres_server: PostgresServer, url: str, stores: Callable[..., Store]
+) -> None:
+    """As test_store_eml_once for SQLite: the .eml attachment is the message's raw, not a
+    second copy, yet listed and readable through attachment_files (also a large one)."""
+    store = stores()
+    await store.open()
+    engine = CaseEngine(store, EngineSettings("L", extract_attachments=False))
+    mails = [make_mail(1, subject="Planos"), make_mail(2, subject="Planos", body="x" * (3 << 20))]
+    for uid, raw in enumerate(mails, start=1):
+        await engine.ingest(MailKey("L", "IMAP/New", "1", str(uid)), raw)
+    stored = _sql(
+        postgres_server, url,
+        "SELECT (SELECT sum(octet_length(raw)) + coalesce(sum(octet_length(stored_mime)), 0)"
+        " FROM messages) + (SELECT sum(octet_length(content)) FROM attachments)",
+    )  # fmt: skip
+    assert int(stored) == sum(len(raw) for raw in mails)
+    listed = _sql(
+        postgres_server, url,
+        "SELECT content_type, size, md5(content) FROM attachment_files ORDER BY id",
+    )  # fmt: skip
+    assert listed.split() == [
+        f"message/rfc822|{len(raw)}|{hashlib.md5(raw).hexdigest()}" for raw in mails
+    ]
