@@ -31,15 +31,18 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
 _EXTRA = {"postgres": "engage-listener[postgres] (psycopg)"}
 
 
-def _member(kind: str, index: int) -> Any:
-    module, *names = IMPLEMENTATIONS[kind]
+def _import(module: str, kind: str) -> Any:
     try:
-        found = importlib.import_module(module)
+        return importlib.import_module(module)
     except ImportError as exc:  # the driver is an optional dependency
         raise StoreError(
             f"the {kind} store needs {_EXTRA.get(kind, 'its driver')}, not installed: {exc}"
         ) from None
-    return getattr(found, names[index])
+
+
+def _member(kind: str, index: int) -> Any:
+    module, *names = IMPLEMENTATIONS[kind]
+    return getattr(_import(module, kind), names[index])
 
 
 def build_store(config: StoreConfig, kind: str | None = None, owner: str | None = None) -> Store:
@@ -68,9 +71,6 @@ async def copy_into(config: StoreConfig, source: Path) -> list[str]:
     names; a line per table with its counts. Safe to run again."""
     if config.kind != "postgres":
         raise StoreError("store copy needs a PostgreSQL store (Store/Url) to copy into")
-    store = await open_store(config)
-    try:
-        lines: list[str] = await store.copy_from_sqlite(source)  # type: ignore[attr-defined]
-        return lines
-    finally:
-        await store.close()
+    copy = _import("engage_listener.store.postgres.copy", "postgres")
+    lines: list[str] = await copy.copy_into(config, source)
+    return lines

@@ -27,8 +27,10 @@ from typing import Any
 
 import psycopg
 
+from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.store.postgres.schema import LATEST, MIGRATION_LOCK
+from engage_listener.store.postgres.store import from_config
 from engage_listener.store.sqlite.store import SqliteStore
 
 COPY_LOCK = MIGRATION_LOCK + 1
@@ -164,6 +166,18 @@ async def _verify(
             f"copy not verified: {table.name} has {copied.source} rows in SQLite,"
             f" {len(wanted & there)} of them in PostgreSQL"
         )
+
+
+async def copy_into(config: StoreConfig, source: Path) -> list[str]:
+    """`store copy --from`: the SQLite store at `source` into the PostgreSQL store `config`
+    names (opened, so migrated, first); a line per table with its counts."""
+    store = from_config(config)
+    await store.open()
+    try:
+        async with store.connection() as conn:
+            return summary(await copy_sqlite(conn, source))
+    finally:
+        await store.close()
 
 
 def summary(done: Sequence[Copied]) -> list[str]:

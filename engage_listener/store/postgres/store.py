@@ -87,14 +87,6 @@ class PostgresStore(OperatorQueries):
         async with self._pool_().connection() as conn:
             return await migrate(conn)
 
-    async def copy_from_sqlite(self, path: Path) -> list[str]:
-        """`store copy`: the SQLite store at `path` into this one (see `copy`); a line per
-        table with its counts."""
-        from engage_listener.store.postgres.copy import copy_sqlite, summary  # noqa: PLC0415
-
-        async with self._connection() as conn, self._errors("store copy failed"):
-            return summary(await copy_sqlite(conn, path))
-
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -127,6 +119,13 @@ class PostgresStore(OperatorQueries):
             return
         async with self._errors("store unavailable"), self._pool_().connection() as pooled:
             yield pooled
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A connection of the pool for work of the store's own modules (`copy`); its
+        database errors are `StoreError`s."""
+        async with self._connection() as conn, self._errors("store work failed"):
+            yield conn
 
     @asynccontextmanager
     async def group(self) -> AsyncIterator[None]:
