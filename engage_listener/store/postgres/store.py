@@ -82,11 +82,6 @@ class PostgresStore(OperatorQueries):
             await self.close()
             raise
 
-    async def migrate(self) -> int:
-        """Bring the schema up to date; returns the version found before."""
-        async with self._pool_().connection() as conn:
-            return await migrate(conn)
-
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
