@@ -17,6 +17,7 @@ Decisions:
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -91,7 +92,9 @@ class PostgresTransaction(MoreWrites):
         return hooks.run_inline(self._conn, work, stop_at)
 
     def interrupt(self) -> None:
-        self._conn.cancel()
+        """Cancel the running statement on the server. libpq's cancel opens a connection
+        of its own and waits for it: on a thread, never on the event loop that calls this."""
+        threading.Thread(target=self._conn.cancel, name="pg-cancel", daemon=True).start()
 
     # ----- look-ups -----------------------------------------------------------------
     async def find_duplicate(
