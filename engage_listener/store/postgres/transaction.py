@@ -297,17 +297,14 @@ class PostgresTransaction(MoreWrites):
     ) -> None:
         if self._owner is not None:
             await check_lease(self._conn, key.listener, self._owner)
-        await self.execute(
-            "INSERT INTO ledger (listener, mailbox, epoch, item, message_row, quarantine_id,"
-            " message_id, sha256, state, created_at)"
+        where = (key.listener, key.mailbox, key.epoch, key.item)
+        await self.execute(  # one round trip: the attempts counted so far go with it
+            "WITH done AS (DELETE FROM attempts WHERE listener = %s AND mailbox = %s"
+            " AND epoch = %s AND item = %s) INSERT INTO ledger (listener, mailbox, epoch, item,"
+            " message_row, quarantine_id, message_id, sha256, state, created_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
-                key.listener, key.mailbox, key.epoch, key.item, message_row, quarantine_id,
-                message.message_id, message.sha256, state, now_iso(),
+                *where, *where, message_row, quarantine_id, message.message_id,
+                message.sha256, state, now_iso(),
             ),
         )  # fmt: skip
-        await self.execute(
-            "DELETE FROM attempts WHERE listener = %s AND mailbox = %s AND epoch = %s"
-            " AND item = %s",
-            (key.listener, key.mailbox, key.epoch, key.item),
-        )
