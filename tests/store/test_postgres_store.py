@@ -67,6 +67,16 @@ async def test_daemons_starting_together_migrate_once(
         " WHERE tablename IN ('daemons', 'listener_leases', 'ledger')",
     )  # fmt: skip
     assert tables.strip() == "daemons,ledger,listener_leases"
+    lz4 = _sql(
+        postgres_server, url,
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'",
+    )  # fmt: skip
+    compression = _sql(
+        postgres_server, url,
+        "SELECT attcompression FROM pg_attribute WHERE attrelid = 'messages'::regclass"
+        " AND attname = 'raw'",
+    )  # fmt: skip
+    assert compression.strip() == ("l" if lz4.strip() == "t" else "")  # lz4 where it can
 
 
 async def test_a_database_from_a_newer_program_is_refused(
