@@ -16,6 +16,8 @@ Decisions:
 * Raw mail, stored MIME, attachments and acknowledgements are bytea; where the server
   supports it (PostgreSQL 14+ built with lz4) they are compressed with lz4 instead of pglz,
   which more than halved the server's CPU per mail (bench/README.md, "PostgreSQL driver").
+  `connect.migrate` applies COMPRESSED after the baseline script; a later migration that
+  adds a large column must add it to COMPRESSED and have `migrate` set it the same way.
 * `daemons` and `listener_leases` are the cluster's tables (issue 16 point 3); the lease
   manager owns them, the store only reads `listener_leases` to fence a mail's commit.
 """
