@@ -83,3 +83,8 @@ class StoppedEarly(EngageError):
 
 class SecretError(EngageError):
     """A secret reference cannot be resolved (missing key, wrong key, unset variable...)."""
+
+
+class LeaseLost(StoreError):
+    """This daemon no longer holds the listener's lease (issue 16): the mail's transaction
+    was rolled back, so nothing of it is committed nor moved; another daemon takes it."""

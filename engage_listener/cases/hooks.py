@@ -12,6 +12,9 @@ case's inbox (queue / team). `RoutingHook` in the XML names one of:
   the mail fails, but the thread runs until the function returns. While every one of
   them is held by such a call, the next mails fail at once with `routing_hook_stuck`
   (attempts, then quarantine) instead of waiting in a queue.
+- ``pg:SCHEMA.NAME`` (PostgreSQL store only): a stored function or procedure called with
+  named arguments in the mail's own transaction; its result columns are the decision
+  (see `hooks_pg`).
 - ``sql:path/to/procedure.sql``: statements run in order in the mail's own transaction, so
   their writes commit or roll back with the case. Named parameters: `SQL_PARAMETERS`, each
   statement getting only those it uses. The SQL may update ``cases`` itself; if its LAST
@@ -50,8 +53,10 @@ from engage_listener.cases.hook_types import (
     SqlExecutor,
     as_decision,
 )
+from engage_listener.cases.hooks_pg import load_procedure
 from engage_listener.cases.hooks_sql import SQL_PARAMETERS, SqlHook, load_sql
 from engage_listener.errors import HookError
+from engage_listener.store.open import sql_dialect
 
 __all__ = [
     "DECISION_FIELDS",
@@ -73,11 +78,15 @@ __all__ = [
 
 HOOK_THREADS = 4  # sync calls of one hook running at once; more are refused, not queued
 
-_FORMS = "python:package.module:function or sql:path/to/procedure.sql"
+_FORMS = (
+    "python:package.module:function, sql:path/to/procedure.sql or pg:SCHEMA.NAME (PostgreSQL store)"
+)
 
 
-def load_hook(spec: str, base_dir: Path, timeout: float) -> RoutingHook:
-    """The hook a RoutingHook setting names, checked now so mistakes surface at start-up."""
+def load_hook(spec: str, base_dir: Path, timeout: float, store_kind: str = "sqlite") -> RoutingHook:
+    """The hook a RoutingHook setting names, checked now so mistakes surface at start-up.
+    `store_kind` is the configured store's ("sqlite", "postgres"): `sql:` files are in its
+    dialect, and `pg:` procedures need PostgreSQL."""
     spec = spec.strip()
     kind, _, target = spec.partition(":")
     if timeout <= 0:
@@ -85,7 +94,12 @@ def load_hook(spec: str, base_dir: Path, timeout: float) -> RoutingHook:
     if kind == "python":
         return _load_python(spec, target, base_dir, timeout)
     if kind == "sql" and target.strip():
-        return load_sql(spec, base_dir / Path(target.strip()).expanduser(), timeout)
+        path = base_dir / Path(target.strip()).expanduser()
+        return load_sql(spec, path, timeout, sql_dialect(store_kind))
+    if kind == "pg":
+        if store_kind != "postgres":
+            raise HookError(f"routing hook {spec}: pg: hooks need a PostgreSQL store (Store/Url)")
+        return load_procedure(spec, target, timeout)
     raise HookError(f"routing hook {spec!r} is malformed: expected {_FORMS}")
 
 

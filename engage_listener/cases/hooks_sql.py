@@ -56,10 +56,21 @@ SQL_PARAMETERS = (
     "rules_priority",
     "rules_tags",
 )
-_LEXEMES = re.compile(  # quoted text is skipped, so ':' or '?' inside it is no parameter
+# Quoted text is skipped, so ':' or '?' inside it is no parameter; nor is PostgreSQL's cast
+# `x::text`.
+_LEXEMES = re.compile(
     r"""(?P<quoted>'(?:[^']|'')*'?|"(?:[^"]|"")*"?|`[^`]*`?|\[[^\]]*\]?)"""
     r"""|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
-    r"""|[:@$](?P<param>[A-Za-z_]\w*)|(?P<positional>\?\d*)""",
+    r"""|(?P<cast>::)|[:@$](?P<param>[A-Za-z_]\w*)|(?P<positional>\?\d*)""",
+    re.DOTALL,
+)
+# PostgreSQL's: no `ident` nor [ident] quoting (ARRAY[:a] holds a parameter), dollar-quoted
+# bodies skipped, and '?' is an operator (jsonb), not a parameter.
+_PG_LEXEMES = re.compile(
+    r"""(?P<quoted>'(?:[^']|'')*'?|"(?:[^"]|"")*"?)"""
+    r"""|(?P<dollar>\$(?P<tag>[A-Za-z_]\w*)?\$.*?(?:\$(?P=tag)?\$|\Z))"""
+    r"""|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
+    r"""|(?P<cast>::)|:(?P<param>[A-Za-z_]\w*)""",
     re.DOTALL,
 )
 
@@ -279,7 +290,10 @@ def _split_sql(text: str, dialect: SqlDialect) -> list[_Statement]:
             offset = start + len(code) - len(code.lstrip())
             statements.append(
                 _Statement(
-                    len(statements) + 1, _line_of(text, offset), chunk.strip(), _parameters(chunk)
+                    len(statements) + 1,
+                    _line_of(text, offset),
+                    chunk.strip(),
+                    _parameters(chunk, dialect.name),
                 )
             )
         start, chunk = start + len(chunk), ""
@@ -290,11 +304,12 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def _parameters(text: str) -> tuple[str, ...]:
+def _parameters(text: str, dialect_name: str = "sqlite") -> tuple[str, ...]:
     """Named parameters the statement uses; a positional '?' is an error."""
     names: dict[str, None] = {}
-    for match in _LEXEMES.finditer(text):
-        if match["positional"]:
+    lexemes = _PG_LEXEMES if dialect_name == "postgres" else _LEXEMES
+    for match in lexemes.finditer(text):
+        if match.groupdict().get("positional"):
             raise ValueError(f"use named parameters such as :case_id, not {match[0]!r}")
         if match["param"]:
             names[match["param"]] = None

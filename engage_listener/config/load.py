@@ -35,6 +35,7 @@ from engage_listener.config.model import (
 )
 from engage_listener.config.rules import rules_config, rules_problems
 from engage_listener.config.schema import parse_xml, schema_problems
+from engage_listener.config.store import store_config, store_problems
 from engage_listener.config.webhook import WebhookConfig, webhook_config, webhook_problems
 from engage_listener.config.xmltree import ca_file_problem
 from engage_listener.config.xmltree import flag as _flag
@@ -76,6 +77,7 @@ def _semantic_problems(root: etree._Element, path: Path) -> list[ConfigProblem]:
     problems.extend(_metrics_problems(root, file))
     for node in root.iter("Webhook"):
         problems.extend(webhook_problems(node, path, key_path(root, path)))
+    problems.extend(store_problems(root, path))
     for name in ("Process", "Store", "Secrets", "Metrics", "Webhook"):
         for extra in list(root.iterchildren(name))[1:]:
             problems.append(ConfigProblem(file, _line(extra), name, "only one is allowed"))
@@ -385,9 +387,6 @@ def _build_config(root: etree._Element, path: Path) -> Config:
     """The Config of a valid tree."""
     blocks = _values(root)
     process = _values(blocks["Process"]) if "Process" in blocks else {}
-    store_values = _values(blocks["Store"]) if "Store" in blocks else {}
-    store = _optional(store_values, "Path")
-    lease = _optional(store_values, "LeaseSeconds")
     return Config(
         path=path,
         imap_listeners=tuple(_listener(b, path) for b in root.iterchildren("ImapListener")),
@@ -401,8 +400,9 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         webhook=webhook_config(blocks["Webhook"], path, key_path(root, path))
         if "Webhook" in blocks
         else None,
-        store=StoreConfig(
-            _relative_to(path, store) if store else DEFAULT_STORE_PATH,
-            **({"lease_seconds": int(lease)} if lease else {}),
+        store=(
+            store_config(blocks["Store"], path, lambda node: _secret(node, root, path))
+            if "Store" in blocks
+            else StoreConfig(DEFAULT_STORE_PATH)
         ),
     )

@@ -8,6 +8,7 @@ an absent element leaves the field's default here). Every name follows its XML e
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -184,10 +185,33 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where the case store lives, and how long a daemon's hold on a listener lasts."""
+    """Where the case store lives: a SQLite file (`path`), or a PostgreSQL database (`url`,
+    a libpq URL, with an optional `password` and `ca_file`; `lease_seconds`: how long a
+    daemon's hold on a listener lasts, see service.coordinator_pg). `path` keeps its default when
+    `url` is set, and is then unused."""
 
     path: Path
-    lease_seconds: int = DEFAULT_LEASE_SECONDS  # PostgreSQL: take-over within this after a death
+    url: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    lease_seconds: int = DEFAULT_LEASE_SECONDS  # several daemons: take-over within this
+
+    @property
+    def kind(self) -> str:
+        """The implementation's name in `store.open`: "postgres" or "sqlite"."""
+        return "postgres" if self.url else "sqlite"
+
+    @property
+    def where(self) -> str:
+        """The store for logs and messages: the path, or the URL with its password masked."""
+        return mask_url(self.url) if self.url else str(self.path)
+
+
+def mask_url(url: str) -> str:
+    """A libpq URL with the password of its user part and any `password=` parameter
+    replaced by ***: safe in logs and errors."""
+    masked = re.sub(r"^([a-z]+://[^:/@?#]*:)[^/?#]*@", r"\1***@", url, flags=re.IGNORECASE)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from engage_listener.ops.terminal import (
 from engage_listener.outbox import delivery as outbox
 from engage_listener.service import app, build
 from engage_listener.store.interface import Store
-from engage_listener.store.open import open_store
+from engage_listener.store.open import copy_into, open_store
 
 # The operator commands' modules (commands, admin, diagnose, mailsearch) are imported by
 # the functions that use them, so `run` does not pay for them at start-up.
@@ -82,7 +82,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(
         f"{config.path}: OK, {len(config.imap_listeners)} IMAP{graph} and "
         f"{len(config.pop3_listeners)} POP3 listener(s), "
-        f"store {config.store.path}"
+        f"store {config.store.where}"
     )
     for listener in config.listeners:
         print(f"  {describe(listener)}")
@@ -364,6 +364,20 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    """`store migrate`: open the store (which migrates it, under the store's lock) and say
+    so. `store copy --from`: a SQLite store into the PostgreSQL one, verified."""
+    config = _load(args.config)
+    if args.action == "copy":
+        for line in asyncio.run(copy_into(config.store, args.source)):
+            print(line)
+        print(f"copied into {config.store.where}: verified")
+        return EXIT_OK
+    asyncio.run(_with_store(config, lambda s: asyncio.sleep(0)))
+    print(f"store {config.store.where}: schema up to date")
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -385,6 +399,7 @@ COMMANDS = {
     "approve": cmd_decide,
     "reject": cmd_decide,
     "encrypt-password": cmd_encrypt_password,
+    "store": cmd_store,
 }
 
 

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_command(sub)
     _add_auth_command(sub)
     _add_rules_command(sub)
+    _add_store_command(sub)
     status = sub.add_parser(
         "status",
         help="per listener: state, last batch, today's mails, "
@@ -314,6 +315,21 @@ def _add_auth_command(sub: Any) -> None:
     astatus = asub.add_parser("status", help="kind, expiry and last refresh; never a secret")
     astatus.add_argument("--json", action="store_true")
     _config_arg(astatus)
+
+
+def _add_store_command(sub: Any) -> None:
+    """store migrate (both stores), store copy --from (SQLite into PostgreSQL)."""
+    store = sub.add_parser("store", help="the case store itself: its schema")
+    ssub = store.add_subparsers(dest="action", required=True)
+    migrate = ssub.add_parser(
+        "migrate", help="create or bring the store's schema up to date (the daemon does at start)"
+    )
+    _config_arg(migrate)
+    copy = ssub.add_parser(
+        "copy", help="copy a SQLite store into the configured PostgreSQL store (safe to re-run)"
+    )
+    copy.add_argument("--from", dest="source", type=Path, required=True, metavar="PATH.sqlite3")
+    _config_arg(copy)
 
 
 def _config_arg(parser: argparse.ArgumentParser, default: Any = None) -> None:

@@ -84,9 +84,9 @@ async def run(config: Config, *, once: bool = False) -> int:
         )
         return 1
     coordinator = build_coordinator(config.store)
-    # MERGE POINT (pg-store): the PostgreSQL store fences each commit on this daemon's
-    # leases: build_store(config.store, owner=coordinator.store_owner).
-    store = build_store(config.store)
+    # Serving, the PostgreSQL store fences each mail's commit on this daemon's leases;
+    # `run --once` takes no leases, so it is not fenced (see README, several daemons).
+    store = build_store(config.store, owner=None if once else coordinator.store_owner)
     try:
         await store.open()
     except EngageError as exc:
@@ -118,7 +118,7 @@ async def run(config: Config, *, once: bool = False) -> int:
             "starting",
             listeners=[c.id for c in listeners_cfg],
             once=once,
-            store=str(config.store.path),
+            store=config.store.where,
         )
         if once:
             code = await _run_once(listeners, log)

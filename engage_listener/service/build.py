@@ -116,7 +116,10 @@ def load_hooks(config: Config) -> dict[str, RoutingHook]:
             continue
         try:
             hooks[cfg.id] = load_hook(
-                cfg.routing_hook, config.path.absolute().parent, float(cfg.routing_timeout)
+                cfg.routing_hook,
+                config.path.absolute().parent,
+                float(cfg.routing_timeout),
+                config.store.kind,
             )
         except HookError as exc:
             problems.append(

@@ -120,12 +120,8 @@ class SoloCoordinator:
 
 
 def coordinator_kind(store: StoreConfig) -> str:
-    """ "postgres" when the store is a PostgreSQL URL, else "solo".
-
-    MERGE POINT (pg-store adds `StoreConfig.url`): read here by name so this module does
-    not depend on that branch; replace with `store.url` once both are merged.
-    """
-    return "postgres" if getattr(store, "url", None) else "solo"
+    """ "postgres" when the store is PostgreSQL (several daemons may share it), else "solo"."""
+    return "postgres" if store.kind == "postgres" else "solo"
 
 
 def build_coordinator(store: StoreConfig, kind: str | None = None, **options: Any) -> Coordinator:

@@ -44,6 +44,7 @@ from engage_listener.errors import EngageError
 from engage_listener.observe.logs import Logger, get_logger, scrub
 from engage_listener.service.coordinator import DaemonIdentity, OnChange, spread
 from engage_listener.service.leases import LeaseTables
+from engage_listener.store.open import libpq_options
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -54,21 +55,12 @@ CLOSE_WAIT = 11.0  # psycopg's cancellation of an abandoned query: 5 s + 5 s
 
 
 def connect_options(store: StoreConfig) -> tuple[str, dict[str, Any]]:
-    """The libpq URL and keyword options of the store's database.
-
-    MERGE POINT: pg-store adds `url` (and its password and CA file) to StoreConfig and
-    knows how to turn them into connection options; use its function here once merged.
-    """
-    url = getattr(store, "url", None)
-    if not url:
+    """The libpq URL and keyword options of the store's database (the store's own: the
+    password beside the URL, never in it, and registered as a secret)."""
+    if not store.url:
         raise EngageError("the PostgreSQL coordinator needs <Store><Url>")
-    options: dict[str, Any] = {}
-    password = getattr(store, "password", None)
-    if password is not None:
-        options["password"] = password.reveal() if hasattr(password, "reveal") else password
-    if ca_file := getattr(store, "ca_file", None):
-        options["sslrootcert"] = str(ca_file)
-    return str(url), options
+    password = store.password.reveal() if store.password is not None else None
+    return store.url, libpq_options(password, store.ca_file)
 
 
 def alive_seconds(lease_seconds: float) -> float:

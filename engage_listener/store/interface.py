@@ -81,6 +81,8 @@ SyncExecute = Callable[[str, Mapping[str, object]], SqlCursor]  # one statement,
 class SqlDialect(Protocol):
     """What loading an operator's SQL hook file needs to know of the store's SQL."""
 
+    name: str  # "sqlite" or "postgres": how parameters and quotes are written
+
     def is_complete(self, text: str) -> bool:
         """Whether `text` ends with a complete statement (quotes, comments, triggers)."""
         ...

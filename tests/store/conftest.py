@@ -1,8 +1,9 @@
 """The store contract suite: every test here runs against each store implementation.
 
-A store implementation joins the suite by adding a builder to STORES (issue 16: a
-PostgreSQL store whose builder creates a fresh database for each test). The tests use
-`store.interface` only: no SQL, no implementation's own methods.
+A store implementation joins the suite by adding a builder to STORES: SQLite in the test's
+folder, PostgreSQL in a fresh database of the session's server for each test (skipped,
+saying why, where PostgreSQL is not installed). The tests use `store.interface` only: no
+SQL, no implementation's own methods; `sqlite_store` is for the SQLite store's own tests.
 """
 
 from __future__ import annotations
@@ -18,19 +19,42 @@ import pytest
 from engage_listener.config.model import StoreConfig
 from engage_listener.store.interface import NewMessage, Store
 from engage_listener.store.open import build_store
+from engage_listener.store.sqlite.store import SqliteStore
+from tests.support.postgres import fresh_database, postgres_server
+
+__all__ = ["postgres_server"]  # a fixture, for the tests that ask for it
 
 
-def _sqlite(tmp_path: Path) -> Store:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return build_store(StoreConfig(tmp_path / "store" / "cases.sqlite3"), "sqlite")
 
 
-STORES: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    url = fresh_database(request.getfixturevalue("postgres_server"))
+    return build_store(StoreConfig(tmp_path / "unused", url=url))
+
+
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+}
 
 
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """An empty, opened store of each implementation."""
-    opened = STORES[request.param](tmp_path)
+    opened = STORES[request.param](request, tmp_path)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An empty, opened SQLite store (its own tests: WAL, blobs, query plans)."""
+    opened = SqliteStore(tmp_path / "store" / "cases.sqlite3")
     await opened.open()
     try:
         yield opened

@@ -6,11 +6,20 @@ from __future__ import annotations
 import random
 from email.message import EmailMessage
 
+import pytest
+
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from engage_listener.store.sqlite.transaction import BLOB_PIECE
 from tests.support.helpers import db_rows
+
+
+@pytest.fixture
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    """The SQLite store only: these tests read its file and its query plans."""
+    return sqlite_store
+
 
 BLOBS = (
     "SELECT (SELECT coalesce(sum(length(raw)), 0) + coalesce(sum(length(stored_mime)), 0)"

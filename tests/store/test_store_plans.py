@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.cases.hooks import load_hook
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.helpers import make_mail
 from tests.support.paths import REPO
+
+
+@pytest.fixture
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    """The SQLite store only: these tests read its file and its query plans."""
+    return sqlite_store
+
 
 # The store's own tables; a routing procedure may scan its own small tables.
 TABLES = (

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 from devkit.dovecot import DovecotSandbox
 
@@ -143,7 +144,7 @@ def config_text(
     """A whole configuration file around listener blocks.
 
     `process` are the Process element's switches (IMAP on by default; None: no element),
-    `store` the store's path (relative: next to the file; None: no element), `key_file`
+    `store` the store's path (relative: next to the file; None: no element) or URL, `key_file`
     the Secrets key, `metrics` the Metrics element's attributes (`Listen="..." ...`),
     `tail` any further raw XML.
     """
@@ -152,8 +153,9 @@ def config_text(
         parts.append(
             f'  <Process ID="EIS">{elements(process, "").replace(chr(10), "")}</Process>\n'
         )
-    if store is not None:
-        parts.append(f"  <Store><Path>{store}</Path></Store>\n")
+    if store is not None:  # a postgresql:// URL is a PostgreSQL store
+        kind = "Url" if store.startswith(("postgresql://", "postgres://")) else "Path"
+        parts.append(f"  <Store><{kind}>{xml_escape(store)}</{kind}></Store>\n")
     if key_file is not None:
         parts.append(f"  <Secrets><KeyFile>{key_file}</KeyFile></Secrets>\n")
     if metrics is not None:

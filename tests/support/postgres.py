@@ -7,6 +7,8 @@ where PostgreSQL is not installed; `bash scripts/dev test` installs it.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -36,3 +38,11 @@ def postgres_server() -> Iterator[PostgresServer]:
     require_postgres()
     with PostgresServer() as server:
         yield server
+
+
+_databases = itertools.count(1)
+
+
+def fresh_database(server: PostgresServer) -> str:
+    """A new, empty database on `server` for one test; its URL (the application's role)."""
+    return server.create_database(f"t{os.getpid()}_{next(_databases)}")

@@ -10,6 +10,8 @@ _SYNTAX_ERRORS = ("syntax error", "incomplete input", "unrecognized token")
 
 
 class SqliteDialect:
+    name = "sqlite"
+
     def is_complete(self, text: str) -> bool:
         return sqlite3.complete_statement(text)
 

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
 from engage_listener.store.records import (
@@ -34,7 +35,13 @@ from engage_listener.store.sqlite.schema import MIGRATIONS
 from engage_listener.store.sqlite.transaction import SqliteTransaction, now_iso
 from engage_listener.store.sqlite.webhooks import WebhookQueries
 
-__all__ = ["SQLITE_DIALECT", "SqliteStore"]
+__all__ = ["SQLITE_DIALECT", "SqliteStore", "from_config"]
+
+
+def from_config(config: StoreConfig, owner: str | None = None) -> SqliteStore:
+    """The store at `config.path` (see `store.open`); one daemon owns a SQLite store, so
+    `owner` fences nothing here."""
+    return SqliteStore(config.path)
 
 
 class SqliteStore(OperatorQueries, CaseReads, WebhookQueries):

@@ -1,0 +1,215 @@
+"""The PostgreSQL store: several daemons may share one database (issue 16).
+
+Decisions:
+
+* A pool of connections (`connect.open_pool`) instead of SQLite's one connection and
+  lock: listeners' transactions run side by side, each on a connection of its own, and
+  PostgreSQL's row locks and the ledger's primary key keep them apart.
+* `group()` holds one connection and one transaction for the task that opened it; the
+  transactions that task opens inside become savepoints on it (psycopg nests
+  `conn.transaction()` as savepoints), as in the SQLite store. Reads of that task use the
+  same connection, so they see the group's own writes.
+* Every database error becomes a `StoreError` whose message has no secret in it;
+  `LeaseLost` (a `StoreError`) passes through as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from engage_listener.config.model import StoreConfig
+from engage_listener.errors import StoreError
+from engage_listener.observe.logs import scrub
+from engage_listener.store.postgres.connect import (
+    connect_kwargs,
+    first_connection,
+    message,
+    migrate,
+    open_pool,
+)
+from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
+from engage_listener.store.postgres.operator import OperatorQueries
+from engage_listener.store.postgres.transaction import PostgresTransaction, check_lease, now_iso
+from engage_listener.store.records import LedgerEntry, LedgerState, MailKey, SettledState
+
+__all__ = ["POSTGRES_DIALECT", "PostgresStore", "from_config"]
+
+Connection = psycopg.AsyncConnection[Any]
+
+
+def from_config(config: StoreConfig, owner: str | None = None) -> PostgresStore:
+    """The store `config` names (`Url`, `Password`, `CaFile`); see `store.open`."""
+    assert config.url is not None
+    password = config.password.reveal() if config.password is not None else None
+    return PostgresStore(config.url, password=password, ca_file=config.ca_file, owner=owner)
+
+
+class PostgresStore(OperatorQueries):
+    """See `store.Store`. `owner`: the daemon's id, whose lease every mail's ledger row
+    and settlement is checked against (None: no fencing, as for operator commands)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        ca_file: Path | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.url = url
+        self.owner = owner
+        self._kwargs = connect_kwargs(password, ca_file)
+        self._pool: AsyncConnectionPool | None = None
+        self._groups: dict[asyncio.Task[Any], Connection] = {}
+
+    async def open(self) -> None:
+        """Connect, and migrate to the latest schema (once, whoever starts first)."""
+        try:
+            async with await first_connection(self.url, self._kwargs) as conn:
+                await migrate(conn)  # and a wrong URL or password fails here, at once
+            self._pool = await open_pool(self.url, self._kwargs)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self.close()
+            raise StoreError(message("cannot open the store", exc, self.url)) from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _pool_(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        return self._pool
+
+    def _group_conn(self) -> Connection | None:
+        task = asyncio.current_task()
+        return self._groups.get(task) if task is not None else None
+
+    @asynccontextmanager
+    async def _errors(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:  # pool: none free in time
+            raise StoreError(message(what, exc, self.url)) from None
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """The group's connection for this task, or one from the pool."""
+        conn = self._group_conn()
+        if conn is not None:
+            yield conn
+            return
+        async with self._errors("store unavailable"), self._pool_().connection() as pooled:
+            yield pooled
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A connection of the pool for work of the store's own modules (`copy`); its
+        database errors are `StoreError`s."""
+        async with self._connection() as conn, self._errors("store work failed"):
+            yield conn
+
+    @asynccontextmanager
+    async def group(self) -> AsyncIterator[None]:
+        """One commit for several transactions of this task (each becomes a savepoint).
+        Nothing in it is durable before the block exits without an error."""
+        task = asyncio.current_task()
+        assert task is not None
+        async with (
+            self._connection() as conn,
+            self._errors("store write failed"),
+            conn.transaction(),
+        ):
+            self._groups[task] = conn
+            try:
+                yield
+            finally:
+                del self._groups[task]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        """One mail's writes, committed together or not at all (a savepoint in a group)."""
+        async with (
+            self._connection() as conn,
+            self._errors("store write failed"),
+            conn.transaction(),
+        ):
+            yield PostgresTransaction(conn, self.owner)
+
+    async def query(self, sql: str, params: Any = ()) -> list[Any]:
+        """Rows of one read (binary: bytea as bytes)."""
+        async with self._connection() as conn, self._errors("store read failed"):
+            cur = await conn.execute(sql, params or None, binary=True)
+            return await cur.fetchall()
+
+    # ----- the ledger -------------------------------------------------------------------
+    async def known_states(
+        self, listener: str, mailbox: str, epoch: str, items: Sequence[str]
+    ) -> dict[str, LedgerState]:
+        rows = await self.query(
+            "SELECT item, state FROM ledger WHERE listener = %s AND mailbox = %s"
+            " AND epoch = %s AND item = ANY(%s)",
+            (listener, mailbox, epoch, list(items)),
+        )
+        return {str(r[0]): r[1] for r in rows}
+
+    async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
+        rows = await self.query(
+            "SELECT l.epoch, l.state, l.sha256, COALESCE(m.size, octet_length(q.raw))"
+            " FROM ledger l LEFT JOIN messages m ON m.id = l.message_row"
+            " LEFT JOIN quarantine q ON q.id = l.quarantine_id"
+            " WHERE l.listener = %s AND l.mailbox = %s AND l.item = %s"
+            " ORDER BY length(l.epoch), l.epoch",
+            (listener, mailbox, item),
+        )
+        return [
+            LedgerEntry(str(r[0]), r[1], str(r[2]), None if r[3] is None else int(r[3]))
+            for r in rows
+        ]
+
+    async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
+        rows = await self.query(
+            "SELECT message_id FROM messages WHERE listener = %s AND message_id = ANY(%s)",
+            (listener, list(message_ids)),
+        )
+        return {str(r[0]) for r in rows}
+
+    async def record_failure(self, key: MailKey, error: str) -> int:
+        error = scrub(error)[:2000]  # scrubbed before cut: no half secret is left
+        async with self.transaction() as tx:
+            row = await tx._one(
+                "INSERT INTO attempts (listener, mailbox, epoch, item, attempts, last_error,"
+                " updated_at) VALUES (%s, %s, %s, %s, 1, %s, %s) ON CONFLICT"
+                " (listener, mailbox, item, epoch) DO UPDATE SET"
+                " attempts = attempts.attempts + 1, last_error = excluded.last_error,"
+                " updated_at = excluded.updated_at RETURNING attempts",
+                (key.listener, key.mailbox, key.epoch, key.item, error, now_iso()),
+            )
+        return int(row[0]) if row else 1
+
+    async def mark_done(self, keys: Sequence[MailKey], state: SettledState) -> None:
+        """Settle the keys; with an owner, only while it holds each listener's lease."""
+        now = now_iso()
+        async with self.transaction() as tx:
+            if self.owner is not None:
+                for listener in sorted({key.listener for key in keys}):
+                    await check_lease(tx._conn, listener, self.owner)
+            for key in keys:
+                await tx.execute(
+                    "UPDATE ledger SET state = %s, done_at = %s WHERE listener = %s"
+                    " AND mailbox = %s AND epoch = %s AND item = %s",
+                    (state, now, key.listener, key.mailbox, key.epoch, key.item),
+                )

@@ -1,0 +1,310 @@
+"""The writes and look-ups of one message, inside one PostgreSQL transaction.
+
+Decisions:
+
+* Binary results (`binary=True`): raw mail and attachments arrive as bytes, not as hex
+  text twice their size (bench/README.md, "PostgreSQL driver").
+* Fencing: a store built with an `owner` (the daemon's id) writes a mail's ledger row only
+  while that daemon holds the listener's lease (`listener_leases`: owner, and expires_at
+  later than the clock now), checked in the same transaction with `FOR SHARE`: any UPDATE
+  of that lease row (a take-over, whatever way the lease manager writes it) waits until
+  this commit is done, so ownership cannot change between the check and the commit. A
+  renewal by the owner waits too, for as long as its own mail transaction lasts.
+  `LeaseLost` rolls the mail back, so it is not moved on the server.
+* A case's number is its id from the `cases` identity sequence, unique across daemons.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from engage_listener.errors import LeaseLost
+from engage_listener.observe.logs import scrub
+from engage_listener.store.interface import (
+    CaseInfo,
+    CaseRef,
+    Customer,
+    MailKey,
+    NewAttachment,
+    NewCase,
+    NewMessage,
+    SyncExecute,
+)
+from engage_listener.store.postgres import hooks
+from engage_listener.store.postgres.rows import Column, insert_row
+from engage_listener.store.postgres.transaction_more import MoreWrites, now_iso
+from engage_listener.store.records import CaseStatus, LedgerState
+
+__all__ = ["PostgresTransaction", "check_lease", "now_iso"]
+
+T = TypeVar("T")
+
+_LEASE = (
+    "SELECT 1 FROM listener_leases WHERE listener = %s AND owner = %s"
+    " AND expires_at > clock_timestamp() FOR SHARE"
+)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _texts(**values: str | None) -> list[Column]:
+    return [Column(name, "text", value) for name, value in values.items()]
+
+
+async def check_lease(conn: psycopg.AsyncConnection[Any], listener: str, owner: str) -> None:
+    """Raise `LeaseLost` unless `owner` holds `listener`'s lease right now."""
+    cur = await conn.execute(_LEASE, (listener, owner))
+    if await cur.fetchone() is None:
+        raise LeaseLost(
+            f"daemon {owner} does not hold the lease of listener {listener}: not committed"
+        )
+
+
+class PostgresTransaction(MoreWrites):
+    """See `store.Transaction`; only valid inside `PostgresStore.transaction()`."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> None:
+        self._conn = conn
+        self._owner = owner
+
+    async def execute(self, sql: str, params: Any = ()) -> psycopg.AsyncCursor[Any]:
+        """One statement (psycopg's %s placeholders) in this transaction."""
+        return await self._conn.execute(sql, params or None, binary=True)
+
+    async def _one(self, sql: str, params: Any = ()) -> Any:
+        return await (await self.execute(sql, params)).fetchone()
+
+    async def _all(self, sql: str, params: Any = ()) -> list[Any]:
+        return await (await self.execute(sql, params)).fetchall()
+
+    # ----- operators' SQL hooks -----------------------------------------------------
+    async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
+        return await hooks.run_sync(self._conn, work)
+
+    def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
+        return hooks.run_inline(self._conn, work, stop_at)
+
+    def interrupt(self) -> None:
+        """Cancel the running statement on the server. libpq's cancel opens a connection
+        of its own and waits for it: on a thread, never on the event loop that calls this."""
+        threading.Thread(target=self._conn.cancel, name="pg-cancel", daemon=True).start()
+
+    # ----- look-ups -----------------------------------------------------------------
+    async def find_duplicate(
+        self, listener: str, sha256: str, message_id: str | None
+    ) -> int | None:
+        row = await self._one(
+            "SELECT message_row FROM ledger WHERE listener = %s AND sha256 = %s"
+            " AND message_id IS NOT DISTINCT FROM %s AND message_row IS NOT NULL LIMIT 1",
+            (listener, sha256, message_id),
+        )
+        return int(row[0]) if row else None
+
+    async def case_of_message(self, message_row: int) -> CaseRef | None:
+        row = await self._one(
+            "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"
+            " WHERE m.id = %s",
+            (message_row,),
+        )
+        return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def find_customer(self, address: str) -> Customer | None:
+        row = await self._one(
+            "SELECT customer_id FROM customer_addresses WHERE address = %s", (address.lower(),)
+        )
+        return await self.get_customer(int(row[0])) if row else None
+
+    async def get_customer(self, customer_id: int) -> Customer | None:
+        row = await self._one("SELECT id, name FROM customers WHERE id = %s", (customer_id,))
+        if row is None:
+            return None
+        rows = await self._all(
+            "SELECT address FROM customer_addresses WHERE customer_id = %s ORDER BY address",
+            (customer_id,),
+        )
+        return Customer(int(row[0]), str(row[1]), tuple(str(r[0]) for r in rows))
+
+    async def create_customer(self, name: str, address: str, source: str) -> Customer:
+        row = await self._one(
+            "INSERT INTO customers (name, source, created_at) VALUES (%s, %s, %s) RETURNING id",
+            (name or address, source, now_iso()),
+        )
+        customer_id = int(row[0])
+        await self.execute(
+            "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)",
+            (address.lower(), customer_id),
+        )
+        return Customer(customer_id, name or address, (address.lower(),))
+
+    async def open_case_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> CaseRef | None:
+        if customer_id is None or not normalized_subject:
+            return None
+        row = await self._one(
+            "SELECT id, case_number FROM cases WHERE customer_id = %s"
+            " AND process IS NOT DISTINCT FROM %s AND normalized_subject = %s"
+            " AND status IN ('open', 'pending-approval') ORDER BY id DESC LIMIT 1",
+            (customer_id, process, normalized_subject),
+        )
+        return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def case_info(self, case_id: int) -> CaseInfo:
+        row = await self._one(
+            "SELECT id, case_number, process, status, inbox, subject, customer_id, priority"
+            " FROM cases WHERE id = %s",
+            (case_id,),
+        )
+        rows = await self._all(
+            "SELECT tag FROM case_tags WHERE case_id = %s ORDER BY tag", (case_id,)
+        )
+        return CaseInfo(
+            int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]),
+            None if row[6] is None else int(row[6]), row[7], tuple(str(r[0]) for r in rows),
+        )  # fmt: skip
+
+    async def message_new_text(self, message_row: int) -> str | None:
+        row = await self._one("SELECT new_text FROM messages WHERE id = %s", (message_row,))
+        return None if row is None or row[0] is None else str(row[0])
+
+    # ----- writes -------------------------------------------------------------------
+    async def create_case(self, case: NewCase) -> CaseRef:
+        now = now_iso()
+        row = await self._one(
+            "WITH n AS (SELECT nextval(pg_get_serial_sequence('cases', 'id')) AS id)"
+            " INSERT INTO cases (id, case_number, listener, process, customer_id,"
+            " related_case_id, sender, sender_name, subject, normalized_subject, status,"
+            " created_at, updated_at) SELECT n.id, CASE WHEN n.id < 1000000"
+            " THEN lpad(n.id::text, 6, '0') ELSE n.id::text END,"
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM n RETURNING id, case_number",
+            (
+                case.listener, case.process, case.customer_id, case.related_case_id,
+                case.sender, case.sender_name, case.subject, case.normalized_subject,
+                case.status, now, now,
+            ),
+        )  # fmt: skip
+        return CaseRef(int(row[0]), str(row[1]))
+
+    async def add_message(self, case_id: int | None, message: NewMessage) -> int:
+        m = message
+        row = await insert_row(
+            self._conn,
+            "messages",
+            [
+                Column("case_id", "bigint", case_id),
+                *_texts(listener=m.listener, message_id=m.message_id, in_reply_to=m.in_reply_to,
+                        sender=m.sender, sender_name=m.sender_name, subject=m.subject,
+                        sent_at=_iso(m.sent_at), received_at=_iso(m.received_at),
+                        sha256=m.sha256),
+                Column("size", "bigint", len(m.raw)),
+                Column("parsed", "integer", int(m.parsed)),
+                Column("automatic", "text", m.automatic),
+                Column("ignored", "integer", int(m.ignored)),
+                *_texts(body_text=m.body_text, new_text=m.new_text, body_html=m.body_html,
+                        defects=m.defects),
+                Column("stored_mime", "bytea", m.stored_mime),
+                Column("raw", "bytea", m.raw),
+            ],
+        )  # fmt: skip
+        if case_id is not None:
+            await self.execute(
+                "UPDATE cases SET updated_at = %s WHERE id = %s", (now_iso(), case_id)
+            )
+        return row
+
+    async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:
+        a = attachment
+        await insert_row(
+            self._conn,
+            "attachments",
+            [
+                Column("message_row", "bigint", message_row),
+                *_texts(filename=a.filename, content_type=a.content_type),
+                Column("size", "bigint", len(a.content)),
+                Column("content_id", "text", a.content_id),
+                Column("inline", "integer", int(a.inline)),
+                Column("raw_of_message", "integer", int(a.raw_of_message)),
+                Column("content", "bytea", b"" if a.raw_of_message else a.content),
+            ],
+        )
+
+    async def apply_decision(
+        self,
+        case_id: int,
+        message_row: int,
+        inbox: str | None,
+        priority: int | None,
+        tags: Sequence[str],
+        acknowledge: bool | None,
+        *,
+        process: str | None = None,
+        status: CaseStatus | None = None,
+    ) -> None:
+        if inbox is not None or priority is not None or process is not None or status:
+            await self.execute(
+                "UPDATE cases SET inbox = coalesce(%s, inbox),"
+                " priority = coalesce(%s::integer, priority), process = coalesce(%s, process),"
+                " status = coalesce(%s, status) WHERE id = %s",
+                (inbox, priority, process, status, case_id),
+            )
+        for tag in tags:
+            await self.execute(
+                "INSERT INTO case_tags (case_id, tag) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (case_id, tag),
+            )
+        if acknowledge is not None:
+            await self.execute(
+                "UPDATE messages SET acknowledge = %s WHERE id = %s",
+                (int(acknowledge), message_row),
+            )
+
+    async def add_ledger(self, key: MailKey, message_row: int, message: NewMessage) -> None:
+        await self._ledger(key, message_row, None, message, "committed")
+
+    async def add_quarantine(
+        self, key: MailKey, raw: bytes, message: NewMessage, reason: str, attempts: int
+    ) -> int:
+        m = message
+        quarantine_id = await insert_row(
+            self._conn,
+            "quarantine",
+            [
+                *_texts(listener=key.listener, mailbox=key.mailbox, epoch=key.epoch,
+                        item=key.item, message_id=m.message_id, sender=m.sender,
+                        subject=m.subject, sha256=m.sha256, reason=scrub(reason)),
+                Column("attempts", "integer", attempts),
+                Column("created_at", "text", now_iso()),
+                Column("raw", "bytea", raw),
+            ],
+        )  # fmt: skip
+        await self._ledger(key, None, quarantine_id, message, "quarantined")
+        return quarantine_id
+
+    async def _ledger(
+        self,
+        key: MailKey,
+        message_row: int | None,
+        quarantine_id: int | None,
+        message: NewMessage,
+        state: LedgerState,
+    ) -> None:
+        if self._owner is not None:
+            await check_lease(self._conn, key.listener, self._owner)
+        where = (key.listener, key.mailbox, key.epoch, key.item)
+        await self.execute(  # one round trip: the attempts counted so far go with it
+            "WITH done AS (DELETE FROM attempts WHERE listener = %s AND mailbox = %s"
+            " AND epoch = %s AND item = %s) INSERT INTO ledger (listener, mailbox, epoch, item,"
+            " message_row, quarantine_id, message_id, sha256, state, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                *where, *where, message_row, quarantine_id, message.message_id,
+                message.sha256, state, now_iso(),
+            ),
+        )  # fmt: skip

@@ -1,0 +1,204 @@
+"""Follow-ups, acknowledgements and operator writes inside one PostgreSQL transaction.
+
+A part of `transaction.PostgresTransaction`, kept apart for size; the SQL mirrors
+`store.sqlite.follow_ups` and `store.sqlite.operator_tx`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from engage_listener.mail.fields import recipient_key
+from engage_listener.observe.logs import scrub
+from engage_listener.store.interface import CaseCandidate, NewAck
+from engage_listener.store.records import AckRow, CaseStatus, OutboxState
+
+ACK_COLUMNS = (
+    "o.id, o.listener, o.case_id, c.case_number, o.recipient, o.subject, o.state, o.attempts,"
+    " o.last_error, o.smtp_message_id, o.smtp_reply, o.created_at, o.sent_at, o.next_attempt_at"
+)
+ACK_FROM = "FROM outbox o LEFT JOIN cases c ON c.id = o.case_id"
+_CANDIDATE = "c.id, c.case_number, c.listener, c.process"
+_OPEN = "c.status IN ('open', 'pending-approval')"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def ack_row(r: Any) -> AckRow:
+    due = r[13]
+    return AckRow(
+        id=int(r[0]), listener=str(r[1]), case_id=int(r[2]),
+        case_number=None if r[3] is None else str(r[3]), recipient=str(r[4]),
+        subject=str(r[5]), state=r[6], attempts=int(r[7]), last_error=r[8],
+        smtp_message_id=str(r[9]), smtp_reply=r[10], created_at=str(r[11]), sent_at=r[12],
+        next_attempt_at=(
+            dt.datetime.fromtimestamp(float(due), dt.UTC).isoformat(timespec="seconds")
+            if r[6] == "pending" and due
+            else None
+        ),
+    )  # fmt: skip
+
+
+def _candidate(row: Any) -> CaseCandidate:
+    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3])
+
+
+class MoreWrites:
+    """See `store.Transaction`; `execute`, `_one` and `_all` come from the transaction."""
+
+    async def execute(self, sql: str, params: Any = ()) -> Any:
+        raise NotImplementedError
+
+    async def _one(self, sql: str, params: Any = ()) -> Any:
+        raise NotImplementedError
+
+    async def _all(self, sql: str, params: Any = ()) -> list[Any]:
+        raise NotImplementedError
+
+    # ----- follow-ups -----------------------------------------------------------------
+    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
+        ids = list(dict.fromkeys(m for m in message_ids if m))
+        if not ids:
+            return []
+        rows = await self._all(
+            f"SELECT DISTINCT {_CANDIDATE} FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
+            f" WHERE m.message_id = ANY(%s) AND {_OPEN} ORDER BY c.id DESC LIMIT 20",
+            (ids,),
+        )
+        return [_candidate(row) for row in rows]
+
+    async def case_by_number(self, case_number: str) -> CaseCandidate | None:
+        row = await self._one(
+            f"SELECT {_CANDIDATE} FROM cases c WHERE c.case_number = %s AND {_OPEN}",  # noqa: S608
+            (case_number,),
+        )
+        if row is None and case_number.isdigit() and len(case_number) < 19:
+            row = await self._one(
+                f"SELECT {_CANDIDATE} FROM cases c WHERE c.id = %s AND {_OPEN}",  # noqa: S608
+                (int(case_number),),
+            )
+        return _candidate(row) if row else None
+
+    async def is_participant(self, case_id: int, address: str) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM case_participants WHERE case_id = %s AND address = %s"
+            " UNION ALL SELECT 1 FROM customer_addresses a JOIN cases c"
+            " ON c.customer_id = a.customer_id WHERE a.address = %s AND c.id = %s LIMIT 1",
+            (case_id, address.lower(), address.lower(), case_id),
+        )
+        return row is not None
+
+    async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
+        for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
+            await self.execute(
+                "INSERT INTO case_participants (case_id, address) VALUES (%s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (case_id, address),
+            )
+
+    # ----- acknowledgements -----------------------------------------------------------
+    async def recent_acks(self, recipient_key: str, since: str) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM outbox WHERE recipient_key = %s AND created_at >= %s"
+            " AND state NOT IN ('failed', 'suppressed')",
+            (recipient_key, since),
+        )
+        return int(row[0]) if row else 0
+
+    async def listener_acks(self, listener: str, since: str) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM outbox WHERE listener = %s AND created_at >= %s"
+            " AND state != 'suppressed'",
+            (listener, since),
+        )
+        return int(row[0]) if row else 0
+
+    async def add_outbox(
+        self, ack: NewAck, *, state: OutboxState = "pending", last_error: str | None = None
+    ) -> int:
+        row = await self._one(
+            "INSERT INTO outbox (listener, case_id, message_row, recipient, recipient_key,"
+            " subject, smtp_message_id, mime, state, last_error, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %b, %s, %s, %s) RETURNING id",
+            (
+                ack.listener, ack.case_id, ack.message_row, ack.recipient.lower(),
+                recipient_key(ack.recipient), ack.subject, ack.smtp_message_id, ack.mime,
+                state, None if last_error is None else scrub(last_error), now_iso(),
+            ),
+        )  # fmt: skip
+        return int(row[0])
+
+    async def get_ack(self, ack_id: int) -> AckRow | None:
+        row = await self._one(f"SELECT {ACK_COLUMNS} {ACK_FROM} WHERE o.id = %s", (ack_id,))
+        return ack_row(row) if row else None
+
+    async def change_ack(
+        self,
+        ack_id: int,
+        state: OutboxState,
+        note: str,
+        allowed: Sequence[OutboxState],
+        *,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        cur = await self.execute(
+            "UPDATE outbox SET state = %s,"
+            " next_attempt_at = coalesce(%s::double precision, next_attempt_at),"
+            " last_error = %s WHERE id = %s AND state = ANY(%s)",
+            (state, next_attempt_at, scrub(note), ack_id, list(allowed)),
+        )
+        return int(cur.rowcount) == 1
+
+    # ----- cases and customers (approval, operator commands) --------------------------
+    async def set_case_status(
+        self, case_id: int, status: CaseStatus, *, touch: bool = False
+    ) -> None:
+        if touch:
+            await self.execute(
+                "UPDATE cases SET status = %s, updated_at = %s WHERE id = %s",
+                (status, now_iso(), case_id),
+            )
+        else:
+            await self.execute("UPDATE cases SET status = %s WHERE id = %s", (status, case_id))
+
+    async def first_message(self, case_id: int) -> tuple[int, bytes]:
+        row = await self._one(
+            "SELECT id, raw FROM messages WHERE case_id = %s ORDER BY id LIMIT 1", (case_id,)
+        )
+        return int(row[0]), bytes(row[1])
+
+    async def customer_by_external_id(self, external_id: str) -> int | None:
+        row = await self._one("SELECT id FROM customers WHERE external_id = %s", (external_id,))
+        return int(row[0]) if row else None
+
+    async def address_owner(self, address: str) -> int | None:
+        row = await self._one(
+            "SELECT customer_id FROM customer_addresses WHERE address = %s", (address,)
+        )
+        return int(row[0]) if row else None
+
+    async def import_customer(self, name: str, external_id: str | None) -> int:
+        row = await self._one(
+            "INSERT INTO customers (name, external_id, source, created_at)"
+            " VALUES (%s, %s, 'import', %s) RETURNING id",
+            (name, external_id, now_iso()),
+        )
+        return int(row[0])
+
+    async def update_customer(self, customer_id: int, name: str, external_id: str | None) -> None:
+        await self.execute(
+            "UPDATE customers SET name = coalesce(nullif(%s, ''), name),"
+            " external_id = coalesce(%s, external_id) WHERE id = %s",
+            (name, external_id, customer_id),
+        )
+
+    async def add_customer_address(self, customer_id: int, address: str) -> None:
+        await self.execute(
+            "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (address, customer_id),
+        )

@@ -1,0 +1,149 @@
+"""`engage-listener store migrate` (issue 16 point 2): the schema by hand, for both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit.postgres import PostgresServer
+from engage_listener.config.model import StoreConfig
+from engage_listener.ops.cli import main
+from engage_listener.store.interface import MailKey, NewAck, NewAttachment, NewCase, NewMessage
+from engage_listener.store.open import build_store
+from engage_listener.store.postgres.schema import LATEST
+from engage_listener.store.sqlite.schema import MIGRATIONS
+from engage_listener.store.sqlite.store import SqliteStore
+from tests.support.config_xml import config_text, minimal_listener
+from tests.support.postgres import fresh_database, postgres_server
+
+__all__ = ["postgres_server"]  # a fixture
+
+
+def test_migrate_creates_a_sqlite_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "el.xml"
+    config.write_text(config_text(minimal_listener(), store="cases.sqlite3"))
+    assert main(["store", "migrate", "--config", str(config)]) == 0
+    with sqlite3.connect(tmp_path / "cases.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    assert "schema up to date" in capsys.readouterr().out
+
+
+def test_migrate_a_postgresql_store_twice(
+    postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = fresh_database(postgres_server)
+    config = tmp_path / "el.xml"
+    config.write_text(config_text(minimal_listener(), store=url))
+    for _ in range(2):
+        assert main(["store", "migrate", "--config", str(config)]) == 0
+    database = url.rsplit("/", 1)[1]
+    versions = postgres_server.sql("SELECT version FROM schema_version", database=database)
+    assert versions.split() == [str(LATEST)]
+    out = capsys.readouterr().out
+    assert postgres_server.password not in out and ":***@127.0.0.1" in out
+
+
+async def _fill_sqlite(path: Path) -> None:
+    """A SQLite store with a row in every table the copy takes."""
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        raw = b"Subject: Factura\r\n\r\nhola\r\n"
+        mail = NewMessage(
+            "L", "<m1@example.com>", None, "ana@example.com", "Ana", "Factura", None,
+            dt.datetime(2024, 3, 1, tzinfo=dt.UTC), hashlib.sha256(raw).hexdigest(), raw,
+            True, "hola", None, "",
+        )  # fmt: skip
+        async with store.transaction() as tx:
+            customer = await tx.create_customer("Ana", "ana@example.com", "auto")
+            case = await tx.create_case(
+                NewCase("L", "ventas", "ana@example.com", "Ana", "Factura", "factura",
+                        customer_id=customer.id)
+            )  # fmt: skip
+            row = await tx.add_message(case.id, mail)
+            await tx.add_attachment(row, NewAttachment("a.pdf", "application/pdf", b"%PDF-1"))
+            await tx.add_participants(case.id, ["otro@example.com"])
+            await tx.apply_decision(case.id, row, "Facturacion", 2, ["vip"], True)
+            await tx.add_ledger(MailKey("L", "INBOX", "9", "1"), row, mail)
+            await tx.add_outbox(NewAck("L", case.id, row, "ana@example.com", "Re: Factura",
+                                       "<ack1@example.org>", b"MIME"))  # fmt: skip
+            await tx.add_quarantine(MailKey("L", "INBOX", "9", "2"), b"BAD", mail, "bad", 3)
+        await store.record_failure(MailKey("L", "INBOX", "9", "3"), "boom")
+        await store.set_control("L", "paused_until", "2030-01-01T00:00:00+00:00")
+    finally:
+        await store.close()
+
+
+async def _read(url: str) -> tuple[Any, ...]:
+    store = build_store(StoreConfig(Path("unused"), url=url))
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            info = await tx.case_info(1)
+            participant = await tx.is_participant(1, "otro@example.com")
+            new = await tx.create_case(NewCase("L", None, "b@example.com", "", "S", "s"))
+        return (
+            [(c.case_number, c.messages, c.attachments, c.ack) for c in await store.list_cases()],
+            await store.list_customers(),
+            await store.known_states("L", "INBOX", "9", ["1", "2"]),
+            [(q.reason, q.attempts) for q in await store.list_quarantine()],
+            (await store.get_quarantine(1) or (None, b""))[1],
+            (info.inbox, info.priority, info.tags, participant, new.case_number),
+            await store.record_failure(MailKey("L", "INBOX", "9", "3"), "again"),
+            await store.read_control("L"),
+        )
+    finally:
+        await store.close()
+
+
+async def test_copy_a_sqlite_store_into_postgresql_twice(
+    postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "old.sqlite3"
+    await _fill_sqlite(source)
+    url = fresh_database(postgres_server)
+    config = tmp_path / "el.xml"
+    config.write_text(config_text(minimal_listener(), store=url))
+    assert await asyncio.to_thread(main, ["store", "copy", "--from", str(source),
+                                          "--config", str(config)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "messages" in out and "verified" in out and postgres_server.password not in out
+    cases, customers, states, held, kept, info, attempts, control = await _read(url)
+    assert cases == [("000001", 1, 1, "pending"), ("000002", 0, 0, None)]
+    assert [(c.id, c.name, c.addresses) for c in customers] == [(1, "Ana", ("ana@example.com",))]
+    assert states == {"1": "committed", "2": "quarantined"}
+    assert (held, kept) == ([("bad", 3)], b"BAD")
+    assert info == ("Facturacion", 2, ("vip",), True, "000002")  # numbering goes on
+    assert attempts == 2  # the failure counted in SQLite is kept
+    assert control is not None and control.paused_until == "2030-01-01T00:00:00+00:00"
+    again = await asyncio.to_thread(
+        main, ["store", "copy", "--from", str(source), "--config", str(config)]
+    )
+    assert again == 0 and "1 already there" in capsys.readouterr().out.replace("  ", " ")
+
+
+async def test_copy_refuses_a_database_with_data_of_its_own(
+    postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "old.sqlite3"
+    await _fill_sqlite(source)
+    url = fresh_database(postgres_server)
+    store = build_store(StoreConfig(Path("unused"), url=url))
+    await store.open()
+    async with store.transaction() as tx:  # another case 000001 already
+        await tx.create_case(NewCase("M", None, "x@example.com", "", "Other", "other"))
+    await store.close()
+    config = tmp_path / "el.xml"
+    config.write_text(config_text(minimal_listener(), store=url))
+    code = await asyncio.to_thread(
+        main, ["store", "copy", "--from", str(source), "--config", str(config)]
+    )
+    assert code == 1 and "new, empty database" in capsys.readouterr().err
+    database = url.rsplit("/", 1)[1]
+    assert postgres_server.sql("SELECT count(*) FROM customers", database=database).strip() == "0"
