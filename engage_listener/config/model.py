@@ -8,6 +8,7 @@ an absent element leaves the field's default here). Every name follows its XML e
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,11 @@ DEFAULT_ROUTING_TIMEOUT = 10  # seconds a routing hook may take
 DEFAULT_POLL_SECONDS = 15  # Graph: seconds between two delta queries
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 DEFAULT_GRAPH_INPUT_FOLDER = "Inbox"  # Graph: the well-known name of the inbox
+
+
+def default_workers() -> int:
+    """Process/Workers when absent: one parse worker process per CPU (mail.parse_pool)."""
+    return os.cpu_count() or 1
 
 FollowUpsFrom = Literal["Participants", "Anyone"]  # who may join a case by token or header
 UnknownSender = Literal["CreateCustomer", "DefaultCustomer", "Quarantine"]
@@ -208,6 +214,8 @@ class Config:
     graph_listeners: tuple[ListenerConfig, ...] = ()
     use_graph_listener: bool = False
     metrics: MetricsConfig | None = None
+    # parse worker processes shared by every listener; 0: parse in the daemon's process
+    workers: int = field(default_factory=default_workers)
     notices: tuple[str, ...] = ()  # warnings only the XML text shows (see config.cautions)
 
     @property
