@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -42,6 +43,9 @@ def test_a_worker_hands_back_hash_verdict_and_new_text(workers: int) -> None:
         assert ready.sha256 == hashlib.sha256(REPLY).hexdigest()
         assert ready.automatic is not None and "auto-replied" in ready.automatic.lower()
         assert ready.new_text == "Sigue sin llegar." == new_text(ready.mail.text)
+        deadline = time.monotonic() + 60  # each slot's thread starts its own process
+        while len(pool._workers) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(pool._workers) == workers  # 0: no process was started
     finally:
         pool.close()
