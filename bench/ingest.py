@@ -463,7 +463,15 @@ class Bench:
             cmd += ["-m", "cProfile", "-o", str(profile)]
         if spy is not None:  # every thread, waiting included: the store runs in a thread
             binary, out = spy
-            cmd = [binary, "record", "--threads", "--idle", "--subprocesses", "--rate", str(SPY_RATE)]
+            cmd = [
+                binary,
+                "record",
+                "--threads",
+                "--idle",
+                "--subprocesses",
+                "--rate",
+                str(SPY_RATE),
+            ]
             cmd += ["--format", "raw", "--output", str(out), "--", sys.executable]
         cmd += ["-m", "engage_listener", "run", "--once", "--config", str(config)]
         slow = profile is not None or spy is not None
@@ -841,7 +849,7 @@ class Bench:
 # ----- report -------------------------------------------------------------------------
 
 
-def spy_summary(path: Path, rate: int = SPY_RATE, top: int = 15) -> str:
+def spy_summary(path: Path, rate: int = SPY_RATE, top: int = 25) -> str:
     """Seconds per thread of a py-spy raw (collapsed) profile: where each thread was
     (leaf frame, waiting included), and the inclusive time of engage_listener's functions
     (counted once per sample however deeply they recurse)."""
@@ -852,16 +860,20 @@ def spy_summary(path: Path, rate: int = SPY_RATE, top: int = 15) -> str:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        thread, *frames = stack.split(";")
-        thread = thread.split(":")[-1].strip() if ":" in thread else thread
+        parts = stack.split(";")
+        at = next((i for i, part in enumerate(parts) if part.startswith("thread (")), 0)
+        kind = "parse workers" if "parse_worker" in ";".join(parts[:at]) else "daemon"
+        thread, frames = parts[at], parts[at + 1 :]
+        name = thread.split(":", 1)[-1].strip() if ":" in thread else "(unnamed)"
+        thread = f"{kind}, {name.rstrip('_0123456789') or name}"
         threads[thread] = threads.get(thread, 0) + int(count)
         if frames:
             leaf = leaves.setdefault(thread, {})
-            name = _frame_name(frames[-1])
-            leaf[name] = leaf.get(name, 0) + int(count)
+            leaf_name = _frame_name(frames[-1])
+            leaf[leaf_name] = leaf.get(leaf_name, 0) + int(count)
         per = ours.setdefault(thread, {})
-        for name in dict.fromkeys(_frame_name(f) for f in frames if "engage_listener" in f):
-            per[name] = per.get(name, 0) + int(count)
+        for ours_name in dict.fromkeys(_frame_name(f) for f in frames if "engage_listener" in f):
+            per[ours_name] = per.get(ours_name, 0) + int(count)
     out = []
     for thread, samples in sorted(threads.items(), key=lambda kv: -kv[1]):
         out.append(f"thread {thread}: {samples / rate:.2f} s sampled; where it was:")
