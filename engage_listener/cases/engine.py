@@ -322,6 +322,8 @@ class CaseEngine:
         mail = ready.mail
         sender = mail.sender or parser.Address("", "")
         stored = mail.stripped if self.settings.extract_attachments else None
+        if stored is not None and (stored is raw or stored == raw):
+            stored = None  # nothing was removed: the stored body is the raw mail, kept once
         return NewMessage(
             listener=self.settings.listener,
             message_id=mail.message_id,
