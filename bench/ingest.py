@@ -193,14 +193,26 @@ with open(out, "w") as f:
 
 
 def run_measured(
-    cmd: Sequence[str], *, cwd: Path, stdout: Path, stderr: Path, timeout: float
+    cmd: Sequence[str],
+    *,
+    cwd: Path,
+    stdout: Path,
+    stderr: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> Measured:
     """Run cmd through LAUNCHER; the kill after `timeout` seconds keeps every run bounded."""
     result = cwd / "rusage.txt"
     launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(result), str(timeout)]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         subprocess.run(
-            [*launcher, *cmd], cwd=cwd, stdout=out, stderr=err, check=True, timeout=timeout + 30
+            [*launcher, *cmd],
+            cwd=cwd,
+            stdout=out,
+            stderr=err,
+            check=True,
+            timeout=timeout + 30,
+            env=env,
         )
     code, seconds, maxrss, killed, _, tree, tree_cpu = result.read_text().split()
     return Measured(
@@ -451,6 +463,7 @@ class Bench:
         tool: str = "engage-listener",
         prepared: tuple[Path, Path] | None = None,
         users: Sequence[str] = (),
+        code: Path | None = None,
         **extra: str,
     ) -> ThroughputRow:
         if prepared is not None:  # a work directory and configuration made by the caller
@@ -475,12 +488,17 @@ class Bench:
             cmd += ["--format", "raw", "--output", str(out), "--", sys.executable]
         cmd += ["-m", "engage_listener", "run", "--once", "--config", str(config)]
         slow = profile is not None or spy is not None
+        env = None
+        if code is not None:  # another checkout's package (an older commit, for comparison)
+            compileall.compile_dir(code / "engage_listener", quiet=1)
+            env = {**os.environ, "PYTHONPATH": str(code)}
         m = run_measured(
             cmd,
             cwd=work,
             stdout=work / "daemon.log",
             stderr=work / "stderr.txt",
             timeout=60 + n * self.timeout_per_mail * (5 if slow else 1),
+            env=env,
         )
         note = self._note(m, work / "stderr.txt")
         log = events(work / "daemon.log")
@@ -648,6 +666,7 @@ class Bench:
         protocol_log: bool = False,
         sources: Sequence[str] = ("imap",),
         also_workers: Sequence[int] = (),
+        also_code: Sequence[Path] = (),
     ) -> None:
         corpus = mailgen.corpus(n)
         results.mixes[n] = corpus.summary()
@@ -679,6 +698,15 @@ class Bench:
             results.throughput.append(
                 self.run_daemon(
                     user, n, corpus.total_bytes, f"w{workers}-{n}", tool=f"engage-w{workers}"
+                )
+            )
+            self.workers = default
+        for code in also_code:  # the same run with another checkout's daemon
+            self.workers, label = None, code.name
+            user = self.seed(f"{label}-{n}", corpus.messages)
+            results.throughput.append(
+                self.run_daemon(
+                    user, n, corpus.total_bytes, f"{label}-{n}", tool=f"engage@{label}", code=code
                 )
             )
             self.workers = default
@@ -931,6 +959,26 @@ def report(results: Results, sizes: Sequence[int]) -> tuple[str, list[str]]:
             if logged and el.msgs_per_s:
                 share = logged.msgs_per_s / el.msgs_per_s
                 lines.append(f"N={n}: with the protocol log on: msgs/s x{share:.2f} of without")
+            for row in results.throughput:  # the other daemons of the same run
+                if row.n == n and row.tool.startswith("engage") and row is not el:
+                    lines.append(
+                        f"N={n}: {row.tool} / baseline: msgs/s "
+                        f"x{row.msgs_per_s / base.msgs_per_s:.2f}, CPU s per 1,000 mails "
+                        f"{1000 * row.cpu_seconds / n:.2f} (engage-listener "
+                        f"{1000 * el.cpu_seconds / n:.2f})"
+                    )
+            native = by.get((MBSYNC_TOOL, n))
+            if native and native.msgs_per_s:
+                versus = el.msgs_per_s / native.msgs_per_s
+                lines.append(
+                    f"N={n}: engage-listener / mbsync: msgs/s x{versus:.2f}; mbsync / "
+                    f"baseline x{native.msgs_per_s / base.msgs_per_s:.2f}"
+                )
+                if n >= 10_000:
+                    checks.append(
+                        f"{'PASS' if versus >= 1 else 'MISS'} N={n}: x{versus:.2f} mbsync's "
+                        "msgs/s (target >= x1, doing the whole job)"
+                    )
             ok = speedup >= TARGET_SPEEDUP
             checks.append(
                 f"{'PASS' if ok else 'MISS'} throughput N={n}: x{speedup:.2f} the baseline's "
@@ -1048,6 +1096,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with each of these Process/Workers (rows engage-wN)",
     )
     parser.add_argument(
+        "--also-code",
+        default="",
+        help="comma-separated checkout directories: the daemon "
+        "once more per size from each (rows engage@DIRNAME; e.g. an older commit's tree)",
+    )
+    parser.add_argument(
         "--many",
         default="",
         metavar="LxN",
@@ -1082,6 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="engage-bench-"))
     bench = Bench(root, args.timeout_per_mail, args.workers)
     also = [int(w) for w in args.also_workers.split(",") if w.strip()]
+    codes = [Path(c).resolve() for c in args.also_code.split(",") if c.strip()]
     started = time.perf_counter()
     print(f"Work directory {root}; Dovecot on 127.0.0.1:{bench.sandbox.imap_port}", flush=True)
     bench.sandbox.start()
@@ -1089,7 +1144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "throughput" not in skip:
             bench.floor(results)
             for n in sizes:
-                bench.throughput(n, results, args.protocol_log, sources, also)
+                bench.throughput(n, results, args.protocol_log, sources, also, codes)
         if args.many:
             listeners, each = (int(x) for x in args.many.lower().split("x"))
             bench.many(listeners, each, results)
