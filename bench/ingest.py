@@ -1120,6 +1120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     sources = [s.strip() for s in args.source.split(",") if s.strip()]
 
+    if "mbsync" in sources and shutil.which("mbsync") is None:
+        parser.error("--source mbsync: mbsync not found (Debian: apt-get install isync)")
     spy = None
     if args.py_spy is not None:
         binary = shutil.which(args.py_spy_bin)

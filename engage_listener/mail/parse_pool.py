@@ -63,7 +63,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from engage_listener.config.model import default_workers
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
 from engage_listener.mail.parse_worker import (
@@ -91,7 +90,9 @@ __all__ = [
 
 PARSE_SECONDS = 10.0  # each mail's budget, plus the allowance below
 PARSE_BYTES_PER_SECOND = 8 * 1024 * 1024  # allowance for size: +1 s per 8 MB
-WORKERS = default_workers()  # Process/Workers when absent: one per CPU
+# Until `configure` (the daemon calls it with Process/Workers, whose default, one per CPU,
+# is config.model's): tests and one-off commands (approve, replay) parse a few mails.
+WORKERS = 1
 INLINE_BYTES = 1 << 20  # Workers 0: bigger mails are parsed in a thread, off the loop
 DEPTH = 8  # mails sent to a worker ahead of their answers, at most
 FLIGHT_BYTES = 4 << 20  # and their size (one bigger mail goes alone)
@@ -407,7 +408,9 @@ def _in_process(
 ) -> asyncio.Future[Prepared]:
     """Workers 0: the mail prepared here, on the loop when small, else in a thread."""
     if len(raw) > INLINE_BYTES:
-        future = asyncio.ensure_future(asyncio.to_thread(prepare_mail, raw, strip))
+        future: asyncio.Future[Prepared] = asyncio.ensure_future(
+            asyncio.to_thread(prepare_mail, raw, strip)
+        )
     else:
         future = loop.create_future()
         try:
