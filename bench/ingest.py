@@ -375,6 +375,7 @@ class Bench:
         self.timeout_per_mail = timeout_per_mail
         self.serial = 0
         self.workers = workers  # Process/Workers of every daemon; None: its default
+        self.fast_seed = False  # write the mails into the Maildir instead of APPEND
 
     def fresh_user(self, label: str) -> str:
         self.serial += 1
@@ -383,7 +384,12 @@ class Bench:
     def seed(self, label: str, raws: Iterable[bytes]) -> str:
         user = self.fresh_user(label)
         self.sandbox.create_folder(user, DONE)
-        self.sandbox.append_many(user, NEW, raws)
+        if self.fast_seed:
+            self.sandbox.create_folder(user, NEW)
+            references.maildir_seed(self.sandbox.home_dir / user / "Maildir" / NEW, raws)
+            self.sandbox.count(user, NEW)  # Dovecot indexes them now, before any timing
+        else:
+            self.sandbox.append_many(user, NEW, raws)
         return user
 
     def drop_user(self, user: str) -> None:
@@ -1114,6 +1120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="MAILS",
         help="also 1,000 mails into an empty store and into one of MAILS mails (e.g. 100000)",
     )
+    parser.add_argument(
+        "--fast-seed",
+        action="store_true",
+        help="seed mailboxes by writing the mails into Dovecot's Maildir (then STATUS, so "
+        "that Dovecot indexes them before anything is timed) instead of APPEND, which "
+        "takes minutes for 10,000 mails on a loaded machine",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -1137,6 +1150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = load()
     root = Path(tempfile.mkdtemp(prefix="engage-bench-"))
     bench = Bench(root, args.timeout_per_mail, args.workers)
+    bench.fast_seed = args.fast_seed
     also = [int(w) for w in args.also_workers.split(",") if w.strip()]
     codes = [Path(c).resolve() for c in args.also_code.split(",") if c.strip()]
     started = time.perf_counter()

@@ -1,8 +1,10 @@
 """The benchmark's further cases (issue 19), used by bench/ingest.py:
 
 * `mbsync_config`: isync's mbsync copying the same freshly seeded folder into a local
-  Maildir, with its defaults (only `Create Near`, so that the Maildir folder is made), as
-  the native reference beside the imaplib baseline;
+  Maildir, with its defaults but two: `Create Near` (the Maildir folder is made) and
+  `SyncState` in a directory of its own (by default it lives in the near folder, which
+  does not exist yet: "near side box New cannot be opened"), as the native reference
+  beside the imaplib baseline;
 * `many_config`: one daemon with many IMAP listeners (one mailbox each);
 * `grow_store`: a store of a real run's rows copied until it holds 100,000 mails, to
   measure the cost per mail as the store grows.
@@ -12,7 +14,9 @@ Stdlib only.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 OFFSET = 10_000_000  # row ids of copy k start at k * OFFSET
@@ -22,8 +26,9 @@ def mbsync_config(
     work: Path, *, host: str, port: int, user: str, password: str, ca_file: Path, folder: str
 ) -> Path:
     """An mbsync configuration: the far folder `folder` to the Maildir `work`/maildir/New."""
-    maildir = work / "maildir"
+    maildir, state = work / "maildir", work / "state"
     maildir.mkdir()
+    state.mkdir()
     if host == "127.0.0.1":  # mbsync matches the certificate's DNS names only
         host = "localhost"
     text = f"""IMAPAccount far
@@ -45,6 +50,7 @@ Channel bench
 Far :remote:"{folder}"
 Near :local:New
 Create Near
+SyncState {state}/
 """
     path = work / "mbsyncrc"
     path.write_text(text)
@@ -56,6 +62,20 @@ def maildir_count(work: Path) -> int:
     """Mails mbsync wrote into the Maildir."""
     box = work / "maildir" / "New"
     return sum(1 for sub in ("new", "cur") if (box / sub).is_dir() for _ in (box / sub).iterdir())
+
+
+def maildir_seed(folder: Path, raws: Iterable[bytes]) -> int:
+    """Write mails straight into a Maildir folder's new/ (Dovecot made the folder), owned
+    like the folder; names sort in the mails' order, which Dovecot's UIDs then follow."""
+    owner = folder.stat()
+    count = 0
+    for count, raw in enumerate(raws, start=1):
+        name = f"{1_000_000_000 + count}.M{count}P1.bench"
+        tmp = folder / "tmp" / name
+        tmp.write_bytes(raw.replace(b"\r\n", b"\n"))  # Maildir keeps LF, as Dovecot does
+        os.chown(tmp, owner.st_uid, owner.st_gid)
+        tmp.rename(folder / "new" / name)
+    return count
 
 
 def many_config(path: Path, listeners: list[str], elements: dict[str, str]) -> Path:
