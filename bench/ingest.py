@@ -990,6 +990,31 @@ def report(results: Results, sizes: Sequence[int]) -> tuple[str, list[str]]:
                 f"{'PASS' if ok else 'MISS'} throughput N={n}: x{speedup:.2f} the baseline's "
                 f"msgs/s (target >= x{TARGET_SPEEDUP:g})"
             )
+    grown = [r for r in results.throughput if r.tool.startswith(GROW_TOOL)]
+    if grown:
+        empty = grown[0]  # the first: an empty store
+        for row in grown:
+            work = row.inner_seconds or row.seconds
+            base = empty.inner_seconds or empty.seconds
+            lines.append(
+                f"{row.tool}: {1000 * work / row.n:.2f} ms a mail (batch time), "
+                f"{1000 * row.cpu_seconds / row.n:.2f} ms CPU a mail; x{work / base:.2f} and "
+                f"x{row.cpu_seconds / empty.cpu_seconds:.2f} the empty store's"
+            )
+        last = grown[-1]
+        ratio = (last.inner_seconds or last.seconds) / (empty.inner_seconds or empty.seconds)
+        checks.append(
+            f"{'PASS' if ratio <= 1.10 else 'MISS'} store growth: x{ratio:.2f} the per-mail "
+            f"time of an empty store with {last.tool.split('@')[-1]} mails stored "
+            "(target <= x1.10)"
+        )
+    for row in results.throughput:
+        if row.tool == MANY_TOOL:
+            lines.append(
+                f"{row.tool}: {row.n} mails over all listeners, aggregate {row.msgs_per_s:.1f} "
+                f"msgs/s, {1000 * row.cpu_seconds / row.n:.2f} CPU s per 1,000 mails, peak RSS "
+                f"{mib(row.peak_rss)} MiB (main process {mib(row.own_rss)} MiB)"
+            )
     el_rows = [r for r in results.throughput if r.tool == "engage-listener" and r.n > 0]
     if el_rows:
         biggest = max(el_rows, key=lambda r: r.n)
