@@ -20,6 +20,11 @@ own SQLite store, and runs in a subprocess whose peak RSS comes from wait4().
    polled every 2 ms); compared with the server's own IDLE notification delay as
    a bare imaplib IDLE client sees it.
 3. One 50 MB mail through both, with peak RSS against its size.
+4. Optional (issue 19, bench/references.py): isync's mbsync into a local Maildir beside the
+   baseline (--source mbsync), one daemon with many listeners (--many 20x500), 1,000 mails
+   into a store grown to --growth mails, other Process/Workers (--also-workers) and another
+   checkout's daemon (--also-code) in the same run. Peak RSS and CPU count the daemon's
+   parse worker processes too.
 """
 
 from __future__ import annotations
