@@ -41,7 +41,6 @@ from engage_listener.config.webhook import WebhookEventName
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
 from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
-from engage_listener.mail.reply import new_text
 from engage_listener.mail.subjects import normalize_subject
 from engage_listener.store.interface import (
     CaseRef,
@@ -124,8 +123,7 @@ class CaseEngine:
         automatic = automatic_unless_replied_to(
             prepared.automatic, mail, s.uses_reply_to, s.all_own_addresses
         )
-        # TODO(issue 18): compute new_text in the parse worker (parse_pool.prepare_mail).
-        message = self._message(raw, prepared, automatic, new_text(mail.text))
+        message = self._message(raw, prepared, automatic, prepared.new_text)
         try:
             return await self._ingest(key, raw, mail, automatic, message)
         except Discarded:  # rolled back (the case it opened too): kept without a case
@@ -222,7 +220,7 @@ class CaseEngine:
                 customer,
                 automatic,
                 raw,
-                new_text(mail.text),
+                ready.new_text,
                 self._rules(mail),
             )
             told = False
@@ -364,6 +362,8 @@ class CaseEngine:
         mail = ready.mail
         sender = mail.sender or parser.Address("", "")
         stored = mail.stripped if self.settings.extract_attachments else None
+        if stored is not None and (stored is raw or stored == raw):
+            stored = None  # nothing was removed: the stored body is the raw mail, kept once
         return NewMessage(
             listener=self.settings.listener,
             message_id=mail.message_id,

@@ -27,6 +27,11 @@ def config_warnings(config: Config) -> list[str]:
         found.append("no listener will run: every one is disabled or switched off")
     for lst in config.listeners:
         found.extend(_listener_warnings(lst))
+    if config.workers == 0:
+        found.append(
+            "Process/Workers is 0: mails are parsed in the daemon's own process, with no "
+            "time budget (a hostile mail can hold every listener)"
+        )
     if config.metrics is not None and not _loopback(config.metrics.host):
         where = f"[{config.metrics.host}]" if ":" in config.metrics.host else config.metrics.host
         found.append(

@@ -396,6 +396,7 @@ def _build_config(root: etree._Element, path: Path) -> Config:
         graph_listeners=tuple(_graph(b, path) for b in root.iterchildren("GraphListener")),
         use_graph_listener=_flag(process, "UseGraphListener", False),
         metrics=_metrics(blocks["Metrics"]) if "Metrics" in blocks else None,
+        **({"workers": int(_text(process["Workers"]))} if "Workers" in process else {}),
         notices=_password_notices(root, path),
         webhook=webhook_config(blocks["Webhook"], path, key_path(root, path))
         if "Webhook" in blocks

@@ -8,6 +8,7 @@ an absent element leaves the field's default here). Every name follows its XML e
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ DEFAULT_REOPEN_DAYS = 7  # a mail for a case closed fewer days ago reopens it
 DEFAULT_POLL_SECONDS = 15  # Graph: seconds between two delta queries
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 DEFAULT_GRAPH_INPUT_FOLDER = "Inbox"  # Graph: the well-known name of the inbox
+
+
+def default_workers() -> int:
+    """Process/Workers when absent: one parse worker process per CPU (mail.parse_pool)."""
+    return os.cpu_count() or 1
+
 
 FollowUpsFrom = Literal["Participants", "Anyone"]  # who may join a case by token or header
 UnknownSender = Literal["CreateCustomer", "DefaultCustomer", "Quarantine"]
@@ -236,6 +243,8 @@ class Config:
     graph_listeners: tuple[ListenerConfig, ...] = ()
     use_graph_listener: bool = False
     metrics: MetricsConfig | None = None
+    # parse worker processes shared by every listener; 0: parse in the daemon's process
+    workers: int = field(default_factory=default_workers)
     notices: tuple[str, ...] = ()  # warnings only the XML text shows (see config.cautions)
     webhook: WebhookConfig | None = None  # the top-level Webhook (listeners inherit it)
 

@@ -13,7 +13,9 @@ Decisions:
   unsafe, and multiprocessing's spawn and forkserver would import the daemon's main module
   again in every worker. It imports the parser only (~0.1 s to start, off the loop) and
   is replaced only after a timeout, a crash or a very big mail.
-- One pool for the process (`shared`), WORKERS workers, each with a thread of its own
+- One pool for the process (`shared`), shared by every listener, of `Process/Workers`
+  workers (`configure`, before the first mail; default: one per CPU, config.model), each
+  with a thread of its own
   (not asyncio's default executor, which DNS lookups and hooks use) that feeds it, reads
   and unpickles its answers (off the loop) and kills it on overrun. The loop only queues
   a mail and awaits its future; answers read together wake it once.
@@ -39,6 +41,9 @@ Decisions:
   MaxAttempts, as with any failure. The mails behind it go back to the queue, unblamed.
 - After a mail of more than RECYCLE_BYTES its worker is replaced too: a process keeps the
   high-water mark of its heap, and a fresh one gives the memory back.
+- Workers 0 parses in-process (the daemon's choice on a machine that cannot spare the
+  memory of a process): on the event loop up to INLINE_BYTES, in a thread above, without a
+  budget: CPU-bound Python in the daemon's process cannot be stopped.
 - Pickle, in-band: out-of-band buffers would spare one copy of an answer's bytes each
   side (~10 us for the average 50 kB mail); marshal with the dataclasses rebuilt here
   measured slower (0.11 + 0.15 ms a mail against 0.10 + 0.10): building the objects is
@@ -77,6 +82,7 @@ __all__ = [
     "Prepared",
     "WorkerDied",
     "close_shared",
+    "configure",
     "prepare_for_quarantine",
     "prepare_mail",
     "shared",
@@ -84,9 +90,10 @@ __all__ = [
 
 PARSE_SECONDS = 10.0  # each mail's budget, plus the allowance below
 PARSE_BYTES_PER_SECOND = 8 * 1024 * 1024  # allowance for size: +1 s per 8 MB
-# One core is left to the event loop and the store (and, on small machines, the mail
-# server): on 2 cores one worker ingested 1,000 mails 15-25% faster than two (bench).
-WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))
+# Until `configure` (the daemon calls it with Process/Workers, whose default, one per CPU,
+# is config.model's): tests and one-off commands (approve, replay) parse a few mails.
+WORKERS = 1
+INLINE_BYTES = 1 << 20  # Workers 0: bigger mails are parsed in a thread, off the loop
 DEPTH = 8  # mails sent to a worker ahead of their answers, at most
 FLIGHT_BYTES = 4 << 20  # and their size (one bigger mail goes alone)
 RECYCLE_BYTES = 32 * 1024 * 1024  # a worker that parsed a bigger mail is replaced
@@ -106,7 +113,7 @@ async def prepare_for_quarantine(raw: bytes, strip: bool, reason: str) -> Prepar
     if not reason.startswith("parse-timeout"):
         try:
             return await shared().prepare(raw, strip)
-        except (QuarantineNow, WorkerDied) as exc:
+        except Exception as exc:  # overran, killed its worker, or raised (Workers 0)
             reason = str(exc)
     digest = await asyncio.to_thread(lambda: hashlib.sha256(raw).hexdigest())  # 150 MB: 0.3 s
     return Prepared(parser.unparsed(reason[:300]), digest, None)
@@ -143,6 +150,8 @@ class ParsePool:
         """Start preparing the mail now; its future (to await later, or to drop: one
         cancelled before a worker got it is not parsed at all)."""
         loop = asyncio.get_running_loop()
+        if self.workers == 0:
+            return _in_process(loop, raw, strip)
         future: asyncio.Future[Prepared] = loop.create_future()
         future.add_done_callback(_retrieve)
         with self._lock:
@@ -175,7 +184,7 @@ class ParsePool:
         return {slot.worker for slot in self._slots if slot.worker is not None}
 
     def _start(self) -> None:  # under _lock
-        if not self._slots:
+        if not self._slots and not self._closed:
             self._slots = [_Slot(self) for _ in range(self.workers)]
             for slot in self._slots:
                 slot.thread.start()
@@ -394,6 +403,24 @@ def _set(outcomes: list[tuple[_Job, object]]) -> None:
             job.future.set_result(outcome)  # type: ignore[arg-type]
 
 
+def _in_process(
+    loop: asyncio.AbstractEventLoop, raw: bytes, strip: bool
+) -> asyncio.Future[Prepared]:
+    """Workers 0: the mail prepared here, on the loop when small, else in a thread."""
+    if len(raw) > INLINE_BYTES:
+        future: asyncio.Future[Prepared] = asyncio.ensure_future(
+            asyncio.to_thread(prepare_mail, raw, strip)
+        )
+    else:
+        future = loop.create_future()
+        try:
+            future.set_result(prepare_mail(raw, strip))
+        except Exception as exc:  # the batch counts it against the mail, as a worker's
+            future.set_exception(exc)
+    future.add_done_callback(_retrieve)
+    return future
+
+
 def _retrieve(future: asyncio.Future[Prepared]) -> None:
     """A future nobody awaited (a batch that stopped) must not log 'never retrieved'."""
     if not future.cancelled():
@@ -404,12 +431,26 @@ _shared: ParsePool | None = None
 _shared_lock = threading.Lock()
 
 
+_size: int | None = None  # set by `configure`; None: WORKERS
+
+
+def configure(workers: int) -> None:
+    """Size the process's pool (Process/Workers); a pool already started with another
+    size is closed, and the next use starts the new one."""
+    global _size  # noqa: PLW0603 - one pool per process, by design
+    with _shared_lock:
+        _size = workers
+        stale = _shared is not None and _shared.workers != workers
+    if stale:
+        close_shared()
+
+
 def shared() -> ParsePool:
-    """The process's pool, started on first use."""
+    """The process's pool, shared by every listener, started on first use."""
     global _shared  # noqa: PLW0603 - one pool per process, by design
     with _shared_lock:
         if _shared is None:
-            _shared = ParsePool()
+            _shared = ParsePool(WORKERS if _size is None else _size)
         return _shared
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from engage_listener.mail import parser
 from engage_listener.mail.automatic import automatic_reason
+from engage_listener.mail.reply import new_text
 
 HEAD = struct.Struct(">?Q")  # strip, size of the mail that follows
 SIZE = struct.Struct(">Q")  # size of the pickled answer that follows
@@ -39,20 +40,21 @@ class WorkerDied(RuntimeError):
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a mail's bytes alone give, no store needed: parsed, hashed, judged automatic."""
+    """What a mail's bytes alone give, no store needed: parsed, hashed, judged automatic,
+    and its new text (what the sender wrote above the quoted history: mail.reply)."""
 
     mail: parser.ParsedMail
     sha256: str
     automatic: str | None  # why it is automatic mail (auto-reply, bounce), or None
+    new_text: str = ""
 
 
-# TODO(issue 18.3): compute new_text here too (off the event loop); the engine does it today.
 def prepare_mail(raw: bytes, strip: bool) -> Prepared:
-    """Parse, hash and judge one mail (in a worker, or in-process for the tests)."""
+    """Parse, hash, judge and cut one mail (in a worker, or in-process with Workers 0)."""
     mail = parser.parse(raw, strip=strip)
     sender = mail.sender.address if mail.sender else ""
     automatic = automatic_reason(mail.headers, sender, mail.headers.get("content-type", ""))
-    return Prepared(mail, hashlib.sha256(raw).hexdigest(), automatic)
+    return Prepared(mail, hashlib.sha256(raw).hexdigest(), automatic, new_text(mail.text))
 
 
 def code_token() -> bytes:
@@ -61,7 +63,7 @@ def code_token() -> bytes:
     digest = hashlib.sha256()
     here = Path(__file__).parent
     names = ("parse_pool", "parse_worker", "parser", "fields", "parts", "text", "tree")
-    for name in (*names, "automatic"):
+    for name in (*names, "automatic", "reply"):
         try:
             digest.update((here / f"{name}.py").read_bytes())
         except OSError:

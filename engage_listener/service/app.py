@@ -21,6 +21,7 @@ from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.errors import EngageError
 from engage_listener.intake.retry import backoff
 from engage_listener.mail.parse_pool import close_shared as close_parse_pool
+from engage_listener.mail.parse_pool import configure as configure_parse_pool
 from engage_listener.mail.parse_pool import shared as parse_pool
 from engage_listener.observe.logs import (
     Logger,
@@ -109,7 +110,8 @@ async def run(config: Config, *, once: bool = False) -> int:
         log=get_logger(component="webhooks"),
     )
     queued = Wakes(ack_queued, event_queued)
-    parse_pool().warm_up()  # every mail is parsed in a worker process (parse_pool)
+    configure_parse_pool(config.workers)  # one pool of worker processes for every listener
+    parse_pool().warm_up()  # started now, not at the first mail
     try:
         listeners = [
             build_any(c, store, SystemClock(), stop, hooks.get(c.id), queued) for c in listeners_cfg

@@ -117,7 +117,9 @@ class NewMessage:
     body_html: str | None
     defects: str
     automatic: str | None = None
-    stored_mime: bytes | None = None  # the mail without its attachments (ExtractAttachments)
+    # the mail without its attachments (ExtractAttachments True, when any were removed);
+    # None: the stored body is `raw` itself (nothing removed, or ExtractAttachments False)
+    stored_mime: bytes | None = None
     ignored: bool = False  # automatic mail stored without a case
     new_text: str | None = None  # what the customer wrote (mail.reply.new_text); None: unknown
 

@@ -6,9 +6,12 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from devkit.dovecot import DovecotSandbox
 from engage_listener.cases.engine import CaseEngine, EngineSettings, Prepared
 from engage_listener.cases.ingested import Ingested
+from engage_listener.intake import parse_ahead
 from engage_listener.intake.parse_ahead import AHEAD_BYTES, AHEAD_COUNT, ParseAhead
 from engage_listener.mail.parser import parse
 from engage_listener.service.build import build_listener
@@ -223,3 +226,24 @@ async def test_a_real_batch_ingests_mails_parsed_ahead(
     assert 0 < counting.prepared <= 40
     assert db_rows(db, "SELECT count(*), count(DISTINCT subject) FROM cases") == [(40, 40)]
     assert dovecot.count(user, "IMAP/Done") == 40
+
+
+async def test_all_listeners_together_hold_at_most_the_process_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twenty listeners of one daemon: each may hold one mail, the rest share one bound."""
+    monkeypatch.setattr(parse_ahead, "AHEAD_TOTAL_BYTES", 30_000)
+    handlers = [Preparer() for _ in range(20)]
+    aheads = [ParseAhead(handler) for handler in handlers]
+    for ahead in aheads:
+        ahead.feed(bodies(30, size=997))  # 1,000 bytes each
+    await idle()
+    held = [len(handler.seen) for handler in handlers]
+    assert all(count >= 1 for count in held)  # nobody is starved
+    assert 20 <= sum(held) <= 30  # 30,000 bytes between them, one each at least
+    for ahead in aheads[:10]:
+        ahead.close()  # what they held is free for the others
+    await idle()
+    assert sum(len(h.seen) for h in handlers[10:]) > sum(held[10:])
+    for ahead in aheads[10:]:
+        ahead.close()

@@ -1,0 +1,74 @@
+"""The pool's size (Process/Workers), its in-process mode (0), and what a worker hands
+back besides the parse: the hash, the automatic-mail verdict and the new text."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from engage_listener.mail import parse_pool
+from engage_listener.mail.parse_pool import ParsePool, Prepared
+from engage_listener.mail.reply import new_text
+from tests.support.helpers import make_mail
+
+REPLY = (
+    b"From: Ana <ana@example.com>\r\nTo: soporte@example.org\r\nSubject: RE: pedido\r\n"
+    b"Message-ID: <r1@example.com>\r\nAuto-Submitted: auto-replied\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"Sigue sin llegar.\r\n\r\nEl lun, 1 dic 2026, Soporte escribi\xc3\xb3:\r\n> Enviado ayer.\r\n"
+)
+
+
+@pytest.fixture
+def restore_shared() -> Iterator[None]:
+    """The process's pool as the other tests expect it, afterwards."""
+    yield
+    parse_pool.configure(parse_pool.WORKERS)
+    parse_pool.close_shared()
+
+
+async def prepare_all(pool: ParsePool, raws: list[bytes]) -> list[Prepared]:
+    return list(await asyncio.gather(*(pool.submit(raw, True) for raw in raws)))
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_worker_hands_back_hash_verdict_and_new_text(workers: int) -> None:
+    pool = ParsePool(workers)
+    try:
+        (ready,) = asyncio.run(prepare_all(pool, [REPLY]))
+        assert ready.sha256 == hashlib.sha256(REPLY).hexdigest()
+        assert ready.automatic is not None and "auto-replied" in ready.automatic.lower()
+        assert ready.new_text == "Sigue sin llegar." == new_text(ready.mail.text)
+        deadline = time.monotonic() + 60  # each slot's thread starts its own process
+        while len(pool._workers) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool._workers) == workers  # 0: no process was started
+    finally:
+        pool.close()
+
+
+def test_in_process_keeps_order_and_parses_big_mails_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(parse_pool, "INLINE_BYTES", 4096)
+    raws = [make_mail(n, body="x" * (n * 1500)) for n in range(8)]
+    pool = ParsePool(0)
+    ready = asyncio.run(prepare_all(pool, raws))
+    assert [r.sha256 for r in ready] == [hashlib.sha256(raw).hexdigest() for raw in raws]
+    assert pool._workers == set()
+
+
+def test_every_listener_shares_one_pool_of_the_configured_size(restore_shared: None) -> None:
+    parse_pool.close_shared()
+    parse_pool.configure(3)
+    first = parse_pool.shared()
+    assert first.workers == 3 and parse_pool.shared() is first  # every caller: the same
+    parse_pool.configure(3)
+    assert parse_pool.shared() is first  # the same size: kept
+    parse_pool.configure(1)
+    second = parse_pool.shared()
+    assert second is not first and second.workers == 1 and first._closed
