@@ -43,7 +43,9 @@ def test_migrate_a_postgresql_store_twice(
     for _ in range(2):
         assert main(["store", "migrate", "--config", str(config)]) == 0
     database = url.rsplit("/", 1)[1]
-    versions = postgres_server.sql("SELECT version FROM schema_version ORDER BY 1", database=database)
+    versions = postgres_server.sql(
+        "SELECT version FROM schema_version ORDER BY 1", database=database
+    )
     assert versions.split() == [str(v) for v in sorted(PG_MIGRATIONS)]  # each once
     out = capsys.readouterr().out
     assert postgres_server.password not in out and ":***@127.0.0.1" in out

@@ -28,14 +28,14 @@ from engage_listener.store.records import (
 
 _LINKED = "FROM cases r WHERE r.id = c.related_case_id OR r.related_case_id = c.id ORDER BY r.id"
 _CASE_COLUMNS = (  # fixed text
-    "c.id, c.case_number, c.listener, c.process, c.status, c.inbox, c.priority, c.subject,"
+    "c.id, c.case_number, c.listener, c.process, c.status, c.inbox, c.priority, c.subject,"  # noqa: S608
     " c.sender, c.sender_name, c.customer_id, c.created_at, c.updated_at, c.closed_at,"
     " c.close_reason, c.reopened_at, c.related_case_id,"
     " ARRAY(SELECT t.tag FROM case_tags t WHERE t.case_id = c.id ORDER BY t.tag),"
     f" ARRAY(SELECT r.id {_LINKED}), ARRAY(SELECT r.case_number {_LINKED})"
 )
 _MESSAGE_COLUMNS = (  # fixed text and a number
-    "m.id, m.case_id, m.message_id, m.sender, m.sender_name, m.subject, m.sent_at,"
+    "m.id, m.case_id, m.message_id, m.sender, m.sender_name, m.subject, m.sent_at,"  # noqa: S608
     " m.received_at, m.size, m.automatic, m.body_text, m.new_text, m.body_html IS NOT NULL,"
     f" substr(m.raw, 1, {HEADER_BYTES}), m.acknowledge,"
     " (SELECT o.state || coalesce(': ' || o.last_error, '') FROM outbox o"
