@@ -169,7 +169,8 @@ class MailWrites(Protocol):
     async def set_case_status(
         self, case_id: int, status: CaseStatus, *, touch: bool = False
     ) -> None:
-        """Change a case's status (`touch`: and its updated_at)."""
+        """Change a case's status (`touch`: and its updated_at). A case that becomes
+        closed is closed now (a close time it had stays); one that leaves closed has none."""
         ...
 
     async def first_message(self, case_id: int) -> tuple[int, bytes]:

@@ -82,7 +82,7 @@ def _source(path: Path) -> sqlite3.Connection:
         raise StoreError(f"no SQLite store at {path}")
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version < LATEST:  # opened by this program first: only an older program's copy
+    if version < LATEST:  # just migrated by this program: only if its schemas disagree
         db.close()
         raise StoreError(
             f"the SQLite store {path} has schema {version}, older than this PostgreSQL"
