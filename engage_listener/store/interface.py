@@ -12,6 +12,10 @@ Decisions:
   the store (`SqlDialect` checks their files when the configuration is loaded).
 * Each `Store` method that writes is its own transaction; `Transaction` methods are the
   writes of one mail (or one operator action), committed together.
+* `Store` and `Transaction` are defined here from their parts in `interface_reads` (the
+  operators', senders' and status's reads) and `interface_tx` (acknowledgements, webhook
+  events, closing and reopening, customer imports), kept apart for size: callers import
+  every name from this module.
 """
 
 from __future__ import annotations
@@ -20,6 +24,18 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
+from engage_listener.store.interface_reads import (
+    CaseReads,
+    ControlAndStatus,
+    OutboxReads,
+    WebhookReads,
+)
+from engage_listener.store.interface_tx import (
+    AckWrites,
+    CaseLifecycle,
+    CustomerWrites,
+    WebhookWrites,
+)
 from engage_listener.store.records import (
     AckRow,
     CaseCandidate,
@@ -29,7 +45,6 @@ from engage_listener.store.records import (
     CaseState,
     CaseStatus,
     CaseSummary,
-    ControlField,
     ControlRow,
     Customer,
     Heartbeat,
@@ -43,14 +58,12 @@ from engage_listener.store.records import (
     NewMessage,
     NewWebhookEvent,
     OutboxRow,
-    OutboxState,
     Quarantined,
     SettledState,
     StoredAttachment,
     StoredMessage,
     WebhookDelivery,
     WebhookEventRow,
-    WebhookState,
 )
 
 __all__ = [
@@ -92,8 +105,8 @@ class SqlDialect(Protocol):
         ...
 
 
-class Transaction(Protocol):
-    """Writes of one message (or one operator action), committed together or not at all."""
+class MailWrites(Protocol):
+    """The operators' SQL hooks, and the case engine's look-ups and writes of one mail."""
 
     def interrupt(self) -> None:
         """Abort the statement running now (a routing procedure past its timeout)."""
@@ -143,34 +156,6 @@ class Transaction(Protocol):
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> CaseRef | None: ...
 
-    async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        """Closed cases holding mails with these Message-IDs, newest case first, with
-        their `closed_at` (a follow-up to a closed case: see cases.closed)."""
-        ...
-
-    async def closed_case_by_number(self, case_number: str) -> CaseCandidate | None:
-        """The closed case with this number (or id, for a bare number), with `closed_at`."""
-        ...
-
-    async def closed_case_by_subject(
-        self, customer_id: int | None, process: str | None, normalized_subject: str
-    ) -> CaseCandidate | None:
-        """The customer's newest closed case of this process and subject, if any."""
-        ...
-
-    async def close_case(
-        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
-    ) -> bool:
-        """Close an open (or pending-approval) case at the ISO time `at`, with the
-        operator's reason; False (nothing written) if it was in another status, or, with
-        `idle_before`, if its newest mail (else its creation) is not older than that."""
-        ...
-
-    async def reopen_case(self, case_id: int, at: str) -> bool:
-        """Open a closed case again (its close time and reason are cleared); False
-        (nothing written) if it was not closed."""
-        ...
-
     async def case_info(self, case_id: int) -> CaseInfo:
         """The case as it stands in this transaction, with its priority and tags."""
         ...
@@ -184,7 +169,8 @@ class Transaction(Protocol):
     async def set_case_status(
         self, case_id: int, status: CaseStatus, *, touch: bool = False
     ) -> None:
-        """Change a case's status (`touch`: and its updated_at)."""
+        """Change a case's status (`touch`: and its updated_at). A case that becomes
+        closed is closed now (a close time it had stays); one that leaves closed has none."""
         ...
 
     async def first_message(self, case_id: int) -> tuple[int, bytes]:
@@ -219,77 +205,12 @@ class Transaction(Protocol):
         """Keep the mail with its reason, and a ledger row so it is never taken again."""
         ...
 
-    # ----- acknowledgements -------------------------------------------------------------
-    async def recent_acks(self, recipient_key: str, since: str) -> int:
-        """Acknowledgements to `recipient_key` (`ack.recipient_key`) created since the ISO
-        time `since`, not failed nor suppressed (the per-recipient limit)."""
-        ...
 
-    async def listener_acks(self, listener: str, since: str) -> int:
-        """Acknowledgements of `listener` created since `since`, not suppressed (MaxPerHour)."""
-        ...
-
-    async def add_outbox(
-        self, ack: NewAck, *, state: OutboxState = "pending", last_error: str | None = None
-    ) -> int:
-        """Queue an acknowledgement (`pending`), or record one held back (`suppressed`)."""
-        ...
-
-    async def get_ack(self, ack_id: int) -> AckRow | None: ...
-
-    async def change_ack(
-        self,
-        ack_id: int,
-        state: OutboxState,
-        note: str,
-        allowed: Sequence[OutboxState],
-        *,
-        next_attempt_at: float | None = None,
-    ) -> bool:
-        """The operator's change of a row still in one of `allowed`; False if it was not."""
-        ...
-
-    # ----- webhook events (outbox.webhooks) ----------------------------------------------
-    async def add_webhook_event(self, event: NewWebhookEvent) -> int:
-        """Queue a case event for the CRM (`pending`, due now), with the case's writes."""
-        ...
-
-    async def get_webhook_event(self, row_id: int) -> WebhookEventRow | None: ...
-
-    async def change_webhook_event(
-        self,
-        row_id: int,
-        state: WebhookState,
-        note: str,
-        allowed: Sequence[WebhookState],
-        *,
-        next_attempt_at: float | None = None,
-    ) -> bool:
-        """The operator's change of a row still in one of `allowed` (attempts start again
-        from 0 when it becomes `pending`); False if it was not."""
-        ...
-
-    # ----- operator commands ------------------------------------------------------------
-    async def customer_by_external_id(self, external_id: str) -> int | None: ...
-
-    async def address_owner(self, address: str) -> int | None:
-        """The customer an address (lower-cased) belongs to."""
-        ...
-
-    async def import_customer(self, name: str, external_id: str | None) -> int:
-        """A new customer from an import, without addresses yet."""
-        ...
-
-    async def update_customer(self, customer_id: int, name: str, external_id: str | None) -> None:
-        """Set the name (unless empty) and the external id (unless None)."""
-        ...
-
-    async def add_customer_address(self, customer_id: int, address: str) -> None:
-        """Give the customer this (lower-cased) address; one it has already is kept."""
-        ...
+class Transaction(MailWrites, CaseLifecycle, AckWrites, WebhookWrites, CustomerWrites, Protocol):
+    """Writes of one message (or one operator action), committed together or not at all."""
 
 
-class Store(Protocol):
+class Store(CaseReads, OutboxReads, WebhookReads, ControlAndStatus, Protocol):
     """Persistence of cases, messages, the exactly-once ledger, the outbox, operator
     control and heartbeats."""
 
@@ -324,137 +245,4 @@ class Store(Protocol):
 
     async def mark_done(self, keys: Sequence[MailKey], state: SettledState) -> None:
         """Record that these mails were moved, deleted or quarantined on the server."""
-        ...
-
-    # ----- cases, customers, quarantine (operator commands) -----------------------------
-    async def list_cases(self) -> list[CaseSummary]: ...
-
-    async def case_state(self, case_id: int) -> CaseState | None: ...
-
-    async def case_detail(self, case_id: int) -> CaseDetail | None:
-        """The case whole, with its tags and related cases (`cases show`)."""
-        ...
-
-    async def cases_page(
-        self, after_id: int, limit: int, *, since: str | None = None, listener: str | None = None
-    ) -> list[CaseDetail]:
-        """Up to `limit` cases with an id above `after_id`, by id: those of `listener`
-        (every one for None) changed (updated_at) at or after the ISO time `since`. The
-        caller pages through (`cases export` streams; nothing holds every case)."""
-        ...
-
-    async def case_messages(self, case_id: int) -> list[StoredMessage]:
-        """The case's mails, oldest first, without their raw bytes."""
-        ...
-
-    async def case_attachments(self, case_id: int) -> list[StoredAttachment]:
-        """The attachments of every mail of the case, by message then id."""
-        ...
-
-    async def attachment_content(self, attachment_id: int) -> bytes | None:
-        """One attachment's bytes (for ExtractAttachments False: the whole mail)."""
-        ...
-
-    async def idle_cases(self, before: str) -> list[int]:
-        """Ids of open cases whose newest mail (else their creation) is older than the
-        ISO UTC time `before` (`cases close --idle-days`)."""
-        ...
-
-    async def list_customers(self) -> list[Customer]: ...
-
-    async def list_quarantine(self, *, include_replayed: bool = False) -> list[Quarantined]:
-        """Held entries (and replayed ones too if asked), oldest first."""
-        ...
-
-    async def get_quarantine(self, entry_id: int) -> tuple[Quarantined, bytes] | None:
-        """The entry and the raw bytes kept."""
-        ...
-
-    async def mark_replayed(self, entry_id: int, case_id: int | None) -> None: ...
-
-    # ----- the outbox -------------------------------------------------------------------
-    async def outbox_in_state(self, state: OutboxState) -> list[int]:
-        """Ids of the rows in `state`, in order."""
-        ...
-
-    async def due_outbox(self, now: float, limit: int) -> list[OutboxRow]:
-        """Pending rows whose next attempt (epoch seconds) has come, oldest first."""
-        ...
-
-    async def update_outbox(
-        self,
-        row_id: int,
-        state: OutboxState,
-        *,
-        attempts: int | None = None,
-        last_error: str | None = None,
-        smtp_reply: str | None = None,
-        sent_at: str | None = None,
-        next_attempt_at: float | None = None,
-    ) -> None:
-        """Set the state, and each other field given (None: left as it is); committed."""
-        ...
-
-    async def list_acks(self, states: Sequence[OutboxState] | None = None) -> list[AckRow]:
-        """Rows in `states`, oldest first; by default every row not `sent`."""
-        ...
-
-    # ----- webhook events ---------------------------------------------------------------
-    async def due_webhook_events(self, now: float, limit: int) -> list[WebhookDelivery]:
-        """Pending events whose next attempt (epoch seconds) has come and that no earlier
-        event of their case still waits before (pending or failed): oldest first."""
-        ...
-
-    async def next_webhook_attempt(self) -> float | None:
-        """When the earliest pending event not waiting behind another is due (None: none)."""
-        ...
-
-    async def update_webhook_event(
-        self,
-        row_id: int,
-        state: WebhookState,
-        *,
-        attempts: int | None = None,
-        last_error: str | None = None,
-        response: str | None = None,
-        delivered_at: str | None = None,
-        next_attempt_at: float | None = None,
-    ) -> None:
-        """Set the state, and each other field given (None: left as it is); committed."""
-        ...
-
-    async def postpone_webhook_events(self, listeners: Sequence[str], until: float) -> None:
-        """Pending events of these listeners are not due before `until` (their receiver is
-        unavailable); committed."""
-        ...
-
-    async def list_webhook_events(
-        self, states: Sequence[WebhookState] | None = None
-    ) -> list[WebhookEventRow]:
-        """Rows in `states`, oldest first; by default every row not `delivered`."""
-        ...
-
-    # ----- operator control and status --------------------------------------------------
-    async def read_control(self, listener: str) -> ControlRow | None: ...
-
-    async def set_control(self, listener: str, field: ControlField, value: str | None) -> None:
-        """Set one request (an ISO time) or clear it (None)."""
-        ...
-
-    async def clear_reset(self, listener: str, reset_from: str) -> None:
-        """Clear the reset request if it is still `reset_from` (a newer one stays)."""
-        ...
-
-    async def write_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
-        """Replace every heartbeat with these (the running listeners)."""
-        ...
-
-    async def heartbeats(self) -> list[Heartbeat]: ...
-
-    async def paused_until(self) -> dict[str, str | None]:
-        """Every listener's requested pause (ISO) from operator control."""
-        ...
-
-    async def listener_counts(self, listener: str, since: str) -> ListenerCounts:
-        """Counts for `status`; `since` (ISO UTC) starts "today"."""
         ...

@@ -1,27 +1,50 @@
 """Issue 18.2: a mail that would have joined a closed case (by its headers, its case token
 or the customer's subject) reopens it when it was closed fewer than ReopenDays ago, and
-otherwise opens a new case related to it. Automatic mail never reopens a case."""
+otherwise opens a new case related to it. Automatic mail never reopens a case. On both
+stores: the closed-case look-ups are each store's own SQL."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from engage_listener.cases.engine import CaseEngine, EngineSettings
-from engage_listener.store.interface import MailKey
-from engage_listener.store.sqlite.store import SqliteStore
+from engage_listener.config.model import StoreConfig
+from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.open import build_store
+from tests.support.postgres import fresh_database, postgres_server
+
+__all__ = ["postgres_server"]  # a fixture, for the PostgreSQL store
 
 _uids = itertools.count(1)
 CUSTOMER = "ana@cliente.example"
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store of each kind, open for the test."""
+    if request.param == "sqlite":
+        config = StoreConfig(tmp_path / "store.sqlite3")
+    else:
+        url = fresh_database(request.getfixturevalue("postgres_server"))
+        config = StoreConfig(tmp_path / "unused", url=url)
+    opened = build_store(config)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 def key() -> MailKey:
     return MailKey("L", "IMAP/New", "1", str(next(_uids)))
 
 
-def engine(store: SqliteStore, **settings: object) -> CaseEngine:
+def engine(store: Store, **settings: object) -> CaseEngine:
     return CaseEngine(
         store,
         EngineSettings(listener="L", extract_attachments=False, **settings),  # type: ignore[arg-type]
@@ -51,7 +74,7 @@ def mail(
     return "\r\n".join(lines).encode()
 
 
-async def _close(store: SqliteStore, case_id: int, days_ago: float) -> None:
+async def _close(store: Store, case_id: int, days_ago: float) -> None:
     at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
     async with store.transaction() as tx:
         assert await tx.close_case(case_id, "resuelto", at.isoformat(timespec="seconds"))
@@ -69,9 +92,7 @@ WAYS = ("header", "token", "subject")
 
 
 @pytest.mark.parametrize("way", WAYS)
-async def test_a_follow_up_within_reopen_days_reopens_the_case(
-    store: SqliteStore, way: str
-) -> None:
+async def test_a_follow_up_within_reopen_days_reopens_the_case(store: Store, way: str) -> None:
     e = engine(store)
     first = await e.ingest(key(), mail(1))
     assert first.case_id is not None
@@ -86,9 +107,7 @@ async def test_a_follow_up_within_reopen_days_reopens_the_case(
 
 
 @pytest.mark.parametrize("way", WAYS)
-async def test_a_follow_up_after_reopen_days_opens_a_related_case(
-    store: SqliteStore, way: str
-) -> None:
+async def test_a_follow_up_after_reopen_days_opens_a_related_case(store: Store, way: str) -> None:
     e = engine(store, reopen_days=7)
     first = await e.ingest(key(), mail(1))
     assert first.case_id is not None
@@ -104,7 +123,7 @@ async def test_a_follow_up_after_reopen_days_opens_a_related_case(
     assert len(await store.case_messages(first.case_id)) == 1
 
 
-async def test_reopen_days_0_never_reopens(store: SqliteStore) -> None:
+async def test_reopen_days_0_never_reopens(store: Store) -> None:
     e = engine(store, reopen_days=0)
     first = await e.ingest(key(), mail(1))
     assert first.case_id is not None
@@ -115,7 +134,7 @@ async def test_reopen_days_0_never_reopens(store: SqliteStore) -> None:
     assert closed is not None and closed.status == "closed"
 
 
-async def test_automatic_mail_never_reopens(store: SqliteStore) -> None:
+async def test_automatic_mail_never_reopens(store: Store) -> None:
     """An out-of-office answering the closed thread is kept without a case (AutomaticMail
     Ignore), or opens a new related case (OpenCase); the closed case stays closed."""
     first = await engine(store).ingest(key(), mail(1))
@@ -133,7 +152,7 @@ async def test_automatic_mail_never_reopens(store: SqliteStore) -> None:
     assert closed is not None and closed.status == "closed"
 
 
-async def test_a_stranger_naming_a_closed_case_never_reopens_it(store: SqliteStore) -> None:
+async def test_a_stranger_naming_a_closed_case_never_reopens_it(store: Store) -> None:
     e = engine(store)
     first = await e.ingest(key(), mail(1))
     assert first.case_id is not None
@@ -148,7 +167,7 @@ async def test_a_stranger_naming_a_closed_case_never_reopens_it(store: SqliteSto
     assert closed is not None and closed.status == "closed"
 
 
-async def test_an_open_case_of_the_customer_wins_over_a_closed_one(store: SqliteStore) -> None:
+async def test_an_open_case_of_the_customer_wins_over_a_closed_one(store: Store) -> None:
     """The customer's newer open case with the subject takes the mail; the closed one is
     left closed (an open case always wins)."""
     e = engine(store)

@@ -1,4 +1,6 @@
-"""`engage-listener store migrate` (issue 16 point 2): the schema by hand, for both stores."""
+"""`engage-listener store migrate` (issue 16 point 2): the schema by hand, for both stores;
+`store copy --from` (point 7): a SQLite store into PostgreSQL, closed cases included, and
+refused where PostgreSQL would have no place for some of its data."""
 
 from __future__ import annotations
 
@@ -14,9 +16,17 @@ import pytest
 from devkit.postgres import PostgresServer
 from engage_listener.config.model import StoreConfig
 from engage_listener.ops.cli import main
-from engage_listener.store.interface import MailKey, NewAck, NewAttachment, NewCase, NewMessage
+from engage_listener.store.interface import (
+    Heartbeat,
+    MailKey,
+    NewAck,
+    NewAttachment,
+    NewCase,
+    NewMessage,
+    Store,
+)
 from engage_listener.store.open import build_store
-from engage_listener.store.postgres.schema import LATEST
+from engage_listener.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from engage_listener.store.sqlite.schema import MIGRATIONS
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.config_xml import config_text, minimal_listener
@@ -43,8 +53,10 @@ def test_migrate_a_postgresql_store_twice(
     for _ in range(2):
         assert main(["store", "migrate", "--config", str(config)]) == 0
     database = url.rsplit("/", 1)[1]
-    versions = postgres_server.sql("SELECT version FROM schema_version", database=database)
-    assert versions.split() == [str(LATEST)]
+    versions = postgres_server.sql(
+        "SELECT version FROM schema_version ORDER BY 1", database=database
+    )
+    assert versions.split() == [str(v) for v in sorted(PG_MIGRATIONS)]  # each once
     out = capsys.readouterr().out
     assert postgres_server.password not in out and ":***@127.0.0.1" in out
 
@@ -147,3 +159,113 @@ async def test_copy_refuses_a_database_with_data_of_its_own(
     assert code == 1 and "new, empty database" in capsys.readouterr().err
     database = url.rsplit("/", 1)[1]
     assert postgres_server.sql("SELECT count(*) FROM customers", database=database).strip() == "0"
+
+
+CLOSED_AT, REOPENED_AT = "2026-01-10T09:00:00+00:00", "2026-01-11T09:00:00+00:00"
+
+
+async def _closed_cases(path: Path) -> list[int]:
+    """A SQLite store with a case closed with a reason, one closed and reopened, one
+    closed by a routing hook; their ids."""
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        raw = b"Subject: Factura\r\n\r\nhola\r\n"
+        mail = NewMessage(
+            "L", "<c1@example.com>", None, "ana@example.com", "Ana", "Factura", None,
+            dt.datetime(2024, 3, 1, tzinfo=dt.UTC), hashlib.sha256(raw).hexdigest(), raw,
+            True, "hola", None, "",
+        )  # fmt: skip
+        async with store.transaction() as tx:
+            made = [
+                await tx.create_case(NewCase("L", "ventas", "ana@example.com", "Ana", "Factura",
+                                             "factura"))
+                for _ in range(3)
+            ]  # fmt: skip
+            closed, reopened, by_hook = (case.id for case in made)
+            await tx.add_message(closed, mail)
+            await tx.close_case(closed, "resuelto", CLOSED_AT)
+            await tx.close_case(reopened, None, CLOSED_AT)
+            await tx.reopen_case(reopened, REOPENED_AT)
+            await tx.set_case_status(by_hook, "closed")
+        return [closed, reopened, by_hook]
+    finally:
+        await store.close()
+
+
+async def _details(store: Store, ids: list[int]) -> list[Any]:
+    await store.open()
+    try:
+        return [(await store.case_detail(i), await store.case_messages(i)) for i in ids]
+    finally:
+        await store.close()
+
+
+async def test_copy_keeps_closed_and_reopened_cases(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "old.sqlite3"
+    ids = await _closed_cases(source)
+    url = fresh_database(postgres_server)
+    config = tmp_path / "el.xml"
+    config.write_text(config_text(minimal_listener(), store=url))
+    code = await asyncio.to_thread(
+        main, ["store", "copy", "--from", str(source), "--config", str(config)]
+    )
+    assert code == 0
+    copied = await _details(build_store(StoreConfig(Path("unused"), url=url)), ids)
+    assert copied == await _details(SqliteStore(source), ids)  # every field, every mail
+    closed, reopened, by_hook = (detail for detail, _ in copied)
+    assert closed is not None and reopened is not None and by_hook is not None
+    assert (closed.status, closed.closed_at, closed.close_reason) == ("closed", CLOSED_AT,
+                                                                     "resuelto")  # fmt: skip
+    assert (reopened.status, reopened.closed_at, reopened.reopened_at) == ("open", None,
+                                                                          REOPENED_AT)  # fmt: skip
+    assert by_hook.status == "closed" and by_hook.closed_at
+    store = build_store(StoreConfig(Path("unused"), url=url))
+    await store.open()
+    try:  # a follow-up to the closed case finds it, with its close time, in PostgreSQL
+        async with store.transaction() as tx:
+            [found] = await tx.closed_cases_by_message_ids(["<c1@example.com>"])
+            by_number = await tx.closed_case_by_number(closed.case_number)
+        assert (found.id, found.closed_at) == (closed.id, CLOSED_AT) and by_number == found
+    finally:
+        await store.close()
+
+
+async def test_copy_refuses_sqlite_data_postgresql_has_no_place_for(
+    postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newer SQLite schema is copied while nothing of it would be lost: a table the copy
+    does not take must be empty, a copied table may have no column PostgreSQL lacks."""
+    source = tmp_path / "old.sqlite3"
+    await _fill_sqlite(source)
+    store = SqliteStore(source)
+    await store.open()
+    await store.write_heartbeats(
+        [Heartbeat("L", "idle", 42, None, None, 0, None, None, "2024-01-01T00:00:00+00:00")]
+    )  # left behind: the running daemons write their own
+    await store.close()
+    url = fresh_database(postgres_server)
+    config = tmp_path / "el.xml"
+    config.write_text(config_text(minimal_listener(), store=url))
+    database = url.rsplit("/", 1)[1]
+
+    def copy(*statements: str) -> tuple[int, str]:
+        with sqlite3.connect(source) as db:
+            for statement in statements:
+                db.execute(statement)
+        db.close()
+        code = main(["store", "copy", "--from", str(source), "--config", str(config)])
+        return code, capsys.readouterr().err
+
+    code, err = await asyncio.to_thread(
+        copy, "CREATE TABLE notes (note TEXT)", "INSERT INTO notes VALUES ('kept')"
+    )
+    assert code == 1 and "has rows in notes" in err and "nothing was copied" in err
+    assert postgres_server.sql("SELECT count(*) FROM customers", database=database).strip() == "0"
+    code, err = await asyncio.to_thread(copy, "DELETE FROM notes", "ALTER TABLE cases ADD extra")
+    assert code == 1 and "has columns extra of cases" in err
+    code, err = await asyncio.to_thread(copy, "ALTER TABLE cases DROP COLUMN extra")
+    assert (code, err) == (0, "")
+    assert postgres_server.sql("SELECT count(*) FROM customers", database=database).strip() == "1"

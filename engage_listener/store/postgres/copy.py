@@ -13,8 +13,12 @@ Decisions:
 * Verified: afterwards every source row's key must be in PostgreSQL, table by table;
   the counts are reported.
 * The SQLite store is first opened as the daemon would (migrating it to its latest
-  schema), then read through a read-only connection; its schema must be the one this
-  PostgreSQL schema has (`schema.LATEST`).
+  schema), then read through a read-only connection. Its schema may be newer than this
+  PostgreSQL schema (`schema.LATEST`: SQLite's migrations are ported one by one) as long
+  as nothing would be lost: every column of a copied table must exist in PostgreSQL, and
+  a SQLite table the copy does not take (not in TABLES nor LEFT_BEHIND) must be empty.
+  So a table a later migration adds is copied once it is in TABLES, and until then a
+  store that holds rows of it is refused, naming it, before anything is written.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ TABLES = (
     Table("outbox", ("id",), ("smtp_message_id", "created_at")),
     Table("listener_control", ("listener",)),
 )
+# SQLite tables not copied: the heartbeats of the daemon that wrote them (the running
+# daemons write their own).
+LEFT_BEHIND = frozenset({"heartbeats"})
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,49 @@ def _source(path: Path) -> sqlite3.Connection:
         raise StoreError(f"no SQLite store at {path}")
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version != LATEST:
+    if version < LATEST:  # just migrated by this program: only if its schemas disagree
         db.close()
         raise StoreError(
-            f"the SQLite store {path} has schema {version}, this PostgreSQL store {LATEST}:"
-            " run both with the same engage-listener"
+            f"the SQLite store {path} has schema {version}, older than this PostgreSQL"
+            f" store's {LATEST}: run both with the same engage-listener"
         )
     return db
+
+
+async def _check_schema(
+    conn: psycopg.AsyncConnection[Any], source: sqlite3.Connection, path: Path
+) -> None:
+    """Refuse a SQLite store holding data this PostgreSQL schema has no place for."""
+    names = source.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+        " ORDER BY name"
+    ).fetchall()
+    for (name,) in names:
+        problem = await _would_lose(conn, source, str(name))
+        if problem is not None:
+            raise StoreError(
+                f"the SQLite store {path} has {problem}, which this PostgreSQL store (schema"
+                f" {LATEST}) has no place for: nothing was copied; upgrade engage-listener"
+            )
+
+
+async def _would_lose(
+    conn: psycopg.AsyncConnection[Any], source: sqlite3.Connection, name: str
+) -> str | None:
+    """What copying would leave out of the SQLite table `name` (None: nothing)."""
+    if name in {table.name for table in TABLES}:
+        cur = await conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s",
+            (name,),
+        )
+        missing = set(_columns(source, name)) - {str(r[0]) for r in await cur.fetchall()}
+        return f"columns {', '.join(sorted(missing))} of {name}" if missing else None
+    if name in LEFT_BEHIND:
+        return None
+    quoted = '"' + name.replace('"', '""') + '"'
+    has_rows = source.execute(f"SELECT 1 FROM {quoted} LIMIT 1").fetchone()  # noqa: S608
+    return f"rows in {name}" if has_rows else None
 
 
 async def copy_sqlite(conn: psycopg.AsyncConnection[Any], path: Path) -> list[Copied]:
@@ -93,6 +136,7 @@ async def copy_sqlite(conn: psycopg.AsyncConnection[Any], path: Path) -> list[Co
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (COPY_LOCK,))
+            await _check_schema(conn, source, path)
             done = [await _copy_table(conn, source, table) for table in TABLES]
             for table in TABLES:
                 if table.key == ("id",):

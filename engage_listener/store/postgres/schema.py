@@ -223,8 +223,24 @@ COMPRESSED = (
     ("outbox", "mime"),
 )
 
+# 8: closing and reopening cases (issue 18), as SQLite's 8: when a case was closed and
+# why, and when it was last reopened. Cases closed before (by hand-written SQL) take their
+# last change as their close time. related_case_id is looked up both ways (`cases show`),
+# updated_at bounds `cases export --since`.
+MIGRATION_8 = """
+ALTER TABLE cases ADD COLUMN closed_at text;
+ALTER TABLE cases ADD COLUMN close_reason text;
+ALTER TABLE cases ADD COLUMN reopened_at text;
+UPDATE cases SET closed_at = updated_at WHERE status = 'closed';
+CREATE INDEX cases_related ON cases(related_case_id);
+CREATE INDEX cases_updated ON cases(updated_at);
+"""
+
 # version -> script; SQLite's migrations after BASELINE are ported here with their numbers.
-MIGRATIONS: dict[int, str] = {BASELINE: SCHEMA_7}
+MIGRATIONS: dict[int, str] = {
+    BASELINE: SCHEMA_7,
+    8: MIGRATION_8,
+}
 LATEST = max(MIGRATIONS)
 
 

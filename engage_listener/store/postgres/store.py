@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
+from engage_listener.store.postgres.case_reads import CaseReads
 from engage_listener.store.postgres.connect import (
     connect_kwargs,
     first_connection,
@@ -51,7 +52,7 @@ def from_config(config: StoreConfig, owner: str | None = None) -> PostgresStore:
     return PostgresStore(config.url, password=password, ca_file=config.ca_file, owner=owner)
 
 
-class PostgresStore(OperatorQueries):
+class PostgresStore(OperatorQueries, CaseReads):
     """See `store.Store`. `owner`: the daemon's id, whose lease every mail's ledger row
     and settlement is checked against (None: no fencing, as for operator commands)."""
 

@@ -36,6 +36,7 @@ from engage_listener.store.interface import (
     SyncExecute,
 )
 from engage_listener.store.postgres import hooks
+from engage_listener.store.postgres.follow_ups import FollowUpQueries
 from engage_listener.store.postgres.rows import Column, insert_row
 from engage_listener.store.postgres.transaction_more import MoreWrites, now_iso
 from engage_listener.store.records import CaseStatus, LedgerState
@@ -67,7 +68,7 @@ async def check_lease(conn: psycopg.AsyncConnection[Any], listener: str, owner: 
         )
 
 
-class PostgresTransaction(MoreWrites):
+class PostgresTransaction(FollowUpQueries, MoreWrites):
     """See `store.Transaction`; only valid inside `PostgresStore.transaction()`."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> None:
@@ -251,8 +252,9 @@ class PostgresTransaction(MoreWrites):
             await self.execute(
                 "UPDATE cases SET inbox = coalesce(%s, inbox),"
                 " priority = coalesce(%s::integer, priority), process = coalesce(%s, process),"
-                " status = coalesce(%s, status) WHERE id = %s",
-                (inbox, priority, process, status, case_id),
+                " status = coalesce(%s, status), closed_at = CASE WHEN coalesce(%s, status)"
+                " = 'closed' THEN coalesce(closed_at, %s) END WHERE id = %s",
+                (inbox, priority, process, status, status, now_iso(), case_id),
             )
         for tag in tags:
             await self.execute(

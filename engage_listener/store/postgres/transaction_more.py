@@ -1,7 +1,14 @@
-"""Follow-ups, acknowledgements and operator writes inside one PostgreSQL transaction.
+"""Acknowledgements, a case's status (closing, reopening) and operator writes inside one
+PostgreSQL transaction.
 
 A part of `transaction.PostgresTransaction`, kept apart for size; the SQL mirrors
-`store.sqlite.follow_ups` and `store.sqlite.operator_tx`.
+`store.sqlite.operator_tx` (and `transaction`'s acknowledgement writes).
+
+Decisions:
+
+* `closed_at` is kept by every write of a case's status, as in SQLite: a case that
+  becomes closed (an operator, a routing hook, the idle sweep) is closed from then on
+  (a close time it had already stays); one that leaves `closed` has none.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from typing import Any
 
 from engage_listener.mail.fields import recipient_key
 from engage_listener.observe.logs import scrub
-from engage_listener.store.interface import CaseCandidate, NewAck
+from engage_listener.store.interface import NewAck
 from engage_listener.store.records import AckRow, CaseStatus, OutboxState
 
 ACK_COLUMNS = (
@@ -20,8 +27,11 @@ ACK_COLUMNS = (
     " o.last_error, o.smtp_message_id, o.smtp_reply, o.created_at, o.sent_at, o.next_attempt_at"
 )
 ACK_FROM = "FROM outbox o LEFT JOIN cases c ON c.id = o.case_id"
-_CANDIDATE = "c.id, c.case_number, c.listener, c.process"
-_OPEN = "c.status IN ('open', 'pending-approval')"
+# When a case last had mail (its creation, for a case without): `cases close --idle-days`.
+LAST_MAIL = (
+    "coalesce((SELECT max(m.received_at) FROM messages m WHERE m.case_id = cases.id),"
+    " cases.created_at)"
+)
 
 
 def now_iso() -> str:
@@ -43,10 +53,6 @@ def ack_row(r: Any) -> AckRow:
     )  # fmt: skip
 
 
-def _candidate(row: Any) -> CaseCandidate:
-    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3])
-
-
 class MoreWrites:
     """See `store.Transaction`; `execute`, `_one` and `_all` come from the transaction."""
 
@@ -58,47 +64,6 @@ class MoreWrites:
 
     async def _all(self, sql: str, params: Any = ()) -> list[Any]:
         raise NotImplementedError
-
-    # ----- follow-ups -----------------------------------------------------------------
-    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        ids = list(dict.fromkeys(m for m in message_ids if m))
-        if not ids:
-            return []
-        rows = await self._all(
-            f"SELECT DISTINCT {_CANDIDATE} FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
-            f" WHERE m.message_id = ANY(%s) AND {_OPEN} ORDER BY c.id DESC LIMIT 20",
-            (ids,),
-        )
-        return [_candidate(row) for row in rows]
-
-    async def case_by_number(self, case_number: str) -> CaseCandidate | None:
-        row = await self._one(
-            f"SELECT {_CANDIDATE} FROM cases c WHERE c.case_number = %s AND {_OPEN}",  # noqa: S608
-            (case_number,),
-        )
-        if row is None and case_number.isdigit() and len(case_number) < 19:
-            row = await self._one(
-                f"SELECT {_CANDIDATE} FROM cases c WHERE c.id = %s AND {_OPEN}",  # noqa: S608
-                (int(case_number),),
-            )
-        return _candidate(row) if row else None
-
-    async def is_participant(self, case_id: int, address: str) -> bool:
-        row = await self._one(
-            "SELECT 1 FROM case_participants WHERE case_id = %s AND address = %s"
-            " UNION ALL SELECT 1 FROM customer_addresses a JOIN cases c"
-            " ON c.customer_id = a.customer_id WHERE a.address = %s AND c.id = %s LIMIT 1",
-            (case_id, address.lower(), address.lower(), case_id),
-        )
-        return row is not None
-
-    async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
-        for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
-            await self.execute(
-                "INSERT INTO case_participants (case_id, address) VALUES (%s, %s)"
-                " ON CONFLICT DO NOTHING",
-                (case_id, address),
-            )
 
     # ----- acknowledgements -----------------------------------------------------------
     async def recent_acks(self, recipient_key: str, since: str) -> int:
@@ -157,13 +122,32 @@ class MoreWrites:
     async def set_case_status(
         self, case_id: int, status: CaseStatus, *, touch: bool = False
     ) -> None:
-        if touch:
-            await self.execute(
-                "UPDATE cases SET status = %s, updated_at = %s WHERE id = %s",
-                (status, now_iso(), case_id),
-            )
-        else:
-            await self.execute("UPDATE cases SET status = %s WHERE id = %s", (status, case_id))
+        now = now_iso()
+        await self.execute(
+            "UPDATE cases SET status = %s, closed_at = CASE WHEN %s = 'closed'"
+            " THEN coalesce(closed_at, %s) END,"
+            " updated_at = CASE WHEN %s THEN %s ELSE updated_at END WHERE id = %s",
+            (status, status, now, touch, now, case_id),
+        )
+
+    async def close_case(
+        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
+    ) -> bool:
+        idle = "" if idle_before is None else f" AND {LAST_MAIL} < %s"
+        cur = await self.execute(
+            "UPDATE cases SET status = 'closed', closed_at = %s, close_reason = %s,"  # noqa: S608
+            " updated_at = %s WHERE id = %s AND status IN ('open', 'pending-approval')" + idle,
+            (at, reason, at, case_id, *(() if idle_before is None else (idle_before,))),
+        )
+        return int(cur.rowcount) == 1
+
+    async def reopen_case(self, case_id: int, at: str) -> bool:
+        cur = await self.execute(
+            "UPDATE cases SET status = 'open', closed_at = NULL, close_reason = NULL,"
+            " reopened_at = %s, updated_at = %s WHERE id = %s AND status = 'closed'",
+            (at, at, case_id),
+        )
+        return int(cur.rowcount) == 1
 
     async def first_message(self, case_id: int) -> tuple[int, bytes]:
         row = await self._one(
