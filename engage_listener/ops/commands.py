@@ -162,7 +162,7 @@ async def control_listener(config: Config, listener: str, day: dt.date | None) -
     if cfg.protocol == "pop3":  # pop3_listener reads neither listener_control nor read_from
         raise EngageError(
             f"listener {listener!r} is a POP3 listener: POP3 has no received dates, "
-            "so reset/pause/resume apply to IMAP listeners only"
+            "so reset/pause/resume apply to IMAP and Graph listeners only"
         )
     store = await open_store(config.store)
     try:

@@ -15,6 +15,7 @@ from engage_listener.cases.hooks import RoutingHook
 from engage_listener.clock import Clock
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import ConfigError, ConfigProblem
+from engage_listener.intake.control import start_of_day
 from engage_listener.observe.logs import get_logger
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.service.build import engine_settings, protolog_factory, token_provider
@@ -106,6 +107,7 @@ def build_graph_listener(
         error_folder=cfg.error_folder,
         max_attempts=cfg.max_attempts,
         max_message_size=cfg.max_message_size,
+        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
     )
     return GraphListener(
         settings,

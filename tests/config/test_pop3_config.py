@@ -97,7 +97,7 @@ def test_dates_are_refused_for_pop3_listeners_and_warned_of(tmp_path: Path) -> N
     assert check.stdout.count("no received dates") == 2  # the IMAP listener uses both
     refusal = (
         "engage-listener: listener 'Pop' is a POP3 listener: POP3 has no received dates, "
-        "so reset/pause/resume apply to IMAP listeners only\n"
+        "so reset/pause/resume apply to IMAP and Graph listeners only\n"
     )
     today = dt.date.today()
     past = (today - dt.timedelta(days=3)).isoformat()

@@ -227,7 +227,7 @@ class GraphState:
     def append(self, box: Mailbox, folder: Folder, mime: bytes,
                received: dt.datetime | None) -> Message:  # fmt: skip
         self.seq += 1
-        when = received or dt.datetime.now(dt.UTC).replace(microsecond=0)
+        when = (received or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(microsecond=0)
         message = Message(_id("AAkALgA"), _id("AAMkAGI"), folder.id, mime, when, self.seq, self.seq)
         box.messages[message.immutable_id] = message
         box.rest_ids[message.rest_id] = message.immutable_id
