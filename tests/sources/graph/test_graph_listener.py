@@ -266,12 +266,13 @@ async def test_rules_and_customer_from_reply_to_act_on_graph_mail(
     rules = ('<Rules><Rule Name="Facturas"><Match Field="Subject" Contains="factura"/>'
              "<SetInbox>Facturacion</SetInbox></Rule></Rules>")  # fmt: skip
     listener = make(tmp_path, graph, store, inner=rules, CustomerFrom="ReplyTo")
-    raw = (b"From: Portal <no-reply@portal.example>\r\nReply-To: Ana <ana@cliente.example>\r\n"
-           b"Subject: Su factura de marzo\r\nMessage-ID: <f1@graph.test>\r\n\r\nHola\r\n")  # fmt: skip
+    raw = (b"From: Portal <no-reply@portal.example>\r\n"
+           b"Reply-To: Ana <ana@cliente.example>\r\nSubject: Su factura de marzo\r\n"
+           b"Message-ID: <f1@graph.test>\r\n\r\nHola\r\n")  # fmt: skip
     graph.append(BOX, NEW, raw)
     graph.append(BOX, NEW, mail(7))
     await listener.run_once()
-    rows = db_rows(db, "SELECT c.subject, c.inbox, a.address FROM cases c JOIN "
-                   "customer_addresses a ON a.customer_id = c.customer_id ORDER BY c.id")  # fmt: skip
+    rows = db_rows(db, "SELECT c.subject, c.inbox, a.address FROM cases c JOIN customer_addresses"
+                   " a ON a.customer_id = c.customer_id ORDER BY c.id")  # fmt: skip
     assert rows == [("Su factura de marzo", "Facturacion", "ana@cliente.example"),
                     ("Question 7", None, "c7@example.test")]  # fmt: skip
