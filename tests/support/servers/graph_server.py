@@ -15,8 +15,11 @@ Behaviour and the documentation page it follows (learn.microsoft.com/graph/...):
   api/mailfolder-post-childfolders, api/resources/mailfolder (well-known folder names).
   Default page size 10, ``$top``, ``@odata.nextLink`` carrying ``$skip``: paging.
 * ``GET .../mailFolders/{id}/messages`` with ``$top``, ``$select``, ``$orderby=receivedDateTime
-  [asc|desc]``, ``$filter=receivedDateTime ge|gt {instant}``: api/user-list-messages,
-  query-parameters.
+  [asc|desc]``, ``$filter`` on ``receivedDateTime`` (``ge``/``gt``/``le``/``lt``/``eq``, ``and``;
+  with another ``$orderby``: 400 ``InefficientFilter``), and ``$search`` (KQL ``from:``,
+  ``subject:``, ``body:``, ``received>=``...; never with ``$filter`` or ``$orderby``; newest
+  first, at most 1,000, paged by ``$skiptoken``): api/user-list-messages, query-parameters,
+  search-query-parameter. The query options are in ``graph_query.py``.
 * ``GET .../mailFolders/{id}/messages/delta``: ``$select``, ``Prefer: odata.maxpagesize=N``
   (default 10, echoed in ``Preference-Applied``), pages by ``@odata.nextLink`` (``$skiptoken``)
   and a final ``@odata.deltaLink`` (``$deltatoken``, never both in one page); the next round
@@ -45,8 +48,8 @@ Behaviour and the documentation page it follows (learn.microsoft.com/graph/...):
   "client-request-id"}}}`` (errors).
 
 Not imitated (the Graph source must not rely on them without a test elsewhere): hidden
-folders, ``$search``, ``changeType``, ``$expand``, attachments as resources, ids in Graph's
-real format (ours are random and case-sensitive, regular and immutable ids differ), the
+folders, KQL beyond the restrictions above (OR, NOT, phrases, other properties),
+``changeType``, ``$expand``, attachments as resources, ids in Graph's real format (ours are random and case-sensitive, regular and immutable ids differ), the
 other throttling limits (10,000 requests per 10 minutes, upload bytes), faults inside a
 ``$batch`` other than its throttling (scripted faults act on top-level requests). The docs
 disagree on the expired-token answer (delta-query-overview: 410 with ``Location`` on a reset,
@@ -83,6 +86,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 import pytest
 
 from devkit.certs import write_certs as _write_certs
+from tests.support.servers import graph_query
 from tests.support.servers.oauth_server import OAuthTestServer
 
 # ----- the mail store and the endpoints (called under the server's lock) ------------------
@@ -90,8 +94,19 @@ WELL_KNOWN = {
     "inbox": "Inbox", "deleteditems": "Deleted Items", "drafts": "Drafts",
     "sentitems": "Sent Items", "junkemail": "Junk Email", "archive": "Archive", "outbox": "Outbox",
 }  # fmt: skip
-_FILTER = re.compile(r"^receivedDateTime (ge|gt) (\S+)$")
 _PAGE_SIZE = re.compile(r"odata\.maxpagesize=(\d+)")
+
+
+def searchable(message: Message) -> dict[str, str]:
+    """The texts ``$search`` looks in: the From header, the subject, the body."""
+    parsed = email.message_from_bytes(message.mime, policy=email.policy.default)
+    body = parsed.get_body(("plain", "html")) if parsed.is_multipart() else parsed
+    try:
+        text = body.get_content() if body is not None else ""  # type: ignore[union-attr]
+    except (LookupError, KeyError):
+        text = ""
+    return {"from": str(parsed.get("From", "")), "subject": str(parsed.get("Subject", "")),
+            "body": str(text)}  # fmt: skip
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -343,22 +358,53 @@ class GraphState:
                        key=lambda m: (m.received, m.order))  # fmt: skip
         if not where:
             return found
-        match = _FILTER.match(where)
-        if match is None:
+        clauses = graph_query.parse_filter(where)
+        if clauses is None:
             return None
-        since = dt.datetime.fromisoformat(match.group(2).replace("Z", "+00:00"))
-        strict = match.group(1) == "gt"
-        return [m for m in found if m.received > since or (m.received == since and not strict)]
+        return [m for m in found if graph_query.passes(m.received, clauses)]
 
     def _list(self, box: Mailbox, folder: Folder, query: dict[str, str], immutable: bool,
               base: str) -> Reply:  # fmt: skip
+        if "$search" in query:
+            return self._search(box, folder, query, immutable, base)
+        order = query.get("$orderby", "receivedDateTime desc")
+        if query.get("$filter") and not order.startswith("receivedDateTime"):
+            return Reply(400, error_body("InefficientFilter", "The restriction or sort order "
+                                         "is too complex for this operation."))  # fmt: skip
         found = self._matching(box, folder, query.get("$filter", ""))
         if found is None:
             return Reply(400, error_body("BadRequest", "Invalid filter clause."))
-        if query.get("$orderby", "receivedDateTime desc").endswith("desc"):
+        if order.endswith("desc"):
             found.reverse()
         rows = [self.message_json(m, immutable, query.get("$select", "")) for m in found]
         return Reply(200, self._page(rows, query, base))
+
+    def _search(self, box: Mailbox, folder: Folder, query: dict[str, str], immutable: bool,
+                base: str) -> Reply:  # fmt: skip
+        """``$search`` (see graph_query): newest first, at most 1,000, paged by a skip
+        token; with ``$filter`` or ``$orderby`` refused, as Graph refuses them."""
+        for option in ("$filter", "$orderby"):
+            if option in query:
+                return Reply(400, error_body("ErrorInvalidUrlQuery", f"The query parameter "
+                             f"'{option}' is not supported with '$search'."))  # fmt: skip
+        search = graph_query.parse_search(query["$search"])
+        if search is None:
+            return Reply(400, error_body("BadRequest", "Syntax error: the $search value "
+                                         "must be a quoted KQL query."))  # fmt: skip
+        found = [m for m in sorted(self._matching(box, folder, "") or [],
+                                   key=lambda m: (m.received, m.order), reverse=True)
+                 if graph_query.found(search, searchable(m), m.received)]  # fmt: skip
+        rows = [self.message_json(m, immutable, query.get("$select", ""))
+                for m in found[: graph_query.SEARCH_CAP]]  # fmt: skip
+        skip = int(query.get("$skiptoken") or 0)
+        top = int(query.get("$top") or 10)
+        page: dict[str, Any] = {"@odata.context": f"{self.endpoint}/$metadata#Collection",
+                                "value": rows[skip : skip + top]}  # fmt: skip
+        if skip + top < len(rows):
+            rest = {k: v for k, v in query.items() if k != "$skiptoken"}
+            page["@odata.nextLink"] = base + "?" + urlencode({**rest, "$skiptoken": skip + top},
+                                                             safe="$,:\"")  # fmt: skip
+        return Reply(200, page)
 
     def _delta(self, box: Mailbox, folder: Folder, query: dict[str, str], immutable: bool,
                prefer: str, base: str) -> Reply:  # fmt: skip
