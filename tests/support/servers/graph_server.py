@@ -50,7 +50,8 @@ Behaviour and the documentation page it follows (learn.microsoft.com/graph/...):
 Not imitated (the Graph source must not rely on them without a test elsewhere): hidden
 folders, KQL beyond the restrictions above (OR, NOT, phrases, other properties),
 ``changeType``, ``$expand``, attachments as resources, ids in Graph's real format (ours
-are random and case-sensitive, regular and immutable ids differ), the other throttling limits (10,000 requests per 10 minutes, upload bytes), faults inside a
+are random and case-sensitive, regular and immutable ids differ), the other throttling
+limits (10,000 requests per 10 minutes, upload bytes), faults inside a
 ``$batch`` other than its throttling (scripted faults act on top-level requests). The docs
 disagree on the expired-token answer (delta-query-overview: 410 with ``Location`` on a reset,
 "a 40X-series error with syncStateNotFound" on expiry); we answer both at once: 410,
