@@ -11,6 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from engage_listener.config.ack import AckConfig, AddressChoice
 from engage_listener.config.auth import AuthConfig
@@ -177,6 +178,13 @@ class ListenerConfig:
     customer_from: AddressChoice = "From"  # ReplyTo: the customer is found by Reply-To
     poll_seconds: int = DEFAULT_POLL_SECONDS  # Graph only: how often delta is asked
     graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # Graph only (national clouds, tests)
+
+    @property
+    def graph_origin(self) -> str:
+        """``https://host[:port]`` of GraphEndpoint: the resource Graph tokens are asked for
+        (the daemon's and `auth login`'s alike, so a national cloud signs in for its own)."""
+        parts = urlsplit(self.graph_endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)

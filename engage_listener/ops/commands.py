@@ -278,6 +278,7 @@ async def auth_login(
     logins = _logins(config, listener)
     if not logins:
         raise EngageError(f"listener {listener!r} has no OAuth2 account (Authentication)")
+    origin = {c.id: c.graph_origin for c in config.listeners}.get(listener)
     for what, auth, user, purpose in logins:
         print(f"{what}: signing in as {user}", file=out)
         try:
@@ -289,6 +290,7 @@ async def auth_login(
                 inp=inp,
                 purpose=purpose,
                 device_code=device_code,
+                resource=origin if purpose == "graph" else None,
             )
         except (OAuthError, IdentityProviderUnavailable) as exc:
             print(f"{what}: {exc}", file=out)

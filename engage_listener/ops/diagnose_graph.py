@@ -30,6 +30,10 @@ ACCESS_HINT = (
     "grant the app the Mail.ReadWrite application permission with admin consent, and include "
     "the mailbox in its application access policy or RBAC scope"
 )
+DELEGATED_ACCESS_HINT = (
+    "give the user who signed in (auth login) Full Access to the mailbox, and the app the "
+    "delegated Mail.ReadWrite.Shared permission"
+)
 
 
 async def test_graph(
@@ -52,7 +56,8 @@ async def test_graph(
         try:
             await _mailbox(run, session, cfg, create_folders)
         except GraphAccessDenied as exc:
-            run.add(run.doing, False, str(exc), ACCESS_HINT)
+            delegated = session.settings.delegated
+            run.add(run.doing, False, str(exc), DELEGATED_ACCESS_HINT if delegated else ACCESS_HINT)
         except EngageError as exc:
             run.failed(exc, "check GraphEndpoint, CaFile and the network (proxy: HTTPS_PROXY)")
     return run.steps

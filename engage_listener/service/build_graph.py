@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from engage_listener.cases.engine import CaseEngine
 from engage_listener.cases.hooks import RoutingHook
@@ -26,16 +25,10 @@ from engage_listener.store.interface import Store
 TokenCallback = Callable[[bool], Awaitable[str]]
 
 
-def graph_origin(endpoint: str) -> str:
-    """``https://host[:port]`` of a Graph endpoint: the resource its tokens are for."""
-    parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def graph_token_source(cfg: ListenerConfig) -> TokenCallback:
     """The Graph transport's token callback, on the listener's Microsoft account."""
     provider = token_provider(
-        cfg.authentication, cfg.username, "graph", graph_origin(cfg.graph_endpoint)
+        cfg.authentication, cfg.username, "graph", cfg.graph_origin
     )
     if provider is None:  # check-config refuses it; a clear error if it ever gets here
         raise ConfigError(
@@ -76,7 +69,9 @@ def graph_connect(
     cfg: ListenerConfig, token: TokenCallback | None = None
 ) -> Callable[[], GraphSession]:
     """A factory of the listener's Graph sessions (`token`: tests' own tokens)."""
-    settings = GraphHttpSettings(endpoint=cfg.graph_endpoint, ca_file=cfg.ca_file)
+    delegated = cfg.authentication is not None and cfg.authentication.flow == "delegated"
+    settings = GraphHttpSettings(endpoint=cfg.graph_endpoint, ca_file=cfg.ca_file,
+                                 delegated=delegated)  # fmt: skip
     source = token or graph_token_source(cfg)
     protolog = GraphProtocolLog(cfg)
 

@@ -41,7 +41,10 @@ Behaviour and the documentation page it follows (learn.microsoft.com/graph/...):
   known limitations; throttling-limits, Outlook service limits).
 * Bearer tokens: 401 ``InvalidAuthenticationToken`` (with ``WWW-Authenticate``) for a missing,
   unknown or expired token; 403 ``ErrorAccessDenied`` for a mailbox outside the app's access
-  policy (the RAOP message) or without the permission (errors, auth-limit-mailbox-access).
+  policy (the RAOP message; app-only tokens only) or without the permission (errors,
+  auth-limit-mailbox-access). A delegated token (the identity provider's, of a signed-in
+  user) opens the user's own mailbox and shared mailboxes the user has Full Access to
+  (`grant_full_access`; outlook-share-messages-folders: Mail.ReadWrite.Shared), else 403.
 * Throttling: at most 4 concurrent requests per mailbox, more answer 429 ``ApplicationThrottled``
   "MailboxConcurrency" with ``Retry-After`` (throttling, throttling-limits#outlook-service-limits).
 * Errors: ``{"error": {"code", "message", "innerError": {"date", "request-id",
@@ -163,6 +166,7 @@ class Mailbox:
     messages: dict[str, Message] = field(default_factory=dict)  # by immutable id
     rest_ids: dict[str, str] = field(default_factory=dict)  # current regular id -> immutable
     removed: list[tuple[int, str, Message]] = field(default_factory=list)  # seq, folder, copy
+    delegates: set[str] = field(default_factory=set)  # users with Full Access (lower case)
 
 
 @dataclass
@@ -288,7 +292,8 @@ class GraphState:
 
     # ----- routing --------------------------------------------------------------------
     def route(self, method: str, path: str, query: dict[str, str], payload: dict[str, Any],
-              immutable: bool, prefer: str) -> Reply:  # fmt: skip
+              immutable: bool, prefer: str, user: str = "") -> Reply:  # fmt: skip
+        """`user`: the signed-in user of a delegated token ("" for app-only tokens)."""
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if len(parts) < 3 or parts[0] != "users":
             return Reply(400, error_body("BadRequest", f"Resource not found for the segment "
@@ -298,7 +303,10 @@ class GraphState:
         except KeyError:
             return Reply(404, error_body("ErrorInvalidUser", f"The requested user '{parts[1]}' "
                                          "is invalid."))  # fmt: skip
-        if not box.allowed:
+        if user and user.lower() != box.upn.lower() and user.lower() not in box.delegates:
+            return Reply(403, error_body("ErrorAccessDenied", "Access is denied. Check "
+                                         "credentials and try again."))  # fmt: skip
+        if not box.allowed and not user:  # an access policy limits apps, not users
             return Reply(
                 403,
                 error_body(
@@ -577,6 +585,12 @@ class GraphServer:
         with self.lock:
             return self.state.add_mailbox(upn, allowed).user_id
 
+    def grant_full_access(self, upn: str, user: str) -> None:
+        """`user` may open the (shared) mailbox with a delegated token (Add-MailboxPermission
+        -AccessRights FullAccess): Mail.ReadWrite.Shared then reaches it."""
+        with self.lock:
+            self.state.mailbox(upn).delegates.add(user.lower())
+
     def allow(self, upn: str, allowed: bool) -> None:
         """Put the mailbox inside (or outside) the app's application access policy."""
         with self.lock:
@@ -664,6 +678,16 @@ class GraphServer:
             return "IDX14100: JWT is not well formed, there are no dots (.)."
         return None if expiry > now else "Lifetime validation failed, the token is expired."
 
+    def _signed_in_user(self, header: str) -> str:
+        """The user of a delegated token from the identity provider, else "" (app-only)."""
+        token = header[7:] if header.startswith("Bearer ") else ""
+        if self.idp is None:
+            return ""
+        with self.idp.lock:
+            if token in self.idp.state.app_only:
+                return ""
+            return self.idp.state.access.get(token, ("", 0.0))[0]
+
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
             for item in self.traffic.faults:
@@ -725,9 +749,10 @@ class GraphServer:
             payload = json.loads(body) if body else {}
         except ValueError:
             return Reply(400, error_body("BadRequest", "Unable to read JSON request payload."))
+        user = self._signed_in_user(headers.get("authorization", ""))
         with self.lock:
             return self.state.route(method, path, query, payload, immutable,
-                                    headers.get("prefer", ""))  # fmt: skip
+                                    headers.get("prefer", ""), user)  # fmt: skip
 
     def _batch(self, headers: dict[str, str], body: bytes) -> Reply:
         try:
