@@ -129,3 +129,30 @@ def test_a_bad_rule_in_a_graph_listener_names_its_line(tmp_path: Path, key: Path
     rules = '<Rules><Rule Name="Bad"><Match Field="Subject" Regex="(unclosed"/></Rule></Rules>'
     found = problems(tmp_path, key, graph_xml("https://g.test/v1.0", CA, BOX, inner=rules))
     assert any(p.startswith("Match") or "Regex" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("element", "said"),
+    [
+        ("UserName", "<Mailbox>"),
+        ("Password", "Graph takes no password"),
+        ("EwsUrl", "GraphEndpoint"),
+        ("Domain", "TenantId"),
+        ("ImpersonatedUser", "application access policy"),
+        ("PollingInterval", "PollSeconds"),
+    ],
+)
+def test_ews_and_imap_elements_in_a_graph_listener_say_what_to_use(
+    tmp_path: Path, key: Path, element: str, said: str
+) -> None:
+    """A block copied from an EWS (or IMAP) reader: check-config names the GraphListener
+    element doing that job, and the element stays an error (never silently ignored)."""
+    xml = graph_xml("https://g.test/v1.0", CA, BOX, **{element: "x"})
+    (found,) = [p for p in problems(tmp_path, key, xml) if p.startswith(element)]
+    assert "unknown element" in found or "misplaced element" in found
+    assert "Coming from EWS or IMAP: " in found and said in found
+
+
+def test_other_blocks_get_no_ews_hint(tmp_path: Path, key: Path) -> None:
+    found = problems(tmp_path, key, minimal_listener("<EwsUrl>x</EwsUrl>"))
+    assert found and not any("Coming from EWS" in p for p in found)
