@@ -246,6 +246,7 @@ async def test_connections(
     for cfg in chosen:
         if cfg.protocol == "graph":
             steps += await _test_graph(cfg, create_folders)
+            steps += await diagnose.test_smtp(cfg, smtp.get(cfg.id), send_to)
             continue
         register_secret(cfg.password.reveal())
         pop3 = cfg.protocol == "pop3"

@@ -9,7 +9,8 @@ makes the missing ones, which also proves the permission to write).
 Decisions:
 - Nothing is moved or deleted to prove the permission to move: creating a folder proves
   Mail.ReadWrite, and only `--create-folders` writes anything.
-- The acknowledgement's SMTP account is not tested here yet (the IMAP/POP3 steps do it).
+- The acknowledgement's SMTP account is checked after these steps by the same
+  `diagnose.test_smtp` as for IMAP and POP3 (`commands.test_connections`).
 """
 
 from __future__ import annotations

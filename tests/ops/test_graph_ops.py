@@ -20,10 +20,11 @@ from engage_listener.ops.search import Criteria, render
 from engage_listener.ops.search_graph import search_graph
 from engage_listener.service.build_graph import graph_connect
 from engage_listener.store.sqlite.store import SqliteStore
-from tests.support.config_xml import WITH_GRAPH, graph_xml, write_config
+from tests.support.config_xml import WITH_GRAPH, ack_xml, graph_xml, write_config
 from tests.support.graph import BOX, DONE, NEW, make
 from tests.support.servers.graph_server import GraphServer
 from tests.support.servers.oauth_server import OAuthTestServer
+from tests.support.servers.smtp_server import SmtpTestServer
 
 
 def config(tmp_path: Path, server: GraphServer, **extra: Any) -> Config:
@@ -160,6 +161,40 @@ async def test_search_limit_keeps_the_newest_in_any_folder(
     assert await found(tmp_path, searched, store, folder="Inbox/New") == [("Pendiente", False)]
 
 
+def app_only(tmp_path: Path, graph: GraphServer, idp: OAuthTestServer, **extra: str) -> Config:
+    """The configuration as the daemon reads it: app-only sign-in at the identity-provider
+    imitation, which the Graph imitation trusts."""
+    graph.idp = idp
+    idp.add_ms_app("tenant-a", "app-graph", secret="graph-app-secret", mailbox=BOX)
+    auth = {"Type": "Microsoft", "TenantId": "tenant-a", "ClientId": "app-graph",
+            "ClientSecret": "plain:graph-app-secret", "Authority": idp.authority,
+            "CaFile": str(idp.ca_file)}  # fmt: skip
+    return config(tmp_path, graph, auth=auth, **extra)
+
+
+async def test_test_connection_checks_the_acknowledgement_smtp_account_too(
+    tmp_path: Path, graph: GraphServer, smtp: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for IMAP: after Graph's steps, the Acknowledgement's SMTP account (dns, tcp, tls,
+    login) and, with --send-to, one test message; no secret in any step."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    graph.create_folder(BOX, NEW)
+    graph.create_folder(BOX, DONE)
+    account = {"UserName": smtp.USER, "Password": smtp.PASSWORD, "CaFile": str(smtp.ca_file)}
+    ack = ack_xml(smtp.port, security="StartTls", from_address="soporte@example.org",
+                  smtp=account)  # fmt: skip
+    with OAuthTestServer(tmp_path / "idp") as idp:
+        cfg = app_only(tmp_path, graph, idp, inner=ack)
+        found = await commands.test_connections(cfg, ["Graph"], create_folders=False,
+                                                send_to="operador@example.net")  # fmt: skip
+    assert all(step.ok for step in found), found
+    assert [s.name for s in found if s.account == "smtp"] == ["dns", "tcp", "tls", "login",
+                                                              "send"]  # fmt: skip
+    [received] = smtp.messages
+    assert received.rcpt_tos == ["operador@example.net"]
+    assert smtp.PASSWORD not in str(found) and "graph-app-secret" not in str(found)
+
+
 async def test_search_command_signs_in_and_prints(
     tmp_path: Path, graph: GraphServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,12 +202,7 @@ async def test_search_command_signs_in_and_prints(
     listener's input folder by default; a folder that does not exist is a clear error."""
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     with OAuthTestServer(tmp_path / "idp") as idp:
-        graph.idp = idp
-        idp.add_ms_app("tenant-a", "app-graph", secret="graph-app-secret", mailbox=BOX)
-        auth = {"Type": "Microsoft", "TenantId": "tenant-a", "ClientId": "app-graph",
-                "ClientSecret": "plain:graph-app-secret", "Authority": idp.authority,
-                "CaFile": str(idp.ca_file)}  # fmt: skip
-        cfg = config(tmp_path, graph, auth=auth)
+        cfg = app_only(tmp_path, graph, idp)
         graph.create_folder(BOX, NEW)
         graph.append(BOX, NEW, letter("ana@x.example", "Factura\x1b[31m roja"))
         hits = await commands.search(cfg, "Graph", Criteria(NEW, sender="ana"))
