@@ -58,7 +58,8 @@ def search_query(c: Criteria, zone: str) -> dict[str, str]:
     if not c.sender and not c.subject:
         bounds = [f"receivedDateTime ge {_stamp(since)}"] if since else []
         bounds += [f"receivedDateTime lt {_stamp(before)}"] if before else []
-        query = {"$orderby": "receivedDateTime desc", "$top": str(c.limit), "$select": SELECT}
+        top = str(max(1, min(c.limit, SEARCH_CAP)))
+        query = {"$orderby": "receivedDateTime desc", "$top": top, "$select": SELECT}
         return {**query, "$filter": " and ".join(bounds)} if bounds else query
     terms = _kql_terms("from", c.sender or "") + _kql_terms("subject", c.subject or "")
     if since:
@@ -87,20 +88,20 @@ def _within(row: dict[str, Any], c: Criteria, zone: str) -> bool:
 
 async def _rows(session: GraphSession, folder_id: str, c: Criteria,
                 zone: str) -> list[dict[str, Any]]:  # fmt: skip
-    """The newest `limit` matching rows, newest first."""
+    """The newest `limit` matching rows, newest first (paged: $top is at most 1,000)."""
     where = f"{session.base}/mailFolders/{folder_id}/messages"
     query = search_query(c, zone)
-    if "$search" not in query:
-        page = await session.get_json(where, query)
-        return [r for r in page.get("value", []) if isinstance(r, dict) and "id" in r]
+    searching = "$search" in query
+    enough = SEARCH_CAP if searching else c.limit
     found: list[dict[str, Any]] = []
     async for page in session.pages(where, query):
         found.extend(r for r in page.get("value", []) if isinstance(r, dict) and "id" in r)
-        if len(found) >= SEARCH_CAP:
+        if len(found) >= enough:
             break
-    kept = [r for r in found if _within(r, c, zone)]
-    kept.sort(key=lambda r: str(r.get("receivedDateTime") or ""), reverse=True)
-    return kept[: c.limit]
+    if searching:
+        found = [r for r in found if _within(r, c, zone)]
+        found.sort(key=lambda r: str(r.get("receivedDateTime") or ""), reverse=True)
+    return found[: c.limit]
 
 
 async def search_graph(
