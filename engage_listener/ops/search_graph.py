@@ -5,8 +5,8 @@ Decisions:
 
 * Dates only (or nothing): ``$filter`` on ``receivedDateTime`` (``ge`` since, ``lt``
   before) with ``$orderby=receivedDateTime desc`` and ``$top`` = the limit: exact, one
-  request. Graph allows ``$orderby`` with ``$filter`` when the ordered property is
-  filtered on first, as here.
+  request (paged past Graph's 1,000). Graph allows ``$orderby`` with ``$filter`` when
+  the ordered property is filtered on first, as here.
 * A sender or a subject: ``$search`` with KQL (``from:word``, ``subject:word``), since
   ``$filter`` on messages cannot find part of an address or a subject. Graph refuses
   ``$search`` together with ``$filter`` or ``$orderby`` on messages and returns at most
@@ -31,13 +31,12 @@ from typing import Any
 from engage_listener.config.model import ListenerConfig
 from engage_listener.intake.control import start_of_day
 from engage_listener.ops.search import Criteria, Hit
+from engage_listener.sources.graph.batch import EPOCH, LIST_SELECT, received
 from engage_listener.sources.graph.folders import resolve_folder
 from engage_listener.sources.graph.http import GraphSession
 from engage_listener.store.interface import Store
 
-EPOCH = ""  # the Graph source's ledger epoch (immutable ids have none)
 SEARCH_CAP = 1000  # Graph returns at most this many mails for one $search
-SELECT = "id,receivedDateTime,subject,from,internetMessageId"
 
 
 def _stamp(moment: dt.datetime) -> str:
@@ -59,26 +58,18 @@ def search_query(c: Criteria, zone: str) -> dict[str, str]:
         bounds = [f"receivedDateTime ge {_stamp(since)}"] if since else []
         bounds += [f"receivedDateTime lt {_stamp(before)}"] if before else []
         top = str(max(1, min(c.limit, SEARCH_CAP)))
-        query = {"$orderby": "receivedDateTime desc", "$top": top, "$select": SELECT}
+        query = {"$orderby": "receivedDateTime desc", "$top": top, "$select": LIST_SELECT}
         return {**query, "$filter": " and ".join(bounds)} if bounds else query
     terms = _kql_terms("from", c.sender or "") + _kql_terms("subject", c.subject or "")
     if since:
         terms.append(f"received>={(since.astimezone(dt.UTC).date() - dt.timedelta(1))}")
     if before:
         terms.append(f"received<={(before.astimezone(dt.UTC).date() + dt.timedelta(1))}")
-    return {"$search": '"' + " AND ".join(terms) + '"', "$top": "100", "$select": SELECT}
-
-
-def _received(row: dict[str, Any]) -> dt.datetime | None:
-    try:
-        stamp = dt.datetime.fromisoformat(str(row.get("receivedDateTime") or ""))
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+    return {"$search": '"' + " AND ".join(terms) + '"', "$top": "100", "$select": LIST_SELECT}
 
 
 def _within(row: dict[str, Any], c: Criteria, zone: str) -> bool:
-    when = _received(row)
+    when = received(row.get("receivedDateTime"))
     if when is None:
         return True
     if c.since and when < start_of_day(c.since, zone):
@@ -119,7 +110,7 @@ async def search_graph(
     hits = []
     for row in rows:
         sender = ((row.get("from") or {}).get("emailAddress") or {}).get("address", "")
-        when = _received(row)
+        when = received(row.get("receivedDateTime"))
         in_case = str(row["id"]) in known or row.get("internetMessageId") in have
         hits.append(Hit(criteria.folder, str(row["id"]), when.isoformat() if when else None,
                         str(sender), str(row.get("subject") or ""), None, in_case))  # fmt: skip

@@ -285,12 +285,17 @@ class GraphBatch:
         return BatchRequest(str(number + 1), "POST", f"{where}/move", {"destinationId": target})
 
 
-def _before(stamp: object, moment: dt.datetime) -> bool:
-    """Whether a Graph ``receivedDateTime`` (ISO 8601, UTC) is earlier than `moment`."""
+
+def received(stamp: object) -> dt.datetime | None:
+    """A Graph ``receivedDateTime`` (ISO 8601, UTC) as an aware datetime; None if unreadable."""
     try:
-        when = dt.datetime.fromisoformat(str(stamp)) if stamp else None
+        moment = dt.datetime.fromisoformat(str(stamp)) if stamp else None
     except ValueError:
-        return False
-    if when is None:
-        return False
-    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)) < moment
+        return None
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _before(stamp: object, moment: dt.datetime) -> bool:
+    """Whether a ``receivedDateTime`` is earlier than `moment` (unreadable: no)."""
+    when = received(stamp)
+    return when is not None and when < moment

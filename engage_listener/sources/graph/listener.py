@@ -33,7 +33,7 @@ from engage_listener.intake.contract import Handler
 from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.retry import Retrying
 from engage_listener.observe.logs import Logger
-from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult
+from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult, received
 from engage_listener.sources.graph.delta import DeltaWatch
 from engage_listener.sources.graph.folders import ensure_folder, resolve_folder, sibling
 from engage_listener.sources.graph.http import GraphSession
@@ -269,12 +269,3 @@ class GraphListener(Retrying):
         if self.pending and self._first_change is None:
             self._first_change = self.clock.now()
             self.log.info("change_pending", pending=self.pending)
-
-
-def received(stamp: str | None) -> dt.datetime | None:
-    """A Graph ``receivedDateTime`` (ISO 8601, UTC) as an aware datetime; None if unreadable."""
-    try:
-        moment = dt.datetime.fromisoformat(stamp) if stamp else None
-    except ValueError:
-        return None
-    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=dt.UTC)
