@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from engage_listener.config.ack import AckConfig, AddressChoice
 from engage_listener.config.auth import AuthConfig
@@ -188,6 +189,13 @@ class ListenerConfig:
     poll_seconds: int = DEFAULT_POLL_SECONDS  # Graph only: how often delta is asked
     graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT  # Graph only (national clouds, tests)
     webhook: WebhookConfig | None = None  # its own Webhook, else the file's (config.webhook)
+
+    @property
+    def graph_origin(self) -> str:
+        """``https://host[:port]`` of GraphEndpoint: the resource Graph tokens are asked for
+        (the daemon's and `auth login`'s alike, so a national cloud signs in for its own)."""
+        parts = urlsplit(self.graph_endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)

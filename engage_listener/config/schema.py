@@ -18,6 +18,7 @@ from typing import Protocol, cast
 
 from lxml import etree
 
+from engage_listener.config.ews import graph_hint
 from engage_listener.config.xmltree import children as _children
 from engage_listener.config.xmltree import line as _line
 from engage_listener.config.xmltree import local as _local
@@ -255,7 +256,9 @@ def _unexpected(node: etree._Element) -> str:
         return f"'{name}' appears more than once in {parent_name}"
     known = any(name in names for names in _model().allowed.values())
     kind = "misplaced" if known else "unknown"
-    return f"{kind} element '{name}'; expected one of {', '.join(allowed)}"
+    text = f"{kind} element '{name}'; expected one of {', '.join(allowed)}"
+    hint = graph_hint(name) if parent_name == "GraphListener" else None
+    return f"{text}. Coming from EWS or IMAP: {hint}" if hint else text
 
 
 def _missing(node: etree._Element) -> str:

@@ -192,7 +192,8 @@ class MicrosoftAccount(Account):
         flow = app.initiate_auth_code_flow(
             scopes, redirect_uri=redirect, login_hint=self.username, prompt="select_account"
         )
-        print(f"1. Open this address in a browser and sign in as {self.username}:", file=out)
+        print(f"1. Open this address in a browser and sign in as {self.username}", file=out)
+        print("   (a shared mailbox: as a user with Full Access to it):", file=out)
         print(f"   {flow['auth_uri']}", file=out)
         print(f"2. The browser then goes to {redirect}/?code=...", file=out)
         print("   and shows an error page: that is expected.", file=out)

@@ -305,11 +305,14 @@ async def login_interactive(
     inp: TextIO,
     purpose: str,
     device_code: bool = False,
+    resource: str | None = None,
 ) -> None:
     """The once-only sign-in (a pasted sign-in address, or Microsoft's device code);
-    app-only kinds just get a token."""
+    app-only kinds just get a token. `resource`: Graph's origin for purpose graph, as for
+    `provider_for` (the sign-in asks for the scope the daemon will use)."""
     account = account_for(auth, username, cache)
-    await _in_daemon_thread(account.login, scopes_for(auth, purpose), out, inp, device_code)
+    scopes = scopes_for(auth, purpose, resource)
+    await _in_daemon_thread(account.login, scopes, out, inp, device_code)
 
 
 async def _in_daemon_thread(fn: Callable[..., None], *args: Any) -> None:

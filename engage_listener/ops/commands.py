@@ -181,13 +181,26 @@ async def control_listener(config: Config, listener: str, day: dt.date | None) -
         await store.close()
 
 
+async def _search_graph(cfg: ListenerConfig, store: Store, criteria: Criteria) -> list[Hit]:
+    """`search` on a Graph listener (imported here: aiohttp only when needed)."""
+    from engage_listener.ops.search_graph import search_graph  # noqa: PLC0415
+    from engage_listener.service.build_graph import graph_connect  # noqa: PLC0415
+
+    async with graph_connect(cfg)() as session:
+        return await search_graph(session, cfg, criteria, store=store)
+
+
 async def search(config: Config, listener: str, criteria: Criteria) -> list[Hit]:
-    """Search a listener's mailbox on the server (IMAP listeners only)."""
+    """Search a listener's mailbox on the server (IMAP and Graph listeners)."""
     cfg = {c.id: c for c in config.listeners}.get(listener)
     if cfg is None:
         raise EngageError(f"no listener {listener!r} in {config.path}")
     if cfg.protocol == "graph":
-        raise EngageError(f"listener {listener!r} reads Microsoft Graph: search is IMAP only yet")
+        store = await open_store(config.store)
+        try:
+            return await _search_graph(cfg, store, criteria)
+        finally:
+            await store.close()
     if cfg.protocol != "imap":
         raise EngageError(f"listener {listener!r} reads POP3, which cannot search the mailbox")
     register_secret(cfg.password.reveal())
@@ -244,6 +257,7 @@ async def test_connections(
     for cfg in chosen:
         if cfg.protocol == "graph":
             steps += await _test_graph(cfg, create_folders)
+            steps += await diagnose.test_smtp(cfg, smtp.get(cfg.id), send_to)
             continue
         register_secret(cfg.password.reveal())
         pop3 = cfg.protocol == "pop3"
@@ -276,6 +290,7 @@ async def auth_login(
     logins = _logins(config, listener)
     if not logins:
         raise EngageError(f"listener {listener!r} has no OAuth2 account (Authentication)")
+    origin = {c.id: c.graph_origin for c in config.listeners}.get(listener)
     for what, auth, user, purpose in logins:
         print(f"{what}: signing in as {user}", file=out)
         try:
@@ -287,6 +302,7 @@ async def auth_login(
                 inp=inp,
                 purpose=purpose,
                 device_code=device_code,
+                resource=origin if purpose == "graph" else None,
             )
         except (OAuthError, IdentityProviderUnavailable) as exc:
             print(f"{what}: {exc}", file=out)

@@ -342,13 +342,31 @@ async def test_listener(
         await _pop3(main, endpoint)
     else:
         await _imap(main, cfg, endpoint, create_folders, error_folder_default)
-    smtp = _Run(cfg.id, "smtp", secrets)
+    return main.steps + await test_smtp(cfg, smtp_endpoint, send_to, secrets)
+
+
+async def test_smtp(
+    cfg: ListenerConfig,
+    smtp_endpoint: SmtpEndpoint | None,
+    send_to: str | None,
+    secrets: list[str] | None = None,
+) -> list[Step]:
+    """The steps of a listener's acknowledgement SMTP account, whatever reads its mail (the
+    Graph listener's test-connection ends with them too); `secrets` are masked."""
+    smtp_endpoint = watched(smtp_endpoint)
+    known = list(secrets or [])
+    if smtp_endpoint is not None:
+        known.append(smtp_endpoint.password or "")
+        provider = smtp_endpoint.token_provider
+        if isinstance(provider, Watched) and provider.auth:
+            known.append(provider.auth.client_secret or "")
+    smtp = _Run(cfg.id, "smtp", [secret for secret in known if secret])
     if smtp_endpoint is not None:
         await _smtp(smtp, cfg, smtp_endpoint, send_to)
     elif send_to is not None:
         hint = "add an enabled Acknowledgement with its Smtp account to this listener"
         smtp.add("send", False, "no SMTP account to send with", hint)
-    return main.steps + smtp.steps
+    return smtp.steps
 
 
 def succeeded(steps: list[Step]) -> bool:

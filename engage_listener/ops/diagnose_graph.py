@@ -9,7 +9,8 @@ makes the missing ones, which also proves the permission to write).
 Decisions:
 - Nothing is moved or deleted to prove the permission to move: creating a folder proves
   Mail.ReadWrite, and only `--create-folders` writes anything.
-- The acknowledgement's SMTP account is not tested here yet (the IMAP/POP3 steps do it).
+- The acknowledgement's SMTP account is checked after these steps by the same
+  `diagnose.test_smtp` as for IMAP and POP3 (`commands.test_connections`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ SIGN_IN_HINT = (
 ACCESS_HINT = (
     "grant the app the Mail.ReadWrite application permission with admin consent, and include "
     "the mailbox in its application access policy or RBAC scope"
+)
+DELEGATED_ACCESS_HINT = (
+    "give the user who signed in (auth login) Full Access to the mailbox, and the app the "
+    "delegated Mail.ReadWrite.Shared permission"
 )
 
 
@@ -52,7 +57,8 @@ async def test_graph(
         try:
             await _mailbox(run, session, cfg, create_folders)
         except GraphAccessDenied as exc:
-            run.add(run.doing, False, str(exc), ACCESS_HINT)
+            delegated = session.settings.delegated
+            run.add(run.doing, False, str(exc), DELEGATED_ACCESS_HINT if delegated else ACCESS_HINT)
         except EngageError as exc:
             run.failed(exc, "check GraphEndpoint, CaFile and the network (proxy: HTTPS_PROXY)")
     return run.steps

@@ -46,7 +46,7 @@ class Watched:
 
 
 def watched(ep: _E | None) -> _E | None:
-    if ep is None or ep.token_provider is None:
+    if ep is None or ep.token_provider is None or isinstance(ep.token_provider, Watched):
         return ep
     return dataclasses.replace(ep, token_provider=Watched(ep.token_provider))
 

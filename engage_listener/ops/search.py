@@ -30,11 +30,11 @@ class Criteria:
 @dataclass(frozen=True)
 class Hit:
     folder: str
-    uid: int
+    uid: int | str  # IMAP: the UID; Graph: the immutable id
     received: str | None
     sender: str
     subject: str
-    size: int
+    size: int | None  # None: the server does not say (Graph)
     in_case: bool
 
 
@@ -89,8 +89,9 @@ def render(hits: list[Hit]) -> str:
     `visible` (no control character reaches the operator's terminal)."""
     lines = [f"{'RECEIVED':<25} {'UID':>6} {'SIZE':>8} {'CASE':<4}  SENDER / SUBJECT"]
     for h in map(visible_fields, hits):
+        uid = h.uid if isinstance(h.uid, int) else "..." + h.uid[-8:]  # Graph: the id's end
         lines.append(
-            f"{h.received or '-':<25} {h.uid:>6} {h.size:>8} "
+            f"{h.received or '-':<25} {uid:>6} {'-' if h.size is None else h.size:>8} "
             f"{'yes' if h.in_case else 'no':<4}  {h.sender} / {h.subject}"
         )
     lines.append(f"{len(hits)} mail(s) in {visible(hits[0].folder) if hits else 'the folder'}")

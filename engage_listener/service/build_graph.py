@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from engage_listener.cases.engine import CaseEngine
 from engage_listener.cases.hooks import RoutingHook
 from engage_listener.clock import Clock
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import ConfigError, ConfigProblem
+from engage_listener.intake.control import start_of_day
 from engage_listener.observe.logs import get_logger
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.service.build import engine_settings, protolog_factory, token_provider
@@ -25,17 +25,9 @@ from engage_listener.store.interface import Store
 TokenCallback = Callable[[bool], Awaitable[str]]
 
 
-def graph_origin(endpoint: str) -> str:
-    """``https://host[:port]`` of a Graph endpoint: the resource its tokens are for."""
-    parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def graph_token_source(cfg: ListenerConfig) -> TokenCallback:
     """The Graph transport's token callback, on the listener's Microsoft account."""
-    provider = token_provider(
-        cfg.authentication, cfg.username, "graph", graph_origin(cfg.graph_endpoint)
-    )
+    provider = token_provider(cfg.authentication, cfg.username, "graph", cfg.graph_origin)
     if provider is None:  # check-config refuses it; a clear error if it ever gets here
         raise ConfigError(
             [ConfigProblem("", cfg.source_line, "Authentication", "Graph needs Type Microsoft")]
@@ -75,7 +67,9 @@ def graph_connect(
     cfg: ListenerConfig, token: TokenCallback | None = None
 ) -> Callable[[], GraphSession]:
     """A factory of the listener's Graph sessions (`token`: tests' own tokens)."""
-    settings = GraphHttpSettings(endpoint=cfg.graph_endpoint, ca_file=cfg.ca_file)
+    delegated = cfg.authentication is not None and cfg.authentication.flow == "delegated"
+    settings = GraphHttpSettings(endpoint=cfg.graph_endpoint, ca_file=cfg.ca_file,
+                                 delegated=delegated)  # fmt: skip
     source = token or graph_token_source(cfg)
     protolog = GraphProtocolLog(cfg)
 
@@ -106,6 +100,7 @@ def build_graph_listener(
         error_folder=cfg.error_folder,
         max_attempts=cfg.max_attempts,
         max_message_size=cfg.max_message_size,
+        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
     )
     return GraphListener(
         settings,

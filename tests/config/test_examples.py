@@ -48,6 +48,8 @@ def test_graph_example_reads_a_shared_mailbox_through_graph() -> None:
     assert graph.graph_endpoint == "https://graph.microsoft.com/v1.0"
     assert graph.authentication is not None
     assert graph.authentication.flow == "client_credentials"
+    assert (str(graph.read_from_date), graph.customer_from) == ("2026-12-01", "ReplyTo")
+    assert [rule.name for rule in graph.rules] == ["Invoices"]
 
 
 def test_gmail_example_uses_every_case_and_ack_element() -> None:

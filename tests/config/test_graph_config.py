@@ -95,3 +95,64 @@ def test_switched_off_and_ids_unique_across_kinds(tmp_path: Path, key: Path) -> 
     assert "Graph listening is off: Process/UseGraphListener is not True" in config_warnings(config)
     both = minimal_listener(id_="Graph") + xml
     assert any("Graph" in p for p in problems(tmp_path, key, both))
+
+
+# Elements of an ImapListener that only make sense for an IMAP login: Graph has Mailbox,
+# GraphEndpoint and Authentication Type Microsoft instead.
+IMAP_LOGIN_ONLY = {"HostName", "Port", "UserName", "Password", "UseSsl", "AllowPlaintextLogin"}
+
+
+def test_every_case_routing_and_acknowledgement_element_of_imap_is_a_graph_element() -> None:
+    """The schema itself: what an ImapListener accepts beyond its login, a GraphListener
+    accepts too (Rules, CustomerFrom, ReadFromDate, the case elements...)."""
+    from engage_listener.config import schema  # noqa: PLC0415
+
+    allowed = schema._model().allowed
+    missing = set(allowed["ImapListener"]) - set(allowed["GraphListener"]) - IMAP_LOGIN_ONLY
+    assert missing == set()
+
+
+def test_rules_customer_from_and_read_from_date_are_loaded(tmp_path: Path, key: Path) -> None:
+    rules = ('<Rules><Rule Name="Facturas"><Match Field="Subject" Contains="factura"/>'
+             "<SetInbox>Facturacion</SetInbox></Rule></Rules>")  # fmt: skip
+    xml = graph_xml("https://g.test/v1.0", CA, BOX, inner=rules, CustomerFrom="ReplyTo",
+                    ReadFromDate="2026-11-01", TimeZone="America/Santiago")  # fmt: skip
+    (graph,) = load_config(write_config(tmp_path / "el.xml", xml, process=WITH_GRAPH,
+                                        key_file=key)).graph_listeners  # fmt: skip
+    assert graph.customer_from == "ReplyTo"
+    assert (str(graph.read_from_date), graph.time_zone) == ("2026-11-01", "America/Santiago")
+    assert [rule.name for rule in graph.rules] == ["Facturas"]
+    assert "1 rule(s)" in describe(graph)
+
+
+def test_a_bad_rule_in_a_graph_listener_names_its_line(tmp_path: Path, key: Path) -> None:
+    rules = '<Rules><Rule Name="Bad"><Match Field="Subject" Regex="(unclosed"/></Rule></Rules>'
+    found = problems(tmp_path, key, graph_xml("https://g.test/v1.0", CA, BOX, inner=rules))
+    assert any(p.startswith("Match") or "Regex" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("element", "said"),
+    [
+        ("UserName", "<Mailbox>"),
+        ("Password", "Graph takes no password"),
+        ("EwsUrl", "GraphEndpoint"),
+        ("Domain", "TenantId"),
+        ("ImpersonatedUser", "application access policy"),
+        ("PollingInterval", "PollSeconds"),
+    ],
+)
+def test_ews_and_imap_elements_in_a_graph_listener_say_what_to_use(
+    tmp_path: Path, key: Path, element: str, said: str
+) -> None:
+    """A block copied from an EWS (or IMAP) reader: check-config names the GraphListener
+    element doing that job, and the element stays an error (never silently ignored)."""
+    xml = graph_xml("https://g.test/v1.0", CA, BOX, **{element: "x"})
+    (found,) = [p for p in problems(tmp_path, key, xml) if p.startswith(element)]
+    assert "unknown element" in found or "misplaced element" in found
+    assert "Coming from EWS or IMAP: " in found and said in found
+
+
+def test_other_blocks_get_no_ews_hint(tmp_path: Path, key: Path) -> None:
+    found = problems(tmp_path, key, minimal_listener("<EwsUrl>x</EwsUrl>"))
+    assert found and not any("Coming from EWS" in p for p in found)

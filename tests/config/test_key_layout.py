@@ -20,7 +20,12 @@ from engage_listener.oauth.token_cache import TokenCache
 def run(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "engage_listener", *args],
-        input=stdin, env=env, capture_output=True, text=True, timeout=60, check=False,
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -38,8 +43,13 @@ def layout(tmp_path: Path) -> tuple[Path, Path, Path]:
         directory.mkdir(mode=0o700)
     assert run("keygen", "--key-file", str(etc / KEY_NAME), env=shell_env(state)).returncode == 0
     shutil.copy2(etc / KEY_NAME, credentials / KEY_NAME)  # what LoadCredential= does
-    done = run("encrypt-password", "--key-file", str(etc / KEY_NAME),
-               env=shell_env(state), stdin="s3cret-Pa55\n")
+    done = run(
+        "encrypt-password",
+        "--key-file",
+        str(etc / KEY_NAME),
+        env=shell_env(state),
+        stdin="s3cret-Pa55\n",
+    )
     assert done.returncode == 0, done.stderr
     (etc / "engage-listener.xml").write_text(
         "<EngageIntegrationService>\n"
@@ -53,8 +63,9 @@ def layout(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_a_shell_command_finds_the_key_next_to_the_configuration(tmp_path: Path) -> None:
     etc, state, _ = layout(tmp_path)
-    checked = run("check-config", "--config", str(etc / "engage-listener.xml"),
-                  env=shell_env(state))
+    checked = run(
+        "check-config", "--config", str(etc / "engage-listener.xml"), env=shell_env(state)
+    )
     assert checked.returncode == 0, checked.stderr
     assert not (state / KEY_NAME).exists()  # no second key was needed, or made
 
@@ -70,8 +81,9 @@ def test_the_service_reads_the_same_key_as_a_credential(tmp_path: Path) -> None:
 def test_a_missing_key_says_where_it_was_looked_for(tmp_path: Path) -> None:
     etc, state, _ = layout(tmp_path)
     (etc / KEY_NAME).unlink()
-    checked = run("check-config", "--config", str(etc / "engage-listener.xml"),
-                  env=shell_env(state))
+    checked = run(
+        "check-config", "--config", str(etc / "engage-listener.xml"), env=shell_env(state)
+    )
     assert checked.returncode != 0
     assert "configuration's directory" in checked.stderr and "--key-file" in checked.stderr
 
@@ -107,6 +119,12 @@ def test_tokens_stored_by_root_belong_to_the_state_directory_owner(
         info = (state / name).stat()
         assert (info.st_uid, info.st_gid) == (nobody.pw_uid, nobody.pw_gid), name
         assert info.st_mode & 0o077 == 0, name  # still private to that owner
-    as_service = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
-                  "--clear-groups", "cat", str(state / "tokens.json")]
+    as_service = [
+        "setpriv",
+        f"--reuid={nobody.pw_uid}",
+        f"--regid={nobody.pw_gid}",
+        "--clear-groups",
+        "cat",
+        str(state / "tokens.json"),
+    ]
     assert subprocess.run(as_service, capture_output=True, check=False).returncode == 0

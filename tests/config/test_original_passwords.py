@@ -23,7 +23,7 @@ def config_with(password: str, smtp_password: str | None = None) -> bytes:
         "<EngageIntegrationService>\n"
         '<ImapListener ID="A">\n<HostName>h</HostName>\n<UserName>u</UserName>\n'
         f"<Password>{password}</Password>\n{ack}</ImapListener>\n"
-        "<Process ID=\"P\"><UseImapListener>True</UseImapListener></Process>\n"
+        '<Process ID="P"><UseImapListener>True</UseImapListener></Process>\n'
         "</EngageIntegrationService>\n"
     ).encode()
 

@@ -31,7 +31,6 @@ from tests.support.rules import ISSUE_EXAMPLE
 FILE = Path("/etc/el/rules.xml")
 
 
-
 def config_with(rules: str, kind: str = "ImapListener") -> bytes:
     """A file whose Rules block starts on line 3."""
     return (

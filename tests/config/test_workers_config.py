@@ -46,6 +46,8 @@ def test_anything_else_is_refused_with_its_line(value: str) -> None:
         parse_config(text.encode(), PATH)
     found = [p for p in caught.value.problems if p.element == "Workers"]
     assert found, caught.value.problems
-    assert found[0].line == text.splitlines().index(
-        next(line for line in text.splitlines() if "<Workers>" in line)
-    ) + 1
+    assert (
+        found[0].line
+        == text.splitlines().index(next(line for line in text.splitlines() if "<Workers>" in line))
+        + 1
+    )

@@ -22,10 +22,14 @@ from tests.support.paths import CORPUS
             "> Hola\n",
             "Gracias.",
         ),
-        ("Obrigado!\n\nEm qui., 3 de dez. de 2026 às 10:00, Suporte escreveu:\n> Olá\n",
-         "Obrigado!"),
-        ("Merci.\n\nLe jeu. 3 déc. 2026 à 10:00, Support <s@x.example> a écrit :\n> Bonjour\n",
-         "Merci."),
+        (
+            "Obrigado!\n\nEm qui., 3 de dez. de 2026 às 10:00, Suporte escreveu:\n> Olá\n",
+            "Obrigado!",
+        ),
+        (
+            "Merci.\n\nLe jeu. 3 déc. 2026 à 10:00, Support <s@x.example> a écrit :\n> Bonjour\n",
+            "Merci.",
+        ),
         (  # Outlook, English
             "Please see attached.\n\n-----Original Message-----\nFrom: Soporte\n"
             "Sent: Monday\nTo: Ana\nSubject: Case\n\nold text\n",

@@ -105,9 +105,7 @@ def cli(state: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess
 class Terminal:
     """`auth login` running as a subprocess; stdout is collected line by line."""
 
-    def __init__(
-        self, state: Path, config: Path, listener: str = "Cloud", *options: str
-    ) -> None:
+    def __init__(self, state: Path, config: Path, listener: str = "Cloud", *options: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engage_listener", "auth", "login", listener,
              "--config", str(config), *options],
@@ -369,8 +367,9 @@ def test_microsoft_login_uses_the_configured_redirect_uri(
 ) -> None:
     idp.add_ms_app("tenant-a", "public-1")
     block = microsoft_block(idp).replace(
-        "</Authentication>", "<RedirectUri>https://login.microsoftonline.com/common/oauth2/"
-        "nativeclient</RedirectUri></Authentication>"
+        "</Authentication>",
+        "<RedirectUri>https://login.microsoftonline.com/common/oauth2/"
+        "nativeclient</RedirectUri></Authentication>",
     )
     config = oauth_config(tmp_path, state, USER, block)
     terminal = Terminal(state, config)
@@ -387,8 +386,10 @@ def test_microsoft_login_uses_the_configured_redirect_uri(
     ("pasted", "expected"),
     [
         ("http://localhost/?state=someone-else&code=code-xyz", "another sign-in attempt"),
-        ("http://localhost/?error=access_denied&error_description=AADSTS65004%3A+declined",
-         "access_denied"),
+        (
+            "http://localhost/?error=access_denied&error_description=AADSTS65004%3A+declined",
+            "access_denied",
+        ),
     ],
 )
 def test_microsoft_login_refuses_another_attempt_or_a_denial(

@@ -263,7 +263,12 @@ async def test_every_token_the_identity_provider_returns_is_registered_at_once(
     idp.device_user, idp.device_pending = USER, 0
     auth = ms_auth(idp, key_file, client_id="public-1")
     await login_interactive(
-        auth, USER, tokens, out=io.StringIO(), inp=io.StringIO(), purpose="imap",
+        auth,
+        USER,
+        tokens,
+        out=io.StringIO(),
+        inp=io.StringIO(),
+        purpose="imap",
         device_code=True,
     )
     idp.rotate_refresh_tokens = True

@@ -16,9 +16,7 @@ from tests.support.daemon import cli as engage_listener
 
 
 async def test_cluster_lists_the_solo_daemon_and_what_it_runs(tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path / "el.xml", minimal_listener(id_="A"), minimal_listener(id_="B")
-    )
+    config = write_config(tmp_path / "el.xml", minimal_listener(id_="A"), minimal_listener(id_="B"))
     empty = engage_listener("cluster", "--json", "--config", str(config))
     assert empty.returncode == 0, empty.stderr
     assert json.loads(empty.stdout)["daemons"] == []  # nothing has run yet

@@ -222,9 +222,7 @@ async def test_a_receiver_down_for_a_while_holds_only_its_own_events(
         await eng_down.ingest(key(), make_mail(n, subject=f"Abajo {n}"))
         await eng_up.ingest(key(), make_mail(10 + n, subject=f"Arriba {n}"))
     wall = Wall()
-    out = sender(
-        store, {"L": endpoint(down), "M": endpoint(up)}, wall=wall, retry_base=30.0
-    )
+    out = sender(store, {"L": endpoint(down), "M": endpoint(up)}, wall=wall, retry_base=30.0)
     assert await out.deliver_due() == 3
     assert len(up.accepted()) == 3
     rows = {r.id: r for r in await _rows(store) if r.listener == "L"}

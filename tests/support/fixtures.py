@@ -32,7 +32,9 @@ import pytest
 
 from devkit.dovecot import DOVECOT_BIN, DovecotSandbox
 from engage_listener.store.sqlite.store import SqliteStore
+from tests.support.graph import BOX
 from tests.support.oauth import SECRET, Account
+from tests.support.servers.graph_server import GraphServer
 from tests.support.servers.hostile_imap import Behaviour, HostileImap
 from tests.support.servers.hostile_login import HostileLoginServer, Mode
 from tests.support.servers.hostile_pop3 import HostilePop3, Mail
@@ -209,6 +211,14 @@ def webhook_receiver(tmp_path: Path) -> Iterator[StartWebhookReceiver]:
             return stack.enter_context(WebhookReceiver(secret, directory))
 
         yield start
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Iterator[GraphServer]:
+    """The Graph imitation with the support mailbox (tests.support.graph.BOX)."""
+    with GraphServer(tmp_path / "graph") as server:
+        server.add_mailbox(BOX)
+        yield server
 
 
 @pytest.fixture

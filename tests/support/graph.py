@@ -55,13 +55,36 @@ def make(
     server: GraphServer,
     store: SqliteStore,
     token: Callable[[bool], Awaitable[str]] | None = None,
-    **extra: str,
+    **extra: Any,
 ) -> GraphListener:
     server.create_folder(BOX, NEW)
     server.create_folder(BOX, DONE)
     cfg = graph_config(tmp_path, server, **extra)
     return build_graph_listener(
         cfg, store, SystemClock(), asyncio.Event(), token=token or Tokens(server)
+    )
+
+
+def deliver(server: GraphServer, count: int, folder: str = NEW, first: int = 0) -> list[str]:
+    """`count` mails (numbered from `first`) delivered into `folder`: their immutable ids."""
+    return [server.append(BOX, folder, mail(n)) for n in range(first, first + count)]
+
+
+def arrange(
+    tmp_path: Path, server: GraphServer, store: SqliteStore, count: int, **extra: Any
+) -> tuple[GraphListener, list[str]]:
+    """The usual start of a Graph test: a listener (`make`) and `count` mails waiting in
+    its input folder."""
+    listener = make(tmp_path, server, store, **extra)
+    return listener, deliver(server, count)
+
+
+def all_moved(server: GraphServer, db: Path, ids: list[str]) -> bool:
+    """Each of `ids` became one case, is in the output folder and moved in the ledger."""
+    return (
+        cases(db) == len(ids)
+        and sorted(in_folder(server, DONE)) == sorted(ids)
+        and ledger(db) == dict.fromkeys(ids, "moved")
     )
 
 

@@ -72,9 +72,10 @@ class GraphBatchResult:
     failed: int = 0
     quarantined: int = 0
     gone: int = 0  # listed, then gone before it could be fetched
+    too_old: int = 0  # received before ReadFromDate: left in the input folder, never read
     done: int = 0  # moved or deleted after commit
     seconds: float = 0.0
-    oldest: str | None = None  # receivedDateTime of the oldest mail listed
+    oldest: str | None = None  # receivedDateTime of the oldest mail listed and read
     settle_failed: list[str] = field(default_factory=list)
 
 
@@ -107,6 +108,7 @@ class GraphBatch:
         stop: asyncio.Event,
         log: Logger,
         ensure_error_folder: Callable[[], Awaitable[str]] | None = None,
+        read_from: dt.datetime | None = None,
     ) -> None:
         self.session = session
         self.folders = folders
@@ -116,6 +118,7 @@ class GraphBatch:
         self.stop = stop
         self.log = log
         self.ensure_error_folder = ensure_error_folder
+        self.read_from = read_from
         self.result = GraphBatchResult()
         self.committed: list[str] = []
         self.quarantined: list[str] = []
@@ -135,6 +138,7 @@ class GraphBatch:
         try:
             rows = await self.listing()
             self.result.found = len(rows)
+            rows = self._read_from_on(rows)
             self.result.oldest = str(rows[0].get("receivedDateTime")) if rows else None
             todo = await self._unknown(rows)
             await self._take_all(todo)
@@ -173,6 +177,15 @@ class GraphBatch:
         async for page in self.session.pages(where, params):
             rows.extend(r for r in page.get("value", []) if isinstance(r, dict) and "id" in r)
         return rows
+
+    def _read_from_on(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows received before ReadFromDate are left where they are (and counted), as
+        IMAP leaves them; one whose date Graph did not give is read."""
+        if self.read_from is None:
+            return rows
+        kept = [r for r in rows if not _before(r.get("receivedDateTime"), self.read_from)]
+        self.result.too_old = len(rows) - len(kept)
+        return kept
 
     async def _unknown(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows to ingest; those already in the ledger (a crash before the move) only move."""
@@ -270,3 +283,18 @@ class GraphBatch:
         if target is None:
             return BatchRequest(str(number + 1), "DELETE", where)
         return BatchRequest(str(number + 1), "POST", f"{where}/move", {"destinationId": target})
+
+
+def received(stamp: object) -> dt.datetime | None:
+    """A Graph ``receivedDateTime`` (ISO 8601, UTC) as an aware datetime; None if unreadable."""
+    try:
+        moment = dt.datetime.fromisoformat(str(stamp)) if stamp else None
+    except ValueError:
+        return None
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _before(stamp: object, moment: dt.datetime) -> bool:
+    """Whether a ``receivedDateTime`` is earlier than `moment` (unreadable: no)."""
+    when = received(stamp)
+    return when is not None and when < moment

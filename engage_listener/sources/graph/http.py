@@ -119,6 +119,7 @@ class GraphHttpSettings:
     max_retry_wait: float = 120.0  # a longer Retry-After is left to the listener
     proxy: str | None = None
     trust_env: bool = True  # HTTPS_PROXY/NO_PROXY, as msal's requests honours them
+    delegated: bool = False  # a signed-in user's token (403 advice differs from app-only)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,15 @@ def _target(url: str) -> URL | str:
     return URL(url, encoded=True) if "%" in url else url
 
 
-def access_advice(mailbox: str) -> str:
+def access_advice(mailbox: str, delegated: bool = False) -> str:
+    if delegated:
+        return (
+            f"Microsoft Graph refused the signed-in user access to the mailbox {mailbox}. "
+            "The user who ran `engage-listener auth login` needs Full Access to it "
+            "(Add-MailboxPermission -AccessRights FullAccess), and the app registration the "
+            "delegated Mail.ReadWrite.Shared permission (Entra ID > App registrations > API "
+            "permissions), consented."
+        )
     return (
         f"Microsoft Graph refused access to the mailbox {mailbox}. Either the app "
         "registration lacks the Mail.ReadWrite application permission with admin consent "
@@ -418,7 +427,7 @@ class GraphSession:
                                 "access token even after a refresh")  # fmt: skip
         if answer.status == 403:
             raise self._failure(GraphAccessDenied, method, url, answer,
-                                access_advice(self.mailbox))  # fmt: skip
+                                access_advice(self.mailbox, self.settings.delegated))  # fmt: skip
         if answer.status == 404:
             raise self._failure(GraphNotFound, method, url, answer)
         if answer.status == 410:

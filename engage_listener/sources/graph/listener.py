@@ -11,7 +11,10 @@ folder) are reported and retried slowly, as for IMAP and POP3.
 Decisions:
 
 * `reset --date` and `resume` work as for IMAP: a future day pauses intake until then; a
-  past day re-examines the output folder from that day (`_reset`).
+  past day re-examines the output folder from that day (`_reset`), and lowers ReadFromDate
+  to it for the input folder.
+* ReadFromDate as for IMAP: mail received before it stays in the input folder, unread; the
+  batch still lists it (the folder listing is the truth), so it is counted and logged.
 * Mail that failed and waits for another attempt counts as a change, so it is retried
   after SyncMaxWaitTime even when no new mail arrives (as IMAP does).
 """
@@ -30,7 +33,7 @@ from engage_listener.intake.contract import Handler
 from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.retry import Retrying
 from engage_listener.observe.logs import Logger
-from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult
+from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult, received
 from engage_listener.sources.graph.delta import DeltaWatch
 from engage_listener.sources.graph.folders import ensure_folder, resolve_folder, sibling
 from engage_listener.sources.graph.http import GraphSession
@@ -52,6 +55,7 @@ class GraphSettings:
     error_folder: str | None = None  # None: "Error" beside the input folder
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
 
 
 class GraphListener(Retrying):
@@ -87,6 +91,8 @@ class GraphListener(Retrying):
         self.error_folder = settings.error_folder or sibling(settings.input_folder, "Error")
         self._error_id: str | None = None  # the error folder's id, once looked up
         self._first_change: float | None = None  # when the first waiting change was seen
+        self.read_from_override: dt.datetime | None = None  # lowered by `reset --date`
+        self._too_old_logged = 0  # mail before ReadFromDate, said once, not every batch
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -157,6 +163,10 @@ class GraphListener(Retrying):
 
         batch = self._new_batch(session, folders)
         result = await batch.run()
+        if result.too_old != self._too_old_logged:
+            self._too_old_logged = result.too_old
+            self.log.info("mail_before_read_from", count=result.too_old,
+                          read_from=str(self._read_from()))  # fmt: skip
         self.batches += 1
         self.failures = 0
         self.pending = 0
@@ -187,13 +197,23 @@ class GraphListener(Retrying):
             max_attempts=self.settings.max_attempts,
             max_message_size=self.settings.max_message_size,
             stop=self.stop, log=self.log, ensure_error_folder=error_folder,
+            read_from=self._read_from(),
         )  # fmt: skip
+
+    def _read_from(self) -> dt.datetime | None:
+        """ReadFromDate, lowered by a date reset to an earlier day (as for IMAP)."""
+        configured, override = self.settings.read_from, self.read_from_override
+        if configured is None or override is None:
+            return configured
+        return min(configured, override)
 
     async def _reset(self, session: GraphSession, folders: Folders, since: dt.datetime) -> None:
         """Re-examine mail received since `since`: the output folder now (what the ledger
         lacks is ingested and stays there), the input folder through the next batch (which
         takes all of it anyway). A mail that failed below MaxAttempts leaves the reset
-        pending, tried again at the next control check, as for IMAP."""
+        pending, tried again at the next control check, as for IMAP. ReadFromDate is
+        lowered to `since`, so the input folder's older mail is taken too."""
+        self.read_from_override = since
         result = GraphBatchResult()
         if folders.output_id is not None:
             batch = self._new_batch(session, folders)
@@ -249,12 +269,3 @@ class GraphListener(Retrying):
         if self.pending and self._first_change is None:
             self._first_change = self.clock.now()
             self.log.info("change_pending", pending=self.pending)
-
-
-def received(stamp: str | None) -> dt.datetime | None:
-    """A Graph ``receivedDateTime`` (ISO 8601, UTC) as an aware datetime; None if unreadable."""
-    try:
-        moment = dt.datetime.fromisoformat(stamp) if stamp else None
-    except ValueError:
-        return None
-    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=dt.UTC)

@@ -15,14 +15,14 @@ from engage_listener.sources.graph.http import GraphAccessDenied, GraphThrottled
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.graph import (
     BOX,
-    DONE,
     NEW,
     Tokens,
+    all_moved,
+    arrange,
     cases,
     eventually,
     in_folder,
     ledger,
-    mail,
     make,
     stop,
 )  # fmt: skip
@@ -36,8 +36,7 @@ async def test_throttling_5xx_and_dropped_connections_lose_and_duplicate_nothing
     store: SqliteStore,
     db: Path,
 ) -> None:
-    listener = make(tmp_path, graph, store)
-    ids = [graph.append(BOX, NEW, mail(n)) for n in range(6)]
+    listener, ids = arrange(tmp_path, graph, store, 6)
     graph.fault("429", path="/messages?", retry_after="1")  # the listing
     graph.fault("503", path="$value", retry_after="1")
     graph.fault("500", path="$value")
@@ -46,8 +45,7 @@ async def test_throttling_5xx_and_dropped_connections_lose_and_duplicate_nothing
     began = time.monotonic()
     result = await listener.run_once()
     assert time.monotonic() - began >= 1.0  # Retry-After was honoured
-    assert (result.ingested, result.done, cases(db)) == (6, 6, 6)
-    assert sorted(in_folder(graph, DONE)) == sorted(ids)
+    assert (result.ingested, result.done) == (6, 6) and all_moved(graph, db, ids)
     statuses = {r.status for r in graph.requests()}
     assert {429, 503, 500} <= statuses
 
@@ -58,15 +56,14 @@ async def test_throttled_past_the_retries_is_transient_and_the_next_batch_finish
     store: SqliteStore,
     db: Path,
 ) -> None:
-    listener = make(tmp_path, graph, store)
-    [graph.append(BOX, NEW, mail(n)) for n in range(3)]
+    listener, ids = arrange(tmp_path, graph, store, 3)
     graph.fault("503", path="$value", times=50, retry_after="0")
     with pytest.raises(GraphThrottled):
         await listener.run_once()
     assert cases(db) == 0
     graph.traffic.faults.clear()
     await listener.run_once()
-    assert (cases(db), len(in_folder(graph, DONE))) == (3, 3)
+    assert all_moved(graph, db, ids)
 
 
 async def test_an_expired_token_is_refreshed_once(
@@ -76,8 +73,7 @@ async def test_an_expired_token_is_refreshed_once(
     db: Path,
 ) -> None:
     tokens = Tokens(graph)
-    listener = make(tmp_path, graph, store, token=tokens)
-    graph.append(BOX, NEW, mail(1))
+    listener, _ids = arrange(tmp_path, graph, store, 1, token=tokens)
     original = graph.issue_token
 
     def expiring(lifetime: float = 3600) -> str:  # the first token dies after the listing
@@ -99,8 +95,7 @@ async def test_access_denied_is_permanent_with_advice(
     store: SqliteStore,
     db: Path,
 ) -> None:
-    listener = make(tmp_path, graph, store)
-    graph.append(BOX, NEW, mail(1))
+    listener, _ids = arrange(tmp_path, graph, store, 1)
     graph.allow(BOX, False)
     with pytest.raises(GraphAccessDenied) as caught:
         await listener.run_once()
@@ -122,8 +117,7 @@ async def test_restart_after_commit_before_move_moves_without_a_second_case(
     store: SqliteStore,
     db: Path,
 ) -> None:
-    listener = make(tmp_path, graph, store)
-    ids = [graph.append(BOX, NEW, mail(n)) for n in range(5)]
+    listener, ids = arrange(tmp_path, graph, store, 5)
     graph.fault("500", path="$batch", times=10)  # the moves fail: a POST is not retried
     with pytest.raises(Exception):  # noqa: B017 - whichever Graph error ended it
         await listener.run_once()
@@ -133,9 +127,7 @@ async def test_restart_after_commit_before_move_moves_without_a_second_case(
     restarted = make(tmp_path / "again", graph, store)
     result = await restarted.run_once()
     assert (result.already_known, result.ingested, result.done) == (5, 0, 5)
-    assert cases(db) == 5
-    assert sorted(in_folder(graph, DONE)) == sorted(ids)
-    assert ledger(db) == dict.fromkeys(ids, "moved")
+    assert all_moved(graph, db, ids)
 
 
 async def test_no_more_than_four_requests_in_flight_per_mailbox(
@@ -144,10 +136,9 @@ async def test_no_more_than_four_requests_in_flight_per_mailbox(
     store: SqliteStore,
     db: Path,
 ) -> None:
-    listener = make(tmp_path, graph, store)
-    [graph.append(BOX, NEW, mail(n)) for n in range(30)]
+    listener, ids = arrange(tmp_path, graph, store, 30)
     graph.fault("slow", path="$value", times=30, delay=0.05)
     await listener.run_once()
-    assert cases(db) == 30 and len(in_folder(graph, DONE)) == 30
+    assert all_moved(graph, db, ids)
     assert 2 <= graph.peak(BOX) <= 4  # fetches overlap, never past Outlook's limit
     assert 429 not in {r.status for r in graph.requests()}

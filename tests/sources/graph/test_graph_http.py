@@ -123,6 +123,34 @@ async def test_folders_page_by_next_link_and_every_call_asks_for_immutable_ids(
     assert all(r.headers["prefer"].startswith('IdType="ImmutableId"') for r in logged)
 
 
+async def test_search_and_filter_as_graph_allows_them(
+    graph_server: GraphServer,  # noqa: F811
+    session: GraphSession,
+) -> None:
+    """The imitation's $search pages by skip token, newest first; like Graph it refuses
+    $search with $filter or $orderby, an unquoted $search, and $filter with an $orderby
+    on another property (InefficientFilter)."""
+    for n in range(5):
+        graph_server.append(BOX, "Inbox", mail(n))
+    where = f"{USER}/mailFolders/inbox/messages"
+    pages = [p async for p in session.pages(where, {"$search": '"subject:mail"',
+                                                    "$top": "2"})]  # fmt: skip
+    subjects = [m["subject"] for page in pages for m in page["value"]]
+    assert len(pages) == 3 and "$skiptoken" in pages[0]["@odata.nextLink"]
+    assert sorted(subjects, reverse=True) == subjects and len(subjects) == 5
+    refused = [
+        {"$search": '"subject:mail"', "$orderby": "receivedDateTime desc"},
+        {"$search": '"subject:mail"', "$filter": "receivedDateTime ge 2020-01-01T00:00:00Z"},
+        {"$search": "subject:mail"},
+        {"$filter": "receivedDateTime ge 2020-01-01T00:00:00Z", "$orderby": "subject"},
+    ]
+    for query in refused:
+        with pytest.raises(GraphRequestError) as caught:
+            await session.get_json(where, query)
+        assert caught.value.status == 400, query
+    assert caught.value.code == "InefficientFilter"
+
+
 async def test_delta_rounds_pages_then_changes_with_removed_entries(
     graph_server: GraphServer,  # noqa: F811
     session: GraphSession,

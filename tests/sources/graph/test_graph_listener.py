@@ -28,7 +28,10 @@ from tests.support.graph import (
     BOX,
     DONE,
     NEW,
+    all_moved,
+    arrange,
     cases,
+    deliver,
     eventually,
     in_folder,
     ledger,
@@ -49,14 +52,11 @@ async def test_mail_becomes_cases_and_is_moved(
     store: SqliteStore,
     db: Path,
 ) -> None:
-    listener = make(tmp_path, graph, store)
-    ids = [graph.append(BOX, NEW, mail(n)) for n in range(3)]
+    listener, ids = arrange(tmp_path, graph, store, 3)
     result = await listener.run_once()
     assert (result.found, result.ingested, result.done) == (3, 3, 3)
-    assert cases(db) == 3
     assert in_folder(graph, NEW) == []
-    assert sorted(in_folder(graph, DONE)) == sorted(ids)
-    assert ledger(db) == dict.fromkeys(ids, "moved")  # keyed by the immutable ids
+    assert all_moved(graph, db, ids)  # the ledger is keyed by the immutable ids
     assert all('IdType="ImmutableId"' in r.headers.get("prefer", "")
                for r in graph.requests("/users/"))  # fmt: skip
     again = await listener.run_once()
@@ -69,8 +69,7 @@ async def test_without_output_folder_mail_goes_to_deleted_items(
     store: SqliteStore,
     db: Path,
 ) -> None:
-    listener = make(tmp_path, graph, store, OutputFolder="")
-    ids = [graph.append(BOX, NEW, mail(n)) for n in range(2)]
+    listener, ids = arrange(tmp_path, graph, store, 2, OutputFolder="")
     await listener.run_once()
     assert cases(db) == 2
     assert sorted(in_folder(graph, "deleteditems")) == sorted(ids)
@@ -144,8 +143,7 @@ async def test_batch_starts_on_the_count(
     task = await start(listener, poll_seconds=0.1, sync_max_wait_time=600.0,
                        sync_max_changes_count=3)  # fmt: skip
     try:
-        for n in range(2):
-            graph.append(BOX, NEW, mail(n))
+        deliver(graph, 2)
         await asyncio.sleep(1.0)
         assert (listener.batches, listener.pending) == (1, 2)  # below the count: waits
         graph.append(BOX, NEW, mail(2))
@@ -235,3 +233,46 @@ async def test_reset_to_a_past_day_ingests_what_the_ledger_lacks_in_the_output_f
     assert ledger(db) == {taken: "moved", by_hand: "committed"}
     assert sorted(in_folder(graph, DONE)) == sorted([taken, by_hand, old])
     assert (await read_control(store, "Graph", dt.datetime.now(dt.UTC))).reset_from is None
+
+
+# ----- ReadFromDate, Rules and CustomerFrom -----------------------------------------------
+async def test_read_from_date_leaves_older_mail_and_a_reset_takes_it(
+    tmp_path: Path, graph: GraphServer, store: SqliteStore, db: Path
+) -> None:
+    """Mail received before ReadFromDate (00:00 in TimeZone) stays in the input folder,
+    unread, batch after batch; `reset --date` to an earlier day lowers it, and the next
+    batch takes that mail as IMAP would."""
+    listener = make(tmp_path, graph, store, ReadFromDate="2026-06-01",
+                    TimeZone="America/Santiago")  # fmt: skip
+    santiago = dt.timezone(dt.timedelta(hours=-4))  # June: no daylight saving there
+    old = graph.append(BOX, NEW, mail(1), received=dt.datetime(2026, 5, 31, 23, 0, tzinfo=santiago))
+    new = graph.append(BOX, NEW, mail(2), received=dt.datetime(2026, 6, 1, 0, 0, tzinfo=santiago))
+    result = await listener.run_once()
+    assert (result.found, result.too_old, result.ingested) == (2, 1, 1)
+    assert in_folder(graph, NEW) == [old] and in_folder(graph, DONE) == [new]
+    assert (await listener.run_once()).too_old == 1  # still left, never read
+    await request_date(store, "Graph", dt.date(2026, 5, 1), "America/Santiago",
+                       dt.datetime.now(dt.UTC))  # fmt: skip
+    result = await listener.run_once()
+    assert (result.too_old, result.ingested) == (0, 1)
+    assert all_moved(graph, db, [new, old])
+
+
+async def test_rules_and_customer_from_reply_to_act_on_graph_mail(
+    tmp_path: Path, graph: GraphServer, store: SqliteStore, db: Path
+) -> None:
+    """The case elements of an ImapListener work the same in a GraphListener: a Rule sets
+    the inbox, CustomerFrom ReplyTo finds the customer by Reply-To."""
+    rules = ('<Rules><Rule Name="Facturas"><Match Field="Subject" Contains="factura"/>'
+             "<SetInbox>Facturacion</SetInbox></Rule></Rules>")  # fmt: skip
+    listener = make(tmp_path, graph, store, inner=rules, CustomerFrom="ReplyTo")
+    raw = (b"From: Portal <no-reply@portal.example>\r\n"
+           b"Reply-To: Ana <ana@cliente.example>\r\nSubject: Su factura de marzo\r\n"
+           b"Message-ID: <f1@graph.test>\r\n\r\nHola\r\n")  # fmt: skip
+    graph.append(BOX, NEW, raw)
+    graph.append(BOX, NEW, mail(7))
+    await listener.run_once()
+    rows = db_rows(db, "SELECT c.subject, c.inbox, a.address FROM cases c JOIN customer_addresses"
+                   " a ON a.customer_id = c.customer_id ORDER BY c.id")  # fmt: skip
+    assert rows == [("Su factura de marzo", "Facturacion", "ana@cliente.example"),
+                    ("Question 7", None, "c7@example.test")]  # fmt: skip

@@ -107,6 +107,7 @@ class _State:
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     introspected: list[str] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)  # every secret handed out
+    app_only: set[str] = field(default_factory=set)  # access tokens of client credentials
 
 
 class OAuthTestServer:
@@ -267,6 +268,8 @@ class OAuthTestServer:
         }
         self.state.access[access] = (user, time.time() + self.expires_in)
         self.state.issued.append(access)
+        if grant is None:
+            self.state.app_only.add(access)
         if grant is not None:
             refresh = old_refresh
             if not old_refresh or self.rotate_refresh_tokens:
