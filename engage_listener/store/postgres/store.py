@@ -77,6 +77,7 @@ class PostgresStore(OperatorQueries, WebhookQueries):
         self.url = url
         self.owner = owner
         self.alive_seconds = alive_seconds
+        self._sending: set[int] = set()
         self._kwargs = connect_kwargs(password, ca_file)
         self._pool: AsyncConnectionPool | None = None
         self._groups: dict[asyncio.Task[Any], Connection] = {}
@@ -160,6 +161,10 @@ class PostgresStore(OperatorQueries, WebhookQueries):
             conn.transaction(),
         ):
             yield PostgresTransaction(conn, self.owner)
+
+    def _claim(self, **params: Any) -> dict[str, Any]:
+        """The parameters of `webhooks.claimable`, with `params`."""
+        return {"me": self.owner, "alive": float(self.alive_seconds), **params}
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
         """Rows of one read (binary: bytea as bytes)."""

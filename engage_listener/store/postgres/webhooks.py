@@ -109,11 +109,7 @@ class WebhookWrites:
 
 
 class WebhookQueries:
-    """See `store.Store`; `query`, `_write_one`, `owner` and `alive_seconds` come from the
-    store."""
-
-    owner: str | None
-    alive_seconds: float
+    """See `store.Store`; `query`, `_write_one` and `_claim` come from the store."""
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
         raise NotImplementedError
@@ -122,7 +118,7 @@ class WebhookQueries:
         raise NotImplementedError
 
     def _claim(self, **params: Any) -> dict[str, Any]:
-        return {"me": self.owner, "alive": float(self.alive_seconds), **params}
+        raise NotImplementedError
 
     async def due_webhook_events(self, now: float, limit: int) -> list[WebhookDelivery]:
         rows = await self.query(
