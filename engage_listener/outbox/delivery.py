@@ -148,7 +148,9 @@ class OutboxSender:
 
         message = email.message_from_bytes(row.mime, policy=email.policy.SMTP)
         assert isinstance(message, EmailMessage)
-        await self._set(row.id, "pending", attempts=row.attempts + 1)
+        if not await self.store.update_outbox(row.id, "pending", attempts=row.attempts + 1):
+            self.log.warning("ack_taken_over", outbox_id=row.id)  # claimed by another daemon
+            return 0
 
         async def sending() -> None:  # committed before DATA: from here a crash is ambiguous
             if not await self.store.update_outbox(row.id, "sending"):

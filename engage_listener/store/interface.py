@@ -401,8 +401,9 @@ class Store(Protocol):
         next_attempt_at: float | None = None,
     ) -> bool:
         """Set the state, and each other field given (None: left as it is); committed.
-        Becoming `sending` needs the row still claimed by this sender (a shared store: no
-        other daemon took it over meanwhile); False when it was not, and nothing written."""
+        Staying `pending` or becoming `sending` needs the row still claimed by this sender
+        (a shared store: no other daemon took it over meanwhile); False when it was not,
+        and nothing written. A final state (sent, failed, uncertain) is always written."""
         ...
 
     async def list_acks(self, states: Sequence[OutboxState] | None = None) -> list[AckRow]:

@@ -72,7 +72,9 @@ async def test_a_live_daemons_claims_are_its_own_a_dead_ones_are_taken_over(
     kill("A")
     assert await b.stranded_outbox() == [first]  # left `sending` by a dead daemon
     assert [r.id for r in await b.due_outbox(now, 10)] == [second]  # its claim taken over
-    assert not await a.update_outbox(second, "sending")  # A (back?) must not send it now
+    assert not await a.update_outbox(second, "pending", attempts=1)  # A (back?) must not
+    assert not await a.update_outbox(second, "sending")  # send it now: nothing written
+    assert [r.attempts for r in await b.due_outbox(now, 10)] == [0]
     assert await b.update_outbox(second, "sending")
 
 

@@ -169,7 +169,7 @@ class OperatorQueries:
             fields["next_attempt_at"] = float(fields["next_attempt_at"])
         assignments = ", ".join(f"{name} = %s" for name in ("state", *fields))
         mine, values = "", (state, *fields.values(), row_id)
-        if state == "sending" and self.owner is not None:  # still ours: nobody took it over
+        if state in {"pending", "sending"} and self.owner is not None:  # still ours
             mine, values = " AND claimed_by = %s", (*values, self.owner)
         async with self.transaction() as tx:
             cur = await tx.execute(
