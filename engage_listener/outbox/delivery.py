@@ -59,9 +59,7 @@ RESENDABLE: tuple[OutboxState, ...] = ("uncertain", "failed", "closed")  # `acks
 CLOSABLE: tuple[OutboxState, ...] = ("uncertain", "failed")  # `acks close`
 
 
-INTERRUPTED = (
-    "interrupted while sending; the server may have accepted it, so it is not sent again"
-)
+INTERRUPTED = "interrupted while sending; the server may have accepted it, so it is not sent again"
 
 
 class ClaimLost(EngageError):

@@ -46,7 +46,7 @@ def claimable(alias: str) -> str:
     """SQL: the row `alias` is free for this sender (named parameters `me`, `alive`): not
     claimed, claimed by this daemon, or by one whose heartbeat is stale or that stopped."""
     return (
-        f"({alias}.claimed_by IS NULL OR {alias}.claimed_by = %(me)s OR NOT EXISTS"
+        f"({alias}.claimed_by IS NULL OR {alias}.claimed_by = %(me)s OR NOT EXISTS"  # noqa: S608 - fixed names
         f" (SELECT 1 FROM daemons d WHERE d.id = {alias}.claimed_by AND d.stopped_at IS NULL"
         " AND d.heartbeat_at > now() - make_interval(secs => %(alive)s)))"
     )
@@ -86,7 +86,7 @@ class WebhookWrites:
         return int(row[0])
 
     async def get_webhook_event(self, row_id: int) -> WebhookEventRow | None:
-        row = await self._one(f"SELECT {_COLUMNS} {_FROM} WHERE w.id = %s", (row_id,))  # noqa: S608
+        row = await self._one(f"SELECT {_COLUMNS} {_FROM} WHERE w.id = %s", (row_id,))
         return _row(row) if row else None
 
     async def change_webhook_event(
