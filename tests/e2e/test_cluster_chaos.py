@@ -21,6 +21,7 @@ Decisions:
 from __future__ import annotations
 
 import collections
+import json
 import random
 import signal
 import statistics
@@ -36,7 +37,7 @@ import pytest
 from devkit.dovecot import DovecotSandbox
 from devkit.postgres import PostgresServer
 from tests.support.config_xml import ack_xml, listener_xml, write_config
-from tests.support.daemon import start_daemon
+from tests.support.daemon import cli, start_daemon
 from tests.support.faults import DONE, NEW, mails, message_id
 from tests.support.fixtures import StartTcpProxy
 from tests.support.postgres import require_postgres
@@ -234,6 +235,7 @@ def test_three_daemons_under_kills_restarts_and_cuts_lose_and_duplicate_nothing(
             _wait(lambda: _settled(dovecot, users), SETTLE_TIMEOUT, "every mail moved")
             time.sleep(LEASE_SECONDS)  # acknowledgements drain
             takeovers = [t for pid, at in kills if (t := poller.takeover(pid, at)) is not None]
+            _assert_status_names_the_owners(cluster, configs[0])
     finally:
         stop_feed.set()
         cluster.stop_all()
@@ -241,6 +243,7 @@ def test_three_daemons_under_kills_restarts_and_cuts_lose_and_duplicate_nothing(
         "kills": len(kills),
         "takeover_median_s": round(statistics.median(takeovers), 2) if takeovers else None,
         "takeover_max_s": round(max(takeovers), 2) if takeovers else None,
+        "takeovers_s": [round(t, 2) for t in takeovers],
     }
     record_property("takeover", report)
     print(f"cluster chaos: {report}")  # the figures the issue asks for
@@ -263,6 +266,21 @@ def _assert_acks_as_recorded(pg: PostgresServer, received: list[str]) -> None:
     assert all(counts[mid] == 1 for mid in sent), "a row marked sent was not received once"
     strays = [mid for mid in counts if states.get(mid) not in {"sent", "uncertain"}]
     assert not strays, f"received, but not recorded as sent nor uncertain: {strays[:5]}"
+
+
+def _assert_status_names_the_owners(cluster: Cluster, config: Path) -> None:
+    """`status --json` from another process: every listener alive, run by a live daemon
+    (each daemon keeps its own heartbeats: none erases another's)."""
+    live = {proc.pid for proc in cluster.procs if proc is not None and proc.poll() is None}
+
+    def all_owned() -> bool:
+        done = cli("status", "--json", "--config", str(config))
+        rows = json.loads(done.stdout) if done.returncode == 0 else []
+        return len(rows) == LISTENERS and all(
+            row["alive"] and row["owner"] and row["owner"]["pid"] in live for row in rows
+        )
+
+    _wait(all_owned, 30, "status naming a live owner for every listener")
 
 
 def _assert_exactly_once(

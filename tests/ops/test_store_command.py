@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,16 @@ import pytest
 from devkit.postgres import PostgresServer
 from engage_listener.config.model import StoreConfig
 from engage_listener.ops.cli import main
-from engage_listener.store.interface import MailKey, NewAck, NewAttachment, NewCase, NewMessage
+from engage_listener.store.interface import (
+    MailKey,
+    NewAck,
+    NewAttachment,
+    NewCase,
+    NewMessage,
+    NewWebhookEvent,
+)
 from engage_listener.store.open import build_store
-from engage_listener.store.postgres.schema import LATEST
+from engage_listener.store.postgres.schema import BASELINE, LATEST
 from engage_listener.store.sqlite.schema import MIGRATIONS
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.config_xml import config_text, minimal_listener
@@ -44,7 +52,7 @@ def test_migrate_a_postgresql_store_twice(
         assert main(["store", "migrate", "--config", str(config)]) == 0
     database = url.rsplit("/", 1)[1]
     versions = postgres_server.sql("SELECT version FROM schema_version", database=database)
-    assert versions.split() == [str(LATEST)]
+    assert versions.split() == [str(v) for v in range(BASELINE, LATEST + 1)]  # each once
     out = capsys.readouterr().out
     assert postgres_server.password not in out and ":***@127.0.0.1" in out
 
@@ -74,6 +82,9 @@ async def _fill_sqlite(path: Path) -> None:
             await tx.add_outbox(NewAck("L", case.id, row, "ana@example.com", "Re: Factura",
                                        "<ack1@example.org>", b"MIME"))  # fmt: skip
             await tx.add_quarantine(MailKey("L", "INBOX", "9", "2"), b"BAD", mail, "bad", 3)
+            await tx.add_webhook_event(
+                NewWebhookEvent("L", case.id, row, "case-opened", "ev-1", b'{"e":1}')
+            )
         await store.record_failure(MailKey("L", "INBOX", "9", "3"), "boom")
         await store.set_control("L", "paused_until", "2030-01-01T00:00:00+00:00")
     finally:
@@ -97,6 +108,7 @@ async def _read(url: str) -> tuple[Any, ...]:
             (info.inbox, info.priority, info.tags, participant, new.case_number),
             await store.record_failure(MailKey("L", "INBOX", "9", "3"), "again"),
             await store.read_control("L"),
+            [(w.event_id, w.body) for w in await store.due_webhook_events(time.time(), 10)],
         )
     finally:
         await store.close()
@@ -114,7 +126,7 @@ async def test_copy_a_sqlite_store_into_postgresql_twice(
                                           "--config", str(config)]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "messages" in out and "verified" in out and postgres_server.password not in out
-    cases, customers, states, held, kept, info, attempts, control = await _read(url)
+    cases, customers, states, held, kept, info, attempts, control, events = await _read(url)
     assert cases == [("000001", 1, 1, "pending"), ("000002", 0, 0, None)]
     assert [(c.id, c.name, c.addresses) for c in customers] == [(1, "Ana", ("ana@example.com",))]
     assert states == {"1": "committed", "2": "quarantined"}
@@ -122,6 +134,7 @@ async def test_copy_a_sqlite_store_into_postgresql_twice(
     assert info == ("Facturacion", 2, ("vip",), True, "000002")  # numbering goes on
     assert attempts == 2  # the failure counted in SQLite is kept
     assert control is not None and control.paused_until == "2030-01-01T00:00:00+00:00"
+    assert events == [("ev-1", b'{"e":1}')]  # webhook events too (migration 9)
     again = await asyncio.to_thread(
         main, ["store", "copy", "--from", str(source), "--config", str(config)]
     )
