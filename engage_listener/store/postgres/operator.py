@@ -1,6 +1,19 @@
 """The PostgreSQL store's reads and writes for operator commands, the outbox sender,
 control and status. A part of `store.PostgresStore`, kept apart for size; each write is
-its own transaction. The SQL mirrors `store.sqlite.operator`."""
+its own transaction. The SQL mirrors `store.sqlite.operator`.
+
+Decisions (several daemons share these tables, issue 16):
+
+* Acknowledgements are claimed like webhook events (`webhooks.claimable`): `due_outbox`
+  takes rows `FOR UPDATE SKIP LOCKED` into `claimed_by`; the sender's own steps before DATA
+  (attempts counted, `sending`) are written only while the claim is still its own, so a row
+  taken over from a daemon thought dead is never sent by both; final states always are.
+* `stranded_outbox` is what `recover()` turns `uncertain`: `sending` rows of daemons no
+  longer alive, asked every round (a daemon may die while the others run), never this
+  daemon's own.
+* Heartbeats carry their daemon: each replaces its own rows only, so `status` sees every
+  daemon's listeners.
+"""
 
 from __future__ import annotations
 
