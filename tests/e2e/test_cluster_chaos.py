@@ -6,8 +6,9 @@ least ten times and restarted, PostgreSQL is restarted once, and one daemon's da
 connection is cut once through a proxy. At the end every mail is in its output folder
 once, with one ledger row, one message and one case, no acknowledgement went out twice,
 every one recorded `sent` went out once, and `status --json` names a live owner for every
-listener (each daemon keeps its own heartbeats). The take-over times (a daemon killed -> all its listeners owned by a live one) are
-printed and written to the test's report properties.
+listener (each daemon keeps its own heartbeats). The take-over times (a daemon killed ->
+all its listeners owned by a live one) are printed and written to the test's report
+properties.
 
 Decisions:
 
