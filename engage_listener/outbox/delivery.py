@@ -7,8 +7,11 @@ row is marked `sending` and committed; after the server's reply it becomes `sent
 (with the reply), `pending` again (4xx or connection trouble: retried with
 back-off) or `failed` (5xx, with the server's reason). A crash before DATA leaves
 the row `pending`: it is sent after the restart. A row still `sending` at
-start-up was interrupted while the server may already have accepted it: it becomes
-`uncertain` and is never sent again automatically, so a customer never gets two.
+start-up (or, with several daemons on one PostgreSQL, claimed by a daemon no longer alive)
+was interrupted while the server may already have accepted it: it becomes `uncertain` and
+is never sent again automatically, so a customer never gets two. Several daemons share the
+outbox: each row is claimed by one sender (`Store.due_outbox`), and a sender marks it
+`sending` only while the claim is still its own.
 Only an operator moves a row out of `uncertain` or `failed` (`engage-listener acks
 resend`, back to `pending`, or `acks close`, to `closed`: never to be sent).
 Intake never waits for any of this: the sender is its own task.
@@ -56,6 +59,13 @@ RESENDABLE: tuple[OutboxState, ...] = ("uncertain", "failed", "closed")  # `acks
 CLOSABLE: tuple[OutboxState, ...] = ("uncertain", "failed")  # `acks close`
 
 
+INTERRUPTED = "interrupted while sending; the server may have accepted it, so it is not sent again"
+
+
+class ClaimLost(EngageError):
+    """The row was claimed by another daemon before DATA: this sender must not send it."""
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -83,24 +93,26 @@ class OutboxSender:
         self.wall = wall
 
     async def recover(self) -> int:
-        """Rows left `sending` by a crash become `uncertain` (never re-sent automatically)."""
-        rows = await self.store.outbox_in_state("sending")
+        """Rows left `sending` by a sender that is gone (a crash; with several daemons, a
+        daemon no longer alive) become `uncertain`, never re-sent automatically. Only a
+        row still `sending` changes: one its sender settled meanwhile keeps its state."""
+        rows = await self.store.stranded_outbox()
+        recovered = 0
         for row_id in rows:
-            await self._set(
-                row_id,
-                "uncertain",
-                last_error="interrupted while sending; the "
-                "server may have accepted it, so it is not sent again",
-            )
-            self.log.warning("ack_uncertain", outbox_id=row_id)
-        return len(rows)
+            async with self.store.transaction() as tx:
+                changed = await tx.change_ack(row_id, "uncertain", INTERRUPTED, ["sending"])
+            if changed:
+                recovered += 1
+                self.log.warning("ack_uncertain", outbox_id=row_id)
+        return recovered
 
     async def run(self) -> None:
-        """Deliver due rows until stopped; woken at once when the engine queues one."""
-        await self.recover()
+        """Deliver due rows until stopped; woken at once when the engine queues one. Each
+        round first recovers stranded rows: another daemon may have died since the last."""
         while not self.stop.is_set():
             self.wake.clear()  # before looking: a row queued while sending wakes us again
             try:
+                await self.recover()
                 await self.deliver_due()
             except EngageError as exc:  # the store itself failing: try again later
                 self.log.error("outbox_error", error=str(exc))
@@ -134,13 +146,19 @@ class OutboxSender:
 
         message = email.message_from_bytes(row.mime, policy=email.policy.SMTP)
         assert isinstance(message, EmailMessage)
-        await self._set(row.id, "pending", attempts=row.attempts + 1)
+        if not await self.store.update_outbox(row.id, "pending", attempts=row.attempts + 1):
+            self.log.warning("ack_taken_over", outbox_id=row.id)  # claimed by another daemon
+            return 0
 
         async def sending() -> None:  # committed before DATA: from here a crash is ambiguous
-            await self._set(row.id, "sending")
+            if not await self.store.update_outbox(row.id, "sending"):
+                raise ClaimLost(f"acknowledgement {row.id} was taken over by another daemon")
 
         try:
             reply = await self.send(endpoint, message, before_data=sending)
+        except ClaimLost as exc:  # before DATA: nothing sent; its new owner sends it
+            self.log.warning("ack_taken_over", outbox_id=row.id, error=str(exc))
+            return 0
         except SmtpTemporaryError as exc:
             return await self._temporary(row, exc)
         except PermanentError as exc:

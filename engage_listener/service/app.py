@@ -85,9 +85,9 @@ async def run(config: Config, *, once: bool = False) -> int:
         )
         return 1
     coordinator = build_coordinator(config.store)
-    # Serving, the PostgreSQL store fences each mail's commit on this daemon's leases;
-    # `run --once` takes no leases, so it is not fenced (see README, several daemons).
-    store = build_store(config.store, owner=None if once else coordinator.store_owner)
+    # The PostgreSQL store fences each mail's commit on this daemon's leases, serving or
+    # `run --once` (which takes every lease for its pass, or refuses: `_once`).
+    store = build_store(config.store, owner=coordinator.store_owner)
     try:
         await store.open()
     except EngageError as exc:
@@ -123,11 +123,8 @@ async def run(config: Config, *, once: bool = False) -> int:
             store=config.store.where,
         )
         if once:
-            code = await _run_once(listeners, log)
-            await sender.recover()
-            await sender.deliver_due()
-            await _deliver_webhooks_once(webhooks, log)
-            return code
+            ids = [c.id for c in listeners_cfg]
+            return await _once(listeners, ids, coordinator, (sender, webhooks), log)
         try:
             await coordinator.open([c.id for c in listeners_cfg])
         except EngageError as exc:
@@ -213,6 +210,51 @@ def _report_death(
         error=f"{type(error).__name__}: {error}" if error else "returned",
         message=f"{what} are not sent until the daemon is restarted",
     )
+
+
+async def _once(
+    listeners: Sequence[Listener | Pop3Listener | GraphListener],
+    ids: list[str],
+    coordinator: Coordinator,
+    senders: tuple[OutboxSender, WebhookSender],
+    log: Logger,
+) -> int:
+    """`run --once`: one pass over every listener, holding every lease for it.
+
+    Decisions: with several daemons on one PostgreSQL, a pass runs only when it can take
+    every listener's lease (a stopped or dead daemon's, once expired): then it is fenced
+    and claims the outbox like a daemon, so it never races one. While a live daemon holds
+    any listener it is refused, naming them: those daemons are doing the work already.
+    """
+    try:
+        await coordinator.open(ids)
+        busy = await coordinator.take_all()
+    except EngageError as exc:
+        log.error("coordinator_error", error=str(exc))
+        await coordinator.close()
+        return 1
+    if busy:
+        log.error(
+            "once_refused",
+            listeners=sorted(busy),
+            message="run --once: these listeners are held by a running daemon (see"
+            " `engage-listener cluster`); stop the daemons first, or let them do the work",
+        )
+        await coordinator.close()
+        return 1
+    done = asyncio.Event()
+    keeper = asyncio.create_task(coordinator.keep(done), name="leases")
+    try:
+        code = await _run_once(listeners, log)
+        sender, webhooks = senders
+        await sender.recover()
+        await sender.deliver_due()
+        await _deliver_webhooks_once(webhooks, log)
+        return code
+    finally:
+        done.set()
+        await asyncio.gather(keeper, return_exceptions=True)
+        await coordinator.close()
 
 
 async def _deliver_webhooks_once(webhooks: WebhookSender, log: Logger) -> None:

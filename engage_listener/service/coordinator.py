@@ -91,6 +91,15 @@ class Coordinator(Protocol):
 
     async def close(self) -> None: ...
 
+    async def take_all(self) -> frozenset[str]:
+        """`run --once`: every listener given to `open`, for one pass; returns those another
+        live daemon holds (then nothing is taken: the pass is refused)."""
+        ...
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """`run --once`: keep what `take_all` took until `stop` is set."""
+        ...
+
 
 class SoloCoordinator:
     """The one daemon of an embedded (SQLite) store owns every enabled listener."""
@@ -117,6 +126,12 @@ class SoloCoordinator:
 
     async def close(self) -> None:
         self._owned = frozenset()
+
+    async def take_all(self) -> frozenset[str]:
+        return frozenset()
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        await stop.wait()
 
 
 def coordinator_kind(store: StoreConfig) -> str:

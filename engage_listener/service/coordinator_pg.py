@@ -151,6 +151,50 @@ class PostgresCoordinator:
             with contextlib.suppress(Exception):
                 await conn.close()
 
+    # -- run --once ---------------------------------------------------------------------
+
+    async def take_all(self) -> frozenset[str]:
+        """Every listener's lease for one pass (`run --once`), or none: a listener another
+        live daemon holds is its; those it holds are returned and nothing is kept."""
+        me = self.identity.id
+        try:
+            tables = await self._connected()
+            await self._timed(tables.add_listeners(self._listeners))
+            await self._timed(tables.heartbeat(me, self.validity))
+            sent = asyncio.get_running_loop().time()
+            got = await self._timed(tables.acquire(me, self._listeners, self.validity))
+        except Exception as exc:
+            self._discard()
+            raise EngageError(f"coordinator: cannot take the leases: {scrub(str(exc))}") from exc
+        if busy := self._listeners - set(got):
+            await self._timed(tables.release(me, set(got)))
+            return frozenset(busy)
+        self._held, self.fences = frozenset(got), dict(got)
+        self._valid_until = sent + self.validity - self.margin
+        return frozenset()
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Beat and renew what `take_all` took until `stop`. A lease lost meanwhile is not
+        taken back: the store's fencing refuses that listener's next commit (LeaseLost),
+        and its mails wait for the next run or for a daemon."""
+        while not stop.is_set():
+            await self._sleep(stop)
+            if stop.is_set() or not self._held:
+                return
+            try:
+                tables, me = await self._connected(), self.identity.id
+                await self._timed(tables.heartbeat(me, self.validity))
+                sent = asyncio.get_running_loop().time()
+                kept = await self._timed(tables.renew(me, self._held, self.validity))
+                self._valid_until = sent + self.validity - self.margin
+            except Exception as exc:  # retried at the next beat
+                self.log.warning("coordinator_db_error", error=scrub(str(exc)) or "error")
+                self._discard()
+                continue
+            if lost := self._held - kept:
+                self.log.error("leases_lost", listeners=sorted(lost), reason="taken or expired")
+                self._held = frozenset(kept)
+
     # -- one tick ----------------------------------------------------------------------
 
     async def _step(self, changed: OnChange) -> None:

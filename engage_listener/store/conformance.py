@@ -8,11 +8,8 @@ protocols they implement, so a missing method or another signature fails `mypy`.
 
 Decisions:
 
-* The PostgreSQL store is held to the parts of `Store` and `Transaction` it has: all but
-  the webhook outbox's (`WebhookReads`, `WebhookWrites`), which its migration 9 brings,
-  and so not yet to `Store`'s own methods (its `transaction()` must give a whole
-  `Transaction`). Once it has them, `postgres` returns `tuple[Store, Transaction]` as
-  `sqlite` does.
+* Both stores are held to the whole of `Store` and `Transaction`; a store that cannot
+  yet do something must say so in a method that raises, not by lacking it.
 """
 
 from __future__ import annotations
@@ -20,9 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engage_listener.store.interface import MailWrites, Store, Transaction
-    from engage_listener.store.interface_reads import CaseReads, ControlAndStatus, OutboxReads
-    from engage_listener.store.interface_tx import AckWrites, CaseLifecycle, CustomerWrites
+    from engage_listener.store.interface import Store, Transaction
     from engage_listener.store.postgres.store import PostgresStore
     from engage_listener.store.postgres.transaction import PostgresTransaction
     from engage_listener.store.sqlite.store import SqliteStore
@@ -31,10 +26,5 @@ if TYPE_CHECKING:
     def sqlite(store: SqliteStore, tx: SqliteTransaction) -> tuple[Store, Transaction]:
         return store, tx
 
-    def postgres(
-        store: PostgresStore, tx: PostgresTransaction
-    ) -> tuple[
-        CaseReads, OutboxReads, ControlAndStatus, MailWrites, CaseLifecycle, AckWrites,
-        CustomerWrites,
-    ]:  # fmt: skip
-        return store, store, store, tx, tx, tx, tx
+    def postgres(store: PostgresStore, tx: PostgresTransaction) -> tuple[Store, Transaction]:
+        return store, tx

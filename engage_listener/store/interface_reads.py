@@ -97,7 +97,15 @@ class OutboxReads(Protocol):
         ...
 
     async def due_outbox(self, now: float, limit: int) -> list[OutboxRow]:
-        """Pending rows whose next attempt (epoch seconds) has come, oldest first."""
+        """Pending rows whose next attempt (epoch seconds) has come, oldest first, claimed
+        for this sender: a store shared by several daemons hands a row to one of them
+        (another live daemon's claims are left to it, a dead one's taken over)."""
+        ...
+
+    async def stranded_outbox(self) -> list[int]:
+        """Ids of `sending` rows whose sender is gone (the process ended, or a daemon of a
+        shared store is no longer alive): never a row this process is sending. Safe to ask
+        at any time; the sender makes them `uncertain`."""
         ...
 
     async def update_outbox(
@@ -110,8 +118,11 @@ class OutboxReads(Protocol):
         smtp_reply: str | None = None,
         sent_at: str | None = None,
         next_attempt_at: float | None = None,
-    ) -> None:
-        """Set the state, and each other field given (None: left as it is); committed."""
+    ) -> bool:
+        """Set the state, and each other field given (None: left as it is); committed.
+        Staying `pending` or becoming `sending` needs the row still claimed by this sender
+        (a shared store: no other daemon took it over meanwhile); False when it was not,
+        and nothing written. A final state (sent, failed, uncertain) is always written."""
         ...
 
     async def list_acks(self, states: Sequence[OutboxState] | None = None) -> list[AckRow]:
@@ -124,11 +135,13 @@ class WebhookReads(Protocol):
 
     async def due_webhook_events(self, now: float, limit: int) -> list[WebhookDelivery]:
         """Pending events whose next attempt (epoch seconds) has come and that no earlier
-        event of their case still waits before (pending or failed): oldest first."""
+        event of their case still waits before (pending or failed): oldest first, claimed
+        for this sender as `due_outbox` claims acknowledgements."""
         ...
 
     async def next_webhook_attempt(self) -> float | None:
-        """When the earliest pending event not waiting behind another is due (None: none)."""
+        """When the earliest pending event not waiting behind another, and not claimed by
+        another live daemon, is due (None: none)."""
         ...
 
     async def update_webhook_event(
@@ -171,7 +184,9 @@ class ControlAndStatus(Protocol):
         ...
 
     async def write_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
-        """Replace every heartbeat with these (the running listeners)."""
+        """Replace this daemon's heartbeats with these (its running listeners). A store
+        shared by several daemons keeps the others' rows, except for the listeners in
+        `beats` (taken over); a store of one daemon replaces every row."""
         ...
 
     async def heartbeats(self) -> list[Heartbeat]: ...

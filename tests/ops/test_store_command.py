@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from engage_listener.store.interface import (
     NewAttachment,
     NewCase,
     NewMessage,
+    NewWebhookEvent,
     Store,
 )
 from engage_listener.store.open import build_store
@@ -86,6 +88,9 @@ async def _fill_sqlite(path: Path) -> None:
             await tx.add_outbox(NewAck("L", case.id, row, "ana@example.com", "Re: Factura",
                                        "<ack1@example.org>", b"MIME"))  # fmt: skip
             await tx.add_quarantine(MailKey("L", "INBOX", "9", "2"), b"BAD", mail, "bad", 3)
+            await tx.add_webhook_event(
+                NewWebhookEvent("L", case.id, row, "case-opened", "ev-1", b'{"e":1}')
+            )
         await store.record_failure(MailKey("L", "INBOX", "9", "3"), "boom")
         await store.set_control("L", "paused_until", "2030-01-01T00:00:00+00:00")
     finally:
@@ -109,6 +114,7 @@ async def _read(url: str) -> tuple[Any, ...]:
             (info.inbox, info.priority, info.tags, participant, new.case_number),
             await store.record_failure(MailKey("L", "INBOX", "9", "3"), "again"),
             await store.read_control("L"),
+            [(w.event_id, w.body) for w in await store.due_webhook_events(time.time(), 10)],
         )
     finally:
         await store.close()
@@ -126,7 +132,7 @@ async def test_copy_a_sqlite_store_into_postgresql_twice(
                                           "--config", str(config)]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "messages" in out and "verified" in out and postgres_server.password not in out
-    cases, customers, states, held, kept, info, attempts, control = await _read(url)
+    cases, customers, states, held, kept, info, attempts, control, events = await _read(url)
     assert cases == [("000001", 1, 1, "pending"), ("000002", 0, 0, None)]
     assert [(c.id, c.name, c.addresses) for c in customers] == [(1, "Ana", ("ana@example.com",))]
     assert states == {"1": "committed", "2": "quarantined"}
@@ -134,6 +140,7 @@ async def test_copy_a_sqlite_store_into_postgresql_twice(
     assert info == ("Facturacion", 2, ("vip",), True, "000002")  # numbering goes on
     assert attempts == 2  # the failure counted in SQLite is kept
     assert control is not None and control.paused_until == "2030-01-01T00:00:00+00:00"
+    assert events == [("ev-1", b'{"e":1}')]  # webhook events too (migration 9)
     again = await asyncio.to_thread(
         main, ["store", "copy", "--from", str(source), "--config", str(config)]
     )

@@ -65,3 +65,21 @@ async def test_operator_changes_only_allowed_states(store: Store, message: Messa
     [again] = await store.list_acks(["pending"])
     assert (again.state, again.last_error) == ("pending", "again")
     assert [r.id for r in await store.due_outbox(time.time(), 10)] == [row_id]
+
+
+async def test_only_rows_no_live_sender_is_sending_are_stranded(
+    store: Store, message: MessageFactory
+) -> None:
+    left, mine = (
+        await _queue(store, message, "a@example.com"),
+        await _queue(store, message, "b@example.com"),
+    )
+    async with store.transaction() as tx:  # as a sender that ended would have left it
+        assert await tx.change_ack(left, "sending", "", ["pending"])
+    assert [row.id for row in await store.due_outbox(time.time(), 10)] == [mine]
+    assert await store.update_outbox(mine, "sending")  # this process is sending it now
+    assert await store.stranded_outbox() == [left]
+    await store.update_outbox(mine, "sent", smtp_reply="250 ok")
+    async with store.transaction() as tx:
+        assert await tx.change_ack(left, "uncertain", "interrupted", ["sending"])
+    assert await store.stranded_outbox() == []

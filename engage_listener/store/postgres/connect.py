@@ -98,16 +98,14 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
         if found == 0:
             await conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY,"
                                " applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
-            await conn.execute(MIGRATIONS[BASELINE].encode())
-            if await _has_lz4(conn):
-                for statement in lz4_statements():
-                    await conn.execute(statement.encode())
-            await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (BASELINE,))
-            found_or_base = BASELINE
+            found_or_base = BASELINE - 1
         else:
             found_or_base = found
+        lz4 = await _has_lz4(conn)
         for number in range(found_or_base + 1, LATEST + 1):
             await conn.execute(MIGRATIONS[number].encode())
+            for statement in lz4_statements(number) if lz4 else ():
+                await conn.execute(statement.encode())
             await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
     return found
 

@@ -60,6 +60,7 @@ TABLES = (
     Table("ledger", ("listener", "mailbox", "item", "epoch"), ("sha256", "created_at")),
     Table("attempts", ("listener", "mailbox", "item", "epoch")),
     Table("outbox", ("id",), ("smtp_message_id", "created_at")),
+    Table("webhook_events", ("id",), ("event_id", "created_at")),
     Table("listener_control", ("listener",)),
 )
 # SQLite tables not copied: the heartbeats of the daemon that wrote them (the running

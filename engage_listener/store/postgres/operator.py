@@ -1,6 +1,19 @@
 """The PostgreSQL store's reads and writes for operator commands, the outbox sender,
 control and status. A part of `store.PostgresStore`, kept apart for size; each write is
-its own transaction. The SQL mirrors `store.sqlite.operator`."""
+its own transaction. The SQL mirrors `store.sqlite.operator`.
+
+Decisions (several daemons share these tables, issue 16):
+
+* Acknowledgements are claimed like webhook events (`webhooks.claimable`): `due_outbox`
+  takes rows `FOR UPDATE SKIP LOCKED` into `claimed_by`; the sender's own steps before DATA
+  (attempts counted, `sending`) are written only while the claim is still its own, so a row
+  taken over from a daemon thought dead is never sent by both; final states always are.
+* `stranded_outbox` is what `recover()` turns `uncertain`: `sending` rows of daemons no
+  longer alive, asked every round (a daemon may die while the others run), never this
+  daemon's own.
+* Heartbeats carry their daemon: each replaces its own rows only, so `status` sees every
+  daemon's listeners.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +24,7 @@ from typing import Any
 from engage_listener.observe.logs import scrub
 from engage_listener.store.postgres.transaction import PostgresTransaction
 from engage_listener.store.postgres.transaction_more import ACK_COLUMNS, ACK_FROM, ack_row, now_iso
+from engage_listener.store.postgres.webhooks import claimable
 from engage_listener.store.records import (
     AckRow,
     CaseState,
@@ -61,7 +75,14 @@ def _summary(r: Any) -> CaseSummary:
 
 
 class OperatorQueries:
-    """See `store.Store`; `query` and `transaction` come from the store."""
+    """See `store.Store`; `query` and `transaction` come from the store, `owner` and
+    `_claim` too (`webhooks.WebhookQueries`)."""
+
+    owner: str | None
+    _sending: set[int]  # outbox rows this process marked `sending` and has not settled
+
+    def _claim(self, **params: Any) -> dict[str, Any]:
+        raise NotImplementedError
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
         raise NotImplementedError
@@ -117,12 +138,29 @@ class OperatorQueries:
         return [int(r[0]) for r in rows]
 
     async def due_outbox(self, now: float, limit: int) -> list[OutboxRow]:
+        """Claimed for this daemon (`claimed_by`): rows another live daemon claimed are
+        left to it, locked ones skipped (see `webhooks.claimable`)."""
         rows = await self.query(
-            "SELECT id, listener, recipient, attempts, mime FROM outbox"
-            " WHERE state = 'pending' AND next_attempt_at <= %s ORDER BY id LIMIT %s",
-            (float(now), limit),
+            "UPDATE outbox u SET claimed_by = %(me)s FROM (SELECT o.id FROM outbox o"  # noqa: S608 - fixed text
+            " WHERE o.state = 'pending' AND o.next_attempt_at <= %(now)s"
+            f" AND {claimable('o')} ORDER BY o.id LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED)"
+            " pick WHERE u.id = pick.id RETURNING u.id, u.listener, u.recipient, u.attempts,"
+            " u.mime",
+            self._claim(now=float(now), limit=limit),
         )
-        return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])) for r in rows]
+        found = [OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])) for r in rows]
+        return sorted(found, key=lambda row: row.id)
+
+    async def stranded_outbox(self) -> list[int]:
+        """`sending` rows whose sender is gone: claimed by no daemon, or by one whose
+        heartbeat is stale; never this daemon's own (it may be sending them now)."""
+        rows = await self.query(
+            "SELECT o.id FROM outbox o WHERE o.state = 'sending'"  # noqa: S608 - fixed text
+            " AND (%(me)s::text IS NULL OR o.claimed_by IS DISTINCT FROM %(me)s)"
+            f" AND {claimable('o')} ORDER BY o.id",
+            self._claim(),
+        )
+        return [int(r[0]) for r in rows if int(r[0]) not in self._sending]
 
     async def update_outbox(
         self,
@@ -134,7 +172,7 @@ class OperatorQueries:
         smtp_reply: str | None = None,
         sent_at: str | None = None,
         next_attempt_at: float | None = None,
-    ) -> None:
+    ) -> bool:
         given = dict(zip(_OUTBOX_FIELDS, (attempts, last_error, smtp_reply, sent_at,
                                           next_attempt_at), strict=True))  # fmt: skip
         fields = {name: value for name, value in given.items() if value is not None}
@@ -143,10 +181,19 @@ class OperatorQueries:
         if "next_attempt_at" in fields:
             fields["next_attempt_at"] = float(fields["next_attempt_at"])
         assignments = ", ".join(f"{name} = %s" for name in ("state", *fields))
-        await self._write_one(
-            f"UPDATE outbox SET {assignments} WHERE id = %s",  # noqa: S608 - fixed names
-            (state, *fields.values(), row_id),
-        )
+        mine, values = "", (state, *fields.values(), row_id)
+        if state in {"pending", "sending"} and self.owner is not None:  # still ours
+            mine, values = " AND claimed_by = %s", (*values, self.owner)
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                f"UPDATE outbox SET {assignments} WHERE id = %s{mine}",  # noqa: S608 - fixed names
+                values,
+            )
+        if state == "sending":  # this process's own: never stranded while it lives
+            self._sending.add(row_id)
+        else:
+            self._sending.discard(row_id)
+        return int(cur.rowcount) == 1
 
     async def list_acks(self, states: Sequence[OutboxState] | None = None) -> list[AckRow]:
         sql = f"SELECT {ACK_COLUMNS} {ACK_FROM}"
@@ -186,15 +233,24 @@ class OperatorQueries:
 
     # ----- status ---------------------------------------------------------------------
     async def write_heartbeats(self, beats: Sequence[Heartbeat]) -> None:
-        async with self.transaction() as tx:  # the rows are exactly the running workers
-            await tx.execute("DELETE FROM heartbeats")
+        """This daemon's rows become exactly its running workers; with an owner (several
+        daemons), other daemons' rows stay, except those of the listeners beating here
+        (this daemon took them over). Without one, every row is replaced, as in SQLite."""
+        async with self.transaction() as tx:
+            if self.owner is None:
+                await tx.execute("DELETE FROM heartbeats")
+            else:
+                await tx.execute(
+                    "DELETE FROM heartbeats WHERE daemon = %s OR listener = ANY(%s)",
+                    (self.owner, [b.listener for b in beats]),
+                )
             for b in beats:
                 await tx.execute(
-                    f"INSERT INTO heartbeats ({_HEARTBEAT_COLUMNS})"  # noqa: S608
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    f"INSERT INTO heartbeats ({_HEARTBEAT_COLUMNS}, daemon)"  # noqa: S608
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (b.listener, b.state, b.pid, b.last_success_at,
                      None if b.last_error is None else scrub(b.last_error), b.backlog,
-                     b.oldest_unprocessed, b.paused_until, b.updated_at),
+                     b.oldest_unprocessed, b.paused_until, b.updated_at, self.owner),
                 )  # fmt: skip
 
     async def heartbeats(self) -> list[Heartbeat]:

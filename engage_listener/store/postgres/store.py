@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from engage_listener.config.model import StoreConfig
+from engage_listener.config.model import DEFAULT_LEASE_SECONDS, StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
 from engage_listener.store.postgres.case_reads import CaseReads
@@ -38,6 +38,7 @@ from engage_listener.store.postgres.connect import (
 from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
 from engage_listener.store.postgres.transaction import PostgresTransaction, check_lease, now_iso
+from engage_listener.store.postgres.webhooks import WebhookQueries
 from engage_listener.store.records import LedgerEntry, LedgerState, MailKey, SettledState
 
 __all__ = ["POSTGRES_DIALECT", "PostgresStore", "from_config"]
@@ -49,12 +50,21 @@ def from_config(config: StoreConfig, owner: str | None = None) -> PostgresStore:
     """The store `config` names (`Url`, `Password`, `CaFile`); see `store.open`."""
     assert config.url is not None
     password = config.password.reveal() if config.password is not None else None
-    return PostgresStore(config.url, password=password, ca_file=config.ca_file, owner=owner)
+    return PostgresStore(
+        config.url,
+        password=password,
+        ca_file=config.ca_file,
+        owner=owner,
+        alive_seconds=config.lease_seconds / 2,
+    )
 
 
-class PostgresStore(OperatorQueries, CaseReads):
+class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
     """See `store.Store`. `owner`: the daemon's id, whose lease every mail's ledger row
-    and settlement is checked against (None: no fencing, as for operator commands)."""
+    and settlement is checked against (None: no fencing, as for operator commands), and
+    under which the outbox's rows are claimed; a daemon whose heartbeat (`daemons`) is
+    older than `alive_seconds` (LeaseSeconds / 2, as the coordinator counts) is dead, and
+    its claims are taken over."""
 
     def __init__(
         self,
@@ -63,9 +73,12 @@ class PostgresStore(OperatorQueries, CaseReads):
         password: str | None = None,
         ca_file: Path | None = None,
         owner: str | None = None,
+        alive_seconds: float = DEFAULT_LEASE_SECONDS / 2,
     ) -> None:
         self.url = url
         self.owner = owner
+        self.alive_seconds = alive_seconds
+        self._sending: set[int] = set()
         self._kwargs = connect_kwargs(password, ca_file)
         self._pool: AsyncConnectionPool | None = None
         self._groups: dict[asyncio.Task[Any], Connection] = {}
@@ -149,6 +162,10 @@ class PostgresStore(OperatorQueries, CaseReads):
             conn.transaction(),
         ):
             yield PostgresTransaction(conn, self.owner)
+
+    def _claim(self, **params: Any) -> dict[str, Any]:
+        """The parameters of `webhooks.claimable`, with `params`."""
+        return {"me": self.owner, "alive": float(self.alive_seconds), **params}
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
         """Rows of one read (binary: bytea as bytes)."""

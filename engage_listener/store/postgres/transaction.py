@@ -39,6 +39,7 @@ from engage_listener.store.postgres import hooks
 from engage_listener.store.postgres.follow_ups import FollowUpQueries
 from engage_listener.store.postgres.rows import Column, insert_row
 from engage_listener.store.postgres.transaction_more import MoreWrites, now_iso
+from engage_listener.store.postgres.webhooks import WebhookWrites
 from engage_listener.store.records import CaseStatus, LedgerState
 
 __all__ = ["PostgresTransaction", "check_lease", "now_iso"]
@@ -68,7 +69,7 @@ async def check_lease(conn: psycopg.AsyncConnection[Any], listener: str, owner: 
         )
 
 
-class PostgresTransaction(FollowUpQueries, MoreWrites):
+class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     """See `store.Transaction`; only valid inside `PostgresStore.transaction()`."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> None:

@@ -42,7 +42,10 @@ def _quarantined(r: Any) -> Quarantined:
 
 
 class OperatorQueries:
-    """See `store.Store`; `query` and `transaction` come from the store."""
+    """See `store.Store`; `query` and `transaction` come from the store, `_sending` (the
+    outbox rows this process marked `sending` and has not settled) too."""
+
+    _sending: set[int]
 
     async def query(self, sql: str, params: Any = ()) -> list[Any]:
         raise NotImplementedError
@@ -111,7 +114,7 @@ class OperatorQueries:
         smtp_reply: str | None = None,
         sent_at: str | None = None,
         next_attempt_at: float | None = None,
-    ) -> None:
+    ) -> bool:
         given = dict(zip(_OUTBOX_FIELDS, (attempts, last_error, smtp_reply, sent_at,
                                           next_attempt_at), strict=True))  # fmt: skip
         fields = {name: value for name, value in given.items() if value is not None}
@@ -120,6 +123,16 @@ class OperatorQueries:
             f"UPDATE outbox SET {assignments} WHERE id = ?",  # noqa: S608 - fixed names
             (state, *fields.values(), row_id),
         )
+        if state == "sending":  # one daemon owns the file: nobody else claims a row
+            self._sending.add(row_id)
+        else:
+            self._sending.discard(row_id)
+        return True
+
+    async def stranded_outbox(self) -> list[int]:
+        """`sending` rows this process is not sending: left by a daemon that ended."""
+        rows = await self.query("SELECT id FROM outbox WHERE state = 'sending' ORDER BY id")
+        return [int(r[0]) for r in rows if int(r[0]) not in self._sending]
 
     async def list_acks(self, states: Sequence[OutboxState] | None = None) -> list[AckRow]:
         sql = f"SELECT {ACK_COLUMNS} {ACK_FROM}"

@@ -53,6 +53,7 @@ class SqliteStore(OperatorQueries, CaseReads, WebhookQueries):
         self._lock = asyncio.Lock()
         self._read_only = False  # the last write was refused as read-only: reopen first
         self._group_task: asyncio.Task[Any] | None = None  # the task inside `group()`
+        self._sending: set[int] = set()  # outbox rows being sent by this process
 
     async def open(self) -> None:
         """Open (creating 0600 if new) and migrate to the latest schema."""
