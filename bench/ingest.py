@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mailgen  # stdlib only, like everything the baseline process imports
+from pg_ingest import PG_HOOK, ClusterRow, PgServer, cluster_report, cluster_run, store_xml
 
 if TYPE_CHECKING:
     from devkit.dovecot import DovecotSandbox
@@ -70,6 +71,8 @@ TARGET_RSS_10K = 150 * MIB
 TARGET_HUGE_FACTOR = 4.0
 TARGET_LATENCY_OVER_IDLE = 0.150
 PROTOLOG_TOOL = "engage+protolog"
+PG_TOOL = "engage-postgres"  # --store postgres: the same run on a PostgreSQL store
+TARGET_PG_RATIO = 0.7  # issue 16: PostgreSQL msgs/s >= 0.7x SQLite's
 GRAPH_TOOL = "engage-graph"  # --source graph: the Graph listener against the imitation
 SPY_RATE = 250  # py-spy samples per second
 
@@ -230,6 +233,7 @@ class ThroughputRow:
     cpu_seconds: float = 0.0
     note: str = ""
     inner_seconds: float | None = None  # the daemon's own batch time / the loop's own time
+    server_cpu_seconds: float | None = None  # PostgreSQL's, for a run on the PostgreSQL store
 
     @property
     def msgs_per_s(self) -> float:
@@ -249,6 +253,7 @@ class Results:
     idle_delay: list[float] = field(default_factory=list)
     latency_note: str = ""
     huge: list[ThroughputRow] = field(default_factory=list)
+    cluster: list[ClusterRow] = field(default_factory=list)
 
 
 def machine() -> dict[str, str]:
@@ -335,7 +340,13 @@ class Bench:
         path.mkdir(parents=True, exist_ok=False)
         return path
 
-    def config(self, work: Path, user: str, **extra: str) -> Path:
+    def config(self, work: Path, user: str, store: str | None = None, **extra: str) -> Path:
+        """One listener on `user`; `store`: a <Store> element (default: SQLite beside it)."""
+        path = work / "engage-listener.xml"
+        path.write_text(self.xml(self.listener_block("Bench", user, **extra), store))
+        return path
+
+    def listener_block(self, lid: str, user: str, **extra: str) -> str:
         elements = {
             "HostName": self.sandbox.host,
             "Port": str(self.sandbox.imap_port),
@@ -352,14 +363,17 @@ class Bench:
             **extra,
         }
         body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in elements.items())
-        path = work / "engage-listener.xml"
-        path.write_text(
+        return f'  <ImapListener ID="{lid}">\n{body}  </ImapListener>\n'
+
+    @staticmethod
+    def xml(listeners: str, store: str | None = None) -> str:
+        return (
             '<?xml version="1.0" encoding="utf-8"?>\n<EngageIntegrationService>\n'
-            f'  <ImapListener ID="Bench">\n{body}  </ImapListener>\n'
+            f"{listeners}"
             '  <Process ID="EIS"><UseImapListener>True</UseImapListener></Process>\n'
-            "  <Store><Path>store.sqlite3</Path></Store>\n</EngageIntegrationService>\n"
+            f"{store or '  <Store><Path>store.sqlite3</Path></Store>'}\n"
+            "</EngageIntegrationService>\n"
         )
-        return path
 
     # -- throughput ----------------------------------------------------------------
 
@@ -395,10 +409,16 @@ class Bench:
         profile: Path | None = None,
         spy: tuple[str, Path] | None = None,
         tool: str = "engage-listener",
+        pg: PgServer | None = None,
         **extra: str,
     ) -> ThroughputRow:
         work = self.workdir(f"engage-{tag}")
-        config = self.config(work, user, **extra)
+        database = None
+        if pg is not None:  # a fresh database, the routing function instead of the .sql
+            url, database = pg.fresh()
+            extra = {"RoutingHook": PG_HOOK, **extra}
+        store = store_xml(url) if pg is not None else None
+        config = self.config(work, user, store, **extra)
         cmd = [sys.executable]
         if profile is not None:
             cmd += ["-m", "cProfile", "-o", str(profile)]
@@ -408,6 +428,7 @@ class Bench:
             cmd += ["--format", "raw", "--output", str(out), "--", sys.executable]
         cmd += ["-m", "engage_listener", "run", "--once", "--config", str(config)]
         slow = profile is not None or spy is not None
+        server_cpu = pg.cpu() if pg is not None else 0.0
         m = run_measured(
             cmd,
             cwd=work,
@@ -415,6 +436,7 @@ class Bench:
             stderr=work / "stderr.txt",
             timeout=60 + n * self.timeout_per_mail * (5 if slow else 1),
         )
+        server_cpu = pg.cpu() - server_cpu if pg is not None else 0.0
         note = self._note(m, work / "stderr.txt")
         log = events(work / "daemon.log")
         ends = [e for e in log if e.get("event") == "batch_end"]
@@ -423,7 +445,12 @@ class Bench:
         quarantined = sum(int(str(e.get("quarantined", 0))) for e in ends)
         if failed or quarantined:
             note += f"{failed} failed, {quarantined} quarantined; "
+        if pg is not None and database is not None:
+            with suppress(Exception):
+                note += pg.counts(database) + "; "
         with suppress(sqlite3.Error):
+            if pg is not None:
+                raise sqlite3.Error("no SQLite store")
             db = sqlite3.connect(f"file:{work / 'store.sqlite3'}?mode=ro", uri=True)
             cases, atts = db.execute(
                 "SELECT (SELECT count(*) FROM cases), (SELECT count(*) FROM attachments)"
@@ -433,7 +460,11 @@ class Bench:
         logs = sorted(work.glob("imap.log*"))
         if logs:
             note += f"protocol log {sum(f.stat().st_size for f in logs) / MB:.1f} MB; "
-        return self._row(tool, user, n, raw_bytes, m, note, inner)
+        row = self._row(tool, user, n, raw_bytes, m, note, inner)
+        if pg is not None:
+            row.server_cpu_seconds = server_cpu
+            print(f"  {'':<16} PostgreSQL server CPU {server_cpu:.2f} s", flush=True)
+        return row
 
     @staticmethod
     def _note(m: Measured, stderr: Path) -> str:
@@ -501,6 +532,7 @@ class Bench:
         results: Results,
         protocol_log: bool = False,
         sources: Sequence[str] = ("imap",),
+        pg: PgServer | None = None,
     ) -> None:
         corpus = mailgen.corpus(n)
         results.mixes[n] = corpus.summary()
@@ -513,6 +545,10 @@ class Bench:
         print(f"  seeded two mailboxes in {time.perf_counter() - started:.1f} s", flush=True)
         results.throughput.append(self.run_baseline(base_user, n, corpus.total_bytes, str(n)))
         results.throughput.append(self.run_daemon(el_user, n, corpus.total_bytes, str(n)))
+        if pg is not None:  # right after SQLite's run, the same corpus
+            user = self.seed(f"postgres-{n}", corpus.messages)
+            row = self.run_daemon(user, n, corpus.total_bytes, f"pg-{n}", tool=PG_TOOL, pg=pg)
+            results.throughput.append(row)
         if "graph" in sources:
             results.throughput.append(self.run_graph(corpus.messages, n, corpus.total_bytes))
         if protocol_log:  # the same run with the IMAP protocol log on, as operators use it
@@ -754,6 +790,19 @@ def report(results: Results, sizes: Sequence[int]) -> tuple[str, list[str]]:
                 f"N={n}: engage-listener / baseline: msgs/s x{speedup:.2f} "
                 f"(msgs per CPU second x{cpu:.2f}), peak RSS x{rss:.2f}"
             )
+            postgres = by.get((PG_TOOL, n))
+            if postgres and el.msgs_per_s:
+                ratio = postgres.msgs_per_s / el.msgs_per_s
+                server = postgres.server_cpu_seconds or 0.0
+                lines.append(
+                    f"N={n}: PostgreSQL / SQLite store: msgs/s x{ratio:.2f}; CPU per mail "
+                    f"{1e3 * postgres.cpu_seconds / n:.2f} ms (server {1e3 * server / n:.2f}) "
+                    f"against {1e3 * el.cpu_seconds / n:.2f} ms"
+                )
+                checks.append(
+                    f"{'PASS' if ratio >= TARGET_PG_RATIO else 'MISS'} PostgreSQL N={n}: "
+                    f"x{ratio:.2f} SQLite's msgs/s (target >= x{TARGET_PG_RATIO:g})"
+                )
             logged = by.get((PROTOLOG_TOOL, n))
             if logged and el.msgs_per_s:
                 share = logged.msgs_per_s / el.msgs_per_s
@@ -810,6 +859,8 @@ def report(results: Results, sizes: Sequence[int]) -> tuple[str, list[str]]:
             f"{'PASS' if ok else 'MISS'} latency: median {(lat - idle) * 1e3:.0f} ms over the "
             f"server's IDLE delay (target <= {TARGET_LATENCY_OVER_IDLE * 1e3:.0f} ms)"
         )
+    if results.cluster:
+        lines += cluster_report(results.cluster)
     return "\n".join(lines), checks
 
 
@@ -864,11 +915,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated: imap (always), graph (also a Graph listener against the "
         "Graph imitation, same corpus, beside IMAP's rows)",
     )
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="comma-separated: sqlite (always), postgres (also each size on a PostgreSQL "
+        "store, a private server the script starts)",
+    )
+    parser.add_argument(
+        "--daemons",
+        default="",
+        help="e.g. 1,2: afterwards, that many daemon processes over 8 mailboxes on one "
+        "PostgreSQL, on the first size (needs no --store postgres)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     sources = [s.strip() for s in args.source.split(",") if s.strip()]
+    stores = {s.strip() for s in args.store.split(",") if s.strip()}
+    daemons = [int(d) for d in args.daemons.split(",") if d.strip()]
 
     spy = None
     if args.py_spy is not None:
@@ -888,11 +953,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"Work directory {root}; Dovecot on 127.0.0.1:{bench.sandbox.imap_port}", flush=True)
     bench.sandbox.start()
+    pg = PgServer() if "postgres" in stores or daemons else None
     try:
+        if pg is not None:
+            pg.start()
+            results.machine["postgresql"] = pg.version()
         if "throughput" not in skip:
             bench.floor(results)
             for n in sizes:
-                bench.throughput(n, results, args.protocol_log, sources)
+                ours = pg if "postgres" in stores else None
+                bench.throughput(n, results, args.protocol_log, sources, ours)
+        if daemons and pg is not None:
+            corpus = mailgen.corpus(sizes[0])
+            print(f"Daemons over 8 mailboxes, one PostgreSQL, N={sizes[0]}", flush=True)
+            for count in daemons:
+                results.cluster.append(cluster_run(bench, pg, corpus.messages, count))
         if "latency" not in skip and args.rounds > 0:
             bench.latency(args.rounds, results)
         if "huge" not in skip:
@@ -901,6 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile = args.profile.resolve() if args.profile is not None else None
             bench.profile(sizes[0], profile, spy)
     finally:
+        if pg is not None:
+            pg.stop()
         bench.sandbox.stop()
         if args.keep:
             print(f"kept {root}")
