@@ -575,8 +575,11 @@ class Bench:
             run = self.run_baseline if tool == "baseline" else self.run_daemon
             results.huge.append(run(user, 1, len(raw), "huge"))
 
-    def profile(self, n: int, out: Path | None, spy: tuple[str, Path] | None) -> None:
-        """The daemon once more on n mails, under cProfile and/or py-spy (RSS meaningless)."""
+    def profile(
+        self, n: int, out: Path | None, spy: tuple[str, Path] | None, pg: PgServer | None = None
+    ) -> None:
+        """The daemon once more on n mails, under cProfile and/or py-spy (RSS meaningless);
+        with `pg`, on the PostgreSQL store."""
         corpus = mailgen.corpus(n)
         for kind, target in (("cProfile", out), ("py-spy", spy[1] if spy else None)):
             if target is None:
@@ -585,9 +588,9 @@ class Bench:
             print(f"Profiling the daemon with {kind} on {n} mails -> {target}", flush=True)
             tag = f"{kind.lower()}-{n}"
             if kind == "cProfile":
-                self.run_daemon(user, n, corpus.total_bytes, tag, profile=target)
+                self.run_daemon(user, n, corpus.total_bytes, tag, profile=target, pg=pg)
             else:
-                self.run_daemon(user, n, corpus.total_bytes, tag, spy=spy)
+                self.run_daemon(user, n, corpus.total_bytes, tag, spy=spy, pg=pg)
 
     # -- latency -------------------------------------------------------------------
 
@@ -974,7 +977,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.huge(int(args.huge_mb * MB), results)
         if args.profile is not None or spy is not None:
             profile = args.profile.resolve() if args.profile is not None else None
-            bench.profile(sizes[0], profile, spy)
+            bench.profile(sizes[0], profile, spy, pg if "postgres" in stores else None)
     finally:
         if pg is not None:
             pg.stop()

@@ -70,8 +70,10 @@ class Deferred:
             for queued, values in items:
                 await self.conn.execute(queued, values, binary=True)
 
-    def discard(self) -> None:
-        self._items.clear()
+    def take(self) -> list[tuple[str, Any]]:
+        """The queue, emptied: for a caller that sends it itself (an inline hook)."""
+        items, self._items = self._items, []
+        return items
 
     # ----- savepoints of a group commit -------------------------------------------------
     def savepoint(self) -> str:

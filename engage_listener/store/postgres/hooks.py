@@ -26,6 +26,7 @@ import psycopg
 
 from engage_listener.errors import StoppedEarly, StoreError
 from engage_listener.store.interface import SqlCursor, SyncExecute
+from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.dialect import to_pyformat
 
 T = TypeVar("T")
@@ -91,11 +92,17 @@ def _plain(conn: psycopg.AsyncConnection[Any], sql: str) -> None:
 
 
 def run_inline(
-    conn: psycopg.AsyncConnection[Any], work: Callable[[SyncExecute], T], stop_at: float
+    conn: psycopg.AsyncConnection[Any],
+    work: Callable[[SyncExecute], T],
+    stop_at: float,
+    queued: Deferred | None = None,
 ) -> T:
-    """`work(execute)` on the event loop, in a savepoint, stopped at `stop_at`."""
+    """`work(execute)` on the event loop, in a savepoint, stopped at `stop_at`; the
+    transaction's `queued` writes (see `deferred`) are sent first."""
     if _blocking_wait is None or time.monotonic() >= stop_at:
         raise StoppedEarly("no blocking wait in this psycopg: run off the loop")
+    for sql, params in queued.take() if queued is not None else ():  # as a rule, none
+        _blocking_wait(conn.cursor()._execute_gen(sql, params), conn.pgconn.socket)
     _plain(conn, "SAVEPOINT engage_inline")
     # A statement still running at stop_at is cancelled on the server (the loop is busy
     # waiting for it, so a thread's timer does it); no timer for a distant deadline.

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from engage_listener.errors import LeaseLost, StoppedEarly
+from engage_listener.errors import LeaseLost
 from engage_listener.observe.logs import scrub
 from engage_listener.store.interface import (
     CaseInfo,
@@ -126,9 +126,7 @@ class PostgresTransaction(MoreWrites):
         return await hooks.run_sync(self._conn, work)
 
     def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
-        if self._deferred.pending:  # cannot be sent from here: the hook runs off the loop
-            raise StoppedEarly("writes queued: run off the loop")
-        return hooks.run_inline(self._conn, work, stop_at)
+        return hooks.run_inline(self._conn, work, stop_at, self._deferred)
 
     def interrupt(self) -> None:
         """Cancel the running statement on the server. libpq's cancel opens a connection
