@@ -10,6 +10,9 @@ Decisions:
 
 * Inside a savepoint, as in SQLite: a stopped inline run is undone (`StoppedEarly`) and
   the hook runs again off the loop; the mail's other writes stay.
+* The inline run's RELEASE goes on the transaction's queue (`deferred`) when it has one:
+  released with the next statement; whatever fails before then rolls back the enclosing
+  savepoint or transaction, which takes this savepoint along.
 * psycopg's blocking wait is not public API; if it is missing (another psycopg), the inline
   run is stopped before it starts, and every hook runs through `run_sync`.
 """
@@ -125,5 +128,8 @@ def run_inline(
         raise
     if timer is not None:
         timer.cancel()
-    _plain(conn, "RELEASE SAVEPOINT engage_inline")
+    if queued is not None:  # sent with the transaction's next statement: one round trip less
+        queued.add("RELEASE SAVEPOINT engage_inline")
+    else:
+        _plain(conn, "RELEASE SAVEPOINT engage_inline")
     return result
