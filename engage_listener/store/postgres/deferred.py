@@ -13,7 +13,10 @@ Decisions:
 * Every statement of a transaction goes through its connection's `Deferred` (`run`), so
   the order on the server is the order of the calls: a read sees every write before it.
 * An error of a queued write surfaces at the next flush, inside the same transaction (or
-  savepoint), which then rolls back as it would have: the same outcome, raised later.
+  savepoint), which then rolls back as it would have: the same outcome, raised later. In
+  a group, a mail's last writes go out with the next mail's first read: an error there
+  fails that next mail's undo too (its savepoint was never made), so the whole group
+  fails and the batch takes its mails again one by one, as after any group failure.
 * Savepoints of a group (`savepoint`, `release`, `undo`) are queued too: a mail that
   fails before anything of it was sent is undone by dropping its queue; otherwise
   `ROLLBACK TO SAVEPOINT` as psycopg would send it.
