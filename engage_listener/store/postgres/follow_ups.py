@@ -39,6 +39,9 @@ class FollowUpQueries:
     async def _all(self, sql: str, params: Any = ()) -> list[Any]:
         raise NotImplementedError
 
+    def _write(self, sql: str, params: Any = ()) -> None:
+        raise NotImplementedError
+
     async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
         return await self._by_message_ids(message_ids, _OPEN)
 
@@ -98,7 +101,7 @@ class FollowUpQueries:
 
     async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
         for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
-            await self.execute(
+            self._write(  # queued: sent with the next read
                 "INSERT INTO case_participants (case_id, address) VALUES (%s, %s)"
                 " ON CONFLICT DO NOTHING",
                 (case_id, address),

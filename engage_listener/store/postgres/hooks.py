@@ -10,6 +10,9 @@ Decisions:
 
 * Inside a savepoint, as in SQLite: a stopped inline run is undone (`StoppedEarly`) and
   the hook runs again off the loop; the mail's other writes stay.
+* The inline run's RELEASE goes on the transaction's queue (`deferred`) when it has one:
+  released with the next statement; whatever fails before then rolls back the enclosing
+  savepoint or transaction, which takes this savepoint along.
 * psycopg's blocking wait is not public API; if it is missing (another psycopg), the inline
   run is stopped before it starts, and every hook runs through `run_sync`.
 """
@@ -26,6 +29,7 @@ import psycopg
 
 from engage_listener.errors import StoppedEarly, StoreError
 from engage_listener.store.interface import SqlCursor, SyncExecute
+from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.dialect import to_pyformat
 
 T = TypeVar("T")
@@ -91,11 +95,17 @@ def _plain(conn: psycopg.AsyncConnection[Any], sql: str) -> None:
 
 
 def run_inline(
-    conn: psycopg.AsyncConnection[Any], work: Callable[[SyncExecute], T], stop_at: float
+    conn: psycopg.AsyncConnection[Any],
+    work: Callable[[SyncExecute], T],
+    stop_at: float,
+    queued: Deferred | None = None,
 ) -> T:
-    """`work(execute)` on the event loop, in a savepoint, stopped at `stop_at`."""
+    """`work(execute)` on the event loop, in a savepoint, stopped at `stop_at`; the
+    transaction's `queued` writes (see `deferred`) are sent first."""
     if _blocking_wait is None or time.monotonic() >= stop_at:
         raise StoppedEarly("no blocking wait in this psycopg: run off the loop")
+    for sql, params in queued.take() if queued is not None else ():  # as a rule, none
+        _blocking_wait(conn.cursor()._execute_gen(sql, params), conn.pgconn.socket)
     _plain(conn, "SAVEPOINT engage_inline")
     # A statement still running at stop_at is cancelled on the server (the loop is busy
     # waiting for it, so a thread's timer does it); no timer for a distant deadline.
@@ -118,5 +128,8 @@ def run_inline(
         raise
     if timer is not None:
         timer.cancel()
-    _plain(conn, "RELEASE SAVEPOINT engage_inline")
+    if queued is not None:  # sent with the transaction's next statement: one round trip less
+        queued.add("RELEASE SAVEPOINT engage_inline")
+    else:
+        _plain(conn, "RELEASE SAVEPOINT engage_inline")
     return result

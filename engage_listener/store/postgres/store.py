@@ -9,6 +9,9 @@ Decisions:
   transactions that task opens inside become savepoints on it (psycopg nests
   `conn.transaction()` as savepoints), as in the SQLite store. Reads of that task use the
   same connection, so they see the group's own writes.
+* Writes nobody reads the result of are queued and sent with the next statement that is
+  read (`deferred`: libpq's pipeline mode); a group's savepoints too. The queue belongs to
+  the connection's open transaction: the group's, or the single transaction's.
 * Every database error becomes a `StoreError` whose message has no secret in it;
   `LeaseLost` (a `StoreError`) passes through as it is.
 """
@@ -35,6 +38,7 @@ from engage_listener.store.postgres.connect import (
     migrate,
     open_pool,
 )
+from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
 from engage_listener.store.postgres.transaction import PostgresTransaction, check_lease, now_iso
@@ -81,7 +85,7 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         self._sending: set[int] = set()
         self._kwargs = connect_kwargs(password, ca_file)
         self._pool: AsyncConnectionPool | None = None
-        self._groups: dict[asyncio.Task[Any], Connection] = {}
+        self._groups: dict[asyncio.Task[Any], Deferred] = {}
 
     async def open(self) -> None:
         """Connect, and migrate to the latest schema (once, whoever starts first)."""
@@ -106,7 +110,7 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             raise StoreError("the store is not open")
         return self._pool
 
-    def _group_conn(self) -> Connection | None:
+    def _group(self) -> Deferred | None:
         task = asyncio.current_task()
         return self._groups.get(task) if task is not None else None
 
@@ -121,10 +125,12 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
-        """The group's connection for this task, or one from the pool."""
-        conn = self._group_conn()
-        if conn is not None:
-            yield conn
+        """The group's connection for this task (its queue sent), or one from the pool."""
+        group = self._group()
+        if group is not None:
+            async with self._errors("store write failed"):
+                await group.flush()
+            yield group.conn
             return
         async with self._errors("store unavailable"), self._pool_().connection() as pooled:
             yield pooled
@@ -147,21 +153,41 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             self._errors("store write failed"),
             conn.transaction(),
         ):
-            self._groups[task] = conn
+            group = self._groups[task] = Deferred(conn)
             try:
                 yield
+                await group.flush()
             finally:
                 del self._groups[task]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """One mail's writes, committed together or not at all (a savepoint in a group)."""
+        group = self._group()
+        if group is not None:
+            async with self._errors("store write failed"), self._savepoint(group):
+                yield PostgresTransaction(group, self.owner)
+            return
         async with (
             self._connection() as conn,
             self._errors("store write failed"),
             conn.transaction(),
         ):
-            yield PostgresTransaction(conn, self.owner)
+            deferred = Deferred(conn)
+            yield PostgresTransaction(deferred, self.owner)
+            await deferred.flush()
+
+    @staticmethod
+    @asynccontextmanager
+    async def _savepoint(group: Deferred) -> AsyncIterator[None]:
+        """A savepoint in the group's transaction, queued (see `deferred`)."""
+        name = group.savepoint()
+        try:
+            yield
+        except BaseException:
+            await group.undo(name)
+            raise
+        group.release(name)
 
     def _claim(self, **params: Any) -> dict[str, Any]:
         """The parameters of `webhooks.claimable`, with `params`."""
@@ -224,9 +250,9 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         async with self.transaction() as tx:
             if self.owner is not None:
                 for listener in sorted({key.listener for key in keys}):
-                    await check_lease(tx._conn, listener, self.owner)
-            for key in keys:
-                await tx.execute(
+                    await check_lease(tx._deferred, listener, self.owner)
+            for key in keys:  # queued: one round trip for all of them at the commit
+                tx._write(
                     "UPDATE ledger SET state = %s, done_at = %s WHERE listener = %s"
                     " AND mailbox = %s AND epoch = %s AND item = %s",
                     (state, now, key.listener, key.mailbox, key.epoch, key.item),

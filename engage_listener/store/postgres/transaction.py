@@ -11,6 +11,8 @@ Decisions:
   this commit is done, so ownership cannot change between the check and the commit. A
   renewal by the owner waits too, for as long as its own mail transaction lasts.
   `LeaseLost` rolls the mail back, so it is not moved on the server.
+* Statements go through the transaction's `Deferred` queue: writes whose result is not
+  read (`_write`) are sent with the next read, in one round trip (see `deferred`).
 * A case's number is its id from the `cases` identity sequence, unique across daemons.
 """
 
@@ -36,6 +38,7 @@ from engage_listener.store.interface import (
     SyncExecute,
 )
 from engage_listener.store.postgres import hooks
+from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.follow_ups import FollowUpQueries
 from engage_listener.store.postgres.rows import Column, insert_row
 from engage_listener.store.postgres.transaction_more import MoreWrites, now_iso
@@ -51,6 +54,30 @@ _LEASE = (
     " AND expires_at > clock_timestamp() FOR SHARE"
 )
 
+# A customer and its addresses in one row (one round trip).
+_CUSTOMER = (
+    "c.id, c.name, ARRAY(SELECT x.address FROM customer_addresses x"
+    " WHERE x.customer_id = c.id ORDER BY x.address)"
+)
+
+
+def _customer(row: Any) -> Customer | None:
+    return None if row is None else Customer(int(row[0]), str(row[1]), tuple(map(str, row[2])))
+
+
+# The ledger row, and the end of the mail's attempts; {lease}: _LEASE_CTE or nothing.
+_LEDGER = (
+    "WITH {lease}done AS (DELETE FROM attempts WHERE listener = %s AND mailbox = %s"
+    " AND epoch = %s AND item = %s) INSERT INTO ledger (listener, mailbox, epoch, item,"
+    " message_row, quarantine_id, message_id, sha256, state, created_at)"
+    " SELECT %s, %s, %s, %s, %s::bigint, %s::bigint, %s, %s, %s, %s"
+    "{where} RETURNING 1"
+)
+_LEASE_CTE = (
+    "held AS (SELECT 1 FROM listener_leases WHERE listener = %s AND owner = %s"
+    " AND expires_at > clock_timestamp() FOR SHARE), "
+)
+
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
@@ -60,25 +87,34 @@ def _texts(**values: str | None) -> list[Column]:
     return [Column(name, "text", value) for name, value in values.items()]
 
 
-async def check_lease(conn: psycopg.AsyncConnection[Any], listener: str, owner: str) -> None:
+async def check_lease(deferred: Deferred, listener: str, owner: str) -> None:
     """Raise `LeaseLost` unless `owner` holds `listener`'s lease right now."""
-    cur = await conn.execute(_LEASE, (listener, owner))
+    cur = await deferred.run(_LEASE, (listener, owner))
     if await cur.fetchone() is None:
-        raise LeaseLost(
-            f"daemon {owner} does not hold the lease of listener {listener}: not committed"
-        )
+        raise _lost(listener, owner)
+
+
+def _lost(listener: str, owner: str) -> LeaseLost:
+    return LeaseLost(
+        f"daemon {owner} does not hold the lease of listener {listener}: not committed"
+    )
 
 
 class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     """See `store.Transaction`; only valid inside `PostgresStore.transaction()`."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], owner: str | None) -> None:
-        self._conn = conn
+    def __init__(self, deferred: Deferred, owner: str | None) -> None:
+        self._deferred = deferred
+        self._conn = deferred.conn
         self._owner = owner
 
     async def execute(self, sql: str, params: Any = ()) -> psycopg.AsyncCursor[Any]:
-        """One statement (psycopg's %s placeholders) in this transaction."""
-        return await self._conn.execute(sql, params or None, binary=True)
+        """One statement (psycopg's %s placeholders) in this transaction, after the queued."""
+        return await self._deferred.run(sql, params)
+
+    def _write(self, sql: str, params: Any = ()) -> None:
+        """A statement whose result nobody reads: sent with the next (see `deferred`)."""
+        self._deferred.add(sql, params)
 
     async def _one(self, sql: str, params: Any = ()) -> Any:
         return await (await self.execute(sql, params)).fetchone()
@@ -88,10 +124,11 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
 
     # ----- operators' SQL hooks -----------------------------------------------------
     async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
+        await self._deferred.flush()
         return await hooks.run_sync(self._conn, work)
 
     def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
-        return hooks.run_inline(self._conn, work, stop_at)
+        return hooks.run_inline(self._conn, work, stop_at, self._deferred)
 
     def interrupt(self) -> None:
         """Cancel the running statement on the server. libpq's cancel opens a connection
@@ -119,19 +156,18 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
 
     async def find_customer(self, address: str) -> Customer | None:
         row = await self._one(
-            "SELECT customer_id FROM customer_addresses WHERE address = %s", (address.lower(),)
+            f"SELECT {_CUSTOMER} FROM customer_addresses a JOIN customers c"  # noqa: S608
+            " ON c.id = a.customer_id WHERE a.address = %s",
+            (address.lower(),),
         )
-        return await self.get_customer(int(row[0])) if row else None
+        return _customer(row)
 
     async def get_customer(self, customer_id: int) -> Customer | None:
-        row = await self._one("SELECT id, name FROM customers WHERE id = %s", (customer_id,))
-        if row is None:
-            return None
-        rows = await self._all(
-            "SELECT address FROM customer_addresses WHERE customer_id = %s ORDER BY address",
+        row = await self._one(
+            f"SELECT {_CUSTOMER} FROM customers c WHERE c.id = %s",  # noqa: S608
             (customer_id,),
         )
-        return Customer(int(row[0]), str(row[1]), tuple(str(r[0]) for r in rows))
+        return _customer(row)
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
         row = await self._one(
@@ -139,7 +175,7 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
             (name or address, source, now_iso()),
         )
         customer_id = int(row[0])
-        await self.execute(
+        self._write(
             "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)",
             (address.lower(), customer_id),
         )
@@ -159,17 +195,15 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
         return CaseRef(int(row[0]), str(row[1])) if row else None
 
     async def case_info(self, case_id: int) -> CaseInfo:
-        row = await self._one(
-            "SELECT id, case_number, process, status, inbox, subject, customer_id, priority"
+        row = await self._one(  # one round trip: the tags as an array
+            "SELECT id, case_number, process, status, inbox, subject, customer_id, priority,"
+            " ARRAY(SELECT tag FROM case_tags t WHERE t.case_id = cases.id ORDER BY tag)"
             " FROM cases WHERE id = %s",
             (case_id,),
         )
-        rows = await self._all(
-            "SELECT tag FROM case_tags WHERE case_id = %s ORDER BY tag", (case_id,)
-        )
         return CaseInfo(
             int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]),
-            None if row[6] is None else int(row[6]), row[7], tuple(str(r[0]) for r in rows),
+            None if row[6] is None else int(row[6]), row[7], tuple(str(t) for t in row[8]),
         )  # fmt: skip
 
     async def message_new_text(self, message_row: int) -> str | None:
@@ -197,7 +231,7 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     async def add_message(self, case_id: int | None, message: NewMessage) -> int:
         m = message
         row = await insert_row(
-            self._conn,
+            self._deferred,
             "messages",
             [
                 Column("case_id", "bigint", case_id),
@@ -216,15 +250,13 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
             ],
         )  # fmt: skip
         if case_id is not None:
-            await self.execute(
-                "UPDATE cases SET updated_at = %s WHERE id = %s", (now_iso(), case_id)
-            )
+            self._write("UPDATE cases SET updated_at = %s WHERE id = %s", (now_iso(), case_id))
         return row
 
     async def add_attachment(self, message_row: int, attachment: NewAttachment) -> None:
         a = attachment
         await insert_row(
-            self._conn,
+            self._deferred,
             "attachments",
             [
                 Column("message_row", "bigint", message_row),
@@ -235,6 +267,7 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
                 Column("raw_of_message", "integer", int(a.raw_of_message)),
                 Column("content", "bytea", b"" if a.raw_of_message else a.content),
             ],
+            returning=False,
         )
 
     async def apply_decision(
@@ -250,7 +283,7 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
         status: CaseStatus | None = None,
     ) -> None:
         if inbox is not None or priority is not None or process is not None or status:
-            await self.execute(
+            self._write(
                 "UPDATE cases SET inbox = coalesce(%s, inbox),"
                 " priority = coalesce(%s::integer, priority), process = coalesce(%s, process),"
                 " status = coalesce(%s, status), closed_at = CASE WHEN coalesce(%s, status)"
@@ -258,12 +291,12 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
                 (inbox, priority, process, status, status, now_iso(), case_id),
             )
         for tag in tags:
-            await self.execute(
+            self._write(
                 "INSERT INTO case_tags (case_id, tag) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 (case_id, tag),
             )
         if acknowledge is not None:
-            await self.execute(
+            self._write(
                 "UPDATE messages SET acknowledge = %s WHERE id = %s",
                 (int(acknowledge), message_row),
             )
@@ -276,7 +309,7 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     ) -> int:
         m = message
         quarantine_id = await insert_row(
-            self._conn,
+            self._deferred,
             "quarantine",
             [
                 *_texts(listener=key.listener, mailbox=key.mailbox, epoch=key.epoch,
@@ -298,16 +331,17 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
         message: NewMessage,
         state: LedgerState,
     ) -> None:
-        if self._owner is not None:
-            await check_lease(self._conn, key.listener, self._owner)
         where = (key.listener, key.mailbox, key.epoch, key.item)
-        await self.execute(  # one round trip: the attempts counted so far go with it
-            "WITH done AS (DELETE FROM attempts WHERE listener = %s AND mailbox = %s"
-            " AND epoch = %s AND item = %s) INSERT INTO ledger (listener, mailbox, epoch, item,"
-            " message_row, quarantine_id, message_id, sha256, state, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                *where, *where, message_row, quarantine_id, message.message_id,
-                message.sha256, state, now_iso(),
-            ),
+        values = (
+            *where, message_row, quarantine_id, message.message_id, message.sha256, state,
+            now_iso(),
         )  # fmt: skip
+        if self._owner is None:  # nothing to check: queued, sent at the commit
+            self._write(_LEDGER.format(lease="", where=""), (*where, *values))
+            return
+        # One round trip: the lease checked (FOR SHARE, see Decisions), the attempts counted
+        # so far dropped and the row inserted only if it is held.
+        fenced = _LEDGER.format(lease=_LEASE_CTE, where=" WHERE EXISTS (SELECT 1 FROM held)")
+        cur = await self.execute(fenced, (key.listener, self._owner, *where, *values))
+        if await cur.fetchone() is None:
+            raise _lost(key.listener, self._owner)

@@ -65,6 +65,9 @@ class MoreWrites:
     async def _all(self, sql: str, params: Any = ()) -> list[Any]:
         raise NotImplementedError
 
+    def _write(self, sql: str, params: Any = ()) -> None:
+        raise NotImplementedError
+
     # ----- acknowledgements -----------------------------------------------------------
     async def recent_acks(self, recipient_key: str, since: str) -> int:
         row = await self._one(

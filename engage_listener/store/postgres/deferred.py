@@ -1,0 +1,100 @@
+"""Writes whose results nobody reads, sent with the next statement that is read.
+
+A mail costs some twenty statements; on psycopg each is a round trip (send, wake up on the
+answer, decode it), and that, not the server's work, was most of the daemon's CPU per
+mail on PostgreSQL (bench/README.md, "PostgreSQL store speed"). Writes without a result
+the caller needs (the case's `updated_at`, participants, tags, small attachments, the
+savepoints of a group commit, the ledger row when nothing is fenced) are queued here and
+go out, in libpq's pipeline mode, together with the next statement whose result is read,
+or at the end of the transaction: one round trip for all of them.
+
+Decisions:
+
+* Every statement of a transaction goes through its connection's `Deferred` (`run`), so
+  the order on the server is the order of the calls: a read sees every write before it.
+* An error of a queued write surfaces at the next flush, inside the same transaction (or
+  savepoint), which then rolls back as it would have: the same outcome, raised later. In
+  a group, a mail's last writes go out with the next mail's first read: an error there
+  fails that next mail's undo too (its savepoint was never made), so the whole group
+  fails and the batch takes its mails again one by one, as after any group failure.
+* Savepoints of a group (`savepoint`, `release`, `undo`) are queued too: a mail that
+  fails before anything of it was sent is undone by dropping its queue; otherwise
+  `ROLLBACK TO SAVEPOINT` as psycopg would send it.
+* Anything that uses the connection directly (COPY, an inline routing hook, a read of the
+  store's own) flushes first (`flush`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+Connection = psycopg.AsyncConnection[Any]
+_SAVEPOINT = "SAVEPOINT "
+
+
+class Deferred:
+    """The queue of one connection's open transaction (see the module)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._items: list[tuple[str, Any]] = []
+        self._serial = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._items)
+
+    def add(self, sql: str, params: Any = None) -> None:
+        """Queue a statement whose result nobody reads."""
+        self._items.append((sql, params or None))
+
+    async def run(self, sql: str, params: Any = None) -> psycopg.AsyncCursor[Any]:
+        """The queue, then this statement, in one round trip; its cursor, results read."""
+        if not self._items:
+            return await self.conn.execute(sql, params or None, binary=True)
+        items, self._items = self._items, []
+        async with self.conn.pipeline():
+            for queued, values in items:
+                await self.conn.execute(queued, values, binary=True)
+            cursor = await self.conn.execute(sql, params or None, binary=True)
+        return cursor
+
+    async def flush(self) -> None:
+        """Send what is queued (before COPY, a hook's own statements, a commit)."""
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        if len(items) == 1:
+            await self.conn.execute(items[0][0], items[0][1], binary=True)
+            return
+        async with self.conn.pipeline():
+            for queued, values in items:
+                await self.conn.execute(queued, values, binary=True)
+
+    def take(self) -> list[tuple[str, Any]]:
+        """The queue, emptied: for a caller that sends it itself (an inline hook)."""
+        items, self._items = self._items, []
+        return items
+
+    # ----- savepoints of a group commit -------------------------------------------------
+    def savepoint(self) -> str:
+        """Queue a new savepoint; returns its name."""
+        self._serial += 1
+        name = f"engage_mail_{self._serial}"
+        self.add(_SAVEPOINT + name)
+        return name
+
+    def release(self, name: str) -> None:
+        self.add(f"RELEASE SAVEPOINT {name}")
+
+    async def undo(self, name: str) -> None:
+        """Roll back to savepoint `name` and forget it (what failed after it is gone)."""
+        for index, (sql, _) in enumerate(self._items):
+            if sql == _SAVEPOINT + name:  # never sent: nothing of it reached the server
+                del self._items[index:]
+                return
+        self._items.clear()  # the savepoint was sent: everything queued came after it
+        await self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        await self.conn.execute(f"RELEASE SAVEPOINT {name}")
