@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import re
-from dataclasses import dataclass
 
 from engage_listener.cases.acknowledging import AckSettings, Arrival, acknowledge
 from engage_listener.cases.addresses import automatic_unless_replied_to, chosen_address
@@ -28,16 +26,9 @@ from engage_listener.cases.routing import (
     message_view,
 )
 from engage_listener.cases.rules import RuleOutcome, evaluate, mail_view
+from engage_listener.cases.settings import EngineSettings
+from engage_listener.cases.stored import add_attachments, new_message
 from engage_listener.cases.webhooks import tell_crm
-from engage_listener.config.ack import AddressChoice
-from engage_listener.config.model import (
-    DEFAULT_REOPEN_DAYS,
-    AutomaticMail,
-    FollowUpsFrom,
-    RuleConfig,
-    UnknownSender,
-)
-from engage_listener.config.webhook import WebhookEventName
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
 from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
@@ -46,7 +37,6 @@ from engage_listener.store.interface import (
     CaseRef,
     Customer,
     MailKey,
-    NewAttachment,
     NewCase,
     NewMessage,
     Store,
@@ -58,40 +48,6 @@ __all__ = ["PENDING", "REPLAY_MAILBOX", "AckSettings", "CaseEngine", "EngineSett
 
 REPLAY_MAILBOX = "#quarantine"  # ledger mailbox of mails replayed from quarantine
 PENDING: CaseStatus = "pending-approval"
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Per-listener case rules, from the listener's configuration."""
-
-    listener: str
-    extract_attachments: bool
-    process: str | None = None
-    unknown_sender: UnknownSender = "CreateCustomer"
-    default_customer_id: int | None = None
-    automatic_mail: AutomaticMail = "Ignore"  # Ignore: never opens a case
-    subject_prefixes: tuple[str, ...] = ()
-    hook: RoutingHook | None = None
-    ack: AckSettings | None = None
-    require_approval: bool = False
-    follow_ups_from: FollowUpsFrom = "Participants"  # see follow_ups
-    rules: tuple[RuleConfig, ...] = ()  # applied before the hook (see routing)
-    own_addresses: tuple[str, ...] = ()  # the listener's (cases.rules.listener_addresses)
-    customer_from: AddressChoice = "From"  # see addresses
-    webhook_events: tuple[WebhookEventName, ...] = ()  # the Webhook's Events (cases.webhooks)
-    reopen_days: int = DEFAULT_REOPEN_DAYS  # a mail for a case closed since fewer reopens it
-
-    @property
-    def all_own_addresses(self) -> tuple[str, ...]:
-        """The listener's own addresses and its acknowledgement's."""
-        ack_own = self.ack.own_addresses if self.ack is not None else ()
-        return (*self.own_addresses, *ack_own)
-
-    @property
-    def uses_reply_to(self) -> bool:
-        """CustomerFrom or Recipient is ReplyTo (see addresses)."""
-        recipient = self.ack.recipient if self.ack is not None else "From"
-        return "ReplyTo" in (self.customer_from, recipient)
 
 
 class CaseEngine:
@@ -123,7 +79,7 @@ class CaseEngine:
         automatic = automatic_unless_replied_to(
             prepared.automatic, mail, s.uses_reply_to, s.all_own_addresses
         )
-        message = self._message(raw, prepared, automatic, prepared.new_text)
+        message = new_message(self.settings, raw, prepared, automatic, prepared.new_text)
         try:
             return await self._ingest(key, raw, mail, automatic, message)
         except Discarded:  # rolled back (the case it opened too): kept without a case
@@ -156,7 +112,7 @@ class CaseEngine:
                 return Ingested(None, None, False, False, ignored=True)
             row = await tx.add_message(case.id, message)
             await tx.add_participants(case.id, participants(mail))
-            await self._attach(tx, row, raw, mail)
+            await add_attachments(tx, self.settings, row, raw, mail)
             ack, told = None, False
             if not await self._awaits_approval(tx, case, is_new):
                 arrival = Arrival(
@@ -242,7 +198,9 @@ class CaseEngine:
     async def quarantine(self, key: MailKey, raw: bytes, reason: str, attempts: int) -> int:
         """Keep an unprocessable mail with its reason (it will be moved to the error folder)."""
         strip = self.settings.extract_attachments
-        message = self._message(raw, await prepare_for_quarantine(raw, strip, reason), None)
+        message = new_message(
+            self.settings, raw, await prepare_for_quarantine(raw, strip, reason), None
+        )
         async with self.store.transaction() as tx:
             return await tx.add_quarantine(key, raw, message, reason, attempts)
 
@@ -356,49 +314,6 @@ class CaseEngine:
         )
         return await self.settings.hook.run(context, tx)
 
-    def _message(
-        self, raw: bytes, ready: Prepared, automatic: str | None, text_new: str | None = None
-    ) -> NewMessage:
-        mail = ready.mail
-        sender = mail.sender or parser.Address("", "")
-        stored = mail.stripped if self.settings.extract_attachments else None
-        if stored is not None and (stored is raw or stored == raw):
-            stored = None  # nothing was removed: the stored body is the raw mail, kept once
-        return NewMessage(
-            listener=self.settings.listener,
-            message_id=mail.message_id,
-            in_reply_to=mail.in_reply_to,
-            sender=sender.address,
-            sender_name=sender.name,
-            subject=mail.subject,
-            sent_at=mail.date,
-            received_at=dt.datetime.now(dt.UTC),
-            sha256=ready.sha256,
-            raw=raw,
-            parsed=mail.parsed,
-            body_text=mail.text,
-            body_html=mail.html,
-            defects="\n".join(mail.defects),
-            automatic=automatic,
-            stored_mime=stored,
-            new_text=text_new,
-        )
-
-    async def _attach(self, tx: Transaction, row: int, raw: bytes, mail: parser.ParsedMail) -> None:
-        """ExtractAttachments True: one row per attachment; False: the whole mail as one .eml,
-        whose bytes are the message's raw (stored once: see `store.NewAttachment`)."""
-        if not self.settings.extract_attachments:
-            eml = NewAttachment(_eml_name(mail.subject), "message/rfc822", raw, raw_of_message=True)
-            await tx.add_attachment(row, eml)
-            return
-        for item in mail.attachments:
-            await tx.add_attachment(
-                row,
-                NewAttachment(
-                    item.filename, item.content_type, item.payload, item.content_id, item.inline
-                ),
-            )
-
 
 async def _prepare(raw: bytes, *, strip: bool = False) -> Prepared:
     """Parsed in a worker process, within the per-mail budget (QuarantineNow past it)."""
@@ -410,9 +325,3 @@ def _who(hook: RoutingHook | None, rules: RuleOutcome) -> str:
     if hook is not None:
         return f"routing hook {hook.name}"
     return f"rule {rules.matched[-1]}" if rules.matched else "rules"
-
-
-def _eml_name(subject: str) -> str:
-    """A safe file name for the whole mail stored as one attachment."""
-    stem = re.sub(r"[^\w\- ]+", "_", subject, flags=re.UNICODE).strip(" ._")[:80]
-    return f"{stem or 'message'}.eml"

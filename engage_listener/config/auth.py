@@ -31,6 +31,7 @@ from engage_listener.config.xmltree import (
     line,
     optional,
     relative_to,
+    secret_value,
     text,
     values,
 )
@@ -133,10 +134,6 @@ def load_certificate(path: Path, thumbprint: str | None) -> tuple[str, str]:
     return pem, cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Entra's thumbprint
 
 
-def _secret(node: etree._Element, path: Path, key_path: Path | None) -> str:
-    return secrets.resolve(text(node), key_path=key_path, base_dir=path.absolute().parent)
-
-
 def _service_account_problem(file: Path) -> str | None:
     try:
         info = json.loads(file.read_text(encoding="utf-8"))
@@ -212,7 +209,7 @@ def auth_problems(
         problems += _google_problems(found, path)
     if "ClientSecret" in found:
         try:
-            _secret(found["ClientSecret"], path, key_path)
+            secret_value(found["ClientSecret"], path, key_path)
         except SecretError as exc:
             problems.append(("ClientSecret", str(exc)))
     ca = optional(found, "CaFile")
@@ -243,7 +240,7 @@ def auth_config(node: etree._Element, path: Path, key_path: Path | None = None) 
         type=auth_type(node),
         tenant_id=optional(found, "TenantId"),
         client_id=optional(found, "ClientId"),
-        client_secret=_secret(found["ClientSecret"], path, key_path)
+        client_secret=secret_value(found["ClientSecret"], path, key_path)
         if "ClientSecret" in found
         else None,
         certificate_file=file("CertificateFile"),

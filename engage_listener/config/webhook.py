@@ -24,12 +24,12 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
-from engage_listener.config import secret_refs as secrets
 from engage_listener.config.xmltree import (
     ca_file_problem,
     line,
     optional,
     relative_to,
+    secret_value,
     text,
     values,
 )
@@ -103,7 +103,7 @@ def webhook_problems(node: etree._Element, path: Path, key_path: Path) -> list[C
     secret = found.get("Secret")
     if secret is not None:
         try:
-            _resolve(secret, path, key_path)
+            secret_value(secret, path, key_path)
         except SecretError as exc:
             problem("Secret", str(exc))
     unknown = [e for e in _events(optional(found, "Events")) if e not in WEBHOOK_EVENTS]
@@ -118,10 +118,6 @@ def webhook_problems(node: etree._Element, path: Path, key_path: Path) -> list[C
     return problems
 
 
-def _resolve(node: etree._Element, path: Path, key_path: Path) -> str:
-    return secrets.resolve(text(node), key_path=key_path, base_dir=path.absolute().parent)
-
-
 def webhook_config(node: etree._Element, path: Path, key_path: Path) -> WebhookConfig:
     """The WebhookConfig of a valid Webhook block."""
     found = values(node)
@@ -131,7 +127,7 @@ def webhook_config(node: etree._Element, path: Path, key_path: Path) -> WebhookC
     attempts = optional(found, "MaxAttempts")
     return WebhookConfig(
         url=text(found["Url"]),
-        secret=_resolve(found["Secret"], path, key_path),
+        secret=secret_value(found["Secret"], path, key_path),
         events=tuple(cast(WebhookEventName, e) for e in dict.fromkeys(events)) or WEBHOOK_EVENTS,
         ca_file=relative_to(path, ca) if ca else None,
         timeout=int(timeout) if timeout else DEFAULT_WEBHOOK_TIMEOUT,

@@ -8,6 +8,8 @@ from typing import cast
 
 from lxml import etree
 
+from engage_listener.config import secret_refs as secrets
+
 
 def local(tag: object) -> str:
     """Local name of a tag, without {namespace}."""
@@ -67,3 +69,9 @@ def flag(values: dict[str, etree._Element], name: str, default: bool) -> bool:
 def optional(values: dict[str, etree._Element], name: str) -> str | None:
     node = values.get(name)
     return None if node is None else text(node)
+
+
+def secret_value(node: etree._Element, path: Path, key_path: Path | None) -> str:
+    """A secret element's value (plain, enc:, env:, file:...; see `secret_refs`), a
+    relative file: reference taken from the configuration file's directory."""
+    return secrets.resolve(text(node), key_path=key_path, base_dir=path.absolute().parent)

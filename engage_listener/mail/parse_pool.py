@@ -61,10 +61,10 @@ import select
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
+from engage_listener.mail.parse_jobs import Job, in_process, retrieve, settle
 from engage_listener.mail.parse_worker import (
     HEAD,
     Prepared,
@@ -119,25 +119,13 @@ async def prepare_for_quarantine(raw: bytes, strip: bool, reason: str) -> Prepar
     return Prepared(parser.unparsed(reason[:300]), digest, None)
 
 
-@dataclass(eq=False)
-class _Job:
-    """A mail to prepare, and the future its answer goes to (on its event loop)."""
-
-    raw: bytes
-    strip: bool
-    future: asyncio.Future[Prepared]
-    loop: asyncio.AbstractEventLoop
-    deaths: int = 0  # workers that ended with it at their head
-    deadline: float = 0.0  # while at a worker's head: by when its answer is due
-
-
 class ParsePool:
     """Worker processes that prepare mails; see the module's Decisions."""
 
     def __init__(self, workers: int = WORKERS) -> None:
         self.workers = workers
         self._lock = threading.Lock()  # guards _queue, _slots, _closed, Slot.hungry
-        self._queue: deque[_Job] = deque()  # not sent to any worker yet, in order
+        self._queue: deque[Job] = deque()  # not sent to any worker yet, in order
         self._slots: list[_Slot] = []
         self._closed = False
 
@@ -151,14 +139,14 @@ class ParsePool:
         cancelled before a worker got it is not parsed at all)."""
         loop = asyncio.get_running_loop()
         if self.workers == 0:
-            return _in_process(loop, raw, strip)
+            return in_process(loop, raw, strip, INLINE_BYTES)
         future: asyncio.Future[Prepared] = loop.create_future()
-        future.add_done_callback(_retrieve)
+        future.add_done_callback(retrieve)
         with self._lock:
             if self._closed:
                 future.set_exception(WorkerDied(_CLOSED))
                 return future
-            self._queue.append(_Job(raw, strip, future, loop))
+            self._queue.append(Job(raw, strip, future, loop))
             self._start()
             self._wake_one()
         return future
@@ -176,7 +164,7 @@ class ParsePool:
             self._queue.clear()
             for slot in self._slots:
                 slot.stop()
-        _settle([(job, WorkerDied(_CLOSED)) for job in queued])
+        settle([(job, WorkerDied(_CLOSED)) for job in queued])
 
     @property
     def _workers(self) -> set[Worker]:
@@ -196,7 +184,7 @@ class ParsePool:
                 slot.wake()
                 return
 
-    def _requeue(self, jobs: list[_Job]) -> None:
+    def _requeue(self, jobs: list[Job]) -> None:
         """Mails taken back from a worker that is gone: first in line again, in order (or
         failed, once the pool is closed)."""
         for job in jobs:
@@ -207,7 +195,7 @@ class ParsePool:
                 for _ in jobs:
                     self._wake_one()
                 return
-        _settle([(job, WorkerDied(_CLOSED)) for job in jobs])
+        settle([(job, WorkerDied(_CLOSED)) for job in jobs])
 
 
 class _Slot:
@@ -217,7 +205,7 @@ class _Slot:
         self.pool = pool
         self.worker: Worker | None = None
         self.hungry = False  # (under the pool's lock) wants a wake-up for a new mail
-        self.flight: deque[_Job] = deque()  # sent (or being sent), answers due in order
+        self.flight: deque[Job] = deque()  # sent (or being sent), answers due in order
         self.out: deque[memoryview] = deque()  # what is still to write to the worker
         self.answers = bytearray()  # read from the worker, not yet a whole answer
         self._scratch = memoryview(bytearray(1 << 20))  # a full pipe
@@ -296,7 +284,7 @@ class _Slot:
         head = self.flight.popleft() if self.flight else None
         self._retire()
         if head is not None:
-            _settle([(head, exc)])
+            settle([(head, exc)])
 
     def _ended(self, exc: Exception) -> None:
         """The worker ended: its head mail is tried once more (the death may not be its
@@ -308,7 +296,7 @@ class _Slot:
                 return
         self._retire()
 
-    def _top_up(self, queue: deque[_Job]) -> None:  # under the pool's lock
+    def _top_up(self, queue: deque[Job]) -> None:  # under the pool's lock
         size = sum(len(job.raw) for job in self.flight)
         while queue and len(self.flight) < DEPTH:
             if self.flight and size + len(queue[0].raw) > FLIGHT_BYTES:
@@ -339,7 +327,7 @@ class _Slot:
         if not count:
             raise EOFError("the worker's pipe closed")
         self.answers += self._scratch[:count]
-        done: list[tuple[_Job, object]] = []
+        done: list[tuple[Job, object]] = []
         try:
             while self.answers:
                 if not self.flight:
@@ -354,7 +342,7 @@ class _Slot:
                 elif self.flight:  # the next mail's parse starts now (if it has not yet)
                     self.flight[0].deadline = time.monotonic() + budget_for(len(self.flight[0].raw))
         finally:
-            _settle(done)
+            settle(done)
 
     def _worker(self) -> Worker:
         if self.worker is None:
@@ -380,51 +368,6 @@ class _Slot:
     def _drained(self) -> None:
         with contextlib.suppress(OSError):
             os.read(self._wake_r, 4096)
-
-
-def _settle(outcomes: list[tuple[_Job, object]]) -> None:
-    """Hand answers (a Prepared, or the exception to raise) to their futures, one wake-up
-    per event loop."""
-    loops: dict[asyncio.AbstractEventLoop, list[tuple[_Job, object]]] = {}
-    for job, outcome in outcomes:
-        loops.setdefault(job.loop, []).append((job, outcome))
-    for loop, some in loops.items():
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-            loop.call_soon_threadsafe(_set, some)
-
-
-def _set(outcomes: list[tuple[_Job, object]]) -> None:
-    for job, outcome in outcomes:
-        if job.future.done():
-            continue  # dropped meanwhile
-        if isinstance(outcome, BaseException):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)  # type: ignore[arg-type]
-
-
-def _in_process(
-    loop: asyncio.AbstractEventLoop, raw: bytes, strip: bool
-) -> asyncio.Future[Prepared]:
-    """Workers 0: the mail prepared here, on the loop when small, else in a thread."""
-    if len(raw) > INLINE_BYTES:
-        future: asyncio.Future[Prepared] = asyncio.ensure_future(
-            asyncio.to_thread(prepare_mail, raw, strip)
-        )
-    else:
-        future = loop.create_future()
-        try:
-            future.set_result(prepare_mail(raw, strip))
-        except Exception as exc:  # the batch counts it against the mail, as a worker's
-            future.set_exception(exc)
-    future.add_done_callback(_retrieve)
-    return future
-
-
-def _retrieve(future: asyncio.Future[Prepared]) -> None:
-    """A future nobody awaited (a batch that stopped) must not log 'never retrieved'."""
-    if not future.cancelled():
-        future.exception()
 
 
 _shared: ParsePool | None = None

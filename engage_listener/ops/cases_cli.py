@@ -9,39 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any
 
 from engage_listener.config.model import Config
 from engage_listener.errors import EngageError
 from engage_listener.ops import attachment_save, case_export, case_status
 from engage_listener.ops.case_view import load_case, render_case
+from engage_listener.ops.cli_common import EXIT_OK, report, with_store
 from engage_listener.ops.terminal import json_text, visible
 from engage_listener.store.interface import Store
-from engage_listener.store.open import open_store
 
 __all__ = ["run_attachments", "run_cases"]
-
-T = TypeVar("T")
-EXIT_OK, EXIT_FAILURE = 0, 1
-
-
-async def _with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
-    store = await open_store(config.store)
-    try:
-        return await work(store)
-    finally:
-        await store.close()
-
-
-def _report(outcomes: Sequence[case_status.CaseChange], as_json: bool) -> int:
-    if as_json:
-        print(json_text([asdict(o) for o in outcomes]))
-    else:
-        for outcome in outcomes:
-            print(visible(outcome.text))
-    return EXIT_OK if all(o.done for o in outcomes) else EXIT_FAILURE
 
 
 def events_wanted(config: Config) -> case_status.EventsWanted:
@@ -57,7 +36,7 @@ def run_cases(args: argparse.Namespace, config: Config) -> int:
     if args.action == "export":
         since = case_export.since_day(args.since) if args.since else None
         count = asyncio.run(
-            _with_store(
+            with_store(
                 config,
                 lambda s: case_export.export_cases(
                     s, sys.stdout, args.format, since=since, listener=args.listener
@@ -68,11 +47,11 @@ def run_cases(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     if args.action == "reopen":
         changes = asyncio.run(
-            _with_store(
+            with_store(
                 config, lambda s: case_status.reopen_cases(s, args.ids, events_wanted(config))
             )
         )
-        return _report(changes, as_json)
+        return report(changes, as_json)
     return _close(args, config, as_json)
 
 
@@ -84,7 +63,7 @@ def _close(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     if args.idle_days is not None:
         days = args.idle_days
         changes = asyncio.run(
-            _with_store(
+            with_store(
                 config,
                 lambda s: case_status.close_idle(
                     s, days, args.reason, events=events_wanted(config)
@@ -95,12 +74,12 @@ def _close(args: argparse.Namespace, config: Config, as_json: bool) -> int:
             print(f"no open case without mail for {days} days")
     else:
         changes = asyncio.run(
-            _with_store(
+            with_store(
                 config,
                 lambda s: case_status.close_cases(s, args.ids, args.reason, events_wanted(config)),
             )
         )
-    return _report(changes, as_json)
+    return report(changes, as_json)
 
 
 def _show(config: Config, case_id: int, as_json: bool) -> int:
@@ -108,7 +87,7 @@ def _show(config: Config, case_id: int, as_json: bool) -> int:
         case = await store.case_detail(case_id)
         return None if case is None else await load_case(store, case)
 
-    doc = asyncio.run(_with_store(config, work))
+    doc = asyncio.run(with_store(config, work))
     if doc is None:
         raise EngageError(f"no case {case_id}")
     print(json_text(doc) if as_json else render_case(doc))
@@ -118,7 +97,7 @@ def _show(config: Config, case_id: int, as_json: bool) -> int:
 def run_attachments(args: argparse.Namespace, config: Config) -> int:
     """`attachments save CASE_ID --to DIR`."""
     saved = asyncio.run(
-        _with_store(config, lambda s: attachment_save.save_attachments(s, args.case_id, args.to))
+        with_store(config, lambda s: attachment_save.save_attachments(s, args.case_id, args.to))
     )
     if args.json:
         print(json_text([asdict(s) for s in saved]))

@@ -92,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     qsub = quarantine.add_subparsers(dest="action", required=True)
     qlist = qsub.add_parser("list", help="held mails with their reasons")
     qlist.add_argument("--all", action="store_true", help="replayed ones too")
-    qlist.add_argument("--json", action="store_true")
-    _config_arg(qlist)
+    _output_args(qlist)
     show = qsub.add_parser("show", help="one entry; --raw prints the mail itself")
     show.add_argument("id", type=int)
     show.add_argument("--raw", action="store_true")
@@ -113,17 +112,14 @@ def _add_control_commands(sub: Any) -> None:
     )
     reset.add_argument("listener")
     reset.add_argument("--date", required=True, type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
-    reset.add_argument("--json", action="store_true")
-    _config_arg(reset)
+    _output_args(reset)
     resume = sub.add_parser("resume", help="end a pause set by reset --date")
     resume.add_argument("listener")
-    resume.add_argument("--json", action="store_true")
-    _config_arg(resume)
+    _output_args(resume)
     for name, text in (("approve", "open, route and acknowledge"), ("reject", "turn down")):
         decide = sub.add_parser(name, help=f"{text} cases awaiting approval (RequireApproval)")
         decide.add_argument("cases", type=int, nargs="+", metavar="CASE_ID")
-        decide.add_argument("--json", action="store_true")
-        _config_arg(decide)
+        _output_args(decide)
 
 
 def _cases_list_args(parser: argparse.ArgumentParser, *, suppress: bool = True) -> None:
@@ -177,8 +173,7 @@ def _add_cases_command(sub: Any) -> None:
     )
     save.add_argument("case_id", type=int, metavar="CASE_ID")
     save.add_argument("--to", required=True, type=Path, metavar="DIR")
-    save.add_argument("--json", action="store_true")
-    _config_arg(save)
+    _output_args(save)
 
 
 def _json_arg(parser: argparse.ArgumentParser) -> None:
@@ -206,40 +201,51 @@ def _add_cluster_command(sub: Any) -> None:
 
 def _add_acks_command(sub: Any) -> None:
     """acks [list] / acks resend ID... / acks close ID... (the acknowledgement outbox)."""
-    acks = sub.add_parser(
+    _add_queue_command(
+        sub,
         "acks",
-        help="acknowledgements not sent (uncertain, failed, pending...); resend or close them",
+        "acknowledgements not sent (uncertain, failed, pending...); resend or close them",
+        "the default: list acknowledgements",
+        resend="put uncertain, failed or closed ones back to pending, due now",
+        close="mark uncertain or failed ones closed: never to be sent",
+        states=outbox.STATES,
     )
-    _acks_list_args(acks, suppress=False)  # a plain `acks` lists
-    asub = acks.add_subparsers(dest="action", metavar="{list,resend,close}")
-    _acks_list_args(asub.add_parser("list", help="the default: list acknowledgements"))
-    for name, text in (
-        ("resend", "put uncertain, failed or closed ones back to pending, due now"),
-        ("close", "mark uncertain or failed ones closed: never to be sent"),
-    ):
-        change = asub.add_parser(name, help=text)
-        change.add_argument("ids", type=int, nargs="+", metavar="ID")
-        change.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-        _config_arg(change, default=argparse.SUPPRESS)
 
 
 def _add_webhooks_command(sub: Any) -> None:
     """webhooks [list] / webhooks resend ID... / webhooks close ID... (the CRM's events)."""
-    hooks = sub.add_parser(
-        "webhooks", help="case events for the CRM not delivered (pending, failed...); resend "
-        "or close them",
-    )  # fmt: skip
-    _acks_list_args(hooks, suppress=False, states=WEBHOOK_STATES)
-    wsub = hooks.add_subparsers(dest="action", metavar="{list,resend,close}")
-    _acks_list_args(wsub.add_parser("list", help="the default: list events"), states=WEBHOOK_STATES)
-    for name, text in (
-        ("resend", "put failed or closed ones back to pending, due now (same event id)"),
-        ("close", "mark failed or pending ones closed: never to be sent"),
-    ):
-        change = wsub.add_parser(name, help=text)
+    _add_queue_command(
+        sub,
+        "webhooks",
+        "case events for the CRM not delivered (pending, failed...); resend or close them",
+        "the default: list events",
+        resend="put failed or closed ones back to pending, due now (same event id)",
+        close="mark failed or pending ones closed: never to be sent",
+        states=WEBHOOK_STATES,
+    )
+
+
+def _add_queue_command(
+    sub: Any,
+    name: str,
+    text: str,
+    list_text: str,
+    *,
+    resend: str,
+    close: str,
+    states: tuple[str, ...],
+) -> None:
+    """`NAME [list]`, `NAME resend ID...`, `NAME close ID...`: the shape shared by the two
+    queues an operator tends (acks, webhooks). Decisions: a plain `NAME` lists, so the
+    list options sit on the command itself too (not suppressed there)."""
+    command = sub.add_parser(name, help=text)
+    _acks_list_args(command, suppress=False, states=states)
+    csub = command.add_subparsers(dest="action", metavar="{list,resend,close}")
+    _acks_list_args(csub.add_parser("list", help=list_text), states=states)
+    for action, action_text in (("resend", resend), ("close", close)):
+        change = csub.add_parser(action, help=action_text)
         change.add_argument("ids", type=int, nargs="+", metavar="ID")
-        change.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-        _config_arg(change, default=argparse.SUPPRESS)
+        _json_arg(change)
 
 
 def _acks_list_args(
@@ -275,14 +281,12 @@ def _add_search_command(sub: Any) -> None:
     find.add_argument("--since", type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
     find.add_argument("--before", type=dt.date.fromisoformat, metavar="YYYY-MM-DD")
     find.add_argument("--limit", type=int, default=50)
-    find.add_argument("--json", action="store_true")
-    _config_arg(find)
+    _output_args(find)
     test = sub.add_parser("test-connection", help="check accounts, TLS, login, folders, SMTP")
     test.add_argument("listeners", nargs="*", metavar="LISTENER", help="default: all")
     test.add_argument("--create-folders", action="store_true", help="create missing folders")
     test.add_argument("--send-to", metavar="ADDRESS", help="also send a test message via SMTP")
-    test.add_argument("--json", action="store_true")
-    _config_arg(test)
+    _output_args(test)
 
 
 def _add_rules_command(sub: Any) -> None:
@@ -294,8 +298,7 @@ def _add_rules_command(sub: Any) -> None:
     )
     test.add_argument("file", type=Path, metavar="FILE.eml")
     test.add_argument("--listener", help="default: the first listener with rules")
-    test.add_argument("--json", action="store_true")
-    _config_arg(test)
+    _output_args(test)
 
 
 def _add_auth_command(sub: Any) -> None:
@@ -313,8 +316,7 @@ def _add_auth_command(sub: Any) -> None:
     )
     _config_arg(login)
     astatus = asub.add_parser("status", help="kind, expiry and last refresh; never a secret")
-    astatus.add_argument("--json", action="store_true")
-    _config_arg(astatus)
+    _output_args(astatus)
 
 
 def _add_store_command(sub: Any) -> None:
@@ -330,6 +332,12 @@ def _add_store_command(sub: Any) -> None:
     )
     copy.add_argument("--from", dest="source", type=Path, required=True, metavar="PATH.sqlite3")
     _config_arg(copy)
+
+
+def _output_args(parser: argparse.ArgumentParser) -> None:
+    """`--json` and `--config`, the options most commands end with."""
+    parser.add_argument("--json", action="store_true")
+    _config_arg(parser)
 
 
 def _config_arg(parser: argparse.ArgumentParser, default: Any = None) -> None:

@@ -10,20 +10,16 @@ store interface.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from engage_listener.config.model import Config
-from engage_listener.ops.terminal import json_text, visible, visible_fields
+from engage_listener.ops.cli_common import run_queue
+from engage_listener.ops.terminal import visible_fields
 from engage_listener.outbox.webhooks import CLOSABLE, POLL, RESENDABLE, STATES, now_iso
 from engage_listener.store.interface import Store, WebhookEventRow
-from engage_listener.store.open import open_store
 from engage_listener.store.records import WebhookState
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,31 +96,12 @@ def _print_rows(rows: Sequence[WebhookEventRow]) -> None:
     print(f"{len(rows)} webhook event(s)")
 
 
-async def _with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
-    store = await open_store(config.store)
-    try:
-        return await work(store)
-    finally:
-        await store.close()
-
-
 def cmd_webhooks(args: argparse.Namespace, config: Config) -> int:
     """The command; returns the exit code (1 when a resend/close changed not every id)."""
-    if args.action in ("resend", "close"):
-        resend = args.action == "resend"
-        changes = asyncio.run(
-            _with_store(config, lambda s: change_events(s, args.ids, resend=resend))
-        )
-        if args.json:
-            print(json_text([asdict(c) for c in changes]))
-        else:
-            for change in changes:
-                print(visible(change.text))
-        return 0 if all(c.done for c in changes) else 1
-    states = list(STATES) if args.state and "all" in args.state else args.state
-    rows = asyncio.run(_with_store(config, lambda s: list_events(s, states)))
-    if args.json:
-        print(json_text([asdict(r) for r in rows]))
-    else:
-        _print_rows(rows)
-    return 0
+
+    async def change(store: Store, ids: Sequence[int], resend: bool) -> list[WebhookChange]:
+        return await change_events(store, ids, resend=resend)
+
+    return run_queue(
+        args, config, change=change, listing=list_events, states=STATES, print_rows=_print_rows
+    )

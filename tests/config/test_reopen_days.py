@@ -12,20 +12,13 @@ from engage_listener.config.load import parse_config
 from engage_listener.config.model import DEFAULT_REOPEN_DAYS, ListenerConfig
 from engage_listener.errors import ConfigError
 from engage_listener.service.build import engine_settings
+from tests.support.config_xml import single_listener
 
 FILE = Path("/etc/el/engage.xml")
 
 
-def listener(extra: str, kind: str = "ImapListener") -> bytes:
-    return (
-        f'<EngageIntegrationService><{kind} ID="A"><HostName>h</HostName>'
-        f"<UserName>u</UserName><Password>p</Password>{extra}</{kind}>"
-        "</EngageIntegrationService>"
-    ).encode()
-
-
 def test_the_default_is_defined_once_and_reaches_the_engine() -> None:
-    [cfg] = parse_config(listener(""), FILE).listeners
+    [cfg] = parse_config(single_listener(""), FILE).listeners
     assert DEFAULT_REOPEN_DAYS == 7
     assert cfg.reopen_days == ListenerConfig.reopen_days == DEFAULT_REOPEN_DAYS
     assert engine_settings(cfg, None).reopen_days == EngineSettings.reopen_days == 7
@@ -34,12 +27,14 @@ def test_the_default_is_defined_once_and_reaches_the_engine() -> None:
 @pytest.mark.parametrize("kind", ["ImapListener", "Pop3Listener"])
 @pytest.mark.parametrize("days", [0, 30])
 def test_each_listener_sets_its_own(kind: str, days: int) -> None:
-    [cfg] = parse_config(listener(f"<ReopenDays> {days} </ReopenDays>", kind), FILE).listeners
+    [cfg] = parse_config(
+        single_listener(f"<ReopenDays> {days} </ReopenDays>", kind), FILE
+    ).listeners
     assert engine_settings(cfg, None).reopen_days == days
 
 
 @pytest.mark.parametrize("value", ["-1", "3651", "siete"])
 def test_other_values_are_refused_with_the_element(value: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        parse_config(listener(f"<ReopenDays>{value}</ReopenDays>"), FILE)
+        parse_config(single_listener(f"<ReopenDays>{value}</ReopenDays>"), FILE)
     assert "ReopenDays" in str(raised.value)

@@ -10,6 +10,7 @@ import pytest
 from engage_listener.config.load import parse_config
 from engage_listener.errors import ConfigError
 from engage_listener.service.build import engine_settings
+from tests.support.config_xml import single_listener
 
 FILE = Path("/etc/el/engage.xml")
 ACK = (
@@ -18,16 +19,8 @@ ACK = (
 )
 
 
-def listener(extra: str, kind: str = "ImapListener") -> bytes:
-    return (
-        f'<EngageIntegrationService><{kind} ID="A"><HostName>h</HostName>'
-        f"<UserName>u</UserName><Password>p</Password>{extra}</{kind}>"
-        "</EngageIntegrationService>"
-    ).encode()
-
-
 def test_both_default_to_from() -> None:
-    [cfg] = parse_config(listener(ACK.format(recipient="")), FILE).listeners
+    [cfg] = parse_config(single_listener(ACK.format(recipient="")), FILE).listeners
     assert cfg.customer_from == "From"
     assert cfg.acknowledgement is not None and cfg.acknowledgement.recipient == "From"
     settings = engine_settings(cfg, None)
@@ -39,7 +32,7 @@ def test_reply_to_is_read_into_the_engine_settings(kind: str) -> None:
     xml = "<CustomerFrom>ReplyTo</CustomerFrom>" + ACK.format(
         recipient="<Recipient> ReplyTo </Recipient>"
     )
-    [cfg] = parse_config(listener(xml, kind), FILE).listeners
+    [cfg] = parse_config(single_listener(xml, kind), FILE).listeners
     assert cfg.customer_from == "ReplyTo"
     settings = engine_settings(cfg, None)
     assert settings.ack is not None and settings.ack.recipient == "ReplyTo"
@@ -55,5 +48,5 @@ def test_reply_to_is_read_into_the_engine_settings(kind: str) -> None:
 )
 def test_other_values_are_refused_with_the_element(xml: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config(listener(xml), FILE)
+        parse_config(single_listener(xml), FILE)
     assert "CustomerFrom" in str(caught.value) or "Recipient" in str(caught.value)

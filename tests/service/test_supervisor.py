@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from devkit.dovecot import DovecotSandbox, free_port
-from engage_listener.config.model import Config, ListenerConfig, Secret, StoreConfig
+from engage_listener.config.model import Config, ListenerConfig, Secret
 from engage_listener.intake.retry import BACKOFF_CAP
 from engage_listener.observe.logs import get_logger
 from engage_listener.service.build import build_any
@@ -30,6 +30,7 @@ from engage_listener.service.supervisor import Supervisor, Worker
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.fakes import FakeClock
 from tests.support.helpers import listener_config, make_mail
+from tests.support.supervising import Serving, supervised_config
 
 NEW, DONE = "IMAP/New", "IMAP/Done"
 TICK = 0.1  # half of WATCHDOG_USEC below: the supervisor ticks this often
@@ -114,34 +115,18 @@ def notifier(path: str) -> Notifier:
     return n
 
 
-def config_of(tmp_path: Path, *listeners: ListenerConfig) -> Config:
-    return Config(
-        path=tmp_path / "el.xml",
-        imap_listeners=listeners,
-        use_imap_listener=True,
-        store=StoreConfig(tmp_path / "store.sqlite3"),
-    )
+config_of = supervised_config
 
 
-class Served:
-    """A supervisor serving in a task; on exit stopped, awaited, its last messages read."""
+class Served(Serving):
+    """`Serving`, and on exit the last messages to systemd read."""
 
     def __init__(self, supervisor: Supervisor, config: Config, systemd: Systemd) -> None:
-        self.supervisor, self.config, self.systemd = supervisor, config, systemd
-        self.stop, self.reload = asyncio.Event(), asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Served:
-        self.supervisor.start(self.config)
-        self.task = asyncio.create_task(
-            self.supervisor.serve(self.reload, self.stop, lambda: self.config)
-        )
-        return self
+        super().__init__(supervisor, config)
+        self.systemd = systemd
 
     async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 20)
+        await super().__aexit__(*exc)
         await self.systemd.drain()
 
 

@@ -17,37 +17,18 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from engage_listener.config.model import Config, ListenerConfig, Secret, StoreConfig
+from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.observe.logs import get_logger
 from engage_listener.service.coordinator import DaemonIdentity, OnChange, SoloCoordinator
 from engage_listener.service.supervisor import Supervisor, Worker
+from tests.support.helpers import server_listener_config
+from tests.support.supervising import Serving, supervised_config
 
-STUB = ListenerConfig(
-    id="X",
-    host="",
-    port=0,
-    username="u",
-    password=Secret("p"),
-    use_ssl=False,
-    input_folder="IMAP/New",
-    output_folder="IMAP/Done",
-    extract_attachments=False,
-    sync_max_wait_time=60,
-    sync_max_changes_count=10,
-    protocol_log_file=None,
-    ca_file=None,
-    enabled=True,
-    source_line=1,
-)
+STUB = server_listener_config("", 0, "u", "p", id="X")
 
 
 def config_of(tmp_path: Path, *ids: str) -> Config:
-    return Config(
-        path=tmp_path / "el.xml",
-        imap_listeners=tuple(dataclasses.replace(STUB, id=i) for i in ids),
-        use_imap_listener=True,
-        store=StoreConfig(tmp_path / "store.sqlite3"),
-    )
+    return supervised_config(tmp_path, *(dataclasses.replace(STUB, id=i) for i in ids))
 
 
 class Notes:
@@ -146,25 +127,6 @@ class Driven:
 
     async def close(self) -> None:
         pass
-
-
-class Serving:
-    def __init__(self, supervisor: Supervisor, config: Config) -> None:
-        self.supervisor, self.config = supervisor, config
-        self.stop, self.reload = asyncio.Event(), asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Serving:
-        self.supervisor.start(self.config)
-        self.task = asyncio.create_task(
-            self.supervisor.serve(self.reload, self.stop, lambda: self.config)
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 20)
 
 
 def served(coordinator: Driven, workers: Workers, config: Config) -> Serving:

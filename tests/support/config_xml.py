@@ -180,3 +180,13 @@ def minimal_listener(extra: str = "", id_: str = "A", host: str = "<HostName>h</
         f'<ImapListener ID="{id_}">\n{host}\n<UserName>u</UserName>\n'
         f"<Password>p</Password>\n{extra}</ImapListener>\n"
     )
+
+
+def single_listener(extra: str, kind: str = "ImapListener") -> bytes:
+    """A whole file, on one line, of one minimal listener `A` of `kind` with `extra`
+    inside (for tests of what one element does, not of where it is)."""
+    return (
+        f'<EngageIntegrationService><{kind} ID="A"><HostName>h</HostName>'
+        f"<UserName>u</UserName><Password>p</Password>{extra}</{kind}>"
+        "</EngageIntegrationService>"
+    ).encode()

@@ -30,6 +30,11 @@ def dated(n: int, date: str | None) -> bytes:
     ).encode()
 
 
+def put_dated(dovecot: DovecotSandbox, user: str, *dates: str | None) -> None:
+    """Mails 1, 2... (subject "Fecha N") with these Date headers (None: no Date) into INBOX."""
+    dovecot.append_many(user, INBOX, [dated(n, date) for n, date in enumerate(dates, 1)])
+
+
 def listener(
     dovecot: DovecotSandbox, user: str, store: SqliteStore, *, leave: bool = False
 ) -> Pop3Listener:
@@ -60,15 +65,13 @@ def subjects(db: Path) -> list[str]:
 async def test_mail_dated_before_read_from_date_is_left_untaken(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, db: Path
 ) -> None:
-    dovecot.append_many(
+    put_dated(
+        dovecot,
         mailbox_user,
-        INBOX,
-        [
-            dated(1, "Fri, 05 Jan 2024 10:00:00 +0000"),
-            dated(2, "Sat, 10 Feb 2024 10:00:00 +0000"),
-            dated(3, None),  # no Date: nothing says it is old, so it is taken
-            dated(4, "Wed, 31 Jan 2024 21:30:00 -0300"),  # 00:30 UTC on 1 February
-        ],
+        "Fri, 05 Jan 2024 10:00:00 +0000",
+        "Sat, 10 Feb 2024 10:00:00 +0000",
+        None,  # no Date: nothing says it is old, so it is taken
+        "Wed, 31 Jan 2024 21:30:00 -0300",  # 00:30 UTC on 1 February
     )
     pop = listener(dovecot, mailbox_user, store)
     first = await pop.run_once()
@@ -83,14 +86,12 @@ async def test_mail_dated_before_read_from_date_is_left_untaken(
 async def test_reset_on_leave_on_server_takes_what_the_ledger_lacks_from_that_day(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, db: Path
 ) -> None:
-    dovecot.append_many(
+    put_dated(
+        dovecot,
         mailbox_user,
-        INBOX,
-        [
-            dated(1, "Fri, 05 Jan 2024 10:00:00 +0000"),
-            dated(2, "Sat, 20 Jan 2024 10:00:00 +0000"),
-            dated(3, "Sat, 10 Feb 2024 10:00:00 +0000"),
-        ],
+        "Fri, 05 Jan 2024 10:00:00 +0000",
+        "Sat, 20 Jan 2024 10:00:00 +0000",
+        "Sat, 10 Feb 2024 10:00:00 +0000",
     )
     pop = listener(dovecot, mailbox_user, store, leave=True)
     assert (await pop.run_once()).ingested == 1
