@@ -25,6 +25,9 @@ own SQLite store, and runs in a subprocess whose peak RSS comes from wait4().
    into a store grown to --growth mails, other Process/Workers (--also-workers) and another
    checkout's daemon (--also-code) in the same run. Peak RSS and CPU count the daemon's
    parse worker processes too.
+5. Optional (issue 16 point 9, bench/pg_ingest.py): each size once more on a PostgreSQL
+   store (--store sqlite,postgres), and 1 then 2 daemons over 8 mailboxes on one
+   PostgreSQL (--daemons 1,2), on a private server the script starts.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from typing import TYPE_CHECKING
 
 import mailgen  # stdlib only, like everything the baseline process imports
 import references
+from pg_ingest import PG_HOOK, ClusterRow, PgServer, cluster_report, cluster_run, store_xml
 
 if TYPE_CHECKING:
     from devkit.dovecot import DovecotSandbox
@@ -79,6 +83,8 @@ PROTOLOG_TOOL = "engage+protolog"
 MBSYNC_TOOL = "mbsync"  # isync's, into a local Maildir: the native reference
 MANY_TOOL = "engage-many"  # one daemon, many listeners
 GROW_TOOL = "engage-grown"  # 1,000 mails into a store of --growth mails
+PG_TOOL = "engage-postgres"  # --store postgres: the same run on a PostgreSQL store
+TARGET_PG_RATIO = 0.7  # issue 16: PostgreSQL msgs/s >= 0.7x SQLite's
 GRAPH_TOOL = "engage-graph"  # --source graph: the Graph listener against the imitation
 SPY_RATE = 250  # py-spy samples per second
 
@@ -294,6 +300,7 @@ class ThroughputRow:
     note: str = ""
     inner_seconds: float | None = None  # the daemon's own batch time / the loop's own time
     own_rss: int = 0  # peak RSS of the main process alone (peak_rss: with its workers)
+    server_cpu_seconds: float | None = None  # PostgreSQL's, for a run on the PostgreSQL store
 
     @property
     def msgs_per_s(self) -> float:
@@ -313,6 +320,7 @@ class Results:
     idle_delay: list[float] = field(default_factory=list)
     latency_note: str = ""
     huge: list[ThroughputRow] = field(default_factory=list)
+    cluster: list[ClusterRow] = field(default_factory=list)
 
 
 def machine() -> dict[str, str]:
@@ -427,16 +435,25 @@ class Bench:
             **extra,
         }
 
-    def config(self, work: Path, user: str, **extra: str) -> Path:
-        body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in self.elements(user, **extra).items())
+    def config(self, work: Path, user: str, store: str | None = None, **extra: str) -> Path:
+        """One listener on `user`; `store`: a <Store> element (default: SQLite beside it)."""
         path = work / "engage-listener.xml"
-        path.write_text(
-            '<?xml version="1.0" encoding="utf-8"?>\n<EngageIntegrationService>\n'
-            f'  <ImapListener ID="Bench">\n{body}  </ImapListener>\n'
-            + self.process_block()
-            + "  <Store><Path>store.sqlite3</Path></Store>\n</EngageIntegrationService>\n"
-        )
+        path.write_text(self.xml(self.listener_block("Bench", user, **extra), store))
         return path
+
+    def listener_block(self, lid: str, user: str, **extra: str) -> str:
+        body = "".join(f"    <{k}>{v}</{k}>\n" for k, v in self.elements(user, **extra).items())
+        return f'  <ImapListener ID="{lid}">\n{body}  </ImapListener>\n'
+
+    def xml(self, listeners: str, store: str | None = None) -> str:
+        """The whole configuration: `listeners`, the Process block (Workers), the store."""
+        return (
+            '<?xml version="1.0" encoding="utf-8"?>\n<EngageIntegrationService>\n'
+            f"{listeners}"
+            + self.process_block()
+            + f"{store or '  <Store><Path>store.sqlite3</Path></Store>'}\n"
+            "</EngageIntegrationService>\n"
+        )
 
     # -- throughput ----------------------------------------------------------------
 
@@ -475,10 +492,16 @@ class Bench:
         prepared: tuple[Path, Path] | None = None,
         users: Sequence[str] = (),
         code: Path | None = None,
+        pg: PgServer | None = None,
         **extra: str,
     ) -> ThroughputRow:
+        database = None
         if prepared is not None:  # a work directory and configuration made by the caller
             work, config = prepared
+        elif pg is not None:  # a fresh database, the routing function instead of the .sql
+            work = self.workdir(f"engage-{tag}")
+            url, database = pg.fresh()
+            config = self.config(work, user, store_xml(url), **{"RoutingHook": PG_HOOK, **extra})
         else:
             work = self.workdir(f"engage-{tag}")
             config = self.config(work, user, **extra)
@@ -503,6 +526,7 @@ class Bench:
         if code is not None:  # another checkout's package (an older commit, for comparison)
             compileall.compile_dir(code / "engage_listener", quiet=1)
             env = {**os.environ, "PYTHONPATH": str(code)}
+        server_cpu = pg.cpu() if pg is not None else 0.0
         m = run_measured(
             cmd,
             cwd=work,
@@ -511,6 +535,7 @@ class Bench:
             timeout=60 + n * self.timeout_per_mail * (5 if slow else 1),
             env=env,
         )
+        server_cpu = pg.cpu() - server_cpu if pg is not None else 0.0
         note = self._note(m, work / "stderr.txt")
         log = events(work / "daemon.log")
         ends = [e for e in log if e.get("event") == "batch_end"]
@@ -519,17 +544,31 @@ class Bench:
         quarantined = sum(int(str(e.get("quarantined", 0))) for e in ends)
         if failed or quarantined:
             note += f"{failed} failed, {quarantined} quarantined; "
+        note += self._store_note(work, pg, database)
+        logs = sorted(work.glob("imap.log*"))
+        if logs:
+            note += f"protocol log {sum(f.stat().st_size for f in logs) / MB:.1f} MB; "
+        row = self._row(tool, user, n, raw_bytes, m, note, inner, users)
+        if pg is not None:
+            row.server_cpu_seconds = server_cpu
+            print(f"  {'':<16} PostgreSQL server CPU {server_cpu:.2f} s", flush=True)
+        return row
+
+    @staticmethod
+    def _store_note(work: Path, pg: PgServer | None, database: str | None) -> str:
+        """What the run left in its store: cases and attachments (and PostgreSQL's ledger)."""
+        if pg is not None and database is not None:
+            with suppress(Exception):
+                return pg.counts(database) + "; "
+            return ""
         with suppress(sqlite3.Error):
             db = sqlite3.connect(f"file:{work / 'store.sqlite3'}?mode=ro", uri=True)
             cases, atts = db.execute(
                 "SELECT (SELECT count(*) FROM cases), (SELECT count(*) FROM attachments)"
             ).fetchone()
             db.close()
-            note += f"{cases} cases, {atts} attachments; "
-        logs = sorted(work.glob("imap.log*"))
-        if logs:
-            note += f"protocol log {sum(f.stat().st_size for f in logs) / MB:.1f} MB; "
-        return self._row(tool, user, n, raw_bytes, m, note, inner, users)
+            return f"{cases} cases, {atts} attachments; "
+        return ""
 
     @staticmethod
     def _note(m: Measured, stderr: Path) -> str:
@@ -678,12 +717,14 @@ class Bench:
         sources: Sequence[str] = ("imap",),
         also_workers: Sequence[int] = (),
         also_code: Sequence[Path] = (),
+        pg: PgServer | None = None,
     ) -> None:
         corpus = mailgen.corpus(n)
         results.mixes[n] = corpus.summary()
         print(f"N={n}: {corpus.summary()}", flush=True)
         started = time.perf_counter()
         tools = ["baseline", "engage"] + (["mbsync"] if "mbsync" in sources else [])
+        tools += ["postgres"] if pg is not None else []
         with ThreadPoolExecutor(2) as pool:  # every mailbox at once; nothing is measured yet
             users = dict(
                 zip(
@@ -702,6 +743,11 @@ class Bench:
                 self.run_mbsync(users["mbsync"], n, corpus.total_bytes, str(n))
             )
         results.throughput.append(self.run_daemon(users["engage"], n, corpus.total_bytes, str(n)))
+        if pg is not None:  # right after SQLite's run, the same corpus
+            row = self.run_daemon(
+                users["postgres"], n, corpus.total_bytes, f"pg-{n}", tool=PG_TOOL, pg=pg
+            )
+            results.throughput.append(row)
         default = self.workers
         for workers in also_workers:  # the same run with another Process/Workers
             self.workers = workers
@@ -747,8 +793,11 @@ class Bench:
             run = self.run_baseline if tool == "baseline" else self.run_daemon
             results.huge.append(run(user, 1, len(raw), "huge"))
 
-    def profile(self, n: int, out: Path | None, spy: tuple[str, Path] | None) -> None:
-        """The daemon once more on n mails, under cProfile and/or py-spy (RSS meaningless)."""
+    def profile(
+        self, n: int, out: Path | None, spy: tuple[str, Path] | None, pg: PgServer | None = None
+    ) -> None:
+        """The daemon once more on n mails, under cProfile and/or py-spy (RSS meaningless);
+        with `pg`, on the PostgreSQL store."""
         corpus = mailgen.corpus(n)
         for kind, target in (("cProfile", out), ("py-spy", spy[1] if spy else None)):
             if target is None:
@@ -757,9 +806,9 @@ class Bench:
             print(f"Profiling the daemon with {kind} on {n} mails -> {target}", flush=True)
             tag = f"{kind.lower()}-{n}"
             if kind == "cProfile":
-                self.run_daemon(user, n, corpus.total_bytes, tag, profile=target)
+                self.run_daemon(user, n, corpus.total_bytes, tag, profile=target, pg=pg)
             else:
-                self.run_daemon(user, n, corpus.total_bytes, tag, spy=spy)
+                self.run_daemon(user, n, corpus.total_bytes, tag, spy=spy, pg=pg)
 
     # -- latency -------------------------------------------------------------------
 
@@ -970,6 +1019,19 @@ def report(results: Results, sizes: Sequence[int]) -> tuple[str, list[str]]:
             if logged and el.msgs_per_s:
                 share = logged.msgs_per_s / el.msgs_per_s
                 lines.append(f"N={n}: with the protocol log on: msgs/s x{share:.2f} of without")
+            postgres = by.get((PG_TOOL, n))
+            if postgres and el.msgs_per_s:
+                ratio = postgres.msgs_per_s / el.msgs_per_s
+                server = postgres.server_cpu_seconds or 0.0
+                lines.append(
+                    f"N={n}: PostgreSQL / SQLite store: msgs/s x{ratio:.2f}; CPU per mail "
+                    f"{1e3 * postgres.cpu_seconds / n:.2f} ms (server {1e3 * server / n:.2f}) "
+                    f"against {1e3 * el.cpu_seconds / n:.2f} ms"
+                )
+                checks.append(
+                    f"{'PASS' if ratio >= TARGET_PG_RATIO else 'MISS'} PostgreSQL N={n}: "
+                    f"x{ratio:.2f} SQLite's msgs/s (target >= x{TARGET_PG_RATIO:g})"
+                )
             for row in results.throughput:  # the other daemons of the same run
                 if row.n == n and row.tool.startswith("engage") and row is not el:
                     lines.append(
@@ -1067,6 +1129,8 @@ def report(results: Results, sizes: Sequence[int]) -> tuple[str, list[str]]:
             f"{'PASS' if ok else 'MISS'} latency: median {(lat - idle) * 1e3:.0f} ms over the "
             f"server's IDLE delay (target <= {TARGET_LATENCY_OVER_IDLE * 1e3:.0f} ms)"
         )
+    if results.cluster:
+        lines += cluster_report(results.cluster)
     return "\n".join(lines), checks
 
 
@@ -1157,11 +1221,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "that Dovecot indexes them before anything is timed) instead of APPEND, which "
         "takes minutes for 10,000 mails on a loaded machine",
     )
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="comma-separated: sqlite (always), postgres (also each size on a PostgreSQL "
+        "store, a private server the script starts)",
+    )
+    parser.add_argument(
+        "--daemons",
+        default="",
+        help="e.g. 1,2: afterwards, that many daemon processes over 8 mailboxes on one "
+        "PostgreSQL, on the first size (needs no --store postgres)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     sources = [s.strip() for s in args.source.split(",") if s.strip()]
+    stores = {s.strip() for s in args.store.split(",") if s.strip()}
+    daemons = [int(d) for d in args.daemons.split(",") if d.strip()]
 
     if "mbsync" in sources and shutil.which("mbsync") is None:
         parser.error("--source mbsync: mbsync not found (Debian: apt-get install isync)")
@@ -1186,11 +1264,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"Work directory {root}; Dovecot on 127.0.0.1:{bench.sandbox.imap_port}", flush=True)
     bench.sandbox.start()
+    pg: PgServer | None = None
+    ours: PgServer | None = None
     try:
+        if "postgres" in stores or daemons:
+            pg = PgServer()
+            pg.start()
+            results.machine["postgresql"] = pg.version()
+            ours = pg if "postgres" in stores else None  # the PostgreSQL run of each size
         if "throughput" not in skip:
             bench.floor(results)
             for n in sizes:
-                bench.throughput(n, results, args.protocol_log, sources, also, codes)
+                bench.throughput(n, results, args.protocol_log, sources, also, codes, ours)
+        if daemons and pg is not None:
+            corpus = mailgen.corpus(sizes[0])
+            print(f"Daemons over 8 mailboxes, one PostgreSQL, N={sizes[0]}", flush=True)
+            for count in daemons:
+                results.cluster.append(cluster_run(bench, pg, corpus.messages, count))
         if args.many:
             listeners, each = (int(x) for x in args.many.lower().split("x"))
             bench.many(listeners, each, results)
@@ -1202,8 +1292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.huge(int(args.huge_mb * MB), results)
         if args.profile is not None or spy is not None:
             profile = args.profile.resolve() if args.profile is not None else None
-            bench.profile(sizes[0], profile, spy)
+            bench.profile(sizes[0], profile, spy, ours)
     finally:
+        if pg is not None:
+            pg.stop()
         bench.sandbox.stop()
         if args.keep:
             print(f"kept {root}")
