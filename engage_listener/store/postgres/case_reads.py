@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engage_listener.store.postgres.transaction_more import LAST_MAIL
+from engage_listener.store.common_sql import LAST_MAIL
 from engage_listener.store.records import (
     HEADER_BYTES,
     CaseDetail,

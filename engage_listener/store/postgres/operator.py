@@ -22,8 +22,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from engage_listener.observe.logs import scrub
+from engage_listener.store.common_sql import ACK_COLUMNS, ACK_FROM, ack_row, now_iso
 from engage_listener.store.postgres.transaction import PostgresTransaction
-from engage_listener.store.postgres.transaction_more import ACK_COLUMNS, ACK_FROM, ack_row, now_iso
 from engage_listener.store.postgres.webhooks import claimable
 from engage_listener.store.records import (
     AckRow,

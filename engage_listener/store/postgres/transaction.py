@@ -27,6 +27,7 @@ import psycopg
 
 from engage_listener.errors import LeaseLost
 from engage_listener.observe.logs import scrub
+from engage_listener.store.common_sql import now_iso
 from engage_listener.store.interface import (
     CaseInfo,
     CaseRef,
@@ -41,7 +42,7 @@ from engage_listener.store.postgres import hooks
 from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.follow_ups import FollowUpQueries
 from engage_listener.store.postgres.rows import Column, insert_row
-from engage_listener.store.postgres.transaction_more import MoreWrites, now_iso
+from engage_listener.store.postgres.transaction_more import MoreWrites
 from engage_listener.store.postgres.webhooks import WebhookWrites
 from engage_listener.store.records import CaseStatus, LedgerState
 

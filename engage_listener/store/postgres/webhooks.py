@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engage_listener.observe.logs import scrub
-from engage_listener.store.postgres.transaction_more import now_iso
+from engage_listener.store.common_sql import now_iso
 from engage_listener.store.records import (
     NewWebhookEvent,
     WebhookDelivery,

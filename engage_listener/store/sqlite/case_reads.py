@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engage_listener.store.common_sql import LAST_MAIL
 from engage_listener.store.records import (
     HEADER_BYTES,
     CaseDetail,
@@ -25,7 +26,6 @@ from engage_listener.store.records import (
     StoredAttachment,
     StoredMessage,
 )
-from engage_listener.store.sqlite.operator_tx import LAST_MAIL
 
 _CASE_COLUMNS = (
     "c.id, c.case_number, c.listener, c.process, c.status, c.inbox, c.priority, c.subject,"

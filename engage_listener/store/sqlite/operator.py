@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from engage_listener.store.common_sql import ACK_COLUMNS, ACK_FROM, ack_row, now_iso
 from engage_listener.store.records import (
     AckRow,
     CaseState,
@@ -20,7 +21,6 @@ from engage_listener.store.records import (
     OutboxState,
     Quarantined,
 )
-from engage_listener.store.sqlite.operator_tx import ACK_COLUMNS, ACK_FROM, ack_row, now_iso
 from engage_listener.store.sqlite.transaction import SqliteTransaction
 
 _QUARANTINE_COLUMNS = (

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from engage_listener.errors import StoppedEarly, StoreError
 from engage_listener.mail.fields import recipient_key
 from engage_listener.observe.logs import scrub
+from engage_listener.store.common_sql import now_iso
 from engage_listener.store.interface import (
     CaseInfo,
     CaseRef,
@@ -24,7 +25,7 @@ from engage_listener.store.interface import (
 from engage_listener.store.records import CaseStatus, LedgerState, OutboxState
 from engage_listener.store.sqlite.connection import AsyncCursor, Connection
 from engage_listener.store.sqlite.follow_ups import FollowUpQueries
-from engage_listener.store.sqlite.operator_tx import OperatorWrites, now_iso
+from engage_listener.store.sqlite.operator_tx import OperatorWrites
 from engage_listener.store.sqlite.webhooks import WebhookWrites
 
 __all__ = ["SqliteTransaction", "now_iso"]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from engage_listener.store.common_sql import now_iso
 from engage_listener.store.records import (
     NewWebhookEvent,
     WebhookDelivery,
@@ -19,7 +20,6 @@ from engage_listener.store.records import (
     WebhookState,
 )
 from engage_listener.store.sqlite.connection import AsyncCursor
-from engage_listener.store.sqlite.operator_tx import now_iso
 
 if TYPE_CHECKING:
     from engage_listener.store.sqlite.transaction import SqliteTransaction
