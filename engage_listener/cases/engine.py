@@ -31,7 +31,8 @@ from engage_listener.cases.stored import add_attachments, new_message
 from engage_listener.cases.webhooks import tell_crm
 from engage_listener.errors import QuarantineNow
 from engage_listener.mail import parser
-from engage_listener.mail.parse_pool import Prepared, prepare_for_quarantine, shared
+from engage_listener.mail.parse_pool import Prepared
+from engage_listener.mail.parse_shared import prepare_for_quarantine, shared
 from engage_listener.mail.subjects import normalize_subject
 from engage_listener.store.interface import (
     CaseRef,

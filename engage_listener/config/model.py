@@ -35,7 +35,8 @@ DEFAULT_GRAPH_INPUT_FOLDER = "Inbox"  # Graph: the well-known name of the inbox
 
 
 def default_workers() -> int:
-    """Process/Workers when absent: one parse worker process per CPU (mail.parse_pool)."""
+    """Process/Workers when absent: at most one parse worker process per CPU, started as
+    needed (mail.parse_pool)."""
     return os.cpu_count() or 1
 
 

@@ -13,9 +13,9 @@ Decisions:
   unsafe, and multiprocessing's spawn and forkserver would import the daemon's main module
   again in every worker. It imports the parser only (~0.1 s to start, off the loop) and
   is replaced only after a timeout, a crash or a very big mail.
-- One pool for the process (`shared`), shared by every listener, of `Process/Workers`
-  workers (`configure`, before the first mail; default: one per CPU, config.model), each
-  with a thread of its own
+- One pool for the process (`parse_shared.shared`), shared by every listener, of up to
+  `Process/Workers` workers (`configure`, before the first mail; default: one per CPU,
+  config.model), each with a thread of its own
   (not asyncio's default executor, which DNS lookups and hooks use) that feeds it, reads
   and unpickles its answers (off the loop) and kills it on overrun. The loop only queues
   a mail and awaits its future; answers read together wake it once.
@@ -44,6 +44,15 @@ Decisions:
 - Workers 0 parses in-process (the daemon's choice on a machine that cannot spare the
   memory of a process): on the event loop up to INLINE_BYTES, in a thread above, without a
   budget: CPU-bound Python in the daemon's process cannot be stopped.
+- Workers start as they are needed, not all at once: one at start-up, and one more (up to
+  Process/Workers) when every running one has been busy without a break for GROW_AFTER
+  while mails wait that no worker has taken (the parse is what holds the batch back).
+  On 2 cores, where the event loop (store, routing, TLS) is the limit, a second worker
+  only took CPU from the loop: 0.89x Workers 1's msgs/s at 10,000 mails and 0.78x at
+  1,000, and ~35 MiB more (bench/README.md, "Workers as needed"); a 16-core server would
+  have held 16 idle processes. Ahead of a busy loop the one worker empties its queue
+  within the parse-ahead bound (64 mails), so it never stays busy that long; a slow or
+  hostile mail, or a loop faster than one worker, does. Workers are not stopped again.
 - Pickle, in-band: out-of-band buffers would spare one copy of an answer's bytes each
   side (~10 us for the average 50 kB mail); marshal with the dataclasses rebuilt here
   measured slower (0.11 + 0.15 ms a mail against 0.10 + 0.10): building the objects is
@@ -54,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import os
 import select
@@ -63,7 +71,6 @@ import time
 from collections import deque
 
 from engage_listener.errors import QuarantineNow
-from engage_listener.mail import parser
 from engage_listener.mail.parse_jobs import Job, in_process, retrieve, settle
 from engage_listener.mail.parse_worker import (
     HEAD,
@@ -77,26 +84,19 @@ from engage_listener.mail.parse_worker import (
 __all__ = [
     "PARSE_BYTES_PER_SECOND",
     "PARSE_SECONDS",
-    "WORKERS",
     "ParsePool",
     "Prepared",
     "WorkerDied",
-    "close_shared",
-    "configure",
-    "prepare_for_quarantine",
     "prepare_mail",
-    "shared",
 ]
 
 PARSE_SECONDS = 10.0  # each mail's budget, plus the allowance below
 PARSE_BYTES_PER_SECOND = 8 * 1024 * 1024  # allowance for size: +1 s per 8 MB
-# Until `configure` (the daemon calls it with Process/Workers, whose default, one per CPU,
-# is config.model's): tests and one-off commands (approve, replay) parse a few mails.
-WORKERS = 1
 INLINE_BYTES = 1 << 20  # Workers 0: bigger mails are parsed in a thread, off the loop
 DEPTH = 8  # mails sent to a worker ahead of their answers, at most
 FLIGHT_BYTES = 4 << 20  # and their size (one bigger mail goes alone)
 RECYCLE_BYTES = 32 * 1024 * 1024  # a worker that parsed a bigger mail is replaced
+GROW_AFTER = 0.5  # seconds every worker was busy, with mails waiting, before one more starts
 _CLOSED = "the parse pool is closed"
 
 
@@ -106,28 +106,16 @@ def budget_for(size: int) -> float:
     return PARSE_SECONDS + size / PARSE_BYTES_PER_SECOND
 
 
-async def prepare_for_quarantine(raw: bytes, strip: bool, reason: str) -> Prepared:
-    """What a quarantined mail is kept with: parsed like any mail when that works within
-    budget; a mail whose parse overran (or killed its worker) is kept unparsed, with the
-    reason as its defect, instead of being given a second budget to overrun."""
-    if not reason.startswith("parse-timeout"):
-        try:
-            return await shared().prepare(raw, strip)
-        except Exception as exc:  # overran, killed its worker, or raised (Workers 0)
-            reason = str(exc)
-    digest = await asyncio.to_thread(lambda: hashlib.sha256(raw).hexdigest())  # 150 MB: 0.3 s
-    return Prepared(parser.unparsed(reason[:300]), digest, None)
-
-
 class ParsePool:
     """Worker processes that prepare mails; see the module's Decisions."""
 
-    def __init__(self, workers: int = WORKERS) -> None:
+    def __init__(self, workers: int = 1) -> None:
         self.workers = workers
         self._lock = threading.Lock()  # guards _queue, _slots, _closed, Slot.hungry
         self._queue: deque[Job] = deque()  # not sent to any worker yet, in order
-        self._slots: list[_Slot] = []
+        self._slots: list[_Slot] = []  # replaced, never changed in place (read unlocked)
         self._closed = False
+        self._grown_at = 0.0  # when the last worker was added
 
     async def prepare(self, raw: bytes, strip: bool) -> Prepared:
         """The mail prepared by a worker. Raises QuarantineNow("parse-timeout: ...") when it
@@ -152,7 +140,7 @@ class ParsePool:
         return future
 
     def warm_up(self) -> None:
-        """Start every worker now (in the pool's threads), not at the first mail."""
+        """Start the first worker now (in its thread), not at the first mail."""
         with self._lock:
             self._start()
 
@@ -173,9 +161,26 @@ class ParsePool:
 
     def _start(self) -> None:  # under _lock
         if not self._slots and not self._closed:
-            self._slots = [_Slot(self) for _ in range(self.workers)]
-            for slot in self._slots:
-                slot.thread.start()
+            self._add()
+
+    def _add(self) -> None:  # under _lock
+        slot = _Slot(self)
+        self._slots = [*self._slots, slot]
+        self._grown_at = time.monotonic()
+        slot.thread.start()
+
+    def _behind(self, busy_since: float) -> None:
+        """Called (under _lock) by a busy worker's thread while mails wait in the queue:
+        one more worker when every worker has been busy for GROW_AFTER (see Decisions)."""
+        now = time.monotonic()
+        if (
+            len(self._slots) < self.workers
+            and not self._closed
+            and now - busy_since >= GROW_AFTER
+            and now - self._grown_at >= GROW_AFTER
+            and all(slot.busy_since and now - slot.busy_since >= GROW_AFTER for slot in self._slots)
+        ):
+            self._add()
 
     def _wake_one(self) -> None:  # under _lock
         for slot in self._slots:
@@ -205,6 +210,7 @@ class _Slot:
         self.pool = pool
         self.worker: Worker | None = None
         self.hungry = False  # (under the pool's lock) wants a wake-up for a new mail
+        self.busy_since = 0.0  # (under the pool's lock) since when `flight` is not empty
         self.flight: deque[Job] = deque()  # sent (or being sent), answers due in order
         self.out: deque[memoryview] = deque()  # what is still to write to the worker
         self.answers = bytearray()  # read from the worker, not yet a whole answer
@@ -249,11 +255,8 @@ class _Slot:
         the answers over."""
         if not self.flight and self.worker is not None and not self.worker.alive():
             self._retire()  # ended while idle (killed from outside): no mail's doing
-        with self.pool._lock:
-            if self.pool._closed:
-                return
-            self._top_up(self.pool._queue)
-            self.hungry = len(self.flight) < 2  # the worker may soon run dry: wake us
+        if not self._take_work():
+            return
         if not self.flight:
             select.select([self._wake_r], [], [])
             self._drained()
@@ -264,9 +267,8 @@ class _Slot:
         try:
             if self.out:
                 self._write(worker)
-            left = max(0.0, head.deadline - time.monotonic())
             wait = [worker.send] if self.out else []
-            ready, _, _ = select.select([worker.answers, self._wake_r], wait, [], left)
+            ready, _, _ = select.select([worker.answers, self._wake_r], wait, [], self._left(head))
             if self._wake_r in ready:
                 self._drained()
             if worker.answers in ready:
@@ -277,6 +279,30 @@ class _Slot:
             size = len(self.flight[0].raw)
             reason = f"parse-timeout: not parsed within {budget_for(size):.1f} s ({size} bytes)"
             self._fail_head(QuarantineNow(reason + "; the parse was stopped"))
+
+    def _take_work(self) -> bool:
+        """Top up from the pool's queue, and note how long the worker has been busy (the
+        pool grows on that); False once the pool is closed."""
+        with self.pool._lock:
+            if self.pool._closed:
+                return False
+            self._top_up(self.pool._queue)
+            self.hungry = len(self.flight) < 2  # the worker may soon run dry: wake us
+            if not self.flight:
+                self.busy_since = 0.0
+            elif not self.busy_since:
+                self.busy_since = time.monotonic()
+            elif self.pool._queue:  # mails wait that this worker has no room for
+                self.pool._behind(self.busy_since)
+        return True
+
+    def _left(self, head: Job) -> float:
+        """How long to wait for an answer: until the head's deadline, or GROW_AFTER while
+        mails wait and the pool may grow (an unlocked peek: a look again costs nothing)."""
+        left = max(0.0, head.deadline - time.monotonic())
+        if self.pool._queue and len(self.pool._slots) < self.pool.workers:
+            return min(left, GROW_AFTER)
+        return left
 
     def _fail_head(self, exc: Exception) -> None:
         """The head mail gets `exc` once its worker is killed and reaped (the mails sent
@@ -368,39 +394,3 @@ class _Slot:
     def _drained(self) -> None:
         with contextlib.suppress(OSError):
             os.read(self._wake_r, 4096)
-
-
-_shared: ParsePool | None = None
-_shared_lock = threading.Lock()
-
-
-_size: int | None = None  # set by `configure`; None: WORKERS
-
-
-def configure(workers: int) -> None:
-    """Size the process's pool (Process/Workers); a pool already started with another
-    size is closed, and the next use starts the new one."""
-    global _size  # noqa: PLW0603 - one pool per process, by design
-    with _shared_lock:
-        _size = workers
-        stale = _shared is not None and _shared.workers != workers
-    if stale:
-        close_shared()
-
-
-def shared() -> ParsePool:
-    """The process's pool, shared by every listener, started on first use."""
-    global _shared  # noqa: PLW0603 - one pool per process, by design
-    with _shared_lock:
-        if _shared is None:
-            _shared = ParsePool(WORKERS if _size is None else _size)
-        return _shared
-
-
-def close_shared() -> None:
-    """Kill the process's workers (at the daemon's exit); a later use starts new ones."""
-    global _shared
-    with _shared_lock:
-        pool, _shared = _shared, None
-    if pool is not None:
-        pool.close()

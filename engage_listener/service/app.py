@@ -20,9 +20,9 @@ from engage_listener.config.load import load_config
 from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.errors import EngageError
 from engage_listener.intake.retry import backoff
-from engage_listener.mail.parse_pool import close_shared as close_parse_pool
-from engage_listener.mail.parse_pool import configure as configure_parse_pool
-from engage_listener.mail.parse_pool import shared as parse_pool
+from engage_listener.mail.parse_shared import close_shared as close_parse_pool
+from engage_listener.mail.parse_shared import configure as configure_parse_pool
+from engage_listener.mail.parse_shared import shared as parse_pool
 from engage_listener.observe.logs import (
     Logger,
     get_logger,

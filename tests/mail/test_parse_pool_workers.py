@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from engage_listener.mail import parse_pool
+from engage_listener.mail import parse_pool, parse_shared
 from engage_listener.mail.parse_pool import ParsePool, Prepared
 from engage_listener.mail.reply import new_text
 from tests.support.helpers import make_mail
+from tests.support.hostile_mail import slow_mail
 
 REPLY = (
     b"From: Ana <ana@example.com>\r\nTo: soporte@example.org\r\nSubject: RE: pedido\r\n"
@@ -27,8 +28,8 @@ REPLY = (
 def restore_shared() -> Iterator[None]:
     """The process's pool as the other tests expect it, afterwards."""
     yield
-    parse_pool.configure(parse_pool.WORKERS)
-    parse_pool.close_shared()
+    parse_shared.configure(parse_shared.WORKERS)
+    parse_shared.close_shared()
 
 
 async def prepare_all(pool: ParsePool, raws: list[bytes]) -> list[Prepared]:
@@ -44,9 +45,9 @@ def test_a_worker_hands_back_hash_verdict_and_new_text(workers: int) -> None:
         assert ready.automatic is not None and "auto-replied" in ready.automatic.lower()
         assert ready.new_text == "Sigue sin llegar." == new_text(ready.mail.text)
         deadline = time.monotonic() + 60  # each slot's thread starts its own process
-        while len(pool._workers) < workers and time.monotonic() < deadline:
+        while len(pool._workers) < min(workers, 1) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(pool._workers) == workers  # 0: no process was started
+        assert len(pool._workers) == min(workers, 1)  # one mail needs one; 0: none started
     finally:
         pool.close()
 
@@ -63,12 +64,53 @@ def test_in_process_keeps_order_and_parses_big_mails_off_the_loop(
 
 
 def test_every_listener_shares_one_pool_of_the_configured_size(restore_shared: None) -> None:
-    parse_pool.close_shared()
-    parse_pool.configure(3)
-    first = parse_pool.shared()
-    assert first.workers == 3 and parse_pool.shared() is first  # every caller: the same
-    parse_pool.configure(3)
-    assert parse_pool.shared() is first  # the same size: kept
-    parse_pool.configure(1)
-    second = parse_pool.shared()
+    parse_shared.close_shared()
+    parse_shared.configure(3)
+    first = parse_shared.shared()
+    assert first.workers == 3 and parse_shared.shared() is first  # every caller: the same
+    parse_shared.configure(3)
+    assert parse_shared.shared() is first  # the same size: kept
+    parse_shared.configure(1)
+    second = parse_shared.shared()
     assert second is not first and second.workers == 1 and first._closed
+
+
+def test_a_pool_that_keeps_up_keeps_one_worker() -> None:
+    """Mails come one at a time or a few together, as ahead of a busy event loop: one
+    worker empties its queue each time, so no second one is started."""
+    pool = ParsePool(3)
+
+    async def feed() -> None:
+        for n in range(12):
+            await pool.submit(make_mail(n), True)
+        for start in range(0, 48, 8):  # a worker's DEPTH at a time
+            await prepare_all(pool, [make_mail(n) for n in range(start, start + 8)])
+
+    try:
+        asyncio.run(feed())
+        assert len(pool._slots) == 1 and len(pool._workers) == 1
+    finally:
+        pool.close()
+
+
+def test_a_worker_busy_while_mails_wait_brings_one_more_up_to_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow mail holds the first worker (seconds of CPU) while mails wait that it has no
+    room for: a second worker starts and parses them meanwhile; never more than Workers."""
+    monkeypatch.setattr(parse_pool, "GROW_AFTER", 0.2)
+    pool = ParsePool(2)
+
+    async def feed() -> tuple[bool, list[Prepared]]:
+        slow = pool.submit(slow_mail(16), True)  # ~2 s
+        waiting = [pool.submit(make_mail(n), True) for n in range(parse_pool.DEPTH * 2)]
+        last = await waiting[-1]  # a mail no room was left for in the first worker
+        return slow.done(), [last, await slow, *[await w for w in waiting]]
+
+    try:
+        slow_done_first, ready = asyncio.run(feed())
+        assert not slow_done_first  # the second worker answered while the first was busy
+        assert len(ready) == parse_pool.DEPTH * 2 + 2
+        assert len(pool._slots) == 2 and len(pool._workers) == 2
+    finally:
+        pool.close()
