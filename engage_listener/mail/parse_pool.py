@@ -45,14 +45,14 @@ Decisions:
   memory of a process): on the event loop up to INLINE_BYTES, in a thread above, without a
   budget: CPU-bound Python in the daemon's process cannot be stopped.
 - Workers start as they are needed, not all at once: one at start-up, and one more (up to
-  Process/Workers) when every running one has been busy without a break for GROW_AFTER
-  while mails wait that no worker has taken (the parse is what holds the batch back).
+  Process/Workers) when the parse is what holds the batches back: GROW_WAITS mails in a
+  row that a batch had to wait for (`taken`), with mails queued that no worker has taken.
   On 2 cores, where the event loop (store, routing, TLS) is the limit, a second worker
   only took CPU from the loop: 0.89x Workers 1's msgs/s at 10,000 mails and 0.78x at
   1,000, and ~35 MiB more (bench/README.md, "Workers as needed"); a 16-core server would
-  have held 16 idle processes. Ahead of a busy loop the one worker empties its queue
-  within the parse-ahead bound (64 mails), so it never stays busy that long; a slow or
-  hostile mail, or a loop faster than one worker, does. Workers are not stopped again.
+  have held 16 idle processes. How busy a worker is says nothing of this (a worker starved
+  of CPU on a loaded machine is busy, yet its answers are ready before the batch needs
+  them); whether the batch waits does. Workers are not stopped again.
 - Pickle, in-band: out-of-band buffers would spare one copy of an answer's bytes each
   side (~10 us for the average 50 kB mail); marshal with the dataclasses rebuilt here
   measured slower (0.11 + 0.15 ms a mail against 0.10 + 0.10): building the objects is
@@ -96,7 +96,7 @@ INLINE_BYTES = 1 << 20  # Workers 0: bigger mails are parsed in a thread, off th
 DEPTH = 8  # mails sent to a worker ahead of their answers, at most
 FLIGHT_BYTES = 4 << 20  # and their size (one bigger mail goes alone)
 RECYCLE_BYTES = 32 * 1024 * 1024  # a worker that parsed a bigger mail is replaced
-GROW_AFTER = 0.5  # seconds every worker was busy, with mails waiting, before one more starts
+GROW_WAITS = 3  # mails in a row a batch waited for, with more queued: one more worker
 _CLOSED = "the parse pool is closed"
 
 
@@ -115,7 +115,7 @@ class ParsePool:
         self._queue: deque[Job] = deque()  # not sent to any worker yet, in order
         self._slots: list[_Slot] = []  # replaced, never changed in place (read unlocked)
         self._closed = False
-        self._grown_at = 0.0  # when the last worker was added
+        self._waits = 0  # mails in a row a batch had to wait for (`taken`)
 
     async def prepare(self, raw: bytes, strip: bool) -> Prepared:
         """The mail prepared by a worker. Raises QuarantineNow("parse-timeout: ...") when it
@@ -138,6 +138,22 @@ class ParsePool:
             self._start()
             self._wake_one()
         return future
+
+    def taken(self, ready: bool) -> None:
+        """A batch takes a mail it sent ahead (on the event loop); `ready`: its answer was
+        there. Not ready GROW_WAITS times in a row, with mails queued that no worker has
+        taken: one more worker (see Decisions)."""
+        if ready:
+            self._waits = 0
+            return
+        self._waits += 1
+        if self._waits < GROW_WAITS:
+            return
+        self._waits = 0
+        with self._lock:
+            if not self._queue or len(self._slots) >= self.workers or self._closed:
+                return
+            self._add()
 
     def warm_up(self) -> None:
         """Start the first worker now (in its thread), not at the first mail."""
@@ -166,21 +182,7 @@ class ParsePool:
     def _add(self) -> None:  # under _lock
         slot = _Slot(self)
         self._slots = [*self._slots, slot]
-        self._grown_at = time.monotonic()
         slot.thread.start()
-
-    def _behind(self, busy_since: float) -> None:
-        """Called (under _lock) by a busy worker's thread while mails wait in the queue:
-        one more worker when every worker has been busy for GROW_AFTER (see Decisions)."""
-        now = time.monotonic()
-        if (
-            len(self._slots) < self.workers
-            and not self._closed
-            and now - busy_since >= GROW_AFTER
-            and now - self._grown_at >= GROW_AFTER
-            and all(slot.busy_since and now - slot.busy_since >= GROW_AFTER for slot in self._slots)
-        ):
-            self._add()
 
     def _wake_one(self) -> None:  # under _lock
         for slot in self._slots:
@@ -210,7 +212,6 @@ class _Slot:
         self.pool = pool
         self.worker: Worker | None = None
         self.hungry = False  # (under the pool's lock) wants a wake-up for a new mail
-        self.busy_since = 0.0  # (under the pool's lock) since when `flight` is not empty
         self.flight: deque[Job] = deque()  # sent (or being sent), answers due in order
         self.out: deque[memoryview] = deque()  # what is still to write to the worker
         self.answers = bytearray()  # read from the worker, not yet a whole answer
@@ -255,8 +256,11 @@ class _Slot:
         the answers over."""
         if not self.flight and self.worker is not None and not self.worker.alive():
             self._retire()  # ended while idle (killed from outside): no mail's doing
-        if not self._take_work():
-            return
+        with self.pool._lock:
+            if self.pool._closed:
+                return
+            self._top_up(self.pool._queue)
+            self.hungry = len(self.flight) < 2  # the worker may soon run dry: wake us
         if not self.flight:
             select.select([self._wake_r], [], [])
             self._drained()
@@ -267,8 +271,9 @@ class _Slot:
         try:
             if self.out:
                 self._write(worker)
+            left = max(0.0, head.deadline - time.monotonic())
             wait = [worker.send] if self.out else []
-            ready, _, _ = select.select([worker.answers, self._wake_r], wait, [], self._left(head))
+            ready, _, _ = select.select([worker.answers, self._wake_r], wait, [], left)
             if self._wake_r in ready:
                 self._drained()
             if worker.answers in ready:
@@ -279,30 +284,6 @@ class _Slot:
             size = len(self.flight[0].raw)
             reason = f"parse-timeout: not parsed within {budget_for(size):.1f} s ({size} bytes)"
             self._fail_head(QuarantineNow(reason + "; the parse was stopped"))
-
-    def _take_work(self) -> bool:
-        """Top up from the pool's queue, and note how long the worker has been busy (the
-        pool grows on that); False once the pool is closed."""
-        with self.pool._lock:
-            if self.pool._closed:
-                return False
-            self._top_up(self.pool._queue)
-            self.hungry = len(self.flight) < 2  # the worker may soon run dry: wake us
-            if not self.flight:
-                self.busy_since = 0.0
-            elif not self.busy_since:
-                self.busy_since = time.monotonic()
-            elif self.pool._queue:  # mails wait that this worker has no room for
-                self.pool._behind(self.busy_since)
-        return True
-
-    def _left(self, head: Job) -> float:
-        """How long to wait for an answer: until the head's deadline, or GROW_AFTER while
-        mails wait and the pool may grow (an unlocked peek: a look again costs nothing)."""
-        left = max(0.0, head.deadline - time.monotonic())
-        if self.pool._queue and len(self.pool._slots) < self.pool.workers:
-            return min(left, GROW_AFTER)
-        return left
 
     def _fail_head(self, exc: Exception) -> None:
         """The head mail gets `exc` once its worker is killed and reaped (the mails sent

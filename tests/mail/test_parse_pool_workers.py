@@ -75,42 +75,38 @@ def test_every_listener_shares_one_pool_of_the_configured_size(restore_shared: N
     assert second is not first and second.workers == 1 and first._closed
 
 
-def test_a_pool_that_keeps_up_keeps_one_worker() -> None:
-    """Mails come one at a time or a few together, as ahead of a busy event loop: one
-    worker empties its queue each time, so no second one is started."""
+async def take_in_order(pool: ParsePool, raws: list[bytes], work: float) -> list[Prepared]:
+    """As a batch does: every mail sent ahead at once, then taken in order, `work` seconds
+    spent on each (the store, routing) before the next."""
+    futures = [pool.submit(raw, True) for raw in raws]
+    ready = []
+    for future in futures:
+        pool.taken(future.done())
+        ready.append(await future)
+        await asyncio.sleep(work)
+    return ready
+
+
+def test_a_pool_that_keeps_up_with_the_batch_keeps_one_worker() -> None:
+    """The batch is the slower (each mail's store work takes longer than its parse): after
+    the first mail, every answer is there before it is taken, so no worker more starts."""
     pool = ParsePool(3)
-
-    async def feed() -> None:
-        for n in range(12):
-            await pool.submit(make_mail(n), True)
-        for start in range(0, 48, 8):  # a worker's DEPTH at a time
-            await prepare_all(pool, [make_mail(n) for n in range(start, start + 8)])
-
     try:
-        asyncio.run(feed())
+        ready = asyncio.run(take_in_order(pool, [make_mail(n) for n in range(40)], 0.02))
+        assert len(ready) == 40
         assert len(pool._slots) == 1 and len(pool._workers) == 1
     finally:
         pool.close()
 
 
-def test_a_worker_busy_while_mails_wait_brings_one_more_up_to_workers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A slow mail holds the first worker (seconds of CPU) while mails wait that it has no
-    room for: a second worker starts and parses them meanwhile; never more than Workers."""
-    monkeypatch.setattr(parse_pool, "GROW_AFTER", 0.2)
+def test_a_batch_that_waits_for_its_parses_brings_more_workers_up_to_workers() -> None:
+    """Mails that each take a worker ~0.1 s and a batch with nothing else to do: it waits
+    for one mail after another, so workers start, but never more than Workers."""
     pool = ParsePool(2)
-
-    async def feed() -> tuple[bool, list[Prepared]]:
-        slow = pool.submit(slow_mail(16), True)  # ~2 s
-        waiting = [pool.submit(make_mail(n), True) for n in range(parse_pool.DEPTH * 2)]
-        last = await waiting[-1]  # a mail no room was left for in the first worker
-        return slow.done(), [last, await slow, *[await w for w in waiting]]
-
+    raws = [slow_mail(1, subject=f"slow {n}") for n in range(16)]
     try:
-        slow_done_first, ready = asyncio.run(feed())
-        assert not slow_done_first  # the second worker answered while the first was busy
-        assert len(ready) == parse_pool.DEPTH * 2 + 2
-        assert len(pool._slots) == 2 and len(pool._workers) == 2
+        ready = asyncio.run(take_in_order(pool, raws, 0.0))
+        assert [r.sha256 for r in ready] == [hashlib.sha256(raw).hexdigest() for raw in raws]
+        assert len(pool._slots) == 2
     finally:
         pool.close()
