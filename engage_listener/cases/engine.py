@@ -72,8 +72,7 @@ class CaseEngine:
         """Parse (unless `prepare` did), then commit customer, case, message, attachments,
         routing and ledger. A mail the Rules or the hook discard is kept, ignored."""
         if isinstance(prepared, asyncio.Future):  # from `prepare`; parse-timeout raises here
-            shared().taken(prepared.done())  # waiting for it: the pool may need a worker more
-            prepared = await prepared
+            prepared = await shared().take(prepared)  # the pool counts the waits
         if not isinstance(prepared, Prepared):
             prepared = await _prepare(raw, strip=self.settings.extract_attachments)
         s = self.settings

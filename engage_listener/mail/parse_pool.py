@@ -45,14 +45,17 @@ Decisions:
   memory of a process): on the event loop up to INLINE_BYTES, in a thread above, without a
   budget: CPU-bound Python in the daemon's process cannot be stopped.
 - Workers start as they are needed, not all at once: one at start-up, and one more (up to
-  Process/Workers) when the parse is what holds the batches back: GROW_WAITS mails in a
-  row that a batch had to wait for (`taken`), with mails queued that no worker has taken.
+  Process/Workers) when the parse is what holds the batches back: over GROW_WINDOW mails
+  taken (`take`), the batches spent more than GROW_SHARE of the time waiting for answers,
+  with mails queued that no worker has taken.
   On 2 cores, where the event loop (store, routing, TLS) is the limit, a second worker
   only took CPU from the loop: 0.89x Workers 1's msgs/s at 10,000 mails and 0.78x at
   1,000, and ~35 MiB more (bench/README.md, "Workers as needed"); a 16-core server would
   have held 16 idle processes. How busy a worker is says nothing of this (a worker starved
   of CPU on a loaded machine is busy, yet its answers are ready before the batch needs
-  them); whether the batch waits does. Workers are not stopped again.
+  them); how long the batch waits does. Counting waits is not enough either: when the
+  fetch is what the batch waits for, the first mails of each chunk are waited for too,
+  briefly. Workers are not stopped again.
 - Pickle, in-band: out-of-band buffers would spare one copy of an answer's bytes each
   side (~10 us for the average 50 kB mail); marshal with the dataclasses rebuilt here
   measured slower (0.11 + 0.15 ms a mail against 0.10 + 0.10): building the objects is
@@ -96,7 +99,8 @@ INLINE_BYTES = 1 << 20  # Workers 0: bigger mails are parsed in a thread, off th
 DEPTH = 8  # mails sent to a worker ahead of their answers, at most
 FLIGHT_BYTES = 4 << 20  # and their size (one bigger mail goes alone)
 RECYCLE_BYTES = 32 * 1024 * 1024  # a worker that parsed a bigger mail is replaced
-GROW_WAITS = 3  # mails in a row a batch waited for, with more queued: one more worker
+GROW_WINDOW = 32  # mails taken between two looks at how long the batches waited
+GROW_SHARE = 0.25  # waited more than this share of that time: one more worker
 _CLOSED = "the parse pool is closed"
 
 
@@ -115,7 +119,7 @@ class ParsePool:
         self._queue: deque[Job] = deque()  # not sent to any worker yet, in order
         self._slots: list[_Slot] = []  # replaced, never changed in place (read unlocked)
         self._closed = False
-        self._waits = 0  # mails in a row a batch had to wait for (`taken`)
+        self._window = (0, 0.0, 0.0)  # mails taken, seconds waited, since (see `take`)
 
     async def prepare(self, raw: bytes, strip: bool) -> Prepared:
         """The mail prepared by a worker. Raises QuarantineNow("parse-timeout: ...") when it
@@ -139,21 +143,30 @@ class ParsePool:
             self._wake_one()
         return future
 
-    def taken(self, ready: bool) -> None:
-        """A batch takes a mail it sent ahead (on the event loop); `ready`: its answer was
-        there. Not ready GROW_WAITS times in a row, with mails queued that no worker has
-        taken: one more worker (see Decisions)."""
-        if ready:
-            self._waits = 0
+    async def take(self, future: asyncio.Future[Prepared]) -> Prepared:
+        """The answer of a mail sent ahead (`submit`), for the batch that reached it; how
+        long the batch waited for it counts towards one more worker (see Decisions)."""
+        if future.done():
+            self._waited(0.0)
+            return await future
+        started = time.monotonic()
+        try:
+            return await future
+        finally:
+            self._waited(time.monotonic() - started)
+
+    def _waited(self, seconds: float) -> None:  # on the event loop
+        taken, waited, since = self._window
+        now = time.monotonic()
+        if taken < GROW_WINDOW:
+            self._window = (taken + 1, waited + seconds, since or now - seconds)
             return
-        self._waits += 1
-        if self._waits < GROW_WAITS:
+        self._window = (0, 0.0, now)
+        if waited + seconds <= GROW_SHARE * (now - since):
             return
-        self._waits = 0
         with self._lock:
-            if not self._queue or len(self._slots) >= self.workers or self._closed:
-                return
-            self._add()
+            if self._queue and len(self._slots) < self.workers and not self._closed:
+                self._add()
 
     def warm_up(self) -> None:
         """Start the first worker now (in its thread), not at the first mail."""

@@ -81,27 +81,35 @@ async def take_in_order(pool: ParsePool, raws: list[bytes], work: float) -> list
     futures = [pool.submit(raw, True) for raw in raws]
     ready = []
     for future in futures:
-        pool.taken(future.done())
-        ready.append(await future)
+        ready.append(await pool.take(future))
         await asyncio.sleep(work)
     return ready
 
 
-def test_a_pool_that_keeps_up_with_the_batch_keeps_one_worker() -> None:
+def test_a_pool_that_keeps_up_with_the_batch_keeps_one_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The batch is the slower (each mail's store work takes longer than its parse): after
     the first mail, every answer is there before it is taken, so no worker more starts."""
+    monkeypatch.setattr(parse_pool, "GROW_WINDOW", 4)
+    monkeypatch.setattr(parse_pool, "DEPTH", 1)  # mails stay queued: the pool could grow
     pool = ParsePool(3)
+    raws = [make_mail(n) for n in range(150)]
     try:
-        ready = asyncio.run(take_in_order(pool, [make_mail(n) for n in range(40)], 0.02))
-        assert len(ready) == 40
+        asyncio.run(pool.prepare(raws[0], True))  # the worker started
+        ready = asyncio.run(take_in_order(pool, raws, 0.01))
+        assert len(ready) == 150
         assert len(pool._slots) == 1 and len(pool._workers) == 1
     finally:
         pool.close()
 
 
-def test_a_batch_that_waits_for_its_parses_brings_more_workers_up_to_workers() -> None:
+def test_a_batch_that_waits_for_its_parses_brings_more_workers_up_to_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Mails that each take a worker ~0.1 s and a batch with nothing else to do: it waits
     for one mail after another, so workers start, but never more than Workers."""
+    monkeypatch.setattr(parse_pool, "GROW_WINDOW", 4)
     pool = ParsePool(2)
     raws = [slow_mail(1, subject=f"slow {n}") for n in range(16)]
     try:
