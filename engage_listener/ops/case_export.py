@@ -11,6 +11,12 @@ Decisions:
   status change: `updated_at`), which is what an incremental import needs.
 * Values are written as stored: no terminal escaping (JSON escapes controls itself; CSV
   quotes), since the reader is a program.
+* Except CSV cells a spreadsheet would run: a sender writes the subject, the text and the
+  names, and `=HYPERLINK(...)`, `+cmd|...` or `@SUM(...)` in one of them is a formula
+  when an operator opens the export in Excel or LibreOffice (CSV injection, OWASP). Such a
+  cell (one that starts with =, +, -, @, a tab or a carriage return) gets a leading `'`,
+  which the spreadsheet shows as text; `--csv-formulas keep` writes them as stored, for
+  a program that wants the exact values (JSON Lines is never changed).
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from typing import Any, Literal, TextIO
 from engage_listener.ops.case_view import load_case
 from engage_listener.store.interface import Store
 
-__all__ = ["CSV_COLUMNS", "PAGE", "export_cases", "since_day"]
+__all__ = ["CSV_COLUMNS", "PAGE", "export_cases", "since_day", "spreadsheet_safe"]
 
 Format = Literal["jsonl", "csv"]
+Formulas = Literal["quote", "keep"]  # --csv-formulas
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 PAGE = 100  # cases read at once
 CSV_COLUMNS = (
     "case_id", "case_number", "listener", "process", "status", "inbox", "priority", "tags",
@@ -40,8 +48,21 @@ def since_day(day: dt.date) -> str:
     return dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC).isoformat(timespec="seconds")
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would take for a formula, quoted as text (see Decisions)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 async def export_cases(
-    store: Store, out: TextIO, fmt: Format, *, since: str | None = None, listener: str | None = None
+    store: Store,
+    out: TextIO,
+    fmt: Format,
+    *,
+    since: str | None = None,
+    listener: str | None = None,
+    formulas: Formulas = "quote",
 ) -> int:
     """Write the chosen cases to `out`; returns how many."""
     writer = csv.writer(out, lineterminator="\r\n") if fmt == "csv" else None
@@ -56,8 +77,10 @@ async def export_cases(
             doc = await load_case(store, case)
             if writer is None:
                 out.write(json.dumps(doc, ensure_ascii=False) + "\n")
-            else:
+            elif formulas == "keep":
                 writer.writerows(_rows(doc))
+            else:
+                writer.writerows([list(map(spreadsheet_safe, row)) for row in _rows(doc)])
             count += 1
         after = page[-1].id
 

@@ -39,7 +39,12 @@ def run_cases(args: argparse.Namespace, config: Config) -> int:
             with_store(
                 config,
                 lambda s: case_export.export_cases(
-                    s, sys.stdout, args.format, since=since, listener=args.listener
+                    s,
+                    sys.stdout,
+                    args.format,
+                    since=since,
+                    listener=args.listener,
+                    formulas=args.csv_formulas,
                 ),
             )
         )

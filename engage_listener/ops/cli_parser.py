@@ -146,6 +146,13 @@ def _add_cases_command(sub: Any) -> None:
     )
     export.add_argument("--format", required=True, choices=("jsonl", "csv"))
     export.add_argument(
+        "--csv-formulas",
+        choices=("quote", "keep"),
+        default="quote",
+        help="quote (the default): a CSV cell that a spreadsheet would run as a formula"
+        " (=, +, -, @ first) gets a leading '; keep: written as stored",
+    )
+    export.add_argument(
         "--since",
         type=dt.date.fromisoformat,
         metavar="YYYY-MM-DD",

@@ -222,6 +222,32 @@ def test_export_jsonl_and_csv_by_listener_and_since(
     assert (code, out) == (0, "")
 
 
+def test_csv_export_quotes_what_a_spreadsheet_would_run_as_a_formula(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sender's subject, name and text that start like a formula reach the CSV as text
+    (a leading '), unless --csv-formulas keep; JSON Lines keeps them as they are."""
+    hostile = (
+        b"From: \"=HYPERLINK(\"\"http://evil.example\"\")\" <x@cliente.example>\r\n"
+        b"To: soporte@example.org\r\nSubject: =1+cmd|' /C calc'!A0\r\n"
+        b"Message-ID: <f1@cliente.example>\r\n\r\n@SUM(A1:A9)\r\n"
+    )
+    db = config.parent / "store.sqlite3"
+    _ingest(db, [("L", hostile)])
+    base = ["cases", "export", "--config", str(config)]
+    code, out, _ = _cli(capsys, *base, "--format", "csv")
+    (row,) = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0
+    assert row["subject"] == row["case_subject"] == "'=1+cmd|' /C calc'!A0"
+    assert row["from"].startswith("'=HYPERLINK(") and row["text"].startswith("'@SUM(A1:A9)")
+    assert row["case_number"] == "000001" and row["listener"] == "L"  # others untouched
+    code, out, _ = _cli(capsys, *base, "--format", "csv", "--csv-formulas", "keep")
+    (row,) = list(csv.DictReader(io.StringIO(out)))
+    assert row["subject"] == "=1+cmd|' /C calc'!A0" and row["text"].startswith("@SUM(")
+    code, out, _ = _cli(capsys, *base, "--format", "jsonl")
+    assert json.loads(out)["subject"] == "=1+cmd|' /C calc'!A0"
+
+
 def test_export_streams_a_page_at_a_time(tmp_path: Path) -> None:
     """Each page is written before the next one is read: never every case at once."""
     db = tmp_path / "s.sqlite3"
