@@ -2,17 +2,21 @@
 in-process path (Workers 0).
 
 Decisions: apart from `parse_pool` (the workers, their threads and budgets) for size;
-nothing here knows of worker processes. The pool's tunables stay in `parse_pool` (tests
-shrink them there), so `in_process` is given INLINE_BYTES rather than reading it.
+nothing here knows of worker processes (`cpu_idle` is what the pool grows on). The
+pool's tunables stay in `parse_pool` (tests shrink them there), so `in_process` is given
+INLINE_BYTES rather than reading it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass
 
 from engage_listener.mail.parse_worker import Prepared, prepare_mail
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(eq=False)
@@ -71,3 +75,13 @@ def retrieve(future: asyncio.Future[Prepared]) -> None:
     """A future nobody awaited (a batch that stopped) must not log 'never retrieved'."""
     if not future.cancelled():
         future.exception()
+
+
+def cpu_idle() -> float | None:
+    """Seconds all CPUs have been idle since boot (Linux's /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()
+        return (int(fields[4]) + int(fields[5])) / _TICK  # idle, iowait
+    except (OSError, ValueError, IndexError):
+        return None

@@ -45,17 +45,18 @@ Decisions:
   memory of a process): on the event loop up to INLINE_BYTES, in a thread above, without a
   budget: CPU-bound Python in the daemon's process cannot be stopped.
 - Workers start as they are needed, not all at once: one at start-up, and one more (up to
-  Process/Workers) when the parse is what holds the batches back: over GROW_WINDOW mails
-  taken (`take`), the batches spent more than GROW_SHARE of the time waiting for answers,
-  with mails queued that no worker has taken.
-  On 2 cores, where the event loop (store, routing, TLS) is the limit, a second worker
-  only took CPU from the loop: 0.89x Workers 1's msgs/s at 10,000 mails and 0.78x at
-  1,000, and ~35 MiB more (bench/README.md, "Workers as needed"); a 16-core server would
-  have held 16 idle processes. How busy a worker is says nothing of this (a worker starved
-  of CPU on a loaded machine is busy, yet its answers are ready before the batch needs
-  them); how long the batch waits does. Counting waits is not enough either: when the
-  fetch is what the batch waits for, the first mails of each chunk are waited for too,
-  briefly. Workers are not stopped again.
+  Process/Workers) when the parse is what holds the batches back and the machine has a
+  core to give it: over GROW_SECONDS of mails taken (`take`), the batches spent more than
+  GROW_SHARE of the time waiting for answers, mails were queued that no worker had taken,
+  and the CPUs were idle for at least one core's worth of that time (/proc/stat; assumed
+  so where it cannot be read). On 2 cores shared with the mail server, where the event
+  loop (store, routing, TLS) is the limit, a second worker only took CPU from the loop:
+  0.89x Workers 1's msgs/s at 10,000 mails and 0.78x at 1,000, and ~35 MiB more
+  (bench/README.md, "Workers as needed"); and a 16-core server held 16 idle processes.
+  How busy a worker is says nothing of this (one starved of CPU is busy, yet its answers
+  may be ready before the batch needs them), nor does the waiting alone: the batch waits
+  for the first mails of each chunk fetched (~20% of its time in the bench, with one
+  worker or two). Workers are not stopped again.
 - Pickle, in-band: out-of-band buffers would spare one copy of an answer's bytes each
   side (~10 us for the average 50 kB mail); marshal with the dataclasses rebuilt here
   measured slower (0.11 + 0.15 ms a mail against 0.10 + 0.10): building the objects is
@@ -74,7 +75,7 @@ import time
 from collections import deque
 
 from engage_listener.errors import QuarantineNow
-from engage_listener.mail.parse_jobs import Job, in_process, retrieve, settle
+from engage_listener.mail.parse_jobs import Job, cpu_idle, in_process, retrieve, settle
 from engage_listener.mail.parse_worker import (
     HEAD,
     Prepared,
@@ -99,8 +100,9 @@ INLINE_BYTES = 1 << 20  # Workers 0: bigger mails are parsed in a thread, off th
 DEPTH = 8  # mails sent to a worker ahead of their answers, at most
 FLIGHT_BYTES = 4 << 20  # and their size (one bigger mail goes alone)
 RECYCLE_BYTES = 32 * 1024 * 1024  # a worker that parsed a bigger mail is replaced
-GROW_WINDOW = 32  # mails taken between two looks at how long the batches waited
-GROW_SHARE = 0.25  # waited more than this share of that time: one more worker
+GROW_SECONDS = 2.0  # how often to look at how long the batches waited (while they take)
+GROW_SHARE = 0.25  # waited more than this share of that time: one more worker, if
+GROW_IDLE = 1.0  # the CPUs were idle at least this many cores' worth meanwhile
 _CLOSED = "the parse pool is closed"
 
 
@@ -119,7 +121,7 @@ class ParsePool:
         self._queue: deque[Job] = deque()  # not sent to any worker yet, in order
         self._slots: list[_Slot] = []  # replaced, never changed in place (read unlocked)
         self._closed = False
-        self._window = (0, 0.0, 0.0)  # mails taken, seconds waited, since (see `take`)
+        self._window: tuple[float, float, float | None] = (0.0, 0.0, None)  # see `_waited`
 
     async def prepare(self, raw: bytes, strip: bool) -> Prepared:
         """The mail prepared by a worker. Raises QuarantineNow("parse-timeout: ...") when it
@@ -156,14 +158,21 @@ class ParsePool:
             self._waited(time.monotonic() - started)
 
     def _waited(self, seconds: float) -> None:  # on the event loop
-        taken, waited, since = self._window
+        """Count a wait; every GROW_SECONDS, one more worker if the batches waited long,
+        mails are queued and a core was idle (see Decisions). The window: (since, seconds
+        waited, the CPUs' idle seconds then)."""
+        since, waited, idle = self._window
         now = time.monotonic()
-        if taken < GROW_WINDOW:
-            self._window = (taken + 1, waited + seconds, since or now - seconds)
+        if not since or now - since < GROW_SECONDS:
+            self._window = (since or now - seconds, waited + seconds, idle or cpu_idle())
             return
-        self._window = (0, 0.0, now)
+        idle_now = cpu_idle()
+        self._window = (now, 0.0, idle_now)
         if waited + seconds <= GROW_SHARE * (now - since):
             return
+        spare = None if idle is None or idle_now is None else idle_now - idle
+        if spare is not None and spare < GROW_IDLE * (now - since):
+            return  # no core to spare: a worker more would take the event loop's
         with self._lock:
             if self._queue and len(self._slots) < self.workers and not self._closed:
                 self._add()

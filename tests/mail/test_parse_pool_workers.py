@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -75,6 +75,12 @@ def test_every_listener_shares_one_pool_of_the_configured_size(restore_shared: N
     assert second is not first and second.workers == 1 and first._closed
 
 
+def idle_cores(cores: float) -> Callable[[], float]:
+    """A stand-in for /proc/stat: the CPUs idle `cores` cores' worth all along."""
+    started = time.monotonic()
+    return lambda: (time.monotonic() - started) * cores
+
+
 async def take_in_order(pool: ParsePool, raws: list[bytes], work: float) -> list[Prepared]:
     """As a batch does: every mail sent ahead at once, then taken in order, `work` seconds
     spent on each (the store, routing) before the next."""
@@ -91,7 +97,8 @@ def test_a_pool_that_keeps_up_with_the_batch_keeps_one_worker(
 ) -> None:
     """The batch is the slower (each mail's store work takes longer than its parse): after
     the first mail, every answer is there before it is taken, so no worker more starts."""
-    monkeypatch.setattr(parse_pool, "GROW_WINDOW", 4)
+    monkeypatch.setattr(parse_pool, "GROW_SECONDS", 0.2)
+    monkeypatch.setattr(parse_pool, "cpu_idle", idle_cores(8))
     monkeypatch.setattr(parse_pool, "DEPTH", 1)  # mails stay queued: the pool could grow
     pool = ParsePool(3)
     raws = [make_mail(n) for n in range(150)]
@@ -109,12 +116,27 @@ def test_a_batch_that_waits_for_its_parses_brings_more_workers_up_to_workers(
 ) -> None:
     """Mails that each take a worker ~0.1 s and a batch with nothing else to do: it waits
     for one mail after another, so workers start, but never more than Workers."""
-    monkeypatch.setattr(parse_pool, "GROW_WINDOW", 4)
+    monkeypatch.setattr(parse_pool, "GROW_SECONDS", 0.2)
+    monkeypatch.setattr(parse_pool, "cpu_idle", idle_cores(8))
     pool = ParsePool(2)
     raws = [slow_mail(1, subject=f"slow {n}") for n in range(16)]
     try:
         ready = asyncio.run(take_in_order(pool, raws, 0.0))
         assert [r.sha256 for r in ready] == [hashlib.sha256(raw).hexdigest() for raw in raws]
         assert len(pool._slots) == 2
+    finally:
+        pool.close()
+
+
+def test_no_worker_more_while_no_core_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same waiting batch on a machine whose cores are all busy (with the event loop,
+    the mail server): a worker more would only take CPU from them, so none starts."""
+    monkeypatch.setattr(parse_pool, "GROW_SECONDS", 0.2)
+    monkeypatch.setattr(parse_pool, "cpu_idle", idle_cores(0.5))
+    pool = ParsePool(2)
+    raws = [slow_mail(1, subject=f"slow {n}") for n in range(16)]
+    try:
+        asyncio.run(take_in_order(pool, raws, 0.0))
+        assert len(pool._slots) == 1
     finally:
         pool.close()
