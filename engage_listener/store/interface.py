@@ -52,6 +52,7 @@ from engage_listener.store.records import (
     LedgerState,
     ListenerCounts,
     MailKey,
+    MailSeen,
     NewAck,
     NewAttachment,
     NewCase,
@@ -68,7 +69,7 @@ from engage_listener.store.records import (
 
 __all__ = [
     "AckRow", "CaseCandidate", "CaseDetail", "CaseInfo", "CaseRef", "CaseState", "CaseSummary",
-    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey",
+    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey", "MailSeen",
     "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent", "OutboxRow",
     "Quarantined", "SqlCursor", "SqlDialect", "Store", "StoredAttachment", "StoredMessage",
     "SyncExecute", "Transaction", "WebhookDelivery", "WebhookEventRow",
@@ -127,6 +128,13 @@ class MailWrites(Protocol):
         self, listener: str, sha256: str, message_id: str | None
     ) -> int | None:
         """Message row of the same mail (same bytes and Message-ID) seen under another key."""
+        ...
+
+    async def find_arrival(
+        self, listener: str, sha256: str, message_id: str | None, address: str
+    ) -> MailSeen:
+        """`find_duplicate` and `find_customer(address)` (None for an empty address) in
+        one look-up: the two reads every mail starts with (one round trip on PostgreSQL)."""
         ...
 
     async def case_of_message(self, message_row: int) -> CaseRef | None: ...

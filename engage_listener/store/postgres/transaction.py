@@ -40,6 +40,7 @@ from engage_listener.store.interface import (
     CaseRef,
     Customer,
     MailKey,
+    MailSeen,
     NewAttachment,
     NewCase,
     NewMessage,
@@ -78,6 +79,19 @@ def _info(row: Any, tags: tuple[str, ...]) -> CaseInfo:
         int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]),
         None if row[6] is None else int(row[6]), row[7], tags,
     )  # fmt: skip
+
+
+# find_duplicate and find_customer in one row (one round trip): the row of the same mail
+# under another key, then the customer's columns (NULL: no customer with that address).
+_DUPLICATE = (
+    "SELECT message_row FROM ledger WHERE listener = %s AND sha256 = %s"
+    " AND message_id IS NOT DISTINCT FROM %s AND message_row IS NOT NULL LIMIT 1"
+)
+_ARRIVAL = (
+    f"SELECT ({_DUPLICATE}), {_CUSTOMER} FROM (SELECT 1) AS one"  # noqa: S608
+    " LEFT JOIN customer_addresses a ON a.address = %s"
+    " LEFT JOIN customers c ON c.id = a.customer_id"
+)
 
 
 def _customer(row: Any) -> Customer | None:
@@ -168,12 +182,15 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     async def find_duplicate(
         self, listener: str, sha256: str, message_id: str | None
     ) -> int | None:
-        row = await self._one(
-            "SELECT message_row FROM ledger WHERE listener = %s AND sha256 = %s"
-            " AND message_id IS NOT DISTINCT FROM %s AND message_row IS NOT NULL LIMIT 1",
-            (listener, sha256, message_id),
-        )
+        row = await self._one(_DUPLICATE, (listener, sha256, message_id))
         return int(row[0]) if row else None
+
+    async def find_arrival(
+        self, listener: str, sha256: str, message_id: str | None, address: str
+    ) -> MailSeen:
+        row = await self._one(_ARRIVAL, (listener, sha256, message_id, address.lower()))
+        duplicate = None if row[0] is None else int(row[0])
+        return MailSeen(duplicate, None if row[1] is None or not address else _customer(row[1:]))
 
     async def case_of_message(self, message_row: int) -> CaseRef | None:
         row = await self._one(

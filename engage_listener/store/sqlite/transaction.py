@@ -16,6 +16,7 @@ from engage_listener.store.interface import (
     CaseRef,
     Customer,
     MailKey,
+    MailSeen,
     NewAck,
     NewAttachment,
     NewCase,
@@ -134,6 +135,12 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
             (listener, sha256, message_id),
         )
         return int(row[0]) if row else None
+
+    async def find_arrival(
+        self, listener: str, sha256: str, message_id: str | None, address: str
+    ) -> MailSeen:  # two reads: microseconds each here
+        duplicate = await self.find_duplicate(listener, sha256, message_id)
+        return MailSeen(duplicate, await self.find_customer(address) if address else None)
 
     async def case_of_message(self, message_row: int) -> CaseRef | None:
         row = await self._one(
