@@ -20,8 +20,9 @@ Decisions:
 * Savepoints of a group (`savepoint`, `release`, `undo`) are queued too: a mail that
   fails before anything of it was sent is undone by dropping its queue; otherwise
   `ROLLBACK TO SAVEPOINT` as psycopg would send it.
-* Anything that uses the connection directly (COPY, an inline routing hook, a read of the
-  store's own) flushes first (`flush`).
+* Anything that uses the connection directly (COPY, a routing hook on a thread, a read of
+  the store's own) flushes first (`flush`); an inline routing hook `take`s the queue and
+  sends it in one pipeline with its SAVEPOINT and first statement (`hooks.run_inline`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Deferred:
                 await self.conn.execute(queued, values, binary=True)
 
     def take(self) -> list[tuple[str, Any]]:
-        """The queue, emptied: for a caller that sends it itself (an inline hook)."""
+        """The queue, emptied: for a caller that sends it itself (an inline hook), or gives
+        it back with `add` if it sends nothing."""
         items, self._items = self._items, []
         return items
 

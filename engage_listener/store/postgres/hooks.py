@@ -99,7 +99,7 @@ class _Inline:
         self.conn = conn
         self.prefix: list[tuple[str, Any]] | None = [*queued, (_SAVEPOINT, None)]
         self.saved = False
-        self.failed_before: psycopg.Error | None = None  # a queued write's, or SAVEPOINT's
+        self.failed_before: BaseException | None = None  # a queued write's, or SAVEPOINT's
 
     def execute(self, sql: str, params: Mapping[str, object]) -> SqlCursor:
         query, values = to_pyformat(sql), dict(params)
@@ -113,7 +113,7 @@ class _Inline:
         statements.append((cursors[-1], query, values, False))  # as the hook sends it: text
         try:
             in_one_round_trip(self.conn, statements)
-        except psycopg.Error as exc:
+        except BaseException as exc:
             self.saved = cursors[-2].pgresult is not None  # the SAVEPOINT's result came
             if not self.saved:
                 self.failed_before = exc
@@ -223,8 +223,7 @@ def _undo(
     elif not inline.saved:
         if stopped:  # the cancel hit a queued write: the transaction is gone
             raise StoreError(f"stopped inline, the transaction is gone: {exc}") from exc
-        assert inline.failed_before is not None
-        raise inline.failed_before.with_traceback(None) from None
+        raise inline.failed_before or exc
     else:
         try:
             _plain(conn, "ROLLBACK TO SAVEPOINT engage_inline")
