@@ -1,7 +1,7 @@
-"""The PostgreSQL store's inline SQL-hook runs (issue 16 point 9): the transaction's queued
-writes, the SAVEPOINT and the hook's first statement go out in one round trip, and what
-fails where keeps its meaning; one canceller thread stops statements past their deadline.
-"""
+"""What the PostgreSQL store sends together (issue 16 point 9), and that what fails where
+keeps its meaning: a transaction's BEGIN with its first statement and COMMIT with its last
+queued writes; an inline SQL hook's first statement with the queued writes and its
+SAVEPOINT; one canceller thread stops an inline statement past its deadline."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from engage_listener.errors import StoreError
 from engage_listener.store.interface import Store, SyncExecute
 from engage_listener.store.open import build_store
 from engage_listener.store.postgres.canceller import CANCELLER, Canceller
-from tests.support.postgres import fresh_database
+from tests.support.postgres import RoundTrips, fresh_database
 
 TABLE = "CREATE TABLE notes (n integer)"
 
@@ -117,3 +117,29 @@ def test_the_canceller_calls_only_what_is_still_armed_at_its_deadline() -> None:
     assert canceller.armed == 0
     threads = [t for t in threading.enumerate() if t.name == "test-cancel"]
     assert len(threads) == 1 and threads[0].daemon
+
+
+async def test_a_write_failing_at_the_commit_rolls_the_transaction_back(store: Store) -> None:
+    with pytest.raises(StoreError, match="no_such_table"):
+        async with store.transaction() as tx:
+            tx._write("INSERT INTO notes VALUES (1)")  # type: ignore[attr-defined]
+            tx._write("INSERT INTO no_such_table VALUES (1)")  # type: ignore[attr-defined]
+    async with store.transaction() as tx:  # the connection is clean again: a new one
+        tx._write("INSERT INTO notes VALUES (2)")  # type: ignore[attr-defined]
+    assert await _notes(store) == [2]
+    async with store.connection() as conn:  # type: ignore[attr-defined]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+async def test_begin_and_commit_ride_with_the_statements(store: Store, tmp_path: Path) -> None:
+    async with store.connection() as conn:  # type: ignore[attr-defined]
+        trips = RoundTrips(conn, tmp_path / "libpq.trace")
+    async with store.transaction():
+        pass  # nothing sent: no BEGIN nor COMMIT either (1: the pool's check, an empty query)
+    empty = trips.count()
+    async with store.transaction() as tx:
+        await tx.execute("SELECT 1")  # type: ignore[attr-defined]  # with the BEGIN
+        tx._write("INSERT INTO notes VALUES (1)")  # type: ignore[attr-defined]  # the COMMIT
+    trips.stop()
+    assert (empty, trips.count() - empty) == (1, 3)  # were 3 and 5
+    assert await _notes(store) == [1]
