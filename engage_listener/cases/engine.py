@@ -280,11 +280,13 @@ class CaseEngine:
         scope = Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
         named = await named_case(tx, mail, scope)
         customer_id = customer.id if customer else None
-        case = named.join or await tx.open_case_by_subject(customer_id, process, normalized)
+        if named.join is not None:
+            return named.join, False, False
+        case, by_subject = await tx.cases_by_subject(customer_id, process, normalized)
         if case is not None:
             return case, False, False
         related = named.related_case_id
-        closed = await closed_case(tx, mail, scope, customer_id, normalized)
+        closed = await closed_case(tx, mail, scope, by_subject)
         if closed.case is not None:
             now = dt.datetime.now(dt.UTC)
             if not automatic and reopens(closed.case, s.reopen_days, now):

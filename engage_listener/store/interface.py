@@ -164,6 +164,13 @@ class MailWrites(Protocol):
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> CaseRef | None: ...
 
+    async def cases_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> tuple[CaseRef | None, CaseCandidate | None]:
+        """`open_case_by_subject` and `closed_case_by_subject` in one look-up: the two
+        subject reads of a mail that opens a case (one round trip on PostgreSQL)."""
+        ...
+
     async def case_info(self, case_id: int) -> CaseInfo:
         """The case as it stands in this transaction, with its priority and tags."""
         ...

@@ -36,6 +36,7 @@ from engage_listener.errors import LeaseLost
 from engage_listener.observe.logs import scrub
 from engage_listener.store.common_sql import now_iso
 from engage_listener.store.interface import (
+    CaseCandidate,
     CaseInfo,
     CaseRef,
     Customer,
@@ -91,6 +92,20 @@ _ARRIVAL = (
     f"SELECT ({_DUPLICATE}), {_CUSTOMER} FROM (SELECT 1) AS one"  # noqa: S608
     " LEFT JOIN customer_addresses a ON a.address = %s"
     " LEFT JOIN customers c ON c.id = a.customer_id"
+)
+
+
+# open_case_by_subject and closed_case_by_subject (store.postgres.follow_ups) in one row.
+_SUBJECT = (
+    "FROM cases c WHERE c.customer_id = %s AND c.process IS NOT DISTINCT FROM %s"
+    " AND c.normalized_subject = %s AND c.status {} ORDER BY c.id DESC LIMIT 1"
+)
+_BY_SUBJECT = (
+    "SELECT o.id, o.case_number, s.id, s.case_number, s.listener, s.process, s.closed_at"  # noqa: S608
+    " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT c.id, c.case_number "
+    + _SUBJECT.format("IN ('open', 'pending-approval')")
+    + ") AS o ON true LEFT JOIN LATERAL (SELECT c.id, c.case_number, c.listener,"
+    " c.process, c.closed_at " + _SUBJECT.format("= 'closed'") + ") AS s ON true"
 )
 
 
@@ -239,6 +254,18 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
             (customer_id, process, normalized_subject),
         )
         return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def cases_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> tuple[CaseRef | None, CaseCandidate | None]:
+        if customer_id is None or not normalized_subject:
+            return None, None
+        row = await self._one(_BY_SUBJECT, (customer_id, process, normalized_subject) * 2)
+        found = None if row[0] is None else CaseRef(int(row[0]), str(row[1]))
+        closed = None if row[2] is None else CaseCandidate(
+            int(row[2]), str(row[3]), str(row[4]), row[5], row[6]
+        )  # fmt: skip
+        return found, closed
 
     async def case_info(self, case_id: int) -> CaseInfo:
         known = self._infos.get(case_id)
