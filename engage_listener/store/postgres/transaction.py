@@ -36,18 +36,22 @@ from engage_listener.errors import LeaseLost
 from engage_listener.observe.logs import scrub
 from engage_listener.store.common_sql import now_iso
 from engage_listener.store.interface import (
-    CaseCandidate,
     CaseInfo,
     CaseRef,
     Customer,
     MailKey,
-    MailSeen,
     NewAttachment,
     NewCase,
     NewMessage,
     SyncExecute,
 )
 from engage_listener.store.postgres import hooks
+from engage_listener.store.postgres.arrival import (
+    CUSTOMER,
+    DUPLICATE,
+    ArrivalReads,
+    customer_row,
+)
 from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.follow_ups import FollowUpQueries
 from engage_listener.store.postgres.rows import Column, insert_row
@@ -64,13 +68,6 @@ _LEASE = (
     " AND expires_at > clock_timestamp() FOR SHARE"
 )
 
-# A customer and its addresses in one row (one round trip).
-_CUSTOMER = (
-    "c.id, c.name, ARRAY(SELECT x.address FROM customer_addresses x"
-    " WHERE x.customer_id = c.id ORDER BY x.address)"
-)
-
-
 # What `CaseInfo` holds but the tags, in its order (case_info, create_case's RETURNING).
 _INFO = "id, case_number, process, status, inbox, subject, customer_id, priority"
 
@@ -80,37 +77,6 @@ def _info(row: Any, tags: tuple[str, ...]) -> CaseInfo:
         int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]),
         None if row[6] is None else int(row[6]), row[7], tags,
     )  # fmt: skip
-
-
-# find_duplicate and find_customer in one row (one round trip): the row of the same mail
-# under another key, then the customer's columns (NULL: no customer with that address).
-_DUPLICATE = (
-    "SELECT message_row FROM ledger WHERE listener = %s AND sha256 = %s"
-    " AND message_id IS NOT DISTINCT FROM %s AND message_row IS NOT NULL LIMIT 1"
-)
-_ARRIVAL = (
-    f"SELECT ({_DUPLICATE}), {_CUSTOMER} FROM (SELECT 1) AS one"  # noqa: S608
-    " LEFT JOIN customer_addresses a ON a.address = %s"
-    " LEFT JOIN customers c ON c.id = a.customer_id"
-)
-
-
-# open_case_by_subject and closed_case_by_subject (store.postgres.follow_ups) in one row.
-_SUBJECT = (
-    "FROM cases c WHERE c.customer_id = %s AND c.process IS NOT DISTINCT FROM %s"
-    " AND c.normalized_subject = %s AND c.status {} ORDER BY c.id DESC LIMIT 1"
-)
-_BY_SUBJECT = (
-    "SELECT o.id, o.case_number, s.id, s.case_number, s.listener, s.process, s.closed_at"  # noqa: S608
-    " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT c.id, c.case_number "
-    + _SUBJECT.format("IN ('open', 'pending-approval')")
-    + ") AS o ON true LEFT JOIN LATERAL (SELECT c.id, c.case_number, c.listener,"
-    " c.process, c.closed_at " + _SUBJECT.format("= 'closed'") + ") AS s ON true"
-)
-
-
-def _customer(row: Any) -> Customer | None:
-    return None if row is None else Customer(int(row[0]), str(row[1]), tuple(map(str, row[2])))
 
 
 # The ledger row, and the end of the mail's attempts; {lease}: _LEASE_CTE or nothing.
@@ -148,7 +114,7 @@ def _lost(listener: str, owner: str) -> LeaseLost:
     )
 
 
-class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
+class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrites):
     """See `store.Transaction`; only valid inside `PostgresStore.transaction()`."""
 
     def __init__(self, deferred: Deferred, owner: str | None) -> None:
@@ -197,15 +163,8 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     async def find_duplicate(
         self, listener: str, sha256: str, message_id: str | None
     ) -> int | None:
-        row = await self._one(_DUPLICATE, (listener, sha256, message_id))
+        row = await self._one(DUPLICATE, (listener, sha256, message_id))
         return int(row[0]) if row else None
-
-    async def find_arrival(
-        self, listener: str, sha256: str, message_id: str | None, address: str
-    ) -> MailSeen:
-        row = await self._one(_ARRIVAL, (listener, sha256, message_id, address.lower()))
-        duplicate = None if row[0] is None else int(row[0])
-        return MailSeen(duplicate, None if row[1] is None or not address else _customer(row[1:]))
 
     async def case_of_message(self, message_row: int) -> CaseRef | None:
         row = await self._one(
@@ -217,18 +176,18 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
 
     async def find_customer(self, address: str) -> Customer | None:
         row = await self._one(
-            f"SELECT {_CUSTOMER} FROM customer_addresses a JOIN customers c"  # noqa: S608
+            f"SELECT {CUSTOMER} FROM customer_addresses a JOIN customers c"  # noqa: S608
             " ON c.id = a.customer_id WHERE a.address = %s",
             (address.lower(),),
         )
-        return _customer(row)
+        return customer_row(row)
 
     async def get_customer(self, customer_id: int) -> Customer | None:
         row = await self._one(
-            f"SELECT {_CUSTOMER} FROM customers c WHERE c.id = %s",  # noqa: S608
+            f"SELECT {CUSTOMER} FROM customers c WHERE c.id = %s",  # noqa: S608
             (customer_id,),
         )
-        return _customer(row)
+        return customer_row(row)
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
         row = await self._one(
@@ -254,18 +213,6 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
             (customer_id, process, normalized_subject),
         )
         return CaseRef(int(row[0]), str(row[1])) if row else None
-
-    async def cases_by_subject(
-        self, customer_id: int | None, process: str | None, normalized_subject: str
-    ) -> tuple[CaseRef | None, CaseCandidate | None]:
-        if customer_id is None or not normalized_subject:
-            return None, None
-        row = await self._one(_BY_SUBJECT, (customer_id, process, normalized_subject) * 2)
-        found = None if row[0] is None else CaseRef(int(row[0]), str(row[1]))
-        closed = None if row[2] is None else CaseCandidate(
-            int(row[2]), str(row[3]), str(row[4]), row[5], row[6]
-        )  # fmt: skip
-        return found, closed
 
     async def case_info(self, case_id: int) -> CaseInfo:
         known = self._infos.get(case_id)
