@@ -96,8 +96,13 @@ class CaseEngine:
         automatic: str | None,
         message: NewMessage,
     ) -> Ingested:
+        person = self._person(mail)
+        address = person.normalized if person else ""
         async with self.store.transaction() as tx:
-            duplicate = await tx.find_duplicate(key.listener, message.sha256, message.message_id)
+            seen = await tx.find_arrival(
+                key.listener, message.sha256, message.message_id, address
+            )  # the duplicate check and the sender's customer: one read
+            duplicate = seen.duplicate
             if duplicate is not None:
                 await tx.add_ledger(key, duplicate, message)
                 case = await tx.case_of_message(duplicate)
@@ -106,7 +111,7 @@ class CaseEngine:
                 return Ingested(case.id, case.case_number, False, True)
             rules = self._rules(mail)
             check_rules(rules)  # Quarantine or Discard: before any customer or case
-            customer = await self._customer(tx, mail)
+            customer = await self._customer(tx, person, seen.customer)
             case, is_new, reopened = await self._find_or_open(tx, mail, customer, automatic, rules)
             if case is None:  # automatic mail that matches no case: kept, ignored
                 await self._ignore(tx, key, message)
@@ -231,12 +236,17 @@ class CaseEngine:
             decision.acknowledge,
         )
 
-    async def _customer(self, tx: Transaction, mail: parser.ParsedMail) -> Customer | None:
-        """The sender's (CustomerFrom) customer, or what UnknownSender says without one."""
+    def _person(self, mail: parser.ParsedMail) -> parser.Address | None:
+        """The sender whose customer the case is for (CustomerFrom)."""
         s = self.settings
-        person = chosen_address(mail, s.customer_from, s.all_own_addresses)
+        return chosen_address(mail, s.customer_from, s.all_own_addresses)
+
+    async def _customer(
+        self, tx: Transaction, person: parser.Address | None, found: Customer | None
+    ) -> Customer | None:
+        """The sender's (`person`'s) customer as `find_arrival` `found` it, or what
+        UnknownSender says without one."""
         address = person.normalized if person else ""
-        found = await tx.find_customer(address) if address else None
         if found is not None:
             return found
         policy = self.settings.unknown_sender
@@ -271,11 +281,13 @@ class CaseEngine:
         scope = Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
         named = await named_case(tx, mail, scope)
         customer_id = customer.id if customer else None
-        case = named.join or await tx.open_case_by_subject(customer_id, process, normalized)
+        if named.join is not None:
+            return named.join, False, False
+        case, by_subject = await tx.cases_by_subject(customer_id, process, normalized)
         if case is not None:
             return case, False, False
         related = named.related_case_id
-        closed = await closed_case(tx, mail, scope, customer_id, normalized)
+        closed = await closed_case(tx, mail, scope, by_subject)
         if closed.case is not None:
             now = dt.datetime.now(dt.UTC)
             if not automatic and reopens(closed.case, s.reopen_days, now):

@@ -96,11 +96,11 @@ async def closed_case(
     tx: Transaction,
     mail: parser.ParsedMail,
     scope: Scope,
-    customer_id: int | None,
-    normalized_subject: str,
+    by_subject: CaseCandidate | None,
 ) -> ClosedNamed:
     """The closed case the mail would have joined were it open: by header or token (its
-    participants only, in scope), else the customer's by subject."""
+    participants only, in scope), else the customer's by subject (`by_subject`: read
+    with the open one, `Transaction.cases_by_subject`)."""
     sender = mail.sender.normalized if mail.sender else ""
     refs = [r for r in (mail.in_reply_to, *mail.references) if r]
     refused: CaseCandidate | None = None
@@ -114,7 +114,6 @@ async def closed_case(
         if await _may_join(tx, by_number, sender, scope):
             return ClosedNamed(by_number, None)
         refused = refused or by_number
-    by_subject = await tx.closed_case_by_subject(customer_id, scope.process, normalized_subject)
     return ClosedNamed(by_subject, refused.id if refused else None)
 
 

@@ -52,6 +52,7 @@ from engage_listener.store.records import (
     LedgerState,
     ListenerCounts,
     MailKey,
+    MailSeen,
     NewAck,
     NewAttachment,
     NewCase,
@@ -68,7 +69,7 @@ from engage_listener.store.records import (
 
 __all__ = [
     "AckRow", "CaseCandidate", "CaseDetail", "CaseInfo", "CaseRef", "CaseState", "CaseSummary",
-    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey",
+    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey", "MailSeen",
     "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent", "OutboxRow",
     "Quarantined", "SqlCursor", "SqlDialect", "Store", "StoredAttachment", "StoredMessage",
     "SyncExecute", "Transaction", "WebhookDelivery", "WebhookEventRow",
@@ -129,6 +130,13 @@ class MailWrites(Protocol):
         """Message row of the same mail (same bytes and Message-ID) seen under another key."""
         ...
 
+    async def find_arrival(
+        self, listener: str, sha256: str, message_id: str | None, address: str
+    ) -> MailSeen:
+        """`find_duplicate` and `find_customer(address)` (None for an empty address) in
+        one look-up: the two reads every mail starts with (one round trip on PostgreSQL)."""
+        ...
+
     async def case_of_message(self, message_row: int) -> CaseRef | None: ...
 
     async def find_customer(self, address: str) -> Customer | None: ...
@@ -155,6 +163,13 @@ class MailWrites(Protocol):
     async def open_case_by_subject(
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> CaseRef | None: ...
+
+    async def cases_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> tuple[CaseRef | None, CaseCandidate | None]:
+        """`open_case_by_subject` and `closed_case_by_subject` in one look-up: the two
+        subject reads of a mail that opens a case (one round trip on PostgreSQL)."""
+        ...
 
     async def case_info(self, case_id: int) -> CaseInfo:
         """The case as it stands in this transaction, with its priority and tags."""

@@ -202,6 +202,15 @@ class Customer:
 
 
 @dataclass(frozen=True)
+class MailSeen:
+    """What the store knows of a mail as it arrives (`find_arrival`): the message row of
+    the same mail taken before (a duplicate), and the customer of the sender's address."""
+
+    duplicate: int | None
+    customer: Customer | None
+
+
+@dataclass(frozen=True)
 class CaseInfo:
     """A case as routing hooks see it."""
 

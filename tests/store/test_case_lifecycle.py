@@ -92,6 +92,29 @@ async def test_the_customers_closed_case_by_subject(store: Store) -> None:
         assert await tx.open_case_by_subject(customer.id, "ventas", "factura") is None
 
 
+async def test_open_and_closed_cases_by_subject_in_one_look_up(store: Store) -> None:
+    """`cases_by_subject` says what `open_case_by_subject` and `closed_case_by_subject`
+    say, each as alone."""
+    async with store.transaction() as tx:
+        customer = await tx.create_customer("Cliente", "cliente@example.com", "auto")
+        closed = await tx.create_case(_case(customer.id))
+        await tx.close_case(closed.id, None, AT)
+        pending = await tx.create_case(_case(customer.id))
+        await tx.set_case_status(pending.id, "pending-approval")
+        asked = [(customer.id, "ventas", "factura"), (customer.id, None, "factura"),
+                 (None, "ventas", "factura"), (customer.id, "ventas", "")]  # fmt: skip
+        both = [await tx.cases_by_subject(*a) for a in asked]
+        alone = [
+            (await tx.open_case_by_subject(*a), await tx.closed_case_by_subject(*a)) for a in asked
+        ]
+        await tx.set_case_status(pending.id, "rejected")
+        only_closed = await tx.cases_by_subject(customer.id, "ventas", "factura")
+    assert both == alone
+    assert both[0][0] == pending and both[0][1] is not None and both[0][1].ref == closed
+    assert both[1:] == [(None, None)] * 3
+    assert only_closed[0] is None and only_closed[1] == both[0][1]
+
+
 async def test_idle_cases_are_open_ones_whose_newest_mail_is_older(
     store: Store, message: MessageFactory
 ) -> None:

@@ -128,3 +128,24 @@ async def test_duplicates_and_known_message_ids(store: Store, message: MessageFa
     ids = ["<same@example.com>", "<unknown@example.com>"]
     assert await store.known_message_ids("L", ids) == {"<same@example.com>"}
     assert await store.known_message_ids("M", ids) == set()
+
+
+async def test_an_arrival_is_looked_up_at_once(store: Store, message: MessageFactory) -> None:
+    """`find_arrival`: `find_duplicate` and `find_customer` in one look-up, each as alone."""
+    mail, other = message(message_id="<same@example.com>"), message()
+    async with store.transaction() as tx:
+        ana = await tx.create_customer("Ana", "Ana@Example.com", "auto")
+        await tx.add_customer_address(ana.id, "ana@example.org")
+        ana = await tx.get_customer(ana.id)
+        row = await tx.add_message(None, mail)
+        await tx.add_ledger(KEY, row, mail)
+    async with store.transaction() as tx:
+        seen = [
+            await tx.find_arrival("L", mail.sha256, mail.message_id, "ANA@example.com"),
+            await tx.find_arrival("L", mail.sha256, "<other@example.com>", "ana@example.org"),
+            await tx.find_arrival("M", mail.sha256, mail.message_id, "nobody@example.com"),
+            await tx.find_arrival("L", other.sha256, other.message_id, ""),
+        ]
+    assert [(s.duplicate, s.customer) for s in seen] == [
+        (row, ana), (None, ana), (None, None), (None, None),
+    ]  # fmt: skip

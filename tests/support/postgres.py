@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,31 @@ _databases = itertools.count(1)
 def fresh_database(server: PostgresServer) -> str:
     """A new, empty database on `server` for one test; its URL (the application's role)."""
     return server.create_database(f"t{os.getpid()}_{next(_databases)}")
+
+
+class RoundTrips:
+    """Counts one connection's round trips to the server, from libpq's own trace: each
+    Sync (the end of an extended-protocol statement, or of a pipeline) and each simple
+    Query is one wait for the server's answer. Deterministic, unlike any timing.
+
+    `conn` is a psycopg connection (sync or async); `count()` is the number so far."""
+
+    def __init__(self, conn: Any, path: Path) -> None:
+        from psycopg import pq  # noqa: PLC0415 - PostgreSQL-only support
+
+        self._path = path
+        self._conn = conn
+        # libpq closes the stream it is given (fclose) on untrace: a descriptor of its own
+        conn.pgconn.trace(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def messages(self) -> list[str]:
+        """The frontend's messages so far: 'Sync', 'Query', 'Parse', 'Bind'..."""
+        lines = self._path.read_text(errors="replace").splitlines()
+        return [f[2] for f in (line.split("\t") for line in lines) if len(f) > 2 and f[0] == "F"]
+
+    def count(self) -> int:
+        return sum(1 for m in self.messages() if m in ("Sync", "Query"))
+
+    def stop(self) -> None:
+        self._conn.pgconn.untrace()

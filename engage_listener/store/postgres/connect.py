@@ -5,8 +5,9 @@ Decisions:
 * psycopg 3 with psycopg-pool (bench/README.md, "PostgreSQL driver"): libpq takes the
   operator's URL as it is, the pool checks a connection before lending it (one may have
   sat idle across a database restart) and reconnects with back-off.
-* Connections are in autocommit mode: every transaction is an explicit
-  `conn.transaction()`, so a read never leaves a transaction open on a pooled connection.
+* Connections are in autocommit mode: every transaction is an explicit BEGIN (queued,
+  see `deferred`) or `conn.transaction()`, so a read never leaves a transaction open on a
+  pooled connection.
 * The password is passed beside the URL, never inside a conninfo string that could end
   up in an error; every message is scrubbed of registered secrets and shows the URL with
   its password masked.

@@ -13,14 +13,23 @@ Decisions:
 * The inline run's RELEASE goes on the transaction's queue (`deferred`) when it has one:
   released with the next statement; whatever fails before then rolls back the enclosing
   savepoint or transaction, which takes this savepoint along.
-* psycopg's blocking wait is not public API; if it is missing (another psycopg), the inline
-  run is stopped before it starts, and every hook runs through `run_sync`.
+* The transaction's queued writes, the SAVEPOINT and the run's first statement go out
+  together in libpq's pipeline mode (`in_one_round_trip`): for a `pg:` hook (one CALL)
+  the whole run is one round trip, where it was three (queue, SAVEPOINT, CALL). A queued
+  write or the SAVEPOINT that fails there is the transaction's error, raised as it is (as
+  when the queue was sent first); a failure after the SAVEPOINT is undone as before. A
+  run that sends nothing gives the queue back to the transaction.
+* A statement past `stop_at` is cancelled by the process's one `canceller` thread, armed
+  and disarmed per run (a `threading.Timer` per mail cost a thread start on the loop).
+* psycopg's blocking wait and pipeline generators are not public API; if the wait is
+  missing (another psycopg), the inline run is stopped before it starts, and every hook
+  runs through `run_sync`; without pipeline mode (libpq < 14) the first statements are
+  sent one after the other.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -29,17 +38,21 @@ import psycopg
 
 from engage_listener.errors import StoppedEarly, StoreError
 from engage_listener.store.interface import SqlCursor, SyncExecute
+from engage_listener.store.postgres.canceller import CANCELLER
 from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.dialect import to_pyformat
 
 T = TypeVar("T")
 MAX_TIMER_SECONDS = 3600.0
+_SAVEPOINT = "SAVEPOINT engage_inline"
+_RELEASE = "RELEASE SAVEPOINT engage_inline"
 
 _blocking_wait: Callable[..., Any] | None
 try:  # psycopg's own blocking wait (see Decisions)
     from psycopg.waiting import wait as _blocking_wait
 except ImportError:  # pragma: no cover - another psycopg
     _blocking_wait = None
+_PIPELINE = psycopg.AsyncPipeline.is_supported() and hasattr(psycopg.AsyncPipeline, "_exit_gen")
 
 
 class Rows:
@@ -72,26 +85,84 @@ async def run_sync(conn: psycopg.AsyncConnection[Any], work: Callable[[SyncExecu
     return await asyncio.to_thread(work, execute)
 
 
-def _inline_execute(
-    conn: psycopg.AsyncConnection[Any],
-) -> Callable[[str, Mapping[str, object]], SqlCursor]:
-    assert _blocking_wait is not None
-    wait = _blocking_wait
-
-    def execute(sql: str, params: Mapping[str, object]) -> SqlCursor:
-        cur = conn.cursor()
-        wait(cur._execute_gen(to_pyformat(sql), dict(params)), conn.pgconn.socket)
-        if cur.pgresult is None or not cur.description:
-            return Rows(None, [])
-        rows = cur._tx.load_rows(0, cur.pgresult.ntuples, cur._make_row)
-        return Rows(cur.description, rows)
-
-    return execute
-
-
 def _plain(conn: psycopg.AsyncConnection[Any], sql: str) -> None:
     assert _blocking_wait is not None
     _blocking_wait(conn.cursor()._execute_gen(sql), conn.pgconn.socket)
+
+
+class _Inline:
+    """The inline run's `execute`: its first statement goes out in one round trip with the
+    transaction's queued writes and the SAVEPOINT (`in_one_round_trip`); the others as
+    they come. `saved`: the savepoint was made (there is something to undo)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], queued: list[tuple[str, Any]]):
+        self.conn = conn
+        self.prefix: list[tuple[str, Any]] | None = [*queued, (_SAVEPOINT, None)]
+        self.saved = False
+        self.failed_before: BaseException | None = None  # a queued write's, or SAVEPOINT's
+
+    def execute(self, sql: str, params: Mapping[str, object]) -> SqlCursor:
+        query, values = to_pyformat(sql), dict(params)
+        if self.prefix is None:
+            cur = self.conn.cursor()
+            _wait(cur._execute_gen(query, values), self.conn)
+            return _rows(cur)
+        prefix, self.prefix = self.prefix, None
+        cursors = [self.conn.cursor() for _ in range(len(prefix) + 1)]
+        statements = [(c, q, v, True) for c, (q, v) in zip(cursors, prefix, strict=False)]
+        statements.append((cursors[-1], query, values, False))  # as the hook sends it: text
+        try:
+            in_one_round_trip(self.conn, statements)
+        except BaseException as exc:
+            self.saved = cursors[-2].pgresult is not None  # the SAVEPOINT's result came
+            if not self.saved:
+                self.failed_before = exc
+            raise
+        self.saved = True
+        return _rows(cursors[-1])
+
+
+def _wait(gen: Any, conn: psycopg.AsyncConnection[Any]) -> Any:
+    assert _blocking_wait is not None
+    return _blocking_wait(gen, conn.pgconn.socket)
+
+
+def _rows(cur: psycopg.AsyncCursor[Any]) -> SqlCursor:
+    if cur.pgresult is None or not cur.description:
+        return Rows(None, [])
+    return Rows(cur.description, cur._tx.load_rows(0, cur.pgresult.ntuples, cur._make_row))
+
+
+def in_one_round_trip(
+    conn: psycopg.AsyncConnection[Any],
+    statements: list[tuple[psycopg.AsyncCursor[Any], str, Any, bool]],
+) -> None:
+    """(cursor, sql, params, binary) each, blocking, in libpq's pipeline mode: one round
+    trip; the first error is raised once every result came (those before it are set on
+    their cursors). Without pipeline mode (libpq < 14), one after the other."""
+    if not _PIPELINE:
+        for cur, sql, params, binary in statements:
+            _wait(cur._execute_gen(sql, params, binary=binary), conn)
+        return
+    # What `AsyncConnection.pipeline()` does, driven by the blocking wait: its generators
+    # are the sync and async pipelines' own.
+    pipeline = conn._pipeline = psycopg.AsyncPipeline(conn)
+    failure: BaseException | None = None
+    try:
+        _wait(pipeline._enter_gen(), conn)
+        for cur, sql, params, binary in statements:
+            _wait(cur._execute_gen(sql, params, binary=binary), conn)
+    except BaseException as exc:
+        failure = exc
+    try:
+        _wait(pipeline._exit_gen(), conn)
+    except BaseException as exc:
+        failure = failure or exc
+    finally:
+        pipeline._exit(failure)
+        conn._pipeline = None
+    if failure is not None:
+        raise failure
 
 
 def run_inline(
@@ -101,35 +172,63 @@ def run_inline(
     queued: Deferred | None = None,
 ) -> T:
     """`work(execute)` on the event loop, in a savepoint, stopped at `stop_at`; the
-    transaction's `queued` writes (see `deferred`) are sent first."""
+    transaction's `queued` writes (see `deferred`) and the SAVEPOINT go out with its first
+    statement, in one round trip."""
     if _blocking_wait is None or time.monotonic() >= stop_at:
         raise StoppedEarly("no blocking wait in this psycopg: run off the loop")
-    for sql, params in queued.take() if queued is not None else ():  # as a rule, none
-        _blocking_wait(conn.cursor()._execute_gen(sql, params), conn.pgconn.socket)
-    _plain(conn, "SAVEPOINT engage_inline")
+    taken = queued.take() if queued is not None else []
+    inline = _Inline(conn, taken)
     # A statement still running at stop_at is cancelled on the server (the loop is busy
-    # waiting for it, so a thread's timer does it); no timer for a distant deadline.
-    left = stop_at - time.monotonic()
-    timer = threading.Timer(left, conn.cancel) if left < MAX_TIMER_SECONDS else None
-    if timer is not None:
-        timer.start()
+    # waiting for it, so the canceller's thread does it); none for a distant deadline.
+    far = stop_at - time.monotonic() >= MAX_TIMER_SECONDS
+    token = None if far else CANCELLER.arm(stop_at, conn.cancel)
     try:
-        result = work(_inline_execute(conn))
+        try:
+            result = work(inline.execute)
+        finally:  # before any undo: no cancel may reach the ROLLBACK
+            if token is not None:
+                CANCELLER.disarm(token)
     except Exception as exc:
-        if timer is not None:
-            timer.cancel()
+        _undo(conn, inline, taken, queued, stop_at, exc)
+        raise
+    if inline.prefix is not None:  # no statement was sent: nothing to release
+        _put_back(taken, queued)
+    elif queued is not None:  # sent with the transaction's next statement
+        queued.add(_RELEASE)
+    else:
+        _plain(conn, _RELEASE)
+    return result
+
+
+def _put_back(taken: list[tuple[str, Any]], queued: Deferred | None) -> None:
+    if queued is not None:
+        for sql, params in taken:
+            queued.add(sql, params)
+
+
+def _undo(
+    conn: psycopg.AsyncConnection[Any],
+    inline: _Inline,
+    taken: list[tuple[str, Any]],
+    queued: Deferred | None,
+    stop_at: float,
+    exc: Exception,
+) -> None:
+    """After `work` failed: roll back to the savepoint and raise `StoppedEarly` if it was
+    stopped (or return: `exc` is raised). A queued write (or the SAVEPOINT) that failed is
+    the transaction's error, raised as it is, as when it was sent before the hook."""
+    stopped = time.monotonic() >= stop_at
+    if inline.prefix is not None:  # nothing was sent: the queue stays for the transaction
+        _put_back(taken, queued)
+    elif not inline.saved:
+        if stopped:  # the cancel hit a queued write: the transaction is gone
+            raise StoreError(f"stopped inline, the transaction is gone: {exc}") from exc
+        raise inline.failed_before or exc
+    else:
         try:
             _plain(conn, "ROLLBACK TO SAVEPOINT engage_inline")
-            _plain(conn, "RELEASE SAVEPOINT engage_inline")
+            _plain(conn, _RELEASE)
         except psycopg.Error as undo:
             raise StoreError(f"stopped inline, the transaction is gone: {undo}") from exc
-        if time.monotonic() >= stop_at:
-            raise StoppedEarly(str(exc)) from exc
-        raise
-    if timer is not None:
-        timer.cancel()
-    if queued is not None:  # sent with the transaction's next statement: one round trip less
-        queued.add("RELEASE SAVEPOINT engage_inline")
-    else:
-        _plain(conn, "RELEASE SAVEPOINT engage_inline")
-    return result
+    if stopped:
+        raise StoppedEarly(str(exc)) from exc

@@ -6,12 +6,12 @@ Decisions:
   lock: listeners' transactions run side by side, each on a connection of its own, and
   PostgreSQL's row locks and the ledger's primary key keep them apart.
 * `group()` holds one connection and one transaction for the task that opened it; the
-  transactions that task opens inside become savepoints on it (psycopg nests
-  `conn.transaction()` as savepoints), as in the SQLite store. Reads of that task use the
-  same connection, so they see the group's own writes.
+  transactions that task opens inside become savepoints on it, as in the SQLite store.
+  Reads of that task use the same connection, so they see the group's own writes.
 * Writes nobody reads the result of are queued and sent with the next statement that is
-  read (`deferred`: libpq's pipeline mode); a group's savepoints too. The queue belongs to
-  the connection's open transaction: the group's, or the single transaction's.
+  read (`deferred`: libpq's pipeline mode); a group's savepoints too, and the BEGIN and
+  COMMIT of each transaction. The queue belongs to the connection's open transaction:
+  the group's, or the single transaction's.
 * Every database error becomes a `StoreError` whose message has no secret in it;
   `LeaseLost` (a `StoreError`) passes through as it is.
 """
@@ -19,6 +19,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -61,6 +62,21 @@ def from_config(config: StoreConfig, owner: str | None = None) -> PostgresStore:
         owner=owner,
         alive_seconds=config.lease_seconds / 2,
     )
+
+
+@asynccontextmanager
+async def _transaction(deferred: Deferred) -> AsyncIterator[None]:
+    """BEGIN and COMMIT on the queue (see `deferred`): committed if the block ends well,
+    rolled back if it raises. A failed ROLLBACK leaves the connection to the pool, which
+    rolls back or drops a connection that comes back inside a transaction."""
+    deferred.begin()
+    try:
+        yield
+        await deferred.commit()
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            await deferred.rollback()
+        raise
 
 
 class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
@@ -148,15 +164,11 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         Nothing in it is durable before the block exits without an error."""
         task = asyncio.current_task()
         assert task is not None
-        async with (
-            self._connection() as conn,
-            self._errors("store write failed"),
-            conn.transaction(),
-        ):
+        async with self._connection() as conn, self._errors("store write failed"):
             group = self._groups[task] = Deferred(conn)
             try:
-                yield
-                await group.flush()
+                async with _transaction(group):
+                    yield
             finally:
                 del self._groups[task]
 
@@ -168,14 +180,10 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             async with self._errors("store write failed"), self._savepoint(group):
                 yield PostgresTransaction(group, self.owner)
             return
-        async with (
-            self._connection() as conn,
-            self._errors("store write failed"),
-            conn.transaction(),
-        ):
+        async with self._connection() as conn, self._errors("store write failed"):
             deferred = Deferred(conn)
-            yield PostgresTransaction(deferred, self.owner)
-            await deferred.flush()
+            async with _transaction(deferred):
+                yield PostgresTransaction(deferred, self.owner)
 
     @staticmethod
     @asynccontextmanager

@@ -14,6 +14,13 @@ Decisions:
 * Statements go through the transaction's `Deferred` queue: writes whose result is not
   read (`_write`) are sent with the next read, in one round trip (see `deferred`).
 * A case's number is its id from the `cases` identity sequence, unique across daemons.
+* `case_info` is remembered for the rest of the transaction: `create_case` makes it from
+  its own RETURNING, and a read keeps it; every write of this transaction that can change
+  a case (status, close, reopen, routing's decision, a hook's own SQL) forgets it. Another
+  transaction cannot change it meanwhile: a new case is seen by no one else before the
+  commit, and a case a mail joins is locked by its `updated_at` UPDATE (sent before the
+  first read of its info). The engine asks for it two or three times a mail: each was a
+  round trip.
 """
 
 from __future__ import annotations
@@ -39,6 +46,12 @@ from engage_listener.store.interface import (
     SyncExecute,
 )
 from engage_listener.store.postgres import hooks
+from engage_listener.store.postgres.arrival import (
+    CUSTOMER,
+    DUPLICATE,
+    ArrivalReads,
+    customer_row,
+)
 from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.follow_ups import FollowUpQueries
 from engage_listener.store.postgres.rows import Column, insert_row
@@ -55,15 +68,15 @@ _LEASE = (
     " AND expires_at > clock_timestamp() FOR SHARE"
 )
 
-# A customer and its addresses in one row (one round trip).
-_CUSTOMER = (
-    "c.id, c.name, ARRAY(SELECT x.address FROM customer_addresses x"
-    " WHERE x.customer_id = c.id ORDER BY x.address)"
-)
+# What `CaseInfo` holds but the tags, in its order (case_info, create_case's RETURNING).
+_INFO = "id, case_number, process, status, inbox, subject, customer_id, priority"
 
 
-def _customer(row: Any) -> Customer | None:
-    return None if row is None else Customer(int(row[0]), str(row[1]), tuple(map(str, row[2])))
+def _info(row: Any, tags: tuple[str, ...]) -> CaseInfo:
+    return CaseInfo(
+        int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]),
+        None if row[6] is None else int(row[6]), row[7], tags,
+    )  # fmt: skip
 
 
 # The ledger row, and the end of the mail's attempts; {lease}: _LEASE_CTE or nothing.
@@ -101,13 +114,21 @@ def _lost(listener: str, owner: str) -> LeaseLost:
     )
 
 
-class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
+class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrites):
     """See `store.Transaction`; only valid inside `PostgresStore.transaction()`."""
 
     def __init__(self, deferred: Deferred, owner: str | None) -> None:
         self._deferred = deferred
         self._conn = deferred.conn
         self._owner = owner
+        self._infos: dict[int, CaseInfo] = {}  # see Decisions
+
+    def _forget(self, case_id: int | None = None) -> None:
+        """A write that may change case `case_id` (None: any case) was made."""
+        if case_id is None:
+            self._infos.clear()
+        else:
+            self._infos.pop(case_id, None)
 
     async def execute(self, sql: str, params: Any = ()) -> psycopg.AsyncCursor[Any]:
         """One statement (psycopg's %s placeholders) in this transaction, after the queued."""
@@ -125,10 +146,12 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
 
     # ----- operators' SQL hooks -----------------------------------------------------
     async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
+        self._forget()  # the operator's SQL may change any case
         await self._deferred.flush()
         return await hooks.run_sync(self._conn, work)
 
     def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
+        self._forget()
         return hooks.run_inline(self._conn, work, stop_at, self._deferred)
 
     def interrupt(self) -> None:
@@ -140,11 +163,7 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     async def find_duplicate(
         self, listener: str, sha256: str, message_id: str | None
     ) -> int | None:
-        row = await self._one(
-            "SELECT message_row FROM ledger WHERE listener = %s AND sha256 = %s"
-            " AND message_id IS NOT DISTINCT FROM %s AND message_row IS NOT NULL LIMIT 1",
-            (listener, sha256, message_id),
-        )
+        row = await self._one(DUPLICATE, (listener, sha256, message_id))
         return int(row[0]) if row else None
 
     async def case_of_message(self, message_row: int) -> CaseRef | None:
@@ -157,18 +176,18 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
 
     async def find_customer(self, address: str) -> Customer | None:
         row = await self._one(
-            f"SELECT {_CUSTOMER} FROM customer_addresses a JOIN customers c"  # noqa: S608
+            f"SELECT {CUSTOMER} FROM customer_addresses a JOIN customers c"  # noqa: S608
             " ON c.id = a.customer_id WHERE a.address = %s",
             (address.lower(),),
         )
-        return _customer(row)
+        return customer_row(row)
 
     async def get_customer(self, customer_id: int) -> Customer | None:
         row = await self._one(
-            f"SELECT {_CUSTOMER} FROM customers c WHERE c.id = %s",  # noqa: S608
+            f"SELECT {CUSTOMER} FROM customers c WHERE c.id = %s",  # noqa: S608
             (customer_id,),
         )
-        return _customer(row)
+        return customer_row(row)
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
         row = await self._one(
@@ -196,16 +215,16 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
         return CaseRef(int(row[0]), str(row[1])) if row else None
 
     async def case_info(self, case_id: int) -> CaseInfo:
+        known = self._infos.get(case_id)
+        if known is not None:  # see Decisions
+            return known
         row = await self._one(  # one round trip: the tags as an array
-            "SELECT id, case_number, process, status, inbox, subject, customer_id, priority,"
-            " ARRAY(SELECT tag FROM case_tags t WHERE t.case_id = cases.id ORDER BY tag)"
-            " FROM cases WHERE id = %s",
+            f"SELECT {_INFO}, ARRAY(SELECT tag FROM case_tags t"  # noqa: S608
+            " WHERE t.case_id = cases.id ORDER BY tag) FROM cases WHERE id = %s",
             (case_id,),
         )
-        return CaseInfo(
-            int(row[0]), str(row[1]), row[2], row[3], row[4], str(row[5]),
-            None if row[6] is None else int(row[6]), row[7], tuple(str(t) for t in row[8]),
-        )  # fmt: skip
+        info = self._infos[case_id] = _info(row, tuple(str(t) for t in row[8]))
+        return info
 
     async def message_new_text(self, message_row: int) -> str | None:
         row = await self._one("SELECT new_text FROM messages WHERE id = %s", (message_row,))
@@ -215,19 +234,20 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
     async def create_case(self, case: NewCase) -> CaseRef:
         now = now_iso()
         row = await self._one(
-            "WITH n AS (SELECT nextval(pg_get_serial_sequence('cases', 'id')) AS id)"
+            "WITH n AS (SELECT nextval(pg_get_serial_sequence('cases', 'id')) AS id)"  # noqa: S608
             " INSERT INTO cases (id, case_number, listener, process, customer_id,"
             " related_case_id, sender, sender_name, subject, normalized_subject, status,"
             " created_at, updated_at) SELECT n.id, CASE WHEN n.id < 1000000"
             " THEN lpad(n.id::text, 6, '0') ELSE n.id::text END,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM n RETURNING id, case_number",
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM n RETURNING " + _INFO,
             (
                 case.listener, case.process, case.customer_id, case.related_case_id,
                 case.sender, case.sender_name, case.subject, case.normalized_subject,
                 case.status, now, now,
             ),
         )  # fmt: skip
-        return CaseRef(int(row[0]), str(row[1]))
+        info = self._infos[int(row[0])] = _info(row, ())  # no tags yet
+        return CaseRef(info.id, info.case_number)
 
     async def add_message(self, case_id: int | None, message: NewMessage) -> int:
         m = message
@@ -283,6 +303,7 @@ class PostgresTransaction(FollowUpQueries, MoreWrites, WebhookWrites):
         process: str | None = None,
         status: CaseStatus | None = None,
     ) -> None:
+        self._forget(case_id)
         if inbox is not None or priority is not None or process is not None or status:
             self._write(
                 "UPDATE cases SET inbox = coalesce(%s, inbox),"

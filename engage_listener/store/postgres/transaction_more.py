@@ -38,6 +38,10 @@ class MoreWrites:
     def _write(self, sql: str, params: Any = ()) -> None:
         raise NotImplementedError
 
+    def _forget(self, case_id: int | None = None) -> None:
+        """The transaction's remembered `case_info` of that case is stale (see it)."""
+        raise NotImplementedError
+
     # ----- acknowledgements -----------------------------------------------------------
     async def recent_acks(self, recipient_key: str, since: str) -> int:
         row = await self._one(
@@ -95,6 +99,7 @@ class MoreWrites:
     async def set_case_status(
         self, case_id: int, status: CaseStatus, *, touch: bool = False
     ) -> None:
+        self._forget(case_id)
         now = now_iso()
         await self.execute(
             "UPDATE cases SET status = %s, closed_at = CASE WHEN %s = 'closed'"
@@ -106,6 +111,7 @@ class MoreWrites:
     async def close_case(
         self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
     ) -> bool:
+        self._forget(case_id)
         idle = "" if idle_before is None else f" AND {LAST_MAIL} < %s"
         cur = await self.execute(
             "UPDATE cases SET status = 'closed', closed_at = %s, close_reason = %s,"  # noqa: S608
@@ -115,6 +121,7 @@ class MoreWrites:
         return int(cur.rowcount) == 1
 
     async def reopen_case(self, case_id: int, at: str) -> bool:
+        self._forget(case_id)
         cur = await self.execute(
             "UPDATE cases SET status = 'open', closed_at = NULL, close_reason = NULL,"
             " reopened_at = %s, updated_at = %s WHERE id = %s AND status = 'closed'",

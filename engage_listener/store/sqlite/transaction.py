@@ -12,10 +12,12 @@ from engage_listener.mail.fields import recipient_key
 from engage_listener.observe.logs import scrub
 from engage_listener.store.common_sql import now_iso
 from engage_listener.store.interface import (
+    CaseCandidate,
     CaseInfo,
     CaseRef,
     Customer,
     MailKey,
+    MailSeen,
     NewAck,
     NewAttachment,
     NewCase,
@@ -135,6 +137,12 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
         )
         return int(row[0]) if row else None
 
+    async def find_arrival(
+        self, listener: str, sha256: str, message_id: str | None, address: str
+    ) -> MailSeen:  # two reads: microseconds each here
+        duplicate = await self.find_duplicate(listener, sha256, message_id)
+        return MailSeen(duplicate, await self.find_customer(address) if address else None)
+
     async def case_of_message(self, message_row: int) -> CaseRef | None:
         row = await self._one(
             "SELECT c.id, c.case_number FROM messages m JOIN cases c ON c.id = m.case_id"
@@ -184,6 +192,12 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
             (customer_id, process, normalized_subject),
         )
         return CaseRef(int(row[0]), str(row[1])) if row else None
+
+    async def cases_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> tuple[CaseRef | None, CaseCandidate | None]:  # two reads: microseconds each here
+        found = await self.open_case_by_subject(customer_id, process, normalized_subject)
+        return found, await self.closed_case_by_subject(customer_id, process, normalized_subject)
 
     async def case_info(self, case_id: int) -> CaseInfo:
         row = await self._one(

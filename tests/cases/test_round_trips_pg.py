@@ -1,0 +1,136 @@
+"""Round trips one mail costs on the PostgreSQL store (issue 16 point 9), counted from
+libpq's trace (`RoundTrips`), never timed: a single listener is a serial chain of round
+trips, and each costs the daemon CPU (psycopg's send, wait and decode) and a wake-up of
+the server. A change that adds one to the typical mail fails here."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from devkit.postgres import PostgresServer
+from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.cases.hooks import SqlHook, load_hook
+from engage_listener.config.model import StoreConfig
+from engage_listener.store.interface import MailKey, NewCase, Store
+from engage_listener.store.open import build_store
+from tests.support.helpers import make_mail
+from tests.support.paths import REPO
+from tests.support.postgres import RoundTrips, fresh_database, postgres_server
+
+__all__ = ["postgres_server"]  # a fixture
+EXAMPLE = REPO / "examples" / "routing" / "pa_sys_msg_in.pgsql"
+OWNER = "daemon-a"
+
+# One mail of a known customer that opens a case, routed by the example `pg:` function,
+# fenced (the daemon's lease checked with the ledger row), in a group commit as the IMAP
+# listener takes a batch: the duplicate check with the customer (`find_arrival`, with the
+# previous mail's RELEASE and this one's SAVEPOINT), the open and closed cases of its
+# subject (`cases_by_subject`), the new case, the message, the routing CALL (with the
+# queued writes and its SAVEPOINT), the fenced ledger row (with the hook's RELEASE and the
+# decision's UPDATE). It was 10: the customer, the closed case by subject, the case read
+# for the hook and the hook's SAVEPOINT were a round trip each.
+IN_A_GROUP = 6
+# The same mail alone (a batch of one, as IDLE brings them): the pool's check of the
+# connection, BEGIN with the first read, COMMIT alone after the fenced ledger row. It was
+# 13: BEGIN and COMMIT were a round trip each too.
+ALONE = 8
+
+
+@pytest.fixture
+async def url(postgres_server: PostgresServer) -> str:
+    return fresh_database(postgres_server)
+
+
+@pytest.fixture
+async def store(url: str, postgres_server: PostgresServer) -> AsyncIterator[Store]:
+    """A fenced store (it holds listener L's lease) with the example routing function."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        opened = build_store(StoreConfig(Path("unused"), url=url), owner=OWNER)
+        await opened.open()
+        await conn.execute(EXAMPLE.read_text().encode())
+        await conn.execute(
+            f"INSERT INTO daemons VALUES ('{OWNER}', 'host', 1, now(), now(), NULL);"
+            f" INSERT INTO listener_leases (listener, owner, fence, expires_at)"
+            f" VALUES ('L', '{OWNER}', 1, now() + interval '1 hour')".encode()
+        )
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _traced(store: Store, tmp_path: Path) -> RoundTrips:
+    """The pool's one connection (min_size 1, used by one task at a time), traced."""
+    async with store.connection() as conn:  # type: ignore[attr-defined]
+        return RoundTrips(conn, tmp_path / "libpq.trace")
+
+
+def _engine(store: Store) -> tuple[CaseEngine, SqlHook]:
+    hook = load_hook("pg:engage_routing.pa_sys_msg_in", REPO, 10, "postgres")
+    assert isinstance(hook, SqlHook)
+    return CaseEngine(store, EngineSettings("L", extract_attachments=True, hook=hook)), hook
+
+
+@pytest.mark.parametrize(("grouped", "expected"), [(True, IN_A_GROUP), (False, ALONE)])
+async def test_round_trips_of_a_typical_mail(
+    store: Store, tmp_path: Path, grouped: bool, expected: int
+) -> None:
+    engine, hook = _engine(store)
+    trips = await _traced(store, tmp_path)
+    counts = []
+    async with store.group() if grouped else contextlib.nullcontext():
+        for n in range(1, 10):  # psycopg prepares a statement on its 5th use: then steady
+            hook.inline = True  # a loaded machine may have moved it off the loop
+            before = trips.count()
+            raw = make_mail(n, sender="ana@example.com", subject=f"Consulta {n}")
+            done = await engine.ingest(MailKey("L", "INBOX", "1", str(n)), raw)
+            counts.append(trips.count() - before)
+            assert done.new_case and done.case_id is not None
+    trips.stop()
+    assert counts[-3:] == [expected] * 3, counts
+    async with store.transaction() as tx:
+        info = await tx.case_info(done.case_id)
+    assert info.inbox == "General"  # the function did route it
+
+
+async def test_the_case_info_of_a_new_case_costs_no_round_trip(
+    store: Store, tmp_path: Path
+) -> None:
+    trips = await _traced(store, tmp_path)
+    async with store.transaction() as tx:
+        ref = await tx.create_case(NewCase("L", None, "a@example.com", "A", "Hola", "hola"))
+        before = trips.count()
+        info = await tx.case_info(ref.id)
+        assert await tx.case_info(ref.id) is info
+        assert trips.count() == before
+    trips.stop()
+    assert (info.case_number, info.status, info.subject, info.tags) == (
+        ref.case_number, "open", "Hola", (),
+    )  # fmt: skip
+
+
+async def test_an_inline_hook_starts_no_thread_per_mail(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One canceller thread for the process, armed per run; no `threading.Timer` a mail."""
+    engine, hook = _engine(store)
+    await engine.ingest(MailKey("L", "INBOX", "1", "0"), make_mail(0))  # it may start once
+    started: list[Any] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    for n in range(1, 4):
+        hook.inline = True
+        await engine.ingest(MailKey("L", "INBOX", "1", str(n)), make_mail(n))
+    assert started == []
