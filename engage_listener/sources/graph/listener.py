@@ -21,23 +21,18 @@ Decisions:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
-from engage_listener.intake.contract import Handler
 from engage_listener.intake.control import read_control, reset_done
-from engage_listener.intake.retry import Retrying
-from engage_listener.observe.logs import Logger
 from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult, received
 from engage_listener.sources.graph.delta import DeltaWatch
 from engage_listener.sources.graph.folders import ensure_folder, resolve_folder, sibling
 from engage_listener.sources.graph.http import GraphSession
-from engage_listener.store.interface import Store
+from engage_listener.sources.listening import SourceListener
 
 CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
 
@@ -58,35 +53,13 @@ class GraphSettings:
     read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
 
 
-class GraphListener(Retrying):
+class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
     """The batching loop of one Graph listener; `run` for the daemon, `run_once` for cron."""
 
-    def __init__(
-        self,
-        settings: GraphSettings,
-        *,
-        connect: Callable[[], GraphSession],
-        store: Store,
-        handler: Handler,
-        clock: Clock,
-        stop: asyncio.Event,
-        log: Logger,
-    ) -> None:
-        self.settings = settings
-        self.connect = connect
-        self.store = store
-        self.handler = handler
-        self.clock = clock
-        self.stop = stop
-        self.log = log
-        self.state = "starting"
+    def _start(self) -> None:
+        settings = self.settings
         self.pending = 0
-        self.batches = 0
-        self.paused_until: dt.datetime | None = None
         self.oldest_unprocessed: dt.datetime | None = None  # received, of the oldest left
-        self.last_success_at: float | None = None
-        self.backlog: int | None = None
-        self.last_error: str | None = None
         self.failures = 0  # errors in a row since the last completed batch
         self.error_folder = settings.error_folder or sibling(settings.input_folder, "Error")
         self._error_id: str | None = None  # the error folder's id, once looked up

@@ -15,18 +15,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import FolderMissingError
-from engage_listener.intake.contract import Handler
 from engage_listener.intake.control import read_control, reset_done
-from engage_listener.intake.retry import Retrying
-from engage_listener.observe.logs import Logger
 from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.reset import reset_folder
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import DEFAULT_MAX_MESSAGE_SIZE, FolderState, track_exists
-from engage_listener.store.interface import Store
+from engage_listener.sources.listening import SourceListener
 
 IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes
 CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
@@ -48,41 +44,16 @@ class ListenerSettings:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail is quarantined unread
 
 
-class Listener(Retrying):
+class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSession]]]):
     """The batching loop of one listener; `run` for the daemon, `run_once` for cron/tests."""
 
-    def __init__(
-        self,
-        settings: ListenerSettings,
-        *,
-        connect: Callable[[], Awaitable[ImapSession]],
-        store: Store,
-        handler: Handler,
-        clock: Clock,
-        stop: asyncio.Event,
-        log: Logger,
-    ) -> None:
-        self.settings = settings
-        self.connect = connect
-        self.store = store
-        self.handler = handler
-        self.clock = clock
-        self.stop = stop
-        self.log = log
-        self.state = "starting"
+    def _start(self) -> None:
         self.pending = 0
-        self.batches = 0
-        self.paused_until: dt.datetime | None = None
         self.oldest_unprocessed: dt.datetime | None = None
         self.read_from_override: dt.datetime | None = None
         self._too_old_logged = 0
-        # Wall time the listener last did its work: a batch, or an IDLE/NOOP round the
-        # server answered (so a quiet mailbox is not taken for a stuck listener).
-        self.last_success_at: float | None = None
-        self.backlog: int | None = None  # mails left in the input folder after it
-        self.last_error: str | None = None
         self.failures = 0  # errors in a row since the last completed batch
-        self.error_folder = settings.error_folder or "Error"
+        self.error_folder = self.settings.error_folder or "Error"
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:

@@ -23,21 +23,18 @@ Decisions:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
-from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import ProtocolError
-from engage_listener.intake.contract import Delivered, Handled, Handler
+from engage_listener.intake.contract import Delivered, Handled
 from engage_listener.intake.control import read_control, reset_done
 from engage_listener.intake.per_mail import MailPath
-from engage_listener.intake.retry import Retrying
-from engage_listener.observe.logs import Logger
+from engage_listener.sources.listening import SourceListener
 from engage_listener.sources.pop3.dates import DateFilter
 from engage_listener.sources.pop3.ledger import (
     OVERSIZE,
@@ -49,7 +46,7 @@ from engage_listener.sources.pop3.ledger import (
     seen,
 )
 from engage_listener.sources.pop3.session import Listed, Pop3Session
-from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.interface import MailKey
 from engage_listener.store.records import LedgerState
 
 __all__ = ["Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
@@ -82,36 +79,13 @@ class Pop3Result:
     seconds: float = 0.0
 
 
-class Pop3Listener(Retrying):
+class Pop3Listener(SourceListener[Pop3Settings, Callable[[], Awaitable[Pop3Session]]]):
     """The polling loop of one POP3 listener; `run` for the daemon, `run_once` for cron."""
 
-    def __init__(
-        self,
-        settings: Pop3Settings,
-        *,
-        connect: Callable[[], Awaitable[Pop3Session]],
-        store: Store,
-        handler: Handler,
-        clock: Clock,
-        stop: asyncio.Event,
-        log: Logger,
-    ) -> None:
-        self.settings = settings
-        self.connect = connect
-        self.store = store
-        self.handler = handler
-        self.clock = clock
-        self.stop = stop
-        self.log = log
-        self.state = "starting"
-        self.batches = 0
-        self.last_success_at: float | None = None  # wall time of the last completed poll
-        self.backlog: int | None = None  # messages still on the server and not yet taken
-        self.last_error: str | None = None
+    def _start(self) -> None:
         self.known: dict[str, tuple[Seen, ...]] = {}  # UIDL -> its ledger rows (never removed)
         self.verified: dict[str, int] = {}  # UIDL -> listed size found to be a known mail
-        self.dates = DateFilter(settings.read_from)
-        self.paused_until: dt.datetime | None = None
+        self.dates = DateFilter(self.settings.read_from)
 
     async def run(self) -> None:
         """Poll until `stop` is set; never raises (except cancellation)."""

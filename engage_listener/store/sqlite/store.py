@@ -21,7 +21,6 @@ from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
 from engage_listener.store.records import (
-    CaseSummary,
     LedgerEntry,
     LedgerState,
     MailKey,
@@ -276,37 +275,6 @@ class SqliteStore(OperatorQueries, CaseReads, WebhookQueries):
                 return await self._conn().fetch_in_thread(sql, params)
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
-
-    async def list_cases(self) -> list[CaseSummary]:
-        sql = (
-            "SELECT c.id, c.case_number, c.listener, c.sender, c.subject, c.status, c.inbox,"
-            " (SELECT count(*) FROM messages m WHERE m.case_id = c.id),"
-            " (SELECT count(*) FROM attachments a JOIN messages m ON a.message_row = m.id"
-            "  WHERE m.case_id = c.id), c.created_at,"
-            " (SELECT o.state || coalesce(': ' || o.last_error, '') FROM outbox o"
-            "  WHERE o.case_id = c.id ORDER BY o.id DESC LIMIT 1),"
-            " c.related_case_id, r.case_number"
-            " FROM cases c LEFT JOIN cases r ON r.id = c.related_case_id ORDER BY c.id"
-        )
-        rows = await self.query(sql)
-        return [
-            CaseSummary(
-                int(r[0]),
-                str(r[1]),
-                str(r[2]),
-                str(r[3]),
-                str(r[4]),
-                r[5],
-                r[6],
-                int(r[7]),
-                int(r[8]),
-                str(r[9]),
-                r[10],
-                r[11],
-                r[12],
-            )
-            for r in rows
-        ]
 
 
 def _rollback_to(db: Connection) -> None:
