@@ -47,6 +47,7 @@ HEARTBEAT_COLUMNS = (
     "listener, state, pid, last_success_at, last_error, backlog, oldest_unprocessed,"
     " paused_until, updated_at"
 )
+_OUTBOX_FIELDS = ("attempts", "last_error", "smtp_reply", "sent_at", "next_attempt_at")
 _WEBHOOK_FIELDS = ("attempts", "last_error", "response", "delivered_at", "next_attempt_at")
 
 
@@ -67,18 +68,52 @@ def webhook_row(r: Any) -> WebhookEventRow:
 
 
 def assignments(given: dict[str, Any]) -> tuple[str, list[Any]]:
-    """`name = ?, ...` for the fields given (not None), and their values: an error text
+    """`, name = ?...` for the fields given (not None), and their values: an error text
     scrubbed, a time as a float."""
     fields = {name: value for name, value in given.items() if value is not None}
     if "last_error" in fields:
         fields["last_error"] = scrub(str(fields["last_error"]))
     if "next_attempt_at" in fields:
         fields["next_attempt_at"] = float(fields["next_attempt_at"])
-    return ", ".join(f"{name} = ?" for name in fields), list(fields.values())
+    return "".join(f", {name} = ?" for name in fields), list(fields.values())
 
 
 class CommonQueries(CommonReads):
-    """See `store.Store` and `CommonReads` (what the store supplies)."""
+    """See `store.Store` and `CommonReads` (what the store supplies); `_sending` (the
+    outbox rows this process marked `sending` and has not settled) and `_outbox_fence`
+    come from the store too."""
+
+    _sending: set[int]
+
+    def _outbox_fence(self, state: OutboxState) -> tuple[str, tuple[Any, ...]] | None:
+        """What else an outbox row must be for `update_outbox` to write `state` (SQL with
+        `?` marks, and its parameters), or None: nothing, and the write always counts."""
+        raise NotImplementedError
+
+    # ----- the acknowledgement sender -------------------------------------------------
+    async def update_outbox(
+        self,
+        row_id: int,
+        state: OutboxState,
+        *,
+        attempts: int | None = None,
+        last_error: str | None = None,
+        smtp_reply: str | None = None,
+        sent_at: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> bool:
+        values = (attempts, last_error, smtp_reply, sent_at, next_attempt_at)
+        fields, params = assignments(dict(zip(_OUTBOX_FIELDS, values, strict=True)))
+        fence = self._outbox_fence(state)
+        mine, also = fence or ("", ())
+        sql = f"UPDATE outbox SET state = ?{fields} WHERE id = ?{mine}"  # noqa: S608 - fixed names
+        async with self.transaction() as tx:
+            cur = await tx.execute(self._sql(sql), (state, *params, row_id, *also))
+        if state == "sending":  # this process's own: never stranded while it lives
+            self._sending.add(row_id)
+        else:
+            self._sending.discard(row_id)
+        return fence is None or int(cur.rowcount) == 1
 
     # ----- the outboxes' listings -----------------------------------------------------
     async def outbox_in_state(self, state: OutboxState) -> list[int]:
@@ -123,8 +158,7 @@ class CommonQueries(CommonReads):
         values = (attempts, last_error, response, delivered_at, next_attempt_at)
         fields, params = assignments(dict(zip(_WEBHOOK_FIELDS, values, strict=True)))
         await self._write_one(
-            f"UPDATE webhook_events SET state = ?{', ' if fields else ''}{fields}"  # noqa: S608
-            " WHERE id = ?",
+            f"UPDATE webhook_events SET state = ?{fields} WHERE id = ?",  # noqa: S608
             (state, *params, row_id),
         )
 

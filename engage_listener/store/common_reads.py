@@ -10,7 +10,9 @@ Decisions:
   SQL therefore has no `?` or `%` inside quotes.
 * What differs on purpose stays with its store: a case's tags and related cases
   (PostgreSQL reads them in the case's row with ARRAY sub-selects, one round trip per
-  page), claims (`FOR UPDATE SKIP LOCKED`), RETURNING against lastrowid, and the ledger.
+  page), claims (`FOR UPDATE SKIP LOCKED`), RETURNING against lastrowid, and the
+  ledger's writes (a lease checked, the attempts' upsert) and look-ups of many items
+  (SQLite's in chunks of 500 marks, PostgreSQL's one array).
 * A dialect's function name that differs (`length` of a blob against `octet_length`,
   `group_concat` against `string_agg`) is a class attribute of the store's mixin.
 """
@@ -29,6 +31,7 @@ from engage_listener.store.records import (
     CaseState,
     CaseSummary,
     Customer,
+    LedgerEntry,
     Quarantined,
     StoredAttachment,
     StoredMessage,
@@ -187,6 +190,18 @@ class CommonReads:
             "UPDATE quarantine SET state = 'replayed', case_id = ?, replayed_at = ? WHERE id = ?",
             (case_id, now_iso(), entry_id),
         )
+
+    # ----- the ledger -----------------------------------------------------------------
+    async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
+        rows = await self._rows(
+            f"SELECT l.epoch, l.state, l.sha256, COALESCE(m.size, {self._octet_length}(q.raw))"  # noqa: S608
+            " FROM ledger l LEFT JOIN messages m ON m.id = l.message_row"
+            " LEFT JOIN quarantine q ON q.id = l.quarantine_id"
+            " WHERE l.listener = ? AND l.mailbox = ? AND l.item = ?"
+            " ORDER BY length(l.epoch), l.epoch",
+            (listener, mailbox, item),
+        )
+        return [LedgerEntry(str(r[0]), r[1], str(r[2]), _int(r[3])) for r in rows]
 
     # ----- a case's messages and attachments ------------------------------------------
     async def case_messages(self, case_id: int) -> list[StoredMessage]:

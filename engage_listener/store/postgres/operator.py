@@ -23,13 +23,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from engage_listener.observe.logs import scrub
-from engage_listener.store.common_queries import HEARTBEAT_COLUMNS, CommonQueries, assignments
+from engage_listener.store.common_queries import HEARTBEAT_COLUMNS, CommonQueries
 from engage_listener.store.postgres.dialect import format_marks
 from engage_listener.store.postgres.transaction import PostgresTransaction
 from engage_listener.store.postgres.webhooks import claimable
 from engage_listener.store.records import Heartbeat, OutboxRow, OutboxState
-
-_OUTBOX_FIELDS = ("attempts", "last_error", "smtp_reply", "sent_at", "next_attempt_at")
 
 
 class OperatorQueries(CommonQueries):
@@ -37,7 +35,6 @@ class OperatorQueries(CommonQueries):
     `_claim` too (`webhooks.WebhookQueries`)."""
 
     owner: str | None
-    _sending: set[int]  # outbox rows this process marked `sending` and has not settled
     _octet_length = "octet_length"
     _string_agg = "string_agg"
 
@@ -49,6 +46,13 @@ class OperatorQueries(CommonQueries):
 
     def _sql(self, sql: str) -> str:
         return format_marks(sql)
+
+    def _outbox_fence(self, state: OutboxState) -> tuple[str, tuple[Any, ...]] | None:
+        """The sender's own steps before DATA only while its claim holds; final states
+        always; without an owner (operator commands) no claim to check."""
+        if state in {"pending", "sending"} and self.owner is not None:  # still ours
+            return " AND claimed_by = ?", (self.owner,)
+        return "", ()
 
     def _in(self, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
         return "= ANY(?)", (list(values),)
@@ -78,32 +82,6 @@ class OperatorQueries(CommonQueries):
             self._claim(),
         )
         return [int(r[0]) for r in rows if int(r[0]) not in self._sending]
-
-    async def update_outbox(
-        self,
-        row_id: int,
-        state: OutboxState,
-        *,
-        attempts: int | None = None,
-        last_error: str | None = None,
-        smtp_reply: str | None = None,
-        sent_at: str | None = None,
-        next_attempt_at: float | None = None,
-    ) -> bool:
-        values = (attempts, last_error, smtp_reply, sent_at, next_attempt_at)
-        fields, params = assignments(dict(zip(_OUTBOX_FIELDS, values, strict=True)))
-        mine: str = ""
-        owner: tuple[str, ...] = ()
-        if state in {"pending", "sending"} and self.owner is not None:  # still ours
-            mine, owner = " AND claimed_by = ?", (self.owner,)
-        sql = f"UPDATE outbox SET state = ?{', ' if fields else ''}{fields} WHERE id = ?{mine}"  # noqa: S608
-        async with self.transaction() as tx:
-            cur = await tx.execute(format_marks(sql), (state, *params, row_id, *owner))
-        if state == "sending":  # this process's own: never stranded while it lives
-            self._sending.add(row_id)
-        else:
-            self._sending.discard(row_id)
-        return int(cur.rowcount) == 1
 
     # ----- status ---------------------------------------------------------------------
     async def write_heartbeats(self, beats: Sequence[Heartbeat]) -> None:

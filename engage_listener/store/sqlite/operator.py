@@ -15,18 +15,14 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from engage_listener.store.common_queries import HEARTBEAT_COLUMNS, CommonQueries, assignments
+from engage_listener.store.common_queries import HEARTBEAT_COLUMNS, CommonQueries
 from engage_listener.store.records import Heartbeat, OutboxRow, OutboxState
 from engage_listener.store.sqlite.transaction import SqliteTransaction
 
-_OUTBOX_FIELDS = ("attempts", "last_error", "smtp_reply", "sent_at", "next_attempt_at")
-
 
 class OperatorQueries(CommonQueries):
-    """See `store.Store`; `query` and `transaction` come from the store, `_sending` (the
-    outbox rows this process marked `sending` and has not settled) too."""
+    """See `store.Store`; `query`, `transaction` and `_sending` come from the store."""
 
-    _sending: set[int]
     _octet_length = "length"
     _string_agg = "group_concat"
 
@@ -35,6 +31,9 @@ class OperatorQueries(CommonQueries):
 
     def _sql(self, sql: str) -> str:
         return sql  # SQLite's own marks
+
+    def _outbox_fence(self, state: OutboxState) -> tuple[str, tuple[Any, ...]] | None:
+        return None  # one daemon owns the file: nobody else claims a row
 
     def _in(self, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
         return f"IN ({', '.join('?' for _ in values)})", tuple(values)
@@ -47,30 +46,6 @@ class OperatorQueries(CommonQueries):
             (now, limit),
         )
         return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])) for r in rows]
-
-    async def update_outbox(
-        self,
-        row_id: int,
-        state: OutboxState,
-        *,
-        attempts: int | None = None,
-        last_error: str | None = None,
-        smtp_reply: str | None = None,
-        sent_at: str | None = None,
-        next_attempt_at: float | None = None,
-    ) -> bool:
-        values = (attempts, last_error, smtp_reply, sent_at, next_attempt_at)
-        fields, params = assignments(dict(zip(_OUTBOX_FIELDS, values, strict=True)))
-        await self._write_one(
-            f"UPDATE outbox SET state = ?{', ' if fields else ''}{fields}"  # noqa: S608
-            " WHERE id = ?",
-            (state, *params, row_id),
-        )
-        if state == "sending":  # one daemon owns the file: nobody else claims a row
-            self._sending.add(row_id)
-        else:
-            self._sending.discard(row_id)
-        return True
 
     async def stranded_outbox(self) -> list[int]:
         """`sending` rows this process is not sending: left by a daemon that ended."""

@@ -21,7 +21,6 @@ from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
 from engage_listener.store.records import (
-    LedgerEntry,
     LedgerState,
     MailKey,
     SettledState,
@@ -210,20 +209,6 @@ class SqliteStore(OperatorQueries, CaseReads, WebhookQueries):
             )
             found.update((str(r[0]), r[1]) for r in rows)
         return found
-
-    async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
-        rows = await self.query(
-            "SELECT l.epoch, l.state, l.sha256, COALESCE(m.size, length(q.raw))"
-            " FROM ledger l LEFT JOIN messages m ON m.id = l.message_row"
-            " LEFT JOIN quarantine q ON q.id = l.quarantine_id"
-            " WHERE l.listener = ? AND l.mailbox = ? AND l.item = ?"
-            " ORDER BY length(l.epoch), l.epoch",
-            (listener, mailbox, item),
-        )
-        return [
-            LedgerEntry(str(r[0]), r[1], str(r[2]), None if r[3] is None else int(r[3]))
-            for r in rows
-        ]
 
     async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
