@@ -15,13 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
+from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
 from engage_listener.errors import FolderMissingError
 from engage_listener.intake.control import read_control, reset_done
 from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.reset import reset_folder
 from engage_listener.sources.imap.session import ImapSession
-from engage_listener.sources.imap.text import DEFAULT_MAX_MESSAGE_SIZE, FolderState, track_exists
+from engage_listener.sources.imap.text import FolderState, track_exists
 from engage_listener.sources.listening import SourceListener
 
 IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes
