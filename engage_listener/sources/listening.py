@@ -9,21 +9,33 @@ Decisions:
 * Each listener says what else it keeps in `_start` (called last by `__init__`), so the
   constructor's parameters, which every caller (`service.build`, tests) passes by name,
   are written once.
+* Operator control is the same for every source: a pause (`reset` to a future day) is
+  waited out a CONTROL_POLL at a time (`_wait_paused`), `run_once` takes nothing while
+  paused (`_control_once`); what a date reset re-examines is each source's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from engage_listener.clock import Clock
 from engage_listener.intake.contract import Handler
+from engage_listener.intake.control import Control, read_control
 from engage_listener.intake.retry import Retrying
 from engage_listener.observe.logs import Logger
 from engage_listener.store.interface import Store
 
-SettingsT = TypeVar("SettingsT")
+CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
+
+
+class _Settings(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=_Settings)
 ConnectT = TypeVar("ConnectT")
 
 
@@ -60,3 +72,25 @@ class SourceListener(Retrying, Generic[SettingsT, ConnectT]):
 
     def _start(self) -> None:
         """The listener's own state, besides the above."""
+
+    async def _control(self) -> Control:
+        """The pause and date reset operators ask of this listener now."""
+        return await read_control(self.store, self.settings.id, self.clock.wall())
+
+    async def _control_once(self) -> Control | None:
+        """`_control` for `run_once`: None while paused (said, and nothing is taken)."""
+        control = await self._control()
+        if control.paused_until is None:
+            return control
+        self.paused_until, self.state = control.paused_until, "paused"
+        self.log.info("paused", until=control.paused_until.isoformat())
+        return None
+
+    async def _wait_paused(self, until: dt.datetime) -> bool:
+        """Take no mail until `until` (or a `resume`), checking back every CONTROL_POLL;
+        True when `stop` was set meanwhile."""
+        if self.paused_until != until:
+            self.log.info("paused", until=until.isoformat())
+        self.paused_until, self.state = until, "paused"
+        left = (until - self.clock.wall()).total_seconds()
+        return await self._sleep(max(0.0, min(left, CONTROL_POLL)))

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import ProtocolError
 from engage_listener.intake.contract import Delivered, Handled
-from engage_listener.intake.control import read_control, reset_done
+from engage_listener.intake.control import reset_done
 from engage_listener.intake.per_mail import MailPath
 from engage_listener.sources.listening import SourceListener
 from engage_listener.sources.pop3.dates import DateFilter
@@ -50,8 +50,6 @@ from engage_listener.store.interface import MailKey
 from engage_listener.store.records import LedgerState
 
 __all__ = ["Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
-
-CONTROL_POLL = 60.0  # how often a paused listener looks for `resume`
 
 
 @dataclass(frozen=True)
@@ -113,30 +111,21 @@ class Pop3Listener(SourceListener[Pop3Settings, Callable[[], Awaitable[Pop3Sessi
 
     async def run_once(self) -> Pop3Result:
         """One poll (none while paused); errors propagate to the caller."""
-        control = await read_control(self.store, self.settings.id, self.clock.wall())
-        if control.paused_until is not None:
-            self.paused_until, self.state = control.paused_until, "paused"
-            self.log.info("paused", until=control.paused_until.isoformat())
+        if await self._control_once() is None:
             return Pop3Result()
         return await self._poll("once")
 
     async def _paused(self) -> bool:
         """While a pause is requested: wait a while (or until stopped), True."""
-        control = await read_control(self.store, self.settings.id, self.clock.wall())
-        until = control.paused_until
+        until = (await self._control()).paused_until
         if until is None:
             self.paused_until = None
             return False
-        if self.paused_until != until:
-            self.log.info("paused", until=until.isoformat())
-        self.paused_until, self.state = until, "paused"
-        left = (until - self.clock.wall()).total_seconds()
-        await self._sleep(max(0.0, min(left, CONTROL_POLL)))
+        await self._wait_paused(until)
         return True
 
     async def _poll(self, reason: str) -> Pop3Result:
-        control = await read_control(self.store, self.settings.id, self.clock.wall())
-        reset = control.reset_from
+        reset = (await self._control()).reset_from
         if reset is not None:
             self.dates.lower_to(reset)
         self.state = "connecting"
