@@ -26,8 +26,10 @@ from engage_listener.observe.logs import scrub
 from engage_listener.store.common_queries import HEARTBEAT_COLUMNS, CommonQueries
 from engage_listener.store.postgres.dialect import format_marks
 from engage_listener.store.postgres.transaction import PostgresTransaction
-from engage_listener.store.postgres.webhooks import claimable
+from engage_listener.store.postgres.webhooks import claim_due, claimable
 from engage_listener.store.records import Heartbeat, OutboxRow, OutboxState
+
+_DUE_OUTBOX = claim_due("outbox", "o", "", "u.id, u.listener, u.recipient, u.attempts, u.mime")
 
 
 class OperatorQueries(CommonQueries):
@@ -62,11 +64,7 @@ class OperatorQueries(CommonQueries):
         """Claimed for this daemon (`claimed_by`): rows another live daemon claimed are
         left to it, locked ones skipped (see `webhooks.claimable`)."""
         rows = await self.query(
-            "UPDATE outbox u SET claimed_by = %(me)s FROM (SELECT o.id FROM outbox o"  # noqa: S608 - fixed text
-            " WHERE o.state = 'pending' AND o.next_attempt_at <= %(now)s"
-            f" AND {claimable('o')} ORDER BY o.id LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED)"
-            " pick WHERE u.id = pick.id RETURNING u.id, u.listener, u.recipient, u.attempts,"
-            " u.mime",
+            _DUE_OUTBOX,
             self._claim(now=float(now), limit=limit),
         )
         found = [OutboxRow(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])) for r in rows]

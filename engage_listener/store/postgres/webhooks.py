@@ -32,6 +32,24 @@ def claimable(alias: str) -> str:
     )
 
 
+def claim_due(table: str, alias: str, also: str, returning: str) -> str:
+    """SQL: take for this sender (`claimed_by`) the `pending` rows of `table` that are due
+    (named parameters `now`, `limit`, and those of `claimable`) and `also` hold, by id,
+    skipping rows another transaction has locked; RETURNING `returning` of each (`u.`)."""
+    return (
+        f"UPDATE {table} u SET claimed_by = %(me)s FROM (SELECT {alias}.id FROM {table} {alias}"  # noqa: S608 - fixed names
+        f" WHERE {alias}.state = 'pending' AND {alias}.next_attempt_at <= %(now)s{also}"
+        f" AND {claimable(alias)} ORDER BY {alias}.id LIMIT %(limit)s"
+        f" FOR UPDATE OF {alias} SKIP LOCKED) pick WHERE u.id = pick.id RETURNING {returning}"
+    )
+
+
+_DUE_EVENTS = claim_due(
+    "webhook_events", "w", f" AND {NOT_BEHIND}",
+    "u.id, u.listener, u.case_id, u.event, u.event_id, u.attempts, u.body",
+)  # fmt: skip
+
+
 class WebhookWrites:
     """See `store.Transaction`; `execute` and `_one` come from the transaction."""
 
@@ -61,14 +79,7 @@ class WebhookQueries:
         raise NotImplementedError
 
     async def due_webhook_events(self, now: float, limit: int) -> list[WebhookDelivery]:
-        rows = await self.query(
-            "UPDATE webhook_events u SET claimed_by = %(me)s FROM (SELECT w.id"  # noqa: S608 - fixed text
-            " FROM webhook_events w WHERE w.state = 'pending' AND w.next_attempt_at <= %(now)s"
-            f" AND {NOT_BEHIND} AND {claimable('w')} ORDER BY w.id LIMIT %(limit)s"
-            " FOR UPDATE OF w SKIP LOCKED) pick WHERE u.id = pick.id"
-            " RETURNING u.id, u.listener, u.case_id, u.event, u.event_id, u.attempts, u.body",
-            self._claim(now=float(now), limit=limit),
-        )
+        rows = await self.query(_DUE_EVENTS, self._claim(now=float(now), limit=limit))
         return sorted(
             (WebhookDelivery(int(r[0]), str(r[1]), int(r[2]), r[3], str(r[4]), int(r[5]),
                              bytes(r[6])) for r in rows),
