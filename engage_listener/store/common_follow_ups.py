@@ -9,6 +9,8 @@ Decisions:
   it whether a follow-up reopens a closed case or opens a new one (`ReopenDays`).
 * A bare number is tried as a case id only while it fits a bigint (19 digits and more
   would be an error on the server, or SQLite's driver, not "no such case").
+* Null-safe equality differs by dialect (`_same`): SQLite's `IS`, PostgreSQL's `IS NOT
+  DISTINCT FROM` (SQLite has it only from 3.39, newer than many systems' SQLite).
 * A participant is added with `_send`: nobody reads the result (PostgreSQL queues it).
 """
 
@@ -31,7 +33,9 @@ def _candidate(row: Any) -> CaseCandidate:
 
 
 class CommonFollowUps(TxSql):
-    """See `store.Transaction`."""
+    """See `store.Transaction`; `_same` comes from the store's `FollowUpQueries`."""
+
+    _same: str  # equal, or both NULL: SQLite's `IS` (3.39 knows `IS NOT DISTINCT FROM`)
 
     async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
         return await self._by_message_ids(message_ids, _OPEN)
@@ -52,7 +56,7 @@ class CommonFollowUps(TxSql):
             return None
         row = await self._row(
             f"SELECT {_CANDIDATE} FROM cases c WHERE c.customer_id = ?"  # noqa: S608
-            " AND c.process IS NOT DISTINCT FROM ? AND c.normalized_subject = ?"
+            f" AND c.process {self._same} ? AND c.normalized_subject = ?"
             f" AND {_CLOSED} ORDER BY c.id DESC LIMIT 1",
             (customer_id, process, normalized_subject),
         )

@@ -19,6 +19,8 @@ class FollowUpQueries(CommonFollowUps):
     def _write(self, sql: str, params: Any = ()) -> None:
         raise NotImplementedError
 
+    _same = "IS NOT DISTINCT FROM"
+
     def _sql(self, sql: str) -> str:
         return format_marks(sql)
 

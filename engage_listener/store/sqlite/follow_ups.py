@@ -14,6 +14,8 @@ from engage_listener.store.common_follow_ups import CommonFollowUps
 class FollowUpQueries(CommonFollowUps):
     """See `store.Transaction`; `execute` and `_one` come from the transaction."""
 
+    _same = "IS"
+
     def _sql(self, sql: str) -> str:
         return sql  # SQLite's own marks
 
