@@ -4,8 +4,9 @@ and the mapping of their rows to records.
 Decisions:
 
 * Only text and row mapping that is the same to the letter in both dialects lives here;
-  a statement with parameters differs in its placeholders (`?` against `%s`) and stays
-  with its store.
+  the statements both stores say alike, with parameters, are written once with `?` marks
+  in `common_reads`, `common_queries`, `common_writes` and `common_follow_ups`, and each
+  store turns them into its own marks.
 * Times are ISO text in UTC to the second, in both stores, so rows copy one to one
   (`store copy`).
 """

@@ -75,6 +75,9 @@ async def test_follow_ups_find_open_cases_only(store: Store, message: MessageFac
         assert by_number is not None and by_number.ref == case
         by_id = await tx.case_by_number(str(case.id))  # "[Case#1]" for case 000001
         assert by_id is not None and by_id.ref == case
+        # Digits too many for an id are no case (not a database error), in both stores
+        assert await tx.case_by_number("1" * 25) is None
+        assert await tx.closed_case_by_number("9" * 19) is None
         assert await tx.is_participant(case.id, "otro@example.com")
         assert await tx.is_participant(case.id, "CLIENTE@example.com")  # the customer's
         assert not await tx.is_participant(case.id, "extra@example.com")

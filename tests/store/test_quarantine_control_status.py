@@ -57,7 +57,8 @@ def _beat(listener: str, state: str = "idle") -> Heartbeat:
 
 
 async def test_heartbeats_are_replaced_by_the_running_workers(store: Store) -> None:
-    await store.write_heartbeats([_beat("A"), _beat("B")])
+    await store.write_heartbeats([_beat("B"), _beat("A")])
+    assert await store.heartbeats() == [_beat("A"), _beat("B")]  # by listener
     await store.write_heartbeats([_beat("B", "processing")])
     assert await store.heartbeats() == [_beat("B", "processing")]
     await store.write_heartbeats([])

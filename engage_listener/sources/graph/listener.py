@@ -21,25 +21,18 @@ Decisions:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
-from engage_listener.intake.contract import Handler
-from engage_listener.intake.control import read_control, reset_done
-from engage_listener.intake.retry import Retrying
-from engage_listener.observe.logs import Logger
+from engage_listener.intake.control import reset_done
 from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult, received
 from engage_listener.sources.graph.delta import DeltaWatch
 from engage_listener.sources.graph.folders import ensure_folder, resolve_folder, sibling
 from engage_listener.sources.graph.http import GraphSession
-from engage_listener.store.interface import Store
-
-CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
+from engage_listener.sources.listening import CONTROL_POLL, SourceListener
 
 
 @dataclass(frozen=True)
@@ -58,35 +51,13 @@ class GraphSettings:
     read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
 
 
-class GraphListener(Retrying):
+class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
     """The batching loop of one Graph listener; `run` for the daemon, `run_once` for cron."""
 
-    def __init__(
-        self,
-        settings: GraphSettings,
-        *,
-        connect: Callable[[], GraphSession],
-        store: Store,
-        handler: Handler,
-        clock: Clock,
-        stop: asyncio.Event,
-        log: Logger,
-    ) -> None:
-        self.settings = settings
-        self.connect = connect
-        self.store = store
-        self.handler = handler
-        self.clock = clock
-        self.stop = stop
-        self.log = log
-        self.state = "starting"
+    def _start(self) -> None:
+        settings = self.settings
         self.pending = 0
-        self.batches = 0
-        self.paused_until: dt.datetime | None = None
         self.oldest_unprocessed: dt.datetime | None = None  # received, of the oldest left
-        self.last_success_at: float | None = None
-        self.backlog: int | None = None
-        self.last_error: str | None = None
         self.failures = 0  # errors in a row since the last completed batch
         self.error_folder = settings.error_folder or sibling(settings.input_folder, "Error")
         self._error_id: str | None = None  # the error folder's id, once looked up
@@ -111,10 +82,8 @@ class GraphListener(Retrying):
         """Process the current backlog once; errors propagate to the caller."""
         async with self.connect() as session:
             folders = await self._folders(session)
-            control = await read_control(self.store, self.settings.id, self.clock.wall())
-            if control.paused_until is not None:
-                self.paused_until, self.state = control.paused_until, "paused"
-                self.log.info("paused", until=control.paused_until.isoformat())
+            control = await self._control_once()
+            if control is None:
                 return GraphBatchResult()
             if control.reset_from is not None:
                 await self._reset(session, folders, control.reset_from)
@@ -137,9 +106,9 @@ class GraphListener(Retrying):
         await watch.poll()  # the starting point; the first batch takes the backlog
         reason: str | None = "startup backlog"
         while reason is not None and not self.stop.is_set():
-            control = await read_control(self.store, self.settings.id, self.clock.wall())
+            control = await self._control()
             if control.paused_until is not None:
-                await self._pause(control.paused_until)
+                await self._wait_paused(control.paused_until)
                 reason = "resumed"
                 continue
             self.paused_until = None
@@ -147,13 +116,6 @@ class GraphListener(Retrying):
                 await self._reset(session, folders, control.reset_from)
             result = await self._batch(session, folders, reason)
             reason = await self._wait_for_trigger(watch, result)
-
-    async def _pause(self, until: dt.datetime) -> None:
-        if self.paused_until != until:
-            self.log.info("paused", until=until.isoformat())
-        self.paused_until, self.state = until, "paused"
-        left = (until - self.clock.wall()).total_seconds()
-        await self._sleep(max(0.0, min(left, CONTROL_POLL)))
 
     # ----- batches --------------------------------------------------------------------
     async def _batch(self, session: GraphSession, folders: Folders,
@@ -236,7 +198,7 @@ class GraphListener(Retrying):
             now = self.clock.now()
             if now >= next_control:
                 next_control = now + CONTROL_POLL
-                control = await read_control(self.store, self.settings.id, self.clock.wall())
+                control = await self._control()
                 if control.paused_until is not None or control.reset_from is not None:
                     return "control"
             wait = min(self.settings.poll_seconds, next_control - now)

@@ -15,21 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from engage_listener.clock import Clock
-from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
+from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
 from engage_listener.errors import FolderMissingError
-from engage_listener.intake.contract import Handler
-from engage_listener.intake.control import read_control, reset_done
-from engage_listener.intake.retry import Retrying
-from engage_listener.observe.logs import Logger
+from engage_listener.intake.control import reset_done
 from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.reset import reset_folder
 from engage_listener.sources.imap.session import ImapSession
-from engage_listener.sources.imap.text import DEFAULT_MAX_MESSAGE_SIZE, FolderState, track_exists
-from engage_listener.store.interface import Store
+from engage_listener.sources.imap.text import FolderState, track_exists
+from engage_listener.sources.listening import CONTROL_POLL, SourceListener
 
 IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes
-CONTROL_POLL = 60.0  # how often a waiting listener looks for `reset`/`resume` requests
 POLL_INTERVAL = 15.0  # NOOP polling where the server has no IDLE
 
 
@@ -48,41 +43,16 @@ class ListenerSettings:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail is quarantined unread
 
 
-class Listener(Retrying):
+class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSession]]]):
     """The batching loop of one listener; `run` for the daemon, `run_once` for cron/tests."""
 
-    def __init__(
-        self,
-        settings: ListenerSettings,
-        *,
-        connect: Callable[[], Awaitable[ImapSession]],
-        store: Store,
-        handler: Handler,
-        clock: Clock,
-        stop: asyncio.Event,
-        log: Logger,
-    ) -> None:
-        self.settings = settings
-        self.connect = connect
-        self.store = store
-        self.handler = handler
-        self.clock = clock
-        self.stop = stop
-        self.log = log
-        self.state = "starting"
+    def _start(self) -> None:
         self.pending = 0
-        self.batches = 0
-        self.paused_until: dt.datetime | None = None
         self.oldest_unprocessed: dt.datetime | None = None
         self.read_from_override: dt.datetime | None = None
         self._too_old_logged = 0
-        # Wall time the listener last did its work: a batch, or an IDLE/NOOP round the
-        # server answered (so a quiet mailbox is not taken for a stuck listener).
-        self.last_success_at: float | None = None
-        self.backlog: int | None = None  # mails left in the input folder after it
-        self.last_error: str | None = None
         self.failures = 0  # errors in a row since the last completed batch
-        self.error_folder = settings.error_folder or "Error"
+        self.error_folder = self.settings.error_folder or "Error"
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -111,10 +81,8 @@ class Listener(Retrying):
         session = await self._open()
         try:
             folder = await self._select(session)
-            control = await read_control(self.store, self.settings.id, self.clock.wall())
-            if control.paused_until is not None:
-                self.paused_until, self.state = control.paused_until, "paused"
-                self.log.info("paused", until=control.paused_until.isoformat())
+            control = await self._control_once()
+            if control is None:
                 return BatchResult()
             if control.reset_from is not None:
                 await self._reset(session, folder, control.reset_from)
@@ -152,7 +120,7 @@ class Listener(Retrying):
         folder = await self._select(session)
         reason: str | None = "startup backlog"
         while reason is not None and not self.stop.is_set():
-            control = await read_control(self.store, self.settings.id, self.clock.wall())
+            control = await self._control()
             if control.paused_until is not None:
                 await self._pause(session, control.paused_until)
                 reason = "resumed"
@@ -164,12 +132,8 @@ class Listener(Retrying):
             reason = await self._wait_for_trigger(session, folder, result)
 
     async def _pause(self, session: ImapSession, until: dt.datetime) -> None:
-        """Take no mail until `until` (or a `resume`), checking back every CONTROL_POLL."""
-        if self.paused_until != until:
-            self.log.info("paused", until=until.isoformat())
-        self.paused_until, self.state = until, "paused"
-        left = (until - self.clock.wall()).total_seconds()
-        if not await self._sleep(max(0.0, min(left, CONTROL_POLL))):
+        """`_wait_paused`, keeping the connection alive."""
+        if not await self._wait_paused(until):
             await session.noop()  # keeps the connection alive through long pauses
 
     async def _reset(self, session: ImapSession, folder: FolderState, since: dt.datetime) -> None:
@@ -294,7 +258,7 @@ class Listener(Retrying):
                 return "timeout"
             if self.clock.now() >= next_control:
                 next_control = self.clock.now() + CONTROL_POLL
-                control = await read_control(self.store, self.settings.id, self.clock.wall())
+                control = await self._control()
                 if control.paused_until or control.reset_from:
                     return "control"
             lines = await self._next_changes(session, idle, first_change, next_control)

@@ -9,16 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import socket
-import ssl
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from engage_listener.observe.protolog import ProtocolLog
+from engage_listener.sources.endpoint import MailEndpoint
 from engage_listener.sources.imap import utf7 as imap_utf7
-
-if TYPE_CHECKING:
-    from engage_listener.oauth.provider import TokenProvider
 
 UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 EXISTS_RE = re.compile(rb"^(\d+) EXISTS")
@@ -29,7 +25,6 @@ SIZE_RE = re.compile(rb"RFC822\.SIZE (\d+)")
 INTERNALDATE_RE = re.compile(rb'INTERNALDATE "([^"]+)"')
 LIST_DELIM_RE = re.compile(rb'\) (?:"\\?(.)"|NIL) ')
 MAX_SET_LENGTH = 4000  # characters of one UID set, well under server line limits
-DEFAULT_MAX_MESSAGE_SIZE = 157_286_400  # MaxMessageSize: 150 MB, Exchange Online's largest
 
 
 @dataclass(frozen=True)
@@ -55,34 +50,15 @@ class ImapLimits:
 
 
 @dataclass(frozen=True)
-class ImapEndpoint:
-    """Where and how to connect; built from a listener's configuration by the app."""
+class ImapEndpoint(MailEndpoint):
+    """An IMAP server (see `MailEndpoint`), with the bounds on what it may send."""
 
-    host: str
-    port: int
-    use_ssl: bool
-    username: str
-    password: str = field(repr=False)
-    ca_file: str | None = None
-    timeout: float = 30.0
-    protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
-    # OAuth2: log in with SASL XOAUTH2 as `username` with its tokens (`password` unused).
-    token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
-    # UseSsl False without STARTTLS: log in anyway (AllowPlaintextLogin), else refuse.
-    allow_plaintext_login: bool = False
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     limits: ImapLimits = ImapLimits()
 
     @property
     def max_literal(self) -> int:
         """The largest literal accepted from the server."""
         return self.max_message_size + self.limits.literal_allowance
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """Verifying context: certificates are always checked (system CAs or CaFile)."""
-        context = ssl.create_default_context(cafile=self.ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
 
 
 @dataclass

@@ -23,21 +23,18 @@ Decisions:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
-from engage_listener.clock import Clock
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
 from engage_listener.errors import ProtocolError
-from engage_listener.intake.contract import Delivered, Handled, Handler
-from engage_listener.intake.control import read_control, reset_done
+from engage_listener.intake.contract import Delivered, Handled
+from engage_listener.intake.control import reset_done
 from engage_listener.intake.per_mail import MailPath
-from engage_listener.intake.retry import Retrying
-from engage_listener.observe.logs import Logger
+from engage_listener.sources.listening import SourceListener
 from engage_listener.sources.pop3.dates import DateFilter
 from engage_listener.sources.pop3.ledger import (
     OVERSIZE,
@@ -49,12 +46,10 @@ from engage_listener.sources.pop3.ledger import (
     seen,
 )
 from engage_listener.sources.pop3.session import Listed, Pop3Session
-from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.interface import MailKey
 from engage_listener.store.records import LedgerState
 
 __all__ = ["Pop3Listener", "Pop3Poll", "Pop3Result", "Pop3Settings", "ledger_key"]
-
-CONTROL_POLL = 60.0  # how often a paused listener looks for `resume`
 
 
 @dataclass(frozen=True)
@@ -82,36 +77,13 @@ class Pop3Result:
     seconds: float = 0.0
 
 
-class Pop3Listener(Retrying):
+class Pop3Listener(SourceListener[Pop3Settings, Callable[[], Awaitable[Pop3Session]]]):
     """The polling loop of one POP3 listener; `run` for the daemon, `run_once` for cron."""
 
-    def __init__(
-        self,
-        settings: Pop3Settings,
-        *,
-        connect: Callable[[], Awaitable[Pop3Session]],
-        store: Store,
-        handler: Handler,
-        clock: Clock,
-        stop: asyncio.Event,
-        log: Logger,
-    ) -> None:
-        self.settings = settings
-        self.connect = connect
-        self.store = store
-        self.handler = handler
-        self.clock = clock
-        self.stop = stop
-        self.log = log
-        self.state = "starting"
-        self.batches = 0
-        self.last_success_at: float | None = None  # wall time of the last completed poll
-        self.backlog: int | None = None  # messages still on the server and not yet taken
-        self.last_error: str | None = None
+    def _start(self) -> None:
         self.known: dict[str, tuple[Seen, ...]] = {}  # UIDL -> its ledger rows (never removed)
         self.verified: dict[str, int] = {}  # UIDL -> listed size found to be a known mail
-        self.dates = DateFilter(settings.read_from)
-        self.paused_until: dt.datetime | None = None
+        self.dates = DateFilter(self.settings.read_from)
 
     async def run(self) -> None:
         """Poll until `stop` is set; never raises (except cancellation)."""
@@ -139,30 +111,21 @@ class Pop3Listener(Retrying):
 
     async def run_once(self) -> Pop3Result:
         """One poll (none while paused); errors propagate to the caller."""
-        control = await read_control(self.store, self.settings.id, self.clock.wall())
-        if control.paused_until is not None:
-            self.paused_until, self.state = control.paused_until, "paused"
-            self.log.info("paused", until=control.paused_until.isoformat())
+        if await self._control_once() is None:
             return Pop3Result()
         return await self._poll("once")
 
     async def _paused(self) -> bool:
         """While a pause is requested: wait a while (or until stopped), True."""
-        control = await read_control(self.store, self.settings.id, self.clock.wall())
-        until = control.paused_until
+        until = (await self._control()).paused_until
         if until is None:
             self.paused_until = None
             return False
-        if self.paused_until != until:
-            self.log.info("paused", until=until.isoformat())
-        self.paused_until, self.state = until, "paused"
-        left = (until - self.clock.wall()).total_seconds()
-        await self._sleep(max(0.0, min(left, CONTROL_POLL)))
+        await self._wait_paused(until)
         return True
 
     async def _poll(self, reason: str) -> Pop3Result:
-        control = await read_control(self.store, self.settings.id, self.clock.wall())
-        reset = control.reset_from
+        reset = (await self._control()).reset_from
         if reset is not None:
             self.dates.lower_to(reset)
         self.state = "connecting"

@@ -29,14 +29,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engage_listener.config.model import DEFAULT_MAX_MESSAGE_SIZE
 from engage_listener.errors import AuthenticationError, ConnectionLostError, ProtocolError, TlsError
 from engage_listener.oauth.provider import TokenRefused, xoauth2_error, xoauth2_payload
 from engage_listener.observe.protolog import ProtocolLog
+from engage_listener.sources.endpoint import MailEndpoint
 from engage_listener.sources.pop3.wire import EOF, Pop3Conn, ReadLimits
 
 if TYPE_CHECKING:
-    from engage_listener.oauth.provider import TokenProvider
+    pass
 
 T = TypeVar("T")
 _Conn = Pop3Conn  # the name this module's helpers (and tests) use
@@ -45,32 +45,10 @@ ANSWER_MAX = 300  # characters of a server answer quoted in an error
 
 
 @dataclass(frozen=True)
-class Pop3Endpoint:
-    """Where and how to connect; built from a listener's configuration by the app."""
+class Pop3Endpoint(MailEndpoint):
+    """A POP3 server (see `MailEndpoint`), with the bounds on its answers."""
 
-    host: str
-    port: int
-    use_ssl: bool
-    username: str
-    password: str = field(repr=False)
-    ca_file: str | None = None
-    timeout: float = 30.0
-    protolog_factory: Callable[[], ProtocolLog | None] = lambda: None
-    # OAuth2: log in with SASL XOAUTH2 as `username` with its tokens (`password` unused).
-    token_provider: TokenProvider | None = field(default=None, repr=False, compare=False)
-    allow_plaintext_login: bool = False  # AllowPlaintextLogin: log in without STLS
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # MaxMessageSize
     limits: ReadLimits = field(default_factory=ReadLimits)
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """Verifying context: certificates are always checked (system CAs or CaFile)."""
-        context = ssl.create_default_context(cafile=self.ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
 
 
 def _answer(exc: poplib.error_proto) -> str:

@@ -13,6 +13,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -34,6 +35,14 @@ def to_pyformat(sql: str) -> str:
         return match[0].replace("%", "%%")  # psycopg reads % inside quotes too
 
     return _LEXEMES.sub(replace, sql)
+
+
+@functools.lru_cache(maxsize=512)
+def format_marks(sql: str) -> str:
+    """SQL the stores share (`store.common_reads`), written with `?` marks, as psycopg's
+    `%s` marks (`%` doubled); it has no `?` or `%` inside quotes. Cached: the same few
+    statements come again and again."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def _unterminated(text: str) -> bool:

@@ -1,108 +1,31 @@
-"""The look-ups and writes behind `cases.follow_ups`: which open (or closed) cases a mail
-names, and who takes part in a case. A part of `transaction.PostgresTransaction`, kept
-apart for size; the SQL says what `store.sqlite.follow_ups` says, in PostgreSQL's dialect.
-
-Decisions:
-
-* Every candidate carries its `closed_at` (None for an open case): the engine decides from
-  it whether a follow-up reopens a closed case or opens a new one (`ReopenDays`).
-* A bare number is tried as a case id only while it fits a bigint (19 digits and more
-  would be an error on the server, not "no such case").
-"""
+"""The PostgreSQL transaction's marks for the SQL both stores share (see
+`common_writes.TxSql`), and with them `common_follow_ups`: which open (or closed) cases a
+mail names, and who takes part in a case. A part of `transaction.PostgresTransaction`, the
+first of its mixins, kept apart for size."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from engage_listener.store.records import CaseCandidate
-
-_CANDIDATE = "c.id, c.case_number, c.listener, c.process, c.closed_at"
-_OPEN = "c.status IN ('open', 'pending-approval')"
-_CLOSED = "c.status = 'closed'"
-_BIGINT_DIGITS = 18  # any number of at most 18 digits fits a bigint
+from engage_listener.store.common_follow_ups import CommonFollowUps
+from engage_listener.store.postgres.dialect import format_marks
 
 
-def _candidate(row: Any) -> CaseCandidate:
-    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3], row[4])
-
-
-class FollowUpQueries:
-    """See `store.Transaction`; `execute`, `_one` and `_all` come from the transaction."""
-
-    async def execute(self, sql: str, params: Any = ()) -> Any:
-        raise NotImplementedError
-
-    async def _one(self, sql: str, params: Any = ()) -> Any:
-        raise NotImplementedError
-
-    async def _all(self, sql: str, params: Any = ()) -> list[Any]:
-        raise NotImplementedError
+class FollowUpQueries(CommonFollowUps):
+    """See `store.Transaction`; `execute`, `_one`, `_all` and `_write` come from the
+    transaction."""
 
     def _write(self, sql: str, params: Any = ()) -> None:
         raise NotImplementedError
 
-    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        return await self._by_message_ids(message_ids, _OPEN)
+    _same = "IS NOT DISTINCT FROM"
 
-    async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        return await self._by_message_ids(message_ids, _CLOSED)
+    def _sql(self, sql: str) -> str:
+        return format_marks(sql)
 
-    async def case_by_number(self, case_number: str) -> CaseCandidate | None:
-        return await self._by_number(case_number, _OPEN)
+    def _in(self, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+        return "= ANY(?)", (list(values),)
 
-    async def closed_case_by_number(self, case_number: str) -> CaseCandidate | None:
-        return await self._by_number(case_number, _CLOSED)
-
-    async def closed_case_by_subject(
-        self, customer_id: int | None, process: str | None, normalized_subject: str
-    ) -> CaseCandidate | None:
-        if customer_id is None or not normalized_subject:
-            return None
-        row = await self._one(
-            f"SELECT {_CANDIDATE} FROM cases c WHERE c.customer_id = %s"  # noqa: S608
-            " AND c.process IS NOT DISTINCT FROM %s AND c.normalized_subject = %s"
-            f" AND {_CLOSED} ORDER BY c.id DESC LIMIT 1",
-            (customer_id, process, normalized_subject),
-        )
-        return _candidate(row) if row else None
-
-    async def _by_message_ids(self, message_ids: Sequence[str], status: str) -> list[CaseCandidate]:
-        ids = list(dict.fromkeys(m for m in message_ids if m))  # every one: a parent may be last
-        if not ids:
-            return []
-        rows = await self._all(
-            f"SELECT DISTINCT {_CANDIDATE} FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
-            f" WHERE m.message_id = ANY(%s) AND {status} ORDER BY c.id DESC LIMIT 20",
-            (ids,),
-        )
-        return [_candidate(row) for row in rows]
-
-    async def _by_number(self, case_number: str, status: str) -> CaseCandidate | None:
-        row = await self._one(
-            f"SELECT {_CANDIDATE} FROM cases c WHERE c.case_number = %s AND {status}",  # noqa: S608
-            (case_number,),
-        )
-        if row is None and case_number.isdigit() and len(case_number) <= _BIGINT_DIGITS:
-            row = await self._one(  # "[Case#123]" for case 000123
-                f"SELECT {_CANDIDATE} FROM cases c WHERE c.id = %s AND {status}",  # noqa: S608
-                (int(case_number),),
-            )
-        return _candidate(row) if row else None
-
-    async def is_participant(self, case_id: int, address: str) -> bool:
-        row = await self._one(
-            "SELECT 1 FROM case_participants WHERE case_id = %s AND address = %s"
-            " UNION ALL SELECT 1 FROM customer_addresses a JOIN cases c"
-            " ON c.customer_id = a.customer_id WHERE a.address = %s AND c.id = %s LIMIT 1",
-            (case_id, address.lower(), address.lower(), case_id),
-        )
-        return row is not None
-
-    async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
-        for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
-            self._write(  # queued: sent with the next read
-                "INSERT INTO case_participants (case_id, address) VALUES (%s, %s)"
-                " ON CONFLICT DO NOTHING",
-                (case_id, address),
-            )
+    async def _send(self, sql: str, params: Any = ()) -> None:
+        self._write(sql, params)  # queued: sent with the next read

@@ -44,7 +44,7 @@ from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
 from engage_listener.store.postgres.transaction import PostgresTransaction, check_lease, now_iso
 from engage_listener.store.postgres.webhooks import WebhookQueries
-from engage_listener.store.records import LedgerEntry, LedgerState, MailKey, SettledState
+from engage_listener.store.records import LedgerState, MailKey, SettledState
 
 __all__ = ["POSTGRES_DIALECT", "PostgresStore", "from_config"]
 
@@ -217,20 +217,6 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             (listener, mailbox, epoch, list(items)),
         )
         return {str(r[0]): r[1] for r in rows}
-
-    async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
-        rows = await self.query(
-            "SELECT l.epoch, l.state, l.sha256, COALESCE(m.size, octet_length(q.raw))"
-            " FROM ledger l LEFT JOIN messages m ON m.id = l.message_row"
-            " LEFT JOIN quarantine q ON q.id = l.quarantine_id"
-            " WHERE l.listener = %s AND l.mailbox = %s AND l.item = %s"
-            " ORDER BY length(l.epoch), l.epoch",
-            (listener, mailbox, item),
-        )
-        return [
-            LedgerEntry(str(r[0]), r[1], str(r[2]), None if r[3] is None else int(r[3]))
-            for r in rows
-        ]
 
     async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
         rows = await self.query(

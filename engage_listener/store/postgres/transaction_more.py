@@ -1,46 +1,43 @@
-"""Acknowledgements, a case's status (closing, reopening) and operator writes inside one
-PostgreSQL transaction.
+"""Acknowledgements and a customer's import inside one PostgreSQL transaction.
 
-A part of `transaction.PostgresTransaction`, kept apart for size; the SQL mirrors
-`store.sqlite.operator_tx` (and `transaction`'s acknowledgement writes).
-
-Decisions:
-
-* `closed_at` is kept by every write of a case's status, as in SQLite: a case that
-  becomes closed (an operator, a routing hook, the idle sweep) is closed from then on
-  (a close time it had already stays); one that leaves `closed` has none.
+A part of `transaction.PostgresTransaction`, kept apart for size: what is PostgreSQL's
+own (inserts RETURNING their id, a bytea as `%b`); the rest, said alike by both stores,
+is in `common_writes`. The acknowledgement counts mirror SQLite's `transaction`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from engage_listener.mail.fields import recipient_key
 from engage_listener.observe.logs import scrub
-from engage_listener.store.common_sql import ACK_COLUMNS, ACK_FROM, LAST_MAIL, ack_row, now_iso
+from engage_listener.store.common_sql import now_iso
+from engage_listener.store.common_writes import CommonWrites
 from engage_listener.store.interface import NewAck
-from engage_listener.store.records import AckRow, CaseStatus, OutboxState
+from engage_listener.store.records import CaseStatus, OutboxState
 
 
-class MoreWrites:
-    """See `store.Transaction`; `execute`, `_one` and `_all` come from the transaction."""
-
-    async def execute(self, sql: str, params: Any = ()) -> Any:
-        raise NotImplementedError
-
-    async def _one(self, sql: str, params: Any = ()) -> Any:
-        raise NotImplementedError
-
-    async def _all(self, sql: str, params: Any = ()) -> list[Any]:
-        raise NotImplementedError
-
-    def _write(self, sql: str, params: Any = ()) -> None:
-        raise NotImplementedError
+class MoreWrites(CommonWrites):
+    """See `store.Transaction`; `_one` comes from the transaction."""
 
     def _forget(self, case_id: int | None = None) -> None:
         """The transaction's remembered `case_info` of that case is stale (see it)."""
         raise NotImplementedError
+
+    # ----- a case's status: the shared SQL, and the remembered case_info forgotten ---
+    async def set_case_status(
+        self, case_id: int, status: CaseStatus, *, touch: bool = False
+    ) -> None:
+        self._forget(case_id)
+        await super().set_case_status(case_id, status, touch=touch)
+
+    async def close_case(
+        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
+    ) -> bool:
+        self._forget(case_id)
+        return await super().close_case(case_id, reason, at, idle_before=idle_before)
+
+    async def reopen_case(self, case_id: int, at: str) -> bool:
+        self._forget(case_id)
+        return await super().reopen_case(case_id, at)
 
     # ----- acknowledgements -----------------------------------------------------------
     async def recent_acks(self, recipient_key: str, since: str) -> int:
@@ -74,77 +71,7 @@ class MoreWrites:
         )  # fmt: skip
         return int(row[0])
 
-    async def get_ack(self, ack_id: int) -> AckRow | None:
-        row = await self._one(f"SELECT {ACK_COLUMNS} {ACK_FROM} WHERE o.id = %s", (ack_id,))
-        return ack_row(row) if row else None
-
-    async def change_ack(
-        self,
-        ack_id: int,
-        state: OutboxState,
-        note: str,
-        allowed: Sequence[OutboxState],
-        *,
-        next_attempt_at: float | None = None,
-    ) -> bool:
-        cur = await self.execute(
-            "UPDATE outbox SET state = %s,"
-            " next_attempt_at = coalesce(%s::double precision, next_attempt_at),"
-            " last_error = %s WHERE id = %s AND state = ANY(%s)",
-            (state, next_attempt_at, scrub(note), ack_id, list(allowed)),
-        )
-        return int(cur.rowcount) == 1
-
     # ----- cases and customers (approval, operator commands) --------------------------
-    async def set_case_status(
-        self, case_id: int, status: CaseStatus, *, touch: bool = False
-    ) -> None:
-        self._forget(case_id)
-        now = now_iso()
-        await self.execute(
-            "UPDATE cases SET status = %s, closed_at = CASE WHEN %s = 'closed'"
-            " THEN coalesce(closed_at, %s) END,"
-            " updated_at = CASE WHEN %s THEN %s ELSE updated_at END WHERE id = %s",
-            (status, status, now, touch, now, case_id),
-        )
-
-    async def close_case(
-        self, case_id: int, reason: str | None, at: str, *, idle_before: str | None = None
-    ) -> bool:
-        self._forget(case_id)
-        idle = "" if idle_before is None else f" AND {LAST_MAIL} < %s"
-        cur = await self.execute(
-            "UPDATE cases SET status = 'closed', closed_at = %s, close_reason = %s,"  # noqa: S608
-            " updated_at = %s WHERE id = %s AND status IN ('open', 'pending-approval')" + idle,
-            (at, reason, at, case_id, *(() if idle_before is None else (idle_before,))),
-        )
-        return int(cur.rowcount) == 1
-
-    async def reopen_case(self, case_id: int, at: str) -> bool:
-        self._forget(case_id)
-        cur = await self.execute(
-            "UPDATE cases SET status = 'open', closed_at = NULL, close_reason = NULL,"
-            " reopened_at = %s, updated_at = %s WHERE id = %s AND status = 'closed'",
-            (at, at, case_id),
-        )
-        return int(cur.rowcount) == 1
-
-    async def first_message(self, case_id: int) -> tuple[int, bytes]:
-        row = await self._one(
-            "SELECT id, raw FROM messages WHERE case_id = %s ORDER BY id LIMIT 1", (case_id,)
-        )
-        return int(row[0]), bytes(row[1])
-
-    async def customer_by_external_id(self, external_id: str) -> int | None:
-        row = await self._one("SELECT id FROM customers WHERE external_id = %s", (external_id,))
-        return int(row[0]) if row else None
-
-    async def address_owner(self, address: str) -> int | None:
-        row = await self._one(
-            "SELECT customer_id FROM customer_addresses WHERE address = %s", (address,)
-        )
-        return int(row[0]) if row else None
-
     async def import_customer(self, name: str, external_id: str | None) -> int:
         row = await self._one(
             "INSERT INTO customers (name, external_id, source, created_at)"
@@ -152,17 +79,3 @@ class MoreWrites:
             (name, external_id, now_iso()),
         )
         return int(row[0])
-
-    async def update_customer(self, customer_id: int, name: str, external_id: str | None) -> None:
-        await self.execute(
-            "UPDATE customers SET name = coalesce(nullif(%s, ''), name),"
-            " external_id = coalesce(%s, external_id) WHERE id = %s",
-            (name, external_id, customer_id),
-        )
-
-    async def add_customer_address(self, customer_id: int, address: str) -> None:
-        await self.execute(
-            "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)"
-            " ON CONFLICT DO NOTHING",
-            (address, customer_id),
-        )

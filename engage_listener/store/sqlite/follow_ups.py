@@ -1,93 +1,30 @@
-"""The look-ups and writes behind `follow_ups`: which open (or closed) cases a mail names,
-and who takes part in a case. A part of `sqlite_tx.SqliteTransaction`, kept apart for
-size."""
+"""The SQLite transaction's marks for the SQL both stores share (see
+`common_writes.TxSql`), and with them `common_follow_ups`: which open (or closed) cases a
+mail names, and who takes part in a case. A part of `transaction.SqliteTransaction`, the
+first of its mixins, kept apart for size."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from engage_listener.store.interface import CaseCandidate
-from engage_listener.store.sqlite.connection import AsyncCursor
-
-_CANDIDATE = "c.id, c.case_number, c.listener, c.process, c.closed_at"
-_OPEN = "c.status IN ('open', 'pending-approval')"
-_CLOSED = "c.status = 'closed'"
+from engage_listener.store.common_follow_ups import CommonFollowUps
 
 
-def _candidate(row: Any) -> CaseCandidate:
-    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3], row[4])
-
-
-class FollowUpQueries:
+class FollowUpQueries(CommonFollowUps):
     """See `store.Transaction`; `execute` and `_one` come from the transaction."""
 
-    async def execute(self, sql: str, params: Any = ()) -> AsyncCursor:
-        raise NotImplementedError
+    _same = "IS"
 
-    async def _one(self, sql: str, params: Any = ()) -> Any:
-        raise NotImplementedError
+    def _sql(self, sql: str) -> str:
+        return sql  # SQLite's own marks
 
-    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        return await self._by_message_ids(message_ids, _OPEN)
+    def _in(self, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+        return f"IN ({', '.join('?' for _ in values)})", tuple(values)
 
-    async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        return await self._by_message_ids(message_ids, _CLOSED)
+    async def _all(self, sql: str, params: Any = ()) -> list[Any]:
+        cur = await self.execute(sql, params)
+        return list(await cur.fetchall())
 
-    async def case_by_number(self, case_number: str) -> CaseCandidate | None:
-        return await self._by_number(case_number, _OPEN)
-
-    async def closed_case_by_number(self, case_number: str) -> CaseCandidate | None:
-        return await self._by_number(case_number, _CLOSED)
-
-    async def closed_case_by_subject(
-        self, customer_id: int | None, process: str | None, normalized_subject: str
-    ) -> CaseCandidate | None:
-        if customer_id is None or not normalized_subject:
-            return None
-        row = await self._one(
-            f"SELECT {_CANDIDATE} FROM cases c WHERE c.customer_id = ? AND c.process IS ?"  # noqa: S608
-            f" AND c.normalized_subject = ? AND {_CLOSED} ORDER BY c.id DESC LIMIT 1",
-            (customer_id, process, normalized_subject),
-        )
-        return _candidate(row) if row else None
-
-    async def _by_message_ids(self, message_ids: Sequence[str], status: str) -> list[CaseCandidate]:
-        ids = list(dict.fromkeys(m for m in message_ids if m))  # every one: a parent may be last
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        sql = (
-            f"SELECT DISTINCT {_CANDIDATE} FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
-            f" WHERE m.message_id IN ({marks}) AND {status} ORDER BY c.id DESC LIMIT 20"
-        )
-        cur = await self.execute(sql, ids)
-        return [_candidate(row) for row in await cur.fetchall()]
-
-    async def _by_number(self, case_number: str, status: str) -> CaseCandidate | None:
-        row = await self._one(
-            f"SELECT {_CANDIDATE} FROM cases c WHERE c.case_number = ? AND {status}",  # noqa: S608
-            (case_number,),
-        )
-        if row is None and case_number.isdigit():  # "[Case#123]" for case 000123
-            row = await self._one(
-                f"SELECT {_CANDIDATE} FROM cases c WHERE c.id = ? AND {status}",  # noqa: S608
-                (int(case_number),),
-            )
-        return _candidate(row) if row else None
-
-    async def is_participant(self, case_id: int, address: str) -> bool:
-        row = await self._one(
-            "SELECT 1 FROM case_participants WHERE case_id = ? AND address = ?"
-            " UNION ALL SELECT 1 FROM customer_addresses a JOIN cases c"
-            " ON c.customer_id = a.customer_id WHERE a.address = ? AND c.id = ? LIMIT 1",
-            (case_id, address.lower(), address.lower(), case_id),
-        )
-        return row is not None
-
-    async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
-        for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
-            await self.execute(
-                "INSERT OR IGNORE INTO case_participants (case_id, address) VALUES (?, ?)",
-                (case_id, address),
-            )
+    async def _send(self, sql: str, params: Any = ()) -> None:
+        await self.execute(sql, params)

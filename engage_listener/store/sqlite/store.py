@@ -21,8 +21,6 @@ from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.observe.logs import scrub
 from engage_listener.store.records import (
-    CaseSummary,
-    LedgerEntry,
     LedgerState,
     MailKey,
     SettledState,
@@ -212,20 +210,6 @@ class SqliteStore(OperatorQueries, CaseReads, WebhookQueries):
             found.update((str(r[0]), r[1]) for r in rows)
         return found
 
-    async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
-        rows = await self.query(
-            "SELECT l.epoch, l.state, l.sha256, COALESCE(m.size, length(q.raw))"
-            " FROM ledger l LEFT JOIN messages m ON m.id = l.message_row"
-            " LEFT JOIN quarantine q ON q.id = l.quarantine_id"
-            " WHERE l.listener = ? AND l.mailbox = ? AND l.item = ?"
-            " ORDER BY length(l.epoch), l.epoch",
-            (listener, mailbox, item),
-        )
-        return [
-            LedgerEntry(str(r[0]), r[1], str(r[2]), None if r[3] is None else int(r[3]))
-            for r in rows
-        ]
-
     async def known_message_ids(self, listener: str, message_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
         ids = list(message_ids)
@@ -276,37 +260,6 @@ class SqliteStore(OperatorQueries, CaseReads, WebhookQueries):
                 return await self._conn().fetch_in_thread(sql, params)
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
-
-    async def list_cases(self) -> list[CaseSummary]:
-        sql = (
-            "SELECT c.id, c.case_number, c.listener, c.sender, c.subject, c.status, c.inbox,"
-            " (SELECT count(*) FROM messages m WHERE m.case_id = c.id),"
-            " (SELECT count(*) FROM attachments a JOIN messages m ON a.message_row = m.id"
-            "  WHERE m.case_id = c.id), c.created_at,"
-            " (SELECT o.state || coalesce(': ' || o.last_error, '') FROM outbox o"
-            "  WHERE o.case_id = c.id ORDER BY o.id DESC LIMIT 1),"
-            " c.related_case_id, r.case_number"
-            " FROM cases c LEFT JOIN cases r ON r.id = c.related_case_id ORDER BY c.id"
-        )
-        rows = await self.query(sql)
-        return [
-            CaseSummary(
-                int(r[0]),
-                str(r[1]),
-                str(r[2]),
-                str(r[3]),
-                str(r[4]),
-                r[5],
-                r[6],
-                int(r[7]),
-                int(r[8]),
-                str(r[9]),
-                r[10],
-                r[11],
-                r[12],
-            )
-            for r in rows
-        ]
 
 
 def _rollback_to(db: Connection) -> None:

@@ -1,0 +1,108 @@
+"""The look-ups and writes behind `cases.follow_ups`, said alike by both stores: which
+open (or closed) cases a mail names, and who takes part in a case. Written once with `?`
+marks (see `common_writes.TxSql`); each store's `follow_ups.FollowUpQueries` mixes it
+into its transaction.
+
+Decisions:
+
+* Every candidate carries its `closed_at` (None for an open case): the engine decides from
+  it whether a follow-up reopens a closed case or opens a new one (`ReopenDays`).
+* A bare number is tried as a case id only while it fits a bigint (19 digits and more
+  would be an error on the server, or SQLite's driver, not "no such case").
+* Null-safe equality differs by dialect (`_same`): SQLite's `IS`, PostgreSQL's `IS NOT
+  DISTINCT FROM` (SQLite has it only from 3.39, newer than many systems' SQLite).
+* A participant is added with `_send`: nobody reads the result (PostgreSQL queues it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from engage_listener.store.common_writes import TxSql
+from engage_listener.store.records import CaseCandidate
+
+_CANDIDATE = "c.id, c.case_number, c.listener, c.process, c.closed_at"
+_OPEN = "c.status IN ('open', 'pending-approval')"
+_CLOSED = "c.status = 'closed'"
+_BIGINT_DIGITS = 18  # any number of at most 18 digits fits a bigint
+
+
+def _candidate(row: Any) -> CaseCandidate:
+    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3], row[4])
+
+
+class CommonFollowUps(TxSql):
+    """See `store.Transaction`; `_same` comes from the store's `FollowUpQueries`."""
+
+    _same: str  # equal, or both NULL: SQLite's `IS` (3.39 knows `IS NOT DISTINCT FROM`)
+
+    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
+        return await self._by_message_ids(message_ids, _OPEN)
+
+    async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
+        return await self._by_message_ids(message_ids, _CLOSED)
+
+    async def case_by_number(self, case_number: str) -> CaseCandidate | None:
+        return await self._by_number(case_number, _OPEN)
+
+    async def closed_case_by_number(self, case_number: str) -> CaseCandidate | None:
+        return await self._by_number(case_number, _CLOSED)
+
+    async def closed_case_by_subject(
+        self, customer_id: int | None, process: str | None, normalized_subject: str
+    ) -> CaseCandidate | None:
+        if customer_id is None or not normalized_subject:
+            return None
+        row = await self._row(
+            f"SELECT {_CANDIDATE} FROM cases c WHERE c.customer_id = ?"  # noqa: S608
+            f" AND c.process {self._same} ? AND c.normalized_subject = ?"
+            f" AND {_CLOSED} ORDER BY c.id DESC LIMIT 1",
+            (customer_id, process, normalized_subject),
+        )
+        return _candidate(row) if row else None
+
+    async def _by_message_ids(self, message_ids: Sequence[str], status: str) -> list[CaseCandidate]:
+        ids = list(dict.fromkeys(m for m in message_ids if m))  # every one: a parent may be last
+        if not ids:
+            return []
+        match, params = self._in(ids)
+        rows = await self._all(
+            self._sql(
+                f"SELECT DISTINCT {_CANDIDATE} FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
+                f" WHERE m.message_id {match} AND {status} ORDER BY c.id DESC LIMIT 20"
+            ),
+            params,
+        )
+        return [_candidate(row) for row in rows]
+
+    async def _by_number(self, case_number: str, status: str) -> CaseCandidate | None:
+        row = await self._row(
+            f"SELECT {_CANDIDATE} FROM cases c WHERE c.case_number = ? AND {status}",  # noqa: S608
+            (case_number,),
+        )
+        if row is None and case_number.isdigit() and len(case_number) <= _BIGINT_DIGITS:
+            row = await self._row(  # "[Case#123]" for case 000123
+                f"SELECT {_CANDIDATE} FROM cases c WHERE c.id = ? AND {status}",  # noqa: S608
+                (int(case_number),),
+            )
+        return _candidate(row) if row else None
+
+    async def is_participant(self, case_id: int, address: str) -> bool:
+        row = await self._row(
+            "SELECT 1 FROM case_participants WHERE case_id = ? AND address = ?"
+            " UNION ALL SELECT 1 FROM customer_addresses a JOIN cases c"
+            " ON c.customer_id = a.customer_id WHERE a.address = ? AND c.id = ? LIMIT 1",
+            (case_id, address.lower(), address.lower(), case_id),
+        )
+        return row is not None
+
+    async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
+        for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
+            await self._send(
+                self._sql(
+                    "INSERT INTO case_participants (case_id, address) VALUES (?, ?)"
+                    " ON CONFLICT DO NOTHING"
+                ),
+                (case_id, address),
+            )
