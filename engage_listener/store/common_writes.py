@@ -68,6 +68,22 @@ class CommonWrites(TxSql):
     """See `store.Transaction`."""
 
     # ----- acknowledgements and webhook events ----------------------------------------
+    async def recent_acks(self, recipient_key: str, since: str) -> int:
+        row = await self._row(
+            "SELECT count(*) FROM outbox WHERE recipient_key = ? AND created_at >= ?"
+            " AND state NOT IN ('failed', 'suppressed')",
+            (recipient_key, since),
+        )
+        return int(row[0]) if row else 0
+
+    async def listener_acks(self, listener: str, since: str) -> int:
+        row = await self._row(
+            "SELECT count(*) FROM outbox WHERE listener = ? AND created_at >= ?"
+            " AND state != 'suppressed'",
+            (listener, since),
+        )
+        return int(row[0]) if row else 0
+
     async def get_ack(self, ack_id: int) -> AckRow | None:
         row = await self._row(f"SELECT {ACK_COLUMNS} {ACK_FROM} WHERE o.id = ?", (ack_id,))
         return ack_row(row) if row else None

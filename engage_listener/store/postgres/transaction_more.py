@@ -39,23 +39,6 @@ class MoreWrites(CommonWrites):
         self._forget(case_id)
         return await super().reopen_case(case_id, at)
 
-    # ----- acknowledgements -----------------------------------------------------------
-    async def recent_acks(self, recipient_key: str, since: str) -> int:
-        row = await self._one(
-            "SELECT count(*) FROM outbox WHERE recipient_key = %s AND created_at >= %s"
-            " AND state NOT IN ('failed', 'suppressed')",
-            (recipient_key, since),
-        )
-        return int(row[0]) if row else 0
-
-    async def listener_acks(self, listener: str, since: str) -> int:
-        row = await self._one(
-            "SELECT count(*) FROM outbox WHERE listener = %s AND created_at >= %s"
-            " AND state != 'suppressed'",
-            (listener, since),
-        )
-        return int(row[0]) if row else 0
-
     async def add_outbox(
         self, ack: NewAck, *, state: OutboxState = "pending", last_error: str | None = None
     ) -> int:

@@ -319,22 +319,6 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
                 "UPDATE messages SET acknowledge = ? WHERE id = ?", (int(acknowledge), message_row)
             )
 
-    async def recent_acks(self, recipient_key: str, since: str) -> int:
-        row = await self._one(
-            "SELECT count(*) FROM outbox WHERE recipient_key = ? AND created_at >= ?"
-            " AND state NOT IN ('failed', 'suppressed')",
-            (recipient_key, since),
-        )
-        return int(row[0]) if row else 0
-
-    async def listener_acks(self, listener: str, since: str) -> int:
-        row = await self._one(
-            "SELECT count(*) FROM outbox WHERE listener = ? AND created_at >= ?"
-            " AND state != 'suppressed'",
-            (listener, since),
-        )
-        return int(row[0]) if row else 0
-
     async def add_outbox(
         self, ack: NewAck, *, state: OutboxState = "pending", last_error: str | None = None
     ) -> int:
