@@ -276,3 +276,33 @@ async def test_copy_refuses_sqlite_data_postgresql_has_no_place_for(
     code, err = await asyncio.to_thread(copy, "ALTER TABLE cases DROP COLUMN extra")
     assert (code, err) == (0, "")
     assert postgres_server.sql("SELECT count(*) FROM customers", database=database).strip() == "1"
+
+
+async def test_copy_checks_the_sqlite_tables_it_takes_not_the_schema_numbers(
+    postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL's schema has migrations of its own (10: the fencing function), so its
+    version is past SQLite's: the copy takes a SQLite store at SQLite's latest all the
+    same, and refuses one without a table it copies, naming it, before writing anything."""
+    assert max(PG_MIGRATIONS) > len(MIGRATIONS)  # the case this test is about
+    source = tmp_path / "old.sqlite3"
+    await _fill_sqlite(source)
+    url = fresh_database(postgres_server)
+    config = tmp_path / "el.xml"
+    config.write_text(config_text(minimal_listener(), store=url))
+    database = url.rsplit("/", 1)[1]
+
+    def copy() -> tuple[int, str]:
+        code = main(["store", "copy", "--from", str(source), "--config", str(config)])
+        return code, capsys.readouterr().err
+
+    assert await asyncio.to_thread(copy) == (0, "")
+    assert postgres_server.sql("SELECT count(*) FROM customers", database=database).strip() == "1"
+    with sqlite3.connect(source) as db:
+        db.execute("DROP TABLE listener_control")
+    db.close()
+    code, err = await asyncio.to_thread(copy)
+    assert code == 1 and "without the tables listener_control" in err, err
+    assert "nothing was copied" in err
+    control = postgres_server.sql("SELECT count(*) FROM listener_control", database=database)
+    assert control.strip() == "1"  # the first copy's row, nothing more, nothing less

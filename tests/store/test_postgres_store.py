@@ -173,7 +173,8 @@ async def test_a_take_over_waits_for_a_fenced_commit_in_flight(
         mail = message()
         async with mine.transaction() as tx:
             row = await tx.add_message(None, mail)
-            await tx.add_ledger(KEY, row, mail)
+            await tx.add_ledger(KEY, row, mail)  # queued: a read sends it, and the check
+            await tx.find_duplicate("L", "0" * 64, None)
             checked.set()
             await release.wait()
 

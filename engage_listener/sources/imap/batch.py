@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS
+from engage_listener.errors import LeaseLost
 from engage_listener.intake.contract import Delivered, Handled, Handler
 from engage_listener.intake.parse_ahead import ParseAhead
 from engage_listener.intake.per_mail import MailPath
@@ -258,7 +259,8 @@ class Batch:
         store, which heartbeats, other listeners and the outbox wait for); each in its own
         savepoint, so one bad mail rolls back alone. Log lines and results count only once
         the group committed. Returns how many were taken; None when the group failed and
-        nothing of it was kept."""
+        nothing of it was kept. A lost lease (`LeaseLost`) is raised: this daemon moves
+        no more mail of the listener, not even mail by mail."""
         saved = (len(self._committed), len(self._quarantined), dataclasses.replace(self.result))
         saved[2].failed_uids = list(self.result.failed_uids)
         log, deferred = self.log, _DeferredLog()
@@ -275,8 +277,8 @@ class Batch:
         except BaseException as exc:
             del self._committed[saved[0] :], self._quarantined[saved[1] :]
             self.result = saved[2]
-            if not isinstance(exc, Exception):
-                raise  # cancellation propagates; any failure: mail by mail
+            if not isinstance(exc, Exception) or isinstance(exc, LeaseLost):
+                raise  # cancellation and a lost lease propagate; any failure: mail by mail
             log.warning("group_commit_failed", error=str(exc), mails=len(bodies))
             return None
         finally:

@@ -13,12 +13,14 @@ Decisions:
 * Verified: afterwards every source row's key must be in PostgreSQL, table by table;
   the counts are reported.
 * The SQLite store is first opened as the daemon would (migrating it to its latest
-  schema), then read through a read-only connection. Its schema may be newer than this
-  PostgreSQL schema (`schema.LATEST`: SQLite's migrations are ported one by one) as long
-  as nothing would be lost: every column of a copied table must exist in PostgreSQL, and
-  a SQLite table the copy does not take (not in TABLES nor LEFT_BEHIND) must be empty.
-  So a table a later migration adds is copied once it is in TABLES, and until then a
-  store that holds rows of it is refused, naming it, before anything is written.
+  schema), then read through a read-only connection. The two stores' version numbers
+  are not compared (PostgreSQL has migrations of its own: `schema`): what the copy needs
+  is checked table by table. The SQLite store must be at SQLite's latest schema and have
+  every table of TABLES; nothing of it may be lost: every column of a copied table must
+  exist in PostgreSQL, and a SQLite table the copy does not take (not in TABLES nor
+  LEFT_BEHIND) must be empty. So a table a later migration adds is copied once it is in
+  TABLES, and until then a store that holds rows of it is refused, naming it, before
+  anything is written.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import psycopg
 
 from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
-from engage_listener.store.postgres.schema import LATEST, MIGRATION_LOCK
+from engage_listener.store.postgres.schema import MIGRATION_LOCK
 from engage_listener.store.postgres.store import from_config
+from engage_listener.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from engage_listener.store.sqlite.store import SqliteStore
 
 COPY_LOCK = MIGRATION_LOCK + 1
@@ -83,11 +86,14 @@ def _source(path: Path) -> sqlite3.Connection:
         raise StoreError(f"no SQLite store at {path}")
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version < LATEST:  # just migrated by this program: only if its schemas disagree
+    missing = [t.name for t in TABLES if not _columns(db, t.name)]
+    if version < len(SQLITE_MIGRATIONS) or missing:  # just migrated: only if it was changed
         db.close()
         raise StoreError(
-            f"the SQLite store {path} has schema {version}, older than this PostgreSQL"
-            f" store's {LATEST}: run both with the same engage-listener"
+            f"the SQLite store {path} has schema {version} (this program's is"
+            f" {len(SQLITE_MIGRATIONS)})"
+            + (f" without the tables {', '.join(missing)}" if missing else "")
+            + ": nothing was copied"
         )
     return db
 
@@ -104,8 +110,8 @@ async def _check_schema(
         problem = await _would_lose(conn, source, str(name))
         if problem is not None:
             raise StoreError(
-                f"the SQLite store {path} has {problem}, which this PostgreSQL store (schema"
-                f" {LATEST}) has no place for: nothing was copied; upgrade engage-listener"
+                f"the SQLite store {path} has {problem}, which this PostgreSQL store has no"
+                " place for: nothing was copied; upgrade engage-listener"
             )
 
 

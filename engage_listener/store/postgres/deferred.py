@@ -17,6 +17,11 @@ Decisions:
   a group, a mail's last writes go out with the next mail's first read: an error there
   fails that next mail's undo too (its savepoint was never made), so the whole group
   fails and the batch takes its mails again one by one, as after any group failure.
+* A fenced ledger row is such a write (schema migration 10): a lease not held is an
+  error with SQLSTATE LEASE_LOST, raised here as `LeaseLost` wherever the queue goes out
+  (a read, a flush, the COMMIT). When it comes with the next mail's first read in a
+  group, that mail's undo fails too; `undo` then raises the `LeaseLost`, not the undo's
+  own error, so the batch knows the lease is gone and stops moving mail.
 * Savepoints of a group (`savepoint`, `release`, `undo`) are queued too: a mail that
   fails before anything of it was sent is undone by dropping its queue; otherwise
   `ROLLBACK TO SAVEPOINT` as psycopg would send it.
@@ -33,13 +38,39 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
+from engage_listener.errors import LeaseLost
+from engage_listener.store.postgres.schema import LEASE_LOST
+
 Connection = psycopg.AsyncConnection[Any]
 _SAVEPOINT = "SAVEPOINT "
 _BEGIN = "BEGIN"
+
+
+def lease_lost(exc: BaseException) -> LeaseLost | None:
+    """`exc` as `LeaseLost` if it says the lease was not held (None: it does not)."""
+    if isinstance(exc, LeaseLost):
+        return exc
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == LEASE_LOST:
+        return LeaseLost(exc.diag.message_primary or "the listener's lease is not held")
+    return None
+
+
+@contextlib.contextmanager
+def fenced() -> Iterator[None]:
+    """A database error saying the lease was not held is raised as `LeaseLost`."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        lost = lease_lost(exc)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 class Deferred:
@@ -63,10 +94,11 @@ class Deferred:
         if not self._items:
             return await self.conn.execute(sql, params or None, binary=True)
         items, self._items = self._items, []
-        async with self.conn.pipeline():
-            for queued, values in items:
-                await self.conn.execute(queued, values, binary=True)
-            cursor = await self.conn.execute(sql, params or None, binary=True)
+        with fenced():
+            async with self.conn.pipeline():
+                for queued, values in items:
+                    await self.conn.execute(queued, values, binary=True)
+                cursor = await self.conn.execute(sql, params or None, binary=True)
         return cursor
 
     async def flush(self) -> None:
@@ -74,12 +106,13 @@ class Deferred:
         if not self._items:
             return
         items, self._items = self._items, []
-        if len(items) == 1:
-            await self.conn.execute(items[0][0], items[0][1], binary=True)
-            return
-        async with self.conn.pipeline():
-            for queued, values in items:
-                await self.conn.execute(queued, values, binary=True)
+        with fenced():
+            if len(items) == 1:
+                await self.conn.execute(items[0][0], items[0][1], binary=True)
+                return
+            async with self.conn.pipeline():
+                for queued, values in items:
+                    await self.conn.execute(queued, values, binary=True)
 
     def take(self) -> list[tuple[str, Any]]:
         """The queue, emptied: for a caller that sends it itself (an inline hook), or gives
@@ -118,12 +151,20 @@ class Deferred:
     def release(self, name: str) -> None:
         self.add(f"RELEASE SAVEPOINT {name}")
 
-    async def undo(self, name: str) -> None:
-        """Roll back to savepoint `name` and forget it (what failed after it is gone)."""
+    async def undo(self, name: str, cause: BaseException) -> None:
+        """Roll back to savepoint `name` and forget it (what failed after it, `cause`, is
+        gone). If that fails and `cause` says the lease was lost (it may have come with
+        this savepoint, which then was never made), `LeaseLost` is raised: see Decisions."""
         for index, (sql, _) in enumerate(self._items):
             if sql == _SAVEPOINT + name:  # never sent: nothing of it reached the server
                 del self._items[index:]
                 return
         self._items.clear()  # the savepoint was sent: everything queued came after it
-        await self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-        await self.conn.execute(f"RELEASE SAVEPOINT {name}")
+        try:
+            await self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            await self.conn.execute(f"RELEASE SAVEPOINT {name}")
+        except psycopg.Error:
+            lost = lease_lost(cause)
+            if lost is None:
+                raise
+            raise lost from None

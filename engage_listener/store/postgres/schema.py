@@ -2,10 +2,12 @@
 
 Decisions:
 
-* Version numbers are SQLite's: a PostgreSQL database at version N holds what a SQLite
-  store at N holds, so `store copy` and the two migration lists stay comparable. A new
-  database starts at BASELINE (7, SQLite's latest when this store was written) in one
-  script; SQLite's later migrations are ported as entries BASELINE + 1, ... of MIGRATIONS.
+* Version numbers are PostgreSQL's own. They began as SQLite's: a new database starts at
+  BASELINE (7, SQLite's latest when this store was written) in one script, and SQLite's
+  8 and 9 were ported as 8 and 9. From 10 on, migrations of this store alone (10: the
+  fencing function) take numbers too, so a SQLite migration is ported under the next free
+  number and the two lists no longer line up: nothing compares them (`store copy` checks
+  the columns of the tables it copies, not the numbers).
 * The version is a row of `schema_version`, read and written under a transaction-level
   advisory lock (MIGRATION_LOCK), so daemons starting together migrate once; DDL is
   transactional in PostgreSQL, so a failed migration leaves nothing half done.
@@ -19,7 +21,8 @@ Decisions:
   `connect.migrate` applies COMPRESSED after the baseline script, and COMPRESSED_LATER[N]
   after migration N (a later migration that adds a large column lists it there).
 * `daemons` and `listener_leases` are the cluster's tables (issue 16 point 3); the lease
-  manager owns them, the store only reads `listener_leases` to fence a mail's commit.
+  manager owns them, the store only reads `listener_leases` to fence a mail's commit
+  (through `engage_hold_lease`, migration 10).
 """
 
 from __future__ import annotations
@@ -269,11 +272,34 @@ CREATE INDEX cases_related ON cases(related_case_id);
 CREATE INDEX cases_updated ON cases(updated_at);
 """
 
-# version -> script; SQLite's migrations after BASELINE are ported here with their numbers.
+# 10: fencing without a round trip of its own (issue 16 points 3, 9). A fenced mail's ledger
+# row calls engage_hold_lease, which takes the listener's lease row FOR SHARE and RAISEs
+# with SQLSTATE LEASE_LOST unless the daemon holds the lease (expires_at later than the clock
+# now): the statement fails inside the mail's transaction, so it is queued like any write
+# whose result nobody reads (store.postgres.transaction, deferred) and the error surfaces
+# wherever the queue goes out, before the COMMIT. `mark_done` checks the same way.
+LEASE_LOST = "EL001"  # a class of our own: "EL" (engage-listener), no server error uses it
+MIGRATION_10 = """
+CREATE FUNCTION engage_hold_lease(held_listener text, held_owner text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM 1 FROM listener_leases WHERE listener = held_listener AND owner = held_owner
+        AND expires_at > clock_timestamp() FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'daemon % does not hold the lease of listener %: not committed',
+            held_owner, held_listener USING ERRCODE = 'LEASE_LOST';
+    END IF;
+    RETURN true;
+END
+$$;
+""".replace("LEASE_LOST", LEASE_LOST)
+
+# version -> script (see Decisions for the numbers).
 MIGRATIONS: dict[int, str] = {
     BASELINE: SCHEMA_7,
     8: MIGRATION_8,
     9: SCHEMA_9,
+    10: MIGRATION_10,
 }
 LATEST = max(MIGRATIONS)
 

@@ -13,7 +13,10 @@ Decisions:
   COMMIT of each transaction. The queue belongs to the connection's open transaction:
   the group's, or the single transaction's.
 * Every database error becomes a `StoreError` whose message has no secret in it;
-  `LeaseLost` (a `StoreError`) passes through as it is.
+  `LeaseLost` (a `StoreError`) passes through as it is, and so does a lease not held
+  found by the database (SQLSTATE LEASE_LOST, from a queued fenced write that a routing
+  hook's pipeline sent): raised as `LeaseLost`. A group's savepoint whose undo fails
+  after a lost lease raises the `LeaseLost`, not the undo's error (`deferred`).
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ from engage_listener.store.postgres.connect import (
     migrate,
     open_pool,
 )
-from engage_listener.store.postgres.deferred import Deferred
+from engage_listener.store.postgres.deferred import Deferred, lease_lost
 from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
-from engage_listener.store.postgres.transaction import PostgresTransaction, check_lease, now_iso
+from engage_listener.store.postgres.transaction import HOLD_LEASE, PostgresTransaction, now_iso
 from engage_listener.store.postgres.webhooks import WebhookQueries
 from engage_listener.store.records import LedgerState, MailKey, SettledState
 
@@ -137,6 +140,9 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         except StoreError:
             raise
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:  # pool: none free in time
+            lost = lease_lost(exc)
+            if lost is not None:
+                raise lost from None
             raise StoreError(message(what, exc, self.url)) from None
 
     @asynccontextmanager
@@ -188,12 +194,13 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
     @staticmethod
     @asynccontextmanager
     async def _savepoint(group: Deferred) -> AsyncIterator[None]:
-        """A savepoint in the group's transaction, queued (see `deferred`)."""
+        """A savepoint in the group's transaction, queued (see `deferred`); its undo
+        raises `LeaseLost` if it fails after a lost lease (see Decisions)."""
         name = group.savepoint()
         try:
             yield
-        except BaseException:
-            await group.undo(name)
+        except BaseException as exc:
+            await group.undo(name, exc)
             raise
         group.release(name)
 
@@ -239,12 +246,13 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         return int(row[0]) if row else 1
 
     async def mark_done(self, keys: Sequence[MailKey], state: SettledState) -> None:
-        """Settle the keys; with an owner, only while it holds each listener's lease."""
+        """Settle the keys; with an owner, only while it holds each listener's lease (its
+        check fails the transaction otherwise: `LeaseLost`)."""
         now = now_iso()
         async with self.transaction() as tx:
             if self.owner is not None:
                 for listener in sorted({key.listener for key in keys}):
-                    await check_lease(tx._deferred, listener, self.owner)
+                    tx._write(HOLD_LEASE, (listener, self.owner))
             for key in keys:  # queued: one round trip for all of them at the commit
                 tx._write(
                     "UPDATE ledger SET state = %s, done_at = %s WHERE listener = %s"

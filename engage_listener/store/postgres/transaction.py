@@ -11,6 +11,13 @@ Decisions:
   this commit is done, so ownership cannot change between the check and the commit. A
   renewal by the owner waits too, for as long as its own mail transaction lasts.
   `LeaseLost` rolls the mail back, so it is not moved on the server.
+* The check is `engage_hold_lease` (schema migration 10), called by the ledger INSERT:
+  a lease not held RAISEs, failing the statement and so the transaction. The fenced row
+  is then a queued write like the unfenced one (it was a round trip of its own, waiting
+  for a row back): sent with the next read or with the COMMIT, always before it, and
+  the error is raised as `LeaseLost` there (`deferred.fenced`); in a group, possibly by
+  the next mail's first read, whose undo then raises it too. Either way the mail's
+  transaction (or the group's) rolls back and nothing of it commits.
 * Statements go through the transaction's `Deferred` queue: writes whose result is not
   read (`_write`) are sent with the next read, in one round trip (see `deferred`).
 * A case's number is its id from the `cases` identity sequence, unique across daemons.
@@ -32,7 +39,6 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from engage_listener.errors import LeaseLost
 from engage_listener.observe.logs import scrub
 from engage_listener.store.common_sql import now_iso
 from engage_listener.store.interface import (
@@ -59,14 +65,12 @@ from engage_listener.store.postgres.transaction_more import MoreWrites
 from engage_listener.store.postgres.webhooks import WebhookWrites
 from engage_listener.store.records import CaseStatus, LedgerState
 
-__all__ = ["PostgresTransaction", "check_lease", "now_iso"]
+__all__ = ["HOLD_LEASE", "PostgresTransaction", "now_iso"]
 
 T = TypeVar("T")
 
-_LEASE = (
-    "SELECT 1 FROM listener_leases WHERE listener = %s AND owner = %s"
-    " AND expires_at > clock_timestamp() FOR SHARE"
-)
+# Fails the transaction unless the daemon holds the listener's lease (see Decisions).
+HOLD_LEASE = "SELECT engage_hold_lease(%s, %s)"
 
 # What `CaseInfo` holds but the tags, in its order (case_info, create_case's RETURNING).
 _INFO = "id, case_number, process, status, inbox, subject, customer_id, priority"
@@ -79,18 +83,14 @@ def _info(row: Any, tags: tuple[str, ...]) -> CaseInfo:
     )  # fmt: skip
 
 
-# The ledger row, and the end of the mail's attempts; {lease}: _LEASE_CTE or nothing.
+# The ledger row, and the end of the mail's attempts; {where}: _FENCED or nothing.
 _LEDGER = (
-    "WITH {lease}done AS (DELETE FROM attempts WHERE listener = %s AND mailbox = %s"
+    "WITH done AS (DELETE FROM attempts WHERE listener = %s AND mailbox = %s"
     " AND epoch = %s AND item = %s) INSERT INTO ledger (listener, mailbox, epoch, item,"
     " message_row, quarantine_id, message_id, sha256, state, created_at)"
-    " SELECT %s, %s, %s, %s, %s::bigint, %s::bigint, %s, %s, %s, %s"
-    "{where} RETURNING 1"
+    " SELECT %s, %s, %s, %s, %s::bigint, %s::bigint, %s, %s, %s, %s{where}"
 )
-_LEASE_CTE = (
-    "held AS (SELECT 1 FROM listener_leases WHERE listener = %s AND owner = %s"
-    " AND expires_at > clock_timestamp() FOR SHARE), "
-)
+_FENCED = " WHERE engage_hold_lease(%s, %s)"  # true, or the statement fails
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -99,19 +99,6 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def _texts(**values: str | None) -> list[Column]:
     return [Column(name, "text", value) for name, value in values.items()]
-
-
-async def check_lease(deferred: Deferred, listener: str, owner: str) -> None:
-    """Raise `LeaseLost` unless `owner` holds `listener`'s lease right now."""
-    cur = await deferred.run(_LEASE, (listener, owner))
-    if await cur.fetchone() is None:
-        raise _lost(listener, owner)
-
-
-def _lost(listener: str, owner: str) -> LeaseLost:
-    return LeaseLost(
-        f"daemon {owner} does not hold the lease of listener {listener}: not committed"
-    )
 
 
 class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrites):
@@ -324,7 +311,7 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
             )
 
     async def add_ledger(self, key: MailKey, message_row: int, message: NewMessage) -> None:
-        await self._ledger(key, message_row, None, message, "committed")
+        self._ledger(key, message_row, None, message, "committed")
 
     async def add_quarantine(
         self, key: MailKey, raw: bytes, message: NewMessage, reason: str, attempts: int
@@ -342,10 +329,10 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
                 Column("raw", "bytea", raw),
             ],
         )  # fmt: skip
-        await self._ledger(key, None, quarantine_id, message, "quarantined")
+        self._ledger(key, None, quarantine_id, message, "quarantined")
         return quarantine_id
 
-    async def _ledger(
+    def _ledger(
         self,
         key: MailKey,
         message_row: int | None,
@@ -358,12 +345,9 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
             *where, message_row, quarantine_id, message.message_id, message.sha256, state,
             now_iso(),
         )  # fmt: skip
-        if self._owner is None:  # nothing to check: queued, sent at the commit
-            self._write(_LEDGER.format(lease="", where=""), (*where, *values))
+        if self._owner is None:  # nothing to check
+            self._write(_LEDGER.format(where=""), (*where, *values))
             return
-        # One round trip: the lease checked (FOR SHARE, see Decisions), the attempts counted
-        # so far dropped and the row inserted only if it is held.
-        fenced = _LEDGER.format(lease=_LEASE_CTE, where=" WHERE EXISTS (SELECT 1 FROM held)")
-        cur = await self.execute(fenced, (key.listener, self._owner, *where, *values))
-        if await cur.fetchone() is None:
-            raise _lost(key.listener, self._owner)
+        # Queued all the same: a lease not held fails it where it is sent (see Decisions).
+        fenced = _LEDGER.format(where=_FENCED)
+        self._write(fenced, (*where, *values, key.listener, self._owner))
