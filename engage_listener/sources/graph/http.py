@@ -220,7 +220,7 @@ class GraphSession:
                       body: dict[str, Any] | None = None, max_bytes: int | None = None,
                       prefer: Sequence[str] = ()) -> GraphResponse:  # fmt: skip
         """`method` on `path` (relative to the endpoint, or a link Graph gave) with every rule
-        of this module; a 2xx answer or one of the errors above."""
+        of this module; a 2xx answer, or the error `answers.checked` says it means."""
         url = self._url(path)
         refreshed = False
         attempt = 0
