@@ -147,6 +147,31 @@ class Quarantined:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """One running listener, as the daemon last saw it (ISO UTC times)."""
+
+    listener: str
+    state: str
+    pid: int
+    last_success_at: str | None
+    last_error: str | None
+    backlog: int | None
+    oldest_unprocessed: str | None
+    paused_until: str | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class ListenerCounts:
+    """What the store counts for one listener's status."""
+
+    processed_today: int  # ledger rows since the given time, not quarantined
+    processed_total: int  # ledger rows, not quarantined
+    quarantined: int  # held in quarantine
+    pending_acks: int  # pending or sending
+
+
+@dataclass(frozen=True)
 class AckRow:
     """One outbox row (an acknowledgement) for `engage-listener acks`; never its MIME."""
 
@@ -183,28 +208,3 @@ class WebhookEventRow:
     created_at: str
     delivered_at: str | None
     next_attempt_at: str | None  # ISO UTC, pending rows only
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """One running listener, as the daemon last saw it (ISO UTC times)."""
-
-    listener: str
-    state: str
-    pid: int
-    last_success_at: str | None
-    last_error: str | None
-    backlog: int | None
-    oldest_unprocessed: str | None
-    paused_until: str | None
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class ListenerCounts:
-    """What the store counts for one listener's status."""
-
-    processed_today: int  # ledger rows since the given time, not quarantined
-    processed_total: int  # ledger rows, not quarantined
-    quarantined: int  # held in quarantine
-    pending_acks: int  # pending or sending

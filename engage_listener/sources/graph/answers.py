@@ -1,7 +1,8 @@
-"""What Graph answered, read: its errors as the package's error classes, ``Retry-After``,
-headers in any case, and request paths made safe to log.
+"""What Graph answered, read: its errors as the package's error classes, headers in any
+case, and request paths made safe to log.
 
-`GraphSession` (``http``) sends and retries; this module says what a final answer means:
+`GraphSession` (``http``) sends and retries (``Retry-After`` is its business); this module
+says what a final answer means:
 
 * 401 after the one refresh is an `AuthenticationError`;
 * 403 is `GraphAccessDenied`, a permanent error with the two usual causes spelt out
@@ -23,10 +24,8 @@ Decisions:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -106,18 +105,6 @@ def header(headers: Mapping[str, str], name: str) -> str:
     """A header by name in any case (``$batch`` sub-responses come as plain JSON objects)."""
     name = name.lower()
     return next((v for k, v in headers.items() if k.lower() == name), "")
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    value = header(headers, "Retry-After").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def access_advice(mailbox: str, delegated: bool = False) -> str:

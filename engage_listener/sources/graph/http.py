@@ -29,6 +29,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ssl
 import time
 import uuid
@@ -51,8 +52,8 @@ from engage_listener.sources.graph.answers import (
     checked,
     failure,
     graph_error,
+    header,
     mask,
-    retry_after,
 )
 
 GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
@@ -104,6 +105,18 @@ class Exchange:
     status: int  # 0: no answer (connection lost, deadline)
     seconds: float
     attempt: int
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    value = header(headers, "Retry-After").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _target(url: str) -> URL | str:
