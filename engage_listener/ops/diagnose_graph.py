@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import EngageError
 from engage_listener.ops.diagnose_steps import Step, Steps
-from engage_listener.sources.graph.folders import ensure_folder, find_folder, sibling
 from engage_listener.sources.graph.answers import GraphAccessDenied
+from engage_listener.sources.graph.folders import ensure_folder, find_folder, sibling
 from engage_listener.sources.graph.http import GraphSession
 
 SIGN_IN_HINT = (
