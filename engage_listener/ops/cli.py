@@ -116,7 +116,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_test_connection(args: argparse.Namespace) -> int:
-    from engage_listener.ops import commands, diagnose  # noqa: PLC0415 - start-up time
+    from engage_listener.ops import commands, diagnose_steps  # noqa: PLC0415 - start-up time
 
     config = load(args.config)
     steps = asyncio.run(
@@ -124,9 +124,9 @@ def cmd_test_connection(args: argparse.Namespace) -> int:
             config, args.listeners, create_folders=args.create_folders, send_to=args.send_to
         )
     )
-    text = diagnose.render_json(steps) if args.json else diagnose.render_text(steps)
+    text = diagnose_steps.render_json(steps) if args.json else diagnose_steps.render_text(steps)
     print(safe_json(text) if args.json else visible_lines(text))
-    return EXIT_OK if diagnose.succeeded(steps) else EXIT_FAILURE
+    return EXIT_OK if diagnose_steps.succeeded(steps) else EXIT_FAILURE
 
 
 def cmd_auth(args: argparse.Namespace) -> int:

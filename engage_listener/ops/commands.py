@@ -28,6 +28,7 @@ from engage_listener.oauth.token_cache import TokenCache, open_cache
 from engage_listener.observe.logs import register_secret
 from engage_listener.observe.status import ListenerStatus, read_status, render_status
 from engage_listener.ops import admin, diagnose
+from engage_listener.ops.diagnose_steps import Step
 from engage_listener.ops.search import Criteria, Hit, search_mailbox
 from engage_listener.service.build import (
     endpoint_for,
@@ -235,7 +236,7 @@ async def status(config: Config) -> str:
     return render_status(await status_rows(config))
 
 
-async def _test_graph(cfg: ListenerConfig, create_folders: bool) -> list[diagnose.Step]:
+async def _test_graph(cfg: ListenerConfig, create_folders: bool) -> list[Step]:
     """`test-connection` of a Graph listener (imported here: aiohttp only when needed)."""
     from engage_listener.ops.diagnose_graph import test_graph  # noqa: PLC0415
     from engage_listener.service.build_graph import graph_connect, graph_token_source  # noqa: PLC0415
@@ -246,14 +247,14 @@ async def _test_graph(cfg: ListenerConfig, create_folders: bool) -> list[diagnos
 
 async def test_connections(
     config: Config, ids: Sequence[str], *, create_folders: bool, send_to: str | None
-) -> list[diagnose.Step]:
+) -> list[Step]:
     """`test-connection`: every step of every (chosen) listener's accounts, in order."""
     chosen = [c for c in config.listeners if not ids or c.id in ids]
     unknown = set(ids) - {c.id for c in config.listeners}
     if unknown:
         raise EngageError(f"no listener {', '.join(sorted(unknown))} in {config.path}")
     smtp = smtp_endpoints(config, enabled_only=False)
-    steps: list[diagnose.Step] = []
+    steps: list[Step] = []
     for cfg in chosen:
         if cfg.protocol == "graph":
             steps += await _test_graph(cfg, create_folders)

@@ -8,16 +8,16 @@ created and a test message sent only on request. Details are scrubbed of passwor
 With OAuth2 the login needs a token from the identity provider first; when that
 fails (credentials refused, provider unreachable) the login step says so, with the
 plain advice of `oauth_advice`, rather than blaming the mail server.
+
+Its steps are recorded, rendered and judged by `diagnose_steps`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from socket import SOCK_STREAM
@@ -27,6 +27,7 @@ from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import AuthenticationError, EngageError, ProtocolError, TlsError
 from engage_listener.oauth.provider import TokenRefused
 from engage_listener.ops.diagnose_oauth import Watched, provider_failure, watched, without
+from engage_listener.ops.diagnose_steps import Step, Steps
 from engage_listener.outbox.smtp import SmtpEndpoint, check_smtp, send_message
 from engage_listener.sources.imap.listener import sibling
 from engage_listener.sources.imap.session import ImapSession
@@ -48,42 +49,6 @@ TLS_TEXT = {
 }
 BROKE = "the connection broke during the test: try again, check the server log"
 _T = TypeVar("_T")
-_E = TypeVar("_E", ImapEndpoint, Pop3Endpoint, SmtpEndpoint)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One checked step: `account` is imap, pop3 or smtp; `hint` says what to change."""
-
-    listener: str
-    account: str
-    name: str
-    ok: bool
-    detail: str
-    hint: str = ""
-
-
-class _Run:
-    """The steps of one account; scrubs secrets and remembers the step in progress."""
-
-    def __init__(self, listener: str, account: str, secrets: list[str]) -> None:
-        self.listener, self.account = listener, account
-        self.secrets = [s for s in secrets if s]
-        self.steps: list[Step] = []
-        self.doing = "connect"
-
-    def add(self, name: str, ok: bool, detail: str, hint: str = "") -> bool:
-        def clean(text: str) -> str:
-            for secret in self.secrets:
-                text = text.replace(secret, "***")
-            return " ".join(text.split())  # one line each, whatever the server said
-
-        self.steps.append(Step(self.listener, self.account, name, ok, clean(detail), clean(hint)))
-        return ok
-
-    def failed(self, exc: BaseException, hint: str) -> None:
-        """A failure in the middle of a session, charged to the step in progress."""
-        self.add(self.doing, False, str(exc) or type(exc).__name__, hint)
 
 
 def _tls_hint(message: str, account: str) -> str:
@@ -112,7 +77,7 @@ def _login_hint(exc: Exception, watch: Watched | None) -> str:
     return "wrong user or password; for Microsoft 365 use OAuth2, for Gmail an app password"
 
 
-async def _reach(run: _Run, ep: ImapEndpoint | Pop3Endpoint | SmtpEndpoint) -> bool:
+async def _reach(run: Steps, ep: ImapEndpoint | Pop3Endpoint | SmtpEndpoint) -> bool:
     """DNS, a bare TCP connect, the trust store: tells name, firewall and CaFile trouble apart."""
     loop, timeout = asyncio.get_running_loop(), min(ep.timeout, NETWORK_TIMEOUT)
     where, silent = f"{ep.host}:{ep.port}", f"no answer within {timeout:.0f} s"
@@ -147,7 +112,7 @@ async def _reach(run: _Run, ep: ImapEndpoint | Pop3Endpoint | SmtpEndpoint) -> b
 
 
 async def _open(
-    run: _Run,
+    run: Steps,
     opener: Callable[[], Awaitable[_T]],
     ep: ImapEndpoint | Pop3Endpoint | SmtpEndpoint,
     tls_seen: Callable[[], str | None],
@@ -177,7 +142,7 @@ async def _open(
     return None
 
 
-def _logged_in(run: _Run, tls: str | None, user: str | None, oauth: bool) -> None:
+def _logged_in(run: Steps, tls: str | None, user: str | None, oauth: bool) -> None:
     tls = tls or "none"
     run.add("tls", True, TLS_TEXT[tls], PORTS[run.account] if tls == "none" else "")
     how = f"logged in as {user} with {'OAuth2' if oauth else 'password'}"
@@ -185,7 +150,7 @@ def _logged_in(run: _Run, tls: str | None, user: str | None, oauth: bool) -> Non
 
 
 async def _imap(
-    run: _Run, cfg: ListenerConfig, ep: ImapEndpoint, create: bool, error_default: str
+    run: Steps, cfg: ListenerConfig, ep: ImapEndpoint, create: bool, error_default: str
 ) -> None:
     if not await _reach(run, ep):
         return
@@ -215,7 +180,7 @@ async def _imap(
         await session.logout()
 
 
-def _capabilities(run: _Run, session: ImapSession) -> None:
+def _capabilities(run: Steps, session: ImapSession) -> None:
     """What the daemon adapts to; a missing one is a note, never a failure."""
     notes = {
         "IDLE": "no IDLE: the daemon polls instead",
@@ -230,7 +195,7 @@ def _capabilities(run: _Run, session: ImapSession) -> None:
 
 
 async def _folders(
-    run: _Run, session: ImapSession, cfg: ListenerConfig, create: bool, error_default: str
+    run: Steps, session: ImapSession, cfg: ListenerConfig, create: bool, error_default: str
 ) -> bool:
     """Input, output and error folders; returns whether the input folder is usable."""
     run.doing = "folders"
@@ -261,7 +226,7 @@ async def _folders(
     return input_ok
 
 
-async def _pop3(run: _Run, ep: Pop3Endpoint) -> None:
+async def _pop3(run: Steps, ep: Pop3Endpoint) -> None:
     if not await _reach(run, ep):
         return
     oauth = ep.token_provider is not None
@@ -281,7 +246,7 @@ async def _pop3(run: _Run, ep: Pop3Endpoint) -> None:
             await session.quit()  # nothing was deleted, so QUIT commits nothing
 
 
-async def _smtp(run: _Run, cfg: ListenerConfig, ep: SmtpEndpoint, send_to: str | None) -> None:
+async def _smtp(run: Steps, cfg: ListenerConfig, ep: SmtpEndpoint, send_to: str | None) -> None:
     if not await _reach(run, ep):
         return
     tls = {"SSL": "implicit", "StartTls": "starttls"}.get(ep.security)
@@ -334,7 +299,7 @@ async def test_listener(
     for ep in endpoints:  # the OAuth2 client secrets too, should an error ever quote one
         if ep is not None and isinstance(ep.token_provider, Watched) and ep.token_provider.auth:
             secrets.append(ep.token_provider.auth.client_secret or "")
-    main = _Run(cfg.id, cfg.protocol, secrets)
+    main = Steps(cfg.id, cfg.protocol, secrets)
     endpoint = pop3_endpoint if cfg.protocol == "pop3" else imap_endpoint
     if endpoint is None:
         raise ValueError(f"listener {cfg.id} reads {cfg.protocol} but got no endpoint for it")
@@ -360,42 +325,10 @@ async def test_smtp(
         provider = smtp_endpoint.token_provider
         if isinstance(provider, Watched) and provider.auth:
             known.append(provider.auth.client_secret or "")
-    smtp = _Run(cfg.id, "smtp", [secret for secret in known if secret])
+    smtp = Steps(cfg.id, "smtp", [secret for secret in known if secret])
     if smtp_endpoint is not None:
         await _smtp(smtp, cfg, smtp_endpoint, send_to)
     elif send_to is not None:
         hint = "add an enabled Acknowledgement with its Smtp account to this listener"
         smtp.add("send", False, "no SMTP account to send with", hint)
     return smtp.steps
-
-
-def succeeded(steps: list[Step]) -> bool:
-    """The exit status: something was tested and every step passed."""
-    return bool(steps) and all(step.ok for step in steps)
-
-
-def _verdict(steps: list[Step]) -> str:
-    if succeeded(steps):
-        return "OK"
-    failed = sum(not step.ok for step in steps)
-    return f"FAILED ({failed} of {len(steps)} steps)" if steps else "FAILED (nothing tested)"
-
-
-def render_text(steps: list[Step]) -> str:
-    """Aligned columns, one step a line, then the verdict line."""
-    widths = [max((len(getattr(s, f)) for s in steps), default=0) for f in ("listener", "name")]
-    lines = []
-    for s in steps:
-        text = s.detail + (f" — hint: {s.hint}" if s.hint else "")
-        status = "OK" if s.ok else "FAILED"
-        row = f"{s.listener:<{widths[0]}}  {s.account:<4}  {s.name:<{widths[1]}}  {status:<6}  "
-        lines.append(row + text)
-    return "\n".join([*lines, f"Test result: {_verdict(steps)}"])
-
-
-def render_json(steps: list[Step]) -> str:
-    """The same facts for scripts: the verdict, a failure count and every step."""
-    result = "OK" if succeeded(steps) else "FAILED"
-    failed = sum(not step.ok for step in steps)
-    document = {"result": result, "failed": failed, "steps": [asdict(s) for s in steps]}
-    return json.dumps(document, indent=2, ensure_ascii=False)

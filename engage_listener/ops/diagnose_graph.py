@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable
 
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import EngageError
-from engage_listener.ops.diagnose import Step, _Run
+from engage_listener.ops.diagnose_steps import Step, Steps
+from engage_listener.sources.graph.answers import GraphAccessDenied
 from engage_listener.sources.graph.folders import ensure_folder, find_folder, sibling
-from engage_listener.sources.graph.http import GraphAccessDenied, GraphSession
+from engage_listener.sources.graph.http import GraphSession
 
 SIGN_IN_HINT = (
     "check TenantId, ClientId and the client secret or certificate of the app registration, "
@@ -46,7 +47,7 @@ async def test_graph(
 ) -> list[Step]:
     """Every step for one Graph listener, stopping at the first that makes the rest moot."""
     secret = cfg.authentication.client_secret if cfg.authentication else None
-    run = _Run(cfg.id, "graph", [secret or ""])
+    run = Steps(cfg.id, "graph", [secret or ""])
     try:
         await token(False)
     except EngageError as exc:
@@ -64,7 +65,7 @@ async def test_graph(
     return run.steps
 
 
-async def _mailbox(run: _Run, session: GraphSession, cfg: ListenerConfig, create: bool) -> None:
+async def _mailbox(run: Steps, session: GraphSession, cfg: ListenerConfig, create: bool) -> None:
     run.doing = "mailbox"
     inbox = await session.get_json(f"{session.base}/mailFolders/inbox")
     run.add("mailbox", True, f"{cfg.username}: inbox has {inbox.get('totalItemCount', '?')} mails")

@@ -8,8 +8,9 @@ runs what this builds. The configuration is already validated when it gets here.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engage_listener.cases.ack import AckIdentity
 from engage_listener.cases.engine import AckSettings, CaseEngine, EngineSettings
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from engage_listener.outbox.smtp import BeforeData, SmtpEndpoint
     from engage_listener.outbox.webhooks import WebhookEndpoint
     from engage_listener.sources.graph.listener import GraphListener
+    from engage_listener.sources.listening import SourceListener
     from engage_listener.sources.pop3.listener import Pop3Listener
     from engage_listener.sources.pop3.session import Pop3Endpoint
 
@@ -224,6 +226,37 @@ def engine_settings(cfg: ListenerConfig, hook: RoutingHook | None) -> EngineSett
     )
 
 
+ListenerT = TypeVar("ListenerT", bound="SourceListener[Any, Any]")
+
+
+def read_from(cfg: ListenerConfig) -> dt.datetime | None:
+    """ReadFromDate at 00:00 in the listener's TimeZone, if set."""
+    return start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None
+
+
+def assemble(
+    kind: type[ListenerT],
+    settings: object,
+    connect: object,
+    cfg: ListenerConfig,
+    parts: tuple[Store, Clock, asyncio.Event],
+    hook: RoutingHook | None,
+    ack_queued: asyncio.Event | None,
+) -> ListenerT:
+    """A listener of `kind` on `settings` and `connect`, with the listener's case engine:
+    what every source's builder ends with. `parts`: the store, the clock, the stop event."""
+    store, clock, stop = parts
+    return kind(
+        settings,
+        connect=connect,
+        store=store,
+        handler=CaseEngine(store, engine_settings(cfg, hook), ack_queued),
+        clock=clock,
+        stop=stop,
+        log=get_logger(listener=cfg.id),
+    )
+
+
 def build_listener(
     cfg: ListenerConfig,
     store: Store,
@@ -235,7 +268,6 @@ def build_listener(
     """One IMAP listener with its real connection factory and case engine."""
     register_secret(cfg.password.reveal())
     endpoint = endpoint_for(cfg)
-    engine = CaseEngine(store, engine_settings(cfg, hook), ack_queued)
 
     async def connect() -> ImapSession:
         return await ImapSession.open(endpoint)
@@ -248,18 +280,10 @@ def build_listener(
         sync_max_changes_count=cfg.sync_max_changes_count,
         error_folder=cfg.error_folder,
         max_attempts=cfg.max_attempts,
-        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
+        read_from=read_from(cfg),
         max_message_size=cfg.max_message_size,
     )
-    return Listener(
-        settings,
-        connect=connect,
-        store=store,
-        handler=engine,
-        clock=clock,
-        stop=stop,
-        log=get_logger(listener=cfg.id),
-    )
+    return assemble(Listener, settings, connect, cfg, (store, clock, stop), hook, ack_queued)
 
 
 def pop3_endpoint_for(cfg: ListenerConfig) -> Pop3Endpoint:
@@ -305,18 +329,9 @@ def build_pop3_listener(
         cfg.sync_max_changes_count,
         cfg.leave_on_server,
         cfg.max_attempts,
-        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
+        read_from=read_from(cfg),
     )
-    engine = CaseEngine(store, engine_settings(cfg, hook), ack_queued)
-    return Pop3Listener(
-        settings,
-        connect=connect,
-        store=store,
-        handler=engine,
-        clock=clock,
-        stop=stop,
-        log=get_logger(listener=cfg.id),
-    )
+    return assemble(Pop3Listener, settings, connect, cfg, (store, clock, stop), hook, ack_queued)
 
 
 def build_any(

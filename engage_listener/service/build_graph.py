@@ -9,15 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from engage_listener.cases.engine import CaseEngine
 from engage_listener.cases.hooks import RoutingHook
 from engage_listener.clock import Clock
 from engage_listener.config.model import ListenerConfig
 from engage_listener.errors import ConfigError, ConfigProblem
-from engage_listener.intake.control import start_of_day
-from engage_listener.observe.logs import get_logger
 from engage_listener.observe.protolog import ProtocolLog
-from engage_listener.service.build import engine_settings, protolog_factory, token_provider
+from engage_listener.service.build import assemble, protolog_factory, read_from, token_provider
 from engage_listener.sources.graph.http import Exchange, GraphHttpSettings, GraphSession
 from engage_listener.sources.graph.listener import GraphListener, GraphSettings
 from engage_listener.store.interface import Store
@@ -100,14 +97,8 @@ def build_graph_listener(
         error_folder=cfg.error_folder,
         max_attempts=cfg.max_attempts,
         max_message_size=cfg.max_message_size,
-        read_from=start_of_day(cfg.read_from_date, cfg.time_zone) if cfg.read_from_date else None,
+        read_from=read_from(cfg),
     )
-    return GraphListener(
-        settings,
-        connect=graph_connect(cfg, token),
-        store=store,
-        handler=CaseEngine(store, engine_settings(cfg, hook), ack_queued),
-        clock=clock,
-        stop=stop,
-        log=get_logger(listener=cfg.id),
-    )
+    connect = graph_connect(cfg, token)
+    parts = (store, clock, stop)
+    return assemble(GraphListener, settings, connect, cfg, parts, hook, ack_queued)

@@ -5,7 +5,8 @@ the state `status` reads (state, batches, pause, last success, backlog, last err
 Decisions:
 
 * A module of `sources` that no source owns: `imap`, `pop3` and `graph` stay independent
-  of each other (an import-linter contract) and each import only this.
+  of each other (an import-linter contract) and each import only this (and `batching`,
+  `endpoint`, also owned by none).
 * Each listener says what else it keeps in `_start` (called last by `__init__`), so the
   constructor's parameters, which every caller (`service.build`, tests) passes by name,
   are written once.

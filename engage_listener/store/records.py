@@ -1,7 +1,9 @@
 """The records and states the store takes and gives, independent of any database.
 
 Plain frozen dataclasses and `Literal` states: what a caller of `store.interface` holds
-in its hands. No driver, no SQL.
+in its hands. No driver, no SQL. The rows only operators and `status` read (whole cases,
+quarantine, the outboxes' listings, heartbeats) are defined in `store.operator_rows`,
+for size, and imported from here like the rest.
 """
 
 from __future__ import annotations
@@ -11,6 +13,28 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engage_listener.config.webhook import WebhookEventName
+from engage_listener.store.operator_rows import (
+    HEADER_BYTES,
+    AckRow,
+    CaseDetail,
+    CaseState,
+    CaseSummary,
+    Heartbeat,
+    ListenerCounts,
+    Quarantined,
+    StoredAttachment,
+    StoredMessage,
+    WebhookEventRow,
+)
+
+__all__ = [
+    "HEADER_BYTES", "OPEN_STATUSES", "OUTBOX_STATES", "WEBHOOK_STATES", "AckRow", "CaseCandidate",
+    "CaseDetail", "CaseInfo", "CaseRef", "CaseState", "CaseStatus", "CaseSummary", "ControlField",
+    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "LedgerState", "ListenerCounts",
+    "MailKey", "MailSeen", "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent",
+    "OutboxRow", "OutboxState", "QuarantineState", "Quarantined", "SettledState",
+    "StoredAttachment", "StoredMessage", "WebhookDelivery", "WebhookEventRow", "WebhookState",
+]  # fmt: skip
 
 # States as the store keeps them (text columns); a `Literal` so a typo is a type error.
 CaseStatus = Literal["open", "pending-approval", "rejected", "closed"]
@@ -176,25 +200,6 @@ class WebhookDelivery:
 
 
 @dataclass(frozen=True)
-class WebhookEventRow:
-    """One webhook event for `engage-listener webhooks`; never its body."""
-
-    id: int
-    event_id: str
-    listener: str
-    case_id: int
-    case_number: str | None
-    event: WebhookEventName
-    state: WebhookState
-    attempts: int
-    last_error: str | None
-    response: str | None  # the receiver's status line when delivered
-    created_at: str
-    delivered_at: str | None
-    next_attempt_at: str | None  # ISO UTC, pending rows only
-
-
-@dataclass(frozen=True)
 class Customer:
     id: int
     name: str
@@ -226,119 +231,6 @@ class CaseInfo:
 
 
 @dataclass(frozen=True)
-class Quarantined:
-    """A mail that could not be processed, kept with the reason (`quarantine list`)."""
-
-    id: int
-    listener: str
-    mailbox: str
-    item: str
-    message_id: str | None
-    sender: str
-    subject: str
-    reason: str
-    attempts: int
-    state: QuarantineState
-    case_id: int | None
-    created_at: str
-    size: int
-
-
-@dataclass(frozen=True)
-class CaseSummary:
-    """One row of `engage-listener cases`."""
-
-    id: int
-    case_number: str
-    listener: str
-    sender: str
-    subject: str
-    status: CaseStatus
-    inbox: str | None
-    messages: int
-    attachments: int
-    created_at: str
-    ack: str | None = None  # state of the latest acknowledgement, with the error if failed
-    related_case_id: int | None = None  # the case this one's first mail named, not joined
-    related_case_number: str | None = None
-
-
-@dataclass(frozen=True)
-class CaseDetail:
-    """One case whole, for `cases show` and `cases export` (its mails: `StoredMessage`).
-
-    `related` are the other cases linked to this one: the case its first mail named
-    (`related_case_id`) and the cases whose first mail named this one, by number."""
-
-    id: int
-    case_number: str
-    listener: str
-    process: str | None
-    status: CaseStatus
-    inbox: str | None
-    priority: int | None
-    subject: str
-    sender: str
-    sender_name: str
-    customer_id: int | None
-    created_at: str
-    updated_at: str
-    closed_at: str | None
-    close_reason: str | None
-    reopened_at: str | None
-    related_case_id: int | None
-    related: tuple[CaseRef, ...] = ()
-    tags: tuple[str, ...] = ()  # sorted
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """One mail of a case as stored, without its raw bytes: `header` is the start of the
-    raw mail (at most HEADER_BYTES), where To, Cc and Reply-To are read from."""
-
-    id: int
-    case_id: int | None
-    message_id: str | None
-    sender: str
-    sender_name: str
-    subject: str
-    sent_at: str | None
-    received_at: str
-    size: int
-    automatic: str | None
-    body_text: str
-    new_text: str | None
-    has_html: bool
-    header: bytes
-    acknowledge: bool | None  # routing's say on its acknowledgement (None: none)
-    ack: str | None  # state of its latest acknowledgement, with the error if any
-
-
-@dataclass(frozen=True)
-class StoredAttachment:
-    """One attachment's description (its bytes: `Store.attachment_content`)."""
-
-    id: int
-    message_row: int
-    filename: str
-    content_type: str
-    size: int
-    inline: bool
-
-
-HEADER_BYTES = 65536  # how much of a raw mail `StoredMessage.header` holds
-
-
-@dataclass(frozen=True)
-class CaseState:
-    """A case's listener, status and number (`approve`, `reject`)."""
-
-    listener: str
-    status: CaseStatus
-    case_number: str
-
-
-@dataclass(frozen=True)
 class OutboxRow:
     """An acknowledgement due for delivery."""
 
@@ -350,53 +242,8 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
-class AckRow:
-    """One outbox row (an acknowledgement) for `engage-listener acks`; never its MIME."""
-
-    id: int
-    listener: str
-    case_id: int
-    case_number: str | None
-    recipient: str
-    subject: str
-    state: OutboxState
-    attempts: int
-    last_error: str | None
-    smtp_message_id: str
-    smtp_reply: str | None
-    created_at: str
-    sent_at: str | None
-    next_attempt_at: str | None  # ISO UTC, pending rows only
-
-
-@dataclass(frozen=True)
 class ControlRow:
     """An operator's pending requests for a listener (ISO times, aware), if any."""
 
     paused_until: str | None
     reset_from: str | None
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """One running listener, as the daemon last saw it (ISO UTC times)."""
-
-    listener: str
-    state: str
-    pid: int
-    last_success_at: str | None
-    last_error: str | None
-    backlog: int | None
-    oldest_unprocessed: str | None
-    paused_until: str | None
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class ListenerCounts:
-    """What the store counts for one listener's status."""
-
-    processed_today: int  # ledger rows since the given time, not quarantined
-    processed_total: int  # ledger rows, not quarantined
-    quarantined: int  # held in quarantine
-    pending_acks: int  # pending or sending

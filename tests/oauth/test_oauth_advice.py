@@ -24,7 +24,7 @@ from devkit.dovecot import DovecotSandbox
 from engage_listener.intake.retry import backoff
 from engage_listener.oauth.advice import microsoft_advice
 from engage_listener.oauth.provider import OAuthError, provider_for
-from engage_listener.ops import diagnose
+from engage_listener.ops import diagnose, diagnose_steps
 from engage_listener.sources.imap.text import ImapEndpoint
 from tests.support.daemon import events, wait_for
 from tests.support.helpers import listener_config, make_mail
@@ -170,7 +170,7 @@ async def test_identity_provider_trouble_on_imap_and_smtp_logins(
             steps = await diagnose.test_listener(
                 cfg, imap_endpoint=imap, pop3_endpoint=None, smtp_endpoint=smtp
             )
-    report = diagnose.render_text(steps)
+    report = diagnose_steps.render_text(steps)
     for name in ("imap", "smtp"):
         done = [(s.name, s.ok) for s in steps if s.account == name]
         assert done == [("dns", True), ("tcp", True), ("tls", True), ("login", False)], report
@@ -184,7 +184,7 @@ async def test_identity_provider_trouble_on_imap_and_smtp_logins(
             assert "set CaFile in Authentication" in login.hint
         assert not any(words in login.hint for words in MAIL_SERVER_HINTS)
     assert server.messages == []
-    assert_clean(report + diagnose.render_json(steps), shared_idp)
+    assert_clean(report + diagnose_steps.render_json(steps), shared_idp)
 
 
 def test_daemon_logs_the_advice_as_a_permanent_error(

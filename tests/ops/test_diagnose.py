@@ -16,7 +16,7 @@ from engage_listener.config.ack import AckConfig, SmtpConfig
 from engage_listener.config.model import ListenerConfig, Secret
 from engage_listener.config.templates import DEFAULT_TEMPLATE
 from engage_listener.ops import diagnose
-from engage_listener.ops.diagnose import Step, render_json, render_text
+from engage_listener.ops.diagnose_steps import Step, render_json, render_text, succeeded
 from engage_listener.service.build import endpoint_for
 from engage_listener.sources.pop3.session import Pop3Endpoint
 from tests.support.config_xml import listener_xml, write_config
@@ -70,7 +70,7 @@ async def test_good_account_passes_every_step(dovecot: DovecotSandbox, mailbox_u
     assert "IDLE MOVE UIDPLUS" in found["capabilities"].detail
     assert found["count"].detail == f"2 messages in {NEW}"
     assert render_text(steps).splitlines()[-1] == "Test result: OK"
-    assert diagnose.succeeded(steps)
+    assert succeeded(steps)
 
 
 async def test_missing_error_folder_is_only_a_note(
@@ -295,7 +295,7 @@ def test_text_is_aligned_and_ends_with_the_verdict() -> None:
     assert lines[-1] == "Test result: FAILED (1 of 2 steps)"
     assert render_text(steps[:1]).splitlines()[-1] == "Test result: OK"
     assert render_text([]) == "Test result: FAILED (nothing tested)"
-    assert not diagnose.succeeded([])
+    assert not succeeded([])
 
 
 @pytest.mark.dovecot  # starts a Dovecot of its own

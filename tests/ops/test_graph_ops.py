@@ -14,8 +14,8 @@ from engage_listener.config.model import Config
 from engage_listener.config.secret_refs import generate_key
 from engage_listener.errors import EngageError
 from engage_listener.ops import commands
-from engage_listener.ops.diagnose import Step
 from engage_listener.ops.diagnose_graph import test_graph as graph_steps
+from engage_listener.ops.diagnose_steps import Step
 from engage_listener.ops.search import Criteria, render
 from engage_listener.ops.search_graph import search_graph
 from engage_listener.service.build_graph import graph_connect

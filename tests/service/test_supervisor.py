@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from devkit.dovecot import DovecotSandbox, free_port
-from engage_listener.config.model import Config, ListenerConfig, Secret
+from engage_listener.config.model import Config, ListenerConfig
 from engage_listener.intake.retry import BACKOFF_CAP
 from engage_listener.observe.logs import get_logger
 from engage_listener.service.build import build_any
@@ -29,7 +29,7 @@ from engage_listener.service.sdnotify import Notifier
 from engage_listener.service.supervisor import Supervisor, Worker
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.fakes import FakeClock
-from tests.support.helpers import listener_config, make_mail
+from tests.support.helpers import listener_config, make_mail, server_listener_config
 from tests.support.supervising import Serving, supervised_config
 
 NEW, DONE = "IMAP/New", "IMAP/Done"
@@ -226,23 +226,7 @@ class Scripts:
         return self.workers[cfg.id]
 
 
-STUB = ListenerConfig(  # a listener block for workers that never connect
-    id="X",
-    host="",
-    port=0,
-    username="u",
-    password=Secret("p"),
-    use_ssl=False,
-    input_folder=NEW,
-    output_folder=DONE,
-    extract_attachments=False,
-    sync_max_wait_time=60,
-    sync_max_changes_count=10,
-    protocol_log_file=None,
-    ca_file=None,
-    enabled=True,
-    source_line=1,
-)
+STUB = server_listener_config("", 0, "u", "p", id="X")  # for workers that never connect
 
 
 async def test_watchdog_is_fed_while_every_listener_lives(

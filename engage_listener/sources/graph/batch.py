@@ -40,12 +40,8 @@ from typing import Any
 from engage_listener.intake.contract import Delivered, Handled, Handler
 from engage_listener.intake.per_mail import MailPath
 from engage_listener.observe.logs import Logger
-from engage_listener.sources.graph.http import (
-    BatchRequest,
-    GraphNotFound,
-    GraphSession,
-    ResponseTooLarge,
-)
+from engage_listener.sources.graph.answers import GraphNotFound, ResponseTooLarge
+from engage_listener.sources.graph.http import BatchRequest, GraphSession
 from engage_listener.store.interface import MailKey, Store
 from engage_listener.store.records import SettledState
 

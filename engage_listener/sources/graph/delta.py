@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engage_listener.sources.graph.http import DeltaExpired, GraphSession
+from engage_listener.sources.graph.answers import DeltaExpired
+from engage_listener.sources.graph.http import GraphSession
 
 PAGE_SIZE = 100
 

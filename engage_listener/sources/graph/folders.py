@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from engage_listener.errors import FolderMissingError
-from engage_listener.sources.graph.http import GraphNotFound, GraphSession
+from engage_listener.sources.graph.answers import GraphNotFound
+from engage_listener.sources.graph.http import GraphSession
 
 WELL_KNOWN = frozenset(
     {

@@ -12,8 +12,8 @@ Every request obeys Graph's rules for Outlook mail and ours for a daemon:
   ``max_retry_wait`` is left to the listener as `GraphThrottled`); other 5xx and dropped
   connections are retried only for GET (a POST may have been carried out);
 * 401 asks the token callback once for a fresh token (``force=True``) and retries once;
-* 403 is `GraphAccessDenied`, a permanent error with the two usual causes spelt out;
-* 410 on a delta link is `DeltaExpired` (the caller starts a full resync).
+* any other answer that is not a success is the error ``answers`` says its status means
+  (403 `GraphAccessDenied` with its advice, 410 `DeltaExpired`...).
 
 Decisions:
 - aiohttp, not httpx: measured in bench/http_client.py against the Graph imitation, it takes
@@ -21,19 +21,15 @@ Decisions:
   timeout (see bench/README.md, "HTTP client for Microsoft Graph").
 - Links (``@odata.nextLink``, ``@odata.deltaLink``, the 410 ``Location``) are followed only
   on the configured endpoint's origin: the bearer token never goes to another host.
-- No body and no token ever reaches an exception or a log line: errors carry the status,
-  Graph's error code and its (scrubbed, shortened) message; ``$skiptoken``/``$deltatoken``
-  values are masked in logged paths; each token is `register_secret`-ed when obtained.
-- Error classes live here rather than in `engage_listener.errors` while the intake contract
-  is being rewritten; each derives from the package's TransientError/PermanentError.
+- No body and no token ever reaches an exception or a log line: errors are made by
+  ``answers`` (status, code, scrubbed message); logged paths are `mask`-ed there too; each
+  token is `register_secret`-ed when obtained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
-import re
 import ssl
 import time
 import uuid
@@ -46,66 +42,27 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from engage_listener.errors import (
-    AuthenticationError,
-    ConnectionLostError,
-    PermanentError,
-    TransientError,
+from engage_listener.errors import ConnectionLostError
+from engage_listener.observe.logs import get_logger, register_secret
+from engage_listener.sources.graph.answers import (
+    GraphRequestError,
+    GraphResponse,
+    GraphThrottled,
+    ResponseTooLarge,
+    checked,
+    failure,
+    graph_error,
+    header,
+    mask,
 )
-from engage_listener.observe.logs import get_logger, register_secret, scrub
 
 GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 IMMUTABLE_IDS = 'IdType="ImmutableId"'
 BATCH_LIMIT = 20  # Graph's limit of requests per $batch
 _ERROR_BODY_CAP = 64 * 1024
-_STATE_TOKEN = re.compile(r"(\$(?:skip|delta)token=)[^&]*", re.IGNORECASE)
 
 TokenSource = Callable[[bool], Awaitable[str]]
 """Returns an access token for Graph; called with True after a 401 to get a fresh one."""
-
-
-class GraphFailure:
-    """What Graph answered, without its body: a mixin of every Graph error below."""
-
-    status: int = 0
-    code: str = ""
-    request_id: str = ""
-
-
-def _error(kind: type[Exception], text: str, status: int = 0, code: str = "",
-           request_id: str = "") -> Exception:  # fmt: skip
-    error = kind(scrub(text))
-    for name, value in (("status", status), ("code", code), ("request_id", request_id)):
-        setattr(error, name, value)
-    return error
-
-
-class GraphAccessDenied(GraphFailure, PermanentError):
-    """403: the app may not read or move mail in this mailbox."""
-
-
-class GraphNotFound(GraphFailure, PermanentError):
-    """404: the mailbox, folder or message does not exist (any more)."""
-
-
-class GraphRequestError(GraphFailure, PermanentError):
-    """Another 4xx: Graph refused the request as made."""
-
-
-class ResponseTooLarge(GraphFailure, PermanentError):
-    """The answer is larger than allowed (a message above MaxMessageSize)."""
-
-
-class GraphThrottled(GraphFailure, TransientError):
-    """Still throttled or unavailable after the retries, or asked to wait longer than we do."""
-
-    retry_after: float = 0.0
-
-
-class DeltaExpired(GraphFailure, TransientError):
-    """410 on a delta or skip token: the folder must be synchronised again from scratch."""
-
-    restart_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,17 +77,6 @@ class GraphHttpSettings:
     proxy: str | None = None
     trust_env: bool = True  # HTTPS_PROXY/NO_PROXY, as msal's requests honours them
     delegated: bool = False  # a signed-in user's token (403 advice differs from app-only)
-
-
-@dataclass(frozen=True)
-class GraphResponse:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self) -> dict[str, Any]:
-        data = json.loads(self.body) if self.body else {}
-        return data if isinstance(data, dict) else {"value": data}
 
 
 @dataclass(frozen=True)
@@ -161,19 +107,6 @@ class Exchange:
     attempt: int
 
 
-def mask(url: str) -> str:
-    """`url`'s path and query, state tokens masked and secrets scrubbed: safe to log."""
-    parts = urlsplit(url)
-    text = parts.path + (f"?{parts.query}" if parts.query else "")
-    return scrub(_STATE_TOKEN.sub(r"\1...", text))
-
-
-def header(headers: Mapping[str, str], name: str) -> str:
-    """A header by name in any case (``$batch`` sub-responses come as plain JSON objects)."""
-    name = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == name), "")
-
-
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
     value = header(headers, "Retry-After").strip()
@@ -190,25 +123,6 @@ def _target(url: str) -> URL | str:
     """A link Graph gave is sent byte for byte (its state tokens are opaque); our own paths
     are quoted by aiohttp."""
     return URL(url, encoded=True) if "%" in url else url
-
-
-def access_advice(mailbox: str, delegated: bool = False) -> str:
-    if delegated:
-        return (
-            f"Microsoft Graph refused the signed-in user access to the mailbox {mailbox}. "
-            "The user who ran `engage-listener auth login` needs Full Access to it "
-            "(Add-MailboxPermission -AccessRights FullAccess), and the app registration the "
-            "delegated Mail.ReadWrite.Shared permission (Entra ID > App registrations > API "
-            "permissions), consented."
-        )
-    return (
-        f"Microsoft Graph refused access to the mailbox {mailbox}. Either the app "
-        "registration lacks the Mail.ReadWrite application permission with admin consent "
-        "(Entra ID > App registrations > API permissions), or the mailbox is outside the "
-        "app's application access policy or Exchange RBAC scope (New-ApplicationAccessPolicy, "
-        "or a management role assignment with a resource scope): ask the Exchange "
-        "administrator to include it."
-    )
 
 
 class GraphSession:
@@ -310,7 +224,8 @@ class GraphSession:
                                                     headers, raw.get("body"))  # fmt: skip
         missing = [r.id for r in requests if r.id not in answers]
         if missing:
-            raise _error(GraphThrottled, f"Graph $batch left {len(missing)} requests unanswered")
+            text = f"Graph $batch left {len(missing)} requests unanswered"
+            raise graph_error(GraphThrottled, text)
         return answers
 
     # ----- one request with its retries -----------------------------------------------
@@ -318,7 +233,7 @@ class GraphSession:
                       body: dict[str, Any] | None = None, max_bytes: int | None = None,
                       prefer: Sequence[str] = ()) -> GraphResponse:  # fmt: skip
         """`method` on `path` (relative to the endpoint, or a link Graph gave) with every rule
-        of this module; a 2xx answer or one of the errors above."""
+        of this module; a 2xx answer, or the error `answers.checked` says it means."""
         url = self._url(path)
         refreshed = False
         attempt = 0
@@ -327,8 +242,8 @@ class GraphSession:
                 answer = await self._attempt(method, url, params, body, max_bytes, prefer, attempt)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if method != "GET" or attempt >= self.settings.max_retries:
-                    raise _error(ConnectionLostError, f"Graph {method} {mask(url)}: no answer "
-                                 f"({type(exc).__name__})") from None  # fmt: skip
+                    text = f"Graph {method} {mask(url)}: no answer ({type(exc).__name__})"
+                    raise graph_error(ConnectionLostError, text) from None
                 await asyncio.sleep(min(2.0**attempt, self.settings.max_retry_wait))
                 attempt += 1
                 continue
@@ -338,7 +253,7 @@ class GraphSession:
                 continue
             wait = self._retry_wait(method, answer, attempt, url)
             if wait is None:
-                return self._check(method, url, answer)
+                return checked(method, url, answer, self.mailbox, self.settings.delegated)
             await asyncio.sleep(wait)
             attempt += 1
 
@@ -351,7 +266,7 @@ class GraphSession:
         wait = retry_after(answer.headers) if throttled else None
         wait = 2.0**attempt if wait is None else wait
         if attempt >= self.settings.max_retries or wait > self.settings.max_retry_wait:
-            error = self._failure(GraphThrottled, method, url, answer)
+            error = failure(GraphThrottled, method, url, answer)
             error.retry_after = wait  # type: ignore[attr-defined]
             raise error
         return wait
@@ -385,8 +300,8 @@ class GraphSession:
     async def _read(self, method: str, url: str, response: aiohttp.ClientResponse,
                     cap: int) -> bytes:  # fmt: skip
         """The body, refused as soon as it is known to exceed `cap` (header or stream)."""
-        too_large = _error(ResponseTooLarge, f"Graph {method} {mask(url)}: the answer is "
-                           f"larger than {cap} bytes", response.status)  # fmt: skip
+        too_large = graph_error(ResponseTooLarge, f"Graph {method} {mask(url)}: the answer "
+                                f"is larger than {cap} bytes", response.status)  # fmt: skip
         if (response.content_length or 0) > cap:
             raise too_large
         chunks, total = [], 0
@@ -414,40 +329,6 @@ class GraphSession:
         if "://" not in path:
             return self.settings.endpoint.rstrip("/") + "/" + path.lstrip("/")
         if urlsplit(path)[:2] != self._origin:
-            raise _error(GraphRequestError, f"Graph gave a link to another host "
-                         f"({urlsplit(path).netloc}); not following it")  # fmt: skip
+            raise graph_error(GraphRequestError, f"Graph gave a link to another host "
+                              f"({urlsplit(path).netloc}); not following it")  # fmt: skip
         return path
-
-    # ----- answers to errors ----------------------------------------------------------
-    def _check(self, method: str, url: str, answer: GraphResponse) -> GraphResponse:
-        if answer.status < 300:
-            return answer
-        if answer.status == 401:
-            raise self._failure(AuthenticationError, method, url, answer, "Graph refused the "
-                                "access token even after a refresh")  # fmt: skip
-        if answer.status == 403:
-            raise self._failure(GraphAccessDenied, method, url, answer,
-                                access_advice(self.mailbox, self.settings.delegated))  # fmt: skip
-        if answer.status == 404:
-            raise self._failure(GraphNotFound, method, url, answer)
-        if answer.status == 410:
-            error = self._failure(DeltaExpired, method, url, answer, "the delta token expired; "
-                                  "the folder is synchronised again")  # fmt: skip
-            error.restart_url = header(answer.headers, "Location")  # type: ignore[attr-defined]
-            raise error
-        if answer.status >= 500:
-            raise self._failure(GraphThrottled, method, url, answer)
-        raise self._failure(GraphRequestError, method, url, answer)
-
-    def _failure(self, kind: type[Exception], method: str, url: str, answer: GraphResponse,
-                 advice: str = "") -> Exception:  # fmt: skip
-        try:
-            detail = json.loads(answer.body).get("error", {})
-        except (ValueError, AttributeError):
-            detail = {}
-        code = str(detail.get("code", "")) if isinstance(detail, dict) else ""
-        message = str(detail.get("message", ""))[:300] if isinstance(detail, dict) else ""
-        request_id = header(answer.headers, "request-id")
-        text = f"Graph {method} {mask(url)}: {answer.status} {code}: {message}".rstrip(": ")
-        return _error(kind, f"{text}. {advice}" if advice else text, answer.status, code,
-                      request_id)  # fmt: skip

@@ -6,7 +6,8 @@ SyncMaxWaitTime has passed since the first of them, exactly as for IMAP; delta i
 every PollSeconds (Graph has no push a contact centre behind a firewall can receive).
 Errors never escape `run`: transient ones (throttling past its retries, 5xx, dropped
 connections) back off with jitter, permanent ones (403 with its advice, a missing
-folder) are reported and retried slowly, as for IMAP and POP3.
+folder) are reported and retried slowly, as for IMAP and POP3. The round itself
+(control, pause, reset, batch, wait) is `sources.batching`'s, shared with IMAP.
 
 Decisions:
 
@@ -27,12 +28,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
-from engage_listener.intake.control import reset_done
+from engage_listener.sources.batching import BatchingListener
 from engage_listener.sources.graph.batch import Folders, GraphBatch, GraphBatchResult, received
 from engage_listener.sources.graph.delta import DeltaWatch
 from engage_listener.sources.graph.folders import ensure_folder, resolve_folder, sibling
 from engage_listener.sources.graph.http import GraphSession
-from engage_listener.sources.listening import CONTROL_POLL, SourceListener
+from engage_listener.sources.listening import CONTROL_POLL
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,15 @@ class GraphSettings:
     read_from: dt.datetime | None = None  # ReadFromDate at 00:00 in the listener's zone
 
 
-class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
+class GraphListener(BatchingListener[GraphSettings, Callable[[], GraphSession]]):
     """The batching loop of one Graph listener; `run` for the daemon, `run_once` for cron."""
 
     def _start(self) -> None:
+        super()._start()  # oldest_unprocessed: received, of the oldest left
         settings = self.settings
-        self.pending = 0
-        self.oldest_unprocessed: dt.datetime | None = None  # received, of the oldest left
-        self.failures = 0  # errors in a row since the last completed batch
         self.error_folder = settings.error_folder or sibling(settings.input_folder, "Error")
         self._error_id: str | None = None  # the error folder's id, once looked up
         self._first_change: float | None = None  # when the first waiting change was seen
-        self.read_from_override: dt.datetime | None = None  # lowered by `reset --date`
-        self._too_old_logged = 0  # mail before ReadFromDate, said once, not every batch
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -82,12 +79,11 @@ class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
         """Process the current backlog once; errors propagate to the caller."""
         async with self.connect() as session:
             folders = await self._folders(session)
-            control = await self._control_once()
-            if control is None:
-                return GraphBatchResult()
-            if control.reset_from is not None:
-                await self._reset(session, folders, control.reset_from)
-            return await self._batch(session, folders, "once")
+            return await self._one_round(
+                lambda since: self._reset(session, folders, since),
+                lambda reason: self._batch(session, folders, reason),
+                GraphBatchResult(),
+            )
 
     # ----- connection -----------------------------------------------------------------
     async def _folders(self, session: GraphSession) -> Folders:
@@ -104,18 +100,12 @@ class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
         folders = await self._folders(session)
         watch = DeltaWatch(session, folders.input_id)
         await watch.poll()  # the starting point; the first batch takes the backlog
-        reason: str | None = "startup backlog"
-        while reason is not None and not self.stop.is_set():
-            control = await self._control()
-            if control.paused_until is not None:
-                await self._wait_paused(control.paused_until)
-                reason = "resumed"
-                continue
-            self.paused_until = None
-            if control.reset_from is not None:
-                await self._reset(session, folders, control.reset_from)
-            result = await self._batch(session, folders, reason)
-            reason = await self._wait_for_trigger(watch, result)
+        await self._rounds(
+            self._wait_paused,
+            lambda since: self._reset(session, folders, since),
+            lambda reason: self._batch(session, folders, reason),
+            lambda last: self._wait_for_trigger(watch, last),
+        )
 
     # ----- batches --------------------------------------------------------------------
     async def _batch(self, session: GraphSession, folders: Folders,
@@ -125,15 +115,7 @@ class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
 
         batch = self._new_batch(session, folders)
         result = await batch.run()
-        if result.too_old != self._too_old_logged:
-            self._too_old_logged = result.too_old
-            self.log.info("mail_before_read_from", count=result.too_old,
-                          read_from=str(self._read_from()))  # fmt: skip
-        self.batches += 1
-        self.failures = 0
-        self.pending = 0
-        self.last_error = None
-        self.last_success_at = time.time()
+        self._batch_done(result)
         self.backlog = result.failed + len(result.settle_failed)
         self.oldest_unprocessed = received(result.oldest) if self.backlog else None
         moved = result.done if self.settings.output_folder else 0
@@ -162,13 +144,6 @@ class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
             read_from=self._read_from(),
         )  # fmt: skip
 
-    def _read_from(self) -> dt.datetime | None:
-        """ReadFromDate, lowered by a date reset to an earlier day (as for IMAP)."""
-        configured, override = self.settings.read_from, self.read_from_override
-        if configured is None or override is None:
-            return configured
-        return min(configured, override)
-
     async def _reset(self, session: GraphSession, folders: Folders, since: dt.datetime) -> None:
         """Re-examine mail received since `since`: the output folder now (what the ledger
         lacks is ingested and stays there), the input folder through the next batch (which
@@ -180,10 +155,7 @@ class GraphListener(SourceListener[GraphSettings, Callable[[], GraphSession]]):
         if folders.output_id is not None:
             batch = self._new_batch(session, folders)
             result = await batch.run_in_place(await batch.listing(folders.output_id, since))
-        if not result.failed and not self.stop.is_set():
-            await reset_done(self.store, self.settings.id, since)
-        self.log.info("reset", since=since.isoformat(), output_folder_ingested=result.ingested,
-                      quarantined=result.quarantined, to_retry=result.failed)  # fmt: skip
+        await self._reset_done(since, result)
 
     async def _wait_for_trigger(self, watch: DeltaWatch, last: GraphBatchResult) -> str | None:
         """Wait until the count or the time trigger fires; None when stopping."""

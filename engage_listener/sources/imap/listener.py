@@ -4,7 +4,8 @@ A batch starts when pending changes reach SyncMaxChangesCount, or when
 SyncMaxWaitTime has passed since the first pending change. Changes are counted
 from the server's EXISTS/EXPUNGE pushes (IDLE, or NOOP polling where there is no
 IDLE). Errors never escape `run`: transient ones back off with jitter, permanent
-ones (login refused, folder missing) are reported and retried slowly.
+ones (login refused, folder missing) are reported and retried slowly. The round itself
+(control, pause, reset, batch, wait) is `sources.batching`'s, shared with Graph.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 
 from engage_listener.config.model import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE
 from engage_listener.errors import FolderMissingError
-from engage_listener.intake.control import reset_done
+from engage_listener.sources.batching import BatchingListener
 from engage_listener.sources.imap.batch import Batch, BatchResult, Destination
 from engage_listener.sources.imap.reset import reset_folder
 from engage_listener.sources.imap.session import ImapSession
 from engage_listener.sources.imap.text import FolderState, track_exists
-from engage_listener.sources.listening import CONTROL_POLL, SourceListener
+from engage_listener.sources.listening import CONTROL_POLL
 
 IDLE_REFRESH = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30 minutes
 POLL_INTERVAL = 15.0  # NOOP polling where the server has no IDLE
@@ -43,15 +44,11 @@ class ListenerSettings:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # larger mail is quarantined unread
 
 
-class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSession]]]):
+class Listener(BatchingListener[ListenerSettings, Callable[[], Awaitable[ImapSession]]]):
     """The batching loop of one listener; `run` for the daemon, `run_once` for cron/tests."""
 
     def _start(self) -> None:
-        self.pending = 0
-        self.oldest_unprocessed: dt.datetime | None = None
-        self.read_from_override: dt.datetime | None = None
-        self._too_old_logged = 0
-        self.failures = 0  # errors in a row since the last completed batch
+        super()._start()
         self.error_folder = self.settings.error_folder or "Error"
 
     # ----- public ---------------------------------------------------------------------
@@ -81,12 +78,11 @@ class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSessi
         session = await self._open()
         try:
             folder = await self._select(session)
-            control = await self._control_once()
-            if control is None:
-                return BatchResult()
-            if control.reset_from is not None:
-                await self._reset(session, folder, control.reset_from)
-            return await self._batch(session, folder, "once")
+            return await self._one_round(
+                lambda since: self._reset(session, folder, since),
+                lambda reason: self._batch(session, folder, reason),
+                BatchResult(),
+            )
         finally:
             await session.logout()
 
@@ -118,18 +114,12 @@ class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSessi
 
     async def _serve(self, session: ImapSession) -> None:
         folder = await self._select(session)
-        reason: str | None = "startup backlog"
-        while reason is not None and not self.stop.is_set():
-            control = await self._control()
-            if control.paused_until is not None:
-                await self._pause(session, control.paused_until)
-                reason = "resumed"
-                continue
-            if control.reset_from is not None:
-                await self._reset(session, folder, control.reset_from)
-            self.paused_until = None
-            result = await self._batch(session, folder, reason)
-            reason = await self._wait_for_trigger(session, folder, result)
+        await self._rounds(
+            lambda until: self._pause(session, until),
+            lambda since: self._reset(session, folder, since),
+            lambda reason: self._batch(session, folder, reason),
+            lambda last: self._wait_for_trigger(session, folder, last),
+        )
 
     async def _pause(self, session: ImapSession, until: dt.datetime) -> None:
         """`_wait_paused`, keeping the connection alive."""
@@ -156,15 +146,7 @@ class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSessi
                 destination=destination, stop=self.stop, log=self.log,
             )  # fmt: skip
             await session.select(folder.name)
-        if not result.failed and not self.stop.is_set():
-            await reset_done(self.store, self.settings.id, since)
-        self.log.info(
-            "reset",
-            since=since.isoformat(),
-            output_folder_ingested=result.ingested,
-            quarantined=result.quarantined,
-            to_retry=result.failed,
-        )
+        await self._reset_done(since, result)
 
     # ----- batches --------------------------------------------------------------------
     async def _batch(self, session: ImapSession, folder: FolderState, reason: str) -> BatchResult:
@@ -188,16 +170,7 @@ class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSessi
             self.log,
         )
         result = await batch.run()
-        if result.too_old != self._too_old_logged:  # said once, not at every batch
-            self._too_old_logged = result.too_old
-            self.log.info(
-                "mail_before_read_from", count=result.too_old, read_from=str(self._read_from())
-            )
-        self.batches += 1
-        self.failures = 0
-        self.pending = 0
-        self.last_error = None
-        self.last_success_at = time.time()
+        self._batch_done(result)
         self.backlog = result.failed  # refreshed from the server while waiting
         self.log.info(
             "batch_end",
@@ -212,13 +185,6 @@ class Listener(SourceListener[ListenerSettings, Callable[[], Awaitable[ImapSessi
             seconds=round(result.seconds, 3),
         )
         return result
-
-    def _read_from(self) -> dt.datetime | None:
-        """ReadFromDate, lowered by a date reset to an earlier day."""
-        configured, override = self.settings.read_from, self.read_from_override
-        if configured is None or override is None:
-            return configured
-        return min(configured, override)
 
     async def _leftover(self, session: ImapSession, last: BatchResult) -> tuple[int, int]:
         """(mails left from the last batch, mails that arrived after it started)."""

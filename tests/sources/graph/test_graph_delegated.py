@@ -22,7 +22,7 @@ from engage_listener.service.build_graph import (
     graph_connect,
     graph_token_source,
 )
-from engage_listener.sources.graph.http import GraphAccessDenied
+from engage_listener.sources.graph.answers import GraphAccessDenied
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.config_xml import WITH_GRAPH, graph_xml, write_config
 from tests.support.graph import BOX, NEW, all_moved, deliver

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engage_listener.errors import PermanentError
-from engage_listener.sources.graph.http import GraphAccessDenied, GraphThrottled
+from engage_listener.sources.graph.answers import GraphAccessDenied, GraphThrottled
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.graph import (
     BOX,

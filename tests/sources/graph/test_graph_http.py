@@ -1,4 +1,4 @@
-"""The Graph transport (engage_listener.sources.graph.http) against the Graph imitation.
+"""The Graph transport (sources.graph.http and .answers) against the Graph imitation.
 
 Every rule of the transport has a test here: ImmutableId on every call, paging, delta rounds,
 $value with its size cap, move and delete, $batch with throttled sub-requests, Retry-After on
@@ -26,18 +26,20 @@ from engage_listener.errors import (
     PermanentError,
     TransientError,
 )
-from engage_listener.sources.graph.http import (
-    BatchRequest,
+from engage_listener.sources.graph.answers import (
     DeltaExpired,
-    Exchange,
     GraphAccessDenied,
-    GraphHttpSettings,
     GraphNotFound,
     GraphRequestError,
-    GraphSession,
     GraphThrottled,
     ResponseTooLarge,
     mask,
+)
+from engage_listener.sources.graph.http import (
+    BatchRequest,
+    Exchange,
+    GraphHttpSettings,
+    GraphSession,
 )
 from tests.support.servers.graph_server import GraphServer, graph_server  # noqa: F401  (the fixture)
 from tests.support.servers.oauth_server import OAuthTestServer

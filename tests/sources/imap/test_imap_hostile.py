@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from devkit.dovecot import DovecotSandbox
 from engage_listener.oauth.provider import TokenProvider, provider_for
-from engage_listener.ops import diagnose
+from engage_listener.ops import diagnose, diagnose_steps
 from engage_listener.ops.admin import get_quarantine, list_quarantine
 from tests.support.fakes import FakeClock
 from tests.support.faults import errors
@@ -114,7 +114,7 @@ async def test_test_connection_reports_the_refusal_and_sends_nothing(
     assert "AllowPlaintextLogin" in tls.hint
     assert [s.name for s in steps] == ["dns", "tcp", "tls"]
     assert b"LOGIN" not in server.received.upper()
-    assert PASSWORD not in diagnose.render_text(steps)
+    assert PASSWORD not in diagnose_steps.render_text(steps)
 
 
 # ----- 2. every read bounded --------------------------------------------------------------

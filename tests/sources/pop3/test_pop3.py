@@ -4,14 +4,13 @@ LeaveOnServer, servers without UIDL, TLS, errors, limits, and IMAP alongside."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devkit.dovecot import DovecotSandbox, free_port
-from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.cases.engine import CaseEngine
 from engage_listener.cases.ingested import Ingested
 from engage_listener.errors import (
     AuthenticationError,
@@ -19,68 +18,18 @@ from engage_listener.errors import (
     TlsError,
     TransientError,
 )
-from engage_listener.observe.logs import get_logger
 from engage_listener.observe.protolog import ProtocolLog
 from engage_listener.service.build import build_listener
 from engage_listener.sources.pop3 import session as pop3
-from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings, ledger_key
-from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
+from engage_listener.sources.pop3.listener import ledger_key
+from engage_listener.sources.pop3.session import Pop3Session
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.fakes import FakeClock
 from tests.support.helpers import db_rows, eventually, listener_config, make_mail
+from tests.support.pop3 import POLL_SECONDS, dovecot_pop3, pop3_engine, pop3_listener
 
 INBOX = "INBOX"
-INTERVAL = 60.0
-
-
-def endpoint(
-    dovecot: DovecotSandbox, user: str, *, implicit: bool = False, **changes: Any
-) -> Pop3Endpoint:
-    ep = Pop3Endpoint(
-        host=dovecot.host,
-        port=dovecot.pop3s_port if implicit else dovecot.pop3_port,
-        use_ssl=implicit,
-        username=user,
-        password=DovecotSandbox.PASSWORD,
-        ca_file=str(dovecot.ca_file),
-        timeout=10.0,
-    )
-    return dataclasses.replace(ep, **changes)
-
-
-def engine(store: SqliteStore, listener_id: str = "Pop") -> CaseEngine:
-    return CaseEngine(store, EngineSettings(listener_id, extract_attachments=False))
-
-
-def make_listener(
-    ep: Pop3Endpoint,
-    store: SqliteStore,
-    *,
-    handler: Any = None,
-    clock: Any = None,
-    stop: asyncio.Event | None = None,
-    **settings: Any,
-) -> Pop3Listener:
-    cfg = Pop3Settings(
-        id=settings.pop("id", "Pop"),
-        sync_max_wait_time=settings.pop("sync_max_wait_time", INTERVAL),
-        sync_max_changes_count=settings.pop("sync_max_changes_count", 10),
-        **settings,
-    )
-
-    async def connect() -> Pop3Session:
-        return await Pop3Session.open(ep)
-
-    return Pop3Listener(
-        cfg,
-        connect=connect,
-        store=store,
-        handler=handler or engine(store, cfg.id),
-        clock=clock or FakeClock(),
-        stop=stop or asyncio.Event(),
-        log=get_logger(listener=cfg.id),
-    )
 
 
 class KillAfter:
@@ -124,7 +73,7 @@ async def test_mail_is_ingested_then_deleted(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, db: Path
 ) -> None:
     dovecot.append_many(mailbox_user, INBOX, [make_mail(i) for i in range(3)])
-    result = await make_listener(endpoint(dovecot, mailbox_user), store).run_once()
+    result = await pop3_listener(dovecot_pop3(dovecot, mailbox_user), store).run_once()
     assert (result.found, result.ingested, result.deleted) == (3, 3, 3)
     assert dovecot.count(mailbox_user, INBOX) == 0
     assert sorted(r[0] for r in db_rows(db, "SELECT subject FROM cases")) == [
@@ -140,19 +89,19 @@ async def test_leave_on_server_takes_each_mail_once_across_polls(
 ) -> None:
     dovecot.append_many(mailbox_user, INBOX, [make_mail(i) for i in range(2)])
     clock = FakeClock()
-    listener = make_listener(
-        endpoint(dovecot, mailbox_user), store, clock=clock, leave_on_server=True
+    listener = pop3_listener(
+        dovecot_pop3(dovecot, mailbox_user), store, clock=clock, leave_on_server=True
     )
     task = asyncio.create_task(listener.run())
     try:
         await eventually(lambda: listener.batches == 1 and clock.sleepers > 0, what="1st poll")
         dovecot.append(mailbox_user, INBOX, make_mail(2))
-        clock.advance(INTERVAL - 1)
+        clock.advance(POLL_SECONDS - 1)
         await asyncio.sleep(0.2)
         assert listener.batches == 1, "polled before the interval"
         clock.advance(1)
         await eventually(lambda: listener.batches == 2 and clock.sleepers > 0, what="2nd poll")
-        clock.advance(INTERVAL)
+        clock.advance(POLL_SECONDS)
         await eventually(lambda: listener.batches == 3 and clock.sleepers > 0, what="3rd poll")
     finally:
         listener.stop.set()
@@ -168,15 +117,15 @@ async def test_lost_deletions_are_redone_without_a_second_case(
 ) -> None:
     """Commit and DELE, then the connection drops before QUIT: the server keeps the mail."""
     dovecot.append_many(mailbox_user, INBOX, [make_mail(i) for i in range(3)])
-    ep = endpoint(dovecot, mailbox_user)
+    ep = dovecot_pop3(dovecot, mailbox_user)
     session = await Pop3Session.open(ep)
     listing = await session.list_uidls()
     for number, uidl in listing[:2]:
-        await engine(store).ingest(ledger_key("Pop", uidl), await session.retrieve(number))
+        await pop3_engine(store).ingest(ledger_key("Pop", uidl), await session.retrieve(number))
         await session.delete(number)
     session.abort()
     assert dovecot.count(mailbox_user, INBOX) == 3, "DELE must not commit without QUIT"
-    result = await make_listener(ep, store).run_once()
+    result = await pop3_listener(ep, store).run_once()
     assert (result.already_known, result.ingested, result.deleted) == (2, 1, 3)
     assert dovecot.count(mailbox_user, INBOX) == 0
     assert case_count(db) == 3
@@ -186,13 +135,13 @@ async def test_connection_killed_mid_poll_loses_and_duplicates_nothing(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, db: Path
 ) -> None:
     dovecot.append_many(mailbox_user, INBOX, [make_mail(i) for i in range(4)])
-    ep = endpoint(dovecot, mailbox_user)
-    killer = KillAfter(engine(store), dovecot, mailbox_user, 2)
+    ep = dovecot_pop3(dovecot, mailbox_user)
+    killer = KillAfter(pop3_engine(store), dovecot, mailbox_user, 2)
     with pytest.raises(TransientError):
-        await make_listener(ep, store, handler=killer).run_once()
+        await pop3_listener(ep, store, handler=killer).run_once()
     assert dovecot.count(mailbox_user, INBOX) == 4  # no QUIT: no deletion committed
     assert case_count(db) == 2
-    result = await make_listener(ep, store).run_once()
+    result = await pop3_listener(ep, store).run_once()
     assert (result.already_known, result.ingested, result.deleted) == (2, 2, 4)
     assert dovecot.count(mailbox_user, INBOX) == 0
     assert case_count(db) == 4
@@ -211,7 +160,7 @@ async def test_server_without_uidl_falls_back_to_header_hashes(
 
     monkeypatch.setattr(pop3._Conn, "uidl", no_uidl)
     dovecot.append_many(mailbox_user, INBOX, [make_mail(i) for i in range(3)])
-    ep = endpoint(dovecot, mailbox_user)
+    ep = dovecot_pop3(dovecot, mailbox_user)
     session = await Pop3Session.open(ep)
     try:
         listing = await session.list_uidls()
@@ -221,8 +170,8 @@ async def test_server_without_uidl_falls_back_to_header_hashes(
     assert [n for n, _ in listing] == [1, 2, 3]
     assert all(u.startswith("sha256:") and len(u) == 71 for _, u in listing)
     assert len({u for _, u in listing}) == 3
-    first = await make_listener(ep, store, leave_on_server=True).run_once()
-    again = await make_listener(ep, store).run_once()
+    first = await pop3_listener(ep, store, leave_on_server=True).run_once()
+    again = await pop3_listener(ep, store).run_once()
     assert (first.ingested, again.already_known, again.ingested, again.deleted) == (3, 3, 0, 3)
     assert dovecot.count(mailbox_user, INBOX) == 0
     assert case_count(db) == 3
@@ -233,11 +182,11 @@ async def test_tls_with_the_servers_own_ca(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, implicit: bool
 ) -> None:
     dovecot.append(mailbox_user, INBOX, make_mail(1))
-    ep = endpoint(dovecot, mailbox_user, implicit=implicit)
+    ep = dovecot_pop3(dovecot, mailbox_user, implicit=implicit)
     session = await Pop3Session.open(ep)
     assert session.tls == ("implicit" if implicit else "stls")
     await session.quit()
-    assert (await make_listener(ep, store).run_once()).deleted == 1
+    assert (await pop3_listener(ep, store).run_once()).deleted == 1
 
 
 @pytest.mark.parametrize("implicit", [True, False], ids=["pop3s", "stls"])
@@ -245,17 +194,17 @@ async def test_untrusted_certificate_is_refused(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, implicit: bool
 ) -> None:
     dovecot.append(mailbox_user, INBOX, make_mail(1))
-    ep = endpoint(dovecot, mailbox_user, implicit=implicit, ca_file=None)
+    ep = dovecot_pop3(dovecot, mailbox_user, implicit=implicit, ca_file=None)
     with pytest.raises(TlsError, match="not trusted"):
-        await make_listener(ep, store).run_once()
+        await pop3_listener(ep, store).run_once()
     assert dovecot.count(mailbox_user, INBOX) == 1
 
 
 async def test_bad_password_is_reported_and_run_keeps_going(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore
 ) -> None:
-    ep = endpoint(dovecot, mailbox_user, password="wrong-secret")
-    listener = make_listener(ep, store)
+    ep = dovecot_pop3(dovecot, mailbox_user, password="wrong-secret")
+    listener = pop3_listener(ep, store)
     with pytest.raises(AuthenticationError, match="login refused") as info:
         await listener.run_once()
     assert "wrong-secret" not in str(info.value)
@@ -270,8 +219,8 @@ async def test_bad_password_is_reported_and_run_keeps_going(
 async def test_unreachable_server_backs_off(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore
 ) -> None:
-    ep = endpoint(dovecot, mailbox_user, port=free_port())
-    listener = make_listener(ep, store)
+    ep = dovecot_pop3(dovecot, mailbox_user, port=free_port())
+    listener = pop3_listener(ep, store)
     with pytest.raises(ConnectionLostError, match=r"connecting to .*refused"):
         await listener.run_once()
     task = asyncio.create_task(listener.run())
@@ -284,12 +233,12 @@ async def test_sync_max_changes_count_is_respected(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, db: Path
 ) -> None:
     dovecot.append_many(mailbox_user, INBOX, [make_mail(i) for i in range(5)])
-    ep = endpoint(dovecot, mailbox_user)
-    result = await make_listener(ep, store, sync_max_changes_count=2).run_once()
+    ep = dovecot_pop3(dovecot, mailbox_user)
+    result = await pop3_listener(ep, store, sync_max_changes_count=2).run_once()
     assert (result.ingested, result.deferred, result.deleted) == (2, 3, 2)
     assert dovecot.count(mailbox_user, INBOX) == 3
     clock = FakeClock()  # never advanced: the rest must follow at once, 2 per poll
-    listener = make_listener(ep, store, clock=clock, sync_max_changes_count=2)
+    listener = pop3_listener(ep, store, clock=clock, sync_max_changes_count=2)
     task = asyncio.create_task(listener.run())
     try:
         await eventually(lambda: listener.state == "idle", what="backlog drained")
@@ -307,12 +256,12 @@ async def test_failing_mail_is_retried_then_quarantined_and_deleted(
     dovecot.append_many(
         mailbox_user, INBOX, [make_mail(1), make_mail(2, subject="veneno"), make_mail(3)]
     )
-    ep = endpoint(dovecot, mailbox_user)
-    handler = RefuseSubject(engine(store), b"veneno")
-    first = await make_listener(ep, store, handler=handler, max_attempts=2).run_once()
+    ep = dovecot_pop3(dovecot, mailbox_user)
+    handler = RefuseSubject(pop3_engine(store), b"veneno")
+    first = await pop3_listener(ep, store, handler=handler, max_attempts=2).run_once()
     assert (first.ingested, first.failed, first.quarantined, first.deleted) == (2, 1, 0, 2)
     assert dovecot.count(mailbox_user, INBOX) == 1  # kept for the next attempt
-    second = await make_listener(ep, store, handler=handler, max_attempts=2).run_once()
+    second = await pop3_listener(ep, store, handler=handler, max_attempts=2).run_once()
     assert (second.failed, second.quarantined, second.deleted) == (0, 1, 1)
     assert dovecot.count(mailbox_user, INBOX) == 0
     assert db_rows(db, "SELECT subject, attempts FROM quarantine") == [("veneno", 2)]
@@ -326,8 +275,8 @@ async def test_protocol_log_masks_the_password_and_bodies(
 ) -> None:
     dovecot.append(mailbox_user, INBOX, make_mail(1))
     path = tmp_path / "pop3.log"
-    ep = endpoint(dovecot, mailbox_user, protolog_factory=lambda: ProtocolLog(path))
-    await make_listener(ep, store).run_once()
+    ep = dovecot_pop3(dovecot, mailbox_user, protolog_factory=lambda: ProtocolLog(path))
+    await pop3_listener(ep, store).run_once()
     text = path.read_text()
     assert "PASS ***" in text and "STLS" in text and "DELE 1" in text and "QUIT" in text
     assert DovecotSandbox.PASSWORD not in text
@@ -344,13 +293,13 @@ async def test_imap_and_pop3_listeners_side_by_side(
     dovecot.append_many(pop_user, INBOX, [make_mail(i) for i in range(3)])
     clock, stop = FakeClock(), asyncio.Event()
     imap = build_listener(listener_config(dovecot, imap_user, id="Imap"), store, clock, stop)
-    pop = make_listener(endpoint(dovecot, pop_user), store, clock=clock, stop=stop)
+    pop = pop3_listener(dovecot_pop3(dovecot, pop_user), store, clock=clock, stop=stop)
     tasks = [asyncio.create_task(imap.run()), asyncio.create_task(pop.run())]
     try:
         await eventually(lambda: dovecot.count(imap_user, "IMAP/Done") == 2, what="IMAP")
         await eventually(lambda: pop.state == "idle", what="POP3 poll done")
         dovecot.append(pop_user, INBOX, make_mail(9))
-        clock.advance(INTERVAL)
+        clock.advance(POLL_SECONDS)
         await eventually(lambda: pop.batches == 2 and pop.state == "idle", what="2nd poll")
     finally:
         stop.set()

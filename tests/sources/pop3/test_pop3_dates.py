@@ -3,20 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
 
 from devkit.dovecot import DovecotSandbox
-from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.intake.control import read_control, request_date, resume
-from engage_listener.observe.logs import get_logger
 from engage_listener.sources.pop3.dates import DateFilter, header_date
-from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
-from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
+from engage_listener.sources.pop3.listener import Pop3Listener
 from engage_listener.store.sqlite.store import SqliteStore
-from tests.support.fakes import FakeClock
 from tests.support.helpers import db_rows
+from tests.support.pop3 import dovecot_pop3, pop3_listener
 
 INBOX = "INBOX"
 FEB = dt.datetime(2024, 2, 1, tzinfo=dt.UTC)
@@ -38,24 +34,8 @@ def put_dated(dovecot: DovecotSandbox, user: str, *dates: str | None) -> None:
 def listener(
     dovecot: DovecotSandbox, user: str, store: SqliteStore, *, leave: bool = False
 ) -> Pop3Listener:
-    ep = Pop3Endpoint(
-        host=dovecot.host, port=dovecot.pop3_port, use_ssl=False, username=user,
-        password=DovecotSandbox.PASSWORD, ca_file=str(dovecot.ca_file), timeout=10.0,
-    )  # fmt: skip
-
-    async def connect() -> Pop3Session:
-        return await Pop3Session.open(ep)
-
-    settings = Pop3Settings("Pop", 60.0, 10, leave_on_server=leave, read_from=FEB)
-    return Pop3Listener(
-        settings,
-        connect=connect,
-        store=store,
-        handler=CaseEngine(store, EngineSettings("Pop", extract_attachments=False)),
-        clock=FakeClock(),
-        stop=asyncio.Event(),
-        log=get_logger(listener="Pop"),
-    )
+    ep = dovecot_pop3(dovecot, user)
+    return pop3_listener(ep, store, leave_on_server=leave, read_from=FEB)
 
 
 def subjects(db: Path) -> list[str]:

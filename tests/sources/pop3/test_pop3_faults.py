@@ -19,40 +19,17 @@ from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.cases.ingested import Ingested
 from engage_listener.config.model import Secret
 from engage_listener.errors import ConnectionLostError
-from engage_listener.intake.contract import Handler
 from engage_listener.intake.retry import BACKOFF_CAP, PERMANENT_RETRY
-from engage_listener.observe.logs import get_logger
 from engage_listener.service.build import build_listener, build_pop3_listener
-from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
-from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
+from engage_listener.sources.pop3.session import Pop3Endpoint
 from engage_listener.store.interface import MailKey
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.fakes import FakeClock
 from tests.support.helpers import db_rows, eventually, listener_config, make_mail
+from tests.support.pop3 import dovecot_pop3, pop3_listener
 
 INBOX = "INBOX"
 NEW, DONE = "IMAP/New", "IMAP/Done"
-
-
-def pop3_listener(
-    ep: Pop3Endpoint,
-    store: SqliteStore,
-    clock: FakeClock,
-    handler: Handler | None = None,
-    lid: str = "Pop",
-) -> Pop3Listener:
-    async def connect() -> Pop3Session:
-        return await Pop3Session.open(ep)
-
-    return Pop3Listener(
-        Pop3Settings(lid, sync_max_wait_time=60.0, sync_max_changes_count=10),
-        connect=connect,
-        store=store,
-        handler=handler or CaseEngine(store, EngineSettings(lid, extract_attachments=False)),
-        clock=clock,
-        stop=asyncio.Event(),
-        log=get_logger(listener=lid),
-    )
 
 
 # ----- a server that accepts the connection and never greets ----------------------------
@@ -75,7 +52,7 @@ async def test_a_server_that_never_greets_times_out_without_blocking_the_loop(
     timeout = 0.6
     ep = Pop3Endpoint("127.0.0.1", port, False, "u", "p", timeout=timeout)
     clock = FakeClock()
-    listener = pop3_listener(ep, store, clock)
+    listener = pop3_listener(ep, store, clock=clock)
     ticks = 0
 
     async def ticker() -> None:
@@ -112,7 +89,7 @@ async def test_a_server_that_never_greets_times_out_without_blocking_the_loop(
         assert conn.recv(100) == b""
     # The same error for a single pass (`run --once`).
     with pytest.raises(ConnectionLostError, match="timed out"):
-        await pop3_listener(ep, store, clock).run_once()
+        await pop3_listener(ep, store, clock=clock).run_once()
 
 
 # ----- RETR answered -ERR: the message went away between UIDL and RETR --------------------
@@ -153,27 +130,15 @@ class ExpungeWhenIngested:
         return await self.inner.quarantine(key, raw, reason, attempts)
 
 
-def plain_endpoint(dovecot: DovecotSandbox, user: str) -> Pop3Endpoint:
-    return Pop3Endpoint(
-        dovecot.host,
-        dovecot.pop3_port,
-        False,
-        user,
-        DovecotSandbox.PASSWORD,
-        str(dovecot.ca_file),
-        timeout=10,
-    )
-
-
 async def test_retr_refused_for_a_message_expunged_meanwhile(
     dovecot: DovecotSandbox, mailbox_user: str, store: SqliteStore, db: Path
 ) -> None:
     user = mailbox_user
     dovecot.append_many(user, INBOX, [make_mail(i) for i in range(4)])
-    ep = plain_endpoint(dovecot, user)
+    ep = dovecot_pop3(dovecot, user)
     handler = ExpungeWhenIngested(store, dovecot, user, "Consulta 0", "Consulta 1")
     with capture_logs() as logs:
-        result = await pop3_listener(ep, store, FakeClock(), handler).run_once()
+        result = await pop3_listener(ep, store, handler=handler).run_once()
     assert (result.found, result.ingested, result.failed, result.deleted) == (4, 3, 1, 3)
     failed = [e for e in logs if e["event"] == "message_failed"]
     assert len(failed) == 1
@@ -191,7 +156,7 @@ async def test_retr_refused_for_a_message_expunged_meanwhile(
     assert db_rows(db, "SELECT count(*), min(state), max(state) FROM ledger") == [
         (3, "deleted", "deleted")
     ]
-    again = await pop3_listener(ep, store, FakeClock()).run_once()
+    again = await pop3_listener(ep, store).run_once()
     assert (again.found, again.failed) == (0, 0)
 
 
@@ -200,18 +165,18 @@ async def test_a_message_expunged_between_its_commit_and_its_dele(
 ) -> None:
     user = mailbox_user
     dovecot.append_many(user, INBOX, [make_mail(i) for i in range(4)])
-    ep = plain_endpoint(dovecot, user)
+    ep = dovecot_pop3(dovecot, user)
     # Dovecot accepts the DELE of a mail another client expunged: it is gone either way.
     handler = ExpungeWhenIngested(store, dovecot, user, "Consulta 1", "Consulta 1")
     with capture_logs() as logs:
-        result = await pop3_listener(ep, store, FakeClock(), handler).run_once()
+        result = await pop3_listener(ep, store, handler=handler).run_once()
     assert (result.found, result.ingested, result.failed, result.deleted) == (4, 4, 0, 4)
     assert not [e for e in logs if e["log_level"] in ("warning", "error")]
     assert sorted(r[0] for r in db_rows(db, "SELECT subject FROM cases")) == [
         f"Consulta {i}" for i in range(4)
     ]
     assert dovecot.count(user, INBOX) == 0
-    again = await pop3_listener(ep, store, FakeClock()).run_once()
+    again = await pop3_listener(ep, store).run_once()
     assert (again.found, again.ingested) == (0, 0)
     assert db_rows(db, "SELECT count(*) FROM cases") == [(4,)]
 

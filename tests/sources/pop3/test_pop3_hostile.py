@@ -14,16 +14,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from devkit.dovecot import DovecotSandbox
-from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.errors import TlsError, TransientError
-from engage_listener.observe.logs import get_logger
-from engage_listener.sources.pop3.listener import Pop3Listener, Pop3Settings
-from engage_listener.sources.pop3.session import Pop3Endpoint, Pop3Session
+from engage_listener.sources.pop3.session import Pop3Endpoint
 from engage_listener.sources.pop3.wire import ReadLimitExceeded, ReadLimits
 from engage_listener.store.sqlite.store import SqliteStore
-from tests.support.fakes import FakeClock
 from tests.support.fixtures import StartHostilePop3
 from tests.support.helpers import db_rows, eventually, make_mail
+from tests.support.pop3 import dovecot_pop3, pop3_listener
 from tests.support.servers.hostile_pop3 import HostilePop3, Mail, PeakRss
 
 PASSWORD = "pop-Secret-4711"
@@ -42,23 +39,6 @@ class FixedToken:
 def hostile_endpoint(server: HostilePop3, **changes: Any) -> Pop3Endpoint:
     ep = Pop3Endpoint(server.host, server.port, False, "cliente", PASSWORD, timeout=5.0)
     return dataclasses.replace(ep, **changes)
-
-
-def pop3_listener(
-    ep: Pop3Endpoint, store: SqliteStore, lid: str = "Pop", **settings: Any
-) -> Pop3Listener:
-    async def connect() -> Pop3Session:
-        return await Pop3Session.open(ep)
-
-    return Pop3Listener(
-        Pop3Settings(lid, sync_max_wait_time=60.0, sync_max_changes_count=10, **settings),
-        connect=connect,
-        store=store,
-        handler=CaseEngine(store, EngineSettings(lid, extract_attachments=False)),
-        clock=FakeClock(),
-        stop=asyncio.Event(),
-        log=get_logger(listener=lid),
-    )
 
 
 def subjects(db: Path, listener: str = "Pop") -> list[str]:
@@ -173,7 +153,7 @@ async def test_a_trickling_server_backs_off_while_another_listener_takes_its_mai
     slow = hostile_pop3([Mail("u1", make_mail(1))], retr="trickle", trickle_every=0.2)
     sane = hostile_pop3([Mail("v1", make_mail(2, subject="sano"))])
     bad = pop3_listener(shrunk(slow), store, lid="Slow")
-    good = pop3_listener(hostile_endpoint(sane, allow_plaintext_login=True), store, "Sane")
+    good = pop3_listener(hostile_endpoint(sane, allow_plaintext_login=True), store, lid="Sane")
     tasks = [asyncio.create_task(bad.run()), asyncio.create_task(good.run())]
     try:
         await eventually(lambda: subjects(db, "Sane") == ["sano"], what="sane listener")
@@ -238,10 +218,7 @@ async def test_an_oversize_mail_is_quarantined_from_its_header_and_left_on_the_s
 ) -> None:
     big = make_mail(2, subject="enorme", body="relleno " * 40_000)  # about 320 kB
     dovecot.append_many(mailbox_user, "INBOX", [make_mail(1), big, make_mail(3)])
-    ep = Pop3Endpoint(
-        dovecot.host, dovecot.pop3_port, False, mailbox_user, DovecotSandbox.PASSWORD,
-        str(dovecot.ca_file), timeout=10.0, max_message_size=100_000,
-    )  # fmt: skip
+    ep = dovecot_pop3(dovecot, mailbox_user, max_message_size=100_000)
     first = await pop3_listener(ep, store).run_once()
     assert (first.ingested, first.quarantined, first.deleted) == (2, 1, 2)
     assert dovecot.count(mailbox_user, "INBOX") == 1  # the big one stays
