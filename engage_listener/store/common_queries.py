@@ -116,6 +116,14 @@ class CommonQueries(CommonReads):
         return fence is None or int(cur.rowcount) == 1
 
     # ----- the outboxes' listings -----------------------------------------------------
+    async def unsettled(self, listener: str, mailbox: str, epoch: str) -> list[str]:
+        rows = await self._rows(
+            "SELECT item FROM ledger WHERE listener = ? AND mailbox = ? AND epoch = ?"
+            " AND state = 'committed' ORDER BY item",
+            (listener, mailbox, epoch),
+        )
+        return [str(r[0]) for r in rows]
+
     async def outbox_in_state(self, state: OutboxState) -> list[int]:
         rows = await self._rows("SELECT id FROM outbox WHERE state = ? ORDER BY id", (state,))
         return [int(r[0]) for r in rows]

@@ -246,6 +246,11 @@ class Store(CaseReads, OutboxReads, WebhookReads, ControlAndStatus, Protocol):
         """Ledger state of those items already in the ledger (committed, quarantined, ...)."""
         ...
 
+    async def unsettled(self, listener: str, mailbox: str, epoch: str) -> list[str]:
+        """Items committed whose move or delete was never recorded (`mark_done`): a crash
+        after the server moved them, or before it did."""
+        ...
+
     async def ledger_history(self, listener: str, mailbox: str, item: str) -> list[LedgerEntry]:
         """Every mail taken under this item id in any epoch, oldest epoch first."""
         ...

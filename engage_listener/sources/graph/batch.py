@@ -26,6 +26,10 @@ Decisions:
   by an earlier run whose `mark_done` was lost, or by a person): it counts as done. Any
   other failure leaves the mail in the input folder; the ledger makes the next batch
   only move it.
+* A mail the ledger says committed that the input folder no longer lists was moved by a
+  run killed before its `mark_done` (`$batch` had answered): the next batch records it
+  done, so no ledger row stays `committed` for a mail in the output folder. (An immutable
+  id never comes back to the input folder as another mail.)
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ class GraphBatch:
         started = time.monotonic()
         try:
             rows = await self.listing()
+            await self._gone(rows)
             self.result.found = len(rows)
             rows = self._read_from_on(rows)
             self.result.oldest = str(rows[0].get("receivedDateTime")) if rows else None
@@ -146,7 +151,7 @@ class GraphBatch:
 
     async def run_in_place(self, rows: list[dict[str, Any]]) -> GraphBatchResult:
         """Ingest `rows` (of the output folder, after `reset --date`) as `run` does, but
-        leave committed mail where it is: processed mail already lives there. Quarantined
+        leave committed mail where it is (recorded moved): processed mail lives there. Quarantined
         mail still goes to the error folder. The key stays the input folder's: an
         immutable id is the same wherever the mail was moved, so the ledger knows it."""
         started = time.monotonic()
@@ -154,6 +159,8 @@ class GraphBatch:
         try:
             await self._take_all(await self._unknown(rows))
         finally:
+            if self.committed:  # where they belong already: recorded as moved
+                await self.store.mark_done([self.key(i) for i in self.committed], "moved")
             self.committed.clear()
             await self._settle()
             self.result.seconds = time.monotonic() - started
@@ -191,6 +198,16 @@ class GraphBatch:
             (self.quarantined if state == "quarantined" else self.committed).append(item)
         self.result.already_known += len(known)
         return [r for r in rows if str(r["id"]) not in known]
+
+    async def _gone(self, rows: list[dict[str, Any]]) -> None:
+        """Committed mails no longer in the input folder: already moved (see Decisions)."""
+        listed = {str(r["id"]) for r in rows}
+        unsettled = await self.store.unsettled(self.listener, self.folders.input_id, EPOCH)
+        gone = [self.key(item) for item in unsettled if item not in listed]
+        if gone:
+            final: SettledState = "moved" if self.folders.output_id is not None else "deleted"
+            await self.store.mark_done(gone, final)
+            self.log.info("moved_before", mails=len(gone))
 
     async def _fetch(self, row: dict[str, Any]) -> bytes:
         """The MIME text; ResponseTooLarge (over MaxMessageSize) and GraphNotFound (gone

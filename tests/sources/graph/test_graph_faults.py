@@ -15,6 +15,7 @@ from engage_listener.sources.graph.answers import GraphAccessDenied, GraphThrott
 from engage_listener.store.sqlite.store import SqliteStore
 from tests.support.graph import (
     BOX,
+    DONE,
     NEW,
     Tokens,
     all_moved,
@@ -127,6 +128,29 @@ async def test_restart_after_commit_before_move_moves_without_a_second_case(
     restarted = make(tmp_path / "again", graph, store)
     result = await restarted.run_once()
     assert (result.already_known, result.ingested, result.done) == (5, 0, 5)
+    assert all_moved(graph, db, ids)
+
+
+async def test_mails_moved_by_a_run_killed_before_it_recorded_the_move_are_recorded(
+    tmp_path: Path,
+    graph: GraphServer,
+    store: SqliteStore,
+    db: Path,
+) -> None:
+    """A kill -9 between `$batch`'s moves and `mark_done`: the mails are in the output
+    folder, the ledger still says committed. The next batch records them moved (and only
+    moves the ones still in the input folder), so no row stays committed."""
+    listener, ids = arrange(tmp_path, graph, store, 5)
+    graph.fault("500", path="$batch", times=10)
+    with pytest.raises(Exception):  # noqa: B017 - whichever Graph error ended it
+        await listener.run_once()
+    graph.traffic.faults.clear()
+    for moved in ids[:3]:  # the killed run's $batch had moved these
+        graph.move(BOX, moved, DONE)
+    assert set(ledger(db).values()) == {"committed"}
+    restarted = make(tmp_path / "again", graph, store)
+    result = await restarted.run_once()
+    assert (result.already_known, result.ingested, result.done) == (2, 0, 2)
     assert all_moved(graph, db, ids)
 
 
