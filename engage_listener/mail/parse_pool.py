@@ -53,10 +53,9 @@ Decisions:
   loop (store, routing, TLS) is the limit, a second worker only took CPU from the loop:
   0.89x Workers 1's msgs/s at 10,000 mails and 0.78x at 1,000, and ~35 MiB more
   (bench/README.md, "Workers as needed"); and a 16-core server held 16 idle processes.
-  How busy a worker is says nothing of this (one starved of CPU is busy, yet its answers
-  may be ready before the batch needs them), nor does the waiting alone: the batch waits
-  for the first mails of each chunk fetched (~20% of its time in the bench, with one
-  worker or two). Workers are not stopped again.
+  Neither a busy worker (one starved of CPU is busy, yet ahead of the batch) nor waiting
+  alone (for each fetched chunk's first mails: ~20% of the time, one worker or two) says
+  it. Workers are not stopped again.
 - Pickle, in-band: out-of-band buffers would spare one copy of an answer's bytes each
   side (~10 us for the average 50 kB mail); marshal with the dataclasses rebuilt here
   measured slower (0.11 + 0.15 ms a mail against 0.10 + 0.10): building the objects is
@@ -163,8 +162,11 @@ class ParsePool:
         waited, the CPUs' idle seconds then)."""
         since, waited, idle = self._window
         now = time.monotonic()
-        if not since or now - since < GROW_SECONDS:
-            self._window = (since or now - seconds, waited + seconds, idle or cpu_idle())
+        if not since:  # the first window: the CPUs' idle time read once for it
+            self._window = (now - seconds, seconds, cpu_idle())
+            return
+        if now - since < GROW_SECONDS:
+            self._window = (since, waited + seconds, idle)
             return
         idle_now = cpu_idle()
         self._window = (now, 0.0, idle_now)
