@@ -27,9 +27,11 @@ Decisions:
   other failure leaves the mail in the input folder; the ledger makes the next batch
   only move it.
 * A mail the ledger says committed that the input folder no longer lists was moved by a
-  run killed before its `mark_done` (`$batch` had answered): the next batch records it
-  done, so no ledger row stays `committed` for a mail in the output folder. (An immutable
-  id never comes back to the input folder as another mail.)
+  run killed before its `mark_done` (`$batch` had answered), or by one whose store failed
+  then: the first batch of each connection (`reconcile`) records it done, so no ledger
+  row stays `committed` for a mail in the output folder. Only then: within a connection
+  every answered move is marked, and the look-up reads all of a listener's ledger keys.
+  (An immutable id never comes back to the input folder as another mail.)
 """
 
 from __future__ import annotations
@@ -133,11 +135,14 @@ class GraphBatch:
     def key(self, item: str) -> MailKey:
         return MailKey(self.listener, self.folders.input_id, EPOCH, item)
 
-    async def run(self) -> GraphBatchResult:
+    async def run(self, *, reconcile: bool = False) -> GraphBatchResult:
+        """One batch; `reconcile`: first record committed mail gone from the input folder
+        as moved (see Decisions)."""
         started = time.monotonic()
         try:
             rows = await self.listing()
-            await self._gone(rows)
+            if reconcile:
+                await self._gone(rows)
             self.result.found = len(rows)
             rows = self._read_from_on(rows)
             self.result.oldest = str(rows[0].get("receivedDateTime")) if rows else None
@@ -205,8 +210,7 @@ class GraphBatch:
         unsettled = await self.store.unsettled(self.listener, self.folders.input_id, EPOCH)
         gone = [self.key(item) for item in unsettled if item not in listed]
         if gone:
-            final: SettledState = "moved" if self.folders.output_id is not None else "deleted"
-            await self.store.mark_done(gone, final)
+            await self.store.mark_done(gone, _settled(self.folders.output_id, None))
             self.log.info("moved_before", mails=len(gone))
 
     async def _fetch(self, row: dict[str, Any]) -> bytes:
@@ -287,8 +291,7 @@ class GraphBatch:
                 self.result.settle_failed.append(item)
                 self.log.warning("move_failed", id=item[-12:], status=status)
         if settled:
-            final: SettledState = state or ("moved" if target is not None else "deleted")
-            await self.store.mark_done(settled, final)
+            await self.store.mark_done(settled, _settled(target, state))
         return len(settled)
 
     def _request(self, number: int, item: str, target: str | None) -> BatchRequest:
@@ -296,6 +299,11 @@ class GraphBatch:
         if target is None:
             return BatchRequest(str(number + 1), "DELETE", where)
         return BatchRequest(str(number + 1), "POST", f"{where}/move", {"destinationId": target})
+
+
+def _settled(target: str | None, state: SettledState | None) -> SettledState:
+    """What the ledger records of mail taken to `target` (None: deleted)."""
+    return state or ("moved" if target is not None else "deleted")
 
 
 def received(stamp: object) -> dt.datetime | None:

@@ -61,6 +61,7 @@ class GraphListener(BatchingListener[GraphSettings, Callable[[], GraphSession]])
         self.error_folder = settings.error_folder or sibling(settings.input_folder, "Error")
         self._error_id: str | None = None  # the error folder's id, once looked up
         self._first_change: float | None = None  # when the first waiting change was seen
+        self._reconciled = False  # the ledger's unsettled rows checked since connecting
 
     # ----- public ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -88,6 +89,7 @@ class GraphListener(BatchingListener[GraphSettings, Callable[[], GraphSession]])
     # ----- connection -----------------------------------------------------------------
     async def _folders(self, session: GraphSession) -> Folders:
         self.state = "connecting"
+        self._reconciled = False  # a run before this connection may have left some
         input_id = await resolve_folder(session, self.settings.input_folder, "input folder")
         out = self.settings.output_folder
         output_id = await resolve_folder(session, out, "output folder") if out else None
@@ -114,7 +116,8 @@ class GraphListener(BatchingListener[GraphSettings, Callable[[], GraphSession]])
         self.log.info("batch_start", reason=reason, pending=self.pending)
 
         batch = self._new_batch(session, folders)
-        result = await batch.run()
+        result = await batch.run(reconcile=not self._reconciled)
+        self._reconciled = True
         self._batch_done(result)
         self.backlog = result.failed + len(result.settle_failed)
         self.oldest_unprocessed = received(result.oldest) if self.backlog else None
