@@ -112,7 +112,9 @@ class CaseEngine:
             rules = self._rules(mail)
             check_rules(rules)  # Quarantine or Discard: before any customer or case
             customer = await self._customer(tx, person, seen.customer)
-            case, is_new, reopened = await self._find_or_open(tx, mail, customer, automatic, rules)
+            case, is_new, reopened = await self._find_or_open(
+                tx, mail, person, customer, automatic, rules
+            )
             if case is None:  # automatic mail that matches no case: kept, ignored
                 await self._ignore(tx, key, message)
                 return Ingested(None, None, False, False, ignored=True)
@@ -265,6 +267,7 @@ class CaseEngine:
         self,
         tx: Transaction,
         mail: parser.ParsedMail,
+        person: parser.Address | None,
         customer: Customer | None,
         automatic: str | None,
         rules: RuleOutcome,
@@ -274,7 +277,7 @@ class CaseEngine:
         closed case it would have joined (closed less than ReopenDays ago); else open one,
         related to the case it named or that closed case. In the process a rule's
         SetProcess names, else the listener's CaseProcess. An automatic mail never reopens
-        a case."""
+        a case. `person`: the sender (CustomerFrom), whom a new case is from."""
         normalized = normalize_subject(mail.subject, self.settings.subject_prefixes)
         s = self.settings
         process = rules.process or s.process
@@ -297,8 +300,7 @@ class CaseEngine:
         related = related or closed.related_case_id
         if automatic and self.settings.automatic_mail == "Ignore":
             return None, False, False
-        sender = chosen_address(mail, s.customer_from, s.all_own_addresses)
-        sender = sender or parser.Address("", "")
+        sender = person or parser.Address("", "")
         new = NewCase(
             listener=self.settings.listener,
             process=process,
