@@ -35,12 +35,14 @@ from engage_listener.mail.parse_pool import Prepared
 from engage_listener.mail.parse_shared import prepare_for_quarantine, shared
 from engage_listener.mail.subjects import normalize_subject
 from engage_listener.store.interface import (
+    CaseCandidate,
     CaseRef,
     Customer,
     MailKey,
     NewCase,
     NewMessage,
     Store,
+    SubjectKey,
     Transaction,
 )
 from engage_listener.store.records import CaseStatus
@@ -98,10 +100,15 @@ class CaseEngine:
     ) -> Ingested:
         person = self._person(mail)
         address = person.normalized if person else ""
+        rules = self._rules(mail)  # no store: first, since the process it sets is looked up
+        subject = SubjectKey(
+            rules.process or self.settings.process,
+            normalize_subject(mail.subject, self.settings.subject_prefixes),
+        )
         async with self.store.transaction() as tx:
             seen = await tx.find_arrival(
-                key.listener, message.sha256, message.message_id, address
-            )  # the duplicate check and the sender's customer: one read
+                key.listener, message.sha256, message.message_id, address, subject
+            )  # the duplicate check, the sender's customer and its cases: one read
             duplicate = seen.duplicate
             if duplicate is not None:
                 await tx.add_ledger(key, duplicate, message)
@@ -109,11 +116,11 @@ class CaseEngine:
                 if case is None:  # the first copy was kept without a case (ignored)
                     return Ingested(None, None, False, True, ignored=True)
                 return Ingested(case.id, case.case_number, False, True)
-            rules = self._rules(mail)
             check_rules(rules)  # Quarantine or Discard: before any customer or case
-            customer = await self._customer(tx, person, seen.customer)
+            customer, looked_up = await self._customer(tx, person, seen.customer)
+            by_subject = seen.by_subject if looked_up else None
             case, is_new, reopened = await self._find_or_open(
-                tx, mail, person, customer, automatic, rules
+                tx, mail, person, customer, automatic, subject, by_subject
             )
             if case is None:  # automatic mail that matches no case: kept, ignored
                 await self._ignore(tx, key, message)
@@ -245,12 +252,13 @@ class CaseEngine:
 
     async def _customer(
         self, tx: Transaction, person: parser.Address | None, found: Customer | None
-    ) -> Customer | None:
+    ) -> tuple[Customer | None, bool]:
         """The sender's (`person`'s) customer as `find_arrival` `found` it, or what
-        UnknownSender says without one."""
+        UnknownSender says without one; and whether its cases by subject are those
+        `find_arrival` looked up (not for the DefaultCustomer: a new one has none)."""
         address = person.normalized if person else ""
         if found is not None:
-            return found
+            return found, True
         policy = self.settings.unknown_sender
         if policy == "Quarantine":
             raise QuarantineNow(f"unknown sender {address or '(none)'} (UnknownSender=Quarantine)")
@@ -258,10 +266,10 @@ class CaseEngine:
             default = await tx.get_customer(self.settings.default_customer_id)
             if default is None:
                 raise LookupError(f"DefaultCustomer {self.settings.default_customer_id} not found")
-            return default
+            return default, False
         if not address:
-            return None
-        return await tx.create_customer(person.name if person else "", address, "auto")
+            return None, True
+        return await tx.create_customer(person.name if person else "", address, "auto"), True
 
     async def _find_or_open(
         self,
@@ -270,27 +278,31 @@ class CaseEngine:
         person: parser.Address | None,
         customer: Customer | None,
         automatic: str | None,
-        rules: RuleOutcome,
+        subject: SubjectKey,
+        by_subject: tuple[CaseRef | None, CaseCandidate | None] | None,
     ) -> tuple[CaseRef | None, bool, bool]:
         """(case, opened, reopened): join an open case by headers or case token (see
         `follow_ups`: its participants only), or the customer's by subject; else reopen the
         closed case it would have joined (closed less than ReopenDays ago); else open one,
         related to the case it named or that closed case. In the process a rule's
         SetProcess names, else the listener's CaseProcess. An automatic mail never reopens
-        a case. `person`: the sender (CustomerFrom), whom a new case is from."""
-        normalized = normalize_subject(mail.subject, self.settings.subject_prefixes)
+        a case. `person`: the sender (CustomerFrom), whom a new case is from; `subject`:
+        the process and normalized subject; `by_subject`: the customer's cases by it, as
+        `find_arrival` found them (None: look them up)."""
         s = self.settings
-        process = rules.process or s.process
+        process, normalized = subject.process, subject.normalized
         scope = Scope(s.listener, process, anyone=s.follow_ups_from == "Anyone")
         named = await named_case(tx, mail, scope)
         customer_id = customer.id if customer else None
         if named.join is not None:
             return named.join, False, False
-        case, by_subject = await tx.cases_by_subject(customer_id, process, normalized)
+        if by_subject is None:
+            by_subject = await tx.cases_by_subject(customer_id, process, normalized)
+        case, closed_by_subject = by_subject
         if case is not None:
             return case, False, False
         related = named.related_case_id
-        closed = await closed_case(tx, mail, scope, by_subject)
+        closed = await closed_case(tx, mail, scope, closed_by_subject)
         if closed.case is not None:
             now = dt.datetime.now(dt.UTC)
             if not automatic and reopens(closed.case, s.reopen_days, now):

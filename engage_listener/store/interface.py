@@ -63,6 +63,7 @@ from engage_listener.store.records import (
     SettledState,
     StoredAttachment,
     StoredMessage,
+    SubjectKey,
     WebhookDelivery,
     WebhookEventRow,
 )
@@ -72,7 +73,7 @@ __all__ = [
     "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey", "MailSeen",
     "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent", "OutboxRow",
     "Quarantined", "SqlCursor", "SqlDialect", "Store", "StoredAttachment", "StoredMessage",
-    "SyncExecute", "Transaction", "WebhookDelivery", "WebhookEventRow",
+    "SubjectKey", "SyncExecute", "Transaction", "WebhookDelivery", "WebhookEventRow",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -131,10 +132,18 @@ class MailWrites(Protocol):
         ...
 
     async def find_arrival(
-        self, listener: str, sha256: str, message_id: str | None, address: str
+        self,
+        listener: str,
+        sha256: str,
+        message_id: str | None,
+        address: str,
+        subject: SubjectKey | None = None,
     ) -> MailSeen:
         """`find_duplicate` and `find_customer(address)` (None for an empty address) in
-        one look-up: the two reads every mail starts with (one round trip on PostgreSQL)."""
+        one look-up: the reads every mail starts with (one round trip on PostgreSQL);
+        with `subject`, also that customer's `cases_by_subject`. The PostgreSQL store
+        also takes the ids the mail's message row (and a new customer for `address`)
+        will have here, so that their INSERTs wait for no answer (see its Decisions)."""
         ...
 
     async def case_of_message(self, message_row: int) -> CaseRef | None: ...

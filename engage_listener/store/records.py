@@ -33,7 +33,8 @@ __all__ = [
     "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "LedgerState", "ListenerCounts",
     "MailKey", "MailSeen", "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent",
     "OutboxRow", "OutboxState", "QuarantineState", "Quarantined", "SettledState",
-    "StoredAttachment", "StoredMessage", "WebhookDelivery", "WebhookEventRow", "WebhookState",
+    "StoredAttachment", "StoredMessage", "SubjectKey", "WebhookDelivery", "WebhookEventRow",
+    "WebhookState",
 ]  # fmt: skip
 
 # States as the store keeps them (text columns); a `Literal` so a typo is a type error.
@@ -207,12 +208,24 @@ class Customer:
 
 
 @dataclass(frozen=True)
+class SubjectKey:
+    """What a mail's case is looked up by when no header or token names one: the case
+    process it goes to and its normalized subject (`cases_by_subject`)."""
+
+    process: str | None
+    normalized: str
+
+
+@dataclass(frozen=True)
 class MailSeen:
     """What the store knows of a mail as it arrives (`find_arrival`): the message row of
-    the same mail taken before (a duplicate), and the customer of the sender's address."""
+    the same mail taken before (a duplicate), the customer of the sender's address, and,
+    when asked with a `SubjectKey`, that customer's open and closed case by it (what
+    `cases_by_subject` says; (None, None) without a customer; None when not asked)."""
 
     duplicate: int | None
     customer: Customer | None
+    by_subject: tuple[CaseRef | None, CaseCandidate | None] | None = None
 
 
 @dataclass(frozen=True)

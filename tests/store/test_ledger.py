@@ -7,7 +7,14 @@ from collections.abc import Callable
 import pytest
 
 from engage_listener.errors import StoreError
-from engage_listener.store.interface import MailKey, NewCase, NewMessage, Store
+from engage_listener.store.interface import (
+    CaseRef,
+    MailKey,
+    NewCase,
+    NewMessage,
+    Store,
+    SubjectKey,
+)
 
 MessageFactory = Callable[..., NewMessage]  # the `message` fixture
 
@@ -149,3 +156,63 @@ async def test_an_arrival_is_looked_up_at_once(store: Store, message: MessageFac
     assert [(s.duplicate, s.customer) for s in seen] == [
         (row, ana), (None, ana), (None, None), (None, None),
     ]  # fmt: skip
+
+
+async def test_an_arrival_with_a_subject_finds_the_customers_cases_by_it(
+    store: Store, message: MessageFactory
+) -> None:
+    """With a `SubjectKey`, `find_arrival` also says what `cases_by_subject` says of the
+    customer it found: (None, None) without one or for an empty subject, None unasked."""
+    mail = message()
+    async with store.transaction() as tx:
+        ana = await tx.create_customer("Ana", "ana@example.com", "auto")
+        closed = await tx.create_case(_case(ana.id, "Factura"))
+        await tx.close_case(closed.id, None, "2026-01-10T09:00:00+00:00")
+        opened = await tx.create_case(_case(ana.id, "Factura"))
+    asked = [
+        ("ANA@example.com", SubjectKey("ventas", "factura")),
+        ("ana@example.com", SubjectKey(None, "factura")),
+        ("ana@example.com", SubjectKey("ventas", "")),
+        ("nobody@example.com", SubjectKey("ventas", "factura")),
+        ("", SubjectKey("ventas", "factura")),
+    ]
+    async with store.transaction() as tx:
+        seen = [await tx.find_arrival("L", mail.sha256, None, a, k) for a, k in asked]
+        alone = await tx.cases_by_subject(ana.id, "ventas", "factura")
+        unasked = await tx.find_arrival("L", mail.sha256, None, "ana@example.com")
+    assert seen[0].by_subject == alone and alone[0] == opened
+    assert alone[1] is not None and alone[1].ref == closed
+    assert [s.by_subject for s in seen[1:]] == [(None, None)] * 4
+    assert unasked.by_subject is None and unasked.customer == ana
+
+
+async def test_the_rows_an_arrival_makes_room_for_are_stored(
+    store: Store, message: MessageFactory
+) -> None:
+    """The customer and message created after `find_arrival` (the PostgreSQL store
+    queues them with the ids the arrival took) are there, once, as any others."""
+    mail = message(sender="nueva@example.com")
+    async with store.transaction() as tx:
+        seen = await tx.find_arrival("L", mail.sha256, mail.message_id, "Nueva@example.com")
+        assert seen.customer is None
+        customer = await tx.create_customer("Nueva", "Nueva@example.com", "auto")
+        case = await tx.create_case(_case(customer.id, "Hola"))
+        row = await tx.add_message(case.id, mail)
+        await tx.add_ledger(KEY, row, mail)
+    async with store.transaction() as tx:
+        again = await tx.find_arrival("L", mail.sha256, mail.message_id, "nueva@example.com")
+        other = await tx.create_customer("Otra", "otra@example.com", "auto")
+    assert again.duplicate == row and again.customer == customer
+    assert await _case_of(store, row) == case
+    assert len({customer.id, other.id}) == 2
+
+
+async def _case_of(store: Store, row: int) -> CaseRef | None:
+    async with store.transaction() as tx:
+        return await tx.case_of_message(row)
+
+
+def _case(customer_id: int, subject: str) -> NewCase:
+    return NewCase(
+        "L", "ventas", "ana@example.com", "Ana", subject, subject.lower(), customer_id=customer_id
+    )

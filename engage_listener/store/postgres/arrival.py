@@ -1,17 +1,27 @@
 """The reads every mail starts with, several in one statement: each was a round trip.
 
 A part of `transaction.PostgresTransaction`, kept apart for size. `find_arrival` is
-`find_duplicate` and `find_customer` in one row; `cases_by_subject` is
-`open_case_by_subject` and `closed_case_by_subject` (`follow_ups`) in one row: the same
-conditions, so each half says what the look-up alone says (tests/store holds both stores
-to it).
+`find_duplicate`, `find_customer` and (with a subject) `cases_by_subject` in one row;
+`cases_by_subject` is `open_case_by_subject` and `closed_case_by_subject` (`follow_ups`)
+in one row: the same conditions, so each part says what the look-up alone says
+(tests/store holds both stores to it).
+
+Decisions:
+
+* The arrival also takes, from their identity sequences, the id of the mail's message
+  row (unless it is a duplicate) and of a new customer (when none has the address):
+  `add_message` and `create_customer` then queue their INSERTs with that id instead of
+  waiting for RETURNING id, a round trip each (tests/cases/test_round_trips_pg.py).
+  An id taken and not used (a mail quarantined or rolled back, UnknownSender other than
+  Create) is a gap, as a rolled-back INSERT leaves one; ids stay in the order mails
+  arrive, as before.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engage_listener.store.records import CaseCandidate, CaseRef, Customer, MailSeen
+from engage_listener.store.records import CaseCandidate, CaseRef, Customer, MailSeen, SubjectKey
 
 # A customer and its addresses in one row (one round trip).
 CUSTOMER = (
@@ -26,24 +36,35 @@ DUPLICATE = (
     "SELECT message_row FROM ledger WHERE listener = %s AND sha256 = %s"
     " AND message_id IS NOT DISTINCT FROM %s AND message_row IS NOT NULL LIMIT 1"
 )
-_ARRIVAL = (
-    f"SELECT ({DUPLICATE}), {CUSTOMER} FROM (SELECT 1) AS one"  # noqa: S608
-    " LEFT JOIN customer_addresses a ON a.address = %s"
-    " LEFT JOIN customers c ON c.id = a.customer_id"
-)
 
-
-# open_case_by_subject and closed_case_by_subject (store.postgres.follow_ups) in one row.
+# open_case_by_subject and closed_case_by_subject (store.postgres.follow_ups) in one row,
+# of the customer `{customer}` (SQL).
+_OPEN, _CLOSED = "IN ('open', 'pending-approval')", "= 'closed'"
 _SUBJECT = (
-    "FROM cases c WHERE c.customer_id = %s AND c.process IS NOT DISTINCT FROM %s"
-    " AND c.normalized_subject = %s AND c.status {} ORDER BY c.id DESC LIMIT 1"
+    "FROM cases k WHERE k.customer_id = {customer} AND k.process IS NOT DISTINCT FROM %s"
+    " AND k.normalized_subject = %s AND k.status {status} ORDER BY k.id DESC LIMIT 1"
 )
+_CASES = (
+    f" LEFT JOIN LATERAL (SELECT k.id, k.case_number {_SUBJECT.replace('{status}', _OPEN)})"
+    " AS o ON true LEFT JOIN LATERAL (SELECT k.id, k.case_number, k.listener, k.process,"
+    f" k.closed_at {_SUBJECT.replace('{status}', _CLOSED)}) AS s ON true"
+)
+_CASE_COLUMNS = "o.id, o.case_number, s.id, s.case_number, s.listener, s.process, s.closed_at"
 _BY_SUBJECT = (
-    "SELECT o.id, o.case_number, s.id, s.case_number, s.listener, s.process, s.closed_at"  # noqa: S608
-    " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT c.id, c.case_number "
-    + _SUBJECT.format("IN ('open', 'pending-approval')")
-    + ") AS o ON true LEFT JOIN LATERAL (SELECT c.id, c.case_number, c.listener,"
-    " c.process, c.closed_at " + _SUBJECT.format("= 'closed'") + ") AS s ON true"
+    f"SELECT {_CASE_COLUMNS} FROM (SELECT 1) AS one"  # noqa: S608
+    + _CASES.format(customer="%s")
+)
+
+# The arrival: the duplicate, the customer, the ids taken for the message row (unless a
+# duplicate) and for a new customer (none found, and %s: an address), then the open and
+# closed case by subject of the customer found (a NULL subject finds none).
+_NEXT = "nextval(pg_get_serial_sequence('{}', 'id'))"
+_ARRIVAL = (
+    f"SELECT d.found, {CUSTOMER}, CASE WHEN d.found IS NULL THEN {_NEXT.format('messages')}"  # noqa: S608
+    f" END, CASE WHEN d.found IS NULL AND c.id IS NULL AND %s THEN {_NEXT.format('customers')}"
+    f" END, {_CASE_COLUMNS} FROM (SELECT ({DUPLICATE}) AS found) AS d"
+    " LEFT JOIN customer_addresses a ON a.address = %s"
+    " LEFT JOIN customers c ON c.id = a.customer_id" + _CASES.format(customer="c.id")
 )
 
 
@@ -52,26 +73,62 @@ def customer_row(row: Any) -> Customer | None:
 
 
 class ArrivalReads:
-    """See `store.Transaction`; `_one` comes from the transaction."""
+    """See `store.Transaction`; `_one` comes from the transaction, which starts the ids
+    taken with `_taken_ids`."""
+
+    _message_id: int | None  # taken for this mail's message row (see Decisions)
+    _customer_id: tuple[str, int] | None  # (address, id) taken for a new customer
+
+    def _taken_ids(self) -> None:
+        self._message_id = self._customer_id = None
 
     async def _one(self, sql: str, params: Any = ()) -> Any:
         raise NotImplementedError
 
     async def find_arrival(
-        self, listener: str, sha256: str, message_id: str | None, address: str
+        self,
+        listener: str,
+        sha256: str,
+        message_id: str | None,
+        address: str,
+        subject: SubjectKey | None = None,
     ) -> MailSeen:
-        row = await self._one(_ARRIVAL, (listener, sha256, message_id, address.lower()))
+        address = address.lower()
+        process, normalized = (subject.process, subject.normalized or None) if subject else (
+            None, None
+        )  # fmt: skip
+        row = await self._one(
+            _ARRIVAL,
+            (bool(address), listener, sha256, message_id, address) + (process, normalized) * 2,
+        )
         duplicate = None if row[0] is None else int(row[0])
-        return MailSeen(duplicate, None if row[1] is None or not address else customer_row(row[1:]))
+        customer = None if row[1] is None or not address else customer_row(row[1:4])
+        self._message_id = None if row[4] is None else int(row[4])
+        self._customer_id = None if row[5] is None else (address, int(row[5]))
+        return MailSeen(duplicate, customer, _cases(row[6:]) if subject else None)
+
+    def _take_message_id(self) -> int | None:
+        """The id `find_arrival` took for this mail's message row, once."""
+        taken, self._message_id = self._message_id, None
+        return taken
+
+    def _take_customer_id(self, address: str) -> int | None:
+        """The id `find_arrival` took for a new customer of `address`, once."""
+        taken, self._customer_id = self._customer_id, None
+        return taken[1] if taken is not None and taken[0] == address.lower() else None
 
     async def cases_by_subject(
         self, customer_id: int | None, process: str | None, normalized_subject: str
     ) -> tuple[CaseRef | None, CaseCandidate | None]:
         if customer_id is None or not normalized_subject:
             return None, None
-        row = await self._one(_BY_SUBJECT, (customer_id, process, normalized_subject) * 2)
-        found = None if row[0] is None else CaseRef(int(row[0]), str(row[1]))
-        closed = None if row[2] is None else CaseCandidate(
-            int(row[2]), str(row[3]), str(row[4]), row[5], row[6]
-        )  # fmt: skip
-        return found, closed
+        return _cases(await self._one(_BY_SUBJECT, (customer_id, process, normalized_subject) * 2))
+
+
+def _cases(row: Any) -> tuple[CaseRef | None, CaseCandidate | None]:
+    """The open and the closed case of `_CASE_COLUMNS`."""
+    found = None if row[0] is None else CaseRef(int(row[0]), str(row[1]))
+    closed = None if row[2] is None else CaseCandidate(
+        int(row[2]), str(row[3]), str(row[4]), row[5], row[6]
+    )  # fmt: skip
+    return found, closed

@@ -109,6 +109,7 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
         self._conn = deferred.conn
         self._owner = owner
         self._infos: dict[int, CaseInfo] = {}  # see Decisions
+        self._taken_ids()  # see arrival
 
     def _forget(self, case_id: int | None = None) -> None:
         """A write that may change case `case_id` (None: any case) was made."""
@@ -177,11 +178,18 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
         return customer_row(row)
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
-        row = await self._one(
-            "INSERT INTO customers (name, source, created_at) VALUES (%s, %s, %s) RETURNING id",
-            (name or address, source, now_iso()),
-        )
-        customer_id = int(row[0])
+        customer_id = self._take_customer_id(address)  # see arrival
+        if customer_id is None:
+            row = await self._one(
+                "INSERT INTO customers (name, source, created_at) VALUES (%s, %s, %s) RETURNING id",
+                (name or address, source, now_iso()),
+            )
+            customer_id = int(row[0])
+        else:
+            self._write(
+                "INSERT INTO customers (id, name, source, created_at) VALUES (%s, %s, %s, %s)",
+                (customer_id, name or address, source, now_iso()),
+            )
         self._write(
             "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)",
             (address.lower(), customer_id),
@@ -256,6 +264,7 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
                 Column("stored_mime", "bytea", m.stored_mime),
                 Column("raw", "bytea", m.raw),
             ],
+            row_id=self._take_message_id(),  # see arrival
         )  # fmt: skip
         if case_id is not None:
             self._write("UPDATE cases SET updated_at = %s WHERE id = %s", (now_iso(), case_id))

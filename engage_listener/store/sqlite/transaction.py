@@ -24,7 +24,7 @@ from engage_listener.store.interface import (
     NewMessage,
     SyncExecute,
 )
-from engage_listener.store.records import CaseStatus, LedgerState, OutboxState
+from engage_listener.store.records import CaseStatus, LedgerState, OutboxState, SubjectKey
 from engage_listener.store.sqlite.connection import AsyncCursor, Connection
 from engage_listener.store.sqlite.follow_ups import FollowUpQueries
 from engage_listener.store.sqlite.operator_tx import OperatorWrites
@@ -138,10 +138,21 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
         return int(row[0]) if row else None
 
     async def find_arrival(
-        self, listener: str, sha256: str, message_id: str | None, address: str
-    ) -> MailSeen:  # two reads: microseconds each here
+        self,
+        listener: str,
+        sha256: str,
+        message_id: str | None,
+        address: str,
+        subject: SubjectKey | None = None,
+    ) -> MailSeen:  # several reads: microseconds each here
         duplicate = await self.find_duplicate(listener, sha256, message_id)
-        return MailSeen(duplicate, await self.find_customer(address) if address else None)
+        customer = await self.find_customer(address) if address else None
+        if subject is None:
+            return MailSeen(duplicate, customer)
+        by_subject = await self.cases_by_subject(
+            customer.id if customer else None, subject.process, subject.normalized
+        )
+        return MailSeen(duplicate, customer, by_subject)
 
     async def case_of_message(self, message_row: int) -> CaseRef | None:
         row = await self._one(
