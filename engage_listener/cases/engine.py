@@ -14,7 +14,14 @@ import datetime as dt
 
 from engage_listener.cases.acknowledging import AckSettings, Arrival, acknowledge
 from engage_listener.cases.addresses import automatic_unless_replied_to, chosen_address
-from engage_listener.cases.follow_ups import Scope, closed_case, named_case, participants, reopens
+from engage_listener.cases.follow_ups import (
+    Scope,
+    closed_case,
+    named_case,
+    names_a_case,
+    participants,
+    reopens,
+)
 from engage_listener.cases.hooks import RoutingDecision, RoutingHook
 from engage_listener.cases.ingested import Ingested
 from engage_listener.cases.routing import (
@@ -104,6 +111,7 @@ class CaseEngine:
         subject = SubjectKey(
             rules.process or self.settings.process,
             normalize_subject(mail.subject, self.settings.subject_prefixes),
+            opens=self._opens(mail, automatic, rules),
         )
         async with self.store.transaction() as tx:
             seen = await tx.find_arrival(
@@ -160,6 +168,20 @@ class CaseEngine:
         """Keep the mail without a case, marked ignored, and its ledger row."""
         row = await tx.add_message(None, dataclasses.replace(message, ignored=True))
         await tx.add_ledger(key, row, message)
+
+    def _opens(self, mail: parser.ParsedMail, automatic: str | None, rules: RuleOutcome) -> bool:
+        """Whether the mail opens a case unless its customer has one by its subject
+        (`SubjectKey.opens`): it names none, no rule stops it, an unknown sender gets a
+        customer, and it is not automatic mail to ignore. A wrong yes costs a gap in the
+        case numbers (PostgreSQL), a wrong no a round trip."""
+        s = self.settings
+        return not (
+            names_a_case(mail)
+            or rules.discard
+            or rules.quarantine is not None
+            or s.unknown_sender != "CreateCustomer"
+            or (automatic and s.automatic_mail == "Ignore")
+        )
 
     def _rules(self, mail: parser.ParsedMail) -> RuleOutcome:
         if not self.settings.rules:

@@ -15,7 +15,8 @@ Decisions:
 * Every named case is tried, headers first, newest first: a reply whose References also
   name a stranger's thread still finds the case the sender takes part in.
 * Participants are kept per case (`case_participants`), bounded per mail, so the check is
-  one indexed look-up however long the case.
+  one indexed look-up however long the case; for the cases a reply's headers name, it
+  is made in the same read (`takes_part`).
 * A closed case is looked for only when no open case takes the mail (`closed_case`), by
   the same three ways (headers, token, the customer's subject) and the same rules: an
   open case of the thread always wins over a closed one. What then happens (reopen
@@ -59,12 +60,18 @@ def in_scope(case: CaseCandidate, scope: Scope) -> bool:
     return case.process is None and case.listener == scope.listener
 
 
+def names_a_case(mail: parser.ParsedMail) -> bool:
+    """Whether the mail names a case at all (a header or a case token): else only its
+    customer's cases by subject can take it."""
+    return bool(mail.in_reply_to or any(mail.references) or find_case_token(mail.subject))
+
+
 async def named_case(tx: Transaction, mail: parser.ParsedMail, scope: Scope) -> Named:
     """The case the mail names and may join, else the first one it named (or nothing)."""
     sender = mail.sender.normalized if mail.sender else ""
     refs = [r for r in (mail.in_reply_to, *mail.references) if r]
     refused: CaseCandidate | None = None
-    for case in await tx.cases_by_message_ids(refs):
+    for case in await tx.cases_by_message_ids(refs, "" if scope.anyone else sender):
         if await _may_join(tx, case, sender, scope):
             return Named(case.ref, None)
         refused = refused or case
@@ -80,7 +87,11 @@ async def named_case(tx: Transaction, mail: parser.ParsedMail, scope: Scope) -> 
 async def _may_join(tx: Transaction, case: CaseCandidate, sender: str, scope: Scope) -> bool:
     if not in_scope(case, scope):
         return False
-    return scope.anyone or (bool(sender) and await tx.is_participant(case.id, sender))
+    if scope.anyone or not sender:
+        return scope.anyone
+    if case.takes_part is not None:  # asked with the look-up (cases_by_message_ids)
+        return case.takes_part
+    return await tx.is_participant(case.id, sender)
 
 
 @dataclass(frozen=True)

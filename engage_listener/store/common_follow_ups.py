@@ -28,8 +28,16 @@ _CLOSED = "c.status = 'closed'"
 _BIGINT_DIGITS = 18  # any number of at most 18 digits fits a bigint
 
 
-def _candidate(row: Any) -> CaseCandidate:
-    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3], row[4])
+# Whether the address (twice) is `is_participant` of case c, as a column.
+_TAKES_PART = (
+    "(EXISTS (SELECT 1 FROM case_participants p WHERE p.case_id = c.id AND p.address = ?)"
+    " OR EXISTS (SELECT 1 FROM customer_addresses a WHERE a.customer_id = c.customer_id"
+    " AND a.address = ?))"
+)
+
+
+def _candidate(row: Any, takes_part: bool | None = None) -> CaseCandidate:
+    return CaseCandidate(int(row[0]), str(row[1]), str(row[2]), row[3], row[4], takes_part)
 
 
 class CommonFollowUps(TxSql):
@@ -37,8 +45,10 @@ class CommonFollowUps(TxSql):
 
     _same: str  # equal, or both NULL: SQLite's `IS` (3.39 knows `IS NOT DISTINCT FROM`)
 
-    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        return await self._by_message_ids(message_ids, _OPEN)
+    async def cases_by_message_ids(
+        self, message_ids: Sequence[str], participant: str = ""
+    ) -> list[CaseCandidate]:
+        return await self._by_message_ids(message_ids, _OPEN, participant)
 
     async def closed_cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
         return await self._by_message_ids(message_ids, _CLOSED)
@@ -62,19 +72,25 @@ class CommonFollowUps(TxSql):
         )
         return _candidate(row) if row else None
 
-    async def _by_message_ids(self, message_ids: Sequence[str], status: str) -> list[CaseCandidate]:
+    async def _by_message_ids(
+        self, message_ids: Sequence[str], status: str, participant: str = ""
+    ) -> list[CaseCandidate]:
         ids = list(dict.fromkeys(m for m in message_ids if m))  # every one: a parent may be last
         if not ids:
             return []
         match, params = self._in(ids)
+        takes_part, asked = ", NULL", tuple[str, ...]()
+        if participant:
+            takes_part, asked = f", {_TAKES_PART}", (participant.lower(),) * 2
         rows = await self._all(
             self._sql(
-                f"SELECT DISTINCT {_CANDIDATE} FROM messages m JOIN cases c ON c.id = m.case_id"  # noqa: S608
-                f" WHERE m.message_id {match} AND {status} ORDER BY c.id DESC LIMIT 20"
+                f"SELECT DISTINCT {_CANDIDATE}{takes_part} FROM messages m"  # noqa: S608
+                f" JOIN cases c ON c.id = m.case_id WHERE m.message_id {match} AND {status}"
+                " ORDER BY c.id DESC LIMIT 20"
             ),
-            params,
+            (*asked, *params),
         )
-        return [_candidate(row) for row in rows]
+        return [_candidate(row, None if row[5] is None else bool(row[5])) for row in rows]
 
     async def _by_number(self, case_number: str, status: str) -> CaseCandidate | None:
         row = await self._row(

@@ -35,6 +35,11 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def case_number(case_id: int) -> str:
+    """A case's number: its id, six digits at least (`[Case#000042]`)."""
+    return f"{case_id:06d}"
+
+
 def ack_row(r: Any) -> AckRow:
     """A row of `SELECT {ACK_COLUMNS} {ACK_FROM}` as an acknowledgement."""
     due = r[13]

@@ -154,8 +154,12 @@ class MailWrites(Protocol):
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer: ...
 
-    async def cases_by_message_ids(self, message_ids: Sequence[str]) -> list[CaseCandidate]:
-        """Open cases holding mails with these Message-IDs, newest case first."""
+    async def cases_by_message_ids(
+        self, message_ids: Sequence[str], participant: str = ""
+    ) -> list[CaseCandidate]:
+        """Open cases holding mails with these Message-IDs, newest case first; with a
+        `participant` address, each says whether it `is_participant` (`takes_part`):
+        the reply's two reads in one."""
         ...
 
     async def case_by_number(self, case_number: str) -> CaseCandidate | None:

@@ -119,6 +119,9 @@ class CaseCandidate:
     listener: str
     process: str | None
     closed_at: str | None = None  # a closed case (ISO UTC): see cases.closed
+    # Whether the address asked with `cases_by_message_ids` takes part in the case (see
+    # `is_participant`); None: not asked.
+    takes_part: bool | None = None
 
     @property
     def ref(self) -> CaseRef:
@@ -214,6 +217,10 @@ class SubjectKey:
 
     process: str | None
     normalized: str
+    # The mail names no case (no header, no token) and would open one were its customer
+    # without a case by this subject: the PostgreSQL store then takes the new case's id
+    # in the same read (its `arrival`).
+    opens: bool = False
 
 
 @dataclass(frozen=True)

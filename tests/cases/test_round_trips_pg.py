@@ -31,19 +31,25 @@ OWNER = "daemon-a"
 # One mail of a known customer that opens a case, routed by the example `pg:` function,
 # fenced (the daemon's lease checked with the ledger row), in a group commit as the IMAP
 # listener takes a batch: the arrival (`find_arrival`: the duplicate check, the customer,
-# its open and closed cases of the subject and the message row's id, with the previous
-# mail's queued writes, its fenced ledger row and RELEASE, and this one's SAVEPOINT), the
-# new case, the routing CALL (with the queued writes, the message among them, and its
-# SAVEPOINT). The fenced ledger row is queued (its lease check raises when the lease is
-# not held: schema migration 10). It was 10: the customer, the closed case by subject,
-# the case read for the hook and the hook's SAVEPOINT were a round trip each; then 6: the
-# fenced ledger row waited for its answer; then 5: the cases by subject and the message
-# INSERT (RETURNING id) were a round trip each.
-IN_A_GROUP = 3
+# its open and closed cases of the subject, and the ids of the message row and the new
+# case, with the previous mail's queued writes, its fenced ledger row and RELEASE, and
+# this one's SAVEPOINT), then the routing CALL (with the queued writes, the case and the
+# message among them, and its SAVEPOINT). The fenced ledger row is queued (its lease
+# check raises when the lease is not held: schema migration 10). It was 10: the
+# customer, the closed case by subject, the case read for the hook and the hook's
+# SAVEPOINT were a round trip each; then 6: the fenced ledger row waited for its answer;
+# then 5: the cases by subject, the new case and the message (each INSERT ... RETURNING)
+# were a round trip each.
+IN_A_GROUP = 2
+# A reply that joins the case its In-Reply-To names: the arrival, the case of the header
+# with whether the sender takes part in it (one read: it was two), the case's info (its
+# status, for RequireApproval, then the hook's view; read after the case's row is locked
+# by the message's `updated_at`), the routing CALL.
+REPLY_IN_A_GROUP = 4
 # The same mail alone (a batch of one, as IDLE brings them): the pool's check of the
 # connection, BEGIN with the first read, the fenced ledger row with the COMMIT. It was 13:
 # BEGIN and COMMIT were a round trip each too; then 8: the fenced ledger row, then COMMIT.
-ALONE = 5
+ALONE = 4
 
 
 @pytest.fixture
@@ -140,3 +146,46 @@ async def test_an_inline_hook_starts_no_thread_per_mail(
         hook.inline = True
         await engine.ingest(MailKey("L", "INBOX", "1", str(n)), make_mail(n))
     assert started == []
+
+
+async def test_a_mail_that_joins_a_case_takes_no_case_number(store: Store) -> None:
+    """The arrival takes a case id only for a mail that will open a case: one that joins
+    its customer's case by subject, or names one, leaves no gap in the case numbers."""
+    engine, _ = _engine(store)
+    numbers = []
+    mails = [
+        make_mail(1, sender="ana@example.com", subject="Factura", message_id="<t1@example.com>"),
+        make_mail(2, sender="ana@example.com", subject="RE: Factura"),  # joins by subject
+        make_mail(3, sender="ana@example.com", subject="Otra").replace(
+            b"MIME-Version", b"In-Reply-To: <t1@example.com>\r\nMIME-Version"
+        ),  # joins by header
+        make_mail(4, sender="luis@example.com", subject="Hola"),  # opens
+    ]
+    for n, raw in enumerate(mails, 1):
+        done = await engine.ingest(MailKey("L", "INBOX", "1", str(n)), raw)
+        numbers.append((done.new_case, done.case_number))
+    first = int(str(numbers[0][1]))
+    assert numbers == [
+        (True, f"{first:06d}"), (False, f"{first:06d}"), (False, f"{first:06d}"),
+        (True, f"{first + 1:06d}"),
+    ]  # fmt: skip
+
+
+async def test_round_trips_of_a_reply(store: Store, tmp_path: Path) -> None:
+    engine, hook = _engine(store)
+    first = make_mail(0, sender="ana@example.com", message_id="<t0@example.com>")
+    case = (await engine.ingest(MailKey("L", "INBOX", "1", "0"), first)).case_id
+    trips = await _traced(store, tmp_path)
+    counts = []
+    async with store.group():
+        for n in range(1, 10):
+            hook.inline = True
+            before = trips.count()
+            raw = make_mail(n, sender="ana@example.com", subject=f"Otra {n}").replace(
+                b"MIME-Version", b"In-Reply-To: <t0@example.com>\r\nMIME-Version"
+            )
+            done = await engine.ingest(MailKey("L", "INBOX", "1", str(n)), raw)
+            counts.append(trips.count() - before)
+            assert done.case_id == case and not done.new_case
+    trips.stop()
+    assert counts[-3:] == [REPLY_IN_A_GROUP] * 3, counts

@@ -228,7 +228,7 @@ def test_csv_export_quotes_what_a_spreadsheet_would_run_as_a_formula(
     """A sender's subject, name and text that start like a formula reach the CSV as text
     (a leading '), unless --csv-formulas keep; JSON Lines keeps them as they are."""
     hostile = (
-        b"From: \"=HYPERLINK(\"\"http://evil.example\"\")\" <x@cliente.example>\r\n"
+        b'From: "=HYPERLINK(""http://evil.example"")" <x@cliente.example>\r\n'
         b"To: soporte@example.org\r\nSubject: =1+cmd|' /C calc'!A0\r\n"
         b"Message-ID: <f1@cliente.example>\r\n\r\n@SUM(A1:A9)\r\n"
     )

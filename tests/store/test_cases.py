@@ -81,6 +81,10 @@ async def test_follow_ups_find_open_cases_only(store: Store, message: MessageFac
         assert await tx.is_participant(case.id, "otro@example.com")
         assert await tx.is_participant(case.id, "CLIENTE@example.com")  # the customer's
         assert not await tx.is_participant(case.id, "extra@example.com")
+        asked = ["otro@example.com", "CLIENTE@example.com", "extra@example.com"]
+        said = [await tx.cases_by_message_ids(["<first@example.com>"], a) for a in asked]
+        assert [c.takes_part for [c] in said] == [True, True, False]  # as is_participant
+        assert found.takes_part is None  # not asked
         await tx.set_case_status(case.id, "pending-approval")
     async with store.transaction() as tx:  # awaiting approval: still joined
         assert await tx.open_case_by_subject(customer.id, "ventas", "factura") == case

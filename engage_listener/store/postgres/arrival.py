@@ -9,12 +9,15 @@ in one row: the same conditions, so each part says what the look-up alone says
 Decisions:
 
 * The arrival also takes, from their identity sequences, the id of the mail's message
-  row (unless it is a duplicate) and of a new customer (when none has the address):
-  `add_message` and `create_customer` then queue their INSERTs with that id instead of
-  waiting for RETURNING id, a round trip each (tests/cases/test_round_trips_pg.py).
-  An id taken and not used (a mail quarantined or rolled back, UnknownSender other than
-  Create) is a gap, as a rolled-back INSERT leaves one; ids stay in the order mails
-  arrive, as before.
+  row (unless it is a duplicate), of a new customer (when none has the address) and of
+  a new case (when the engine says the mail would open one, `SubjectKey.opens`, and the
+  customer has no case by its subject): `add_message`, `create_customer` and
+  `create_case` then queue their INSERTs with that id instead of waiting for RETURNING
+  id, a round trip each (tests/cases/test_round_trips_pg.py). An id taken and not used
+  (a mail quarantined, discarded or rolled back; UnknownSender other than
+  CreateCustomer) is a gap, as a rolled-back INSERT leaves one; a mail that joins a case
+  takes no case id, so case numbers keep no more gaps than before; ids stay in the
+  order mails arrive.
 """
 
 from __future__ import annotations
@@ -56,13 +59,15 @@ _BY_SUBJECT = (
 )
 
 # The arrival: the duplicate, the customer, the ids taken for the message row (unless a
-# duplicate) and for a new customer (none found, and %s: an address), then the open and
-# closed case by subject of the customer found (a NULL subject finds none).
+# duplicate), for a new customer (none found, and %s: an address) and for a new case (%s:
+# `SubjectKey.opens`, and no case by subject), then the open and closed case by subject
+# of the customer found (a NULL subject finds none).
 _NEXT = "nextval(pg_get_serial_sequence('{}', 'id'))"
 _ARRIVAL = (
     f"SELECT d.found, {CUSTOMER}, CASE WHEN d.found IS NULL THEN {_NEXT.format('messages')}"  # noqa: S608
     f" END, CASE WHEN d.found IS NULL AND c.id IS NULL AND %s THEN {_NEXT.format('customers')}"
-    f" END, {_CASE_COLUMNS} FROM (SELECT ({DUPLICATE}) AS found) AS d"
+    f" END, CASE WHEN %s AND d.found IS NULL AND o.id IS NULL AND s.id IS NULL"
+    f" THEN {_NEXT.format('cases')} END, {_CASE_COLUMNS} FROM (SELECT ({DUPLICATE}) AS found) AS d"
     " LEFT JOIN customer_addresses a ON a.address = %s"
     " LEFT JOIN customers c ON c.id = a.customer_id" + _CASES.format(customer="c.id")
 )
@@ -78,9 +83,10 @@ class ArrivalReads:
 
     _message_id: int | None  # taken for this mail's message row (see Decisions)
     _customer_id: tuple[str, int] | None  # (address, id) taken for a new customer
+    _case_id: int | None  # taken for the case this mail opens
 
     def _taken_ids(self) -> None:
-        self._message_id = self._customer_id = None
+        self._message_id = self._customer_id = self._case_id = None
 
     async def _one(self, sql: str, params: Any = ()) -> Any:
         raise NotImplementedError
@@ -97,19 +103,27 @@ class ArrivalReads:
         process, normalized = (subject.process, subject.normalized or None) if subject else (
             None, None
         )  # fmt: skip
+        opens = subject is not None and subject.opens
         row = await self._one(
             _ARRIVAL,
-            (bool(address), listener, sha256, message_id, address) + (process, normalized) * 2,
+            (bool(address), opens, listener, sha256, message_id, address)
+            + (process, normalized) * 2,
         )
         duplicate = None if row[0] is None else int(row[0])
         customer = None if row[1] is None or not address else customer_row(row[1:4])
         self._message_id = None if row[4] is None else int(row[4])
         self._customer_id = None if row[5] is None else (address, int(row[5]))
-        return MailSeen(duplicate, customer, _cases(row[6:]) if subject else None)
+        self._case_id = None if row[6] is None else int(row[6])
+        return MailSeen(duplicate, customer, _cases(row[7:]) if subject else None)
 
     def _take_message_id(self) -> int | None:
         """The id `find_arrival` took for this mail's message row, once."""
         taken, self._message_id = self._message_id, None
+        return taken
+
+    def _take_case_id(self) -> int | None:
+        """The id `find_arrival` took for the case this mail opens, once."""
+        taken, self._case_id = self._case_id, None
         return taken
 
     def _take_customer_id(self, address: str) -> int | None:

@@ -20,7 +20,9 @@ Decisions:
   transaction (or the group's) rolls back and nothing of it commits.
 * Statements go through the transaction's `Deferred` queue: writes whose result is not
   read (`_write`) are sent with the next read, in one round trip (see `deferred`).
-* A case's number is its id from the `cases` identity sequence, unique across daemons.
+* A case's number is its id from the `cases` identity sequence, unique across daemons
+  (`case_number`, as SQLite's). The id is taken first (by the arrival, or alone), so the
+  INSERT is queued and `case_info` of the new case is known without reading it.
 * `case_info` is remembered for the rest of the transaction: `create_case` makes it from
   its own RETURNING, and a read keeps it; every write of this transaction that can change
   a case (status, close, reopen, routing's decision, a hook's own SQL) forgets it. Another
@@ -40,7 +42,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from engage_listener.observe.logs import scrub
-from engage_listener.store.common_sql import now_iso
+from engage_listener.store.common_sql import case_number, now_iso
 from engage_listener.store.interface import (
     CaseInfo,
     CaseRef,
@@ -227,22 +229,26 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
 
     # ----- writes -------------------------------------------------------------------
     async def create_case(self, case: NewCase) -> CaseRef:
-        now = now_iso()
-        row = await self._one(
-            "WITH n AS (SELECT nextval(pg_get_serial_sequence('cases', 'id')) AS id)"  # noqa: S608
-            " INSERT INTO cases (id, case_number, listener, process, customer_id,"
+        case_id = self._take_case_id()  # see arrival
+        if case_id is None:
+            row = await self._one("SELECT nextval(pg_get_serial_sequence('cases', 'id'))")
+            case_id = int(row[0])
+        now, number = now_iso(), case_number(case_id)
+        self._write(
+            "INSERT INTO cases (id, case_number, listener, process, customer_id,"
             " related_case_id, sender, sender_name, subject, normalized_subject, status,"
-            " created_at, updated_at) SELECT n.id, CASE WHEN n.id < 1000000"
-            " THEN lpad(n.id::text, 6, '0') ELSE n.id::text END,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s FROM n RETURNING " + _INFO,
+            " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s)",
             (
-                case.listener, case.process, case.customer_id, case.related_case_id,
-                case.sender, case.sender_name, case.subject, case.normalized_subject,
-                case.status, now, now,
+                case_id, number, case.listener, case.process, case.customer_id,
+                case.related_case_id, case.sender, case.sender_name, case.subject,
+                case.normalized_subject, case.status, now, now,
             ),
         )  # fmt: skip
-        info = self._infos[int(row[0])] = _info(row, ())  # no tags yet
-        return CaseRef(info.id, info.case_number)
+        self._infos[case_id] = CaseInfo(  # as the INSERT leaves it: no inbox, priority, tags
+            case_id, number, case.process, case.status, None, case.subject, case.customer_id
+        )
+        return CaseRef(case_id, number)
 
     async def add_message(self, case_id: int | None, message: NewMessage) -> int:
         m = message

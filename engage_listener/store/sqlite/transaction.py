@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from engage_listener.errors import StoppedEarly, StoreError
 from engage_listener.mail.fields import recipient_key
 from engage_listener.observe.logs import scrub
-from engage_listener.store.common_sql import now_iso
+from engage_listener.store.common_sql import case_number, now_iso
 from engage_listener.store.interface import (
     CaseCandidate,
     CaseInfo,
@@ -250,7 +250,7 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
             ),
         )
         case_id = int(cur.lastrowid or 0)
-        number = f"{case_id:06d}"
+        number = case_number(case_id)
         await self.execute("UPDATE cases SET case_number = ? WHERE id = ?", (number, case_id))
         return CaseRef(case_id, number)
 
