@@ -11,7 +11,9 @@ Decisions:
   would be an error on the server, or SQLite's driver, not "no such case").
 * Null-safe equality differs by dialect (`_same`): SQLite's `IS`, PostgreSQL's `IS NOT
   DISTINCT FROM` (SQLite has it only from 3.39, newer than many systems' SQLite).
-* A participant is added with `_send`: nobody reads the result (PostgreSQL queues it).
+* A mail's participants are added with one multi-row INSERT (`_send`: nobody reads the
+  result, PostgreSQL queues it): a statement each cost PostgreSQL's driver its Python
+  work each.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _CANDIDATE = "c.id, c.case_number, c.listener, c.process, c.closed_at"
 _OPEN = "c.status IN ('open', 'pending-approval')"
 _CLOSED = "c.status = 'closed'"
 _BIGINT_DIGITS = 18  # any number of at most 18 digits fits a bigint
+_ROWS_A_STATEMENT = 100  # participants one INSERT adds (a mail adds at most 100)
 
 
 # Whether the address (twice) is `is_participant` of case c, as a column.
@@ -114,11 +117,14 @@ class CommonFollowUps(TxSql):
         return row is not None
 
     async def add_participants(self, case_id: int, addresses: Sequence[str]) -> None:
-        for address in dict.fromkeys(a.strip().lower() for a in addresses if a.strip()):
+        unique = list(dict.fromkeys(a.strip().lower() for a in addresses if a.strip()))
+        for start in range(0, len(unique), _ROWS_A_STATEMENT):
+            chunk = unique[start : start + _ROWS_A_STATEMENT]
             await self._send(
                 self._sql(
-                    "INSERT INTO case_participants (case_id, address) VALUES (?, ?)"
-                    " ON CONFLICT DO NOTHING"
+                    "INSERT INTO case_participants (case_id, address) VALUES "  # noqa: S608
+                    + ", ".join(["(?, ?)"] * len(chunk))  # marks only
+                    + " ON CONFLICT DO NOTHING"
                 ),
-                (case_id, address),
+                tuple(v for address in chunk for v in (case_id, address)),
             )

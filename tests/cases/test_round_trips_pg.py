@@ -50,6 +50,14 @@ REPLY_IN_A_GROUP = 4
 # connection, BEGIN with the first read, the fenced ledger row with the COMMIT. It was 13:
 # BEGIN and COMMIT were a round trip each too; then 8: the fenced ledger row, then COMMIT.
 ALONE = 4
+# Statements the mail sends (each costs psycopg's Python work, round trip or not), in a
+# group: the arrival, the case, the message, its participants (one multi-row INSERT: it
+# was one a participant), the hook's SAVEPOINT, CALL and RELEASE, the routing decision's
+# UPDATE, the ledger row, the mail's RELEASE and the next mail's SAVEPOINT; alone, BEGIN
+# and COMMIT instead of the mail's savepoint. A new customer adds one (its address in
+# the same statement: it was two). The new case's `updated_at` is no longer touched by
+# the message (a statement).
+STATEMENTS = {True: 11, False: 12}
 
 
 @pytest.fixture
@@ -95,18 +103,20 @@ async def test_round_trips_of_a_typical_mail(
     """A new customer costs none more: its id came with the arrival (its INSERT queued)."""
     engine, hook = _engine(store)
     trips = await _traced(store, tmp_path)
-    counts = []
+    counts, statements = [], []
     async with store.group() if grouped else contextlib.nullcontext():
         for n in range(1, 10):  # psycopg prepares a statement on its 5th use: then steady
             hook.inline = True  # a loaded machine may have moved it off the loop
-            before = trips.count()
+            before, sent = trips.count(), trips.statements()
             sender = f"nuevo{n}@example.com" if new_customer else "ana@example.com"
             raw = make_mail(n, sender=sender, subject=f"Consulta {n}")
             done = await engine.ingest(MailKey("L", "INBOX", "1", str(n)), raw)
             counts.append(trips.count() - before)
+            statements.append(trips.statements() - sent)
             assert done.new_case and done.case_id is not None
     trips.stop()
     assert counts[-3:] == [expected] * 3, counts
+    assert statements[-3:] == [STATEMENTS[grouped] + new_customer] * 3, statements
     async with store.transaction() as tx:
         info = await tx.case_info(done.case_id)
     assert info.inbox == "General"  # the function did route it

@@ -74,5 +74,10 @@ class RoundTrips:
     def count(self) -> int:
         return sum(1 for m in self.messages() if m in ("Sync", "Query"))
 
+    def statements(self) -> int:
+        """Statements sent so far (each a Bind, or a simple Query): each costs the driver
+        its Python work, in a round trip of its own or not."""
+        return sum(1 for m in self.messages() if m in ("Bind", "Query"))
+
     def stop(self) -> None:
         self._conn.pgconn.untrace()

@@ -23,6 +23,9 @@ Decisions:
 * A case's number is its id from the `cases` identity sequence, unique across daemons
   (`case_number`, as SQLite's). The id is taken first (by the arrival, or alone), so the
   INSERT is queued and `case_info` of the new case is known without reading it.
+* A message added to a case touches its `updated_at` (which also locks a joined case's
+  row, see below) unless this transaction made the case: it was just written, and the
+  statement (Python work in the driver, a row version on the server) is saved.
 * `case_info` is remembered for the rest of the transaction: `create_case` makes it from
   its own RETURNING, and a read keeps it; every write of this transaction that can change
   a case (status, close, reopen, routing's decision, a hook's own SQL) forgets it. Another
@@ -112,6 +115,7 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
         self._owner = owner
         self._infos: dict[int, CaseInfo] = {}  # see Decisions
         self._taken_ids()  # see arrival
+        self._opened: set[int] = set()  # cases this transaction made (see Decisions)
 
     def _forget(self, case_id: int | None = None) -> None:
         """A write that may change case `case_id` (None: any case) was made."""
@@ -187,11 +191,14 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
                 (name or address, source, now_iso()),
             )
             customer_id = int(row[0])
-        else:
+        else:  # the customer and its address in one statement
             self._write(
-                "INSERT INTO customers (id, name, source, created_at) VALUES (%s, %s, %s, %s)",
-                (customer_id, name or address, source, now_iso()),
+                "WITH c AS (INSERT INTO customers (id, name, source, created_at)"
+                " VALUES (%s, %s, %s, %s)) INSERT INTO customer_addresses (address,"
+                " customer_id) VALUES (%s, %s)",
+                (customer_id, name or address, source, now_iso(), address.lower(), customer_id),
             )
+            return Customer(customer_id, name or address, (address.lower(),))
         self._write(
             "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)",
             (address.lower(), customer_id),
@@ -248,6 +255,7 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
         self._infos[case_id] = CaseInfo(  # as the INSERT leaves it: no inbox, priority, tags
             case_id, number, case.process, case.status, None, case.subject, case.customer_id
         )
+        self._opened.add(case_id)
         return CaseRef(case_id, number)
 
     async def add_message(self, case_id: int | None, message: NewMessage) -> int:
@@ -272,7 +280,7 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
             ],
             row_id=self._take_message_id(),  # see arrival
         )  # fmt: skip
-        if case_id is not None:
+        if case_id is not None and case_id not in self._opened:  # see Decisions
             self._write("UPDATE cases SET updated_at = %s WHERE id = %s", (now_iso(), case_id))
         return row
 
