@@ -108,7 +108,8 @@ class _Inline:
             _wait(cur._execute_gen(query, values), self.conn)
             return _rows(cur)
         prefix, self.prefix = self.prefix, None
-        cursors = [self.conn.cursor() for _ in range(len(prefix) + 1)]
+        writes = self.conn.cursor()  # the queued writes' results are not read: one cursor
+        cursors = [writes] * (len(prefix) - 1) + [self.conn.cursor(), self.conn.cursor()]
         statements = [(c, q, v, True) for c, (q, v) in zip(cursors, prefix, strict=False)]
         statements.append((cursors[-1], query, values, False))  # as the hook sends it: text
         try:
