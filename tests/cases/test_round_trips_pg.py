@@ -46,6 +46,9 @@ IN_A_GROUP = 2
 # status, for RequireApproval, then the hook's view; read after the case's row is locked
 # by the message's `updated_at`), the routing CALL.
 REPLY_IN_A_GROUP = 4
+# A follow-up that joins its customer's open case by subject: the arrival (which found the
+# case), the case's info (as for a reply), the routing CALL.
+BY_SUBJECT_IN_A_GROUP = 3
 # The same mail alone (a batch of one, as IDLE brings them): the pool's check of the
 # connection, BEGIN with the first read, the fenced ledger row with the COMMIT. It was 13:
 # BEGIN and COMMIT were a round trip each too; then 8: the fenced ledger row, then COMMIT.
@@ -181,9 +184,13 @@ async def test_a_mail_that_joins_a_case_takes_no_case_number(store: Store) -> No
     ]  # fmt: skip
 
 
-async def test_round_trips_of_a_reply(store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("by", "expected"), [("header", REPLY_IN_A_GROUP),
+                                              ("subject", BY_SUBJECT_IN_A_GROUP)])  # fmt: skip
+async def test_round_trips_of_a_follow_up(
+    store: Store, tmp_path: Path, by: str, expected: int
+) -> None:
     engine, hook = _engine(store)
-    first = make_mail(0, sender="ana@example.com", message_id="<t0@example.com>")
+    first = make_mail(0, sender="ana@example.com", subject="Factura", message_id="<t0@x.org>")
     case = (await engine.ingest(MailKey("L", "INBOX", "1", "0"), first)).case_id
     trips = await _traced(store, tmp_path)
     counts = []
@@ -191,11 +198,14 @@ async def test_round_trips_of_a_reply(store: Store, tmp_path: Path) -> None:
         for n in range(1, 10):
             hook.inline = True
             before = trips.count()
-            raw = make_mail(n, sender="ana@example.com", subject=f"Otra {n}").replace(
-                b"MIME-Version", b"In-Reply-To: <t0@example.com>\r\nMIME-Version"
-            )
+            if by == "header":
+                raw = make_mail(n, sender="ana@example.com", subject=f"Otra {n}").replace(
+                    b"MIME-Version", b"In-Reply-To: <t0@x.org>\r\nMIME-Version"
+                )
+            else:
+                raw = make_mail(n, sender="ana@example.com", subject="RE: Factura")
             done = await engine.ingest(MailKey("L", "INBOX", "1", str(n)), raw)
             counts.append(trips.count() - before)
             assert done.case_id == case and not done.new_case
     trips.stop()
-    assert counts[-3:] == [REPLY_IN_A_GROUP] * 3, counts
+    assert counts[-3:] == [expected] * 3, counts
