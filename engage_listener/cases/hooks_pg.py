@@ -59,11 +59,16 @@ class ProcedureHook(SqlHook):
         super().__init__(spec, [], timeout)
         self.schema, self.routine = schema, name
 
+    def _needed(self) -> frozenset[str]:
+        """Every parameter until the routine's arguments are known (its first run)."""
+        return self._names if self._statements else frozenset(SQL_PARAMETERS)
+
     def _run_all(
         self, execute: SyncExecute, values: dict[str, object], deadline: float
     ) -> dict[str, Any] | None:
         if not self._statements:
             self._statements = [self._call(execute)]
+            self._names = frozenset(self._statements[0].names)
         as_text: dict[str, object] = {k: None if v is None else str(v) for k, v in values.items()}
         return super()._run_all(execute, as_text, deadline)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from engage_listener.cases.hook_types import (
     DECISION_FIELDS,
+    AttachmentView,
     HookContext,
     RoutingDecision,
     SqlExecutor,
@@ -31,31 +32,36 @@ from engage_listener.store.open import sql_dialect
 INLINE_SECONDS = 0.05  # a run longer than this moves the hook to the store's thread
 INLINE_LIMIT = 0.5  # an inline run still going then is stopped and done on the thread
 
-SQL_PARAMETERS = (
-    "case_id",
-    "case_number",
-    "message_id",
-    "customer_id",
-    "sender",
-    "sender_name",
-    "subject",
-    "text",
-    "is_new_case",
-    "listener",
-    "process",
-    "to_addresses",
-    "cc_addresses",
-    "reply_to",
-    "delivered_to",
-    "new_text",
-    "headers",
-    "attachments",
-    "automatic",
-    "rules_matched",
-    "rules_inbox",
-    "rules_priority",
-    "rules_tags",
-)
+# Every parameter a SQL hook may name, and how it is computed from the context. The
+# issue-18 ones: address lists comma-separated (lower-cased), the headers (lower-cased
+# names) and the attachments as JSON for SQLite's json_extract/json_each, and what the
+# Rules decided.
+_VALUES: dict[str, Callable[[HookContext], object]] = {
+    "case_id": lambda c: c.case.id,
+    "case_number": lambda c: c.case.case_number,
+    "message_id": lambda c: c.message.row,
+    "customer_id": lambda c: c.customer and c.customer.id,
+    "sender": lambda c: c.message.sender,
+    "sender_name": lambda c: c.message.sender_name,
+    "subject": lambda c: c.message.subject,
+    "text": lambda c: c.message.text,
+    "is_new_case": lambda c: int(c.case.is_new),
+    "listener": lambda c: c.listener,
+    "process": lambda c: c.case.process,
+    "to_addresses": lambda c: _addresses(c.message.to),
+    "cc_addresses": lambda c: _addresses(c.message.cc),
+    "reply_to": lambda c: _addresses(c.message.reply_to),
+    "delivered_to": lambda c: c.message.delivered_to,
+    "new_text": lambda c: c.message.new_text,
+    "headers": lambda c: json.dumps(dict(c.message.headers), ensure_ascii=False),
+    "attachments": lambda c: _attachments(c.message.attachments),
+    "automatic": lambda c: c.message.automatic,
+    "rules_matched": lambda c: ",".join(c.rules.matched),
+    "rules_inbox": lambda c: c.rules.inbox,
+    "rules_priority": lambda c: c.rules.priority,
+    "rules_tags": lambda c: ",".join(c.rules.tags),
+}
+SQL_PARAMETERS = tuple(_VALUES)  # what a hook's statements may name
 # Quoted text is skipped, so ':' or '?' inside it is no parameter; nor is PostgreSQL's cast
 # `x::text`.
 _LEXEMES = re.compile(
@@ -101,10 +107,12 @@ class SqlHook:
         self._statements = statements
         self._timeout = timeout
         self.inline = True
+        # The parameters the statements name: only those are computed for a mail.
+        self._names = frozenset(n for stmt in statements for n in stmt.names)
 
     async def run(self, ctx: HookContext, sql: SqlExecutor) -> RoutingDecision:
         """Run every statement; at the timeout the one running is interrupted."""
-        values = _sql_values(ctx)
+        values = _sql_values(ctx, self._needed())
         started = time.monotonic()
         deadline = started + self._timeout
 
@@ -124,6 +132,10 @@ class SqlHook:
                     self._off_the_loop(time.monotonic() - started)
                 return self._decision(found)
         return self._decision(await self._in_thread(sql, work, deadline))
+
+    def _needed(self) -> frozenset[str]:
+        """The parameters to compute for a run: those the statements name."""
+        return self._names
 
     def _decision(self, found: dict[str, Any] | None) -> RoutingDecision:
         try:
@@ -188,45 +200,18 @@ class SqlHook:
         )
 
 
-def _sql_values(ctx: HookContext) -> dict[str, object]:
-    return {
-        "case_id": ctx.case.id,
-        "case_number": ctx.case.case_number,
-        "message_id": ctx.message.row,
-        "customer_id": ctx.customer and ctx.customer.id,
-        "sender": ctx.message.sender,
-        "sender_name": ctx.message.sender_name,
-        "subject": ctx.message.subject,
-        "text": ctx.message.text,
-        "is_new_case": int(ctx.case.is_new),
-        "listener": ctx.listener,
-        "process": ctx.case.process,
-        **_mail_values(ctx),
-    }
+def _sql_values(ctx: HookContext, names: frozenset[str]) -> dict[str, object]:
+    """The parameters of `names` (those the hook's statements use; an unknown one is
+    refused when the hook is loaded) for this mail: each is computed only if used (the
+    JSON of the headers and the attachments cost most)."""
+    return {name: _VALUES[name](ctx) for name in names}
 
 
-def _mail_values(ctx: HookContext) -> dict[str, object]:
-    """The issue-18 parameters: address lists comma-separated (lower-cased), the headers
-    (lower-cased names) and the attachments as JSON for SQLite's json_extract/json_each,
-    and what the Rules decided."""
-    m, rules = ctx.message, ctx.rules
-    return {
-        "to_addresses": _addresses(m.to),
-        "cc_addresses": _addresses(m.cc),
-        "reply_to": _addresses(m.reply_to),
-        "delivered_to": m.delivered_to,
-        "new_text": m.new_text,
-        "headers": json.dumps(dict(m.headers), ensure_ascii=False),
-        "attachments": json.dumps(
-            [{"name": a.filename, "type": a.content_type, "size": a.size} for a in m.attachments],
-            ensure_ascii=False,
-        ),
-        "automatic": m.automatic,
-        "rules_matched": ",".join(rules.matched),
-        "rules_inbox": rules.inbox,
-        "rules_priority": rules.priority,
-        "rules_tags": ",".join(rules.tags),
-    }
+def _attachments(found: tuple[AttachmentView, ...]) -> str:
+    return json.dumps(
+        [{"name": a.filename, "type": a.content_type, "size": a.size} for a in found],
+        ensure_ascii=False,
+    )
 
 
 def _addresses(found: tuple[Address, ...]) -> str:

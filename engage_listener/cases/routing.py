@@ -127,6 +127,7 @@ def message_view(
 ) -> MessageView:
     """The whole mail as a hook sees it (headers decoded and read-only, no bytes)."""
     sender = mail.sender or parser.Address("", "")
+    headers = Headers(mail.headers)  # once: delivered_to reads it too
     return MessageView(
         row,
         mail.message_id,
@@ -139,8 +140,8 @@ def message_view(
         to=mail.to,
         cc=mail.cc,
         reply_to=mail.reply_to,
-        delivered_to=delivered_to(mail.headers, mail.to, mail.cc, own_addresses),
-        headers=Headers(mail.headers),
+        delivered_to=delivered_to(headers, mail.to, mail.cc, own_addresses),
+        headers=headers,
         new_text=new_text,
         attachments=tuple(
             AttachmentView(a.filename, a.content_type, a.size, a.inline) for a in mail.attachments

@@ -242,7 +242,7 @@ def delivered_to(
     """The address the mail was delivered to: `Delivered-To` (the topmost one), else
     `X-Original-To`, else the first To/Cc address that is one of the listener's own
     (compared without case or `+tag`: support+billing@ is delivered to support@)."""
-    fields = Headers(headers)
+    fields = headers if isinstance(headers, Headers) else Headers(headers)
     for name in ("Delivered-To", "X-Original-To"):
         value = fields.get(name)
         if value and value.strip():

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from engage_listener.cases import hooks_sql
 from engage_listener.cases.hooks import (
     SQL_PARAMETERS,
     CustomerView,
@@ -364,6 +365,26 @@ async def test_sql_passes_only_the_names_used(tmp_path: Path, store: SqliteStore
         recorder = Recorder(tx)
         await hook.run(context(5, "Hola"), recorder)
     assert recorder.params == [{}, {"case_id": 5, "subject": "Hola"}]
+
+
+async def test_sql_computes_only_the_parameters_it_names(
+    tmp_path: Path, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The headers' and attachments' JSON (the dearest) are made only for a hook that
+    names them: a parameter nobody names is never computed."""
+    computed: list[str] = []
+    real = dict(hooks_sql._VALUES)
+    for name, make in real.items():
+        monkeypatch.setitem(
+            hooks_sql._VALUES, name, lambda c, n=name, m=make: computed.append(n) or m(c)
+        )
+    quiet = load_hook(sql_file(tmp_path, "SELECT :subject AS inbox;\n", "a.sql"), tmp_path, 5.0)
+    full = load_hook(sql_file(tmp_path, "SELECT :headers, :attachments;\n", "b.sql"), tmp_path, 5.0)
+    async with store.transaction() as tx:
+        assert await quiet.run(context(5, "Hola"), tx) == RoutingDecision("Hola")
+        assert computed == ["subject"]
+        await full.run(context(5, "Hola"), tx)
+    assert sorted(computed[1:]) == ["attachments", "headers"]
 
 
 @pytest.mark.parametrize(
