@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar, get_args
 
 from engage_listener.cases.rules import Headers, RuleOutcome
 from engage_listener.mail.parser import Address
-from engage_listener.store.interface import SyncExecute
+from engage_listener.store.interface import AsyncExecute, SyncExecute
 from engage_listener.store.records import CaseStatus
 
 T = TypeVar("T")
@@ -141,6 +141,11 @@ class SqlExecutor(Protocol):
         """`work(execute)` right here, on the event loop. Stopped at `stop_at`
         (time.monotonic()): undone and `StoppedEarly`, or `StoreError` if the transaction
         went with it."""
+        ...
+
+    def awaiting(self, stop_at: float) -> AsyncExecute | None:
+        """An `execute` to await (PostgreSQL), stopped at `stop_at`; None: use the two
+        above (SQLite)."""
         ...
 
 

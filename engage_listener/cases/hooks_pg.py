@@ -28,7 +28,7 @@ from typing import Any
 
 from engage_listener.cases.hooks_sql import SQL_PARAMETERS, SqlHook, _Statement
 from engage_listener.errors import HookError
-from engage_listener.store.interface import SyncExecute
+from engage_listener.store.interface import AsyncExecute, SqlCursor, SyncExecute
 
 _NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*)$")
 _ROUTINE = (
@@ -67,14 +67,24 @@ class ProcedureHook(SqlHook):
         self, execute: SyncExecute, values: dict[str, object], deadline: float
     ) -> dict[str, Any] | None:
         if not self._statements:
-            self._statements = [self._call(execute)]
-            self._names = frozenset(self._statements[0].names)
-        as_text: dict[str, object] = {k: None if v is None else str(v) for k, v in values.items()}
-        return super()._run_all(execute, as_text, deadline)
+            self._resolved(execute(_ROUTINE, {"schema": self.schema, "name": self.routine}))
+        return super()._run_all(execute, _as_text(values), deadline)
 
-    def _call(self, execute: SyncExecute) -> _Statement:
+    async def _run_awaited(
+        self, execute: AsyncExecute, values: dict[str, object], deadline: float
+    ) -> dict[str, Any] | None:
+        if not self._statements:
+            found = await execute(_ROUTINE, {"schema": self.schema, "name": self.routine})
+            self._resolved(found)
+        return await super()._run_awaited(execute, _as_text(values), deadline)
+
+    def _resolved(self, cursor: SqlCursor) -> None:
+        """The routine's one statement, from the catalog's rows (`_ROUTINE`)."""
+        self._statements = [self._call(cursor)]
+        self._names = frozenset(self._statements[0].names)
+
+    def _call(self, cursor: SqlCursor) -> _Statement:
         """The CALL or SELECT for this routine, from its declaration in the catalog."""
-        cursor = execute(_ROUTINE, {"schema": self.schema, "name": self.routine})
         try:
             found, other = cursor.fetchone(), cursor.fetchone()
         finally:
@@ -108,3 +118,8 @@ class ProcedureHook(SqlHook):
         routine = f"{_quoted(self.schema)}.{_quoted(self.routine)}({', '.join(arguments)})"
         text = f"CALL {routine}" if kind == "p" else f"SELECT * FROM {routine}"  # noqa: S608
         return _Statement(1, 1, text, tuple(used))
+
+
+def _as_text(values: dict[str, object]) -> dict[str, object]:
+    """Every argument as text: the CALL casts each to the routine's own type."""
+    return {k: None if v is None else str(v) for k, v in values.items()}

@@ -26,7 +26,7 @@ from engage_listener.cases.hook_types import (
 from engage_listener.errors import HookError, StoppedEarly, StoreError
 from engage_listener.mail.parser import Address
 from engage_listener.observe.logs import get_logger
-from engage_listener.store.interface import SqlDialect, SyncExecute
+from engage_listener.store.interface import AsyncExecute, SqlDialect, SyncExecute
 from engage_listener.store.open import sql_dialect
 
 INLINE_SECONDS = 0.05  # a run longer than this moves the hook to the store's thread
@@ -100,6 +100,9 @@ class SqlHook:
     going after INLINE_LIMIT is stopped, so the loop is never held longer: its work is
     undone and done again on the thread; if the stop took the mail's transaction with it
     (an interrupted write), the mail is retried (`StoreError`), no attempt counted.
+    That is SQLite's, whose statements run in this process. On PostgreSQL the driver waits
+    for the server without the loop: every statement is awaited (`Transaction.awaiting`),
+    neither inline nor on a thread.
     """
 
     def __init__(self, name: str, statements: list[_Statement], timeout: float) -> None:
@@ -115,6 +118,9 @@ class SqlHook:
         values = _sql_values(ctx, self._needed())
         started = time.monotonic()
         deadline = started + self._timeout
+        awaited = sql.awaiting(deadline)
+        if awaited is not None:  # PostgreSQL: see Decisions
+            return self._decision(await self._run_awaited(awaited, values, deadline))
 
         def work(execute: SyncExecute) -> dict[str, Any] | None:
             return self._run_all(execute, values, deadline)
@@ -183,15 +189,43 @@ class SqlHook:
                     found = _row_decision(cursor)
                 cursor.close()  # an unread SELECT must not linger in the transaction
             except Exception as exc:
-                if time.monotonic() >= deadline:
-                    raise self._timed_out() from None
-                raise HookError(
-                    f"routing hook {self.name}: statement {stmt.number}"
-                    f" (line {stmt.line}) failed: {exc}"
-                ) from exc
+                error, cause = self._failed(stmt, exc, deadline)
+                raise error from cause
             if time.monotonic() >= deadline:
                 raise self._timed_out()
         return found
+
+    async def _run_awaited(
+        self, execute: AsyncExecute, values: dict[str, object], deadline: float
+    ) -> dict[str, Any] | None:
+        """`_run_all` with statements awaited; the transaction's own error (a queued write
+        of the mail's that failed with the first statement) is raised as it is."""
+        found = None
+        for stmt in self._statements:
+            try:
+                cursor = await execute(stmt.text, {n: values[n] for n in stmt.names})
+                if stmt is self._statements[-1]:
+                    found = _row_decision(cursor)
+                cursor.close()
+            except StoreError:
+                raise
+            except Exception as exc:
+                error, cause = self._failed(stmt, exc, deadline)
+                raise error from cause
+            if time.monotonic() >= deadline:
+                raise self._timed_out()
+        return found
+
+    def _failed(
+        self, stmt: _Statement, exc: Exception, deadline: float
+    ) -> tuple[HookError, Exception | None]:
+        """The error for a statement that failed, and its cause (none past the deadline:
+        the cancel's own error says nothing more)."""
+        if time.monotonic() >= deadline:
+            return self._timed_out(), None
+        return HookError(
+            f"routing hook {self.name}: statement {stmt.number} (line {stmt.line}) failed: {exc}"
+        ), exc
 
     def _timed_out(self) -> HookError:
         return HookError(

@@ -20,7 +20,7 @@ Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -69,11 +69,12 @@ from engage_listener.store.records import (
 )
 
 __all__ = [
-    "AckRow", "CaseCandidate", "CaseDetail", "CaseInfo", "CaseRef", "CaseState", "CaseSummary",
-    "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts", "MailKey", "MailSeen",
-    "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent", "OutboxRow",
-    "Quarantined", "SqlCursor", "SqlDialect", "Store", "StoredAttachment", "StoredMessage",
-    "SubjectKey", "SyncExecute", "Transaction", "WebhookDelivery", "WebhookEventRow",
+    "AckRow", "AsyncExecute", "CaseCandidate", "CaseDetail", "CaseInfo", "CaseRef", "CaseState",
+    "CaseSummary", "ControlRow", "Customer", "Heartbeat", "LedgerEntry", "ListenerCounts",
+    "MailKey", "MailSeen", "NewAck", "NewAttachment", "NewCase", "NewMessage", "NewWebhookEvent",
+    "OutboxRow", "Quarantined", "SqlCursor", "SqlDialect", "Store", "StoredAttachment",
+    "StoredMessage", "SubjectKey", "SyncExecute", "Transaction", "WebhookDelivery",
+    "WebhookEventRow",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -91,6 +92,8 @@ class SqlCursor(Protocol):
 
 
 SyncExecute = Callable[[str, Mapping[str, object]], SqlCursor]  # one statement, named params
+# The same, awaited: the store's driver waits for the server without the event loop.
+AsyncExecute = Callable[[str, Mapping[str, object]], Awaitable[SqlCursor]]
 
 
 class SqlDialect(Protocol):
@@ -122,6 +125,12 @@ class MailWrites(Protocol):
         """`work(execute)` on the event loop (quick SQL hooks). Stopped at `stop_at`
         (time.monotonic()): undone and `StoppedEarly`, or `StoreError` if the transaction
         went with it."""
+        ...
+
+    def awaiting(self, stop_at: float) -> AsyncExecute | None:
+        """An `execute` for SQL hooks to await, each statement stopped at `stop_at`, where
+        the driver waits for a server (PostgreSQL): no thread, nothing held inline. None
+        where statements run in this process (SQLite: `run_inline`, `run_sync`)."""
         ...
 
     # ----- the case engine --------------------------------------------------------------

@@ -359,6 +359,9 @@ async def test_sql_passes_only_the_names_used(tmp_path: Path, store: SqliteStore
         def run_inline(self, work: Any, deadline: float) -> Any:
             return self.tx.run_inline(self._noting(work), deadline)
 
+        def awaiting(self, deadline: float) -> Any:
+            return None  # SQLite's: inline or on its thread
+
     spec = sql_file(tmp_path, "SELECT 1;\nSELECT :case_id, :subject, :case_id;\n")
     hook = load_hook(spec, tmp_path, 5.0)
     async with store.transaction() as tx:

@@ -41,6 +41,9 @@ class Where:
         self.runs.append("inline")
         return self.tx.run_inline(work, stop_at)
 
+    def awaiting(self, stop_at: float) -> Any:
+        return self.tx.awaiting(stop_at)  # SQLite's: None
+
 
 async def run_noted(
     store: SqliteStore, hook: SqlHook, case_id: int, runs: list[str] | None = None

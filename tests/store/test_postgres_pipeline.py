@@ -143,3 +143,40 @@ async def test_begin_and_commit_ride_with_the_statements(store: Store, tmp_path:
     trips.stop()
     assert (empty, trips.count() - empty) == (1, 3)  # were 3 and 5
     assert await _notes(store) == [1]
+
+
+async def test_an_awaited_hook_statement_goes_with_the_queue_and_keeps_errors_apart(
+    store: Store, tmp_path: Path
+) -> None:
+    """`awaiting` (how SQL hooks run on PostgreSQL): the queued writes go out with the
+    hook's first statement in one round trip; the hook's own error is raised as it is,
+    a queued write's as the transaction's (`StoreError`), never as the hook's."""
+    async with store.transaction() as tx:
+        trips = RoundTrips(tx._conn, tmp_path / "trace")  # type: ignore[attr-defined]
+        tx._write("INSERT INTO notes VALUES (1)")  # type: ignore[attr-defined]
+        before = trips.count()
+        execute = tx.awaiting(time.monotonic() + 30)
+        assert execute is not None
+        rows = await execute("SELECT count(*) AS n FROM notes WHERE n = :n", {"n": 1})
+        assert (trips.count() - before, rows.fetchone()) == (1, (1,))
+        trips.stop()
+    async with store.transaction() as tx:
+        execute = tx.awaiting(time.monotonic() + 30)
+        assert execute is not None
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await execute("SELECT 1 / 0", {})
+    with pytest.raises(StoreError, match="store write failed"):
+        async with store.transaction() as tx:
+            tx._write("INSERT INTO notes VALUES (1 / 0)")  # type: ignore[attr-defined]
+            execute = tx.awaiting(time.monotonic() + 30)
+            assert execute is not None
+            await execute("SELECT 1", {})
+    assert await _notes(store) == [1]
+
+
+async def test_an_awaited_hook_statement_is_cancelled_at_its_deadline(store: Store) -> None:
+    async with store.transaction() as tx:
+        execute = tx.awaiting(time.monotonic() + 0.3)
+        assert execute is not None
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await execute("SELECT pg_sleep(30)", {})

@@ -36,6 +36,8 @@ Decisions:
 * Anything that uses the connection directly (COPY, a routing hook on a thread, a read of
   the store's own) flushes first (`flush`); an inline routing hook `take`s the queue and
   sends it in one pipeline with its SAVEPOINT and first statement (`hooks.run_inline`).
+  An awaited hook statement goes with the queue like a read (`run_after_queue`), which
+  tells the queue's failure (the transaction's) from the statement's (the hook's).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from typing import Any
 
 import psycopg
 
-from engage_listener.errors import LeaseLost
+from engage_listener.errors import LeaseLost, StoreError
+from engage_listener.observe.logs import scrub
 from engage_listener.store.postgres.schema import LEASE_LOST
 
 Connection = psycopg.AsyncConnection[Any]
@@ -108,6 +111,29 @@ class Deferred:
                 for queued, values in items:
                     await writer.execute(queued, values)
                 cursor = await self.conn.execute(sql, params or None, binary=True)
+        return cursor
+
+    async def run_after_queue(
+        self, sql: str, params: Any = None, *, binary: bool = True
+    ) -> psycopg.AsyncCursor[Any]:
+        """`run`, telling a queued write's failure from the statement's own: the first is
+        the transaction's error (`StoreError`, as when a read of the store's own sends the
+        queue), the second is raised as it is (a routing hook's statement: `awaiting`)."""
+        if not self._items:
+            return await self.conn.execute(sql, params or None, binary=binary)
+        items, self._items = self._items, []
+        writer, last = self._writer(), self.conn.cursor(binary=True)
+        try:
+            with fenced():
+                async with self.conn.pipeline():
+                    for queued, values in items[:-1]:
+                        await writer.execute(queued, values)
+                    await last.execute(items[-1][0], items[-1][1])
+                    cursor = await self.conn.execute(sql, params or None, binary=binary)
+        except psycopg.Error as exc:  # LeaseLost (fenced) is no psycopg.Error: it passes
+            if last.pgresult is None:  # the queue failed; the statement was never run
+                raise StoreError(f"store write failed: {scrub(str(exc))}") from exc
+            raise
         return cursor
 
     async def flush(self) -> None:

@@ -1,5 +1,11 @@
 """Operators' `sql:` routing hooks on the mail's own PostgreSQL connection and transaction.
 
+`awaiting` is how SQL hooks (`sql:` files, `pg:` routines) run on this store: each
+statement is awaited on the mail's connection, the transaction's queued writes going out
+with the first one. `run_sync` and `run_inline`, below, are the `Transaction` protocol's
+other two ways, which SQLite needs; no hook takes them here since `awaiting` (kept, and
+tested, for the protocol).
+
 `run_sync` runs the hook's work on a thread; each statement it executes is handed back to
 the event loop, where the mail's async connection runs it, and waited for on the thread.
 `run_inline` runs the work on the event loop itself: each statement goes through psycopg's
@@ -8,6 +14,15 @@ generators), bounded by the deadline, after which the statement is cancelled on 
 
 Decisions:
 
+* Awaited, not inline: a `pg:` CALL sent with the mail's queued writes (its new customer,
+  case, message) waited on the event loop whenever one of them waited on another
+  transaction's lock (two listeners creating the same customer at once), up to
+  INLINE_LIMIT, and a daemon with 8 listeners stalled long enough to lose its leases
+  (bench, `--daemons 1`). Awaited, the wait holds up that mail only; the hook needs no
+  savepoint of its own (nothing is run again elsewhere: a failing hook fails the mail),
+  and a statement past RoutingTimeout is cancelled by the `canceller` as before. A queued
+  write that fails with the hook's first statement is the transaction's error
+  (`StoreError`), never the hook's (`Deferred.run_after_queue`).
 * Inside a savepoint, as in SQLite: a stopped inline run is undone (`StoppedEarly`) and
   the hook runs again off the loop; the mail's other writes stay.
 * The inline run's RELEASE goes on the transaction's queue (`deferred`) when it has one:
@@ -37,7 +52,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from engage_listener.errors import StoppedEarly, StoreError
-from engage_listener.store.interface import SqlCursor, SyncExecute
+from engage_listener.store.interface import AsyncExecute, SqlCursor, SyncExecute
 from engage_listener.store.postgres.canceller import CANCELLER
 from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.dialect import to_pyformat
@@ -73,6 +88,26 @@ async def _execute(conn: psycopg.AsyncConnection[Any], sql: str, params: Any) ->
     cur = await conn.execute(to_pyformat(sql), dict(params))
     rows = await cur.fetchall() if cur.description else []
     return Rows(cur.description, rows)
+
+
+def awaiting(conn: psycopg.AsyncConnection[Any], queued: Deferred, stop_at: float) -> AsyncExecute:
+    """An `execute` for a SQL hook to await: the transaction's queued writes go out with
+    its first statement (one round trip), nothing waits on the event loop (a lock wait, a
+    slow procedure hold up this mail only), and a statement past `stop_at` is cancelled
+    on the server by the `canceller` (its error is the hook's: timed out)."""
+
+    async def execute(sql: str, params: Mapping[str, object]) -> SqlCursor:
+        far = stop_at - time.monotonic() >= MAX_TIMER_SECONDS
+        token = None if far else CANCELLER.arm(stop_at, conn.cancel)
+        try:  # text results, as the hook's statements always had them
+            cur = await queued.run_after_queue(to_pyformat(sql), dict(params), binary=False)
+            rows = await cur.fetchall() if cur.description else []
+        finally:
+            if token is not None:
+                CANCELLER.disarm(token)
+        return Rows(cur.description, rows)
+
+    return execute
 
 
 async def run_sync(conn: psycopg.AsyncConnection[Any], work: Callable[[SyncExecute], T]) -> T:

@@ -47,6 +47,7 @@ import psycopg
 from engage_listener.observe.logs import scrub
 from engage_listener.store.common_sql import case_number, now_iso
 from engage_listener.store.interface import (
+    AsyncExecute,
     CaseInfo,
     CaseRef,
     Customer,
@@ -147,6 +148,10 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
     def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
         self._forget()
         return hooks.run_inline(self._conn, work, stop_at, self._deferred)
+
+    def awaiting(self, stop_at: float) -> AsyncExecute | None:
+        self._forget()
+        return hooks.awaiting(self._conn, self._deferred, stop_at)
 
     def interrupt(self) -> None:
         """Cancel the running statement on the server. libpq's cancel opens a connection

@@ -12,6 +12,7 @@ from engage_listener.mail.fields import recipient_key
 from engage_listener.observe.logs import scrub
 from engage_listener.store.common_sql import case_number, now_iso
 from engage_listener.store.interface import (
+    AsyncExecute,
     CaseCandidate,
     CaseInfo,
     CaseRef,
@@ -67,6 +68,10 @@ class SqliteTransaction(FollowUpQueries, OperatorWrites, WebhookWrites):
     async def run_sync(self, work: Callable[[SyncExecute], T]) -> T:
         """`work(execute)` on the store's thread (SQL hooks: arbitrary, interruptible SQL)."""
         return await self._db.in_thread(work, self._db.raw.execute)
+
+    def awaiting(self, stop_at: float) -> AsyncExecute | None:
+        """None: SQLite runs in this process (`run_inline`, else `run_sync`)."""
+        return None
 
     def run_inline(self, work: Callable[[SyncExecute], T], stop_at: float) -> T:
         """`work(execute)` on the event loop (quick SQL hooks), inside a savepoint. A
