@@ -85,6 +85,12 @@ class SecretError(EngageError):
     """A secret reference cannot be resolved (missing key, wrong key, unset variable...)."""
 
 
+class WriteConflict(StoreError):
+    """Another transaction committed the same new row first (a customer two listeners made
+    at once from the same new sender): the mail's transaction was rolled back; taken again
+    at once, it finds that row."""
+
+
 class LeaseLost(StoreError):
     """This daemon no longer holds the listener's lease (issue 16): the mail's transaction
     was rolled back, so nothing of it is committed nor moved; another daemon takes it."""

@@ -36,7 +36,7 @@ from engage_listener.cases.rules import RuleOutcome, evaluate, mail_view
 from engage_listener.cases.settings import EngineSettings
 from engage_listener.cases.stored import add_attachments, new_message
 from engage_listener.cases.webhooks import tell_crm
-from engage_listener.errors import QuarantineNow
+from engage_listener.errors import QuarantineNow, WriteConflict
 from engage_listener.mail import parser
 from engage_listener.mail.parse_pool import Prepared
 from engage_listener.mail.parse_shared import prepare_for_quarantine, shared
@@ -57,6 +57,10 @@ from engage_listener.store.records import CaseStatus
 __all__ = ["PENDING", "REPLAY_MAILBOX", "AckSettings", "CaseEngine", "EngineSettings", "Prepared"]
 
 REPLAY_MAILBOX = "#quarantine"  # ledger mailbox of mails replayed from quarantine
+# A mail whose transaction met another's new row (`WriteConflict`: the same new customer
+# made by two listeners at once) is taken again at once, this many times; it was a
+# listener error with a back-off of seconds, and in a group a retry of every mail.
+CONFLICT_RETRIES = 2
 PENDING: CaseStatus = "pending-approval"
 
 
@@ -90,12 +94,17 @@ class CaseEngine:
             prepared.automatic, mail, s.uses_reply_to, s.all_own_addresses
         )
         message = new_message(self.settings, raw, prepared, automatic, prepared.new_text)
-        try:
-            return await self._ingest(key, raw, mail, automatic, message)
-        except Discarded:  # rolled back (the case it opened too): kept without a case
-            async with self.store.transaction() as tx:
-                await self._ignore(tx, key, message)
-            return Ingested(None, None, False, False, ignored=True)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                return await self._ingest(key, raw, mail, automatic, message)
+            except Discarded:  # rolled back (the case it opened too): kept without a case
+                async with self.store.transaction() as tx:
+                    await self._ignore(tx, key, message)
+                return Ingested(None, None, False, False, ignored=True)
+            except WriteConflict:  # rolled back: taken again, it finds the other's row
+                if attempt == CONFLICT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _ingest(
         self,

@@ -48,7 +48,7 @@ from typing import Any
 
 import psycopg
 
-from engage_listener.errors import LeaseLost, StoreError
+from engage_listener.errors import LeaseLost, StoreError, WriteConflict
 from engage_listener.observe.logs import scrub
 from engage_listener.store.postgres.schema import LEASE_LOST
 
@@ -132,7 +132,9 @@ class Deferred:
                     cursor = await self.conn.execute(sql, params or None, binary=binary)
         except psycopg.Error as exc:  # LeaseLost (fenced) is no psycopg.Error: it passes
             if last.pgresult is None:  # the queue failed; the statement was never run
-                raise StoreError(f"store write failed: {scrub(str(exc))}") from exc
+                race = isinstance(exc, psycopg.errors.UniqueViolation)
+                kind = WriteConflict if race else StoreError
+                raise kind(f"store write failed: {scrub(str(exc))}") from exc
             raise
         return cursor
 

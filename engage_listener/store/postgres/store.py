@@ -32,7 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from engage_listener.config.model import DEFAULT_LEASE_SECONDS, StoreConfig
-from engage_listener.errors import StoreError
+from engage_listener.errors import StoreError, WriteConflict
 from engage_listener.observe.logs import scrub
 from engage_listener.store.postgres.case_reads import CaseReads
 from engage_listener.store.postgres.connect import (
@@ -143,6 +143,8 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             lost = lease_lost(exc)
             if lost is not None:
                 raise lost from None
+            if isinstance(exc, psycopg.errors.UniqueViolation):
+                raise WriteConflict(message(what, exc, self.url)) from None
             raise StoreError(message(what, exc, self.url)) from None
 
     @asynccontextmanager

@@ -1,0 +1,96 @@
+"""Two listeners making the same new customer at once (issue 16: several listeners and
+daemons on one PostgreSQL): the second mail's transaction meets the first one's new
+address, is rolled back (`WriteConflict`) and taken again at once, and joins that
+customer; it was a listener error with seconds of back-off."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devkit.postgres import PostgresServer
+from engage_listener.cases.engine import CaseEngine, EngineSettings
+from engage_listener.config.model import StoreConfig
+from engage_listener.errors import WriteConflict
+from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.open import build_store
+from tests.support.helpers import make_mail
+from tests.support.postgres import fresh_database, postgres_server
+
+__all__ = ["postgres_server"]  # a fixture
+
+
+@pytest.fixture
+async def url(postgres_server: PostgresServer) -> str:
+    return fresh_database(postgres_server)
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    opened = build_store(StoreConfig(Path("unused"), url=url))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _waiting_on_a_lock(url: str, deadline: float = 10.0) -> None:
+    """Until a backend waits on another's lock (the uncommitted address)."""
+    stop = time.monotonic() + deadline
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while time.monotonic() < stop:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError("no backend waited on the other transaction's new address")
+
+
+async def test_a_customer_another_listener_makes_at_once_is_joined(
+    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conflicts: list[str] = []
+    real = CaseEngine._ingest
+
+    async def noting(self: CaseEngine, *args: object) -> object:
+        try:
+            return await real(self, *args)  # type: ignore[arg-type]
+        except WriteConflict as exc:
+            conflicts.append(str(exc))
+            raise
+
+    monkeypatch.setattr(CaseEngine, "_ingest", noting)
+    engine = CaseEngine(store, EngineSettings("L", extract_attachments=True))
+    made, commit = asyncio.Event(), asyncio.Event()
+
+    async def other_listener() -> int:
+        async with store.transaction() as tx:
+            customer = await tx.create_customer("Ana", "ana@example.com", "auto")
+            await tx.find_customer("ana@example.com")  # the address sent, not committed
+            made.set()
+            await commit.wait()
+        return customer.id
+
+    other = asyncio.create_task(other_listener())
+    await made.wait()
+    ingest = asyncio.create_task(
+        engine.ingest(MailKey("L", "INBOX", "1", "1"), make_mail(1, sender="ana@example.com"))
+    )
+    await _waiting_on_a_lock(url)
+    commit.set()
+    customer_id = await other
+    done = await ingest
+    assert len(conflicts) == 1 and "customer_addresses" in conflicts[0]
+    async with store.transaction() as tx:
+        info = await tx.case_info(done.case_id or 0)
+        assert (await tx.find_customer("ana@example.com")).id == customer_id  # type: ignore[union-attr]
+    assert info.customer_id == customer_id  # the other's customer, not a second one
