@@ -57,6 +57,16 @@ _SAVEPOINT = "SAVEPOINT "
 _BEGIN = "BEGIN"
 
 
+def write_conflict(exc: BaseException) -> bool:
+    """Whether `exc` is a new row another transaction committed first, which the mail
+    finds when taken again (`WriteConflict`): a unique key, but the ledger's, which says
+    another daemon committed this very mail (the final guard, issue 16 point 4)."""
+    return (
+        isinstance(exc, psycopg.errors.UniqueViolation)
+        and exc.diag.constraint_name != "ledger_pkey"
+    )
+
+
 def lease_lost(exc: BaseException) -> LeaseLost | None:
     """`exc` as `LeaseLost` if it says the lease was not held (None: it does not)."""
     if isinstance(exc, LeaseLost):
@@ -132,8 +142,7 @@ class Deferred:
                     cursor = await self.conn.execute(sql, params or None, binary=binary)
         except psycopg.Error as exc:  # LeaseLost (fenced) is no psycopg.Error: it passes
             if last.pgresult is None:  # the queue failed; the statement was never run
-                race = isinstance(exc, psycopg.errors.UniqueViolation)
-                kind = WriteConflict if race else StoreError
+                kind = WriteConflict if write_conflict(exc) else StoreError
                 raise kind(f"store write failed: {scrub(str(exc))}") from exc
             raise
         return cursor

@@ -42,7 +42,7 @@ from engage_listener.store.postgres.connect import (
     migrate,
     open_pool,
 )
-from engage_listener.store.postgres.deferred import Deferred, lease_lost
+from engage_listener.store.postgres.deferred import Deferred, lease_lost, write_conflict
 from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
 from engage_listener.store.postgres.transaction import HOLD_LEASE, PostgresTransaction, now_iso
@@ -143,7 +143,7 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             lost = lease_lost(exc)
             if lost is not None:
                 raise lost from None
-            if isinstance(exc, psycopg.errors.UniqueViolation):
+            if write_conflict(exc):
                 raise WriteConflict(message(what, exc, self.url)) from None
             raise StoreError(message(what, exc, self.url)) from None
 
