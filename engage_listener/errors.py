@@ -87,8 +87,8 @@ class SecretError(EngageError):
 
 class WriteConflict(StoreError):
     """Another transaction committed the same new row first (a customer two listeners made
-    at once from the same new sender): the mail's transaction was rolled back; taken again
-    at once, it finds that row."""
+    at once from the same new sender), or the two deadlocked: the mail's transaction was
+    rolled back; taken again at once, it finds that row (or the other has committed)."""
 
 
 class LeaseLost(StoreError):

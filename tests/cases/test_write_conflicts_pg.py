@@ -19,6 +19,7 @@ from engage_listener.config.model import StoreConfig
 from engage_listener.errors import WriteConflict
 from engage_listener.store.interface import MailKey, Store
 from engage_listener.store.open import build_store
+from engage_listener.store.postgres.deferred import write_conflict
 from tests.support.helpers import make_mail
 from tests.support.postgres import fresh_database, postgres_server
 
@@ -94,3 +95,43 @@ async def test_a_customer_another_listener_makes_at_once_is_joined(
         info = await tx.case_info(done.case_id or 0)
         assert (await tx.find_customer("ana@example.com")).id == customer_id  # type: ignore[union-attr]
     assert info.customer_id == customer_id  # the other's customer, not a second one
+
+
+async def test_what_a_mail_is_taken_again_for(store: Store, url: str) -> None:
+    """A new row another committed first, or a deadlock, is taken again (`write_conflict`);
+    the ledger's key is not: another daemon committed this very mail (the final guard)."""
+    ledger = (
+        "INSERT INTO ledger (listener, mailbox, epoch, item, sha256, state, created_at)"
+        " VALUES ('L', 'INBOX', '1', '1', 'x', 'committed', 'now')"
+    )
+    address = "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)"
+    seen: list[BaseException] = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(ledger)
+        cur = await conn.execute(
+            "INSERT INTO customers (name, source, created_at) VALUES ('A', 'auto', 'now'),"
+            " ('B', 'auto', 'now') RETURNING id"
+        )
+        a, b = [row[0] for row in await cur.fetchall()]
+        await conn.execute(address, ("a@example.com", a))
+        for sql, params in ((ledger, None), (address, ("a@example.com", b))):
+            with pytest.raises(psycopg.errors.UniqueViolation) as caught:
+                await conn.execute(sql, params)
+            seen.append(caught.value)
+    first = await psycopg.AsyncConnection.connect(url)
+    second = await psycopg.AsyncConnection.connect(url)
+    try:  # each locks a customer, then wants the other's: one of them is the victim
+        await first.execute("UPDATE customers SET name = 'x' WHERE id = %s", (a,))
+        await second.execute("UPDATE customers SET name = 'y' WHERE id = %s", (b,))
+        results = await asyncio.gather(
+            first.execute("UPDATE customers SET name = 'x' WHERE id = %s", (b,)),
+            second.execute("UPDATE customers SET name = 'y' WHERE id = %s", (a,)),
+            return_exceptions=True,
+        )
+        seen += [r for r in results if isinstance(r, BaseException)]
+    finally:
+        for conn in (first, second):
+            await conn.close()
+    assert [type(e).__name__ for e in seen] == ["UniqueViolation", "UniqueViolation",
+                                               "DeadlockDetected"]  # fmt: skip
+    assert [write_conflict(e) for e in seen] == [False, True, True]

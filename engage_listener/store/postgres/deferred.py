@@ -58,9 +58,13 @@ _BEGIN = "BEGIN"
 
 
 def write_conflict(exc: BaseException) -> bool:
-    """Whether `exc` is a new row another transaction committed first, which the mail
-    finds when taken again (`WriteConflict`): a unique key, but the ledger's, which says
-    another daemon committed this very mail (the final guard, issue 16 point 4)."""
+    """Whether `exc` is a collision with another transaction that taking the mail again
+    resolves (`WriteConflict`): a new row it committed first (a unique key, but the
+    ledger's, which says another daemon committed this very mail: the final guard, issue
+    16 point 4), or a deadlock between them (two listeners' batches making the same new
+    customers in another order)."""
+    if isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+        return True
     return (
         isinstance(exc, psycopg.errors.UniqueViolation)
         and exc.diag.constraint_name != "ledger_pkey"
