@@ -11,6 +11,14 @@ Decisions:
 - Only an expired (or released) lease is taken, and taking it increments `fence`: a lease
   is never stolen from a live holder, so a daemon gives up surplus listeners itself
   (`release`), after it has stopped them.
+- A renewal or a take-over updates one lease row a statement (each commits at once): a
+  mail's transaction holds its listener's lease row FOR SHARE until it commits (the
+  store's fencing), and one UPDATE of several rows held the rows it had updated while it
+  waited for the next one; a mail transaction waiting for one of those (its next ledger
+  row) while another it waited on held the next row made a deadlock, which PostgreSQL
+  broke by failing the renewal, and every listener of the daemon was stopped (the bench's
+  8 listeners with shared new customers, `--daemons 1,2`). One row a statement waits for
+  at most that row's mail, holding nothing else.
 - The table definitions (LEASE_DDL) belong to the PostgreSQL store's migration; the copy
   here is what the tests create, and must stay identical to the migration's.
 """
@@ -108,25 +116,33 @@ class LeaseTables:
         return [str(r[0]) for r in rows]
 
     async def renew(self, daemon_id: str, listeners: Collection[str], seconds: float) -> set[str]:
-        """Extend the leases this daemon still holds; returns those renewed."""
-        rows = await self._rows(
-            "UPDATE listener_leases SET expires_at = now() + make_interval(secs => %s)"
-            " WHERE owner = %s AND expires_at > now() AND listener = ANY(%s) RETURNING listener",
-            (seconds, daemon_id, list(listeners)),
-        )
-        return {str(r[0]) for r in rows}
+        """Extend the leases this daemon still holds; returns those renewed. One row a
+        statement: see Decisions."""
+        renewed: set[str] = set()
+        for listener in sorted(listeners):
+            rows = await self._rows(
+                "UPDATE listener_leases SET expires_at = now() + make_interval(secs => %s)"
+                " WHERE owner = %s AND expires_at > now() AND listener = %s RETURNING listener",
+                (seconds, daemon_id, listener),
+            )
+            renewed.update(str(r[0]) for r in rows)
+        return renewed
 
     async def acquire(
         self, daemon_id: str, listeners: Collection[str], seconds: float
     ) -> dict[str, int]:
-        """Take those of `listeners` whose lease is free or expired; listener -> new fence."""
-        rows = await self._rows(
-            "UPDATE listener_leases SET owner = %s, fence = fence + 1,"
-            " expires_at = now() + make_interval(secs => %s)"
-            " WHERE listener = ANY(%s) AND expires_at <= now() RETURNING listener, fence",
-            (daemon_id, seconds, list(listeners)),
-        )
-        return {str(r[0]): int(r[1]) for r in rows}
+        """Take those of `listeners` whose lease is free or expired; listener -> new fence.
+        One row a statement: see Decisions."""
+        taken: dict[str, int] = {}
+        for listener in sorted(listeners):
+            rows = await self._rows(
+                "UPDATE listener_leases SET owner = %s, fence = fence + 1,"
+                " expires_at = now() + make_interval(secs => %s)"
+                " WHERE listener = %s AND expires_at <= now() RETURNING listener, fence",
+                (daemon_id, seconds, listener),
+            )
+            taken.update((str(r[0]), int(r[1])) for r in rows)
+        return taken
 
     async def release(self, daemon_id: str, listeners: Collection[str]) -> None:
         """Give these up now (already stopped here), so their new owner need not wait."""
