@@ -6,59 +6,24 @@ customer; it was a listener error with seconds of back-off."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from devkit.postgres import PostgresServer
 from engage_listener.cases.engine import CaseEngine, EngineSettings
-from engage_listener.config.model import StoreConfig
 from engage_listener.errors import WriteConflict
 from engage_listener.store.interface import MailKey, Store
-from engage_listener.store.open import build_store
 from engage_listener.store.postgres.deferred import write_conflict
 from tests.support.helpers import make_mail
-from tests.support.postgres import fresh_database, postgres_server
+from tests.support.postgres import lock_waiters, pg_store, pg_url, postgres_server
 
-__all__ = ["postgres_server"]  # a fixture
-
-
-@pytest.fixture
-async def url(postgres_server: PostgresServer) -> str:
-    return fresh_database(postgres_server)
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[Store]:
-    opened = build_store(StoreConfig(Path("unused"), url=url))
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def _waiting_on_a_lock(url: str, deadline: float = 10.0) -> None:
-    """Until a backend waits on another's lock (the uncommitted address)."""
-    stop = time.monotonic() + deadline
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        while time.monotonic() < stop:
-            cur = await conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            )
-            row = await cur.fetchone()
-            if row is not None and row[0] > 0:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError("no backend waited on the other transaction's new address")
+__all__ = ["pg_store", "pg_url", "postgres_server"]  # fixtures
 
 
 async def test_a_customer_another_listener_makes_at_once_is_joined(
-    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+    pg_store: Store, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store, url = pg_store, pg_url
     conflicts: list[str] = []
     real = CaseEngine._ingest
 
@@ -86,7 +51,7 @@ async def test_a_customer_another_listener_makes_at_once_is_joined(
     ingest = asyncio.create_task(
         engine.ingest(MailKey("L", "INBOX", "1", "1"), make_mail(1, sender="ana@example.com"))
     )
-    await _waiting_on_a_lock(url)
+    await lock_waiters(url, 1)
     commit.set()
     customer_id = await other
     done = await ingest
@@ -97,9 +62,10 @@ async def test_a_customer_another_listener_makes_at_once_is_joined(
     assert info.customer_id == customer_id  # the other's customer, not a second one
 
 
-async def test_what_a_mail_is_taken_again_for(store: Store, url: str) -> None:
+async def test_what_a_mail_is_taken_again_for(pg_store: Store, pg_url: str) -> None:
     """A new row another committed first, or a deadlock, is taken again (`write_conflict`);
     the ledger's key is not: another daemon committed this very mail (the final guard)."""
+    url = pg_url  # the store made its tables
     ledger = (
         "INSERT INTO ledger (listener, mailbox, epoch, item, sha256, state, created_at)"
         " VALUES ('L', 'INBOX', '1', '1', 'x', 'committed', 'now')"

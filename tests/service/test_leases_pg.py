@@ -5,31 +5,15 @@ mail transactions that hold their listener's row FOR SHARE and wait on each othe
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psycopg
 
 from engage_listener.service.leases import LeaseTables
 from tests.support.leases import lease_db
-from tests.support.postgres import postgres_server
+from tests.support.postgres import lock_waiters, postgres_server
 
 __all__ = ["lease_db", "postgres_server"]  # fixtures, imported to be used here
 HOLD = "SELECT 1 FROM listener_leases WHERE listener = %s FOR SHARE"  # as the store's check
-
-
-async def _waiters(url: str, count: int, deadline: float = 10.0) -> None:
-    """Until `count` backends wait on a lock."""
-    stop = time.monotonic() + deadline
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        while time.monotonic() < stop:
-            cur = await conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            )
-            row = await cur.fetchone()
-            if row is not None and row[0] >= count:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"fewer than {count} backends waited on a lock")
 
 
 async def test_a_renewal_waits_for_a_busy_mail_without_deadlocking_the_next(
@@ -56,7 +40,7 @@ async def test_a_renewal_waits_for_a_busy_mail_without_deadlocking_the_next(
         renewal = asyncio.create_task(
             LeaseTables(coordinator).renew("d1", ["L-a", "L-b"], 60)
         )
-        await _waiters(url, 2)  # A on B, the renewal on A
+        await lock_waiters(url, 2)  # A on B, the renewal on A
         await mail_b.execute(HOLD, ("L-b",))  # B's next ledger row checks its lease
         await mail_b.commit()
         await a_waits

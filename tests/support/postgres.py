@@ -7,9 +7,11 @@ where PostgreSQL is not installed; `bash scripts/dev test` installs it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,43 @@ _databases = itertools.count(1)
 def fresh_database(server: PostgresServer) -> str:
     """A new, empty database on `server` for one test; its URL (the application's role)."""
     return server.create_database(f"t{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """A fresh database's URL (`fresh_database`)."""
+    return fresh_database(postgres_server)
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[Any]:
+    """The PostgreSQL store on `pg_url`, opened (its schema made), unfenced."""
+    from engage_listener.config.model import StoreConfig  # noqa: PLC0415
+    from engage_listener.store.open import build_store  # noqa: PLC0415
+
+    opened = build_store(StoreConfig(Path("unused"), url=pg_url))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def lock_waiters(url: str, count: int, deadline: float = 10.0) -> None:
+    """Until `count` backends wait on another transaction's lock (pg_stat_activity)."""
+    import psycopg  # noqa: PLC0415 - PostgreSQL-only support
+
+    stop = time.monotonic() + deadline
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while time.monotonic() < stop:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] >= count:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} backends waited on a lock")
 
 
 class RoundTrips:
