@@ -9,6 +9,7 @@ it or making a second case of it. A routing hook that fails rolls it all back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 
@@ -94,17 +95,26 @@ class CaseEngine:
             prepared.automatic, mail, s.uses_reply_to, s.all_own_addresses
         )
         message = new_message(self.settings, raw, prepared, automatic, prepared.new_text)
-        for attempt in range(CONFLICT_RETRIES + 1):
-            try:
-                return await self._ingest(key, raw, mail, automatic, message)
-            except Discarded:  # rolled back (the case it opened too): kept without a case
-                async with self.store.transaction() as tx:
-                    await self._ignore(tx, key, message)
-                return Ingested(None, None, False, False, ignored=True)
-            except WriteConflict:  # rolled back: taken again, it finds the other's row
-                if attempt == CONFLICT_RETRIES:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        for _ in range(CONFLICT_RETRIES):
+            with contextlib.suppress(WriteConflict):  # rolled back: taken again, it finds
+                return await self._kept(key, raw, mail, automatic, message)  # the other's row
+        return await self._kept(key, raw, mail, automatic, message)
+
+    async def _kept(
+        self,
+        key: MailKey,
+        raw: bytes,
+        mail: parser.ParsedMail,
+        automatic: str | None,
+        message: NewMessage,
+    ) -> Ingested:
+        """`_ingest`; a mail the Rules or the hook discard is kept, ignored."""
+        try:
+            return await self._ingest(key, raw, mail, automatic, message)
+        except Discarded:  # rolled back (the case it opened too): kept without a case
+            async with self.store.transaction() as tx:
+                await self._ignore(tx, key, message)
+            return Ingested(None, None, False, False, ignored=True)
 
     async def _ingest(
         self,

@@ -63,13 +63,18 @@ def in_scope(case: CaseCandidate, scope: Scope) -> bool:
 def names_a_case(mail: parser.ParsedMail) -> bool:
     """Whether the mail names a case at all (a header or a case token): else only its
     customer's cases by subject can take it."""
-    return bool(mail.in_reply_to or any(mail.references) or find_case_token(mail.subject))
+    return bool(_named_ids(mail) or find_case_token(mail.subject))
+
+
+def _named_ids(mail: parser.ParsedMail) -> list[str]:
+    """The Message-IDs the mail's In-Reply-To and References name."""
+    return [r for r in (mail.in_reply_to, *mail.references) if r]
 
 
 async def named_case(tx: Transaction, mail: parser.ParsedMail, scope: Scope) -> Named:
     """The case the mail names and may join, else the first one it named (or nothing)."""
     sender = mail.sender.normalized if mail.sender else ""
-    refs = [r for r in (mail.in_reply_to, *mail.references) if r]
+    refs = _named_ids(mail)
     refused: CaseCandidate | None = None
     for case in await tx.cases_by_message_ids(refs, "" if scope.anyone else sender):
         if await _may_join(tx, case, sender, scope):
@@ -113,7 +118,7 @@ async def closed_case(
     participants only, in scope), else the customer's by subject (`by_subject`: read
     with the open one, `Transaction.cases_by_subject`)."""
     sender = mail.sender.normalized if mail.sender else ""
-    refs = [r for r in (mail.in_reply_to, *mail.references) if r]
+    refs = _named_ids(mail)
     refused: CaseCandidate | None = None
     for case in await tx.closed_cases_by_message_ids(refs):
         if await _may_join(tx, case, sender, scope):

@@ -71,15 +71,20 @@ async def insert_row(
         assert found is not None
         return int(found[0])
     if row_id is None:
-        cur = await deferred.run("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", (table,))
-        found = await cur.fetchone()
-        assert found is not None
-        row_id = int(found[0])
+        row_id = await next_id(deferred, table)
         row = [Column("id", "bigint", row_id), *row]
     else:
         await deferred.flush()  # the queue goes first, in order
     await _copy(deferred.conn, table, row)
     return row_id
+
+
+async def next_id(deferred: Deferred, table: str) -> int:
+    """The next id of `table`'s identity sequence (with the queue: one round trip)."""
+    cur = await deferred.run("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", (table,))
+    found = await cur.fetchone()
+    assert found is not None
+    return int(found[0])
 
 
 async def _copy(conn: psycopg.AsyncConnection[Any], table: str, row: Sequence[Column]) -> None:

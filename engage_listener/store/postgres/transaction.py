@@ -66,7 +66,7 @@ from engage_listener.store.postgres.arrival import (
 )
 from engage_listener.store.postgres.deferred import Deferred
 from engage_listener.store.postgres.follow_ups import FollowUpQueries
-from engage_listener.store.postgres.rows import Column, insert_row
+from engage_listener.store.postgres.rows import Column, insert_row, next_id
 from engage_listener.store.postgres.transaction_more import MoreWrites
 from engage_listener.store.postgres.webhooks import WebhookWrites
 from engage_listener.store.records import CaseStatus, LedgerState
@@ -191,22 +191,12 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
         customer_id = self._take_customer_id(address)  # see arrival
         if customer_id is None:
-            row = await self._one(
-                "INSERT INTO customers (name, source, created_at) VALUES (%s, %s, %s) RETURNING id",
-                (name or address, source, now_iso()),
-            )
-            customer_id = int(row[0])
-        else:  # the customer and its address in one statement
-            self._write(
-                "WITH c AS (INSERT INTO customers (id, name, source, created_at)"
-                " VALUES (%s, %s, %s, %s)) INSERT INTO customer_addresses (address,"
-                " customer_id) VALUES (%s, %s)",
-                (customer_id, name or address, source, now_iso(), address.lower(), customer_id),
-            )
-            return Customer(customer_id, name or address, (address.lower(),))
-        self._write(
-            "INSERT INTO customer_addresses (address, customer_id) VALUES (%s, %s)",
-            (address.lower(), customer_id),
+            customer_id = await next_id(self._deferred, "customers")
+        self._write(  # the customer and its address in one statement
+            "WITH c AS (INSERT INTO customers (id, name, source, created_at)"
+            " VALUES (%s, %s, %s, %s)) INSERT INTO customer_addresses (address,"
+            " customer_id) VALUES (%s, %s)",
+            (customer_id, name or address, source, now_iso(), address.lower(), customer_id),
         )
         return Customer(customer_id, name or address, (address.lower(),))
 
@@ -243,8 +233,7 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
     async def create_case(self, case: NewCase) -> CaseRef:
         case_id = self._take_case_id()  # see arrival
         if case_id is None:
-            row = await self._one("SELECT nextval(pg_get_serial_sequence('cases', 'id'))")
-            case_id = int(row[0])
+            case_id = await next_id(self._deferred, "cases")
         now, number = now_iso(), case_number(case_id)
         self._write(
             "INSERT INTO cases (id, case_number, listener, process, customer_id,"
