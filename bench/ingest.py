@@ -794,21 +794,26 @@ class Bench:
             results.huge.append(run(user, 1, len(raw), "huge"))
 
     def profile(
-        self, n: int, out: Path | None, spy: tuple[str, Path] | None, pg: PgServer | None = None
+        self,
+        n: int,
+        out: Path | None,
+        spy: tuple[str, Path] | None,
+        pg: PgServer | None = None,
+        code: Path | None = None,
     ) -> None:
         """The daemon once more on n mails, under cProfile and/or py-spy (RSS meaningless);
-        with `pg`, on the PostgreSQL store."""
+        with `pg`, on the PostgreSQL store; with `code`, from that checkout."""
         corpus = mailgen.corpus(n)
         for kind, target in (("cProfile", out), ("py-spy", spy[1] if spy else None)):
             if target is None:
                 continue
             user = self.seed(f"profile-{n}", corpus.messages)
             print(f"Profiling the daemon with {kind} on {n} mails -> {target}", flush=True)
-            tag = f"{kind.lower()}-{n}"
+            tag = f"{kind.lower()}-{n}" + (f"-{code.name}" if code is not None else "")
             if kind == "cProfile":
-                self.run_daemon(user, n, corpus.total_bytes, tag, profile=target, pg=pg)
+                self.run_daemon(user, n, corpus.total_bytes, tag, profile=target, pg=pg, code=code)
             else:
-                self.run_daemon(user, n, corpus.total_bytes, tag, spy=spy, pg=pg)
+                self.run_daemon(user, n, corpus.total_bytes, tag, spy=spy, pg=pg, code=code)
 
     # -- latency -------------------------------------------------------------------
 
@@ -1293,6 +1298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile is not None or spy is not None:
             profile = args.profile.resolve() if args.profile is not None else None
             bench.profile(sizes[0], profile, spy, ours)
+            for code in codes:  # the same profile of each other checkout, in this run
+                bench.profile(
+                    sizes[0],
+                    profile and profile.with_suffix(f".{code.name}{profile.suffix}"),
+                    spy and (spy[0], spy[1].with_suffix(f".{code.name}{spy[1].suffix}")),
+                    ours,
+                    code,
+                )
     finally:
         if pg is not None:
             pg.stop()

@@ -92,8 +92,9 @@ class ParseAhead:
             return  # nothing was ever held
         self._held += size
         _held_by_loop[self._loop] = _held_by_loop.get(self._loop, 0) + size
-        if size < 0:
-            for other in _aheads_by_loop.get(self._loop, ()):
+        others = _aheads_by_loop.get(self._loop, ())
+        if size < 0 and len(others) > 1:  # (alone, `take` woke this one already)
+            for other in others:
                 other._wake.set()
 
     def take(self, uid: int, raw: bytes) -> object:

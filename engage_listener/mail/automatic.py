@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from email.utils import parseaddr
+
+from engage_listener.mail.fields import bare_address
 
 __all__ = ["automatic_reason", "is_noreply_address"]
 
@@ -114,7 +115,7 @@ def _report_reason(content_type: str) -> str | None:
 
 def _local_part(address: str) -> str | None:
     """Lower-cased local part of a bare or display-name address; None for the null sender."""
-    bare = parseaddr(address.strip())[1]
+    bare = bare_address(address)
     return bare.rsplit("@", 1)[0].strip("<> ").lower() or None
 
 

@@ -7,6 +7,7 @@ helpers are wrapped because they raise on the hostile input that mail brings.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import mimetypes
 import re
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
@@ -234,10 +235,33 @@ def _fit(stem: str, ext: str, suffix: str) -> str:
     return (stem or "_") + suffix + ext
 
 
+# an address with nothing for parseaddr to take apart: no name, no quotes, no comment
+_BARE_ADDRESS = re.compile(r'[^\s<>()",;:\[\]\\@]+@[^\s<>()",;:\[\]\\@]+')
+
+
+def bare_address(value: str) -> str:
+    """``parseaddr(value)[1]``, the common shapes (``a@b``, ``<a@b>``) without running
+    email's address parser (~0.1 ms a call: two a mail in the parse worker, more on the
+    event loop)."""
+    stripped = value.strip()
+    if stripped.startswith("<") and stripped.endswith(">"):
+        inner = stripped[1:-1].strip()
+        if _BARE_ADDRESS.fullmatch(inner):
+            return inner
+    elif _BARE_ADDRESS.fullmatch(stripped):
+        return stripped
+    return parseaddr(value)[1]
+
+
+@functools.lru_cache(maxsize=4096)
 def recipient_key(address: str) -> str:
     """Comparable form: lower-case, without ``+tag`` sub-addressing (``a+1@x`` and
-    ``A+2@x`` are one mailbox, for loop protection and the per-recipient limit)."""
-    bare = parseaddr(address)[1].strip().lower() or address.strip().lower()
+    ``A+2@x`` are one mailbox, for loop protection and the per-recipient limit).
+
+    Decisions: cached, and `bare_address`: every mail's routing view compares its
+    recipients with the listener's own addresses (`rules.delivered_to`), and email's
+    address parser cost ~0.1 ms a call there, 4% of the event loop's time a mail."""
+    bare = bare_address(address).strip().lower() or address.strip().lower()
     local, at, domain = bare.rpartition("@")
     if not at:
         return bare

@@ -19,6 +19,9 @@ Decisions:
   only), the new text is empty and the whole text still says everything.
 - Linear in the text's length: each line is looked at a bounded number of times, and
   every pattern is anchored and free of nested repetition (hostile mail is the input).
+- One test first (`_MAYBE_MARKER`, a prefix of every marker's pattern) passes the lines
+  that can start no marker, most of a text: the six patterns tried on each line were
+  ~60% of this module's time, ~0.05 ms a mail in the parse worker (bench corpus).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ _WROTE = (
 )
 _ON = r"(on|el|em|le|am|il|op|в|dnia|w dniu)"
 _ATTRIBUTION = re.compile(rf"^\s*{_ON}\b.{{0,300}}\b{_WROTE}\s*$", re.IGNORECASE)
+# how an attribution starts: a line without it cannot start one, alone or joined (a blank
+# line, which the join would skip, never starts one), so most lines skip the join
+_ATTRIBUTION_START = re.compile(rf"^\s*{_ON}\b", re.IGNORECASE)
 _ORIGINAL = re.compile(
     r"^\s*-{2,}\s*(original message|mensaje original|mensagem original|message d'origine|"
     r"ursprüngliche nachricht|original nachricht|originalnachricht|messaggio originale|"
@@ -76,14 +82,20 @@ _HEADER = re.compile(r"^\s*\*?([^\W\d_]{1,12})\*?\s?:\s*\S", re.IGNORECASE)
 _UNDERSCORES = re.compile(r"^\s*_{20,}\s*$")
 _RULE = re.compile(r"^\s*[-_=*]*\s*$")
 _SIGNATURE = re.compile(r"^--\s?$")
-_FOOTER = re.compile(
-    r"^\s*(sent from my|sent from mail for|sent from yahoo mail|sent from outlook|"
+_FOOTER_WORDS = (
+    r"(sent from my|sent from mail for|sent from yahoo mail|sent from outlook|"
     r"get outlook for|enviado desde mi|enviado desde outlook|enviado do meu|"
     r"enviado do outlook|envoyé de mon|envoyé depuis|von meinem|gesendet von|"
-    r"inviato da|verzonden vanaf|obtener outlook para|baixe o outlook)\b",
+    r"inviato da|verzonden vanaf|obtener outlook para|baixe o outlook)\b"
+)
+_FOOTER = re.compile(rf"^\s*{_FOOTER_WORDS}", re.IGNORECASE)
+_HEADER_WINDOW = 6  # lines in which an Outlook header block must show itself
+# What every marker line starts with (a prefix of each pattern above, the footers' words
+# included): most lines of a text match none, and are passed after this one test.
+_MAYBE_MARKER = re.compile(
+    rf"^\s*(?:[-_]|{_ON}\b|\*?[^\W\d_]{{1,12}}\*?\s?:|{_FOOTER_WORDS})",
     re.IGNORECASE,
 )
-_HEADER_WINDOW = 6  # lines in which an Outlook header block must show itself
 
 
 def new_text(text: str) -> str:
@@ -101,7 +113,7 @@ def new_text(text: str) -> str:
 def _first_marker(lines: list[str]) -> int:
     """The index of the first line where the history, a signature or a footer starts."""
     for index, line in enumerate(lines):
-        if len(line) > MAX_LINE:
+        if len(line) > MAX_LINE or not _MAYBE_MARKER.match(line):
             continue
         if _SIGNATURE.match(line) or _FOOTER.match(line) or _ORIGINAL.match(line):
             return index
@@ -115,6 +127,8 @@ def _first_marker(lines: list[str]) -> int:
 def _attribution(lines: list[str], index: int) -> bool:
     """'On <date>, <name> wrote:' on this line, or wrapped over this and the next."""
     line = lines[index]
+    if not _ATTRIBUTION_START.match(line):
+        return False
     if _ATTRIBUTION.match(line):
         return True
     if index + 1 < len(lines) and len(lines[index + 1]) <= MAX_LINE:

@@ -11,14 +11,20 @@ Decisions:
 - Only an expired (or released) lease is taken, and taking it increments `fence`: a lease
   is never stolen from a live holder, so a daemon gives up surplus listeners itself
   (`release`), after it has stopped them.
-- A renewal or a take-over updates one lease row a statement (each commits at once): a
-  mail's transaction holds its listener's lease row FOR SHARE until it commits (the
-  store's fencing), and one UPDATE of several rows held the rows it had updated while it
-  waited for the next one; a mail transaction waiting for one of those (its next ledger
-  row) while another it waited on held the next row made a deadlock, which PostgreSQL
-  broke by failing the renewal, and every listener of the daemon was stopped (the bench's
-  8 listeners with shared new customers, `--daemons 1,2`). One row a statement waits for
-  at most that row's mail, holding nothing else.
+- A mail's transaction holds its listener's lease row FOR KEY SHARE until it commits (the
+  store's fencing, `engage_hold_lease`), and (listener, owner, fence) is a unique key
+  (LEASE_DDL, the store's migration 11): a take-over or a release changes that key, so
+  it waits for every mail that checked the row, and the ownership cannot change between a
+  mail's check and its commit; a renewal changes expires_at only and never waits for its
+  own daemon's mails. (With FOR SHARE it waited for the group commit in flight; on 2
+  loaded cores the renewal ran out of time about once a bench run, and the daemon
+  stopped and retook its listeners.)
+- A renewal or a take-over updates one lease row a statement (each commits at once): one
+  UPDATE of several rows held the rows it had updated while it waited for the next one
+  (a take-over still waits for mails), and a mail transaction waiting for one of those
+  while another it waited on held the next row made a deadlock, which PostgreSQL broke
+  by failing the statement. One row a statement waits for at most that row's mail,
+  holding nothing else.
 - The table definitions (LEASE_DDL) belong to the PostgreSQL store's migration; the copy
   here is what the tests create, and must stay identical to the migration's.
 """
@@ -42,6 +48,7 @@ LEASE_DDL = (
     "CREATE TABLE listener_leases (listener text PRIMARY KEY,"
     " owner text REFERENCES daemons(id) ON DELETE SET NULL,"
     " fence bigint NOT NULL DEFAULT 0, expires_at timestamptz NOT NULL DEFAULT 'epoch')",
+    "CREATE UNIQUE INDEX listener_leases_holder ON listener_leases (listener, owner, fence)",
 )
 FORGET_DAYS = 7  # `cluster` shows a week of daemons, restarts included
 

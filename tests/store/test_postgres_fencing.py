@@ -19,6 +19,7 @@ from devkit.postgres import PostgresServer
 from engage_listener.cases.engine import CaseEngine, EngineSettings
 from engage_listener.config.model import StoreConfig
 from engage_listener.errors import LeaseLost
+from engage_listener.service.leases import LeaseTables
 from engage_listener.store.interface import MailKey, NewCase, NewMessage, Store
 from engage_listener.store.open import build_store
 from tests.support.helpers import make_mail
@@ -138,7 +139,7 @@ async def test_the_first_mail_of_a_group_losing_the_lease_fails_the_group_with_l
 async def test_a_later_mail_of_a_group_losing_the_lease_fails_the_group_with_lease_lost(
     store: Store, admin: Admin, url: str
 ) -> None:
-    """Once a mail of the group checked the lease, the group holds it FOR SHARE: a
+    """Once a mail of the group checked the lease, the group holds it FOR KEY SHARE: a
     take-over waits for the group's end; the lease can still expire meanwhile: the next
     mail's check fails, and with it the whole group (its first mail too)."""
     await admin.execute(f"UPDATE listener_leases SET expires_at = now() + {SHORT_LEASE}")
@@ -151,12 +152,28 @@ async def test_a_later_mail_of_a_group_losing_the_lease_fails_the_group_with_lea
             reached.append("mail 2")  # within SHORT_LEASE: mail 1's check passed
             take = asyncio.create_task(_take_over(admin, within=60))
             await _expired(url)
-            assert not take.done()  # held FOR SHARE by the group's transaction
+            assert not take.done()  # held FOR KEY SHARE by the group's transaction
             await engine.ingest(_key(3), make_mail(3))  # sends mail 2's check: expired
     assert reached == ["mail 2"]
     await take  # went through once the group rolled back
     assert await _counts(admin) == before
     assert await _ledger(store, 0, 1, 2, 3) == {"0": "committed"}
+
+
+async def test_the_owner_renews_its_lease_while_its_group_holds_it(
+    store: Store, admin: Admin
+) -> None:
+    """The renewal changes expires_at only: it does not wait for the daemon's own group
+    in flight (it did with FOR SHARE, and ran out of time on a loaded machine), and the
+    group still commits."""
+    engine, before = _engine(store), await _counts(admin)
+    async with store.group():
+        await engine.ingest(_key(1), make_mail(1))
+        await engine.ingest(_key(2), make_mail(2))  # its first read sent mail 1's check
+        renewal = LeaseTables(admin).renew(OWNER, ["L"], 3600)
+        assert await asyncio.wait_for(renewal, 5) == {"L"}
+    assert await _ledger(store, 0, 1, 2) == {str(n): "committed" for n in range(3)}
+    assert (await _counts(admin))[2] == before[2] + 2
 
 
 async def _expired(url: str) -> None:

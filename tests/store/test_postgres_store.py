@@ -184,7 +184,7 @@ async def test_a_take_over_waits_for_a_fenced_commit_in_flight(
         taker.execute("UPDATE listener_leases SET owner = NULL WHERE listener = 'L'")
     )
     await asyncio.sleep(0.3)
-    assert not take.done()  # blocked by the mail's FOR SHARE
+    assert not take.done()  # blocked by the mail's FOR KEY SHARE (an owner change is a key update)
     release.set()
     await work
     await take

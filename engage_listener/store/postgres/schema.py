@@ -22,7 +22,7 @@ Decisions:
   after migration N (a later migration that adds a large column lists it there).
 * `daemons` and `listener_leases` are the cluster's tables (issue 16 point 3); the lease
   manager owns them, the store only reads `listener_leases` to fence a mail's commit
-  (through `engage_hold_lease`, migration 10).
+  (through `engage_hold_lease`, migration 10, FOR KEY SHARE since 11).
 """
 
 from __future__ import annotations
@@ -279,12 +279,12 @@ CREATE INDEX cases_updated ON cases(updated_at);
 # whose result nobody reads (store.postgres.transaction, deferred) and the error surfaces
 # wherever the queue goes out, before the COMMIT. `mark_done` checks the same way.
 LEASE_LOST = "EL001"  # a class of our own: "EL" (engage-listener), no server error uses it
-MIGRATION_10 = """
-CREATE FUNCTION engage_hold_lease(held_listener text, held_owner text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE AS $$
+_HOLD_LEASE = """
+CREATE OR REPLACE FUNCTION engage_hold_lease(held_listener text, held_owner text)
+RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM 1 FROM listener_leases WHERE listener = held_listener AND owner = held_owner
-        AND expires_at > clock_timestamp() FOR SHARE;
+        AND expires_at > clock_timestamp() FOR LOCK_MODE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'daemon % does not hold the lease of listener %: not committed',
             held_owner, held_listener USING ERRCODE = 'LEASE_LOST';
@@ -293,6 +293,18 @@ BEGIN
 END
 $$;
 """.replace("LEASE_LOST", LEASE_LOST)
+MIGRATION_10 = _HOLD_LEASE.replace("LOCK_MODE", "SHARE")
+
+# 11: a renewal never waits for its own daemon's mails. The fencing check takes the lease row
+# FOR KEY SHARE, and (listener, owner, fence) is a unique key: an UPDATE that changes the
+# owner or the fence (a take-over, a release; written any way) is a key update and still
+# waits for every mail transaction that checked the row, while a renewal, which changes
+# expires_at only, does not. With FOR SHARE a renewal waited for the group commit in
+# flight; on a loaded machine it ran out of time and the daemon stopped its listeners.
+MIGRATION_11 = (
+    "CREATE UNIQUE INDEX listener_leases_holder ON listener_leases (listener, owner, fence);"
+    + _HOLD_LEASE.replace("LOCK_MODE", "KEY SHARE")
+)
 
 # version -> script (see Decisions for the numbers).
 MIGRATIONS: dict[int, str] = {
@@ -300,6 +312,7 @@ MIGRATIONS: dict[int, str] = {
     8: MIGRATION_8,
     9: SCHEMA_9,
     10: MIGRATION_10,
+    11: MIGRATION_11,
 }
 LATEST = max(MIGRATIONS)
 

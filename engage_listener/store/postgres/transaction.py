@@ -6,10 +6,11 @@ Decisions:
   text twice their size (bench/README.md, "PostgreSQL driver").
 * Fencing: a store built with an `owner` (the daemon's id) writes a mail's ledger row only
   while that daemon holds the listener's lease (`listener_leases`: owner, and expires_at
-  later than the clock now), checked in the same transaction with `FOR SHARE`: any UPDATE
-  of that lease row (a take-over, whatever way the lease manager writes it) waits until
-  this commit is done, so ownership cannot change between the check and the commit. A
-  renewal by the owner waits too, for as long as its own mail transaction lasts.
+  later than the clock now), checked in the same transaction with `FOR KEY SHARE`: any
+  UPDATE that changes the row's owner or fence (a take-over, a release, whatever way the
+  lease manager writes it: (listener, owner, fence) is a unique key) waits until this
+  commit is done, so ownership cannot change between the check and the commit. A
+  renewal by the owner (expires_at only) does not wait (service.leases, Decisions).
   `LeaseLost` rolls the mail back, so it is not moved on the server.
 * The check is `engage_hold_lease` (schema migration 10), called by the ledger INSERT:
   a lease not held RAISEs, failing the statement and so the transaction. The fenced row
