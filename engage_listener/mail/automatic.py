@@ -115,7 +115,7 @@ def _report_reason(content_type: str) -> str | None:
 
 def _local_part(address: str) -> str | None:
     """Lower-cased local part of a bare or display-name address; None for the null sender."""
-    bare = bare_address(address)
+    bare = bare_address(address.strip())
     return bare.rsplit("@", 1)[0].strip("<> ").lower() or None
 
 

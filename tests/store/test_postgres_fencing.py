@@ -23,7 +23,7 @@ from engage_listener.service.leases import LeaseTables
 from engage_listener.store.interface import MailKey, NewCase, NewMessage, Store
 from engage_listener.store.open import build_store
 from tests.support.helpers import make_mail
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, lock_waiters
 
 MessageFactory = Callable[..., NewMessage]  # the `message` fixture (conftest)
 Admin = psycopg.AsyncConnection[Any]
@@ -161,17 +161,22 @@ async def test_a_later_mail_of_a_group_losing_the_lease_fails_the_group_with_lea
 
 
 async def test_the_owner_renews_its_lease_while_its_group_holds_it(
-    store: Store, admin: Admin
+    store: Store, admin: Admin, url: str
 ) -> None:
     """The renewal changes expires_at only: it does not wait for the daemon's own group
-    in flight (it did with FOR SHARE, and ran out of time on a loaded machine), and the
-    group still commits."""
+    in flight (it did with FOR SHARE, and ran out of time on a loaded machine), while a
+    take-over still waits for the group, which commits."""
     engine, before = _engine(store), await _counts(admin)
-    async with store.group():
-        await engine.ingest(_key(1), make_mail(1))
-        await engine.ingest(_key(2), make_mail(2))  # its first read sent mail 1's check
-        renewal = LeaseTables(admin).renew(OWNER, ["L"], 3600)
-        assert await asyncio.wait_for(renewal, 5) == {"L"}
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
+        async with store.group():
+            await engine.ingest(_key(1), make_mail(1))
+            await engine.ingest(_key(2), make_mail(2))  # its first read sent mail 1's check
+            renewal = LeaseTables(admin).renew(OWNER, ["L"], 3600)
+            assert await asyncio.wait_for(renewal, 5) == {"L"}
+            take = asyncio.create_task(_take_over(other, within=60))
+            await lock_waiters(url, 1)  # the group holds the row: the check went out
+            assert not take.done()
+        await take
     assert await _ledger(store, 0, 1, 2) == {str(n): "committed" for n in range(3)}
     assert (await _counts(admin))[2] == before[2] + 2
 

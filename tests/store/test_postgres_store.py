@@ -90,6 +90,25 @@ async def test_a_database_from_a_newer_program_is_refused(
         await stores().open()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DROP INDEX listener_leases_holder",
+        "DROP INDEX listener_leases_holder; CREATE INDEX listener_leases_holder"
+        " ON listener_leases (listener, owner, fence)",  # not unique: no key update
+    ],
+)
+async def test_a_database_without_the_fencing_key_is_refused(
+    postgres_server: PostgresServer, url: str, stores: Callable[..., Store], damage: str
+) -> None:
+    """The unique index nothing reads from makes a take-over wait for the mails in flight:
+    a tidy-up that dropped it would leave fencing silently off."""
+    await stores().open()
+    _sql(postgres_server, url, damage)
+    with pytest.raises(StoreError, match="lacks the unique index listener_leases_holder"):
+        await stores().open()
+
+
 async def test_case_numbers_are_unique_across_daemons(stores: Callable[..., Store]) -> None:
     first, second = stores(), stores()
     await asyncio.gather(first.open(), second.open())

@@ -30,6 +30,7 @@ from engage_listener.observe.logs import scrub
 from engage_listener.store.open import libpq_options
 from engage_listener.store.postgres.schema import (
     BASELINE,
+    FENCING_KEY,
     LATEST,
     MIGRATION_LOCK,
     MIGRATIONS,
@@ -108,7 +109,26 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> int:
             for statement in lz4_statements(number) if lz4 else ():
                 await conn.execute(statement.encode())
             await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+        await _check_fencing_key(conn)
     return found
+
+
+async def _check_fencing_key(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Refuse to run without the unique key that makes a take-over wait for the mails in
+    flight (schema migration 11): nothing uses the index for reading, so a tidy-up of
+    "unused" indexes could drop it, and fencing would then fail silently."""
+    cur = await conn.execute(
+        "SELECT i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL FROM pg_index i"
+        " WHERE i.indexrelid = to_regclass(%s)",
+        (FENCING_KEY,),
+    )
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        raise StoreError(
+            f"the PostgreSQL store lacks the unique index {FENCING_KEY} (schema 11), which"
+            " fences mail commits against take-overs; recreate it: CREATE UNIQUE INDEX"
+            f" {FENCING_KEY} ON listener_leases (listener, owner, fence)"
+        )
 
 
 async def _has_lz4(conn: psycopg.AsyncConnection[Any]) -> bool:

@@ -301,9 +301,12 @@ MIGRATION_10 = _HOLD_LEASE.replace("LOCK_MODE", "SHARE")
 # waits for every mail transaction that checked the row, while a renewal, which changes
 # expires_at only, does not. With FOR SHARE a renewal waited for the group commit in
 # flight; on a loaded machine it ran out of time and the daemon stopped its listeners.
+FENCING_KEY = "listener_leases_holder"  # checked at every start (store.postgres.connect)
 MIGRATION_11 = (
-    "CREATE UNIQUE INDEX listener_leases_holder ON listener_leases (listener, owner, fence);"
-    + _HOLD_LEASE.replace("LOCK_MODE", "KEY SHARE")
+    f"CREATE UNIQUE INDEX {FENCING_KEY} ON listener_leases (listener, owner, fence);"
+    f" COMMENT ON INDEX {FENCING_KEY} IS 'fencing (engage-listener): makes a change of"
+    " owner or fence wait for the mails holding the row FOR KEY SHARE; never used for"
+    " reading, never drop it';" + _HOLD_LEASE.replace("LOCK_MODE", "KEY SHARE")
 )
 
 # version -> script (see Decisions for the numbers).
