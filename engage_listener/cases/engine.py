@@ -95,22 +95,11 @@ class CaseEngine:
             prepared.automatic, mail, s.uses_reply_to, s.all_own_addresses
         )
         message = new_message(self.settings, raw, prepared, automatic, prepared.new_text)
-        for _ in range(CONFLICT_RETRIES):
-            with contextlib.suppress(WriteConflict):  # rolled back: taken again, it finds
-                return await self._kept(key, raw, mail, automatic, message)  # the other's row
-        return await self._kept(key, raw, mail, automatic, message)
-
-    async def _kept(
-        self,
-        key: MailKey,
-        raw: bytes,
-        mail: parser.ParsedMail,
-        automatic: str | None,
-        message: NewMessage,
-    ) -> Ingested:
-        """`_ingest`; a mail the Rules or the hook discard is kept, ignored."""
         try:
-            return await self._ingest(key, raw, mail, automatic, message)
+            for _ in range(CONFLICT_RETRIES):
+                with contextlib.suppress(WriteConflict):  # rolled back: taken again, it
+                    return await self._ingest(key, raw, mail, automatic, message)  # finds
+            return await self._ingest(key, raw, mail, automatic, message)  # the other's row
         except Discarded:  # rolled back (the case it opened too): kept without a case
             async with self.store.transaction() as tx:
                 await self._ignore(tx, key, message)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from engage_listener.cases.hook_types import (
 from engage_listener.errors import HookError, StoppedEarly, StoreError
 from engage_listener.mail.parser import Address
 from engage_listener.observe.logs import get_logger
-from engage_listener.store.interface import AsyncExecute, SqlDialect, SyncExecute
+from engage_listener.store.interface import AsyncExecute, SqlCursor, SqlDialect, SyncExecute
 from engage_listener.store.open import sql_dialect
 
 INLINE_SECONDS = 0.05  # a run longer than this moves the hook to the store's thread
@@ -180,33 +180,35 @@ class SqlHook:
     def _run_all(
         self, execute: SyncExecute, values: dict[str, object], deadline: float
     ) -> dict[str, Any] | None:
-        """Every statement, then the last one's decision row."""
-        found = None
-        for stmt in self._statements:
-            try:
-                cursor = execute(stmt.text, {n: values[n] for n in stmt.names})
-                if stmt is self._statements[-1]:
-                    found = _row_decision(cursor)
-                cursor.close()  # an unread SELECT must not linger in the transaction
-            except Exception as exc:
-                error, cause = self._failed(stmt, exc, deadline)
-                raise error from cause
-            if time.monotonic() >= deadline:
-                raise self._timed_out()
-        return found
+        """`_run_awaited` over a plain execute (SQLite: inline, or on the store's thread):
+        nothing in it then suspends, so its coroutine runs to the end in one step, without
+        an event loop (it may be on the store's thread)."""
+
+        async def awaited(sql: str, params: Mapping[str, object]) -> SqlCursor:
+            return execute(sql, params)
+
+        run = self._run_awaited(awaited, values, deadline)
+        try:
+            run.send(None)
+        except StopIteration as done:
+            found: dict[str, Any] | None = done.value
+            return found
+        run.close()
+        raise RuntimeError("a SQL hook's statement suspended without an event loop")
 
     async def _run_awaited(
         self, execute: AsyncExecute, values: dict[str, object], deadline: float
     ) -> dict[str, Any] | None:
-        """`_run_all` with statements awaited; the transaction's own error (a queued write
-        of the mail's that failed with the first statement) is raised as it is."""
+        """Every statement, then the last one's decision row. The transaction's own error
+        (PostgreSQL: a queued write of the mail's that failed with the first statement) is
+        raised as it is."""
         found = None
         for stmt in self._statements:
             try:
                 cursor = await execute(stmt.text, {n: values[n] for n in stmt.names})
                 if stmt is self._statements[-1]:
                     found = _row_decision(cursor)
-                cursor.close()
+                cursor.close()  # an unread SELECT must not linger in the transaction
             except StoreError:
                 raise
             except Exception as exc:
