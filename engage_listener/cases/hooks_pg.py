@@ -28,7 +28,7 @@ from typing import Any
 
 from engage_listener.cases.hooks_sql import SQL_PARAMETERS, SqlHook, _Statement
 from engage_listener.errors import HookError
-from engage_listener.store.interface import AsyncExecute, SqlCursor, SyncExecute
+from engage_listener.store.interface import AsyncExecute, SqlCursor
 
 _NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*)$")
 _ROUTINE = (
@@ -63,25 +63,16 @@ class ProcedureHook(SqlHook):
         """Every parameter until the routine's arguments are known (its first run)."""
         return self._names if self._statements else frozenset(SQL_PARAMETERS)
 
-    def _run_all(
-        self, execute: SyncExecute, values: dict[str, object], deadline: float
-    ) -> dict[str, Any] | None:
-        if not self._statements:
-            self._resolved(execute(_ROUTINE, {"schema": self.schema, "name": self.routine}))
-        return super()._run_all(execute, _as_text(values), deadline)
-
     async def _run_awaited(
         self, execute: AsyncExecute, values: dict[str, object], deadline: float
     ) -> dict[str, Any] | None:
+        """The routine's one statement is resolved from the catalog (`_ROUTINE`) at the
+        first run; the sync paths come here too, through `SqlHook._run_all`."""
         if not self._statements:
             found = await execute(_ROUTINE, {"schema": self.schema, "name": self.routine})
-            self._resolved(found)
+            self._statements = [self._call(found)]
+            self._names = frozenset(self._statements[0].names)
         return await super()._run_awaited(execute, _as_text(values), deadline)
-
-    def _resolved(self, cursor: SqlCursor) -> None:
-        """The routine's one statement, from the catalog's rows (`_ROUTINE`)."""
-        self._statements = [self._call(cursor)]
-        self._names = frozenset(self._statements[0].names)
 
     def _call(self, cursor: SqlCursor) -> _Statement:
         """The CALL or SELECT for this routine, from its declaration in the catalog."""
