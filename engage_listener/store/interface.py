@@ -161,7 +161,12 @@ class MailWrites(Protocol):
 
     async def get_customer(self, customer_id: int) -> Customer | None: ...
 
-    async def create_customer(self, name: str, address: str, source: str) -> Customer: ...
+    async def create_customer(self, name: str, address: str, source: str) -> Customer:
+        """A new customer for `address` (named `name`, or the address). A store shared by
+        several writers may commit it at once, outside this transaction, and raise
+        `WriteConflict` when the address has a customer since this transaction's first
+        read (the mail is then taken again and finds it)."""
+        ...
 
     async def cases_by_message_ids(
         self, message_ids: Sequence[str], participant: str = ""

@@ -57,11 +57,15 @@ ALONE = 4
 # group: the arrival, the case, the message, its participants (one multi-row INSERT: it
 # was one a participant), the hook's CALL, the routing decision's UPDATE, the ledger row,
 # the mail's RELEASE and the next mail's SAVEPOINT; alone, BEGIN and COMMIT instead of
-# the mail's savepoint. A new customer adds one (its address in the same statement: it
-# was two). The new case's `updated_at` is no longer touched by the message, and the
-# hook, awaited, needs no SAVEPOINT and RELEASE of its own (it ran inline, where a
-# stopped run was undone and done again on a thread).
+# the mail's savepoint. A new customer adds none there: it is made at once on a
+# connection of its own (store.postgres.customers), one statement in a round trip of its
+# own (NEW_CUSTOMER); it was one more statement queued in the mail's transaction, whose
+# uncommitted address other listeners' transactions waited and deadlocked on. The new
+# case's `updated_at` is no longer touched by the message, and the hook, awaited, needs
+# no SAVEPOINT and RELEASE of its own (it ran inline, where a stopped run was undone and
+# done again on a thread).
 STATEMENTS = {True: 9, False: 10}
+NEW_CUSTOMER = 1
 
 
 @pytest.fixture
@@ -93,6 +97,12 @@ async def _traced(store: Store, tmp_path: Path) -> RoundTrips:
         return RoundTrips(conn, tmp_path / "libpq.trace")
 
 
+async def _traced_customers(store: Store, tmp_path: Path) -> RoundTrips:
+    """The connection that makes new customers (its pool's only one, made here), traced."""
+    async with store._customers.connection() as conn:  # type: ignore[attr-defined]
+        return RoundTrips(conn, tmp_path / "customers.trace")
+
+
 def _engine(store: Store) -> tuple[CaseEngine, SqlHook]:
     hook = load_hook("pg:engage_routing.pa_sys_msg_in", REPO, 10, "postgres")
     assert isinstance(hook, SqlHook)
@@ -104,23 +114,30 @@ def _engine(store: Store) -> tuple[CaseEngine, SqlHook]:
 async def test_round_trips_of_a_typical_mail(
     store: Store, tmp_path: Path, grouped: bool, expected: int, new_customer: bool
 ) -> None:
-    """A new customer costs none more: its id came with the arrival (its INSERT queued)."""
+    """A new customer costs the mail's transaction nothing more: it is made apart, in one
+    round trip of its own."""
     engine, hook = _engine(store)
     trips = await _traced(store, tmp_path)
-    counts, statements = [], []
+    customer_trips = await _traced_customers(store, tmp_path)
+    counts, statements, apart = [], [], []
     async with store.group() if grouped else contextlib.nullcontext():
         for n in range(1, 10):  # psycopg prepares a statement on its 5th use: then steady
             hook.inline = True  # a loaded machine may have moved it off the loop
             before, sent = trips.count(), trips.statements()
+            made = customer_trips.count()
             sender = f"nuevo{n}@example.com" if new_customer else "ana@example.com"
             raw = make_mail(n, sender=sender, subject=f"Consulta {n}")
             done = await engine.ingest(MailKey("L", "INBOX", "1", str(n)), raw)
             counts.append(trips.count() - before)
             statements.append(trips.statements() - sent)
+            apart.append(customer_trips.count() - made)
             assert done.new_case and done.case_id is not None
     trips.stop()
+    customer_trips.stop()
     assert counts[-3:] == [expected] * 3, counts
-    assert statements[-3:] == [STATEMENTS[grouped] + new_customer] * 3, statements
+    assert statements[-3:] == [STATEMENTS[grouped]] * 3, statements
+    assert apart[-3:] == [NEW_CUSTOMER if new_customer else 0] * 3, apart
+    assert new_customer or apart[1:] == [0] * 8, apart  # the first mail made Ana
     async with store.transaction() as tx:
         info = await tx.case_info(done.case_id)
     assert info.inbox == "General"  # the function did route it

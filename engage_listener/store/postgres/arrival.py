@@ -9,15 +9,14 @@ in one row: the same conditions, so each part says what the look-up alone says
 Decisions:
 
 * The arrival also takes, from their identity sequences, the id of the mail's message
-  row (unless it is a duplicate), of a new customer (when none has the address) and of
-  a new case (when the engine says the mail would open one, `SubjectKey.opens`, and the
-  customer has no case by its subject): `add_message`, `create_customer` and
-  `create_case` then queue their INSERTs with that id instead of waiting for RETURNING
-  id, a round trip each (tests/cases/test_round_trips_pg.py). An id taken and not used
-  (a mail quarantined, discarded or rolled back; UnknownSender other than
-  CreateCustomer) is a gap, as a rolled-back INSERT leaves one; a mail that joins a case
-  takes no case id, so case numbers keep no more gaps than before; ids stay in the
-  order mails arrive.
+  row (unless it is a duplicate) and of a new case (when the engine says the mail would
+  open one, `SubjectKey.opens`, and the customer has no case by its subject):
+  `add_message` and `create_case` then queue their INSERTs with that id instead of
+  waiting for RETURNING id, a round trip each (tests/cases/test_round_trips_pg.py). An
+  id taken and not used (a mail quarantined, discarded or rolled back) is a gap, as a
+  rolled-back INSERT leaves one; a mail that joins a case takes no case id, so case
+  numbers keep no more gaps than before; ids stay in the order mails arrive. A new
+  customer is made apart, committed at once (`customers`): it took an id here once.
 """
 
 from __future__ import annotations
@@ -59,13 +58,11 @@ _BY_SUBJECT = (
 )
 
 # The arrival: the duplicate, the customer, the ids taken for the message row (unless a
-# duplicate), for a new customer (none found, and %s: an address) and for a new case (%s:
-# `SubjectKey.opens`, and no case by subject), then the open and closed case by subject
-# of the customer found (a NULL subject finds none).
+# duplicate) and for a new case (%s: `SubjectKey.opens`, and no case by subject), then the
+# open and closed case by subject of the customer found (a NULL subject finds none).
 _NEXT = "nextval(pg_get_serial_sequence('{}', 'id'))"
 _ARRIVAL = (
     f"SELECT d.found, {CUSTOMER}, CASE WHEN d.found IS NULL THEN {_NEXT.format('messages')}"  # noqa: S608
-    f" END, CASE WHEN d.found IS NULL AND c.id IS NULL AND %s THEN {_NEXT.format('customers')}"
     f" END, CASE WHEN %s AND d.found IS NULL AND o.id IS NULL AND s.id IS NULL"
     f" THEN {_NEXT.format('cases')} END, {_CASE_COLUMNS} FROM (SELECT ({DUPLICATE}) AS found) AS d"
     " LEFT JOIN customer_addresses a ON a.address = %s"
@@ -82,11 +79,10 @@ class ArrivalReads:
     taken with `_taken_ids`."""
 
     _message_id: int | None  # taken for this mail's message row (see Decisions)
-    _customer_id: tuple[str, int] | None  # (address, id) taken for a new customer
     _case_id: int | None  # taken for the case this mail opens
 
     def _taken_ids(self) -> None:
-        self._message_id = self._customer_id = self._case_id = None
+        self._message_id = self._case_id = None
 
     async def _one(self, sql: str, params: Any = ()) -> Any:
         raise NotImplementedError
@@ -106,15 +102,13 @@ class ArrivalReads:
         opens = subject is not None and subject.opens
         row = await self._one(
             _ARRIVAL,
-            (bool(address), opens, listener, sha256, message_id, address)
-            + (process, normalized) * 2,
+            (opens, listener, sha256, message_id, address) + (process, normalized) * 2,
         )
         duplicate = None if row[0] is None else int(row[0])
         customer = None if row[1] is None or not address else customer_row(row[1:4])
         self._message_id = None if row[4] is None else int(row[4])
-        self._customer_id = None if row[5] is None else (address, int(row[5]))
-        self._case_id = None if row[6] is None else int(row[6])
-        return MailSeen(duplicate, customer, _cases(row[7:]) if subject else None)
+        self._case_id = None if row[5] is None else int(row[5])
+        return MailSeen(duplicate, customer, _cases(row[6:]) if subject else None)
 
     def _take_message_id(self) -> int | None:
         """The id `find_arrival` took for this mail's message row, once."""
@@ -125,11 +119,6 @@ class ArrivalReads:
         """The id `find_arrival` took for the case this mail opens, once."""
         taken, self._case_id = self._case_id, None
         return taken
-
-    def _take_customer_id(self, address: str) -> int | None:
-        """The id `find_arrival` took for a new customer of `address`, once."""
-        taken, self._customer_id = self._customer_id, None
-        return taken[1] if taken is not None and taken[0] == address.lower() else None
 
     async def cases_by_subject(
         self, customer_id: int | None, process: str | None, normalized_subject: str

@@ -23,6 +23,8 @@ Decisions:
 * `daemons` and `listener_leases` are the cluster's tables (issue 16 point 3); the lease
   manager owns them, the store only reads `listener_leases` to fence a mail's commit
   (through `engage_hold_lease`, migration 10, FOR KEY SHARE since 11).
+* New customers are made by `engage_customer` (migration 12) in a transaction of their
+  own, not in the mail's (store.postgres.customers).
 """
 
 from __future__ import annotations
@@ -309,6 +311,42 @@ MIGRATION_11 = (
     " reading, never drop it';" + _HOLD_LEASE.replace("LOCK_MODE", "KEY SHARE")
 )
 
+# 12: a new customer is made in a transaction of its own, committed at once
+# (store.postgres.customers): listeners' mail transactions no longer hold each other's
+# uncommitted addresses, on which they waited and deadlocked (two daemons making the same
+# new senders' customers). engage_customer returns the customer of the address, and
+# whether it made it; a unique violation (another made it meanwhile) is read again, three
+# times at most (a customers id sequence behind its rows would fail every time). Waiting
+# on a lock (an operator's import holding the address) is bounded by lock_timeout (10 s).
+MIGRATION_12 = """
+CREATE FUNCTION engage_customer(new_address text, new_name text, new_source text,
+    new_created_at text, OUT customer bigint, OUT made boolean)
+LANGUAGE plpgsql VOLATILE SET lock_timeout = '10s' AS $$
+BEGIN
+    FOR attempt IN 1..3 LOOP
+        SELECT a.customer_id INTO customer FROM customer_addresses a
+            WHERE a.address = new_address;
+        IF FOUND THEN
+            made := false;
+            RETURN;
+        END IF;
+        BEGIN
+            INSERT INTO customers (name, source, created_at)
+                VALUES (new_name, new_source, new_created_at) RETURNING id INTO customer;
+            INSERT INTO customer_addresses (address, customer_id)
+                VALUES (new_address, customer);
+            made := true;
+            RETURN;
+        EXCEPTION WHEN unique_violation THEN
+            IF attempt = 3 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+END
+$$;
+"""
+
 # version -> script (see Decisions for the numbers).
 MIGRATIONS: dict[int, str] = {
     BASELINE: SCHEMA_7,
@@ -316,6 +354,7 @@ MIGRATIONS: dict[int, str] = {
     9: SCHEMA_9,
     10: MIGRATION_10,
     11: MIGRATION_11,
+    12: MIGRATION_12,
 }
 LATEST = max(MIGRATIONS)
 

@@ -42,6 +42,7 @@ from engage_listener.store.postgres.connect import (
     migrate,
     open_pool,
 )
+from engage_listener.store.postgres.customers import make, open_customer_pool
 from engage_listener.store.postgres.deferred import Deferred, lease_lost, write_conflict
 from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
@@ -104,6 +105,7 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         self._sending: set[int] = set()
         self._kwargs = connect_kwargs(password, ca_file)
         self._pool: AsyncConnectionPool | None = None
+        self._customers: AsyncConnectionPool | None = None  # see `customers`
         self._groups: dict[asyncio.Task[Any], Deferred] = {}
 
     async def open(self) -> None:
@@ -112,6 +114,7 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             async with await first_connection(self.url, self._kwargs) as conn:
                 await migrate(conn)  # and a wrong URL or password fails here, at once
             self._pool = await open_pool(self.url, self._kwargs)
+            self._customers = await open_customer_pool(self.url, self._kwargs)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self.close()
             raise StoreError(message("cannot open the store", exc, self.url)) from None
@@ -120,9 +123,10 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             raise
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for pool in (self._pool, self._customers):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._customers = None
 
     def _pool_(self) -> AsyncConnectionPool:
         if self._pool is None:
@@ -186,12 +190,12 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         group = self._group()
         if group is not None:
             async with self._errors("store write failed"), self._savepoint(group):
-                yield PostgresTransaction(group, self.owner)
+                yield PostgresTransaction(group, self.owner, self._make_customer)
             return
         async with self._connection() as conn, self._errors("store write failed"):
             deferred = Deferred(conn)
             async with _transaction(deferred):
-                yield PostgresTransaction(deferred, self.owner)
+                yield PostgresTransaction(deferred, self.owner, self._make_customer)
 
     @staticmethod
     @asynccontextmanager
@@ -205,6 +209,13 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             await group.undo(name, exc)
             raise
         group.release(name)
+
+    async def _make_customer(self, name: str, address: str, source: str) -> tuple[int, bool]:
+        """A new customer, committed at once (see `customers`)."""
+        if self._customers is None:
+            raise StoreError("the store is not open")
+        async with self._errors("store write failed"):
+            return await make(self._customers, name, address, source)
 
     def _claim(self, **params: Any) -> dict[str, Any]:
         """The parameters of `webhooks.claimable`, with `params`."""

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 
+from engage_listener.errors import WriteConflict
 from engage_listener.observe.logs import scrub
 from engage_listener.store.common_sql import case_number, now_iso
 from engage_listener.store.interface import (
@@ -75,6 +76,8 @@ from engage_listener.store.records import CaseStatus, LedgerState
 __all__ = ["HOLD_LEASE", "PostgresTransaction", "now_iso"]
 
 T = TypeVar("T")
+# (name, address, source) -> (customer id, whether it was made): `customers.make`
+MakeCustomer = Callable[[str, str, str], Awaitable[tuple[int, bool]]]
 
 # Fails the transaction unless the daemon holds the listener's lease (see Decisions).
 HOLD_LEASE = "SELECT engage_hold_lease(%s, %s)"
@@ -111,8 +114,9 @@ def _texts(**values: str | None) -> list[Column]:
 class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrites):
     """See `store.Transaction`; only valid inside `PostgresStore.transaction()`."""
 
-    def __init__(self, deferred: Deferred, owner: str | None) -> None:
+    def __init__(self, deferred: Deferred, owner: str | None, make_customer: MakeCustomer) -> None:
         self._deferred = deferred
+        self._make_customer = make_customer  # the store's: see `customers`
         self._conn = deferred.conn
         self._owner = owner
         self._infos: dict[int, CaseInfo] = {}  # see Decisions
@@ -190,16 +194,13 @@ class PostgresTransaction(ArrivalReads, FollowUpQueries, MoreWrites, WebhookWrit
         return customer_row(row)
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
-        customer_id = self._take_customer_id(address)  # see arrival
-        if customer_id is None:
-            customer_id = await next_id(self._deferred, "customers")
-        self._write(  # the customer and its address in one statement
-            "WITH c AS (INSERT INTO customers (id, name, source, created_at)"
-            " VALUES (%s, %s, %s, %s)) INSERT INTO customer_addresses (address,"
-            " customer_id) VALUES (%s, %s)",
-            (customer_id, name or address, source, now_iso(), address.lower(), customer_id),
-        )
-        return Customer(customer_id, name or address, (address.lower(),))
+        """Committed at once, in a transaction of its own (see `customers`); the mail is
+        taken again (`WriteConflict`) when the address has a customer already."""
+        address, name = address.lower(), name or address
+        customer_id, made = await self._make_customer(name, address, source)
+        if not made:
+            raise WriteConflict("the sender's customer was made by another transaction meanwhile")
+        return Customer(customer_id, name, (address,))
 
     async def open_case_by_subject(
         self, customer_id: int | None, process: str | None, normalized_subject: str
