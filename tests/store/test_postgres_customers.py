@@ -42,7 +42,7 @@ async def test_a_broken_connection_is_replaced(pg_store: Store, pg_url: str) -> 
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
         cur = await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE query LIKE '%engage_customer%' AND pid <> pg_backend_pid()"
+            " WHERE application_name = 'engage-listener customers'"
         )
         assert [row[0] for row in await cur.fetchall()] == [True]
     async with pg_store.transaction() as tx:

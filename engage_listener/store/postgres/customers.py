@@ -45,7 +45,12 @@ _MAKE = "SELECT customer, made FROM engage_customer(%s, %s, %s, %s)"
 async def open_customer_pool(url: str, kwargs: dict[str, Any]) -> AsyncConnectionPool:
     """The pool `make` uses: no connection until the first new customer."""
     pool: AsyncConnectionPool = AsyncConnectionPool(
-        url, kwargs=kwargs, min_size=0, max_size=POOL_MAX, open=False, name="engage-customers"
+        url,
+        kwargs={**kwargs, "application_name": "engage-listener customers"},  # pg_stat_activity
+        min_size=0,
+        max_size=POOL_MAX,
+        open=False,
+        name="engage-customers",
     )
     await pool.open()
     return pool
