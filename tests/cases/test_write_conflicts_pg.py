@@ -91,9 +91,7 @@ async def test_batches_making_the_same_customers_in_opposite_orders_never_wait(
     both = asyncio.gather(listener("A", senders), listener("B", senders[::-1]))
     cases_a, cases_b = await asyncio.wait_for(both, WITHIN)
     async with store.transaction() as tx:
-        customers = {
-            (await tx.case_info(case or 0)).customer_id for case in [*cases_a, *cases_b]
-        }
+        customers = {(await tx.case_info(case or 0)).customer_id for case in [*cases_a, *cases_b]}
         made = [await tx.find_customer(sender) for sender in senders]
     assert customers == {c.id for c in made if c is not None} and len(customers) == 2
     assert conflicts == []

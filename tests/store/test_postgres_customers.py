@@ -55,7 +55,5 @@ async def test_waiting_for_an_address_is_bounded(pg_store: Store, pg_url: str) -
     """An operator's transaction that holds an address cannot hold a mail for ever: the
     function waits on locks for 10 s at most."""
     async with await psycopg.AsyncConnection.connect(pg_url) as conn:
-        cur = await conn.execute(
-            "SELECT proconfig FROM pg_proc WHERE proname = 'engage_customer'"
-        )
+        cur = await conn.execute("SELECT proconfig FROM pg_proc WHERE proname = 'engage_customer'")
         assert await cur.fetchall() == [(["lock_timeout=10s"],)]
