@@ -120,6 +120,21 @@ async def _read(url: str) -> tuple[Any, ...]:
         await store.close()
 
 
+async def _never_analyzed(url: str) -> list[str]:
+    """The tables `store copy` filled that were never analyzed (store.postgres.statistics)."""
+    import psycopg  # noqa: PLC0415 - PostgreSQL-only
+
+    from engage_listener.store.postgres.copy import TABLES  # noqa: PLC0415
+
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(
+            "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY(%s)"
+            " AND last_analyze IS NULL AND last_autoanalyze IS NULL ORDER BY relname",
+            ([table.name for table in TABLES],),
+        )
+        return [str(row[0]) for row in await cur.fetchall()]
+
+
 async def test_copy_a_sqlite_store_into_postgresql_twice(
     postgres_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,6 +156,7 @@ async def test_copy_a_sqlite_store_into_postgresql_twice(
     assert attempts == 2  # the failure counted in SQLite is kept
     assert control is not None and control.paused_until == "2030-01-01T00:00:00+00:00"
     assert events == [("ev-1", b'{"e":1}')]  # webhook events too (migration 9)
+    assert await _never_analyzed(url) == []  # the first mails are planned from statistics
     again = await asyncio.to_thread(
         main, ["store", "copy", "--from", str(source), "--config", str(config)]
     )

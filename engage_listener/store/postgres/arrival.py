@@ -17,6 +17,8 @@ Decisions:
   rolled-back INSERT leaves one; a mail that joins a case takes no case id, so case
   numbers keep no more gaps than before; ids stay in the order mails arrive. A new
   customer is made apart, committed at once (`customers`): it took an id here once.
+* The duplicate look-up sits behind `OFFSET 0`: without it the planner copied it into
+  each of the three uses of its result, and ran it three times a mail.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ _NEXT = "nextval(pg_get_serial_sequence('{}', 'id'))"
 _ARRIVAL = (
     f"SELECT d.found, {CUSTOMER}, CASE WHEN d.found IS NULL THEN {_NEXT.format('messages')}"  # noqa: S608
     f" END, CASE WHEN %s AND d.found IS NULL AND o.id IS NULL AND s.id IS NULL"
-    f" THEN {_NEXT.format('cases')} END, {_CASE_COLUMNS} FROM (SELECT ({DUPLICATE}) AS found) AS d"
+    f" THEN {_NEXT.format('cases')} END, {_CASE_COLUMNS} FROM (SELECT ({DUPLICATE}) AS found"
+    " OFFSET 0) AS d"  # OFFSET 0: the look-up once, not once for each use of d.found
     " LEFT JOIN customer_addresses a ON a.address = %s"
     " LEFT JOIN customers c ON c.id = a.customer_id" + _CASES.format(customer="c.id")
 )

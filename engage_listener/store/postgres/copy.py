@@ -12,6 +12,8 @@ Decisions:
   copy is refused if it is another one (the database holds other data).
 * Verified: afterwards every source row's key must be in PostgreSQL, table by table;
   the counts are reported.
+* Then every table copied is analyzed: the daemon's first mails are planned from its
+  statistics, and autovacuum would look only a minute later (`statistics`).
 * The SQLite store is first opened as the daemon would (migrating it to its latest
   schema), then read through a read-only connection. The two stores' version numbers
   are not compared (PostgreSQL has migrations of its own: `schema`): what the copy needs
@@ -36,6 +38,7 @@ import psycopg
 from engage_listener.config.model import StoreConfig
 from engage_listener.errors import StoreError
 from engage_listener.store.postgres.schema import MIGRATION_LOCK
+from engage_listener.store.postgres.statistics import analyze
 from engage_listener.store.postgres.store import from_config
 from engage_listener.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from engage_listener.store.sqlite.store import SqliteStore
@@ -226,7 +229,9 @@ async def copy_into(config: StoreConfig, source: Path) -> list[str]:
     await store.open()
     try:
         async with store.connection() as conn:
-            return summary(await copy_sqlite(conn, source))
+            done = await copy_sqlite(conn, source)
+            await analyze(conn, [table.name for table in TABLES])  # see `statistics`
+            return summary(done)
     finally:
         await store.close()
 

@@ -1,0 +1,70 @@
+"""Planner statistics of a young PostgreSQL store (store.postgres.statistics): its tables
+are analyzed as they grow, before autovacuum would look, so that a mail's statements are
+planned with lookups by index rather than scans of tables planned while empty."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+
+from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.postgres.statistics import HOT, REFRESH_AT, refresh
+from tests.support.postgres import pg_store, pg_url, postgres_server
+
+__all__ = ["pg_store", "pg_url", "postgres_server"]  # fixtures
+_ANALYZED = (
+    "SELECT relname, analyze_count FROM pg_stat_user_tables WHERE relname = ANY(%s)"
+    " ORDER BY relname"
+)
+
+
+async def _analyzed(url: str) -> dict[str, int]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(_ANALYZED, (list(HOT),))
+        return {str(row[0]): int(row[1]) for row in await cur.fetchall()}
+
+
+async def _ledger_rows(url: str, first: int, count: int) -> None:
+    """Rows written by a connection that then ends (its statistics counters reported)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO ledger (listener, mailbox, epoch, item, sha256, state, created_at)"
+            " SELECT 'L', 'INBOX', '1', n::text, 'x', 'committed', 'now'"
+            " FROM generate_series(%s::int, %s::int) AS n",
+            (first, first + count - 1),
+        )
+
+
+async def _refresh(url: str) -> list[str]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await refresh(conn)
+
+
+async def test_tables_never_analyzed_are_then_when_they_have_doubled(
+    pg_store: Store, pg_url: str
+) -> None:
+    url = pg_url
+    assert await _refresh(url) == sorted(HOT)  # a new store: none was ever analyzed
+    assert await _refresh(url) == []
+    await _ledger_rows(url, 1, 60)  # was empty: more rows changed than it held
+    assert await _refresh(url) == ["ledger"]
+    await _ledger_rows(url, 61, 30)  # 60 held, 30 more: not doubled
+    assert await _refresh(url) == []
+    await _ledger_rows(url, 91, 40)  # 70 changes since 60: doubled
+    assert await _refresh(url) == ["ledger"]
+
+
+async def test_the_store_refreshes_them_as_mails_are_settled(pg_store: Store, pg_url: str) -> None:
+    """In the background, at REFRESH_AT mails settled by this store, never in a batch's way."""
+    store: Any = pg_store
+    keys = [MailKey("L", "INBOX", "1", str(n)) for n in range(REFRESH_AT[0])]
+    await store.mark_done(keys[:-1], "moved")
+    assert store._refreshing is None and set((await _analyzed(url := pg_url)).values()) == {0}
+    await store.mark_done(keys[-1:], "moved")
+    assert store._refreshing is not None
+    await asyncio.wait_for(store._refreshing, 30)
+    assert set((await _analyzed(url)).values()) == {1}
+    await store.mark_done(keys[:10], "moved")  # no threshold crossed: nothing more
+    assert store._refreshing is None
