@@ -26,8 +26,10 @@ _LEXEMES = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=256)
 def to_pyformat(sql: str) -> str:
-    """`:name` parameters as psycopg's `%(name)s`, and `%` as `%%`."""
+    """`:name` parameters as psycopg's `%(name)s`, and `%` as `%%`. Cached: a hook runs
+    the same few statements for every mail, and the lexing cost ~30 us each time."""
 
     def replace(match: re.Match[str]) -> str:
         if match["param"]:
