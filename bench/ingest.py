@@ -1253,7 +1253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         binary = shutil.which(args.py_spy_bin)
         if binary is None:
             parser.error(f"--py-spy: {args.py_spy_bin} not found (pip install py-spy)")
-        spy = (binary, args.py_spy.resolve())
+        spy = (str(Path(binary).resolve()), args.py_spy.resolve())  # runs in the work dir
 
     # An installed package is byte-compiled (pip does it); a checkout run with
     # PYTHONDONTWRITEBYTECODE set would compile every module at each start, while the
