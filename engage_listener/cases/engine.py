@@ -1,9 +1,13 @@
 """The case engine: one raw mail becomes a case (or joins one), in one transaction.
 
-Everything for a mail (customer, case, message, attachments, the routing
-procedure's changes and the ledger row) commits together or not at all, which is
-what lets the listener move the mail on the server afterwards without ever losing
-it or making a second case of it. A routing hook that fails rolls it all back.
+Everything for a mail (case, message, attachments, the routing procedure's changes
+and the ledger row) commits together or not at all, which is what lets the listener
+move the mail on the server afterwards without ever losing it or making a second case
+of it. A routing hook that fails rolls it all back. The sender's new customer too on
+SQLite; on PostgreSQL, shared by several writers, a new customer is committed at once,
+apart (store.postgres.customers), and stays when the mail rolls back or a hook
+discards or quarantines it: a customer without a case, whom the sender's next mail
+finds.
 """
 
 from __future__ import annotations

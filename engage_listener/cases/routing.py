@@ -9,7 +9,8 @@ something, tags add up. `apply` writes the result to the case in the mail's tran
 
 Decisions:
 - Discard and Quarantine raise (`Discarded`, `QuarantineNow`) so the mail's transaction
-  rolls back whatever was written for it (the case it opened, the hook's SQL writes);
+  rolls back whatever was written for it (the case it opened, the hook's SQL writes; not
+  a new customer on PostgreSQL, committed apart: store.postgres.customers);
   the engine then keeps a discarded mail marked ignored, and intake quarantines the
   other at once (no attempts counted), as UnknownSender Quarantine does.
 - NoAcknowledgement of a rule is the hook's default: a hook returning acknowledge True

@@ -163,9 +163,9 @@ class MailWrites(Protocol):
 
     async def create_customer(self, name: str, address: str, source: str) -> Customer:
         """A new customer for `address` (named `name`, or the address). A store shared by
-        several writers may commit it at once, outside this transaction, and raise
-        `WriteConflict` when the address has a customer since this transaction's first
-        read (the mail is then taken again and finds it)."""
+        several writers may commit it at once, outside this transaction (it then stays
+        if this transaction rolls back), and raise `WriteConflict` when the address
+        already has a customer (the mail is then taken again and finds it)."""
         ...
 
     async def cases_by_message_ids(

@@ -8,6 +8,7 @@ mail's first read makes the mail be taken again (`WriteConflict`), at once."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import psycopg
 import pytest
@@ -109,6 +110,32 @@ async def test_a_customer_made_since_the_arrival_takes_the_mail_again(pg_store: 
             await tx.create_customer("Ana", "Ana@Example.com", "auto")
     async with store.transaction() as tx:
         assert seen.customer is None and await tx.find_customer("ana@example.com") == ana
+
+
+async def test_a_mail_whose_customer_was_made_meanwhile_is_taken_again_and_joins_it(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another listener commits the sender's customer between this mail's first read and
+    its `create_customer`: the mail is rolled back, taken again at once, and joins that
+    customer; no second customer."""
+    store: Any = pg_store
+    conflicts = _noting_conflicts(monkeypatch)
+    real, others = store._make_customer, []
+
+    async def made_meanwhile(name: str, address: str, source: str) -> tuple[int, bool]:
+        if not others:  # the other listener is first, once
+            others.append(await real("Ana (other)", address, source))
+        return await real(name, address, source)
+
+    monkeypatch.setattr(store, "_make_customer", made_meanwhile)
+    engine = CaseEngine(store, EngineSettings("L", extract_attachments=True))
+    raw = make_mail(1, sender="ana@example.com")
+    done = await engine.ingest(MailKey("L", "INBOX", "1", "1"), raw)
+    async with store.transaction() as tx:
+        info = await tx.case_info(done.case_id or 0)
+        ana = await tx.find_customer("ana@example.com")
+    assert len(conflicts) == 1 and others[0][1] is True
+    assert info.customer_id == others[0][0] == ana.id and ana.name == "Ana (other)"
 
 
 async def test_what_a_mail_is_taken_again_for(pg_store: Store, pg_url: str) -> None:

@@ -5,11 +5,13 @@ planned with lookups by index rather than scans of tables planned while empty.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import psycopg
 
 from engage_listener.store.interface import MailKey, Store
+from engage_listener.store.postgres.connect import POOL_MAX
 from engage_listener.store.postgres.statistics import HOT, REFRESH_AT, refresh
 from tests.support.postgres import pg_store, pg_url, postgres_server
 
@@ -46,6 +48,8 @@ async def test_tables_never_analyzed_are_then_when_they_have_doubled(
     pg_store: Store, pg_url: str
 ) -> None:
     url = pg_url
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("ALTER TABLE ledger SET (autovacuum_enabled = off)")  # ours only
     assert await _refresh(url) == sorted(HOT)  # a new store: none was ever analyzed
     assert await _refresh(url) == []
     await _ledger_rows(url, 1, 60)  # was empty: more rows changed than it held
@@ -57,14 +61,30 @@ async def test_tables_never_analyzed_are_then_when_they_have_doubled(
 
 
 async def test_the_store_refreshes_them_as_mails_are_settled(pg_store: Store, pg_url: str) -> None:
-    """In the background, at REFRESH_AT mails settled by this store, never in a batch's way."""
+    """In the background, at REFRESH_AT mails settled by this store, on a connection of its
+    own: a batch that needs every connection of the pool meanwhile gets them."""
     store: Any = pg_store
     keys = [MailKey("L", "INBOX", "1", str(n)) for n in range(REFRESH_AT[0])]
     await store.mark_done(keys[:-1], "moved")
-    assert store._refreshing is None and set((await _analyzed(url := pg_url)).values()) == {0}
-    await store.mark_done(keys[-1:], "moved")
-    assert store._refreshing is not None
-    await asyncio.wait_for(store._refreshing, 30)
+    assert not store._statistics.running
+    assert set((await _analyzed(url := pg_url)).values()) == {0}
+    async with contextlib.AsyncExitStack() as held:  # the pool's every connection
+        for _ in range(POOL_MAX - 1):
+            await held.enter_async_context(store.connection())
+        await store.mark_done(keys[-1:], "moved")  # (the last one it needs)
+        assert store._statistics.running
+        await asyncio.wait_for(store._statistics.wait(), 30)
     assert set((await _analyzed(url)).values()) == {1}
     await store.mark_done(keys[:10], "moved")  # no threshold crossed: nothing more
-    assert store._refreshing is None
+    assert not store._statistics.running
+
+
+async def test_closing_the_store_stops_a_refresh(pg_store: Store) -> None:
+    store: Any = pg_store
+    keys = [MailKey("L", "INBOX", "1", str(n)) for n in range(REFRESH_AT[0])]
+    await store.mark_done(keys, "moved")
+    assert store._statistics.running
+    await store.close()
+    assert not store._statistics.running
+    store._statistics.settled(10**6)  # closed: starts nothing
+    assert not store._statistics.running

@@ -13,6 +13,11 @@ Decisions:
   its password masked.
 * Migrations run in one transaction under `pg_advisory_xact_lock`: a second daemon
   starting at the same moment waits for the first, then finds the schema current.
+* Every pooled connection runs its transactions at READ COMMITTED, whatever the
+  database's or role's default (`read_committed`): a mail taken again after a conflict
+  (`WriteConflict`) must see the row the other transaction committed, and a customer
+  committed apart (`customers`) must satisfy the mail's foreign keys at once. Under
+  REPEATABLE READ each retry would see the same snapshot and fail again.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ async def first_connection(url: str, kwargs: dict[str, Any]) -> psycopg.AsyncCon
         return await psycopg.AsyncConnection.connect(url, **kwargs)
 
 
+async def read_committed(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A new pooled connection's set-up (see Decisions)."""
+    await conn.execute("SET default_transaction_isolation TO 'read committed'")
+
+
 async def open_pool(url: str, kwargs: dict[str, Any]) -> AsyncConnectionPool:
     """A pool with its first connection made."""
     pool: AsyncConnectionPool = AsyncConnectionPool(
@@ -66,6 +76,7 @@ async def open_pool(url: str, kwargs: dict[str, Any]) -> AsyncConnectionPool:
         max_size=POOL_MAX,
         open=False,
         check=AsyncConnectionPool.check_connection,
+        configure=read_committed,
         name="engage-store",
     )
     try:

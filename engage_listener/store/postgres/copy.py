@@ -27,6 +27,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,7 +231,8 @@ async def copy_into(config: StoreConfig, source: Path) -> list[str]:
     try:
         async with store.connection() as conn:
             done = await copy_sqlite(conn, source)
-            await analyze(conn, [table.name for table in TABLES])  # see `statistics`
+            with contextlib.suppress(psycopg.Error):  # committed: autovacuum will do it
+                await analyze(conn, [table.name for table in TABLES])  # see `statistics`
             return summary(done)
     finally:
         await store.close()

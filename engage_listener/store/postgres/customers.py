@@ -17,8 +17,9 @@ Decisions:
   its connection alone, and waits for nothing of the main pool.
 * No check of a connection before it is lent (a round trip a new customer): a connection
   broken meanwhile (the server restarted) fails, the pool drops it, and the statement is
-  sent once more on another (`make`). Safe: the function finds the customer an earlier
-  try made.
+  sent once more on another (`make`), up to POOL_MAX + 1 times (each idle connection may
+  be broken). Safe: the function finds the customer an earlier try made (then says it
+  did not make it: the mail is taken again, and finds it).
 * When the address had a customer already (another listener made it since the mail's
   arrival read, or an earlier try did), the mail is taken again (`WriteConflict`): its
   arrival then finds that customer and its cases by subject (a customer the engine made
@@ -35,6 +36,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from engage_listener.store.common_sql import now_iso
+from engage_listener.store.postgres.connect import read_committed
 
 __all__ = ["POOL_MAX", "make", "open_customer_pool"]
 
@@ -50,6 +52,7 @@ async def open_customer_pool(url: str, kwargs: dict[str, Any]) -> AsyncConnectio
         min_size=0,
         max_size=POOL_MAX,
         open=False,
+        configure=read_committed,  # the function's re-read must see the other's commit
         name="engage-customers",
     )
     await pool.open()
@@ -59,13 +62,13 @@ async def open_customer_pool(url: str, kwargs: dict[str, Any]) -> AsyncConnectio
 async def make(pool: AsyncConnectionPool, name: str, address: str, source: str) -> tuple[int, bool]:
     """(the customer of `address`, whether this call made it), committed. `address` is
     lower-cased already."""
-    for last in (False, True):
+    for tries_left in range(POOL_MAX, -1, -1):
         async with pool.connection() as conn:
             try:
                 cur = await conn.execute(_MAKE, (address, name, source, now_iso()))
                 row = await cur.fetchone()
             except psycopg.OperationalError:
-                if last or not conn.broken:
+                if not tries_left or not conn.broken:
                     raise  # a lock held too long, or the server gone: the mail's error
                 continue  # the connection broke (see Decisions): once more, on another
         assert row is not None

@@ -46,7 +46,7 @@ from engage_listener.store.postgres.customers import make, open_customer_pool
 from engage_listener.store.postgres.deferred import Deferred, lease_lost, write_conflict
 from engage_listener.store.postgres.dialect import POSTGRES_DIALECT
 from engage_listener.store.postgres.operator import OperatorQueries
-from engage_listener.store.postgres.statistics import REFRESH_AT, refresh
+from engage_listener.store.postgres.statistics import Refresher
 from engage_listener.store.postgres.transaction import HOLD_LEASE, PostgresTransaction, now_iso
 from engage_listener.store.postgres.webhooks import WebhookQueries
 from engage_listener.store.records import LedgerState, MailKey, SettledState
@@ -108,11 +108,11 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
         self._pool: AsyncConnectionPool | None = None
         self._customers: AsyncConnectionPool | None = None  # see `customers`
         self._groups: dict[asyncio.Task[Any], Deferred] = {}
-        self._settled = 0  # mails settled since open (see `statistics`)
-        self._refreshing: asyncio.Task[None] | None = None
+        self._statistics = Refresher(self._connect_apart)  # see `statistics`
 
     async def open(self) -> None:
         """Connect, and migrate to the latest schema (once, whoever starts first)."""
+        self._statistics = Refresher(self._connect_apart)
         try:
             async with await first_connection(self.url, self._kwargs) as conn:
                 await migrate(conn)  # and a wrong URL or password fails here, at once
@@ -126,14 +126,19 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
             raise
 
     async def close(self) -> None:
-        if self._refreshing is not None:
-            self._refreshing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refreshing
-        for pool in (self._pool, self._customers):
+        pool, customers = self._pool, self._customers
+        self._pool = self._customers = None
+        try:
+            await self._statistics.close()
             if pool is not None:
                 await pool.close()
-        self._pool = self._customers = None
+        finally:
+            if customers is not None:
+                await customers.close()
+
+    async def _connect_apart(self) -> psycopg.AsyncConnection[Any]:
+        """A connection outside the pools, for the store's own background work."""
+        return await first_connection(self.url, self._kwargs)
 
     def _pool_(self) -> AsyncConnectionPool:
         if self._pool is None:
@@ -279,20 +284,5 @@ class PostgresStore(OperatorQueries, CaseReads, WebhookQueries):
                     " AND mailbox = %s AND epoch = %s AND item = %s",
                     (state, now, key.listener, key.mailbox, key.epoch, key.item),
                 )
-        self._count_settled(len(keys))
-
-    def _count_settled(self, count: int) -> None:
-        """At REFRESH_AT mails settled, the young tables' statistics are refreshed in the
-        background (see `statistics`)."""
-        before, self._settled = self._settled, self._settled + count
-        if self._refreshing is None and any(before < at <= self._settled for at in REFRESH_AT):
-            self._refreshing = asyncio.create_task(self._refresh(), name="pg-statistics")
-
-    async def _refresh(self) -> None:
-        try:
-            async with self._pool_().connection() as conn:
-                await refresh(conn)
-        except (psycopg.Error, PoolTimeout, PoolClosed, StoreError):
-            pass  # the plans stay as they were (see `statistics`)
-        finally:
-            self._refreshing = None
+        if self._pool is not None:  # not while closing
+            self._statistics.settled(len(keys))  # a young store's statistics
