@@ -12,7 +12,7 @@ import pytest
 
 from devkit.postgres import PostgresServer
 from engage_listener.cases.engine import CaseEngine, EngineSettings
-from engage_listener.cases.hooks import load_hook
+from engage_listener.cases.hooks import RoutingDecision, load_hook
 from engage_listener.config.model import StoreConfig
 from engage_listener.errors import HookError
 from engage_listener.store.interface import MailKey, Store
@@ -131,3 +131,26 @@ async def test_a_slow_sql_hook_is_cancelled_at_its_timeout(
         await engine.ingest(MailKey("L", "INBOX", "1", "1"), make_mail(1))
     assert await store.list_cases() == []
     assert await store.known_states("L", "INBOX", "1", ["1"]) == {}
+
+
+class _Discarding:
+    """A Python hook that discards every mail."""
+
+    name = "discarding"
+
+    async def run(self, ctx: Any, sql: Any) -> RoutingDecision:
+        return RoutingDecision(discard=True)
+
+
+async def test_a_mail_discarded_by_routing_leaves_its_new_customer(store: Store) -> None:
+    """The case it opened is undone, the mail kept ignored; the sender's customer, made
+    apart and committed at once (store.postgres.customers), stays, with no case, and the
+    sender's next mail finds it (on SQLite it is undone with the mail)."""
+    engine = CaseEngine(store, EngineSettings("L", extract_attachments=True, hook=_Discarding()))
+    raw = make_mail(1, sender="x@spam.example")
+    done = await engine.ingest(MailKey("L", "INBOX", "1", "1"), raw)
+    assert done.ignored and done.case_id is None
+    async with store.transaction() as tx:
+        kept = await tx.find_customer("x@spam.example")
+        cases = await tx._all("SELECT count(*) FROM cases")  # type: ignore[attr-defined]
+    assert kept is not None and kept.addresses == ("x@spam.example",) and cases == [(0,)]
