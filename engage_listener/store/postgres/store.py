@@ -17,6 +17,10 @@ Decisions:
   found by the database (SQLSTATE LEASE_LOST, from a queued fenced write that a routing
   hook's pipeline sent): raised as `LeaseLost`. A group's savepoint whose undo fails
   after a lost lease raises the `LeaseLost`, not the undo's error (`deferred`).
+* A new customer is made apart, committed at once, on a small pool of its own
+  (`customers`); a young store's planner statistics are refreshed in the background, on a
+  connection of their own, as the mails settled double (`statistics`). Neither takes a
+  connection of the pool that batches wait for.
 """
 
 from __future__ import annotations
