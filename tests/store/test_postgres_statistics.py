@@ -29,8 +29,11 @@ async def _analyzed(url: str) -> dict[str, int]:
 
 
 async def _ledger_rows(url: str, first: int, count: int) -> None:
-    """Rows written by a connection that then ends (its statistics counters reported)."""
+    """Rows written, their count reported to the statistics before the INSERT returns (a
+    backend reports at most once a second otherwise, or when it ends, which the server
+    may do after our next query)."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_stat_force_next_flush()")  # PostgreSQL 15+
         await conn.execute(
             "INSERT INTO ledger (listener, mailbox, epoch, item, sha256, state, created_at)"
             " SELECT 'L', 'INBOX', '1', n::text, 'x', 'committed', 'now'"
